@@ -1,0 +1,47 @@
+// The `lethe` command: one executable, subcommands as in git.
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "engine/cli/commands.h"
+#include "engine/core/error.h"
+
+namespace {
+const char* kUsage =
+    "usage: lethe <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  train CONFIG [key=value ...]   train a model by gradient descent on a token file\n"
+    "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
+    "  version                        version, compiled backends and visible GPUs\n"
+    "\n"
+    "Run 'lethe <command> --help' for a command's options.\n";
+}
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  const std::string cmd = args[0];
+  args.erase(args.begin());
+  try {
+    if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (cmd == "version" || cmd == "--version") return lethe::cli::version_main(args);
+    if (cmd == "train") return lethe::cli::train_main(args);
+    if (cmd == "model-info") return lethe::cli::model_info_main(args);
+    std::cerr << "lethe: unknown command '" << cmd << "'\n\n" << kUsage;
+    return 2;
+  } catch (const lethe::Error& e) {
+    std::cerr << "lethe: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "lethe: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

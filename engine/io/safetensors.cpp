@@ -1,0 +1,216 @@
+#include "engine/io/safetensors.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+namespace lethe {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+constexpr uint64_t kMaxHeader = 100ull << 20;  // the format's own limit is 100 MB
+
+size_t st_dtype_size(const std::string& d) {
+  if (d == "F64" || d == "I64" || d == "U64") return 8;
+  if (d == "F32" || d == "I32" || d == "U32") return 4;
+  if (d == "F16" || d == "BF16" || d == "I16" || d == "U16") return 2;
+  if (d == "I8" || d == "U8" || d == "BOOL" || d == "F8_E4M3" || d == "F8_E5M2") return 1;
+  return 0;
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: renormalise
+      int e = -1;
+      uint32_t m = man;
+      do {
+        ++e;
+        m <<= 1;
+      } while (!(m & 0x400));
+      u = sign | uint32_t(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | man << 13;
+  } else {
+    u = sign | (exp + 112) << 23 | man << 13;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+const char* st_name(DType dt) {
+  switch (dt) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+  }
+  return "?";
+}
+}  // namespace
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  SafetensorsFile f;
+  f.path_ = path;
+  std::error_code ec;
+  LETHE_CHECK(fs::is_regular_file(path, ec), path, ": no such file");
+  const uint64_t size = fs::file_size(path, ec);
+  LETHE_CHECK(!ec && size >= 8, path, ": too small to be a safetensors file (", size, " bytes)");
+  std::ifstream in(path, std::ios::binary);
+  LETHE_CHECK(in.good(), path, ": cannot open for reading");
+  unsigned char lenbuf[8];
+  in.read(reinterpret_cast<char*>(lenbuf), 8);
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | lenbuf[i];
+  LETHE_CHECK(hlen <= kMaxHeader, path, ": header length ", hlen, " exceeds the 100 MB limit");
+  LETHE_CHECK(hlen <= size - 8, path, ": header length ", hlen, " runs past the end of the file (", size,
+              " bytes)");
+  std::string header(size_t(hlen), '\0');
+  in.read(header.data(), std::streamsize(hlen));
+  LETHE_CHECK(in.good(), path, ": read error in header");
+  json h;
+  try {
+    h = json::parse(header);
+  } catch (const json::exception& e) {
+    LETHE_FAIL(path, ": header is not valid JSON: ", e.what());
+  }
+  LETHE_CHECK(h.is_object(), path, ": header is not a JSON object");
+  const uint64_t data_size = size - 8 - hlen;
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    const std::string& name = it.key();
+    const json& v = it.value();
+    if (name == "__metadata__") {
+      LETHE_CHECK(v.is_object(), path, ": __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        LETHE_CHECK(m.value().is_string(), path, ": __metadata__ value '", m.key(), "' is not a string");
+        f.metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    LETHE_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"), path,
+                ": tensor '", name, "' needs dtype, shape and data_offsets");
+    SafetensorsEntry e;
+    LETHE_CHECK(v["dtype"].is_string(), path, ": tensor '", name, "': dtype is not a string");
+    e.dtype = v["dtype"].get<std::string>();
+    const size_t esz = st_dtype_size(e.dtype);
+    LETHE_CHECK(esz > 0, path, ": tensor '", name, "': unknown dtype '", e.dtype, "'");
+    LETHE_CHECK(v["shape"].is_array(), path, ": tensor '", name, "': shape is not a list");
+    uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      LETHE_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), path, ": tensor '",
+                  name, "': shape entries must be non-negative integers");
+      const uint64_t dim = d.get<uint64_t>();
+      LETHE_CHECK(dim == 0 || numel <= std::numeric_limits<uint64_t>::max() / dim, path, ": tensor '", name,
+                  "': shape overflows");
+      numel *= dim;
+      e.shape.push_back(int64_t(dim));
+    }
+    const json& off = v["data_offsets"];
+    LETHE_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+                path, ": tensor '", name, "': data_offsets must be two non-negative integers");
+    e.begin = off[0].get<uint64_t>();
+    e.end = off[1].get<uint64_t>();
+    LETHE_CHECK(e.begin <= e.end && e.end <= data_size, path, ": tensor '", name, "': data_offsets [", e.begin,
+                ", ", e.end, ") outside the data section (", data_size, " bytes)");
+    LETHE_CHECK(numel <= data_size / esz && e.end - e.begin == numel * esz, path, ": tensor '", name, "': ",
+                e.end - e.begin, " bytes for shape ", shape_str(e.shape), " of ", e.dtype);
+    f.entries_[name] = e;
+  }
+  f.data_.resize(size_t(data_size));
+  in.read(f.data_.data(), std::streamsize(data_size));
+  LETHE_CHECK(in.good() || data_size == 0, path, ": read error in data section");
+  return f;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : entries_) out.push_back(k);
+  return out;
+}
+
+const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  LETHE_CHECK(it != entries_.end(), path_, ": no tensor named '", name, "'");
+  return it->second;
+}
+
+Tensor SafetensorsFile::tensor(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const char* src = data_.data() + e.begin;
+  const int64_t n = shape_numel(e.shape);
+  auto copy = [&](DType dt) {
+    Tensor t = Tensor::empty(e.shape, dt);
+    std::memcpy(t.raw(), src, t.nbytes());
+    return t;
+  };
+  if (e.dtype == "F32") return copy(DType::f32);
+  if (e.dtype == "F64") return copy(DType::f64);
+  if (e.dtype == "BF16") return copy(DType::bf16);
+  if (e.dtype == "I32") return copy(DType::i32);
+  if (e.dtype == "F16") {
+    Tensor t = Tensor::empty(e.shape, DType::f32);
+    float* d = t.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      d[i] = half_to_float(h);
+    }
+    return t;
+  }
+  if (e.dtype == "I64") {
+    Tensor t = Tensor::empty(e.shape, DType::i32);
+    int32_t* d = t.data<int32_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v;
+      std::memcpy(&v, src + 8 * i, 8);
+      LETHE_CHECK(v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(), path_,
+                  ": tensor '", name, "': value ", v, " does not fit int32");
+      d[i] = int32_t(v);
+    }
+    return t;
+  }
+  LETHE_FAIL(path_, ": tensor '", name, "': dtype ", e.dtype, " is not supported here");
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json h = json::object();
+  uint64_t off = 0;
+  for (const auto& [name, t] : tensors) {
+    LETHE_CHECK(name != "__metadata__", "write_safetensors: reserved tensor name __metadata__");
+    check_cpu(t, "write_safetensors", name.c_str());
+    h[name] = {{"dtype", st_name(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {off, off + t.nbytes()}}};
+    off += t.nbytes();
+  }
+  if (!metadata.empty()) h["__metadata__"] = metadata;
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');  // align the data section to 8 bytes
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    LETHE_CHECK(out.good(), tmp, ": cannot open for writing");
+    unsigned char lenbuf[8];
+    uint64_t hl = header.size();
+    for (int i = 0; i < 8; ++i) lenbuf[i] = uint8_t(hl >> (8 * i));
+    out.write(reinterpret_cast<const char*>(lenbuf), 8);
+    out.write(header.data(), std::streamsize(header.size()));
+    for (const auto& [name, t] : tensors) out.write(static_cast<const char*>(t.raw()), std::streamsize(t.nbytes()));
+    out.flush();
+    LETHE_CHECK(out.good(), tmp, ": write failed");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  LETHE_CHECK(!ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
+}
+
+}  // namespace lethe

@@ -1,0 +1,48 @@
+// safetensors (Hugging Face's tensor file): 8-byte little-endian header length, a JSON
+// header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then the data.
+// Every offset, shape and size is checked against the file before anything is read.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace lethe {
+
+struct SafetensorsEntry {
+  std::string dtype;  // "F32", "F64", "BF16", "F16", "I32", "I64", ...
+  Shape shape;
+  uint64_t begin = 0, end = 0;  // byte range within the data section
+};
+
+class SafetensorsFile {
+ public:
+  // Reads and validates the whole file; errors name the file and the tensor.
+  static SafetensorsFile open(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  std::vector<std::string> names() const;
+  bool has(const std::string& name) const { return entries_.count(name) > 0; }
+  const SafetensorsEntry& entry(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // F32/F64/BF16/I32 keep their dtype; F16 widens to f32; I64 narrows to i32 when every
+  // value fits.
+  Tensor tensor(const std::string& name) const;
+
+ private:
+  std::string path_;
+  std::map<std::string, SafetensorsEntry> entries_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<char> data_;
+};
+
+// Writes tensors (f32, f64, bf16, i32) to `path` via a temporary file and a rename, so an
+// interrupted write never leaves a truncated file under the final name.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace lethe

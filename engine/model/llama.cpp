@@ -1,0 +1,241 @@
+#include "engine/model/llama.h"
+
+#include <cmath>
+#include <string>
+
+#include "engine/core/rng.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/linear.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace lethe {
+
+std::vector<ParamSpec> llama_param_specs(const LlamaConfig& c) {
+  std::vector<ParamSpec> s;
+  s.push_back({"model.embed_tokens.weight", {c.vocab_size, c.dim}});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    s.push_back({p + "input_layernorm.weight", {c.dim}});
+    s.push_back({p + "self_attn.q_proj.weight", {c.q_dim(), c.dim}});
+    s.push_back({p + "self_attn.k_proj.weight", {c.kv_dim(), c.dim}});
+    s.push_back({p + "self_attn.v_proj.weight", {c.kv_dim(), c.dim}});
+    s.push_back({p + "self_attn.o_proj.weight", {c.dim, c.q_dim()}});
+    s.push_back({p + "post_attention_layernorm.weight", {c.dim}});
+    s.push_back({p + "mlp.gate_proj.weight", {c.ffn_dim, c.dim}});
+    s.push_back({p + "mlp.up_proj.weight", {c.ffn_dim, c.dim}});
+    s.push_back({p + "mlp.down_proj.weight", {c.dim, c.ffn_dim}});
+  }
+  s.push_back({"model.norm.weight", {c.dim}});
+  if (!c.tie_embeddings) s.push_back({"lm_head.weight", {c.vocab_size, c.dim}});
+  return s;
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype) : cfg_(cfg), dtype_(dtype) {
+  cfg_.validate();
+  LETHE_CHECK(dtype == DType::f32 || dtype == DType::f64, "LlamaModel on CPU computes in f32 or f64, got ",
+              dtype_name(dtype));
+  params_ = ParamSet(llama_param_specs(cfg_), dtype);
+  grads_ = ParamSet(llama_param_specs(cfg_), dtype);
+  inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
+}
+
+void LlamaModel::init_weights(uint64_t seed) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    const bool is_norm = p.ndim() == 1;
+    // One Philox stream per parameter index: adding a layer never shifts other weights.
+    Philox rng(seed, uint64_t(i));
+    const int64_t n = p.numel();
+    if (dtype_ == DType::f32) {
+      float* d = p.data<float>();
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0f : float(cfg_.init_std * rng.normal(uint64_t(j)));
+    } else {
+      double* d = p.data<double>();
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0 : cfg_.init_std * rng.normal(uint64_t(j));
+    }
+  }
+}
+
+LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
+  // Index arithmetic over llama_param_specs' order: 9 tensors per layer after the embedding.
+  const size_t b = 1 + size_t(l) * 9;
+  return {set[b], set[b + 1], set[b + 2], set[b + 3], set[b + 4], set[b + 5], set[b + 6], set[b + 7], set[b + 8]};
+}
+
+void LlamaModel::allocate(int64_t B, int64_t T) {
+  if (B == B_ && T == T_ && !acts_.empty() && int64_t(acts_.size()) == (recompute_ ? 1 : cfg_.n_layers)) return;
+  B_ = B;
+  T_ = T;
+  const int64_t N = B * T, C = cfg_.dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.hd(),
+                F = cfg_.ffn_dim, V = cfg_.vocab_size;
+  const DType dt = dtype_;
+  resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
+  acts_.clear();
+  acts_.resize(size_t(recompute_ ? 1 : cfg_.n_layers));
+  for (Acts& a : acts_) {
+    a.xn1 = Tensor::empty({N, C}, dt);
+    a.rstd1 = Tensor::empty({N}, dt);
+    a.q = Tensor::empty({B, T, H, D}, dt);
+    a.k = Tensor::empty({B, T, KV, D}, dt);
+    a.v = Tensor::empty({B, T, KV, D}, dt);
+    a.o = Tensor::empty({B, T, H, D}, dt);
+    a.lse = Tensor::empty({B, H, T}, dt);
+    a.x2 = Tensor::empty({N, C}, dt);
+    a.xn2 = Tensor::empty({N, C}, dt);
+    a.rstd2 = Tensor::empty({N}, dt);
+    a.g = Tensor::empty({N, F}, dt);
+    a.u = Tensor::empty({N, F}, dt);
+    a.a = Tensor::empty({N, F}, dt);
+  }
+  tmp_ = Tensor::empty({N, C}, dt);
+  xf_ = Tensor::empty({N, C}, dt);
+  rstdf_ = Tensor::empty({N}, dt);
+  logits_ = Tensor::empty({N, V}, dt);
+  logprobs_ = Tensor::empty({N}, dt);
+  lse_ = Tensor::empty({N}, dt);
+  ops::rope_tables(inv_freq_, T, dt, cos_, sin_);
+  dres_ = Tensor();  // backward buffers are allocated on first use
+}
+
+namespace {
+void add_into(Tensor& y, const Tensor& x) {  // y += x, same shape and dtype
+  const int64_t n = y.numel();
+  if (y.dtype() == DType::f32) {
+    float* a = y.data<float>();
+    const float* b = x.data<float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+  } else {
+    double* a = y.data<double>();
+    const double* b = x.data<double>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+  }
+}
+}  // namespace
+
+void LlamaModel::layer_forward(int64_t l, Acts& a) {
+  const LayerW w = layer(params_, l);
+  const int64_t N = B_ * T_, C = cfg_.dim;
+  const Tensor x = resid_.view(l * N * C, {N, C});
+  Tensor out = resid_.view((l + 1) * N * C, {N, C});
+  const Shape q2{N, cfg_.q_dim()}, kv2{N, cfg_.kv_dim()};
+
+  ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
+  Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
+  ops::linear_forward(a.xn1, w.wq, q);
+  ops::linear_forward(a.xn1, w.wk, k);
+  ops::linear_forward(a.xn1, w.wv, v);
+  ops::rope_forward(a.q, cos_, sin_, a.q);
+  ops::rope_forward(a.k, cos_, sin_, a.k);
+  ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse);
+  ops::linear_forward(a.o.reshape(q2), w.wo, tmp_);
+  a.x2.copy_from(x);
+  add_into(a.x2, tmp_);
+
+  ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
+  ops::linear_forward(a.xn2, w.wg, a.g);
+  ops::linear_forward(a.xn2, w.wu, a.u);
+  ops::swiglu_forward(a.g, a.u, a.a);
+  ops::linear_forward(a.a, w.wd, tmp_);
+  out.copy_from(a.x2);
+  add_into(out, tmp_);
+}
+
+double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights) {
+  check_dtype(tokens, DType::i32, "LlamaModel::forward", "tokens");
+  LETHE_CHECK(tokens.ndim() == 2, "LlamaModel::forward: tokens must be [B, T], got ", tokens.describe());
+  const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T, C = cfg_.dim;
+  LETHE_CHECK(T > 0 && B > 0, "LlamaModel::forward: empty batch ", tokens.describe());
+  LETHE_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds the model's max_seq_len ", cfg_.max_seq_len);
+  check_shape(targets, {B, T}, "LlamaModel::forward", "targets");
+  check_dtype(targets, DType::i32, "LlamaModel::forward", "targets");
+  allocate(B, T);
+  tokens_ = tokens.reshape({N});
+  targets_ = targets.reshape({N});
+  if (weights) {
+    check_shape(*weights, {B, T}, "LlamaModel::forward", "weights");
+    weights_ = weights->reshape({N});
+  } else {
+    const int32_t* tg = targets_.data<int32_t>();
+    int64_t valid = 0;
+    for (int64_t i = 0; i < N; ++i) valid += tg[i] != ops::kIgnoreIndex;
+    weights_ = Tensor::zeros({N}, DType::f64);
+    double* w = weights_.data<double>();
+    for (int64_t i = 0; i < N; ++i) w[i] = (tg[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
+  }
+
+  Tensor x0 = resid_.view(0, {N, C});
+  ops::embedding_forward(tokens_, params_[0], x0);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_[recompute_ ? 0 : size_t(l)]);
+  ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
+                       cfg_.norm_eps, xf_, rstdf_);
+  ops::linear_forward(xf_, out_weight(), logits_);
+  have_forward_ = true;
+  return ops::cross_entropy_forward(logits_, targets_, weights_, logprobs_, lse_);
+}
+
+void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
+  const LayerW w = layer(params_, l);
+  LayerW g = layer(grads_, l);
+  const int64_t N = B_ * T_, C = cfg_.dim;
+  const Tensor x = resid_.view(l * N * C, {N, C});
+  const Shape q2{N, cfg_.q_dim()}, kv2{N, cfg_.kv_dim()};
+
+  // MLP half: dres holds d(out); after rmsnorm_backward it holds d(x2).
+  ops::linear_backward(dres, a.a, w.wd, &da_, false, &g.wd);
+  ops::swiglu_backward(da_, a.g, a.u, dg_, du_);
+  ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
+  ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);
+  ops::rmsnorm_backward(dxn_, a.x2, w.mlp_norm, a.rstd2, dres, true, g.mlp_norm);
+
+  // Attention half: after rmsnorm_backward dres holds d(x).
+  Tensor dO = dtmp_.reshape({B_, T_, cfg_.n_heads, cfg_.hd()});
+  ops::linear_backward(dres, a.o.reshape(q2), w.wo, &dtmp_, false, &g.wo);
+  ops::attention_backward(dO, a.q, a.k, a.v, a.o, a.lse, 1.0 / std::sqrt(double(cfg_.hd())), dq_, dk_, dv_);
+  ops::rope_backward(dq_, cos_, sin_, dq_);
+  ops::rope_backward(dk_, cos_, sin_, dk_);
+  Tensor dxn1 = dxn_;
+  ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
+  ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
+  ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
+  ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
+}
+
+void LlamaModel::backward(double dloss) {
+  LETHE_CHECK(have_forward_, "LlamaModel::backward called without a forward");
+  const int64_t N = B_ * T_, C = cfg_.dim, F = cfg_.ffn_dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads,
+                D = cfg_.hd();
+  const DType dt = dtype_;
+  if (!dres_.defined() || dres_.dim(0) != N) {
+    dres_ = Tensor::empty({N, C}, dt);
+    dtmp_ = Tensor::empty({N, cfg_.q_dim()}, dt);
+    dxn_ = Tensor::empty({N, C}, dt);
+    dq_ = Tensor::empty({B_, T_, H, D}, dt);
+    dk_ = Tensor::empty({B_, T_, KV, D}, dt);
+    dv_ = Tensor::empty({B_, T_, KV, D}, dt);
+    dg_ = Tensor::empty({N, F}, dt);
+    du_ = Tensor::empty({N, F}, dt);
+    da_ = Tensor::empty({N, F}, dt);
+    dlogits_ = Tensor::empty({N, cfg_.vocab_size}, dt);
+  }
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
+  ops::linear_backward(dlogits_, xf_, out_weight(), &dxn_, false, &d_out_w);
+  ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
+                        dres_, false, grads_.get("model.norm.weight"));
+  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
+    Acts& a = acts_[recompute_ ? 0 : size_t(l)];
+    if (recompute_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
+    layer_backward(l, a, dres_);
+  }
+  ops::embedding_backward(tokens_, dres_, grads_[0]);
+}
+
+}  // namespace lethe

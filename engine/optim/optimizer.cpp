@@ -1,0 +1,60 @@
+#include "engine/optim/optimizer.h"
+
+#include <cmath>
+
+#include "kernels/optim.h"
+
+namespace lethe {
+
+void OptimConfig::validate() const {
+  LETHE_CHECK(type == "adamw" || type == "sgd", "optimizer '", type, "' is not supported (adamw, sgd)");
+  LETHE_CHECK(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
+  LETHE_CHECK(beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1), got ", beta2);
+  LETHE_CHECK(eps > 0, "eps must be positive, got ", eps);
+  LETHE_CHECK(weight_decay >= 0, "weight_decay must be >= 0, got ", weight_decay);
+  LETHE_CHECK(momentum >= 0 && momentum < 1, "momentum must be in [0, 1), got ", momentum);
+  LETHE_CHECK(grad_clip >= 0, "grad_clip must be >= 0 (0 disables), got ", grad_clip);
+}
+
+double clip_grad_norm(ParamSet& grads, double max_norm) {
+  // Sum per tensor, then over tensors in order, as torch does; deterministic.
+  double ss = 0;
+  for (size_t i = 0; i < grads.size(); ++i) ss += ops::sum_squares(grads[i]);
+  const double norm = std::sqrt(ss);
+  LETHE_CHECK(std::isfinite(norm), "gradient norm is ", norm, "; refusing to update the weights");
+  if (max_norm > 0) {
+    const double f = max_norm / (norm + 1e-6);
+    if (f < 1) ops::scale_(grads.flat(), f);
+  }
+  return norm;
+}
+
+Optimizer::Optimizer(ParamSet& params, const OptimConfig& cfg) : params_(params), cfg_(cfg) {
+  cfg_.validate();
+  const DType dt = params.flat().dtype();
+  if (cfg_.type == "adamw") {
+    m_ = ParamSet(params.specs(), dt);
+    v_ = ParamSet(params.specs(), dt);
+  } else if (cfg_.momentum != 0) {
+    m_ = ParamSet(params.specs(), dt);
+  }
+}
+
+double Optimizer::step(ParamSet& grads, double lr) {
+  LETHE_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
+  const double norm = clip_grad_norm(grads, cfg_.grad_clip);
+  ++step_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const double wd = params_[i].ndim() >= 2 ? cfg_.weight_decay : 0.0;
+    if (cfg_.type == "adamw") {
+      ops::adamw_update(params_[i], grads[i], m_[i], v_[i], {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, wd, step_});
+    } else {
+      Tensor none;
+      ops::sgd_update(params_[i], grads[i], cfg_.momentum != 0 ? m_[i] : none,
+                      {lr, cfg_.momentum, wd, step_ == 1});
+    }
+  }
+  return norm;
+}
+
+}  // namespace lethe

@@ -1,0 +1,47 @@
+// Optimizers over a ParamSet: AdamW (decoupled weight decay) and SGD, with global
+// gradient-norm clipping. Weight decay applies to matrices only (ndim >= 2), never to
+// norm weights, as in Megatron-LM and llm.c.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/model/param_set.h"
+
+namespace lethe {
+
+struct OptimConfig {
+  std::string type = "adamw";  // "adamw" or "sgd"
+  double beta1 = 0.9;          // AdamW first-moment decay
+  double beta2 = 0.95;         // AdamW second-moment decay
+  double eps = 1e-8;           // AdamW denominator epsilon
+  double weight_decay = 0.0;   // decoupled (AdamW) or L2 (SGD), on matrices only
+  double momentum = 0.0;       // SGD momentum; 0 disables the buffer
+  double grad_clip = 1.0;      // max global L2 norm of the gradient; 0 disables clipping
+  void validate() const;       // throws naming the field
+};
+
+// Scales grads so their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
+// factor max_norm / (norm + 1e-6), applied only when < 1). Returns the norm before clipping.
+double clip_grad_norm(ParamSet& grads, double max_norm);
+
+class Optimizer {
+ public:
+  Optimizer(ParamSet& params, const OptimConfig& cfg);
+
+  // Clips grads, then updates params with learning rate lr. Returns the pre-clip norm.
+  double step(ParamSet& grads, double lr);
+  int64_t steps_taken() const { return step_; }
+  const OptimConfig& config() const { return cfg_; }
+  // Moments, in the params' layout: AdamW m and v, or SGD's momentum buffer in m.
+  ParamSet& m() { return m_; }
+  ParamSet& v() { return v_; }
+  void set_steps_taken(int64_t s) { step_ = s; }
+
+ private:
+  ParamSet& params_;
+  OptimConfig cfg_;
+  ParamSet m_, v_;
+  int64_t step_ = 0;
+};
+
+}  // namespace lethe
