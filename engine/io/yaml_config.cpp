@@ -1,6 +1,8 @@
 #include "engine/io/yaml_config.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -102,8 +104,11 @@ double ConfigNode::require<double>(const std::string& key) const {
   mark(key);
   LETHE_CHECK(has(key), where(key), ": required key is missing");
   if (!node_[key].IsScalar()) type_error(key, "a number");
-  double v = 0;
-  if (!YAML::convert<double>::decode(node_[key], v) || !std::isfinite(v)) type_error(key, "a finite number");
+  // Parsed here, not by yaml-cpp, which accepts trailing garbage on some versions.
+  const std::string& s = node_[key].Scalar();
+  char* end = nullptr;
+  const double v = s.empty() ? NAN : std::strtod(s.c_str(), &end);
+  if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(v)) type_error(key, "a finite number");
   return v;
 }
 
@@ -112,8 +117,12 @@ int64_t ConfigNode::require<int64_t>(const std::string& key) const {
   mark(key);
   LETHE_CHECK(has(key), where(key), ": required key is missing");
   if (!node_[key].IsScalar()) type_error(key, "an integer");
+  // Whole-string parse: yaml-cpp would read "2.5" as 2.
+  const std::string& s = node_[key].Scalar();
   int64_t v = 0;
-  if (!YAML::convert<int64_t>::decode(node_[key], v)) type_error(key, "an integer");
+  const char* b = s.data() + (s.size() > 1 && s[0] == '+' ? 1 : 0);
+  const auto [ptr, ec] = std::from_chars(b, s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) type_error(key, "an integer");
   return v;
 }
 
@@ -142,8 +151,11 @@ std::string ConfigNode::path(const std::string& key) const {
 }
 
 void ConfigNode::finish() const {
+  std::set<std::string> keys;
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     const std::string k = it->first.as<std::string>();
+    // yaml-cpp keeps the first of two equal keys; a silent choice is worse than an error.
+    if (!keys.insert(k).second) LETHE_FAIL(where(k), ": key appears more than once");
     if (!state_->seen.count(full(k))) LETHE_FAIL(where(k), ": unknown key");
   }
 }

@@ -1,0 +1,44 @@
+# Thin wrapper over CMake. `make demo` and `make test` are the quick start.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
+
+.PHONY: all build deps demo test test-unit test-slow bench golden clean
+
+all: build
+
+deps:
+	@bash tools/install_deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	@bash tools/install_deps.sh
+	cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) --parallel $(JOBS)
+
+# The tiny byte-level model learns a short English text; prints step, loss, tokens/s.
+demo: build
+	$(BUILD)/lethe train configs/train/demo.yaml
+
+# Every test: unit, cli and slow labels.
+test: build
+	cd $(BUILD) && ctest --output-on-failure --parallel $(JOBS)
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure --parallel $(JOBS) -L unit
+
+test-slow: build
+	cd $(BUILD) && ctest --output-on-failure -L slow
+
+# CPU forward+backward throughput, lethe next to PyTorch when torch is installed.
+bench: build
+	bash tools/bench/run_cpu_bench.sh
+
+# Regenerates the transformers golden fixtures (needs: pip install torch transformers safetensors).
+golden:
+	python3 tools/golden/make_llama_golden.py --out tests/golden
+
+clean:
+	rm -rf $(BUILD)
