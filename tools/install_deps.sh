@@ -7,7 +7,7 @@ set -euo pipefail
 
 PACKAGES=(
   g++ cmake make ninja-build pkg-config       # toolchain
-  libopenblas-dev                             # BLAS for the CPU matrix products
+  libopenblas-openmp-dev                      # BLAS sharing our OpenMP threads
   libyaml-cpp-dev nlohmann-json3-dev          # configs, safetensors headers
   libhdf5-dev                                 # checkpoints and token datasets
   libopenmpi-dev openmpi-bin                  # multi-process runs and their tests
