@@ -21,7 +21,7 @@ struct TrainConfig {
   std::string data_path, data_format = "bytes";
   int64_t steps = 100, batch_size = 8, seq_len = 64, log_every = 10, threads = 0;
   uint64_t seed = 1234;
-  bool recompute = false;
+  int64_t recompute_layers = 0;
   OptimConfig optim;
   LRSchedule schedule;
 };
@@ -57,7 +57,16 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     c.seq_len = t.get<int64_t>("seq_len", c.seq_len);
     c.seed = uint64_t(t.get<int64_t>("seed", int64_t(c.seed)));
     c.log_every = t.get<int64_t>("log_every", c.log_every);
-    c.recompute = t.get<bool>("recompute", c.recompute);
+    // recompute: true/false for all layers, or a count of layers (the first ones).
+    if (t.has("recompute")) {
+      try {
+        c.recompute_layers = t.require<bool>("recompute") ? c.model.n_layers : 0;
+      } catch (const Error&) {
+        c.recompute_layers = t.require<int64_t>("recompute");
+      }
+      LETHE_CHECK(c.recompute_layers >= 0 && c.recompute_layers <= c.model.n_layers, t.where("recompute"),
+                  ": must be true, false or a layer count in [0, ", c.model.n_layers, "]");
+    }
     c.threads = t.get<int64_t>("threads", c.threads);
     t.finish();
     LETHE_CHECK(c.steps >= 1, t.where("steps"), ": must be >= 1");
@@ -103,7 +112,7 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
 
   LlamaModel model(c.model, DType::f32);
   model.init_weights(c.seed);
-  model.set_recompute(c.recompute);
+  model.set_recompute_layers(c.recompute_layers);
   Optimizer opt(model.params(), c.optim);
 
   char line[256];

@@ -62,6 +62,12 @@ void LlamaModel::init_weights(uint64_t seed) {
   }
 }
 
+void LlamaModel::set_recompute_layers(int64_t n) {
+  LETHE_CHECK(n >= 0 && n <= cfg_.n_layers, "recompute_layers must be in [0, ", cfg_.n_layers, "], got ", n);
+  recompute_layers_ = n;
+  have_forward_ = false;  // stored activations no longer match the layout
+}
+
 LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
   // Index arithmetic over llama_param_specs' order: 9 tensors per layer after the embedding.
   const size_t b = 1 + size_t(l) * 9;
@@ -69,7 +75,8 @@ LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
 }
 
 void LlamaModel::allocate(int64_t B, int64_t T) {
-  if (B == B_ && T == T_ && !acts_.empty() && int64_t(acts_.size()) == (recompute_ ? 1 : cfg_.n_layers)) return;
+  const int64_t n_acts = cfg_.n_layers - recompute_layers_ + (recompute_layers_ > 0 ? 1 : 0);
+  if (B == B_ && T == T_ && int64_t(acts_.size()) == n_acts) return;
   B_ = B;
   T_ = T;
   const int64_t N = B * T, C = cfg_.dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.hd(),
@@ -77,7 +84,7 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   const DType dt = dtype_;
   resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
   acts_.clear();
-  acts_.resize(size_t(recompute_ ? 1 : cfg_.n_layers));
+  acts_.resize(size_t(n_acts));
   for (Acts& a : acts_) {
     a.xn1 = Tensor::empty({N, C}, dt);
     a.rstd1 = Tensor::empty({N}, dt);
@@ -173,7 +180,7 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
 
   Tensor x0 = resid_.view(0, {N, C});
   ops::embedding_forward(tokens_, params_[0], x0);
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_[recompute_ ? 0 : size_t(l)]);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
   ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
                        cfg_.norm_eps, xf_, rstdf_);
   ops::linear_forward(xf_, out_weight(), logits_);
@@ -231,8 +238,8 @@ void LlamaModel::backward(double dloss) {
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
                         dres_, false, grads_.get("model.norm.weight"));
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
-    Acts& a = acts_[recompute_ ? 0 : size_t(l)];
-    if (recompute_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
+    Acts& a = acts_for(l);
+    if (l < recompute_layers_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
     layer_backward(l, a, dres_);
   }
   ops::embedding_backward(tokens_, dres_, grads_[0]);

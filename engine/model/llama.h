@@ -1,7 +1,7 @@
 // The Llama-family decoder: forward (logits, loss, per-token log-probs) and a
 // hand-written backward that fills every parameter's gradient. Activations are kept
-// per layer, or only the residual stream is kept and each layer is recomputed in the
-// backward (`set_recompute`). Parameter names are transformers' names.
+// per layer, or, for the layers chosen with `set_recompute_layers`, only the layer's input
+// is kept and the layer is recomputed in the backward. Parameter names are transformers'.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -30,9 +30,12 @@ class LlamaModel {
   // Counter-based: the same seed gives the same weights on any thread count.
   void init_weights(uint64_t seed);
 
-  // Keep only layer inputs and recompute each layer during backward.
-  void set_recompute(bool on) { recompute_ = on; }
-  bool recompute() const { return recompute_; }
+  // Recompute every layer (true) or none (false) in the backward.
+  void set_recompute(bool on) { set_recompute_layers(on ? cfg_.n_layers : 0); }
+  // Recompute the first n layers (Megatron's "uniform" choice: early layers first) and keep
+  // the activations of the rest. 0 <= n <= n_layers.
+  void set_recompute_layers(int64_t n);
+  int64_t recompute_layers() const { return recompute_layers_; }
 
   // tokens, targets [B, T] i32 (targets use ops::kIgnoreIndex to mask). weights [B, T]
   // (f32 or f64) gives loss = -sum w * logp; when absent, the loss is the mean NLL over
@@ -63,14 +66,17 @@ class LlamaModel {
   LlamaConfig cfg_;
   DType dtype_;
   ParamSet params_, grads_;
-  bool recompute_ = false;
+  int64_t recompute_layers_ = 0;
   std::vector<double> inv_freq_;
 
   // Per-batch state.
   int64_t B_ = 0, T_ = 0;
   Tensor tokens_, targets_, weights_;
   Tensor resid_;  // [L+1, N, C]: input of each layer, and the final stream
-  std::vector<Acts> acts_;  // one per layer, or one scratch set when recomputing
+  std::vector<Acts> acts_;  // one per stored layer, plus one scratch set shared by recomputed layers
+  Acts& acts_for(int64_t l) {
+    return l < recompute_layers_ ? acts_.back() : acts_[size_t(l - recompute_layers_)];
+  }
   Tensor tmp_, xf_, rstdf_, logits_, logprobs_, lse_, cos_, sin_;
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
