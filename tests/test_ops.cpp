@@ -267,7 +267,8 @@ TEST_P(Attention, BackwardMatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Shapes, Attention,
                          ::testing::Values(AttnCase{1, 5, 2, 2, 4},    // multi-head
                                            AttnCase{2, 6, 4, 2, 4},    // GQA 2:1
-                                           AttnCase{1, 7, 6, 1, 8}));  // multi-query
+                                           AttnCase{1, 7, 6, 1, 8},    // multi-query
+                                           AttnCase{2, 139, 2, 1, 4})); // spans 3 query blocks
 
 TEST(AttentionErrors, HeadsNotMultipleOfKvHeads) {
   Tensor q = randn({1, 3, 3, 4}, DType::f32, 1), k = randn({1, 3, 2, 4}, DType::f32, 2);

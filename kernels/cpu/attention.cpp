@@ -1,13 +1,20 @@
 #include "kernels/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/gemm.h"
 
+// Blocked over query rows: a block of kBlock queries attends to keys [0, block end), so
+// the causal upper triangle is skipped block-wise and the products are GEMMs (BLAS runs
+// single-threaded inside the OpenMP tasks). Scratch is one [kBlock, T] score tile per task.
 namespace lethe::ops {
 namespace {
+constexpr int64_t kBlock = 64;
+
 struct Dims {
   int64_t B, T, H, KV, D;
 };
@@ -19,16 +26,11 @@ Dims check(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
   Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
   check_shape(k, {d.B, d.T, d.KV, d.D}, op, "k");
   check_shape(v, {d.B, d.T, d.KV, d.D}, op, "v");
+  check_dtype(k, q.dtype(), op, "k");
+  check_dtype(v, q.dtype(), op, "v");
   LETHE_CHECK(d.KV > 0 && d.H % d.KV == 0, op, ": ", d.H, " query heads are not a multiple of ", d.KV,
               " kv heads");
   return d;
-}
-
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 }  // namespace
 
@@ -41,34 +43,37 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
     const scalar_t *Q = q.data<scalar_t>(), *K = k.data<scalar_t>(), *V = v.data<scalar_t>();
     scalar_t *O = o.data<scalar_t>(), *L = lse.data<scalar_t>();
     const int64_t group = d.H / d.KV, qs = d.H * d.D, ks = d.KV * d.D;
+    const int64_t nblk = (d.T + kBlock - 1) / kBlock;
 #pragma omp parallel
     {
-      std::vector<scalar_t> p(size_t(d.T));
-#pragma omp for collapse(2) schedule(dynamic)
+      std::vector<scalar_t> S(size_t(kBlock * d.T));
+#pragma omp for collapse(3) schedule(dynamic)
       for (int64_t b = 0; b < d.B; ++b)
-        for (int64_t h = 0; h < d.H; ++h) {
-          const int64_t kh = h / group;
-          const scalar_t* Kb = K + b * d.T * ks + kh * d.D;
-          const scalar_t* Vb = V + b * d.T * ks + kh * d.D;
-          for (int64_t i = 0; i < d.T; ++i) {
-            const scalar_t* qi = Q + (b * d.T + i) * qs + h * d.D;
-            scalar_t m = -std::numeric_limits<scalar_t>::infinity();
-            for (int64_t j = 0; j <= i; ++j) {
-              p[j] = scalar_t(scale) * dot(qi, Kb + j * ks, d.D);
-              m = std::max(m, p[j]);
+        for (int64_t h = 0; h < d.H; ++h)
+          for (int64_t blk = 0; blk < nblk; ++blk) {
+            const int64_t i0 = blk * kBlock, i1 = std::min(d.T, i0 + kBlock), rows = i1 - i0;
+            const scalar_t* Qb = Q + (b * d.T + i0) * qs + h * d.D;
+            const scalar_t* Kb = K + b * d.T * ks + (h / group) * d.D;
+            const scalar_t* Vb = V + b * d.T * ks + (h / group) * d.D;
+            // S[rows, i1] = scale * Q_blk K[0:i1]^T
+            cpu::gemm(false, true, int(rows), int(i1), int(d.D), scalar_t(scale), Qb, int(qs), Kb, int(ks),
+                      scalar_t(0), S.data(), int(i1));
+            for (int64_t r = 0; r < rows; ++r) {
+              scalar_t* s = S.data() + r * i1;
+              const int64_t n = i0 + r + 1;  // causal: keys 0..i
+              scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+              for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+              scalar_t z = 0;
+              for (int64_t j = 0; j < n; ++j) z += (s[j] = std::exp(s[j] - m));
+              const scalar_t inv = scalar_t(1) / z;
+              for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+              for (int64_t j = n; j < i1; ++j) s[j] = 0;
+              L[(b * d.H + h) * d.T + i0 + r] = m + std::log(z);
             }
-            scalar_t l = 0;
-            for (int64_t j = 0; j <= i; ++j) l += (p[j] = std::exp(p[j] - m));
-            scalar_t* oi = O + (b * d.T + i) * qs + h * d.D;
-            for (int64_t c = 0; c < d.D; ++c) oi[c] = 0;
-            for (int64_t j = 0; j <= i; ++j) {
-              const scalar_t w = p[j] / l;
-              const scalar_t* vj = Vb + j * ks;
-              for (int64_t c = 0; c < d.D; ++c) oi[c] += w * vj[c];
-            }
-            L[(b * d.H + h) * d.T + i] = m + std::log(l);
+            // O_blk = P V[0:i1]
+            cpu::gemm(false, false, int(rows), int(d.D), int(i1), scalar_t(1), S.data(), int(i1), Vb, int(ks),
+                      scalar_t(0), O + (b * d.T + i0) * qs + h * d.D, int(qs));
           }
-        }
     }
   });
 }
@@ -90,12 +95,13 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                    *O = o.data<scalar_t>(), *L = lse.data<scalar_t>(), *DO = dout.data<scalar_t>();
     scalar_t *DQ = dq.data<scalar_t>(), *DK = dk.data<scalar_t>(), *DV = dv.data<scalar_t>();
     const int64_t group = d.H / d.KV, qs = d.H * d.D, ks = d.KV * d.D;
+    const int64_t nblk = (d.T + kBlock - 1) / kBlock;
     const scalar_t sc = scalar_t(scale);
     // One task per (batch, kv head): every query head of the group adds into the same
-    // dk/dv rows, so they stay inside one thread and need no atomics.
+    // dk/dv rows, so they stay inside one task and need no atomics.
 #pragma omp parallel
     {
-      std::vector<scalar_t> p(size_t(d.T));
+      std::vector<scalar_t> P(size_t(kBlock * d.T)), dP(size_t(kBlock * d.T));
 #pragma omp for collapse(2) schedule(dynamic)
       for (int64_t b = 0; b < d.B; ++b)
         for (int64_t kh = 0; kh < d.KV; ++kh) {
@@ -104,24 +110,35 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
           scalar_t* dKb = DK + b * d.T * ks + kh * d.D;
           scalar_t* dVb = DV + b * d.T * ks + kh * d.D;
           for (int64_t h = kh * group; h < (kh + 1) * group; ++h)
-            for (int64_t i = 0; i < d.T; ++i) {
-              const int64_t row = (b * d.T + i) * qs + h * d.D;
-              const scalar_t *qi = Q + row, *doi = DO + row;
-              const scalar_t li = L[(b * d.H + h) * d.T + i];
-              const scalar_t Di = dot(doi, O + row, d.D);  // rowsum(dO * O)
-              scalar_t* dqi = DQ + row;
-              for (int64_t c = 0; c < d.D; ++c) dqi[c] = 0;
-              for (int64_t j = 0; j <= i; ++j) {
-                const scalar_t pj = std::exp(sc * dot(qi, Kb + j * ks, d.D) - li);
-                const scalar_t ds = pj * (dot(doi, Vb + j * ks, d.D) - Di) * sc;
-                const scalar_t *kj = Kb + j * ks;
-                scalar_t *dkj = dKb + j * ks, *dvj = dVb + j * ks;
-                for (int64_t c = 0; c < d.D; ++c) {
-                  dqi[c] += ds * kj[c];
-                  dkj[c] += ds * qi[c];
-                  dvj[c] += pj * doi[c];
+            for (int64_t blk = 0; blk < nblk; ++blk) {
+              const int64_t i0 = blk * kBlock, i1 = std::min(d.T, i0 + kBlock), rows = i1 - i0;
+              const int64_t off = (b * d.T + i0) * qs + h * d.D;
+              const scalar_t *Qb = Q + off, *DOb = DO + off, *Ob = O + off;
+              // Recompute P from the saved log-sum-exp.
+              cpu::gemm(false, true, int(rows), int(i1), int(d.D), sc, Qb, int(qs), Kb, int(ks), scalar_t(0),
+                        P.data(), int(i1));
+              // dP = dO V^T
+              cpu::gemm(false, true, int(rows), int(i1), int(d.D), scalar_t(1), DOb, int(qs), Vb, int(ks),
+                        scalar_t(0), dP.data(), int(i1));
+              for (int64_t r = 0; r < rows; ++r) {
+                const int64_t n = i0 + r + 1;
+                const scalar_t li = L[(b * d.H + h) * d.T + i0 + r];
+                scalar_t Di = 0;  // rowsum(dO * O)
+                for (int64_t c = 0; c < d.D; ++c) Di += DOb[r * qs + c] * Ob[r * qs + c];
+                scalar_t *p = P.data() + r * i1, *dp = dP.data() + r * i1;
+                for (int64_t j = 0; j < n; ++j) {
+                  p[j] = std::exp(p[j] - li);
+                  dp[j] = p[j] * (dp[j] - Di) * sc;  // dS, scaled for dQ and dK
                 }
+                for (int64_t j = n; j < i1; ++j) p[j] = dp[j] = 0;
               }
+              // dQ_blk = dS K;  dK[0:i1] += dS^T Q_blk;  dV[0:i1] += P^T dO_blk
+              cpu::gemm(false, false, int(rows), int(d.D), int(i1), scalar_t(1), dP.data(), int(i1), Kb, int(ks),
+                        scalar_t(0), DQ + off, int(qs));
+              cpu::gemm(true, false, int(i1), int(d.D), int(rows), scalar_t(1), dP.data(), int(i1), Qb, int(qs),
+                        scalar_t(1), dKb, int(ks));
+              cpu::gemm(true, false, int(i1), int(d.D), int(rows), scalar_t(1), P.data(), int(i1), DOb, int(qs),
+                        scalar_t(1), dVb, int(ks));
             }
         }
     }
