@@ -1,0 +1,33 @@
+// Token datasets (HDF5, docs/formats.md): concatenated token ids, document offsets and a
+// SHA-256 per document. Loading validates every offset and id, so the sampler and the
+// model never see an out-of-range index.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lethe {
+
+struct TokenDataset {
+  std::string path;
+  std::string tokenizer;  // "bytes", "hf:...", "gguf:..."
+  std::string source;
+  int64_t vocab_size = 0;
+  int64_t bos_id = -1, eos_id = -1;
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> offsets;  // n_docs + 1
+  std::vector<std::array<uint8_t, 32>> doc_sha256;
+
+  int64_t n_docs() const { return int64_t(offsets.size()) - 1; }
+  int64_t n_tokens() const { return int64_t(tokens.size()); }
+  int64_t doc_length(int64_t d) const { return offsets[size_t(d) + 1] - offsets[size_t(d)]; }
+};
+
+// model_vocab: the model's vocabulary; the dataset's ids must fit it (0 skips the check).
+TokenDataset load_token_dataset(const std::string& path, int64_t model_vocab);
+
+// Writes a dataset (used by tests and by tools that build datasets in C++).
+void save_token_dataset(const std::string& path, const TokenDataset& ds);
+
+}  // namespace lethe

@@ -1,0 +1,94 @@
+// Checkpoints: a directory holding manifest.json, HDF5 shard files, and a COMPLETE
+// marker written last. Every tensor slice in a shard records its global shape and offset,
+// so a reader can serve any slice of any tensor, whatever layout wrote it.
+//
+// Crash safety: everything is written under a staging name, fsynced, then renamed into
+// place; the run directory's LATEST file is replaced atomically afterwards. A crash at
+// any moment leaves the previous checkpoint intact and loadable. See docs/formats.md.
+#pragma once
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace lethe {
+
+namespace h5 {
+class File;
+}
+
+class CheckpointWriter {
+ public:
+  // Will become <run_dir>/<name>; stages in <run_dir>/.<name>.partial-<pid>.
+  CheckpointWriter(const std::string& run_dir, const std::string& name, int rank = 0);
+  ~CheckpointWriter();  // removes the staging directory unless committed
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // A whole tensor, or a slice of a larger one.
+  void add(const std::string& group, const std::string& name, const Tensor& t);
+  void add_slice(const std::string& group, const std::string& name, const Tensor& slice, const Shape& global_shape,
+                 const std::vector<int64_t>& offset);
+  // The caller's manifest fields (config, step, cursors, rng, metrics...).
+  nlohmann::json& manifest() { return manifest_; }
+  // Syncs, checksums and renames into place; returns the final directory.
+  std::string commit();
+
+ private:
+  std::string run_dir_, name_, staging_, shard_name_;
+  std::unique_ptr<h5::File> shard_;
+  nlohmann::json manifest_;
+  bool committed_ = false;
+};
+
+class Checkpoint {
+ public:
+  // Verifies the COMPLETE marker, the manifest and every shard's SHA-256.
+  static Checkpoint open(const std::string& dir);
+  Checkpoint(Checkpoint&&) noexcept;
+  ~Checkpoint();
+
+  const std::string& dir() const { return dir_; }
+  const nlohmann::json& manifest() const { return manifest_; }
+  bool has(const std::string& group, const std::string& name) const;
+  std::vector<std::string> names(const std::string& group) const;
+  Shape global_shape(const std::string& group, const std::string& name) const;
+  DType stored_dtype(const std::string& group, const std::string& name) const;
+  // The whole tensor, or the box [offset, offset + shape), assembled from whichever shards
+  // hold it and converted to dtype.
+  Tensor read(const std::string& group, const std::string& name, DType dtype) const;
+  Tensor read_slice(const std::string& group, const std::string& name, const std::vector<int64_t>& offset,
+                    const Shape& shape, DType dtype) const;
+
+ private:
+  struct Piece {
+    size_t file;
+    std::string dset;
+    Shape shape;
+    std::vector<int64_t> offset;
+    DType dtype;
+  };
+  struct Entry {
+    Shape global_shape;
+    std::vector<Piece> pieces;
+  };
+  Checkpoint() = default;
+  const Entry& entry(const std::string& group, const std::string& name) const;
+
+  std::string dir_;
+  nlohmann::json manifest_;
+  std::vector<std::unique_ptr<h5::File>> files_;
+  std::map<std::string, Entry> entries_;  // "group/name"
+};
+
+// Newest complete checkpoint (step_NNNNNNNN) under run_dir, or "" when there is none.
+// Incomplete ones (no COMPLETE marker: an interrupted save) are skipped with a warning.
+std::string latest_checkpoint(const std::string& run_dir);
+// Step directory name: step_00000042.
+std::string checkpoint_name(int64_t step);
+// Removes all but the newest `keep` complete checkpoints (keep <= 0 keeps all).
+void prune_checkpoints(const std::string& run_dir, int64_t keep);
+
+}  // namespace lethe

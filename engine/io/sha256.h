@@ -1,0 +1,16 @@
+// SHA-256 through OpenSSL's libcrypto: document hashes in token datasets, shard
+// checksums in checkpoint manifests.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+
+namespace lethe {
+
+using Sha256 = std::array<uint8_t, 32>;
+
+Sha256 sha256(const void* data, size_t n);
+Sha256 sha256_file(const std::string& path);  // streams the file; errors name it
+std::string to_hex(const Sha256& h);
+
+}  // namespace lethe
