@@ -3,25 +3,39 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "engine/cli/commands.h"
 #include "engine/core/log.h"
+#include "engine/data/sequence_sampler.h"
+#include "engine/data/token_dataset.h"
 #include "engine/data/token_stream.h"
+#include "engine/io/model_checkpoint.h"
 #include "engine/io/model_config_yaml.h"
+#include "engine/io/sha256.h"
 #include "engine/model/llama.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
 
 namespace lethe::cli {
 namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 struct TrainConfig {
   LlamaConfig model;
-  std::string data_path, data_format = "bytes";
-  int64_t steps = 100, batch_size = 8, seq_len = 64, log_every = 10, threads = 0;
+  std::string data_path, data_format = "auto";
+  int64_t min_targets = 1;
+  bool pack = false;
+  int64_t steps = 100, run_steps = 0, batch_size = 8, seq_len = 64, log_every = 10, threads = 0;
   uint64_t seed = 1234;
   int64_t recompute_layers = 0;
+  bool resume = false;
+  std::string init_from;  // checkpoint whose weights start the run
+  std::string ckpt_dir;
+  int64_t ckpt_every = 0, ckpt_keep = 0;
   OptimConfig optim;
   LRSchedule schedule;
 };
@@ -48,15 +62,27 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   const ConfigNode d = root.child("data");
   c.data_path = d.path("path");
   c.data_format = d.get<std::string>("format", c.data_format);
+  c.min_targets = d.get<int64_t>("min_targets", c.min_targets);
+  c.pack = d.get<bool>("pack", c.pack);
   d.finish();
+  if (c.data_format == "auto") {
+    const std::string ext = fs::path(c.data_path).extension().string();
+    c.data_format = (ext == ".h5" || ext == ".hdf5") ? "hdf5" : "bytes";
+  }
+  LETHE_CHECK(c.data_format == "hdf5" || c.data_format == "bytes" || c.data_format == "u16" || c.data_format == "i32",
+              d.where("format"), ": must be auto, hdf5, bytes, u16 or i32, got '", c.data_format, "'");
 
   if (root.has("train")) {
     const ConfigNode t = root.child("train");
     c.steps = t.get<int64_t>("steps", c.steps);
+    c.run_steps = t.get<int64_t>("run_steps", c.run_steps);
     c.batch_size = t.get<int64_t>("batch_size", c.batch_size);
     c.seq_len = t.get<int64_t>("seq_len", c.seq_len);
     c.seed = uint64_t(t.get<int64_t>("seed", int64_t(c.seed)));
     c.log_every = t.get<int64_t>("log_every", c.log_every);
+    c.threads = t.get<int64_t>("threads", c.threads);
+    c.resume = t.get<bool>("resume", c.resume);
+    if (t.has("init_from")) c.init_from = t.path("init_from");
     // recompute: true/false for all layers, or a count of layers (the first ones).
     if (t.has("recompute")) {
       try {
@@ -67,14 +93,23 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
       LETHE_CHECK(c.recompute_layers >= 0 && c.recompute_layers <= c.model.n_layers, t.where("recompute"),
                   ": must be true, false or a layer count in [0, ", c.model.n_layers, "]");
     }
-    c.threads = t.get<int64_t>("threads", c.threads);
     t.finish();
     LETHE_CHECK(c.steps >= 1, t.where("steps"), ": must be >= 1");
+    LETHE_CHECK(c.run_steps >= 0, t.where("run_steps"), ": must be >= 0 (0 = run to the end)");
     LETHE_CHECK(c.batch_size >= 1, t.where("batch_size"), ": must be >= 1");
     LETHE_CHECK(c.seq_len >= 1 && c.seq_len <= c.model.max_seq_len, t.where("seq_len"), ": must be in [1, ",
                 c.model.max_seq_len, "] (the model's max_seq_len)");
     LETHE_CHECK(c.log_every >= 1, t.where("log_every"), ": must be >= 1");
     LETHE_CHECK(c.threads >= 0, t.where("threads"), ": must be >= 0 (0 = all cores)");
+  }
+  if (root.has("checkpoint")) {
+    const ConfigNode k = root.child("checkpoint");
+    c.ckpt_dir = k.path("dir");
+    c.ckpt_every = k.get<int64_t>("every", c.ckpt_every);
+    c.ckpt_keep = k.get<int64_t>("keep_last", c.ckpt_keep);
+    k.finish();
+    LETHE_CHECK(c.ckpt_every >= 0, k.where("every"), ": must be >= 0 (0 = only at the end)");
+    LETHE_CHECK(c.ckpt_keep >= 0, k.where("keep_last"), ": must be >= 0 (0 = keep all)");
   }
   if (root.has("optimizer")) {
     const ConfigNode o = root.child("optimizer");
@@ -99,7 +134,115 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   }
   c.schedule.total_steps = c.steps;
   root.finish();
+  LETHE_CHECK(!c.resume || !c.ckpt_dir.empty(), path, ": train.resume needs checkpoint.dir");
   return c;
+}
+
+// What makes two runs "the same run": everything but the step count and logging. A
+// checkpoint directory only continues the run that created it.
+json run_fingerprint(const TrainConfig& c) {
+  return {{"model", llama_config_to_json(c.model)},
+          {"data", {{"file", fs::path(c.data_path).filename().string()}, {"format", c.data_format},
+                    {"min_targets", c.min_targets}, {"pack", c.pack}}},
+          {"batch_size", c.batch_size},
+          {"seq_len", c.seq_len},
+          {"seed", c.seed},
+          {"optimizer", {{"type", c.optim.type}, {"beta1", c.optim.beta1}, {"beta2", c.optim.beta2},
+                         {"eps", c.optim.eps}, {"weight_decay", c.optim.weight_decay},
+                         {"momentum", c.optim.momentum}, {"grad_clip", c.optim.grad_clip}}},
+          {"schedule", {{"type", c.schedule.type}, {"lr", c.schedule.lr}, {"min_lr", c.schedule.min_lr},
+                        {"warmup_steps", c.schedule.warmup_steps}}}};
+}
+
+// Batches from either a token dataset (documents, seed-study chunks, cursor) or a raw
+// token stream (random windows indexed by step).
+class Batches {
+ public:
+  explicit Batches(const TrainConfig& c) {
+    if (c.data_format == "hdf5") {
+      ds_ = std::make_unique<TokenDataset>(load_token_dataset(c.data_path, c.model.vocab_size));
+      SamplerConfig sc;
+      sc.seq_len = c.seq_len;
+      sc.min_targets = c.min_targets;
+      sc.pack = c.pack;
+      sc.seed = c.seed;
+      sampler_ = std::make_unique<SequenceSampler>(*ds_, sc);
+      n_tokens_ = ds_->n_tokens();
+    } else {
+      stream_ = std::make_unique<TokenStream>(load_token_stream(c.data_path, c.data_format, c.model.vocab_size));
+      window_ = std::make_unique<WindowSampler>(*stream_, c.seq_len, c.seed);
+      n_tokens_ = int64_t(stream_->tokens.size());
+    }
+  }
+  void next(int64_t step, Tensor& tokens, Tensor& targets) {
+    if (sampler_) sampler_->next(tokens, targets);
+    else window_->batch(step, tokens, targets);
+  }
+  json cursor() const {
+    if (!sampler_) return {{"kind", "window"}};
+    return {{"kind", "sequence"}, {"epoch", sampler_->cursor().epoch}, {"index", sampler_->cursor().index}};
+  }
+  void restore(const json& j, const std::string& where) {
+    if (!sampler_) return;
+    LETHE_CHECK(j.value("kind", "") == "sequence", where, ": data cursor is not a sequence cursor");
+    sampler_->set_cursor({j.at("epoch").get<int64_t>(), j.at("index").get<int64_t>()});
+  }
+  int64_t n_tokens() const { return n_tokens_; }
+
+ private:
+  std::unique_ptr<TokenDataset> ds_;
+  std::unique_ptr<SequenceSampler> sampler_;
+  std::unique_ptr<TokenStream> stream_;
+  std::unique_ptr<WindowSampler> window_;
+  int64_t n_tokens_ = 0;
+};
+
+void save_checkpoint(const TrainConfig& c, LlamaModel& model, Optimizer& opt, const Batches& data, int64_t step,
+                     double loss, std::ostream& out) {
+  CheckpointWriter w(c.ckpt_dir, checkpoint_name(step));
+  add_params(w, "weights", model.params());
+  if (opt.m().size()) add_params(w, "optim_m", opt.m());
+  if (opt.v().size()) add_params(w, "optim_v", opt.v());
+  json& m = w.manifest();
+  m["kind"] = "train";
+  m["step"] = step;
+  m["model"] = llama_config_to_json(c.model);
+  m["run"] = run_fingerprint(c);
+  m["optimizer"] = {{"type", c.optim.type}, {"steps_taken", opt.steps_taken()}};
+  m["data"] = {{"cursor", data.cursor()}};
+  m["rng"] = {{"generator", "philox4x32-10"}, {"seed", c.seed}};
+  m["metrics"] = {{"loss", loss}};
+  m["parallel"] = {{"tp", 1}, {"dp", 1}};
+  m["dtype"] = dtype_name(model.dtype());
+  m["lethe_version"] = LETHE_VERSION;
+  const std::string dir = w.commit();
+  prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
+  out << "saved " << dir << std::endl;
+}
+
+// Returns the step to start from (0 for a fresh run).
+int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, Optimizer& opt, Batches& data, std::ostream& out) {
+  if (c.ckpt_dir.empty()) return 0;
+  const std::string latest = latest_checkpoint(c.ckpt_dir);
+  if (latest.empty()) return 0;
+  const Checkpoint ck = Checkpoint::open(latest);
+  const json& m = ck.manifest();
+  const std::string where = latest + "/manifest.json";
+  LETHE_CHECK(c.resume, c.ckpt_dir, ": already holds a run (", fs::path(latest).filename().string(),
+              "); set train.resume=true to continue it, or choose another checkpoint.dir");
+  LETHE_CHECK(m.value("kind", "") == "train" && m.contains("run"), where, ": not a training checkpoint");
+  const json want = run_fingerprint(c);
+  for (auto it = want.begin(); it != want.end(); ++it)
+    LETHE_CHECK(m["run"].contains(it.key()) && m["run"][it.key()] == it.value(), c.ckpt_dir,
+                ": holds a different run: its '", it.key(), "' settings differ from this config's");
+  load_params(ck, "weights", model.params());
+  if (opt.m().size()) load_params(ck, "optim_m", opt.m());
+  if (opt.v().size()) load_params(ck, "optim_v", opt.v());
+  opt.set_steps_taken(m.at("optimizer").at("steps_taken").get<int64_t>());
+  data.restore(m.at("data").at("cursor"), where);
+  const int64_t step = m.at("step").get<int64_t>();
+  out << "resumed from " << latest << " at step " << step << std::endl;
+  return step;
 }
 
 }  // namespace
@@ -107,47 +250,60 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
   const TrainConfig c = load_train_config(config_path, overrides);
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
-  const TokenStream stream = load_token_stream(c.data_path, c.data_format, c.model.vocab_size);
-  const WindowSampler sampler(stream, c.seq_len, c.seed);
+  Batches data(c);
 
   LlamaModel model(c.model, DType::f32);
   model.init_weights(c.seed);
+  if (!c.init_from.empty()) {
+    const Checkpoint init = Checkpoint::open(c.init_from);
+    load_params(init, "weights", model.params());
+  }
   model.set_recompute_layers(c.recompute_layers);
   Optimizer opt(model.params(), c.optim);
+  const int64_t start = restore_or_check(c, model, opt, data, out);
+  const int64_t end = c.run_steps > 0 ? std::min(c.steps, start + c.run_steps) : c.steps;
 
   char line[256];
-  std::snprintf(line, sizeof line, "model %s: %.2fM params | data %zu tokens | batch %lld x %lld | %s, %d threads",
-                c.model.name.c_str(), double(c.model.n_params()) / 1e6, stream.tokens.size(),
+  std::snprintf(line, sizeof line, "model %s: %.2fM params | data %lld tokens | batch %lld x %lld | %s, %d threads",
+                c.model.name.c_str(), double(c.model.n_params()) / 1e6, (long long)data.n_tokens(),
                 (long long)c.batch_size, (long long)c.seq_len, c.optim.type.c_str(), omp_get_max_threads());
   out << line << std::endl;
 
   Tensor tokens = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
   Tensor targets = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
   TrainSummary summary;
-  double timed_seconds = 0;
+  double timed_seconds = 0, loss = NAN;
   int64_t timed_tokens = 0;
   const double flops_per_token = c.model.train_flops_per_token(c.seq_len);
-  for (int64_t step = 0; step < c.steps; ++step) {
+  for (int64_t step = start; step < end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    sampler.batch(step, tokens, targets);
+    data.next(step, tokens, targets);
     model.grads().zero();
-    const double loss = model.forward(tokens, targets);
-    LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step, "; stopping before the update");
+    loss = model.forward(tokens, targets);
+    // Stop before the update, and before any checkpoint could record a broken state.
+    LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
     model.backward();
     const double lr = c.schedule.at(step);
     const double gnorm = opt.step(model.grads(), lr);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary.losses.push_back(loss);
     const int64_t ntok = c.batch_size * c.seq_len;
-    if (step > 0 || c.steps == 1) {  // the first step pays for allocation
+    if (step > start || end - start == 1) {  // the first step pays for allocation
       timed_seconds += dt;
       timed_tokens += ntok;
     }
-    if (step % c.log_every == 0 || step == c.steps - 1) {
+    if (step % c.log_every == 0 || step == end - 1) {
       std::snprintf(line, sizeof line, "step %5lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s",
                     (long long)step + 1, (long long)c.steps, loss, lr, gnorm, double(ntok) / dt);
       out << line << std::endl;
     }
+    const bool last = step + 1 == end;
+    if (!c.ckpt_dir.empty() && (last || (c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0)))
+      save_checkpoint(c, model, opt, data, step + 1, loss, out);
+  }
+  if (summary.losses.empty()) {
+    out << "nothing to do: the run is already at step " << start << " of " << c.steps << std::endl;
+    return summary;
   }
   summary.tokens_per_s = timed_seconds > 0 ? double(timed_tokens) / timed_seconds : 0;
   summary.mfu_flops = summary.tokens_per_s * flops_per_token;
@@ -163,7 +319,9 @@ int train_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
     std::cout << "usage: lethe train CONFIG.yaml [key=value ...]\n"
                  "  Trains (gradient descent) on a token file and prints step, loss, tokens/s.\n"
-                 "  Overrides use dotted keys: train.steps=50 optimizer.lr=1e-3 model.n_layers=4\n";
+                 "  Overrides use dotted keys: train.steps=50 optimizer.lr=1e-3 model.n_layers=4\n"
+                 "  With checkpoint.dir set, saves there (every checkpoint.every steps and at the end);\n"
+                 "  train.resume=true continues the run found there, bit-exactly.\n";
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> overrides(args.begin() + 1, args.end());

@@ -1,0 +1,119 @@
+// `lethe train` checkpoints and resume on a token dataset: an interrupted run resumed
+// from its checkpoint reproduces the uninterrupted run bit for bit (losses and weights);
+// a checkpoint directory refuses to be reused by another run.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/cli/commands.h"
+#include "engine/data/token_dataset.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/sha256.h"
+#include "tests/test_util.h"
+
+namespace lethe {
+namespace {
+namespace fs = std::filesystem;
+
+class Resume : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("lethe_resume_" + std::to_string(::getpid()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    TokenDataset ds;
+    ds.tokenizer = "bytes";
+    ds.vocab_size = 256;
+    const std::string text[3] = {"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
+                                 "However little known the feelings or views of such a man may be on his first entering a neighbourhood,",
+                                 "this truth is so well fixed in the minds of the surrounding families."};
+    ds.offsets = {0};
+    for (const auto& t : text) {
+      for (unsigned char ch : t) ds.tokens.push_back(ch);
+      ds.offsets.push_back(int64_t(ds.tokens.size()));
+      ds.doc_sha256.push_back(sha256(t.data(), t.size()));
+    }
+    save_token_dataset((dir_ / "train.h5").string(), ds);
+    std::ofstream(dir_ / "train.yaml") << "model: " << LETHE_SOURCE_DIR << "/configs/models/tiny.yaml\n"
+                                       << "data: {path: train.h5}\n"
+                                       << "train: {steps: 8, batch_size: 2, seq_len: 32, log_every: 1, seed: 3}\n"
+                                       << "optimizer: {lr: 3.0e-3, schedule: cosine, warmup_steps: 2, weight_decay: 0.1}\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  cli::TrainSummary train(std::vector<std::string> ov) {
+    std::ostringstream log;
+    return cli::run_train((dir_ / "train.yaml").string(), ov, log);
+  }
+  std::string weights(const std::string& ckpt) {
+    const Checkpoint c = Checkpoint::open(ckpt);
+    std::string all;
+    for (const auto& n : c.names("weights")) {
+      const Tensor t = c.read("weights", n, DType::f32);
+      all.append(static_cast<const char*>(t.raw()), t.nbytes());
+    }
+    return all;
+  }
+  fs::path dir_;
+};
+
+TEST_F(Resume, InterruptedRunResumesBitExactly) {
+  const auto full = train({"checkpoint.dir=" + (dir_ / "a").string(), "checkpoint.every=3"});
+  ASSERT_EQ(full.losses.size(), 8u);
+  const std::string b = (dir_ / "b").string();
+  const auto first = train({"checkpoint.dir=" + b, "checkpoint.every=3", "train.run_steps=5"});
+  ASSERT_EQ(first.losses.size(), 5u);
+  EXPECT_EQ(latest_checkpoint(b), b + "/step_00000005");
+  const auto rest = train({"checkpoint.dir=" + b, "checkpoint.every=3", "train.resume=true"});
+  ASSERT_EQ(rest.losses.size(), 3u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(first.losses[i], full.losses[i]) << i;
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rest.losses[i], full.losses[5 + i]) << i;
+  EXPECT_EQ(weights(b + "/step_00000008"), weights((dir_ / "a" / "step_00000008").string()));
+}
+
+TEST_F(Resume, IncompleteLatestFallsBackToPrevious) {
+  const std::string a = (dir_ / "a").string(), b = (dir_ / "b").string();
+  train({"checkpoint.dir=" + a});
+  train({"checkpoint.dir=" + b, "checkpoint.every=2", "train.run_steps=6"});
+  fs::remove(fs::path(b) / "step_00000006" / "COMPLETE");  // as if killed mid-save
+  const auto rest = train({"checkpoint.dir=" + b, "checkpoint.every=2", "train.resume=true"});
+  EXPECT_EQ(rest.losses.size(), 4u);  // from step 4
+  EXPECT_EQ(weights(b + "/step_00000008"), weights(a + "/step_00000008"));
+}
+
+TEST_F(Resume, DirectoryOfAnotherRunIsRefused) {
+  const std::string a = (dir_ / "a").string();
+  train({"checkpoint.dir=" + a, "train.run_steps=2"});
+  const std::string before = weights(a + "/step_00000002");
+  try {
+    train({"checkpoint.dir=" + a});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already holds a run (step_00000002)"), std::string::npos) << e.what();
+  }
+  try {
+    train({"checkpoint.dir=" + a, "train.resume=true", "optimizer.lr=1.0e-2"});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds a different run: its 'schedule' settings differ"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(weights(a + "/step_00000002"), before);  // nothing was overwritten
+  EXPECT_THROW(train({"train.resume=true"}), Error);  // resume without a directory
+}
+
+TEST_F(Resume, NanLossStopsBeforeAnythingIsWritten) {
+  const std::string a = (dir_ / "a").string();
+  train({"checkpoint.dir=" + a, "train.run_steps=2"});
+  const std::string before = weights(a + "/step_00000002");
+  // A huge learning rate drives the loss to inf/NaN within a few steps.
+  EXPECT_THROW(train({"checkpoint.dir=" + (dir_ / "c").string(), "optimizer.lr=1.0e+30", "optimizer.grad_clip=0",
+                      "checkpoint.every=1", "train.steps=50"}),
+               Error);
+  EXPECT_EQ(weights(a + "/step_00000002"), before);
+}
+
+}  // namespace
+}  // namespace lethe
