@@ -20,6 +20,7 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
 int train_main(const std::vector<std::string>& args);
 int version_main(const std::vector<std::string>& args);
 int model_info_main(const std::vector<std::string>& args);
+int checkpoint_info_main(const std::vector<std::string>& args);
 std::string version_string();
 
 }  // namespace lethe::cli

@@ -14,6 +14,7 @@ const char* kUsage =
     "commands:\n"
     "  train CONFIG [key=value ...]   train a model by gradient descent on a token file\n"
     "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
+    "  checkpoint-info DIR            verify a checkpoint and print its step, model and digests\n"
     "  version                        version, compiled backends and visible GPUs\n"
     "\n"
     "Run 'lethe <command> --help' for a command's options.\n";
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (cmd == "version" || cmd == "--version") return lethe::cli::version_main(args);
     if (cmd == "train") return lethe::cli::train_main(args);
     if (cmd == "model-info") return lethe::cli::model_info_main(args);
+    if (cmd == "checkpoint-info") return lethe::cli::checkpoint_info_main(args);
     std::cerr << "lethe: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const lethe::Error& e) {

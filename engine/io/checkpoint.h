@@ -6,6 +6,7 @@
 // place; the run directory's LATEST file is replaced atomically afterwards. A crash at
 // any moment leaves the previous checkpoint intact and loadable. See docs/formats.md.
 #pragma once
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
