@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "engine/core/bf16.h"
+#include "engine/core/f16.h"
 #include "engine/core/rng.h"
 #include "engine/core/tensor.h"
 
@@ -56,6 +57,30 @@ TEST(BF16, RoundsToNearestEven) {
   EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(std::numeric_limits<float>::infinity()))));
   // Largest finite float rounds to +inf in bf16, as torch does.
   EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(std::numeric_limits<float>::max()))));
+}
+
+TEST(F16, ExactRoundTripAndRoundToNearestEven) {
+  // Every finite half survives half -> float -> half.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
+    ASSERT_EQ(float_to_f16(f16_to_float(f16{uint16_t(h)})).bits, h) << std::hex << h;
+  }
+  // Between adjacent positive halves a < b: the midpoint goes to the even one, anything
+  // above it to b, below it to a (covers subnormals and the carry into the exponent).
+  for (uint32_t h = 0; h < 0x7bff; ++h) {
+    const float a = f16_to_float(f16{uint16_t(h)}), b = f16_to_float(f16{uint16_t(h + 1)});
+    const float mid = a + (b - a) / 2;
+    ASSERT_EQ(float_to_f16(mid).bits, (h & 1) ? h + 1 : h) << std::hex << h;
+    ASSERT_EQ(float_to_f16(std::nextafter(mid, b)).bits, h + 1) << std::hex << h;
+    ASSERT_EQ(float_to_f16(std::nextafter(mid, a)).bits, h) << std::hex << h;
+    ASSERT_EQ(float_to_f16(-mid).bits, ((h & 1) ? h + 1 : h) | 0x8000) << std::hex << h;
+  }
+  EXPECT_EQ(float_to_f16(65520.0f).bits, 0x7c00);  // halfway past the largest half: inf
+  EXPECT_EQ(float_to_f16(65519.0f).bits, 0x7bff);
+  EXPECT_EQ(float_to_f16(1e-9f).bits, 0);
+  EXPECT_TRUE(std::isnan(f16_to_float(float_to_f16(std::numeric_limits<float>::quiet_NaN()))));
+  Tensor t = Tensor::from<double>({2}, {1.5, -0.1});
+  EXPECT_EQ(t.to(DType::f16).to(DType::f32).data<float>()[0], 1.5f);
 }
 
 TEST(Philox, MatchesPublishedKnownAnswer) {

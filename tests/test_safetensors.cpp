@@ -54,7 +54,7 @@ TEST(Safetensors, RoundTripAllDtypes) {
   fs::remove(p);
 }
 
-TEST(Safetensors, F16WidensAndI64Narrows) {
+TEST(Safetensors, F16ConvertsExactlyAndI64Narrows) {
   const std::string p = tmp("f16.safetensors");
   // F16: 1.0 = 0x3c00, -2.0 = 0xc000, smallest subnormal 2^-24 = 0x0001.
   const uint16_t h[3] = {0x3c00, 0xc000, 0x0001};
@@ -67,7 +67,9 @@ TEST(Safetensors, F16WidensAndI64Narrows) {
             R"("i":{"dtype":"I64","shape":[1],"data_offsets":[8,16]},"j":{"dtype":"I64","shape":[1],"data_offsets":[16,24]}})",
             data);
   const auto f = SafetensorsFile::open(p);
-  const Tensor t = f.tensor("h");
+  const Tensor h16 = f.tensor("h");
+  EXPECT_EQ(h16.dtype(), DType::f16);
+  const Tensor t = h16.to(DType::f32);
   EXPECT_EQ(t.data<float>()[0], 1.0f);
   EXPECT_EQ(t.data<float>()[1], -2.0f);
   EXPECT_EQ(t.data<float>()[2], std::ldexp(1.0f, -24));

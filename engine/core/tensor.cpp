@@ -11,6 +11,7 @@ size_t dtype_size(DType dt) {
     case DType::f32: return 4;
     case DType::f64: return 8;
     case DType::bf16: return 2;
+    case DType::f16: return 2;
     case DType::i32: return 4;
   }
   return 0;
@@ -21,6 +22,7 @@ const char* dtype_name(DType dt) {
     case DType::f32: return "f32";
     case DType::f64: return "f64";
     case DType::bf16: return "bf16";
+    case DType::f16: return "f16";
     case DType::i32: return "i32";
   }
   return "?";
@@ -118,6 +120,7 @@ double load(const void* p, DType dt, int64_t i) {
     case DType::f32: return static_cast<const float*>(p)[i];
     case DType::f64: return static_cast<const double*>(p)[i];
     case DType::bf16: return bf16_to_float(static_cast<const bf16*>(p)[i]);
+    case DType::f16: return f16_to_float(static_cast<const f16*>(p)[i]);
     case DType::i32: return static_cast<const int32_t*>(p)[i];
   }
   return 0;
@@ -127,6 +130,7 @@ void store(void* p, DType dt, int64_t i, double v) {
     case DType::f32: static_cast<float*>(p)[i] = float(v); break;
     case DType::f64: static_cast<double*>(p)[i] = v; break;
     case DType::bf16: static_cast<bf16*>(p)[i] = float_to_bf16(float(v)); break;
+    case DType::f16: static_cast<f16*>(p)[i] = float_to_f16(float(v)); break;
     case DType::i32: static_cast<int32_t*>(p)[i] = int32_t(v); break;
   }
 }

@@ -9,11 +9,13 @@
 #include <vector>
 
 #include "engine/core/bf16.h"
+#include "engine/core/f16.h"
 #include "engine/core/error.h"
 
 namespace lethe {
 
-enum class DType { f32, f64, bf16, i32 };
+// f16 and bf16 are storage types: CPU kernels compute in f32/f64.
+enum class DType { f32, f64, bf16, i32, f16 };
 enum class Device { cpu, cuda };
 
 size_t dtype_size(DType dt);
@@ -29,6 +31,7 @@ template <> struct dtype_of<float> { static constexpr DType value = DType::f32; 
 template <> struct dtype_of<double> { static constexpr DType value = DType::f64; };
 template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; };
 template <> struct dtype_of<int32_t> { static constexpr DType value = DType::i32; };
+template <> struct dtype_of<f16> { static constexpr DType value = DType::f16; };
 
 // Owns raw bytes on one device. CUDA storage is provided by the CUDA backend; the CPU
 // build refuses it with a clear error rather than pretending.
@@ -89,7 +92,7 @@ class Tensor {
   Tensor slice_rows(int64_t begin, int64_t end) const;
 
   Tensor clone() const;
-  // Converting copy (f32 <-> f64 <-> bf16; i32 only to i32).
+  // Converting copy (f32 <-> f64 <-> bf16 <-> f16; i32 only to i32).
   Tensor to(DType dtype) const;
   void zero_();
   void copy_from(const Tensor& src);  // same shape; converts dtype

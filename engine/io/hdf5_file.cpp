@@ -177,6 +177,8 @@ Tensor File::read_tensor(const std::string& name) const {
   else if (cls == H5T_FLOAT && size == 8) dt = DType::f64, mem = H5T_NATIVE_DOUBLE;
   else if (cls == H5T_INTEGER && size == 2 && has_attr(name, "dtype") && attr_string(name, "dtype") == "bf16")
     dt = DType::bf16, mem = H5T_NATIVE_UINT16;
+  else if (cls == H5T_INTEGER && size == 2 && has_attr(name, "dtype") && attr_string(name, "dtype") == "f16")
+    dt = DType::f16, mem = H5T_NATIVE_UINT16;
   else if (cls == H5T_INTEGER && size <= 4) dt = DType::i32, mem = H5T_NATIVE_INT32;
   else LETHE_FAIL(path_, ": dataset '", name, "' has a type lethe does not read as a tensor");
   Tensor t = Tensor::empty(s, dt);
@@ -190,10 +192,11 @@ void File::write_tensor(const std::string& name, const Tensor& t) {
   check_cpu(t, "h5::File::write_tensor", name.c_str());
   hid_t mem = t.dtype() == DType::f32    ? H5T_NATIVE_FLOAT
               : t.dtype() == DType::f64  ? H5T_NATIVE_DOUBLE
-              : t.dtype() == DType::bf16 ? H5T_NATIVE_UINT16
+              : t.dtype() == DType::bf16 || t.dtype() == DType::f16 ? H5T_NATIVE_UINT16
                                          : H5T_NATIVE_INT32;
   write_dset(id_, path_, name, mem, t.shape(), t.raw());
-  if (t.dtype() == DType::bf16) set_attr(name, "dtype", std::string("bf16"));
+  // 16-bit floats are stored as their bit patterns; the attribute says which format.
+  if (t.dtype() == DType::bf16 || t.dtype() == DType::f16) set_attr(name, "dtype", std::string(dtype_name(t.dtype())));
 }
 
 void File::write_i64(const std::string& name, const std::vector<int64_t>& v) {

@@ -23,37 +23,13 @@ size_t st_dtype_size(const std::string& d) {
   return 0;
 }
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: renormalise
-      int e = -1;
-      uint32_t m = man;
-      do {
-        ++e;
-        m <<= 1;
-      } while (!(m & 0x400));
-      u = sign | uint32_t(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | man << 13;
-  } else {
-    u = sign | (exp + 112) << 23 | man << 13;
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 const char* st_name(DType dt) {
   switch (dt) {
     case DType::f32: return "F32";
     case DType::f64: return "F64";
     case DType::bf16: return "BF16";
     case DType::i32: return "I32";
+    case DType::f16: return "F16";
   }
   return "?";
 }
@@ -157,16 +133,7 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   if (e.dtype == "F64") return copy(DType::f64);
   if (e.dtype == "BF16") return copy(DType::bf16);
   if (e.dtype == "I32") return copy(DType::i32);
-  if (e.dtype == "F16") {
-    Tensor t = Tensor::empty(e.shape, DType::f32);
-    float* d = t.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      d[i] = half_to_float(h);
-    }
-    return t;
-  }
+  if (e.dtype == "F16") return copy(DType::f16);
   if (e.dtype == "I64") {
     Tensor t = Tensor::empty(e.shape, DType::i32);
     int32_t* d = t.data<int32_t>();

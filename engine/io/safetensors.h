@@ -29,8 +29,7 @@ class SafetensorsFile {
   const SafetensorsEntry& entry(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
-  // F32/F64/BF16/I32 keep their dtype; F16 widens to f32; I64 narrows to i32 when every
-  // value fits.
+  // F32/F64/BF16/F16/I32 keep their dtype; I64 narrows to i32 when every value fits.
   Tensor tensor(const std::string& name) const;
 
  private:
@@ -40,7 +39,7 @@ class SafetensorsFile {
   std::vector<char> data_;
 };
 
-// Writes tensors (f32, f64, bf16, i32) to `path` via a temporary file and a rename, so an
+// Writes tensors (f32, f64, bf16, f16, i32) to `path` via a temporary file and a rename, so an
 // interrupted write never leaves a truncated file under the final name.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
