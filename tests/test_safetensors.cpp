@@ -110,6 +110,9 @@ TEST(Safetensors, MalformedFilesAreRejected) {
   expect_error(p, "'w'");
   write_raw(p, R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", std::string(8, '\0'));
   expect_error(p, "data_offsets");
+  write_raw(p, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            std::string(12, '\0'));
+  expect_error(p, "overlap");
   write_raw(p, R"({"w":{"dtype":"F32","shape":[1]}})", "");
   expect_error(p, "needs dtype, shape and data_offsets");
   write_raw(p, R"({"__metadata__":{"k":3}})", "");

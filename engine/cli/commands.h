@@ -21,6 +21,8 @@ int train_main(const std::vector<std::string>& args);
 int version_main(const std::vector<std::string>& args);
 int model_info_main(const std::vector<std::string>& args);
 int checkpoint_info_main(const std::vector<std::string>& args);
+int convert_main(const std::vector<std::string>& args);
+int eval_main(const std::vector<std::string>& args);
 std::string version_string();
 
 }  // namespace lethe::cli

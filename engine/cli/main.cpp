@@ -14,6 +14,8 @@ const char* kUsage =
     "commands:\n"
     "  train CONFIG [key=value ...]   train a model by gradient descent on a token file\n"
     "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
+    "  eval CKPT DATA.h5              NLL, perplexity and next-token accuracy on a token dataset\n"
+    "  convert KIND SRC OUT           hf-to-lethe, lethe-to-hf, gguf-to-lethe model conversion\n"
     "  checkpoint-info DIR            verify a checkpoint and print its step, model and digests\n"
     "  version                        version, compiled backends and visible GPUs\n"
     "\n"
@@ -37,6 +39,8 @@ int main(int argc, char** argv) {
     if (cmd == "train") return lethe::cli::train_main(args);
     if (cmd == "model-info") return lethe::cli::model_info_main(args);
     if (cmd == "checkpoint-info") return lethe::cli::checkpoint_info_main(args);
+    if (cmd == "convert") return lethe::cli::convert_main(args);
+    if (cmd == "eval") return lethe::cli::eval_main(args);
     std::cerr << "lethe: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const lethe::Error& e) {

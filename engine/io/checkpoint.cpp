@@ -64,8 +64,9 @@ std::string checkpoint_name(int64_t step) {
 
 // ---- writer -----------------------------------------------------------------------------
 
-CheckpointWriter::CheckpointWriter(const std::string& run_dir, const std::string& name, int rank)
-    : run_dir_(run_dir), name_(name) {
+CheckpointWriter::CheckpointWriter(const std::string& run_dir, const std::string& name, int rank,
+                                   bool update_latest)
+    : run_dir_(run_dir), name_(name), update_latest_(update_latest) {
   std::error_code ec;
   fs::create_directories(run_dir_, ec);
   LETHE_CHECK(!ec, run_dir_, ": cannot create checkpoint directory: ", ec.message());
@@ -136,11 +137,13 @@ std::string CheckpointWriter::commit() {
   fs::rename(staging_, final_dir, ec);
   LETHE_CHECK(!ec, "cannot rename ", staging_, " to ", final_dir.string(), ": ", ec.message());
   fsync_path(run_dir_, true);
-  const std::string latest_tmp = (fs::path(run_dir_) / ".LATEST.tmp").string();
-  write_file_synced(latest_tmp, name_ + "\n");
-  fs::rename(latest_tmp, fs::path(run_dir_) / "LATEST", ec);
-  LETHE_CHECK(!ec, run_dir_, ": cannot update LATEST: ", ec.message());
-  fsync_path(run_dir_, true);
+  if (update_latest_) {
+    const std::string latest_tmp = (fs::path(run_dir_) / ".LATEST.tmp").string();
+    write_file_synced(latest_tmp, name_ + "\n");
+    fs::rename(latest_tmp, fs::path(run_dir_) / "LATEST", ec);
+    LETHE_CHECK(!ec, run_dir_, ": cannot update LATEST: ", ec.message());
+    fsync_path(run_dir_, true);
+  }
   if (!old.empty()) fs::remove_all(old, ec);
   committed_ = true;
   return final_dir.string();

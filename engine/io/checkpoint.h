@@ -22,8 +22,9 @@ class File;
 
 class CheckpointWriter {
  public:
-  // Will become <run_dir>/<name>; stages in <run_dir>/.<name>.partial-<pid>.
-  CheckpointWriter(const std::string& run_dir, const std::string& name, int rank = 0);
+  // Will become <run_dir>/<name>; stages in <run_dir>/.<name>.partial-<pid>. update_latest:
+  // also point <run_dir>/LATEST at it (training runs; not for a standalone converted model).
+  CheckpointWriter(const std::string& run_dir, const std::string& name, int rank = 0, bool update_latest = true);
   ~CheckpointWriter();  // removes the staging directory unless committed
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -42,6 +43,7 @@ class CheckpointWriter {
   std::unique_ptr<h5::File> shard_;
   nlohmann::json manifest_;
   bool committed_ = false;
+  bool update_latest_ = true;
 };
 
 class Checkpoint {

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -102,6 +103,14 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                 e.end - e.begin, " bytes for shape ", shape_str(e.shape), " of ", e.dtype);
     f.entries_[name] = e;
   }
+  // Tensors must not share bytes: overlapping ranges mean a crafted or corrupt header.
+  std::vector<std::pair<uint64_t, const std::string*>> starts;
+  for (const auto& [name, e] : f.entries_)
+    if (e.end > e.begin) starts.emplace_back(e.begin, &name);
+  std::sort(starts.begin(), starts.end());
+  for (size_t i = 1; i < starts.size(); ++i)
+    LETHE_CHECK(f.entries_.at(*starts[i - 1].second).end <= starts[i].first, path, ": tensors '",
+                *starts[i - 1].second, "' and '", *starts[i].second, "' overlap in the data section");
   f.data_.resize(size_t(data_size));
   in.read(f.data_.data(), std::streamsize(data_size));
   LETHE_CHECK(in.good() || data_size == 0, path, ": read error in data section");

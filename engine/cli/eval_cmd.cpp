@@ -1,0 +1,56 @@
+#include <cstdio>
+#include <iostream>
+
+#include "engine/cli/commands.h"
+#include "engine/eval/nll.h"
+#include "engine/io/model_checkpoint.h"
+
+namespace lethe::cli {
+
+// `lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]`: NLL, perplexity and
+// next-token accuracy of a model checkpoint on a token dataset. Prints counts and
+// numbers only, never text.
+int eval_main(const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[0] == "-h" || args[0] == "--help") {
+    std::cout << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]\n"
+                 "  CKPT: a checkpoint directory or a run directory (its newest checkpoint).\n"
+                 "  Prints mean NLL (nats/token), perplexity and top-1 next-token accuracy.\n";
+    return args.size() >= 1 && (args[0] == "-h" || args[0] == "--help") ? 0 : 2;
+  }
+  int64_t seq_len = 0, batch = 4, max_seqs = 0;
+  for (size_t i = 2; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const size_t eq = a.find('=');
+    LETHE_CHECK(eq != std::string::npos, "eval: unexpected argument '", a, "' (options are key=value)");
+    const std::string k = a.substr(0, eq), v = a.substr(eq + 1);
+    int64_t x = 0;
+    try {
+      size_t used = 0;
+      x = std::stoll(v, &used);
+      LETHE_CHECK(used == v.size(), "");
+    } catch (...) {
+      LETHE_FAIL("eval: option '", k, "' needs an integer, got '", v, "'");
+    }
+    if (k == "seq_len") seq_len = x;
+    else if (k == "batch") batch = x;
+    else if (k == "max_sequences") max_seqs = x;
+    else LETHE_FAIL("eval: unknown option '", k, "' (seq_len, batch, max_sequences)");
+  }
+  std::string dir = args[0];
+  if (!latest_checkpoint(dir).empty()) dir = latest_checkpoint(dir);
+  const Checkpoint c = Checkpoint::open(dir);
+  const LlamaConfig cfg = llama_config_from_json(c.manifest().at("model"), c.dir() + "/manifest.json");
+  if (seq_len == 0) seq_len = std::min<int64_t>(cfg.max_seq_len, 1024);
+  LETHE_CHECK(seq_len >= 1 && seq_len <= cfg.max_seq_len, "eval: seq_len must be in [1, ", cfg.max_seq_len, "]");
+  LlamaModel model(cfg, DType::f32);
+  load_params(c, "weights", model.params());
+  const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);
+  const NllResult r = evaluate_nll(model, ds, seq_len, batch, max_seqs);
+  std::printf("model %s | data %s (%lld docs, tokenizer %s)\n", cfg.name.c_str(), args[1].c_str(),
+              (long long)ds.n_docs(), ds.tokenizer.c_str());
+  std::printf("sequences %lld | tokens %lld | nll %.4f | perplexity %.3f | top1 %.4f\n", (long long)r.sequences,
+              (long long)r.tokens, r.mean_nll(), r.perplexity(), r.accuracy());
+  return 0;
+}
+
+}  // namespace lethe::cli

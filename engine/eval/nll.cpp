@@ -1,0 +1,52 @@
+#include "engine/eval/nll.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/data/sequence_sampler.h"
+#include "kernels/cross_entropy.h"
+
+namespace lethe {
+
+double NllResult::perplexity() const { return std::exp(mean_nll()); }
+
+NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_len, int64_t batch_size,
+                       int64_t max_sequences) {
+  LETHE_CHECK(batch_size >= 1, "eval: batch size must be >= 1");
+  SamplerConfig sc;
+  sc.seq_len = seq_len;
+  sc.shuffle = false;
+  const SequenceSampler s(ds, sc);
+  const int64_t n = max_sequences > 0 ? std::min(max_sequences, s.n_sequences()) : s.n_sequences();
+  const int64_t V = model.config().vocab_size;
+  NllResult r;
+  for (int64_t i0 = 0; i0 < n; i0 += batch_size) {
+    const int64_t B = std::min(batch_size, n - i0);
+    Tensor tok = Tensor::empty({B, seq_len}, DType::i32), tgt = Tensor::empty({B, seq_len}, DType::i32);
+    for (int64_t b = 0; b < B; ++b)
+      s.sequence(i0 + b, tok.data<int32_t>() + b * seq_len, tgt.data<int32_t>() + b * seq_len);
+    // Weight 1 per token: the returned loss is the summed NLL of the batch.
+    Tensor w = Tensor::empty({B, seq_len}, DType::f64);
+    std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
+    r.nll_sum += model.forward(tok, tgt, &w);
+    const Tensor& logits = model.logits();
+    const int32_t* t = tgt.data<int32_t>();
+    for (int64_t k = 0; k < B * seq_len; ++k) {
+      if (t[k] == ops::kIgnoreIndex) continue;
+      ++r.tokens;
+      int64_t best = 0;
+      if (logits.dtype() == DType::f32) {
+        const float* row = logits.data<float>() + k * V;
+        best = std::max_element(row, row + V) - row;
+      } else {
+        const double* row = logits.data<double>() + k * V;
+        best = std::max_element(row, row + V) - row;
+      }
+      r.correct += best == t[k];
+    }
+    r.sequences += B;
+  }
+  return r;
+}
+
+}  // namespace lethe
