@@ -14,6 +14,9 @@
 #include <fstream>
 #include <functional>
 #include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "engine/io/gguf.h"
 #include "engine/io/safetensors.h"
@@ -139,7 +142,8 @@ TEST(Gguf, MetadataOfEveryType) {
   EXPECT_EQ(f.get_float_array("test.arr_i32"), (std::vector<double>{1, -2, 3}));
   EXPECT_EQ(f.get_string_array("test.arr_str"), (std::vector<std::string>{"x", "", "yz"}));
   EXPECT_EQ(f.array_type("test.arr_bool"), GgufType::boolean);
-  // Arrays of arrays are parsed past (the keys after them read correctly) but not kept.
+  // Arrays of arrays are parsed past (the tensor infos after the last one read correctly)
+  // but not kept.
   EXPECT_EQ(f.array_type("test.arr_nested"), GgufType::array);
   EXPECT_TRUE(f.has("test.arr_nested"));
   EXPECT_FALSE(f.has("test.absent"));
@@ -419,6 +423,11 @@ TEST(Gguf, BadLlamaFilesAreRejected) {
   write_bytes(p, b);
   expect_error([&] { GgufFile::open(p).llama_weights(); }, p,
                {"'blk.0.ffn_gate.weight' is [24,32]", "model.layers.0.mlp.gate_proj.weight [25,32]"});
+  b = tiny;
+  put<uint32_t>(b, key_type_pos(b, "llama.block_count") + 4, 4000000000u);  // must not size anything
+  write_bytes(p, b);
+  expect_error([&] { GgufFile::open(p).llama_weights(); }, p,
+               {"key 'llama.block_count' is 4000000000", "'blk.2.attn_norm.weight' is missing"});
   b = tiny;
   put<uint32_t>(b, key_type_pos(b, "llama.attention.head_count_kv") + 4, 3);
   write_bytes(p, b);

@@ -69,34 +69,10 @@ uint64_t min_size(GgufType t) {
   return 1;
 }
 
-// IEEE half to float, exact (the same conversion safetensors.cpp uses for F16).
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: renormalise
-      int e = -1;
-      uint32_t m = man;
-      do {
-        ++e;
-        m <<= 1;
-      } while (!(m & 0x400));
-      u = sign | uint32_t(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | man << 13;
-  } else {
-    u = sign | (exp + 112) << 23 | man << 13;
-  }
-  return std::bit_cast<float>(u);
-}
-
 float load_half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return half_to_float(h);
+  f16 h;
+  std::memcpy(&h.bits, p, 2);
+  return f16_to_float(h);
 }
 
 // The block formats below are ggml's reference dequantisers. Each product d * q is exact in
@@ -505,9 +481,11 @@ Tensor GgufFile::tensor_f32(const std::string& name) const {
   switch (GgmlType(ty)) {
     case GgmlType::f32: break;
     case GgmlType::f16:
+#pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) o[i] = load_half(raw.data() + 2 * i);
       break;
     case GgmlType::bf16:
+#pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         bf16 b;
         std::memcpy(&b.bits, raw.data() + 2 * i, 2);
@@ -738,6 +716,15 @@ std::vector<std::pair<std::string, Tensor>> GgufFile::llama_weights() const {
   }
   LETHE_CHECK(unknown.empty(), path_, ": tensors with no counterpart in lethe's Llama (", c.n_layers,
               " layers, no biases): ", unknown);
+  // Compare counts before listing the specs: a corrupt block_count must not size anything.
+  const uint64_t want = 2 + 9 * uint64_t(c.n_layers) + (c.tie_embeddings ? 0 : 1);
+  if (gguf_of.size() < want) {
+    int64_t layers = 0;
+    while (layers < c.n_layers && gguf_of.count("model.layers." + std::to_string(layers) + ".input_layernorm.weight"))
+      ++layers;
+    LETHE_CHECK(layers == c.n_layers, path_, ": key 'llama.block_count' is ", c.n_layers,
+                " but tensor 'blk.", layers, ".attn_norm.weight' is missing");
+  }
   std::vector<std::pair<std::string, Tensor>> out;
   for (const ParamSpec& p : llama_param_specs(c)) {
     auto it = gguf_of.find(p.name);
