@@ -26,7 +26,8 @@ using json = nlohmann::json;
 
 struct TrainConfig {
   LlamaConfig model;
-  std::string data_path, data_format = "auto";
+  std::vector<std::string> data_paths;
+  std::string data_format = "auto";
   int64_t min_targets = 1;
   bool pack = false;
   int64_t steps = 100, run_steps = 0, batch_size = 8, seq_len = 64, log_every = 10, threads = 0;
@@ -60,15 +61,17 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   else c.model = llama_config_from_node(root.child("model"));
 
   const ConfigNode d = root.child("data");
-  c.data_path = d.path("path");
+  c.data_paths = d.paths("path");
   c.data_format = d.get<std::string>("format", c.data_format);
   c.min_targets = d.get<int64_t>("min_targets", c.min_targets);
   c.pack = d.get<bool>("pack", c.pack);
   d.finish();
   if (c.data_format == "auto") {
-    const std::string ext = fs::path(c.data_path).extension().string();
+    const std::string ext = fs::path(c.data_paths[0]).extension().string();
     c.data_format = (ext == ".h5" || ext == ".hdf5") ? "hdf5" : "bytes";
   }
+  LETHE_CHECK(c.data_paths.size() == 1 || c.data_format == "hdf5", d.where("path"),
+              ": several files are supported for HDF5 token datasets only");
   LETHE_CHECK(c.data_format == "hdf5" || c.data_format == "bytes" || c.data_format == "u16" || c.data_format == "i32",
               d.where("format"), ": must be auto, hdf5, bytes, u16 or i32, got '", c.data_format, "'");
 
@@ -142,7 +145,12 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 // checkpoint directory only continues the run that created it.
 json run_fingerprint(const TrainConfig& c) {
   return {{"model", llama_config_to_json(c.model)},
-          {"data", {{"file", fs::path(c.data_path).filename().string()}, {"format", c.data_format},
+          {"data", {{"files", [&] {
+                       json f = json::array();
+                       for (const auto& p : c.data_paths) f.push_back(fs::path(p).filename().string());
+                       return f;
+                     }()},
+                     {"format", c.data_format},
                     {"min_targets", c.min_targets}, {"pack", c.pack}}},
           {"batch_size", c.batch_size},
           {"seq_len", c.seq_len},
@@ -160,7 +168,9 @@ class Batches {
  public:
   explicit Batches(const TrainConfig& c) {
     if (c.data_format == "hdf5") {
-      ds_ = std::make_unique<TokenDataset>(load_token_dataset(c.data_path, c.model.vocab_size));
+      std::vector<TokenDataset> parts;
+      for (const auto& p : c.data_paths) parts.push_back(load_token_dataset(p, c.model.vocab_size));
+      ds_ = std::make_unique<TokenDataset>(concat_token_datasets(parts));
       SamplerConfig sc;
       sc.seq_len = c.seq_len;
       sc.min_targets = c.min_targets;
@@ -169,7 +179,7 @@ class Batches {
       sampler_ = std::make_unique<SequenceSampler>(*ds_, sc);
       n_tokens_ = ds_->n_tokens();
     } else {
-      stream_ = std::make_unique<TokenStream>(load_token_stream(c.data_path, c.data_format, c.model.vocab_size));
+      stream_ = std::make_unique<TokenStream>(load_token_stream(c.data_paths[0], c.data_format, c.model.vocab_size));
       window_ = std::make_unique<WindowSampler>(*stream_, c.seq_len, c.seed);
       n_tokens_ = int64_t(stream_->tokens.size());
     }

@@ -1,5 +1,6 @@
 #include "engine/data/token_dataset.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -48,6 +49,27 @@ TokenDataset load_token_dataset(const std::string& path, int64_t model_vocab) {
     for (int64_t d = 0; d < nd; ++d) std::memcpy(ds.doc_sha256[size_t(d)].data(), raw.data() + 32 * d, 32);
   }
   return ds;
+}
+
+TokenDataset concat_token_datasets(const std::vector<TokenDataset>& parts) {
+  LETHE_CHECK(!parts.empty(), "concat_token_datasets: no datasets");
+  TokenDataset out = parts[0];
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const TokenDataset& p = parts[i];
+    LETHE_CHECK(p.tokenizer == out.tokenizer, p.path, ": tokenizer '", p.tokenizer, "' differs from ", parts[0].path,
+                "'s '", out.tokenizer, "'");
+    // Hashes are kept only while every part has them.
+    const bool hashes = out.doc_sha256.size() == size_t(out.n_docs()) && p.doc_sha256.size() == size_t(p.n_docs());
+    const int64_t base = out.n_tokens();
+    out.tokens.insert(out.tokens.end(), p.tokens.begin(), p.tokens.end());
+    for (size_t d = 1; d < p.offsets.size(); ++d) out.offsets.push_back(base + p.offsets[d]);
+    if (hashes) out.doc_sha256.insert(out.doc_sha256.end(), p.doc_sha256.begin(), p.doc_sha256.end());
+    else out.doc_sha256.clear();
+    out.vocab_size = std::max(out.vocab_size, p.vocab_size);
+    out.path += "+" + p.path;
+    out.source += "+" + p.source;
+  }
+  return out;
 }
 
 void save_token_dataset(const std::string& path, const TokenDataset& ds) {

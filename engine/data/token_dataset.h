@@ -27,6 +27,9 @@ struct TokenDataset {
 // model_vocab: the model's vocabulary; the dataset's ids must fit it (0 skips the check).
 TokenDataset load_token_dataset(const std::string& path, int64_t model_vocab);
 
+// Several datasets as one: documents in the order given. Tokenizers must agree.
+TokenDataset concat_token_datasets(const std::vector<TokenDataset>& parts);
+
 // Writes a dataset (used by tests and by tools that build datasets in C++).
 void save_token_dataset(const std::string& path, const TokenDataset& ds);
 

@@ -150,6 +150,21 @@ std::string ConfigNode::path(const std::string& key) const {
   return (fs::path(file()).parent_path() / p).lexically_normal().string();
 }
 
+std::vector<std::string> ConfigNode::paths(const std::string& key) const {
+  mark(key);
+  LETHE_CHECK(has(key), where(key), ": required key is missing");
+  const YAML::Node n = node_[key];
+  if (n.IsScalar()) return {path(key)};
+  if (!n.IsSequence() || n.size() == 0) type_error(key, "a path or a non-empty list of paths");
+  std::vector<std::string> out;
+  for (const auto& e : n) {
+    if (!e.IsScalar()) type_error(key, "a list of paths");
+    fs::path p(e.Scalar());
+    out.push_back(p.is_absolute() ? p.string() : (fs::path(file()).parent_path() / p).lexically_normal().string());
+  }
+  return out;
+}
+
 void ConfigNode::finish() const {
   std::set<std::string> keys;
   for (auto it = node_.begin(); it != node_.end(); ++it) {

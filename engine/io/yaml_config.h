@@ -37,6 +37,8 @@ class ConfigNode {
 
   // A path value made absolute relative to the directory of the file that holds it.
   std::string path(const std::string& key) const;
+  // One path or a list of paths, each resolved like path().
+  std::vector<std::string> paths(const std::string& key) const;
 
   // Errors on the first key of this mapping that was never read.
   void finish() const;
