@@ -35,7 +35,10 @@ def load(path):
 
 def check_layout(path, docs, token_lists):
     tokens, offsets, sha, attrs = load(path)
-    assert tokens.dtype == np.int32 and offsets.dtype == np.int64 and sha.dtype == np.uint8
+    # Narrowest integer type holding the vocabulary (readers widen to int32).
+    vocab = int(attrs["vocab_size"])
+    want = np.uint8 if vocab <= 256 else np.uint16 if vocab <= 65536 else np.int32
+    assert tokens.dtype == want and offsets.dtype == np.int64 and sha.dtype == np.uint8
     assert offsets.shape == (len(docs) + 1,) and sha.shape == (len(docs), 32)
     assert offsets[0] == 0 and offsets[-1] == tokens.size and np.all(np.diff(offsets) >= 0)
     for i, (text, ids) in enumerate(zip(docs, token_lists)):
