@@ -18,9 +18,10 @@ $(BUILD)/CMakeCache.txt:
 build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) --parallel $(JOBS)
 
-# The tiny byte-level model learns a short English text; prints step, loss, tokens/s.
+# Trains the tiny model on a short text (step, loss, tokens/s), then shows the
+# forget/holdout gap of the pretrained benchmark model and its retrain oracle.
 demo: build
-	$(BUILD)/lethe train configs/train/demo.yaml
+	LETHE_BIN=$(BUILD)/lethe bash tools/demo.sh
 
 # Every test: unit, cli and slow labels.
 test: build

@@ -139,6 +139,24 @@ TEST_F(Ckpt, CorruptionIsDetected) {
   expect_open_error(d, "does not match the hash in its COMPLETE marker");
 }
 
+TEST_F(Ckpt, ExtraFilesAreChecksummed) {
+  std::string d;
+  {
+    CheckpointWriter w(dir_.string(), checkpoint_name(1));
+    w.add("weights", "w", randn({2, 2}, DType::f32, 1));
+    w.add_file("tokenizer.json", "{\"tokens\": [\"a\"]}\n");
+    EXPECT_THROW(w.add_file("../escape.json", "x"), Error);
+    EXPECT_THROW(w.add_file("manifest.json", "x"), Error);
+    d = w.commit();
+  }
+  const Checkpoint c = Checkpoint::open(d);
+  EXPECT_TRUE(c.has_file("tokenizer.json"));
+  EXPECT_EQ(c.read_file("tokenizer.json"), "{\"tokens\": [\"a\"]}\n");
+  EXPECT_THROW(c.read_file("other.json"), Error);
+  std::ofstream(fs::path(d) / "tokenizer.json") << "{\"tokens\": [\"b\"]}\n";
+  expect_open_error(d, "checksum mismatch");
+}
+
 TEST_F(Ckpt, ManifestCannotPointOutside) {
   const std::string d = save(1, randn({2, 2}, DType::f32, 1));
   nlohmann::json m = nlohmann::json::parse(std::ifstream(fs::path(d) / "manifest.json"));

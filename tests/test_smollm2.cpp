@@ -16,6 +16,7 @@
 
 #include "engine/data/detokenizer.h"
 #include "engine/eval/nll.h"
+#include "engine/io/checkpoint.h"
 #include "engine/io/gguf.h"
 #include "engine/io/safetensors.h"
 #include "engine/io/sha256.h"
@@ -113,6 +114,24 @@ TEST_F(SmolLM2, DecodeMatchesTransformersTokenizer) {
     EXPECT_EQ(d.decode(v), decoded[p].get<std::string>()) << "prompt " << p;
   }
   EXPECT_THROW(d.decode({int32_t(tk.tokens.size())}), Error);
+}
+
+TEST_F(SmolLM2, ConvertedCheckpointCarriesWeightsAndTokenizer) {
+  const fs::path out = fs::temp_directory_path() / ("lethe_smol_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::string cmd = std::string(LETHE_BIN) + " convert gguf-to-lethe " + gguf_path() + " " + out.string() +
+                          " >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const Checkpoint c = Checkpoint::open(out.string());
+  const json tok = json::parse(c.read_file("tokenizer.json"));
+  const Detokenizer d(tok["model"].get<std::string>(), tok["tokens"].get<std::vector<std::string>>());
+  const auto fx = SafetensorsFile::open(golden("prompts.safetensors"));
+  const Tensor ids = fx.tensor("ids.0");
+  EXPECT_EQ(d.decode(std::vector<int32_t>(ids.data<int32_t>(), ids.data<int32_t>() + ids.numel())),
+            json::parse(fx.metadata().at("decoded"))[0].get<std::string>());
+  const Tensor emb = c.read("weights", "model.embed_tokens.weight", DType::f32);
+  EXPECT_EQ(test::values(emb), test::values(model_->params().get("model.embed_tokens.weight")));
+  fs::remove_all(out);
 }
 
 }  // namespace

@@ -24,13 +24,14 @@ const char* kUsage =
 // A standalone model checkpoint: OUT itself is the checkpoint directory.
 void write_model_checkpoint(const std::string& out, const LlamaConfig& cfg,
                             const std::vector<std::pair<std::string, Tensor>>& tensors, json source,
-                            const json& hf_config) {
+                            const json& hf_config, const json& tokenizer = json()) {
   std::error_code ec;
   LETHE_CHECK(!fs::exists(out, ec), out, ": already exists; choose a new output directory");
   fs::path p = fs::absolute(out).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
   CheckpointWriter w(p.parent_path().string(), p.filename().string(), 0, /*update_latest=*/false);
   for (const auto& [name, t] : tensors) w.add("weights", name, t);
+  if (!tokenizer.is_null()) w.add_file("tokenizer.json", tokenizer.dump() + "\n");
   json& m = w.manifest();
   m["kind"] = "model";
   m["step"] = 0;
@@ -98,7 +99,12 @@ int gguf_to_lethe(const std::string& src, const std::string& out) {
                  {"sha256", to_hex(sha256_file(src))},
                  {"tokenizer", {{"model", tok.model}, {"pre", tok.pre}, {"vocab", tok.tokens.size()},
                                 {"bos_id", tok.bos_id}, {"eos_id", tok.eos_id}}}};
-  write_model_checkpoint(out, cfg, tensors, source, json());
+  // The vocabulary travels with the weights, so the checkpoint alone can decode ids.
+  const json tokenizer = {{"format", "lethe-tokenizer"}, {"model", tok.model}, {"pre", tok.pre},
+                          {"tokens", tok.tokens}, {"scores", tok.scores}, {"token_types", tok.token_types},
+                          {"merges", tok.merges}, {"bos_id", tok.bos_id}, {"eos_id", tok.eos_id},
+                          {"pad_id", tok.pad_id}, {"unk_id", tok.unk_id}};
+  write_model_checkpoint(out, cfg, tensors, source, json(), tokenizer);
   return 0;
 }
 }  // namespace

@@ -106,6 +106,14 @@ void CheckpointWriter::add_slice(const std::string& group, const std::string& na
   shard_->set_attr(dset, "offset", offset);
 }
 
+void CheckpointWriter::add_file(const std::string& name, const std::string& content) {
+  LETHE_CHECK(fs::path(name).filename().string() == name && name != kManifest && name != kMarker &&
+                  name.rfind("shard_", 0) != 0 && !name.empty() && name[0] != '.',
+              "checkpoint: '", name, "' is not an allowed file name");
+  write_file_synced((fs::path(staging_) / name).string(), content);
+  files_.push_back(name);
+}
+
 std::string CheckpointWriter::commit() {
   LETHE_CHECK(!committed_, "checkpoint ", name_, ": committed twice");
   shard_->flush();
@@ -118,6 +126,13 @@ std::string CheckpointWriter::commit() {
   m["shards"] = json::array({{{"file", shard_name_},
                               {"bytes", fs::file_size(shard_path)},
                               {"sha256", to_hex(sha256_file(shard_path))}}});
+  if (!files_.empty()) {
+    m["files"] = json::array();
+    for (const auto& f : files_) {
+      const std::string p = (fs::path(staging_) / f).string();
+      m["files"].push_back({{"file", f}, {"bytes", fs::file_size(p)}, {"sha256", to_hex(sha256_file(p))}});
+    }
+  }
   const std::string manifest_text = m.dump(2) + "\n";
   write_file_synced((fs::path(staging_) / kManifest).string(), manifest_text);
   // The marker holds the manifest's hash: a marker from another save cannot vouch for it.
@@ -208,7 +223,33 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       }
     }
   }
+  if (c.manifest_.contains("files")) {
+    LETHE_CHECK(c.manifest_["files"].is_array(), mpath, ": 'files' is not a list");
+    for (const auto& f : c.manifest_["files"]) {
+      LETHE_CHECK(f.is_object() && f.contains("file") && f["file"].is_string() && f.contains("sha256") &&
+                      f["sha256"].is_string(),
+                  mpath, ": malformed file entry");
+      const std::string file = f["file"].get<std::string>();
+      LETHE_CHECK(fs::path(file).filename().string() == file && file != "." && file != "..", mpath, ": file name '",
+                  file, "' is not a plain file name");
+      const std::string path = (fs::path(dir) / file).string();
+      LETHE_CHECK(fs::is_regular_file(path, ec), path, ": file listed in the manifest is missing");
+      LETHE_CHECK(to_hex(sha256_file(path)) == f["sha256"].get<std::string>(), path, ": checksum mismatch");
+    }
+  }
   return c;
+}
+
+bool Checkpoint::has_file(const std::string& name) const {
+  if (!manifest_.contains("files")) return false;
+  for (const auto& f : manifest_["files"])
+    if (f.value("file", "") == name) return true;
+  return false;
+}
+
+std::string Checkpoint::read_file(const std::string& name) const {
+  LETHE_CHECK(has_file(name), dir_, ": checkpoint has no file '", name, "'");
+  return slurp((fs::path(dir_) / name).string());
 }
 
 const Checkpoint::Entry& Checkpoint::entry(const std::string& group, const std::string& name) const {

@@ -33,6 +33,9 @@ class CheckpointWriter {
   void add(const std::string& group, const std::string& name, const Tensor& t);
   void add_slice(const std::string& group, const std::string& name, const Tensor& slice, const Shape& global_shape,
                  const std::vector<int64_t>& offset);
+  // A small non-tensor file (e.g. a tokenizer) stored beside the shards and checksummed
+  // like them. name must be a plain file name.
+  void add_file(const std::string& name, const std::string& content);
   // The caller's manifest fields (config, step, cursors, rng, metrics...).
   nlohmann::json& manifest() { return manifest_; }
   // Syncs, checksums and renames into place; returns the final directory.
@@ -40,6 +43,7 @@ class CheckpointWriter {
 
  private:
   std::string run_dir_, name_, staging_, shard_name_;
+  std::vector<std::string> files_;
   std::unique_ptr<h5::File> shard_;
   nlohmann::json manifest_;
   bool committed_ = false;
@@ -64,6 +68,9 @@ class Checkpoint {
   Tensor read(const std::string& group, const std::string& name, DType dtype) const;
   Tensor read_slice(const std::string& group, const std::string& name, const std::vector<int64_t>& offset,
                     const Shape& shape, DType dtype) const;
+  // A file stored with add_file (checksum verified at open), or an error naming it.
+  bool has_file(const std::string& name) const;
+  std::string read_file(const std::string& name) const;
 
  private:
   struct Piece {
