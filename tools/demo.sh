@@ -21,17 +21,19 @@ echo "== 2. forget vs holdout NLL of tiny-lm and its retrain oracle (books domai
 for m in full oracle; do
   "$bin" convert hf-to-lethe "$root/data/models/tiny-lm-$m" "$work/tiny-lm-$m" >/dev/null
 done
-printf '%-18s %-8s %10s %12s %8s\n' model split "nll/byte" perplexity top1
-for m in full oracle; do
-  for split in forget holdout; do
-    line="$("$bin" eval "$work/tiny-lm-$m" "$root/data/tokens/books/$split.h5" seq_len=128 batch=16 \
-            max_sequences=256 | tail -1)"
-    nll="$(sed -n 's/.*nll \([0-9.]*\).*/\1/p' <<<"$line")"
-    ppl="$(sed -n 's/.*perplexity \([0-9.]*\).*/\1/p' <<<"$line")"
-    top1="$(sed -n 's/.*top1 \([0-9.]*\).*/\1/p' <<<"$line")"
-    printf '%-18s %-8s %10s %12s %8s\n' "tiny-lm-$m" "$split" "$nll" "$ppl" "$top1"
-  done
+# NLL (nats per byte) of the full model and of the oracle on each split; "memorised" is
+# oracle minus full: what the full model gained from having trained on the documents.
+printf '%-8s %12s %12s %11s\n' split "full nll" "oracle nll" memorised
+for split in forget holdout; do
+  nll() {
+    "$bin" eval "$work/tiny-lm-$1" "$root/data/tokens/books/$split.h5" seq_len=128 batch=16 | tail -1 |
+      sed -n 's/.*nll \([0-9.]*\).*/\1/p'
+  }
+  full="$(nll full)"
+  oracle="$(nll oracle)"
+  printf '%-8s %12s %12s %11s\n' "$split" "$full" "$oracle" "$(awk -v a="$oracle" -v b="$full" 'BEGIN{printf "%+.4f", a-b}')"
 done
 echo
-echo "The gap between forget and holdout for tiny-lm-full, absent for the oracle, is what"
-echo "unlearning must remove (membership inference reads it); see docs/data.md."
+echo "tiny-lm-full trained on the forget documents and knows them better than the oracle,"
+echo "which never saw them; on unseen holdout documents the two agree. Unlearning must"
+echo "remove the forget gap without opening one elsewhere (docs/data.md)."
