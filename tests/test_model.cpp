@@ -69,6 +69,40 @@ TEST(ModelGrad, GqaUntiedLlama3RopeMatchesFiniteDifferences) { check_grads_fd(ti
 TEST(ModelGrad, TiedCustomHeadDimMatchesFiniteDifferences) { check_grads_fd(tiny(true, false), false); }
 TEST(ModelGrad, RecomputeMatchesFiniteDifferences) { check_grads_fd(tiny(false, false), true); }
 
+// Custom losses through forward_logits/backward_logits and forward_hidden/backward_hidden:
+// L = <logits, R> and L = <h_layer, R>, checked by directional finite differences (1e-6).
+TEST(ModelGrad, LogitsAndHiddenEntryPointsMatchFiniteDifferences) {
+  LlamaConfig c = tiny(false, true);
+  c.n_layers = 3;
+  LlamaModel m(c, DType::f64);
+  m.init_weights(21);
+  m.set_recompute_layers(1);
+  Tensor tok, tgt;
+  batch(c, 2, 6, tok, tgt);
+  const Tensor R = randn({12, c.vocab_size}, DType::f64, 5);
+  m.grads().zero();
+  m.forward_logits(tok);
+  m.backward_logits(R);
+  for (size_t i = 0; i < m.params().size(); ++i) {
+    Tensor dir = randn(m.params()[i].shape(), DType::f64, 300 + i);
+    const double fd = directional_fd(m.params()[i], dir, [&] { return dot(m.forward_logits(tok), R); });
+    EXPECT_NEAR(dot(m.grads()[i], dir), fd, 1e-6 * std::max(1.0, std::abs(fd))) << m.params().spec(i).name;
+  }
+  const int64_t layer = 1;
+  const Tensor Rh = randn({12, c.dim}, DType::f64, 6);
+  m.grads().zero();
+  m.forward_hidden(tok, layer);
+  m.backward_hidden(Rh);
+  for (size_t i = 0; i < m.params().size(); ++i) {
+    Tensor dir = randn(m.params()[i].shape(), DType::f64, 400 + i);
+    const double fd = directional_fd(m.params()[i], dir, [&] { return dot(m.forward_hidden(tok, layer), Rh); });
+    EXPECT_NEAR(dot(m.grads()[i], dir), fd, 1e-6 * std::max(1.0, std::abs(fd))) << m.params().spec(i).name;
+  }
+  // Layers above `layer` get no gradient from a hidden-state loss.
+  EXPECT_EQ(ops::sum_squares(m.grads().get("model.layers.2.mlp.down_proj.weight")), 0.0);
+  EXPECT_THROW(m.backward_logits(R), Error);  // the last forward stopped at layer 1
+}
+
 TEST(Model, RecomputeGivesIdenticalGradients) {
   LlamaConfig c = tiny(false, true);
   c.n_layers = 3;

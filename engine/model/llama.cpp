@@ -66,6 +66,8 @@ void LlamaModel::set_recompute_layers(int64_t n) {
   LETHE_CHECK(n >= 0 && n <= cfg_.n_layers, "recompute_layers must be in [0, ", cfg_.n_layers, "], got ", n);
   recompute_layers_ = n;
   have_forward_ = false;  // stored activations no longer match the layout
+  have_loss_ = false;
+  forward_layers_ = 0;
 }
 
 LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
@@ -155,19 +157,51 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   add_into(out, tmp_);
 }
 
-double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights) {
-  check_dtype(tokens, DType::i32, "LlamaModel::forward", "tokens");
-  LETHE_CHECK(tokens.ndim() == 2, "LlamaModel::forward: tokens must be [B, T], got ", tokens.describe());
+void LlamaModel::begin(const Tensor& tokens, const char* op) {
+  check_dtype(tokens, DType::i32, op, "tokens");
+  LETHE_CHECK(tokens.ndim() == 2, op, ": tokens must be [B, T], got ", tokens.describe());
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T, C = cfg_.dim;
-  LETHE_CHECK(T > 0 && B > 0, "LlamaModel::forward: empty batch ", tokens.describe());
+  LETHE_CHECK(T > 0 && B > 0, op, ": empty batch ", tokens.describe());
   LETHE_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds the model's max_seq_len ", cfg_.max_seq_len);
+  allocate(B, T);
+  have_forward_ = false;
+  have_loss_ = false;
+  forward_layers_ = 0;
+  tokens_ = tokens.reshape({N});
+  Tensor x0 = resid_.view(0, {N, C});
+  ops::embedding_forward(tokens_, params_[0], x0);
+}
+
+const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
+  begin(tokens, "LlamaModel::forward_logits");
+  const int64_t N = B_ * T_, C = cfg_.dim;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
+  ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
+                       cfg_.norm_eps, xf_, rstdf_);
+  ops::linear_forward(xf_, out_weight(), logits_);
+  forward_layers_ = cfg_.n_layers;
+  have_forward_ = true;
+  return logits_;
+}
+
+const Tensor& LlamaModel::forward_hidden(const Tensor& tokens, int64_t layer) {
+  LETHE_CHECK(layer >= 0 && layer < cfg_.n_layers, "forward_hidden: layer ", layer, " outside [0, ", cfg_.n_layers,
+              ")");
+  begin(tokens, "LlamaModel::forward_hidden");
+  for (int64_t l = 0; l <= layer; ++l) layer_forward(l, acts_for(l));
+  forward_layers_ = layer + 1;
+  hidden_ = resid_.view((layer + 1) * B_ * T_ * cfg_.dim, {B_ * T_, cfg_.dim});
+  return hidden_;
+}
+
+double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights) {
+  const int64_t B = tokens.ndim() == 2 ? tokens.dim(0) : 0, T = tokens.ndim() == 2 ? tokens.dim(1) : 0, N = B * T;
   check_shape(targets, {B, T}, "LlamaModel::forward", "targets");
   check_dtype(targets, DType::i32, "LlamaModel::forward", "targets");
-  allocate(B, T);
-  tokens_ = tokens.reshape({N});
+  if (weights) check_shape(*weights, {B, T}, "LlamaModel::forward", "weights");
+  forward_logits(tokens);
   targets_ = targets.reshape({N});
   if (weights) {
-    check_shape(*weights, {B, T}, "LlamaModel::forward", "weights");
     weights_ = weights->reshape({N});
   } else {
     const int32_t* tg = targets_.data<int32_t>();
@@ -177,14 +211,7 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
     double* w = weights_.data<double>();
     for (int64_t i = 0; i < N; ++i) w[i] = (tg[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
   }
-
-  Tensor x0 = resid_.view(0, {N, C});
-  ops::embedding_forward(tokens_, params_[0], x0);
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
-  ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
-                       cfg_.norm_eps, xf_, rstdf_);
-  ops::linear_forward(xf_, out_weight(), logits_);
-  have_forward_ = true;
+  have_loss_ = true;
   return ops::cross_entropy_forward(logits_, targets_, weights_, logprobs_, lse_);
 }
 
@@ -215,34 +242,57 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
 }
 
-void LlamaModel::backward(double dloss) {
-  LETHE_CHECK(have_forward_, "LlamaModel::backward called without a forward");
-  const int64_t N = B_ * T_, C = cfg_.dim, F = cfg_.ffn_dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads,
-                D = cfg_.hd();
+void LlamaModel::ensure_backward_buffers() {
+  const int64_t N = B_ * T_, C = cfg_.dim, F = cfg_.ffn_dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.hd();
   const DType dt = dtype_;
-  if (!dres_.defined() || dres_.dim(0) != N) {
-    dres_ = Tensor::empty({N, C}, dt);
-    dtmp_ = Tensor::empty({N, cfg_.q_dim()}, dt);
-    dxn_ = Tensor::empty({N, C}, dt);
-    dq_ = Tensor::empty({B_, T_, H, D}, dt);
-    dk_ = Tensor::empty({B_, T_, KV, D}, dt);
-    dv_ = Tensor::empty({B_, T_, KV, D}, dt);
-    dg_ = Tensor::empty({N, F}, dt);
-    du_ = Tensor::empty({N, F}, dt);
-    da_ = Tensor::empty({N, F}, dt);
-    dlogits_ = Tensor::empty({N, cfg_.vocab_size}, dt);
-  }
-  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
-  ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
-  ops::linear_backward(dlogits_, xf_, out_weight(), &dxn_, false, &d_out_w);
-  ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
-                        dres_, false, grads_.get("model.norm.weight"));
-  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
+  if (dres_.defined() && dres_.dim(0) == N) return;
+  dres_ = Tensor::empty({N, C}, dt);
+  dtmp_ = Tensor::empty({N, cfg_.q_dim()}, dt);
+  dxn_ = Tensor::empty({N, C}, dt);
+  dq_ = Tensor::empty({B_, T_, H, D}, dt);
+  dk_ = Tensor::empty({B_, T_, KV, D}, dt);
+  dv_ = Tensor::empty({B_, T_, KV, D}, dt);
+  dg_ = Tensor::empty({N, F}, dt);
+  du_ = Tensor::empty({N, F}, dt);
+  da_ = Tensor::empty({N, F}, dt);
+  dlogits_ = Tensor::empty({N, cfg_.vocab_size}, dt);
+}
+
+void LlamaModel::backward_layers(int64_t top) {
+  for (int64_t l = top; l >= 0; --l) {
     Acts& a = acts_for(l);
     if (l < recompute_layers_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
     layer_backward(l, a, dres_);
   }
   ops::embedding_backward(tokens_, dres_, grads_[0]);
+}
+
+void LlamaModel::backward(double dloss) {
+  LETHE_CHECK(have_forward_ && have_loss_, "LlamaModel::backward called without a forward with targets");
+  ensure_backward_buffers();
+  ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
+  backward_logits(dlogits_);
+}
+
+void LlamaModel::backward_logits(const Tensor& dlogits) {
+  LETHE_CHECK(have_forward_ && forward_layers_ == cfg_.n_layers,
+              "LlamaModel::backward_logits called without a full forward");
+  const int64_t N = B_ * T_, C = cfg_.dim;
+  check_shape(dlogits, {N, cfg_.vocab_size}, "LlamaModel::backward_logits", "dlogits");
+  ensure_backward_buffers();
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  ops::linear_backward(dlogits, xf_, out_weight(), &dxn_, false, &d_out_w);
+  ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
+                        dres_, false, grads_.get("model.norm.weight"));
+  backward_layers(cfg_.n_layers - 1);
+}
+
+void LlamaModel::backward_hidden(const Tensor& dhidden) {
+  LETHE_CHECK(forward_layers_ > 0 && !have_forward_, "LlamaModel::backward_hidden called without forward_hidden");
+  check_shape(dhidden, {B_ * T_, cfg_.dim}, "LlamaModel::backward_hidden", "dhidden");
+  ensure_backward_buffers();
+  dres_.copy_from(dhidden);
+  backward_layers(forward_layers_ - 1);
 }
 
 }  // namespace lethe

@@ -45,6 +45,16 @@ class LlamaModel {
   // Adds d(loss * dloss)/d(param) into grads() for the last forward.
   void backward(double dloss = 1.0);
 
+  // Logits only ([B*T, V]); the caller computes its own loss and passes d(loss)/d(logits)
+  // to backward_logits, which adds into grads(). The unlearning terms (KL, NPO, ...) use this.
+  const Tensor& forward_logits(const Tensor& tokens);
+  void backward_logits(const Tensor& dlogits);
+  // The residual stream after `layer` ([B*T, dim]), running only layers 0..layer; and the
+  // backward from d(loss)/d(that stream), adding into grads() of those layers and the
+  // embedding. RMU's activation terms use this.
+  const Tensor& forward_hidden(const Tensor& tokens, int64_t layer);
+  void backward_hidden(const Tensor& dhidden);
+
   const Tensor& logits() const { return logits_; }      // [B*T, V]
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked
   int64_t tokens_in_last_batch() const { return B_ * T_; }
@@ -61,6 +71,9 @@ class LlamaModel {
   void allocate(int64_t B, int64_t T);
   void layer_forward(int64_t l, Acts& a);
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
+  void begin(const Tensor& tokens, const char* op);
+  void ensure_backward_buffers();
+  void backward_layers(int64_t top);
   const Tensor& out_weight() { return cfg_.tie_embeddings ? params_[0] : params_.get("lm_head.weight"); }
 
   LlamaConfig cfg_;
@@ -80,7 +93,10 @@ class LlamaModel {
   Tensor tmp_, xf_, rstdf_, logits_, logprobs_, lse_, cos_, sin_;
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
-  bool have_forward_ = false;
+  bool have_forward_ = false;  // a full forward (logits) is stored
+  bool have_loss_ = false;     // ...with targets and weights, for backward()
+  int64_t forward_layers_ = 0; // layers run by the last forward
+  Tensor hidden_;
 };
 
 }  // namespace lethe
