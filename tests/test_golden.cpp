@@ -109,7 +109,9 @@ void run_golden(const std::string& file, DType dt, const Tol& tol) {
     }
     total += int64_t(a.size());
   }
-  if (dt != DType::f64) EXPECT_LE(double(off), 0.01 * double(total)) << off << " of " << total << " weights off by > " << tol.weights;
+  if (dt != DType::f64) {
+    EXPECT_LE(double(off), 0.01 * double(total)) << off << " of " << total << " weights off by > " << tol.weights;
+  }
 }
 
 const Tol kF64{1e-10, 1e-10, 1e-12, 1e-9};

@@ -11,6 +11,7 @@ PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev          # configs, safetensors headers
   libhdf5-dev                                 # checkpoints and token datasets
   libssl-dev                                  # SHA-256 (OpenSSL libcrypto)
+  zlib1g-dev                                  # zlib-ratio membership inference
   libopenmpi-dev openmpi-bin                  # multi-process runs and their tests
   libgtest-dev libbenchmark-dev               # tests, micro-benchmarks
   python3                                     # fixture and benchmark scripts

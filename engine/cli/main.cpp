@@ -12,6 +12,7 @@ const char* kUsage =
     "usage: lethe <command> [args]\n"
     "\n"
     "commands:\n"
+    "  unlearn RECIPE [key=value ...] make a model forget documents (GA, GA+GD, GA+KL, NPO, ...)\n"
     "  train CONFIG [key=value ...]   train a model by gradient descent on a token file\n"
     "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
     "  eval CKPT DATA.h5              NLL, perplexity and next-token accuracy on a token dataset\n"
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     }
     if (cmd == "version" || cmd == "--version") return lethe::cli::version_main(args);
     if (cmd == "train") return lethe::cli::train_main(args);
+    if (cmd == "unlearn") return lethe::cli::unlearn_main(args);
     if (cmd == "model-info") return lethe::cli::model_info_main(args);
     if (cmd == "checkpoint-info") return lethe::cli::checkpoint_info_main(args);
     if (cmd == "convert") return lethe::cli::convert_main(args);

@@ -61,15 +61,18 @@ void SequenceSampler::sequence(int64_t i, int32_t* tokens, int32_t* targets, int
   if (doc) *doc = c.doc;
 }
 
-void SequenceSampler::next(Tensor& tokens, Tensor& targets, std::vector<int64_t>* docs) {
+void SequenceSampler::next(Tensor& tokens, Tensor& targets, std::vector<int64_t>* docs,
+                           std::vector<int64_t>* seq_ids) {
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   LETHE_CHECK(T == cfg_.seq_len, "SequenceSampler: batch has T=", T, ", sampler was built for ", cfg_.seq_len);
   check_shape(targets, {B, T}, "SequenceSampler::next", "targets");
   if (docs) docs->assign(size_t(B), -1);
+  if (seq_ids) seq_ids->assign(size_t(B), -1);
   for (int64_t b = 0; b < B; ++b) {
     if (cursor_.index >= n_sequences()) cursor_ = {cursor_.epoch + 1, 0};
-    sequence(order(cursor_.epoch, cursor_.index), tokens.data<int32_t>() + b * T, targets.data<int32_t>() + b * T,
-             docs ? &(*docs)[size_t(b)] : nullptr);
+    const int64_t i = order(cursor_.epoch, cursor_.index);
+    sequence(i, tokens.data<int32_t>() + b * T, targets.data<int32_t>() + b * T, docs ? &(*docs)[size_t(b)] : nullptr);
+    if (seq_ids) (*seq_ids)[size_t(b)] = i;
     ++cursor_.index;
   }
 }

@@ -34,9 +34,11 @@ class SequenceSampler {
   SequenceSampler(const TokenDataset& ds, const SamplerConfig& cfg);
 
   int64_t n_sequences() const { return int64_t(chunks_.size()); }
+  int64_t seq_len() const { return cfg_.seq_len; }
   // Fills tokens/targets [B, T] with the next B sequences (wrapping into the next epoch)
-  // and, when given, the document index of each row.
-  void next(Tensor& tokens, Tensor& targets, std::vector<int64_t>* docs = nullptr);
+  // and, when given, the document index and the sequence index of each row.
+  void next(Tensor& tokens, Tensor& targets, std::vector<int64_t>* docs = nullptr,
+            std::vector<int64_t>* seq_ids = nullptr);
   // Sequence i in dataset order (no shuffle): evaluation walks these.
   void sequence(int64_t i, int32_t* tokens, int32_t* targets, int64_t* doc = nullptr) const;
 

@@ -83,6 +83,12 @@ bool ConfigNode::has(const std::string& key) const {
   return n.IsDefined() && !n.IsNull();
 }
 
+std::vector<std::string> ConfigNode::keys() const {
+  std::vector<std::string> out;
+  for (auto it = node_.begin(); it != node_.end(); ++it) out.push_back(it->first.as<std::string>());
+  return out;
+}
+
 bool ConfigNode::is_map(const std::string& key) const { return has(key) && node_[key].IsMap(); }
 
 void ConfigNode::type_error(const std::string& key, const char* expected) const {

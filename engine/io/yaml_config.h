@@ -25,6 +25,8 @@ class ConfigNode {
   std::string where(const std::string& key) const;  // "file: key 'train.lr'"
 
   bool has(const std::string& key) const;
+  // The keys of this mapping, in file order.
+  std::vector<std::string> keys() const;
   bool is_map(const std::string& key) const;
 
   template <typename T>

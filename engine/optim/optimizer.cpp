@@ -40,11 +40,22 @@ Optimizer::Optimizer(ParamSet& params, const OptimConfig& cfg) : params_(params)
   }
 }
 
+void Optimizer::set_trainable(std::vector<bool> trainable) {
+  LETHE_CHECK(trainable.size() == params_.size(), "set_trainable: ", trainable.size(), " flags for ", params_.size(),
+              " parameters");
+  trainable_ = std::move(trainable);
+}
+
 double Optimizer::step(ParamSet& grads, double lr) {
   LETHE_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
+  // Frozen parameters contribute nothing to the clipped norm either.
+  if (!trainable_.empty())
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (!trainable_[i]) grads[i].zero_();
   const double norm = clip_grad_norm(grads, cfg_.grad_clip);
   ++step_;
   for (size_t i = 0; i < params_.size(); ++i) {
+    if (!trainable_.empty() && !trainable_[i]) continue;
     const double wd = params_[i].ndim() >= 2 ? cfg_.weight_decay : 0.0;
     if (cfg_.type == "adamw") {
       ops::adamw_update(params_[i], grads[i], m_[i], v_[i], {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, wd, step_});

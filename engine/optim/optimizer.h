@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/model/param_set.h"
 
@@ -36,12 +37,16 @@ class Optimizer {
   ParamSet& m() { return m_; }
   ParamSet& v() { return v_; }
   void set_steps_taken(int64_t s) { step_ = s; }
+  // Parameters with trainable[i] == false are left untouched (no decay, no moments):
+  // RMU updates only a few MLP projections.
+  void set_trainable(std::vector<bool> trainable);
 
  private:
   ParamSet& params_;
   OptimConfig cfg_;
   ParamSet m_, v_;
   int64_t step_ = 0;
+  std::vector<bool> trainable_;
 };
 
 }  // namespace lethe

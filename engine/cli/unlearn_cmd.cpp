@@ -1,0 +1,29 @@
+#include <iostream>
+
+#include "engine/cli/commands.h"
+#include "engine/unlearn/terms.h"
+#include "engine/unlearn/unlearner.h"
+
+namespace lethe::cli {
+
+int unlearn_main(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    std::string types;
+    for (const auto& t : term_types()) types += (types.empty() ? "" : ", ") + t;
+    std::cout << "usage: lethe unlearn RECIPE.yaml [key=value ...]\n"
+                 "  Runs an unlearning recipe (configs/recipes/*.yaml): a weighted sum of terms over the\n"
+                 "  forget / retain / general streams. Writes output.dir/{final,best,metrics.jsonl,\n"
+                 "  report.json,report.md,curves.svg}. Overrides: train.steps=20 optimizer.lr=1e-4\n"
+                 "  terms.retain.weight=0.5 output.dir=runs/x\n"
+                 "  term types: "
+              << types << "\n";
+    return args.empty() ? 2 : 0;
+  }
+  std::vector<std::string> overrides(args.begin() + 1, args.end());
+  for (const auto& o : overrides)
+    LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
+  run_unlearn(load_recipe(args[0], overrides), std::cout);
+  return 0;
+}
+
+}  // namespace lethe::cli

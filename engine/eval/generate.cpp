@@ -1,0 +1,145 @@
+#include "engine/eval/generate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/eval/rouge.h"
+#include "kernels/cross_entropy.h"
+
+namespace lethe {
+namespace {
+
+// The first maximum wins: std::max_element would do the same, but spelling it out keeps
+// the tie rule independent of any library's scan order and lets NaN be caught.
+template <typename T>
+int32_t argmax_first(const T* row, int64_t V) {
+  int64_t best = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    LETHE_CHECK(!std::isnan(row[v]), "greedy decoding: logit of token ", v, " is NaN");
+    if (row[v] > row[best]) best = v;
+  }
+  return int32_t(best);
+}
+
+int32_t argmax_row(const Tensor& logits, int64_t r) {
+  const int64_t V = logits.dim(1);
+  if (logits.dtype() == DType::f32) return argmax_first(logits.data<float>() + r * V, V);
+  return argmax_first(logits.data<double>() + r * V, V);
+}
+
+void check_ids(const std::vector<int32_t>& ids, int64_t V, const char* what) {
+  for (size_t i = 0; i < ids.size(); ++i)
+    LETHE_CHECK(ids[i] >= 0 && ids[i] < V, what, ": token id ", ids[i], " at position ", i,
+                " is outside the model's vocabulary [0, ", V, ")");
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
+                                                        const std::vector<std::vector<int32_t>>& prefixes,
+                                                        int64_t max_new_tokens, int32_t stop_id) {
+  LETHE_CHECK(max_new_tokens >= 0, "greedy decoding: max_new_tokens must be >= 0, got ", max_new_tokens);
+  const int64_t B = int64_t(prefixes.size());
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
+  if (B == 0 || max_new_tokens == 0) return out;
+  const int64_t V = model.config().vocab_size, max_T = model.config().max_seq_len;
+  const size_t len0 = prefixes[0].size();
+  LETHE_CHECK(len0 > 0, "greedy decoding: empty prefix");
+  for (const auto& p : prefixes) {
+    LETHE_CHECK(p.size() == len0, "greedy decoding: batched prefixes must have equal lengths, got ", len0, " and ",
+                p.size());
+    check_ids(p, V, "greedy decoding");
+  }
+
+  std::vector<std::vector<int32_t>> ctx = prefixes;
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  int64_t n_done = 0;
+  for (int64_t step = 0; step < max_new_tokens && n_done < B; ++step) {
+    const int64_t len = int64_t(ctx[0].size()), T = std::min(len, max_T);
+    Tensor tok = Tensor::empty({B, T}, DType::i32), tgt = Tensor::empty({B, T}, DType::i32);
+    std::fill(tgt.data<int32_t>(), tgt.data<int32_t>() + B * T, ops::kIgnoreIndex);
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(ctx[size_t(b)].end() - T, ctx[size_t(b)].end(), tok.data<int32_t>() + b * T);
+    model.forward(tok, tgt);
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t next = argmax_row(model.logits(), b * T + T - 1);
+      // Finished rows keep growing so every row stays the same length; their tokens are
+      // discarded.
+      ctx[size_t(b)].push_back(next);
+      if (done[size_t(b)]) continue;
+      out[size_t(b)].push_back(next);
+      if (stop_id >= 0 && next == stop_id) {
+        done[size_t(b)] = true;
+        ++n_done;
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> greedy_continue(LlamaModel& model, const std::vector<int32_t>& prefix, int64_t max_new_tokens,
+                                     int32_t stop_id) {
+  LETHE_CHECK(!prefix.empty(), "greedy decoding: empty prefix");
+  return greedy_continue_batch(model, {prefix}, max_new_tokens, stop_id)[0];
+}
+
+std::string bytes_decode(const std::vector<int32_t>& ids) {
+  std::string s(ids.size(), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    LETHE_CHECK(ids[i] >= 0 && ids[i] < 256, "bytes_decode: id ", ids[i], " at position ", i,
+                " is not a byte");
+    s[i] = char(uint8_t(ids[i]));
+  }
+  return s;
+}
+
+VerbatimResult verbatim_memorisation(LlamaModel& model, const TokenDataset& ds, int64_t prefix_len,
+                                     int64_t continuation_len, int64_t max_docs,
+                                     const std::function<std::string(const std::vector<int32_t>&)>& decode,
+                                     int64_t batch_size) {
+  LETHE_CHECK(prefix_len >= 1, "verbatim memorisation: prefix_len must be >= 1, got ", prefix_len);
+  LETHE_CHECK(continuation_len >= 1, "verbatim memorisation: continuation_len must be >= 1, got ",
+              continuation_len);
+  LETHE_CHECK(batch_size >= 1, "verbatim memorisation: batch size must be >= 1, got ", batch_size);
+  LETHE_CHECK(bool(decode), "verbatim memorisation: no decode function");
+  const int64_t need = prefix_len + continuation_len;
+
+  VerbatimResult r;
+  std::vector<int64_t> docs;
+  for (int64_t d = 0; d < ds.n_docs(); ++d) {
+    if (ds.doc_length(d) < need) {
+      ++r.skipped;
+      continue;
+    }
+    if (max_docs <= 0 || int64_t(docs.size()) < max_docs) docs.push_back(d);
+  }
+
+  double f1_sum = 0, recall_sum = 0;
+  int64_t exact = 0;
+  for (size_t i0 = 0; i0 < docs.size(); i0 += size_t(batch_size)) {
+    const size_t n = std::min(docs.size() - i0, size_t(batch_size));
+    std::vector<std::vector<int32_t>> prefixes(n);
+    for (size_t j = 0; j < n; ++j) {
+      const auto start = ds.tokens.begin() + ds.offsets[size_t(docs[i0 + j])];
+      prefixes[j].assign(start, start + prefix_len);
+    }
+    const auto generated = greedy_continue_batch(model, prefixes, continuation_len);
+    for (size_t j = 0; j < n; ++j) {
+      const auto start = ds.tokens.begin() + ds.offsets[size_t(docs[i0 + j])] + prefix_len;
+      const std::vector<int32_t> truth(start, start + continuation_len);
+      exact += generated[j] == truth;
+      const RougeL s = rouge_l(rouge_tokenize(decode(generated[j])), rouge_tokenize(decode(truth)));
+      f1_sum += s.f1;
+      recall_sum += s.recall;
+    }
+  }
+  r.docs = int64_t(docs.size());
+  if (r.docs > 0) {
+    r.rouge_l_f1_mean = f1_sum / double(r.docs);
+    r.rouge_l_recall_mean = recall_sum / double(r.docs);
+    r.exact_match_rate = double(exact) / double(r.docs);
+  }
+  return r;
+}
+
+}  // namespace lethe

@@ -1,0 +1,138 @@
+#include "engine/unlearn/recipe.h"
+
+#include "engine/io/yaml_config.h"
+
+namespace lethe {
+
+bool Recipe::uses_stream(const std::string& s) const {
+  for (const auto& t : terms)
+    if (t.stream == s) return true;
+  return false;
+}
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  const ConfigNode root = ConfigNode::load_file(path, overrides);
+  Recipe r;
+  r.file = path;
+  r.method = root.require<std::string>("method");
+  r.model = root.path("model");
+  if (root.has("oracle")) r.oracle = root.path("oracle");
+
+  const ConfigNode d = root.child("data");
+  r.forget = d.path("forget");
+  r.holdout = d.path("holdout");
+  if (d.has("retain")) r.retain = d.path("retain");
+  if (d.has("general")) r.general = d.path("general");
+  r.seq_len = d.get<int64_t>("seq_len", r.seq_len);
+  r.min_targets = d.get<int64_t>("min_targets", r.min_targets);
+  d.finish();
+  LETHE_CHECK(r.seq_len >= 1, d.where("seq_len"), ": must be >= 1");
+  LETHE_CHECK(r.min_targets >= 1 && r.min_targets <= r.seq_len, d.where("min_targets"), ": must be in [1, seq_len]");
+
+  // terms: a mapping of name -> {type, stream, weight, ...}, so overrides can address them
+  // (terms.retain.weight=0.5).
+  const ConfigNode ts = root.child("terms");
+
+  for (const std::string& key : ts.keys()) {
+    const ConfigNode t = ts.child(key);
+    TermSpec s;
+    s.type = t.require<std::string>("type");
+    s.stream = t.require<std::string>("stream");
+    s.weight = t.get<double>("weight", s.weight);
+    s.beta = t.get<double>("beta", s.beta);
+    s.delta = t.get<double>("delta", s.delta);
+    s.layer = t.get<int64_t>("layer", s.layer);
+    s.steer = t.get<double>("steer", s.steer);
+    s.seed = uint64_t(t.get<int64_t>("seed", 0));
+    t.finish();
+    bool known = false;
+    for (const auto& k : term_types()) known |= k == s.type;
+    LETHE_CHECK(known, t.where("type"), ": unknown term type '", s.type, "'");
+    LETHE_CHECK(s.stream == "forget" || s.stream == "retain" || s.stream == "general", t.where("stream"),
+                ": must be forget, retain or general, got '", s.stream, "'");
+    if (s.weight != 0) r.terms.push_back(s);
+  }
+  ts.finish();
+  LETHE_CHECK(!r.terms.empty(), root.where("terms"), ": no term with a non-zero weight");
+  LETHE_CHECK(r.uses_stream("forget"), root.where("terms"), ": no term reads the forget stream");
+  LETHE_CHECK(!r.uses_stream("retain") || !r.retain.empty(), d.where("retain"),
+              ": a term reads the retain stream, but data.retain is not set");
+  LETHE_CHECK(!r.uses_stream("general") || !r.general.empty(), d.where("general"),
+              ": a term reads the general stream, but data.general is not set");
+
+  if (root.has("train")) {
+    const ConfigNode t = root.child("train");
+    r.steps = t.get<int64_t>("steps", r.steps);
+    r.batch_size = t.get<int64_t>("batch_size", r.batch_size);
+    r.grad_accum = t.get<int64_t>("grad_accum", r.grad_accum);
+    r.log_every = t.get<int64_t>("log_every", r.log_every);
+    r.seed = uint64_t(t.get<int64_t>("seed", int64_t(r.seed)));
+    if (t.has("trainable")) {
+      const std::string v = t.require<std::string>("trainable");
+      if (v != "all") {
+        size_t a = 0;
+        while (a <= v.size()) {  // comma-separated name fragments
+          const size_t b = v.find(',', a);
+          const std::string part = v.substr(a, b == std::string::npos ? std::string::npos : b - a);
+          if (!part.empty()) r.trainable.push_back(part);
+          if (b == std::string::npos) break;
+          a = b + 1;
+        }
+      }
+    }
+    t.finish();
+    LETHE_CHECK(r.steps >= 0, t.where("steps"), ": must be >= 0");
+    LETHE_CHECK(r.batch_size >= 1, t.where("batch_size"), ": must be >= 1");
+    LETHE_CHECK(r.grad_accum >= 1, t.where("grad_accum"), ": must be >= 1");
+    LETHE_CHECK(r.log_every >= 1, t.where("log_every"), ": must be >= 1");
+  }
+  if (root.has("optimizer")) {
+    const ConfigNode o = root.child("optimizer");
+    r.optim.type = o.get<std::string>("type", r.optim.type);
+    r.optim.beta1 = o.get<double>("beta1", r.optim.beta1);
+    r.optim.beta2 = o.get<double>("beta2", r.optim.beta2);
+    r.optim.eps = o.get<double>("eps", r.optim.eps);
+    r.optim.weight_decay = o.get<double>("weight_decay", r.optim.weight_decay);
+    r.optim.momentum = o.get<double>("momentum", r.optim.momentum);
+    r.optim.grad_clip = o.get<double>("grad_clip", r.optim.grad_clip);
+    r.schedule.type = o.get<std::string>("schedule", r.schedule.type);
+    r.schedule.lr = o.get<double>("lr", r.schedule.lr);
+    r.schedule.min_lr = o.get<double>("min_lr", r.schedule.min_lr);
+    r.schedule.warmup_steps = o.get<int64_t>("warmup_steps", r.schedule.warmup_steps);
+    o.finish();
+    try {
+      r.optim.validate();
+      r.schedule.total_steps = std::max<int64_t>(1, r.steps);
+      r.schedule.validate();
+    } catch (const Error& e) {
+      LETHE_FAIL(path, ": section 'optimizer': ", e.what());
+    }
+  }
+  r.schedule.total_steps = std::max<int64_t>(1, r.steps);
+  if (root.has("eval")) {
+    const ConfigNode e = root.child("eval");
+    r.eval_every = e.get<int64_t>("every", r.eval_every);
+    r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
+    e.finish();
+    LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
+    LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");
+  }
+  if (root.has("stop")) {
+    const ConfigNode s = root.child("stop");
+    r.stop_forget_reaches_holdout = s.get<bool>("forget_reaches_holdout", r.stop_forget_reaches_holdout);
+    r.stop_mia_band = s.get<double>("mia_auc_band", r.stop_mia_band);
+    r.stop_retain_ratio = s.get<double>("retain_ppl_ratio", r.stop_retain_ratio);
+    s.finish();
+    LETHE_CHECK(r.stop_mia_band >= 0 && r.stop_mia_band < 0.5, s.where("mia_auc_band"), ": must be in [0, 0.5)");
+    LETHE_CHECK(r.stop_retain_ratio == 0 || r.stop_retain_ratio > 1, s.where("retain_ppl_ratio"),
+                ": must be 0 (off) or > 1");
+  }
+  const ConfigNode o = root.child("output");
+  r.out_dir = o.path("dir");
+  r.export_hf = o.get<bool>("export_hf", r.export_hf);
+  o.finish();
+  root.finish();
+  return r;
+}
+
+}  // namespace lethe

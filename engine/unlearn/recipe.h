@@ -1,0 +1,40 @@
+// A recipe: which model to unlearn, the data streams, the weighted terms, the optimizer,
+// evaluation, stop criteria and outputs. configs/recipes/*.yaml hold one per method.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/optim/optimizer.h"
+#include "engine/optim/schedule.h"
+#include "engine/unlearn/terms.h"
+
+namespace lethe {
+
+struct Recipe {
+  std::string file;             // the YAML it came from
+  std::string method;           // name used in logs and reports
+  std::string model, oracle;    // paths (oracle optional)
+  std::string forget, retain, holdout, general;  // token datasets (retain/general optional)
+  int64_t seq_len = 128, min_targets = 16;
+  std::vector<TermSpec> terms;
+  int64_t steps = 100, batch_size = 8, grad_accum = 1, log_every = 5;
+  uint64_t seed = 1;
+  std::vector<std::string> trainable;  // name substrings; empty = every parameter
+  OptimConfig optim;
+  LRSchedule schedule;
+  int64_t eval_every = 0, eval_max_sequences = 256;  // 0: evaluate only before and after
+  bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
+  double stop_mia_band = 0;                  // |AUC - 0.5| <= band
+  double stop_retain_ratio = 0;              // retain perplexity > ratio * initial
+  std::string out_dir;
+  bool export_hf = false;
+
+  bool uses_stream(const std::string& s) const;
+};
+
+// Validates every key (errors name the file and key); `model.x=...`-style overrides use
+// dotted paths into the recipe.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace lethe

@@ -1,0 +1,343 @@
+#include "engine/unlearn/unlearner.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "engine/data/sequence_sampler.h"
+#include "engine/eval/mia.h"
+#include "engine/eval/nll.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/hf_model.h"
+#include "engine/io/model_checkpoint.h"
+#include "engine/io/model_loader.h"
+#include "engine/io/sha256.h"
+#include "engine/unlearn/report.h"
+#include "kernels/cross_entropy.h"
+
+namespace lethe {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct Stream {
+  std::string name, path;
+  std::unique_ptr<TokenDataset> ds;
+  std::unique_ptr<SequenceSampler> sampler;
+};
+
+// Per-sequence mean NLL of the first max_seq sequences (dataset order): the LOSS
+// membership score, cheap enough to recompute at every evaluation.
+std::vector<double> sequence_nll(LlamaModel& m, const TokenDataset& ds, int64_t T, int64_t max_seq) {
+  SamplerConfig sc;
+  sc.seq_len = T;
+  sc.shuffle = false;
+  const SequenceSampler s(ds, sc);
+  const int64_t n = max_seq > 0 ? std::min(max_seq, s.n_sequences()) : s.n_sequences();
+  std::vector<double> out;
+  const int64_t B = 8;
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int64_t b = std::min(B, n - i0);
+    Tensor tok = Tensor::empty({b, T}, DType::i32), tgt = Tensor::empty({b, T}, DType::i32);
+    for (int64_t r = 0; r < b; ++r) s.sequence(i0 + r, tok.data<int32_t>() + r * T, tgt.data<int32_t>() + r * T);
+    m.forward(tok, tgt);
+    for (int64_t r = 0; r < b; ++r) {
+      double sum = 0;
+      int64_t k = 0;
+      for (int64_t t = 0; t < T; ++t)
+        if (tgt.data<int32_t>()[r * T + t] != ops::kIgnoreIndex) sum -= m.logprobs().data<float>()[r * T + t], ++k;
+      if (k) out.push_back(sum / double(k));
+    }
+  }
+  return out;
+}
+
+EvalPoint evaluate(LlamaModel& m, const std::map<std::string, Stream*>& splits, int64_t T, int64_t max_seq,
+                   int64_t step) {
+  EvalPoint e;
+  e.step = step;
+  for (const auto& [name, st] : splits) {
+    const NllResult r = evaluate_nll(m, *st->ds, T, 8, max_seq);
+    e.splits[name] = {r.mean_nll(), r.perplexity(), r.accuracy(), r.tokens};
+  }
+  // Higher score = member: the negative loss.
+  auto scores = [&](const char* s) {
+    std::vector<double> v = sequence_nll(m, *splits.at(s)->ds, T, max_seq);
+    for (double& x : v) x = -x;
+    return v;
+  };
+  e.mia_auc = roc_auc(scores("forget"), scores("holdout"));
+  return e;
+}
+
+std::string fmt(const char* f, double a) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, a);
+  return b;
+}
+
+void save_model(const std::string& dir, const std::string& name, LlamaModel& m, const Recipe& r, int64_t step,
+                const json& metrics) {
+  CheckpointWriter w(dir, name, 0, /*update_latest=*/false);
+  add_params(w, "weights", m.params());
+  json& man = w.manifest();
+  man["kind"] = "model";
+  man["step"] = step;
+  man["model"] = llama_config_to_json(m.config());
+  man["unlearn"] = {{"method", r.method}, {"recipe", fs::path(r.file).filename().string()}};
+  man["metrics"] = metrics;
+  man["parallel"] = {{"tp", 1}, {"dp", 1}};
+  man["lethe_version"] = LETHE_VERSION;
+  w.commit();
+}
+
+json eval_json(const EvalPoint& e) {
+  json j = {{"step", e.step}, {"mia_auc_loss", e.mia_auc}};
+  for (const auto& [n, s] : e.splits) j[n] = {{"nll", s.nll}, {"ppl", s.ppl}, {"acc", s.acc}, {"tokens", s.tokens}};
+  return j;
+}
+
+// Full MIA suite (every attack) on forget vs holdout documents.
+std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, int64_t T,
+                                       LlamaModel* reference) {
+  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) { return collect_doc_stats(mm, ds, T, 8); };
+  const auto fs_ = stats(m, *forget.ds), hs = stats(m, *holdout.ds);
+  std::vector<DocTokenStats> fr, hr;
+  if (reference) {
+    fr = stats(*reference, *forget.ds);
+    hr = stats(*reference, *holdout.ds);
+  }
+  const MiaScores members = mia_scores(fs_, bytes_of_docs(*forget.ds, fs_), reference ? &fr : nullptr);
+  const MiaScores nonmembers = mia_scores(hs, bytes_of_docs(*holdout.ds, hs), reference ? &hr : nullptr);
+  return mia_report(members, nonmembers).auc;
+}
+
+}  // namespace
+
+UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
+  std::error_code ec;
+  LETHE_CHECK(!fs::exists(r.out_dir, ec) || fs::is_empty(r.out_dir, ec), r.out_dir,
+              ": output directory is not empty; choose a new output.dir (nothing was overwritten)");
+  const LoadedModel loaded = load_model(r.model);
+  const LlamaConfig& cfg = loaded.config;
+  LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
+              cfg.max_seq_len);
+  LlamaModel model(cfg, DType::f32);
+  assign_weights(model, loaded);
+
+  // Streams. Every dataset must come from the model's tokenizer family: same vocabulary
+  // bound and the same tokenizer as the forget set.
+  std::map<std::string, Stream> streams;
+  auto open = [&](const std::string& name, const std::string& path, bool train) {
+    if (path.empty()) return;
+    Stream& s = streams[name];
+    s.name = name;
+    s.path = path;
+    s.ds = std::make_unique<TokenDataset>(load_token_dataset(path, cfg.vocab_size));
+    LETHE_CHECK(s.ds->n_docs() > 0, path, ": the ", name, " set is empty");
+    if (train) {
+      SamplerConfig sc;
+      sc.seq_len = r.seq_len;
+      sc.min_targets = r.min_targets;
+      sc.seed = r.seed + std::hash<std::string>{}(name) % 1000003;
+      s.sampler = std::make_unique<SequenceSampler>(*s.ds, sc);
+    }
+  };
+  open("forget", r.forget, true);
+  open("holdout", r.holdout, false);
+  open("retain", r.retain, r.uses_stream("retain"));
+  open("general", r.general, r.uses_stream("general"));
+  for (const auto& [name, s] : streams)
+    LETHE_CHECK(s.ds->tokenizer == streams.at("forget").ds->tokenizer, s.path, ": tokenizer '", s.ds->tokenizer,
+                "' differs from the forget set's '", streams.at("forget").ds->tokenizer,
+                "'; every split must be tokenised like the model's training data");
+  std::map<std::string, Stream*> eval_splits;
+  for (auto& [name, s] : streams) eval_splits[name] = &s;
+
+  // The frozen original, kept only when a term reads it.
+  std::unique_ptr<LlamaModel> reference;
+  bool need_ref = false;
+  for (const auto& t : r.terms) need_ref |= t.type == "kl" || t.type == "adversarial" || t.type == "rmu_retain";
+  if (need_ref) {
+    reference = std::make_unique<LlamaModel>(cfg, DType::f32);
+    assign_weights(*reference, loaded);
+  }
+  std::vector<std::unique_ptr<Term>> terms;
+  for (const auto& spec : r.terms) {
+    // Terms that only need the architecture (random_labels, rmu_forget) read it from the model.
+    const bool reads_ref = spec.type == "kl" || spec.type == "adversarial" || spec.type == "rmu_retain";
+    terms.push_back(make_term(spec, reads_ref ? reference.get() : &model));
+    terms.back()->prepare(model, *streams.at(spec.stream).sampler, r.batch_size);  // model is still the original
+  }
+
+  Optimizer opt(model.params(), r.optim);
+  if (!r.trainable.empty()) {
+    std::vector<bool> mask(model.params().size(), false);
+    int64_t n = 0;
+    for (size_t i = 0; i < mask.size(); ++i)
+      for (const auto& frag : r.trainable)
+        if (model.params().spec(i).name.find(frag) != std::string::npos) mask[i] = true;
+    for (bool b : mask) n += b;
+    LETHE_CHECK(n > 0, r.file, ": train.trainable matches no parameter");
+    opt.set_trainable(mask);
+  }
+
+  fs::create_directories(r.out_dir, ec);
+  LETHE_CHECK(!ec, r.out_dir, ": cannot create: ", ec.message());
+  std::ofstream metrics(fs::path(r.out_dir) / "metrics.jsonl");
+  UnlearnResult res;
+
+  out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
+      << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
+      << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
+  auto log_eval = [&](const EvalPoint& e, const char* label) {
+    std::string line = std::string(label) + " step " + std::to_string(e.step) + ":";
+    for (const char* s : {"forget", "retain", "holdout", "general"})
+      if (e.splits.count(s)) line += std::string(" ") + s + " nll " + fmt("%.4f", e.splits.at(s).nll);
+    line += " | MIA AUC " + fmt("%.3f", e.mia_auc);
+    out << line << std::endl;
+    metrics << json{{"eval", eval_json(e)}}.dump() << "\n";
+    metrics.flush();
+  };
+  res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
+  log_eval(res.evals.back(), "before");
+  const double retain0 = res.evals[0].splits.count("retain") ? res.evals[0].splits.at("retain").ppl : 0;
+
+  // Best checkpoint rule: among evaluations whose retain perplexity stays within the stop
+  // ratio (or 1.1x when unset), the one whose forget NLL is closest to the holdout NLL:
+  // the observable point nearest to "as if never trained on the forget set".
+  const double keep_ratio = r.stop_retain_ratio > 0 ? r.stop_retain_ratio : 1.1;
+  double best_gap = INFINITY;
+  auto consider_best = [&](const EvalPoint& e) {
+    if (retain0 > 0 && e.splits.at("retain").ppl > keep_ratio * retain0) return;
+    const double gap = std::abs(e.splits.at("forget").nll - e.splits.at("holdout").nll);
+    if (gap < best_gap) {
+      best_gap = gap;
+      fs::remove_all(fs::path(r.out_dir) / "best", ec);
+      save_model(r.out_dir, "best", model, r, e.step, eval_json(e));
+      res.best_dir = (fs::path(r.out_dir) / "best").string();
+    }
+  };
+  consider_best(res.evals[0]);
+
+  std::map<std::string, UnlearnBatch> batches;
+  for (const auto& [name, s] : streams)
+    if (s.sampler) {
+      batches[name].tokens = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
+      batches[name].targets = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
+    }
+  res.stop_reason = "max steps";
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t tokens_per_step = int64_t(batches.size()) * r.batch_size * r.seq_len * r.grad_accum;
+  for (int64_t step = 0; step < r.steps; ++step) {
+    model.grads().zero();
+    std::map<std::string, double> term_loss;
+    double total = 0;
+    for (int64_t a = 0; a < r.grad_accum; ++a) {
+      for (auto& [name, b] : batches) {
+        streams.at(name).sampler->next(b.tokens, b.targets, nullptr, &b.seq_ids);
+        b.step = step * r.grad_accum + a;
+      }
+      for (const auto& t : terms) {
+        const double L = t->accumulate(model, batches.at(t->spec().stream), t->spec().weight / double(r.grad_accum));
+        LETHE_CHECK(std::isfinite(L), "term ", t->spec().name(), " has loss ", L, " at step ", step + 1,
+                    "; stopping before the update");
+        term_loss[t->spec().name()] += L / double(r.grad_accum);
+        total += t->spec().weight * L / double(r.grad_accum);
+      }
+    }
+    const double lr = r.schedule.at(step);
+    const double gnorm = opt.step(model.grads(), lr);
+    res.steps_run = step + 1;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double tps = double(tokens_per_step) * double(step + 1) / elapsed;
+    json jl = {{"step", step + 1}, {"loss", total}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}};
+    for (const auto& [n, v] : term_loss) jl["terms"][n] = v;
+    metrics << jl.dump() << "\n";
+    if ((step + 1) % r.log_every == 0 || step + 1 == r.steps || step == 0) {
+      std::string line = "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
+                         fmt("%.4f", total);
+      for (const auto& [n, v] : term_loss) line += " | " + n + " " + fmt("%.4f", v);
+      line += " | lr " + fmt("%.2e", lr) + " | " + fmt("%.0f tok/s", tps) + " | ETA " +
+              fmt("%.0fs", elapsed / double(step + 1) * double(r.steps - step - 1));
+      out << line << std::endl;
+    }
+    const bool last = step + 1 == r.steps;
+    if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || last) {
+      res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, step + 1));
+      const EvalPoint& e = res.evals.back();
+      log_eval(e, "eval");
+      consider_best(e);
+      std::string why;
+      if (r.stop_forget_reaches_holdout && e.splits.at("forget").nll >= e.splits.at("holdout").nll)
+        why = "forget NLL reached holdout NLL";
+      else if (r.stop_mia_band > 0 && std::abs(e.mia_auc - 0.5) <= r.stop_mia_band)
+        why = "MIA AUC within " + fmt("%.3f", r.stop_mia_band) + " of 0.5";
+      else if (r.stop_retain_ratio > 0 && retain0 > 0 && e.splits.at("retain").ppl > r.stop_retain_ratio * retain0)
+        why = "retain perplexity rose past " + fmt("%.2f", r.stop_retain_ratio) + "x";
+      if (!why.empty()) {
+        res.stop_reason = why;
+        out << "stop: " << why << " at step " << step + 1 << std::endl;
+        break;
+      }
+    }
+  }
+  if (res.evals.back().step != res.steps_run) {
+    res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, res.steps_run));
+    log_eval(res.evals.back(), "eval");
+  }
+  save_model(r.out_dir, "final", model, r, res.steps_run, eval_json(res.evals.back()));
+  res.final_dir = (fs::path(r.out_dir) / "final").string();
+
+  // Final membership inference with every attack, and the oracle beside it. The
+  // Reference attack compares against the original model, loaded here if no term kept it.
+  if (!reference) {
+    reference = std::make_unique<LlamaModel>(cfg, DType::f32);
+    assign_weights(*reference, loaded);
+  }
+  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get());
+  EvalPoint oracle_eval;
+  std::string oracle_sha;
+  if (!r.oracle.empty()) {
+    const LoadedModel o = load_model(r.oracle);
+    LETHE_CHECK(o.config.vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
+    LlamaModel om(o.config, DType::f32);
+    assign_weights(om, o);
+    oracle_sha = o.sha256;
+    oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
+    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get());
+  }
+  if (r.export_hf) {
+    std::vector<std::pair<std::string, Tensor>> w;
+    for (size_t i = 0; i < model.params().size(); ++i) w.emplace_back(model.params().spec(i).name, model.params()[i]);
+    write_hf_model((fs::path(r.out_dir) / "hf").string(), hf_config_from_llama(cfg, "float32"), w, int64_t(5) << 30);
+  }
+
+  ReportInput in;
+  in.recipe = &r;
+  in.model_sha256 = loaded.sha256;
+  in.final_sha256 = weights_sha256(model.params());
+  in.oracle_sha256 = oracle_sha;
+  for (const auto& [name, s] : streams) {
+    in.data_sha256[name] = to_hex(sha256_file(s.path));
+    in.data_docs[name] = s.ds->n_docs();
+  }
+  for (const auto& h : streams.at("forget").ds->doc_sha256) in.forget_doc_sha256.push_back(to_hex(h));
+  in.result = &res;
+  in.oracle = r.oracle.empty() ? nullptr : &oracle_eval;
+  write_report(in, r.out_dir);
+  res.report_json = (fs::path(r.out_dir) / "report.json").string();
+  res.report_md = (fs::path(r.out_dir) / "report.md").string();
+  out << "wrote " << res.final_dir << ", " << res.report_md << " (stop: " << res.stop_reason << ")" << std::endl;
+  return res;
+}
+
+}  // namespace lethe

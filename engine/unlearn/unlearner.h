@@ -1,0 +1,38 @@
+// `lethe unlearn`: runs a recipe. Each step draws a batch from every stream a term reads,
+// adds each term's weighted gradient, and takes one optimizer step; evaluates every N
+// steps; stops at max steps or at a stop criterion; writes checkpoints, metrics (JSON
+// lines), a report (JSON + Markdown, hashes of the forgotten documents, never their text)
+// and an SVG of the curves.
+#pragma once
+#include <iosfwd>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/unlearn/recipe.h"
+
+namespace lethe {
+
+struct SplitMetrics {
+  double nll = 0, ppl = 0, acc = 0;
+  int64_t tokens = 0;
+};
+
+struct EvalPoint {
+  int64_t step = 0;
+  std::map<std::string, SplitMetrics> splits;  // forget, retain, holdout, general
+  double mia_auc = 0.5;  // LOSS attack, forget (members) vs holdout, per sequence
+};
+
+struct UnlearnResult {
+  std::vector<EvalPoint> evals;   // before (step 0), every N steps, after
+  int64_t steps_run = 0;
+  std::string stop_reason;        // "max steps", or the criterion that fired
+  std::string final_dir, best_dir, report_json, report_md;
+  std::map<std::string, double> mia_auc_after;       // every attack, final model
+  std::map<std::string, double> mia_auc_oracle;      // every attack, oracle (when given)
+};
+
+UnlearnResult run_unlearn(const Recipe& recipe, std::ostream& out);
+
+}  // namespace lethe
