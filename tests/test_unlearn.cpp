@@ -119,6 +119,21 @@ TEST_F(Unlearn, GaAloneAtHighLearningRateCollapsesRetain) {
   EXPECT_GT(nll(res.evals.back(), "retain"), nll(res.evals.front(), "retain") + 1.0) << log.str();
 }
 
+// Every shipped recipe (configs/recipes) loads and runs a step on the embedded benchmark.
+TEST_F(Unlearn, EveryShippedRecipeRunsOneStep) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(LETHE_SOURCE_DIR) + "/configs/recipes")) {
+    std::ostringstream log;
+    const std::string out = (dir_ / ("recipe_" + e.path().stem().string())).string();
+    const auto res = run_unlearn(
+        load_recipe(e.path().string(), {"train.steps=1", "eval.max_sequences=4", "output.dir=" + out}), log);
+    EXPECT_EQ(res.steps_run, 1) << e.path();
+    EXPECT_TRUE(fs::exists(fs::path(out) / "report.json")) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 10);
+}
+
 TEST_F(Unlearn, BadRecipesAreClearErrors) {
   auto expect_error = [&](const std::string& p, const std::string& needle, std::vector<std::string> ov = {}) {
     try {
