@@ -113,9 +113,11 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     const ConfigNode e = root.child("eval");
     r.eval_every = e.get<int64_t>("every", r.eval_every);
     r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
+    r.mia_max_docs = e.get<int64_t>("mia_max_docs", r.mia_max_docs);
     e.finish();
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");
+    LETHE_CHECK(r.mia_max_docs >= 0, e.where("mia_max_docs"), ": must be >= 0 (0 = all)");
   }
   if (root.has("stop")) {
     const ConfigNode s = root.child("stop");

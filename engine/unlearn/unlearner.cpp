@@ -107,8 +107,8 @@ json eval_json(const EvalPoint& e) {
 
 // Full MIA suite (every attack) on forget vs holdout documents.
 std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, int64_t T,
-                                       LlamaModel* reference) {
-  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) { return collect_doc_stats(mm, ds, T, 8); };
+                                       LlamaModel* reference, int64_t max_docs) {
+  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) { return collect_doc_stats(mm, ds, T, 8, max_docs); };
   const auto fs_ = stats(m, *forget.ds), hs = stats(m, *holdout.ds);
   std::vector<DocTokenStats> fr, hr;
   if (reference) {
@@ -303,7 +303,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     reference = std::make_unique<LlamaModel>(cfg, DType::f32);
     assign_weights(*reference, loaded);
   }
-  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get());
+  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
@@ -313,7 +313,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     assign_weights(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get());
+    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
   }
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;
