@@ -23,12 +23,15 @@ build: $(BUILD)/CMakeCache.txt
 demo: build
 	LETHE_BIN=$(BUILD)/lethe bash tools/demo.sh
 
-# Every test: unit, cli and slow labels.
+# Every test: unit, cli and slow labels. Tests run $(JOBS) at a time with one OpenMP thread
+# each: several multi-threaded processes spin-waiting on the same cores slow each other
+# down by orders of magnitude (docs/perf.md).
+TEST_ENV := OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 test: build
-	cd $(BUILD) && ctest --output-on-failure --parallel $(JOBS)
+	cd $(BUILD) && $(TEST_ENV) ctest --output-on-failure --parallel $(JOBS)
 
 test-unit: build
-	cd $(BUILD) && ctest --output-on-failure --parallel $(JOBS) -L unit
+	cd $(BUILD) && $(TEST_ENV) ctest --output-on-failure --parallel $(JOBS) -L unit
 
 test-slow: build
 	cd $(BUILD) && ctest --output-on-failure -L slow
