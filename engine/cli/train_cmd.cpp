@@ -14,6 +14,7 @@
 #include "engine/data/token_stream.h"
 #include "engine/io/model_checkpoint.h"
 #include "engine/io/model_config_yaml.h"
+#include "engine/io/optim_config_yaml.h"
 #include "engine/io/sha256.h"
 #include "engine/model/llama.h"
 #include "engine/optim/optimizer.h"
@@ -114,27 +115,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     LETHE_CHECK(c.ckpt_every >= 0, k.where("every"), ": must be >= 0 (0 = only at the end)");
     LETHE_CHECK(c.ckpt_keep >= 0, k.where("keep_last"), ": must be >= 0 (0 = keep all)");
   }
-  if (root.has("optimizer")) {
-    const ConfigNode o = root.child("optimizer");
-    c.optim.type = o.get<std::string>("type", c.optim.type);
-    c.optim.beta1 = o.get<double>("beta1", c.optim.beta1);
-    c.optim.beta2 = o.get<double>("beta2", c.optim.beta2);
-    c.optim.eps = o.get<double>("eps", c.optim.eps);
-    c.optim.weight_decay = o.get<double>("weight_decay", c.optim.weight_decay);
-    c.optim.momentum = o.get<double>("momentum", c.optim.momentum);
-    c.optim.grad_clip = o.get<double>("grad_clip", c.optim.grad_clip);
-    c.schedule.type = o.get<std::string>("schedule", c.schedule.type);
-    c.schedule.lr = o.get<double>("lr", c.schedule.lr);
-    c.schedule.min_lr = o.get<double>("min_lr", c.schedule.min_lr);
-    c.schedule.warmup_steps = o.get<int64_t>("warmup_steps", c.schedule.warmup_steps);
-    o.finish();
-    try {
-      c.optim.validate();
-      c.schedule.validate();
-    } catch (const Error& e) {
-      LETHE_FAIL(path, ": section 'optimizer': ", e.what());
-    }
-  }
+  if (root.has("optimizer")) read_optimizer_section(root.child("optimizer"), c.steps, c.optim, c.schedule);
   c.schedule.total_steps = c.steps;
   root.finish();
   LETHE_CHECK(!c.resume || !c.ckpt_dir.empty(), path, ": train.resume needs checkpoint.dir");

@@ -1,5 +1,6 @@
 #include "engine/unlearn/recipe.h"
 
+#include "engine/io/optim_config_yaml.h"
 #include "engine/io/yaml_config.h"
 
 namespace lethe {
@@ -86,28 +87,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.grad_accum >= 1, t.where("grad_accum"), ": must be >= 1");
     LETHE_CHECK(r.log_every >= 1, t.where("log_every"), ": must be >= 1");
   }
-  if (root.has("optimizer")) {
-    const ConfigNode o = root.child("optimizer");
-    r.optim.type = o.get<std::string>("type", r.optim.type);
-    r.optim.beta1 = o.get<double>("beta1", r.optim.beta1);
-    r.optim.beta2 = o.get<double>("beta2", r.optim.beta2);
-    r.optim.eps = o.get<double>("eps", r.optim.eps);
-    r.optim.weight_decay = o.get<double>("weight_decay", r.optim.weight_decay);
-    r.optim.momentum = o.get<double>("momentum", r.optim.momentum);
-    r.optim.grad_clip = o.get<double>("grad_clip", r.optim.grad_clip);
-    r.schedule.type = o.get<std::string>("schedule", r.schedule.type);
-    r.schedule.lr = o.get<double>("lr", r.schedule.lr);
-    r.schedule.min_lr = o.get<double>("min_lr", r.schedule.min_lr);
-    r.schedule.warmup_steps = o.get<int64_t>("warmup_steps", r.schedule.warmup_steps);
-    o.finish();
-    try {
-      r.optim.validate();
-      r.schedule.total_steps = std::max<int64_t>(1, r.steps);
-      r.schedule.validate();
-    } catch (const Error& e) {
-      LETHE_FAIL(path, ": section 'optimizer': ", e.what());
-    }
-  }
+  if (root.has("optimizer")) read_optimizer_section(root.child("optimizer"), r.steps, r.optim, r.schedule);
   r.schedule.total_steps = std::max<int64_t>(1, r.steps);
   if (root.has("eval")) {
     const ConfigNode e = root.child("eval");
