@@ -95,8 +95,11 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   const auto res = run_unlearn(load_recipe(recipe("ga_gd", "  f: {type: nll, stream: forget, weight: -1}\n"
                                                            "  r: {type: nll, stream: retain, weight: 1}\n",
                                                   1e-3, 40),
-                                           {}),
+                                           {"eval.verbatim_prefix=24", "eval.verbatim_continuation=24"}),
                                log);
+  // Verbatim: the memorised secrets are continued far better before than after.
+  EXPECT_GT(res.extra.at("before").rouge_l_f1, res.extra.at("after").rouge_l_f1 + 0.2) << log.str();
+  EXPECT_EQ(res.extra.at("after").verbatim_docs, 4);
   const EvalPoint &before = res.evals.front(), &after = res.evals.back();
   // Memorised before: the secrets are far more predictable than unseen random letters.
   EXPECT_LT(nll(before, "forget"), nll(before, "holdout") - 0.5) << log.str();

@@ -25,6 +25,10 @@ struct Recipe {
   LRSchedule schedule;
   int64_t eval_every = 0, eval_max_sequences = 256;  // 0: evaluate only before and after
   int64_t mia_max_docs = 0;  // documents per split for the final MIA suite (0 = all)
+  // Verbatim memorisation of forget documents (greedy continuation of a prefix) before,
+  // after and for the oracle; 0 tokens disables it.
+  int64_t verbatim_prefix = 0, verbatim_continuation = 0, verbatim_max_docs = 8;
+  std::string mc_task;  // multiple-choice JSONL task scored before/after/oracle (optional)
   bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
   double stop_mia_band = 0;                  // |AUC - 0.5| <= band
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial

@@ -108,6 +108,13 @@ void write_report(const ReportInput& in, const std::string& dir) {
       if (res.mia_auc_oracle.count(a)) leak[a] = (auc - res.mia_auc_oracle.at(a)) / res.mia_auc_oracle.at(a) * 100;
     j["privleak_percent"] = leak;
   }
+  for (const auto& [who, x] : res.extra) {
+    if (x.verbatim)
+      j["verbatim_memorisation"][who] = {{"docs", x.verbatim_docs}, {"rouge_l_f1", x.rouge_l_f1},
+                                         {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match},
+                                         {"prefix", r.verbatim_prefix}, {"continuation", r.verbatim_continuation}};
+    if (x.mc) j["multiple_choice"][who] = {{"items", x.mc_items}, {"acc", x.mc_acc}, {"acc_norm", x.mc_acc_norm}};
+  }
   j["curve"] = json::array();
   for (const auto& e : res.evals) {
     json p = split_json(e);
@@ -139,6 +146,22 @@ void write_report(const ReportInput& in, const std::string& dir) {
       md << " " << f4(o) << " | " << f4((auc - o) / o * 100) << " |";
     }
     md << "\n";
+  }
+  const auto& ex = res.extra;
+  if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc)) {
+    md << "\nGeneration and task metrics (forget-document continuations: greedy, " << r.verbatim_prefix
+       << "-token prefix, " << r.verbatim_continuation << " tokens):\n\n| metric | before | after |"
+       << (ex.count("oracle") ? " oracle |" : "") << "\n|---|---:|---:|" << (ex.count("oracle") ? "---:|" : "") << "\n";
+    auto row = [&](const char* name, double ExtraMetrics::*f, bool ExtraMetrics::*on) {
+      if (!(ex.at("after").*on)) return;
+      md << "| " << name << " | " << f4(ex.at("before").*f) << " | " << f4(ex.at("after").*f) << " |";
+      if (ex.count("oracle")) md << " " << f4(ex.at("oracle").*f) << " |";
+      md << "\n";
+    };
+    row("ROUGE-L F1 (forget continuations)", &ExtraMetrics::rouge_l_f1, &ExtraMetrics::verbatim);
+    row("exact match (forget continuations)", &ExtraMetrics::exact_match, &ExtraMetrics::verbatim);
+    row("multiple-choice acc", &ExtraMetrics::mc_acc, &ExtraMetrics::mc);
+    row("multiple-choice acc_norm", &ExtraMetrics::mc_acc_norm, &ExtraMetrics::mc);
   }
   md << "\nModel sha256 `" << in.model_sha256 << "`, unlearned `" << in.final_sha256 << "`";
   if (!in.oracle_sha256.empty()) md << ", oracle `" << in.oracle_sha256 << "`";

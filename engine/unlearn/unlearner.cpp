@@ -12,7 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/data/sequence_sampler.h"
+#include "engine/eval/generate.h"
 #include "engine/eval/mia.h"
+#include "engine/eval/multiple_choice.h"
 #include "engine/eval/nll.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/hf_model.h"
@@ -120,6 +122,27 @@ std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, cons
   return mia_report(members, nonmembers).auc;
 }
 
+ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget) {
+  ExtraMetrics x;
+  if (r.verbatim_prefix > 0) {
+    const VerbatimResult v = verbatim_memorisation(m, forget, r.verbatim_prefix, r.verbatim_continuation,
+                                                   r.verbatim_max_docs, bytes_decode, 4);
+    x.verbatim = true;
+    x.rouge_l_f1 = v.rouge_l_f1_mean;
+    x.rouge_l_recall = v.rouge_l_recall_mean;
+    x.exact_match = v.exact_match_rate;
+    x.verbatim_docs = v.docs;
+  }
+  if (!r.mc_task.empty()) {
+    const McResult mc = multiple_choice_accuracy(m, r.mc_task, bytes_encode);
+    x.mc = true;
+    x.mc_acc = mc.acc;
+    x.mc_acc_norm = mc.acc_norm;
+    x.mc_items = mc.items;
+  }
+  return x;
+}
+
 }  // namespace
 
 UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
@@ -159,6 +182,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     LETHE_CHECK(s.ds->tokenizer == streams.at("forget").ds->tokenizer, s.path, ": tokenizer '", s.ds->tokenizer,
                 "' differs from the forget set's '", streams.at("forget").ds->tokenizer,
                 "'; every split must be tokenised like the model's training data");
+  // Text-level metrics decode and encode with the byte tokenizer; other tokenizers would
+  // need their detokenizer here, which this version does not wire in.
+  LETHE_CHECK((r.verbatim_prefix == 0 && r.mc_task.empty()) || streams.at("forget").ds->tokenizer == "bytes", r.file,
+              ": eval.verbatim_* and eval.mc_task need a byte-level model in this version (the forget set uses '",
+              streams.at("forget").ds->tokenizer, "')");
   std::map<std::string, Stream*> eval_splits;
   for (auto& [name, s] : streams) eval_splits[name] = &s;
 
@@ -209,6 +237,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
   };
   res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
   log_eval(res.evals.back(), "before");
+  res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds);
   const double retain0 = res.evals[0].splits.count("retain") ? res.evals[0].splits.at("retain").ppl : 0;
 
   // Best checkpoint rule: among evaluations whose retain perplexity stays within the stop
@@ -295,6 +324,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     log_eval(res.evals.back(), "eval");
   }
   save_model(r.out_dir, "final", model, r, res.steps_run, eval_json(res.evals.back()));
+  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
 
   // Final membership inference with every attack, and the oracle beside it. The
@@ -314,6 +344,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
     res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
+    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds);
   }
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;

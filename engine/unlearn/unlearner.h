@@ -24,6 +24,15 @@ struct EvalPoint {
   double mia_auc = 0.5;  // LOSS attack, forget (members) vs holdout, per sequence
 };
 
+// Generation-based and task-based utility, measured before, after, and for the oracle.
+struct ExtraMetrics {
+  bool verbatim = false, mc = false;
+  double rouge_l_f1 = 0, rouge_l_recall = 0, exact_match = 0;
+  int64_t verbatim_docs = 0;
+  double mc_acc = 0, mc_acc_norm = 0;
+  int64_t mc_items = 0;
+};
+
 struct UnlearnResult {
   std::vector<EvalPoint> evals;   // before (step 0), every N steps, after
   int64_t steps_run = 0;
@@ -31,6 +40,7 @@ struct UnlearnResult {
   std::string final_dir, best_dir, report_json, report_md;
   std::map<std::string, double> mia_auc_after;       // every attack, final model
   std::map<std::string, double> mia_auc_oracle;      // every attack, oracle (when given)
+  std::map<std::string, ExtraMetrics> extra;         // "before", "after", "oracle"
 };
 
 UnlearnResult run_unlearn(const Recipe& recipe, std::ostream& out);
