@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "engine/eval/nll.h"
 #include "engine/model/llama.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/optim.h"
@@ -191,6 +192,27 @@ TEST(Model, RejectsBadBatches) {
   Tensor long_tok = randint({1, 17}, 23, 1), long_tgt = randint({1, 17}, 23, 2);
   EXPECT_THROW(m.forward(long_tok, long_tgt), Error);  // T > max_seq_len
   EXPECT_THROW(m.backward(), Error);                   // no successful forward yet
+}
+
+// evaluate_nll's per-sequence scores: each is its sequence's mean NLL, so weighted by the
+// sequences' target counts they give back the overall mean (1e-12).
+TEST(Eval, SequenceNllAveragesToTheMean) {
+  const LlamaConfig c = tiny(false, false);
+  LlamaModel m(c, DType::f64);
+  m.init_weights(2);
+  TokenDataset ds;
+  ds.tokenizer = "bytes";
+  ds.vocab_size = c.vocab_size;
+  for (int i = 0; i < 29; ++i) ds.tokens.push_back((i * 7) % int(c.vocab_size));
+  ds.offsets = {0, 11, 29};
+  const NllResult r = evaluate_nll(m, ds, 6, 2);
+  // doc0: 10 targets -> chunks of 6 and 4; doc1: 17 targets -> 6, 6, 5.
+  ASSERT_EQ(r.sequence_nll.size(), 5u);
+  const double counts[5] = {6, 4, 6, 6, 5};
+  double sum = 0;
+  for (size_t i = 0; i < 5; ++i) sum += r.sequence_nll[i] * counts[i];
+  EXPECT_EQ(r.tokens, 27);
+  EXPECT_NEAR(sum / 27, r.mean_nll(), 1e-12);
 }
 
 TEST(Config, ParamCountMatchesLlama2Published) {

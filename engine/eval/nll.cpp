@@ -30,7 +30,18 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
     r.nll_sum += model.forward(tok, tgt, &w);
     const Tensor& logits = model.logits();
+    const Tensor& lp = model.logprobs();
     const int32_t* t = tgt.data<int32_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      double sum = 0;
+      int64_t k = 0;
+      for (int64_t j = b * seq_len; j < (b + 1) * seq_len; ++j)
+        if (t[j] != ops::kIgnoreIndex) {
+          sum -= lp.dtype() == DType::f32 ? double(lp.data<float>()[j]) : lp.data<double>()[j];
+          ++k;
+        }
+      if (k) r.sequence_nll.push_back(sum / double(k));
+    }
     for (int64_t k = 0; k < B * seq_len; ++k) {
       if (t[k] == ops::kIgnoreIndex) continue;
       ++r.tokens;

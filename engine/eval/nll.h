@@ -3,6 +3,7 @@
 // document counted once).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "engine/data/token_dataset.h"
 #include "engine/model/llama.h"
@@ -14,6 +15,7 @@ struct NllResult {
   int64_t tokens = 0;       // predicted (unmasked) tokens
   double nll_sum = 0;       // nats
   int64_t correct = 0;      // argmax == target
+  std::vector<double> sequence_nll;  // mean NLL of each evaluated sequence with targets (LOSS MIA score)
   double mean_nll() const { return tokens ? nll_sum / double(tokens) : 0; }
   double perplexity() const;
   double accuracy() const { return tokens ? double(correct) / double(tokens) : 0; }

@@ -208,7 +208,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       for (const std::string& name : f.list("/" + group)) {
         const std::string dset = "/" + group + "/" + name;
         Piece p{c.files_.size() - 1, dset, f.shape(dset), f.attr_ints(dset, "offset"), DType::f32};
-        p.dtype = f.read_tensor(dset).dtype();
+        p.dtype = f.dtype(dset);
         const auto gs = f.attr_ints(dset, "global_shape");
         LETHE_CHECK(gs.size() == p.shape.size() && p.offset.size() == p.shape.size(), path, ": '", dset,
                     "' has inconsistent global_shape/offset attributes");

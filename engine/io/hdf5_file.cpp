@@ -2,6 +2,8 @@
 
 #include <hdf5.h>
 
+#include <utility>
+
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -165,22 +167,33 @@ std::vector<int64_t> File::read_i64(const std::string& d) const { return read_al
 std::vector<int32_t> File::read_i32(const std::string& d) const { return read_all<int32_t>(id_, path_, d, H5T_NATIVE_INT32); }
 std::vector<uint8_t> File::read_u8(const std::string& d) const { return read_all<uint8_t>(id_, path_, d, H5T_NATIVE_UINT8); }
 
-Tensor File::read_tensor(const std::string& name) const {
-  Handle d = open_dset(id_, path_, name);
-  const Shape s = dset_shape(d, path_, name);
+namespace {
+// The lethe dtype a dataset is read as, and the in-memory HDF5 type that reads it.
+std::pair<DType, hid_t> stored_type(const File& f, hid_t d, const std::string& name) {
   Handle ft(H5Dget_type(d), H5Tclose);
   const H5T_class_t cls = H5Tget_class(ft);
   const size_t size = H5Tget_size(ft);
-  DType dt;
-  hid_t mem;
-  if (cls == H5T_FLOAT && size == 4) dt = DType::f32, mem = H5T_NATIVE_FLOAT;
-  else if (cls == H5T_FLOAT && size == 8) dt = DType::f64, mem = H5T_NATIVE_DOUBLE;
-  else if (cls == H5T_INTEGER && size == 2 && has_attr(name, "dtype") && attr_string(name, "dtype") == "bf16")
-    dt = DType::bf16, mem = H5T_NATIVE_UINT16;
-  else if (cls == H5T_INTEGER && size == 2 && has_attr(name, "dtype") && attr_string(name, "dtype") == "f16")
-    dt = DType::f16, mem = H5T_NATIVE_UINT16;
-  else if (cls == H5T_INTEGER && size <= 4) dt = DType::i32, mem = H5T_NATIVE_INT32;
-  else LETHE_FAIL(path_, ": dataset '", name, "' has a type lethe does not read as a tensor");
+  if (cls == H5T_FLOAT && size == 4) return {DType::f32, H5T_NATIVE_FLOAT};
+  if (cls == H5T_FLOAT && size == 8) return {DType::f64, H5T_NATIVE_DOUBLE};
+  if (cls == H5T_INTEGER && size == 2 && f.has_attr(name, "dtype")) {
+    const std::string tag = f.attr_string(name, "dtype");
+    if (tag == "bf16") return {DType::bf16, H5T_NATIVE_UINT16};
+    if (tag == "f16") return {DType::f16, H5T_NATIVE_UINT16};
+  }
+  if (cls == H5T_INTEGER && size <= 4) return {DType::i32, H5T_NATIVE_INT32};
+  LETHE_FAIL(f.path(), ": dataset '", name, "' has a type lethe does not read as a tensor");
+}
+}  // namespace
+
+DType File::dtype(const std::string& name) const {
+  Handle d = open_dset(id_, path_, name);
+  return stored_type(*this, d, name).first;
+}
+
+Tensor File::read_tensor(const std::string& name) const {
+  Handle d = open_dset(id_, path_, name);
+  const Shape s = dset_shape(d, path_, name);
+  const auto [dt, mem] = stored_type(*this, d, name);
   Tensor t = Tensor::empty(s, dt);
   if (t.numel() > 0)
     LETHE_CHECK(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw()) >= 0, path_, ": cannot read dataset '",

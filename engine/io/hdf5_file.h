@@ -34,6 +34,7 @@ class File {
   // A dataset into a tensor of its stored kind: f32, f64, bf16 (stored as uint16 with
   // attribute dtype="bf16"), i32.
   Tensor read_tensor(const std::string& dset) const;
+  DType dtype(const std::string& dset) const;  // what read_tensor would return, without reading data
   void write_tensor(const std::string& dset, const Tensor& t);
   void write_i64(const std::string& dset, const std::vector<int64_t>& v);
   void write_u8(const std::string& dset, const std::vector<uint8_t>& v, const Shape& shape);

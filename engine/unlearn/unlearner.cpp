@@ -36,47 +36,19 @@ struct Stream {
   std::unique_ptr<SequenceSampler> sampler;
 };
 
-// Per-sequence mean NLL of the first max_seq sequences (dataset order): the LOSS
-// membership score, cheap enough to recompute at every evaluation.
-std::vector<double> sequence_nll(LlamaModel& m, const TokenDataset& ds, int64_t T, int64_t max_seq) {
-  SamplerConfig sc;
-  sc.seq_len = T;
-  sc.shuffle = false;
-  const SequenceSampler s(ds, sc);
-  const int64_t n = max_seq > 0 ? std::min(max_seq, s.n_sequences()) : s.n_sequences();
-  std::vector<double> out;
-  const int64_t B = 8;
-  for (int64_t i0 = 0; i0 < n; i0 += B) {
-    const int64_t b = std::min(B, n - i0);
-    Tensor tok = Tensor::empty({b, T}, DType::i32), tgt = Tensor::empty({b, T}, DType::i32);
-    for (int64_t r = 0; r < b; ++r) s.sequence(i0 + r, tok.data<int32_t>() + r * T, tgt.data<int32_t>() + r * T);
-    m.forward(tok, tgt);
-    for (int64_t r = 0; r < b; ++r) {
-      double sum = 0;
-      int64_t k = 0;
-      for (int64_t t = 0; t < T; ++t)
-        if (tgt.data<int32_t>()[r * T + t] != ops::kIgnoreIndex) sum -= m.logprobs().data<float>()[r * T + t], ++k;
-      if (k) out.push_back(sum / double(k));
-    }
-  }
-  return out;
-}
-
 EvalPoint evaluate(LlamaModel& m, const std::map<std::string, Stream*>& splits, int64_t T, int64_t max_seq,
                    int64_t step) {
   EvalPoint e;
   e.step = step;
+  // The same pass yields each sequence's mean NLL: the LOSS membership score (higher =
+  // member is its negative).
+  std::map<std::string, std::vector<double>> scores;
   for (const auto& [name, st] : splits) {
     const NllResult r = evaluate_nll(m, *st->ds, T, 8, max_seq);
     e.splits[name] = {r.mean_nll(), r.perplexity(), r.accuracy(), r.tokens};
+    for (double x : r.sequence_nll) scores[name].push_back(-x);
   }
-  // Higher score = member: the negative loss.
-  auto scores = [&](const char* s) {
-    std::vector<double> v = sequence_nll(m, *splits.at(s)->ds, T, max_seq);
-    for (double& x : v) x = -x;
-    return v;
-  };
-  e.mia_auc = roc_auc(scores("forget"), scores("holdout"));
+  e.mia_auc = roc_auc(scores.at("forget"), scores.at("holdout"));
   return e;
 }
 
