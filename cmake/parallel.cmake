@@ -1,0 +1,19 @@
+# Process grid, communicators and the tensor/data-parallel building blocks. The local
+# communicator always builds; MPI and NCCL ones join when the root found them. The model
+# links this library, so it sits below lethe_model and above the kernels.
+add_library(lethe_parallel STATIC
+  engine/parallel/communicator.cpp engine/parallel/local_comm.cpp engine/parallel/launcher_env.cpp
+  engine/parallel/grid.cpp engine/parallel/failure.cpp engine/parallel/regions.cpp
+  engine/parallel/vocab_parallel.cpp engine/parallel/grad_reducer.cpp)
+target_link_libraries(lethe_parallel PUBLIC lethe_kernels)
+if(LETHE_HAVE_MPI)
+  target_sources(lethe_parallel PRIVATE engine/parallel/mpi_comm.cpp)
+  target_compile_definitions(lethe_parallel PUBLIC LETHE_HAVE_MPI=1)
+  target_link_libraries(lethe_parallel PUBLIC MPI::MPI_CXX)
+endif()
+if(LETHE_HAVE_NCCL)
+  target_sources(lethe_parallel PRIVATE engine/parallel/nccl_comm.cpp)
+  target_compile_definitions(lethe_parallel PUBLIC LETHE_HAVE_NCCL=1)
+  target_include_directories(lethe_parallel PRIVATE ${NCCL_INCLUDE_DIR})
+  target_link_libraries(lethe_parallel PRIVATE ${NCCL_LIBRARY} CUDA::cudart)
+endif()

@@ -1,0 +1,81 @@
+#include "engine/parallel/grid.h"
+
+#include "engine/parallel/launcher_env.h"
+#ifdef LETHE_HAVE_MPI
+#include "engine/parallel/mpi_comm.h"
+#endif
+#ifdef LETHE_HAVE_NCCL
+#include "engine/parallel/nccl_comm.h"
+#endif
+
+namespace lethe {
+
+void ParallelConfig::validate() const {
+  LETHE_CHECK(tp >= 1, "parallel.tp must be >= 1, got ", tp);
+  LETHE_CHECK(dp >= 1, "parallel.dp must be >= 1, got ", dp);
+}
+
+std::shared_ptr<ProcessGrid> ProcessGrid::single() {
+  auto g = std::make_shared<ProcessGrid>();
+  g->world_ = make_local_communicator();
+  g->tp_ = make_local_communicator();
+  g->dp_ = make_local_communicator();
+  return g;
+}
+
+std::shared_ptr<ProcessGrid> ProcessGrid::from_world(std::shared_ptr<Communicator> world, const ParallelConfig& cfg) {
+  cfg.validate();
+  LETHE_CHECK(cfg.world() == world->size(), "parallel.tp * parallel.dp = ", cfg.tp, " * ", cfg.dp, " = ", cfg.world(),
+              " but the job has ", world->size(), " rank", world->size() == 1 ? "" : "s",
+              world->size() == 1 ? " (launch with mpirun -np N or srun)" : "");
+  auto g = std::make_shared<ProcessGrid>();
+  g->cfg_ = cfg;
+  g->world_ = std::move(world);
+  if (g->world_->size() == 1) {
+    g->tp_ = make_local_communicator();
+    g->dp_ = make_local_communicator();
+    return g;
+  }
+#ifdef LETHE_HAVE_MPI
+  const int r = g->world_->rank();
+  g->tp_ = mpi_split(*g->world_, r / cfg.tp, r % cfg.tp);
+  g->dp_ = mpi_split(*g->world_, r % cfg.tp, r / cfg.tp);
+  return g;
+#else
+  LETHE_FAIL("a ", g->world_->size(), "-rank job needs MPI, and this build has none");
+#endif
+}
+
+std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Device device) {
+  cfg.validate();
+  const LaunchInfo li = detect_launch();
+  if (!li.under_mpi && cfg.world() == 1) {
+    auto g = single();
+    g->cfg_ = cfg;
+    return g;
+  }
+#ifdef LETHE_HAVE_MPI
+  auto grid = from_world(mpi_world(), cfg);
+  if (device == Device::cpu || grid->world_size() == 1) return grid;
+#ifdef LETHE_HAVE_NCCL
+  // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
+  grid->tp_ = make_nccl_communicator(*grid->tp_);
+  grid->dp_ = make_nccl_communicator(*grid->dp_);
+  grid->world_ = make_nccl_communicator(*grid->world_);
+  return grid;
+#else
+  LETHE_FAIL("GPU tensors across ranks need NCCL, and this build has none (CMake did not find it)");
+#endif
+#else
+  (void)device;
+  LETHE_FAIL("parallel.tp * parallel.dp = ", cfg.world(), (li.under_mpi ? " under an MPI launcher" : ""),
+             ", but this build has no MPI (install Open MPI and reconfigure)");
+#endif
+}
+
+std::string ProcessGrid::describe() const {
+  return "tp=" + std::to_string(tp()) + " x dp=" + std::to_string(dp()) + " (" + world_->backend() + "), rank " +
+         std::to_string(rank());
+}
+
+}  // namespace lethe

@@ -1,0 +1,152 @@
+#include "engine/parallel/mpi_comm.h"
+
+#include <mpi.h>
+
+#include <climits>
+#include <cstdlib>
+
+namespace lethe {
+namespace {
+
+MPI_Datatype mpi_type(DType dt, bool reducing, const char* op) {
+  switch (dt) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::bf16:
+    case DType::f16:
+      LETHE_CHECK(!reducing, op, ": MPI cannot reduce ", dtype_name(dt), " (CPU tensors are f32 or f64)");
+      return MPI_UINT16_T;  // moved, never added
+  }
+  LETHE_FAIL(op, ": unsupported dtype");
+}
+
+int mpi_count(int64_t n, const char* op) {
+  LETHE_CHECK(n <= INT_MAX, op, ": ", n, " elements exceed MPI's int count");
+  return int(n);
+}
+
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  LETHE_FAIL(what, ": ", std::string(msg, size_t(len)));
+}
+
+class MpiPending : public PendingCollective {
+ public:
+  explicit MpiPending(MPI_Request r) : req_(r) {}
+  ~MpiPending() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  void wait() override { check(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait"); }
+
+ private:
+  MPI_Request req_;
+};
+
+class MpiCommunicator : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
+  }
+  MPI_Comm comm() const { return comm_; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  void all_reduce(Tensor& x, ReduceOp op) override {
+    check_cpu(x, "all_reduce", "x");
+    check(MPI_Allreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all_reduce"),
+                        mpi_type(x.dtype(), true, "all_reduce"), mpi_op(op), comm_),
+          "MPI_Allreduce");
+  }
+  std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
+    check_cpu(x, "all_reduce_async", "x");
+    MPI_Request r;
+    check(MPI_Iallreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all_reduce_async"),
+                         mpi_type(x.dtype(), true, "all_reduce_async"), mpi_op(op), comm_, &r),
+          "MPI_Iallreduce");
+    return std::make_unique<MpiPending>(r);
+  }
+  void all_gather(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, size_, 1, "all_gather");
+    check_cpu(out, "all_gather", "out");
+    const int n = mpi_count(in.numel(), "all_gather");
+    const MPI_Datatype t = mpi_type(in.dtype(), false, "all_gather");
+    const bool in_place = in.raw() == static_cast<char*>(out.raw()) + size_t(rank_) * in.nbytes();
+    check(MPI_Allgather(in_place ? MPI_IN_PLACE : in.raw(), n, t, out.raw(), n, t, comm_), "MPI_Allgather");
+  }
+  void reduce_scatter(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, 1, size_, "reduce_scatter");
+    check_cpu(in, "reduce_scatter", "in");
+    check(MPI_Reduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce_scatter"),
+                                   mpi_type(in.dtype(), true, "reduce_scatter"), MPI_SUM, comm_),
+          "MPI_Reduce_scatter_block");
+  }
+  void broadcast(Tensor& x, int root) override {
+    check_cpu(x, "broadcast", "x");
+    check(MPI_Bcast(x.raw(), mpi_count(x.numel(), "broadcast"), mpi_type(x.dtype(), false, "broadcast"), root, comm_),
+          "MPI_Bcast");
+  }
+  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+ private:
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+};
+
+void finalize_at_exit() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+}  // namespace
+
+void mpi_init_once() {
+  int init = 0;
+  MPI_Initialized(&init);
+  if (init) return;
+  int provided = 0;
+  // Only the main thread calls MPI; OpenMP threads compute between the calls.
+  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  std::atexit(finalize_at_exit);
+}
+
+bool mpi_is_initialized() {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  return init && !fin;
+}
+
+std::unique_ptr<Communicator> mpi_world() {
+  mpi_init_once();
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+}
+
+std::unique_ptr<Communicator> mpi_split(const Communicator& parent, int color, int key) {
+  const auto* p = dynamic_cast<const MpiCommunicator*>(&parent);
+  LETHE_CHECK(p, "mpi_split: the parent group is a ", parent.backend(), " communicator, not MPI");
+  MPI_Comm c;
+  check(MPI_Comm_split(p->comm(), color, key, &c), "MPI_Comm_split");
+  return std::make_unique<MpiCommunicator>(c, true);
+}
+
+void mpi_abort_world(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this is for a library that does
+}
+
+}  // namespace lethe

@@ -1,0 +1,323 @@
+#include "engine/parallel/vocab_parallel.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cross_entropy.h"
+
+namespace lethe {
+namespace {
+
+template <typename F>
+void dispatch(const Tensor& t, const char* op, F&& f) {
+  if (t.dtype() == DType::f32) f(float{});
+  else if (t.dtype() == DType::f64) f(double{});
+  else LETHE_FAIL(op, ": expected f32 or f64, got ", t.describe());
+}
+
+void check_logits(const Tensor& logits, const VocabShard* vs, const char* op) {
+  check_cpu(logits, op, "logits");
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  if (vs)
+    LETHE_CHECK(logits.dim(1) == vs->size && vs->start >= 0 && vs->start + vs->size <= vs->vocab, op,
+                ": logits ", logits.describe(), " do not match the shard [", vs->start, ", ", vs->start + vs->size,
+                ") of ", vs->vocab);
+}
+
+void check_targets(const Tensor& targets, int64_t N, int64_t V, const char* op) {
+  check_shape(targets, {N}, op, "targets");
+  check_dtype(targets, DType::i32, op, "targets");
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < N; ++i)
+    LETHE_CHECK(t[i] == ops::kIgnoreIndex || (t[i] >= 0 && t[i] < V), op, ": target ", t[i], " at position ", i,
+                " is outside the vocabulary [0, ", V, ")");
+}
+
+std::vector<double> as_double(const Tensor& w) {
+  const Tensor d = w.dtype() == DType::f64 ? w : w.to(DType::f64);
+  return std::vector<double>(d.data<double>(), d.data<double>() + d.numel());
+}
+
+// Row-wise max and sum of exp(x - max) across the group; the max travels in the logits'
+// dtype so that a one-rank group reproduces ops::cross_entropy_forward bit for bit.
+template <typename T>
+void row_lse(const T* X, int64_t N, int64_t Vr, std::vector<double>& lse, Communicator& tp) {
+  Tensor mx = Tensor::empty({N}, dtype_of<T>::value);
+  T* m = mx.data<T>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    T v = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < Vr; ++j) v = std::max(v, X[i * Vr + j]);
+    m[i] = v;
+  }
+  tp.all_reduce(mx, ReduceOp::max);
+  Tensor se = Tensor::empty({N}, DType::f64);
+  double* s = se.data<double>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    double acc = 0;
+    for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - m[i]));
+    s[i] = acc;
+  }
+  tp.all_reduce(se, ReduceOp::sum);
+  lse.resize(size_t(N));
+  for (int64_t i = 0; i < N; ++i) lse[size_t(i)] = double(T(double(m[i]) + std::log(s[i])));
+}
+
+}  // namespace
+
+void vocab_parallel_embedding_forward(const Tensor& ids, const Tensor& table, const VocabShard& vs, Tensor& out,
+                                      Communicator& tp) {
+  const char* op = "vocab_parallel_embedding_forward";
+  check_dtype(ids, DType::i32, op, "ids");
+  LETHE_CHECK(ids.ndim() == 1 && table.ndim() == 2 && table.dim(0) == vs.size, op, ": ids ", ids.describe(),
+              ", table ", table.describe(), " do not match the shard of ", vs.size, " rows");
+  const int64_t N = ids.dim(0), C = table.dim(1);
+  check_shape(out, {N, C}, op, "out");
+  LETHE_CHECK(out.dtype() == table.dtype(), op, ": out and table dtypes differ");
+  const int32_t* id = ids.data<int32_t>();
+  for (int64_t i = 0; i < N; ++i)
+    LETHE_CHECK(id[i] >= 0 && id[i] < vs.vocab, op, ": token id ", id[i], " at position ", i,
+                " is outside the vocabulary [0, ", vs.vocab, ")");
+  dispatch(table, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* W = table.data<T>();
+    T* Y = out.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t r = int64_t(id[i]) - vs.start;
+      for (int64_t c = 0; c < C; ++c) Y[i * C + c] = (r >= 0 && r < vs.size) ? W[r * C + c] : T(0);
+    }
+  });
+  tp.all_reduce(out, ReduceOp::sum);  // exactly one rank contributes each row: x + 0 is exact
+}
+
+void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, const VocabShard& vs, Tensor& dtable) {
+  const char* op = "vocab_parallel_embedding_backward";
+  const int64_t N = ids.dim(0), C = dtable.dim(1);
+  check_shape(dout, {N, C}, op, "dout");
+  LETHE_CHECK(dtable.dim(0) == vs.size && dout.dtype() == dtable.dtype(), op, ": dtable ", dtable.describe(),
+              " does not match the shard");
+  const int32_t* id = ids.data<int32_t>();
+  dispatch(dtable, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* D = dout.data<T>();
+    T* G = dtable.data<T>();
+    // Serial over positions: repeated ids add in position order, as the one-rank kernel does.
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t r = int64_t(id[i]) - vs.start;
+      if (r < 0 || r >= vs.size) continue;
+      for (int64_t c = 0; c < C; ++c) G[r * C + c] += D[i * C + c];
+    }
+  });
+}
+
+void vocab_parallel_logsumexp(const Tensor& logits, Tensor& lse, Communicator& tp) {
+  check_logits(logits, nullptr, "vocab_parallel_logsumexp");
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(lse, {N}, "vocab_parallel_logsumexp", "lse");
+  dispatch(logits, "vocab_parallel_logsumexp", [&](auto tag) {
+    using T = decltype(tag);
+    std::vector<double> l;
+    row_lse(logits.data<T>(), N, Vr, l, tp);
+    for (int64_t i = 0; i < N; ++i) {
+      if (lse.dtype() == DType::f64) lse.data<double>()[i] = l[size_t(i)];
+      else lse.data<float>()[i] = float(l[size_t(i)]);
+    }
+  });
+}
+
+void vocab_parallel_target_logprobs(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                    const VocabShard& vs, Tensor& logp, Communicator& tp) {
+  const char* op = "vocab_parallel_target_logprobs";
+  check_logits(logits, &vs, op);
+  const int64_t N = logits.dim(0), Vr = vs.size;
+  check_targets(targets, N, vs.vocab, op);
+  check_shape(lse, {N}, op, "lse");
+  check_shape(logp, {N}, op, "logp");
+  const int32_t* tg = targets.data<int32_t>();
+  dispatch(logits, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* X = logits.data<T>();
+    // The target's logit, from the rank that holds it (others add exact zeros).
+    Tensor z = Tensor::zeros({N}, dtype_of<T>::value);
+    T* zt = z.data<T>();
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t r = int64_t(tg[i]) - vs.start;
+      if (tg[i] != ops::kIgnoreIndex && r >= 0 && r < Vr) zt[i] = X[i * Vr + r];
+    }
+    tp.all_reduce(z, ReduceOp::sum);
+    const std::vector<double> l = as_double(lse);
+    for (int64_t i = 0; i < N; ++i) {
+      const double v = tg[i] == ops::kIgnoreIndex ? 0.0 : double(zt[i] - T(l[size_t(i)]));
+      if (logp.dtype() == DType::f64) logp.data<double>()[i] = v;
+      else logp.data<float>()[i] = float(v);
+    }
+  });
+}
+
+double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                            const VocabShard& vs, Tensor& logprobs, Tensor& lse, Communicator& tp) {
+  const char* op = "vocab_parallel_cross_entropy_forward";
+  check_logits(logits, &vs, op);
+  const int64_t N = logits.dim(0);
+  check_shape(weights, {N}, op, "weights");
+  vocab_parallel_logsumexp(logits, lse, tp);
+  vocab_parallel_target_logprobs(logits, targets, lse, vs, logprobs, tp);
+  const std::vector<double> w = as_double(weights), lp = as_double(logprobs);
+  const int32_t* tg = targets.data<int32_t>();
+  double loss = 0;
+  for (int64_t i = 0; i < N; ++i)  // serial: independent of the thread count
+    if (tg[i] != ops::kIgnoreIndex) loss -= w[size_t(i)] * lp[size_t(i)];
+  return loss;
+}
+
+void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                           const Tensor& lse, const VocabShard& vs, double dloss, Tensor& dlogits) {
+  const char* op = "vocab_parallel_cross_entropy_backward";
+  check_logits(logits, &vs, op);
+  const int64_t N = logits.dim(0), Vr = vs.size;
+  check_targets(targets, N, vs.vocab, op);
+  check_shape(dlogits, {N, Vr}, op, "dlogits");
+  const std::vector<double> w = as_double(weights);
+  const int32_t* tg = targets.data<int32_t>();
+  dispatch(logits, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* X = logits.data<T>();
+    const T* L = lse.data<T>();
+    T* G = dlogits.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      T* g = G + i * Vr;
+      if (tg[i] == ops::kIgnoreIndex || w[size_t(i)] == 0.0) {
+        for (int64_t j = 0; j < Vr; ++j) g[j] = 0;
+        continue;
+      }
+      const T a = T(dloss * w[size_t(i)]);
+      const T* x = X + i * Vr;
+      for (int64_t j = 0; j < Vr; ++j) g[j] = a * std::exp(x[j] - L[i]);
+      const int64_t r = int64_t(tg[i]) - vs.start;
+      if (r >= 0 && r < Vr) g[r] -= a;
+    }
+  });
+}
+
+double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
+                         Communicator& tp) {
+  const char* op = "vocab_parallel_kl";
+  check_logits(logits, nullptr, op);
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(ref_logits, {N, Vr}, op, "ref_logits");
+  check_shape(row_weight, {N}, op, "row_weight");
+  if (dlogits) check_shape(*dlogits, {N, Vr}, op, "dlogits");
+  const std::vector<double> w = as_double(row_weight);
+  std::vector<double> lq, lp;
+  double total = 0;
+  auto run = [&](auto tq, auto tp_) {
+    using Q = decltype(tq);
+    using P = decltype(tp_);
+    const Q* R = ref_logits.data<Q>();
+    const P* X = logits.data<P>();
+    row_lse(R, N, Vr, lq, tp);
+    row_lse(X, N, Vr, lp, tp);
+    Tensor part = Tensor::zeros({N}, DType::f64);
+    double* kl = part.data<double>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      if (w[size_t(i)] == 0.0) {
+        if (dlogits) for (int64_t j = 0; j < Vr; ++j) dlogits->data<P>()[i * Vr + j] = P(0);
+        continue;
+      }
+      double s = 0;
+      for (int64_t j = 0; j < Vr; ++j) {
+        const double lqj = double(R[i * Vr + j]) - lq[size_t(i)], lpj = double(X[i * Vr + j]) - lp[size_t(i)];
+        const double q = std::exp(lqj), p = std::exp(lpj);
+        if (q > 0) s += q * (lqj - lpj);
+        if (dlogits) dlogits->data<P>()[i * Vr + j] = P(w[size_t(i)] * (p - q));
+      }
+      kl[i] = s;
+    }
+    tp.all_reduce(part, ReduceOp::sum);
+    for (int64_t i = 0; i < N; ++i) total += w[size_t(i)] * kl[i];
+  };
+  LETHE_CHECK(!dlogits || dlogits->dtype() == logits.dtype(), op, ": dlogits must have the logits' dtype");
+  dispatch(ref_logits, op, [&](auto tq) { dispatch(logits, op, [&](auto tp_) { run(tq, tp_); }); });
+  return total;
+}
+
+void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& sigma, Communicator& tp) {
+  const char* op = "vocab_parallel_logprob_moments";
+  check_logits(logits, nullptr, op);
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(mu, {N}, op, "mu");
+  check_shape(sigma, {N}, op, "sigma");
+  check_dtype(mu, DType::f64, op, "mu");
+  check_dtype(sigma, DType::f64, op, "sigma");
+  dispatch(logits, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* X = logits.data<T>();
+    std::vector<double> lse;
+    row_lse(X, N, Vr, lse, tp);
+    double* m = mu.data<double>();
+    double* s = sigma.data<double>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < Vr; ++j) {
+        const double l = double(X[i * Vr + j]) - lse[size_t(i)];
+        acc += std::exp(l) * l;
+      }
+      m[i] = acc;
+    }
+    tp.all_reduce(mu, ReduceOp::sum);
+    // Second pass around the mean: E[lp^2] - mu^2 cancels for peaked distributions.
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < Vr; ++j) {
+        const double l = double(X[i * Vr + j]) - lse[size_t(i)], d = l - m[i];
+        acc += std::exp(l) * d * d;
+      }
+      s[i] = acc;
+    }
+    tp.all_reduce(sigma, ReduceOp::sum);
+    for (int64_t i = 0; i < N; ++i) s[i] = std::sqrt(std::max(s[i], 0.0));
+  });
+}
+
+void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets, const VocabShard& vs, Tensor& out,
+                                     Communicator& tp) {
+  const char* op = "vocab_parallel_argmax_excluding";
+  check_logits(logits, &vs, op);
+  const int64_t N = logits.dim(0), Vr = vs.size;
+  check_targets(targets, N, vs.vocab, op);
+  check_shape(out, {N}, op, "out");
+  check_dtype(out, DType::i32, op, "out");
+  const int32_t* tg = targets.data<int32_t>();
+  Tensor best = Tensor::empty({N}, DType::f64), neg_idx = Tensor::empty({N}, DType::f64);
+  double* bv = best.data<double>();
+  double* ni = neg_idx.data<double>();
+  dispatch(logits, op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* X = logits.data<T>();
+    for (int64_t i = 0; i < N; ++i) {
+      bv[i] = -std::numeric_limits<double>::infinity();
+      int64_t arg = -1;
+      for (int64_t j = 0; j < Vr; ++j) {
+        if (vs.start + j == tg[i]) continue;
+        if (double(X[i * Vr + j]) > bv[i]) bv[i] = double(X[i * Vr + j]), arg = vs.start + j;
+      }
+      ni[i] = arg < 0 ? -double(vs.vocab) : -double(arg);
+    }
+  });
+  Tensor global = best.clone();
+  tp.all_reduce(global, ReduceOp::max);
+  // Among the ranks holding the maximum, the smallest id wins: max of -id.
+  for (int64_t i = 0; i < N; ++i)
+    if (bv[i] != global.data<double>()[i]) ni[i] = -double(vs.vocab);
+  tp.all_reduce(neg_idx, ReduceOp::max);
+  for (int64_t i = 0; i < N; ++i) out.data<int32_t>()[i] = tg[i] == ops::kIgnoreIndex ? ops::kIgnoreIndex : int32_t(-ni[i]);
+}
+
+}  // namespace lethe

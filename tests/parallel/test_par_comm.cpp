@@ -1,0 +1,127 @@
+// Collectives and the process grid under mpirun (any rank count; registered with 3 and 4).
+#include <gtest/gtest.h>
+
+#include <mpi.h>
+
+#include "engine/parallel/grid.h"
+#include "engine/parallel/mpi_comm.h"
+#include "engine/parallel/regions.h"
+
+namespace lethe {
+namespace {
+
+std::shared_ptr<Communicator> world() { return std::shared_ptr<Communicator>(mpi_world()); }
+
+TEST(MpiComm, AllReduceSumAndMaxAreExact) {
+  auto w = world();
+  const int r = w->rank(), n = w->size();
+  Tensor x = Tensor::from<float>({3}, {float(r), 1.0f, float(-r)});
+  w->all_reduce(x, ReduceOp::sum);
+  EXPECT_EQ(x.data<float>()[0], float(n * (n - 1) / 2));  // small integers: exact in f32
+  EXPECT_EQ(x.data<float>()[1], float(n));
+  Tensor y = Tensor::from<double>({2}, {double(r), -double(r)});
+  w->all_reduce(y, ReduceOp::max);
+  EXPECT_EQ(y.data<double>()[0], double(n - 1));
+  EXPECT_EQ(y.data<double>()[1], 0.0);
+  Tensor z = Tensor::from<int32_t>({1}, {r + 1});
+  w->all_reduce(z, ReduceOp::sum);
+  EXPECT_EQ(z.data<int32_t>()[0], n * (n + 1) / 2);
+  EXPECT_EQ(w->all_reduce(int64_t(r), ReduceOp::max), int64_t(n - 1));
+}
+
+TEST(MpiComm, AsyncAllReduceCompletesOnWait) {
+  auto w = world();
+  Tensor x = Tensor::from<float>({4}, {1, 2, 3, 4});
+  auto p = w->all_reduce_async(x, ReduceOp::sum);
+  p->wait();
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(x.data<float>()[i], float((i + 1) * w->size()));
+}
+
+TEST(MpiComm, AllGatherReduceScatterBroadcast) {
+  auto w = world();
+  const int r = w->rank(), n = w->size();
+  Tensor mine = Tensor::from<double>({2}, {double(r), double(10 * r)});
+  Tensor all = Tensor::zeros({2 * n}, DType::f64);
+  w->all_gather(mine, all);
+  for (int k = 0; k < n; ++k) {
+    EXPECT_EQ(all.data<double>()[2 * k], double(k));
+    EXPECT_EQ(all.data<double>()[2 * k + 1], double(10 * k));
+  }
+  // In place: this rank's chunk of the output is the input.
+  Tensor buf = Tensor::zeros({n}, DType::f32);
+  buf.data<float>()[r] = float(r + 1);
+  w->all_gather(buf.view(r, {1}), buf);
+  for (int k = 0; k < n; ++k) EXPECT_EQ(buf.data<float>()[k], float(k + 1));
+
+  Tensor in = Tensor::empty({2 * n}, DType::f32);
+  for (int k = 0; k < 2 * n; ++k) in.data<float>()[k] = float(k + r);
+  Tensor out = Tensor::empty({2}, DType::f32);
+  w->reduce_scatter(in, out);
+  const float ranks_sum = float(n * (n - 1) / 2);
+  EXPECT_EQ(out.data<float>()[0], float(n * (2 * r)) + ranks_sum);
+  EXPECT_EQ(out.data<float>()[1], float(n * (2 * r + 1)) + ranks_sum);
+
+  Tensor b = Tensor::from<float>({2}, {float(r), float(r)});
+  w->broadcast(b, n - 1);
+  EXPECT_EQ(b.data<float>()[0], float(n - 1));
+  w->barrier();
+}
+
+TEST(MpiComm, MismatchedBuffersAreRejectedBeforeCommunicating) {
+  auto w = world();
+  Tensor in = Tensor::zeros({3}, DType::f32), out = Tensor::zeros({3 * w->size() + 1}, DType::f32);
+  EXPECT_THROW(w->all_gather(in, out), Error);
+  Tensor bf = Tensor::zeros({2}, DType::bf16);
+  EXPECT_THROW(w->all_reduce(bf, ReduceOp::sum), Error);
+}
+
+TEST(Grid, TensorParallelRanksAreInnermost) {
+  auto w = world();
+  const int n = w->size();
+  for (int tp = 1; tp <= n; ++tp) {
+    if (n % tp) continue;
+    auto g = ProcessGrid::from_world(w, {tp, n / tp});
+    EXPECT_EQ(g->tp_rank(), g->rank() % tp);
+    EXPECT_EQ(g->dp_rank(), g->rank() / tp);
+    EXPECT_EQ(g->tp_group().size(), tp);
+    EXPECT_EQ(g->dp_group().size(), n / tp);
+    // Members of a tp group share dp_rank: the sum of world ranks over the group shows who.
+    const int64_t tp_sum = g->tp_group().all_reduce(int64_t(g->rank()), ReduceOp::sum);
+    const int64_t base = int64_t(g->dp_rank()) * tp;
+    EXPECT_EQ(tp_sum, base * tp + int64_t(tp) * (tp - 1) / 2);
+    const int64_t dp_sum = g->dp_group().all_reduce(int64_t(g->rank()), ReduceOp::sum);
+    const int64_t dp = n / tp;
+    EXPECT_EQ(dp_sum, int64_t(g->tp_rank()) * dp + int64_t(tp) * dp * (dp - 1) / 2);
+  }
+}
+
+TEST(Grid, WrongWorldSizeIsAClearError) {
+  auto w = world();
+  try {
+    ProcessGrid::from_world(w, {2, w->size()});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("but the job has " + std::to_string(w->size()) + " ranks"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Regions, GatherAndScatterColumns) {
+  auto w = world();
+  auto g = ProcessGrid::from_world(w, {w->size(), 1});
+  const int tp = g->tp(), r = g->tp_rank();
+  Tensor local = Tensor::empty({2, 3}, DType::f32);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) local.data<float>()[i * 3 + j] = float(100 * i + 10 * r + j);
+  Tensor full = Tensor::empty({2, 3 * tp}, DType::f32);
+  gather_from_tp_region(*g, local, full);
+  for (int i = 0; i < 2; ++i)
+    for (int c = 0; c < 3 * tp; ++c) EXPECT_EQ(full.data<float>()[i * 3 * tp + c], float(100 * i + 10 * (c / 3) + c % 3));
+  Tensor back = Tensor::empty({2, 3}, DType::f32);
+  scatter_to_tp_region(*g, full, back);
+  for (int k = 0; k < 6; ++k) EXPECT_EQ(back.data<float>()[k], local.data<float>()[k]);
+}
+
+}  // namespace
+}  // namespace lethe
