@@ -15,6 +15,7 @@ const char* kUsage =
     "  unlearn RECIPE [key=value ...] make a model forget documents (GA, GA+GD, GA+KL, NPO, ...)\n"
     "  train CONFIG [key=value ...]   train a model by gradient descent on a token file\n"
     "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
+    "  plan MODEL [--tp N --dp N ...] per-GPU memory and communication of a run; what fits\n"
     "  eval CKPT DATA.h5              NLL, perplexity and next-token accuracy on a token dataset\n"
     "  convert KIND SRC OUT           hf-to-lethe, lethe-to-hf, gguf-to-lethe model conversion\n"
     "  checkpoint-info DIR            verify a checkpoint and print its step, model and digests\n"
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return lethe::cli::train_main(args);
     if (cmd == "unlearn") return lethe::cli::unlearn_main(args);
     if (cmd == "model-info") return lethe::cli::model_info_main(args);
+    if (cmd == "plan") return lethe::cli::plan_main(args);
     if (cmd == "checkpoint-info") return lethe::cli::checkpoint_info_main(args);
     if (cmd == "convert") return lethe::cli::convert_main(args);
     if (cmd == "eval") return lethe::cli::eval_main(args);

@@ -1,0 +1,265 @@
+// `lethe plan`: per-GPU memory and per-step communication of a run, before renting GPUs.
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "engine/cli/commands.h"
+#include "engine/core/error.h"
+#include "engine/plan/memory_plan.h"
+#include "engine/plan/plan_inputs.h"
+
+namespace lethe::cli {
+namespace {
+using namespace lethe::plan;
+using json = nlohmann::json;
+
+const char* kPlanUsage =
+    "usage: lethe plan MODEL [options]\n"
+    "  Per-GPU memory (weights, grads, fp32 master, moments, activations, frozen reference)\n"
+    "  and bytes moved per step per collective, and whether it fits on 80 GB and 141 GB GPUs.\n"
+    "  MODEL is a configs/models/*.yaml path or a preset name (llama2-7b).\n"
+    "options:\n"
+    "  --tp N               tensor-parallel ranks (default 1)\n"
+    "  --dp N               data-parallel ranks (default 1)\n"
+    "  --batch B            micro-batch per data-parallel rank (default: the recipe's, else 1)\n"
+    "  --seq T              sequence length (default: the recipe's, else the model's max_seq_len)\n"
+    "  --precision P        bf16 (mixed: bf16 weights/grads, fp32 master + moments; default)\n"
+    "                       or f32 (the CPU engine: f32 everything, no master copy)\n"
+    "  --recipe R           a recipe YAML or configs/recipes name (ga_kl, rmu, ...); default: train\n"
+    "  --recompute K        none, all, or the number of layers recomputed (default none)\n"
+    "  --no-zero            replicate master + moments on every dp rank (default: ZeRO-1 shards them)\n"
+    "  --headroom F         fraction of device memory kept free for workspace and\n"
+    "                       fragmentation (default 0.10)\n"
+    "  --json               machine-readable output\n";
+
+struct Options {
+  std::string model, recipe;
+  int64_t tp = 1, dp = 1, batch = 0, seq = 0;
+  std::string precision = "bf16", recompute = "none";
+  bool zero1 = true, json = false;
+  double headroom = 0.10;
+};
+
+int64_t to_int(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  int64_t x = 0;
+  try {
+    x = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LETHE_CHECK(used == v.size() && !v.empty(), flag, ": expected an integer, got '", v, "'");
+  return x;
+}
+
+Options parse(const std::vector<std::string>& args) {
+  Options o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string a = args[i], v;
+    const size_t eq = a.find('=');
+    const bool has_eq = a.rfind("--", 0) == 0 && eq != std::string::npos;
+    if (has_eq) v = a.substr(eq + 1), a = a.substr(0, eq);
+    auto value = [&]() -> std::string {
+      if (has_eq) return v;
+      LETHE_CHECK(i + 1 < args.size(), a, ": missing value");
+      return args[++i];
+    };
+    if (a == "--tp") o.tp = to_int(a, value());
+    else if (a == "--dp") o.dp = to_int(a, value());
+    else if (a == "--batch") o.batch = to_int(a, value());
+    else if (a == "--seq") o.seq = to_int(a, value());
+    else if (a == "--precision") o.precision = value();
+    else if (a == "--recipe") o.recipe = value();
+    else if (a == "--recompute") o.recompute = value();
+    else if (a == "--headroom") o.headroom = std::stod(value());
+    else if (a == "--no-zero") o.zero1 = false;
+    else if (a == "--json") o.json = true;
+    else if (a.rfind("-", 0) == 0) LETHE_FAIL("plan: unknown option '", a, "' (see lethe plan --help)");
+    else {
+      LETHE_CHECK(o.model.empty(), "plan: unexpected argument '", a, "' (the model is '", o.model, "')");
+      o.model = a;
+    }
+  }
+  LETHE_CHECK(!o.model.empty(), "plan: no model given (a configs/models/*.yaml path or preset name)");
+  LETHE_CHECK(o.precision == "bf16" || o.precision == "f32", "--precision: must be bf16 or f32, got '", o.precision,
+              "'");
+  LETHE_CHECK(o.headroom >= 0 && o.headroom < 1, "--headroom: must be in [0, 1), got ", o.headroom);
+  LETHE_CHECK(o.tp >= 1, "--tp: must be >= 1, got ", o.tp);
+  LETHE_CHECK(o.dp >= 1, "--dp: must be >= 1, got ", o.dp);
+  LETHE_CHECK(o.batch >= 0, "--batch: must be >= 1, got ", o.batch);
+  LETHE_CHECK(o.seq >= 0, "--seq: must be >= 1, got ", o.seq);
+  return o;
+}
+
+PlanInput build_input(const Options& o) {
+  PlanInput in;
+  in.model = resolve_model(o.model);
+  in.tp = o.tp;
+  in.dp = o.dp;
+  in.precision = o.precision == "f32" ? Precision::f32 : Precision::bf16;
+  in.zero1 = o.zero1;
+  in.micro_batch = 1;
+  in.seq_len = in.model.max_seq_len;
+  if (!o.recipe.empty() && o.recipe != "train") {
+    const Recipe r = load_recipe(find_config("recipes", o.recipe), {});
+    in.recipe = recipe_needs(r, in.model);
+    in.micro_batch = r.batch_size;
+    in.seq_len = r.seq_len;
+  }
+  if (o.batch) in.micro_batch = o.batch;
+  if (o.seq) in.seq_len = o.seq;
+  if (o.recompute == "none") in.recompute = 0;
+  else if (o.recompute == "all") in.recompute = in.model.n_layers;
+  else in.recompute = to_int("--recompute", o.recompute);
+  validate(in);
+  return in;
+}
+
+constexpr double kGiB = double(1ull << 30);
+std::string gib(double b) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.2f", b / kGiB);
+  return s;
+}
+std::string recompute_name(int64_t r, int64_t L) {
+  if (r == 0) return "none";
+  if (r == L) return "all " + std::to_string(L) + " layers";
+  return "first " + std::to_string(r) + " of " + std::to_string(L) + " layers";
+}
+// The key to put in a train config for this choice.
+std::string recompute_key(int64_t r, int64_t L) {
+  return r == 0 ? "train.recompute=false" : r == L ? "train.recompute=true" : "train.recompute=" + std::to_string(r);
+}
+
+void row(const std::string& what, double bytes) {
+  std::printf("  %-66s %9s\n", what.c_str(), gib(bytes).c_str());
+}
+
+void print_text(const PlanInput& in, const Options& o) {
+  const MemoryPlan m = memory_plan(in);
+  const LlamaConfig& c = in.model;
+  const bool bf16 = in.precision == Precision::bf16;
+  const std::string w = bf16 ? "bf16" : "f32";
+  const std::string sh = in.zero1 && in.dp > 1 ? ", /dp" : "";
+  PlanInput none = in, all = in;
+  none.recompute = 0;
+  all.recompute = c.n_layers;
+
+  std::printf("plan: %s (%.3f B params), tp=%lld x dp=%lld = %lld GPUs, micro-batch %lld x seq %lld, %s, %s\n",
+              c.name.c_str(), double(c.n_params()) / 1e9, (long long)in.tp, (long long)in.dp,
+              (long long)(in.tp * in.dp), (long long)in.micro_batch, (long long)in.seq_len,
+              bf16 ? "bf16 mixed precision" : "f32", in.zero1 ? "ZeRO-1" : "no ZeRO");
+  std::printf("recipe: %s (%lld pass%s per micro-batch, grad_accum %lld)%s; recompute: %s\n\n",
+              in.recipe.method.c_str(), (long long)in.recipe.passes, in.recipe.passes == 1 ? "" : "es",
+              (long long)in.recipe.grad_accum,
+              in.recipe.ref_last_layer >= 0 ? ", frozen reference model" : "",
+              recompute_name(in.recompute, c.n_layers).c_str());
+  std::printf("per-GPU memory%*s\n", 64, "GiB");
+  char what[128];
+  std::snprintf(what, sizeof what, "weights (%s, %.3f B params per tp rank)", w.c_str(), double(m.params.total) / 1e9);
+  row(what, m.weights);
+  row("grads (" + w + ")", m.grads);
+  std::snprintf(what, sizeof what, "fp32 master weights (%.3f B trainable%s)", double(m.params.trainable) / 1e9,
+                sh.c_str());
+  row(bf16 ? what : "fp32 master weights (none: f32 updates in place)", m.master);
+  row("optimizer moments (" + std::to_string(in.recipe.optimizer_states) + " x fp32" + sh + ")", m.moments);
+  row("activations", m.activations());
+  row("  residual stream, (layers+1) x B*T x dim (kept when recomputing)", m.act_resid);
+  row("  per-layer stored (q/k/v/o/gate/up/act /tp; norms not split)", m.act_layers);
+  row("  head: final norm, logits [B*T, V/tp], loss buffers", m.act_head);
+  row("  backward scratch (incl. d(logits) [B*T, V/tp])", m.act_backward);
+  if (in.recipe.ref_last_layer >= 0) {
+    row(std::string("frozen reference weights (") + (bf16 ? "bf16, layers 0.." : "f32 + grads, all layers; runs 0..") +
+            std::to_string(in.recipe.ref_last_layer) + (in.recipe.ref_logits ? " + head)" : ")"),
+        m.ref_weights);
+    row("frozen reference forward buffers", m.ref_acts);
+  }
+  row("total", m.total());
+  std::printf("\nactivations: %s GiB without recomputation, %s GiB recomputing every layer\n",
+              gib(memory_plan(none).activations()).c_str(), gib(memory_plan(all).activations()).c_str());
+
+  const auto coll = collectives(in);
+  std::printf("\ncommunication per optimizer step, per GPU (ring: all-reduce 2(n-1)/n, "
+              "reduce-scatter / all-gather (n-1)/n of the buffer):\n");
+  if (coll.empty()) std::printf("  none (one GPU)\n");
+  double tp_total = 0, dp_total = 0;
+  for (const Collective& k : coll) {
+    std::printf("  %-2s %-14s x%-5lld %9.2f MiB each  -> %9.3f GiB  %s\n", k.group.c_str(), k.op.c_str(),
+                (long long)k.count, k.payload / (1 << 20), k.bytes() / kGiB, k.what.c_str());
+    (k.group == "tp" ? tp_total : dp_total) += k.bytes();
+  }
+  if (!coll.empty())
+    std::printf("  total: tp %s GiB, dp %s GiB per step\n", gib(tp_total).c_str(), gib(dp_total).c_str());
+
+  std::printf("\nfit (usable = device memory minus %.0f%% headroom for cuBLAS/NCCL workspace, CUDA context and "
+              "fragmentation):\n",
+              o.headroom * 100);
+  for (const Gpu& g : known_gpus()) {
+    const double usable = g.bytes * (1 - o.headroom);
+    const int64_t r = fitting_recompute(in, usable);
+    std::printf("  %-26s ", (g.name + ":").c_str());
+    if (m.total() <= usable) {
+      std::printf("fits, %s of %s GiB usable with recompute %s", gib(m.total()).c_str(), gib(usable).c_str(),
+                  recompute_name(in.recompute, c.n_layers).c_str());
+      if (r < in.recompute) std::printf(" (recompute %s is enough)", recompute_name(r, c.n_layers).c_str());
+      std::printf("\n");
+    } else if (r >= 0) {
+      PlanInput f = in;
+      f.recompute = r;
+      std::printf("does not fit with recompute %s (%s > %s GiB); fits recomputing %s (%s GiB): %s\n",
+                  recompute_name(in.recompute, c.n_layers).c_str(), gib(m.total()).c_str(), gib(usable).c_str(),
+                  recompute_name(r, c.n_layers).c_str(), gib(memory_plan(f).total()).c_str(),
+                  recompute_key(r, c.n_layers).c_str());
+    } else {
+      std::printf("does not fit, even recomputing every layer (%s > %s GiB): raise tp or dp, or lower the "
+                  "micro-batch or seq_len\n",
+                  gib(memory_plan(all).total()).c_str(), gib(usable).c_str());
+    }
+  }
+}
+
+json to_json(const PlanInput& in, const Options& o) {
+  const MemoryPlan m = memory_plan(in);
+  PlanInput none = in, all = in;
+  none.recompute = 0;
+  all.recompute = in.model.n_layers;
+  json j = {{"model", in.model.name}, {"tp", in.tp}, {"dp", in.dp}, {"micro_batch", in.micro_batch},
+            {"seq_len", in.seq_len}, {"precision", in.precision == Precision::bf16 ? "bf16" : "f32"},
+            {"zero1", in.zero1}, {"recipe", in.recipe.method}, {"recompute", in.recompute},
+            {"params_per_rank", m.params.total}, {"trainable_per_rank", m.params.trainable}};
+  j["bytes"] = {{"weights", m.weights},       {"grads", m.grads},           {"master", m.master},
+                {"moments", m.moments},       {"act_resid", m.act_resid},   {"act_layers", m.act_layers},
+                {"act_head", m.act_head},     {"act_backward", m.act_backward}, {"activations", m.activations()},
+                {"ref_weights", m.ref_weights}, {"ref_acts", m.ref_acts},   {"total", m.total()}};
+  j["activations_no_recompute"] = memory_plan(none).activations();
+  j["activations_full_recompute"] = memory_plan(all).activations();
+  j["collectives"] = json::array();
+  for (const Collective& k : collectives(in))
+    j["collectives"].push_back({{"group", k.group}, {"op", k.op}, {"what", k.what}, {"count", k.count},
+                                {"payload", k.payload}, {"ring_factor", k.ring_factor}, {"bytes", k.bytes()}});
+  j["gpus"] = json::array();
+  for (const Gpu& g : known_gpus()) {
+    const double usable = g.bytes * (1 - o.headroom);
+    j["gpus"].push_back({{"name", g.name}, {"bytes", g.bytes}, {"usable", usable}, {"fits", m.total() <= usable},
+                         {"fitting_recompute", fitting_recompute(in, usable)}});
+  }
+  return j;
+}
+
+}  // namespace
+
+int plan_main(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    std::cout << kPlanUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const Options o = parse(args);
+  const PlanInput in = build_input(o);
+  if (o.json) std::cout << to_json(in, o).dump(2) << "\n";
+  else print_text(in, o);
+  return 0;
+}
+
+}  // namespace lethe::cli

@@ -1,0 +1,216 @@
+#include "engine/plan/memory_plan.h"
+
+#include <algorithm>
+
+#include "engine/core/error.h"
+#include "engine/model/llama.h"
+
+namespace lethe::plan {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Elements of parameter `s` held by one tensor-parallel rank: norms are replicated,
+// embedding and output projection are split over the vocabulary (padded up to a multiple
+// of tp, as Megatron pads it), every other matrix is split by rows or columns.
+int64_t rank_numel(const ParamSpec& s, const LlamaConfig& c, int64_t tp) {
+  if (s.shape.size() == 1) return s.shape[0];
+  if (s.name == "model.embed_tokens.weight" || s.name == "lm_head.weight") return ceil_div(c.vocab_size, tp) * c.dim;
+  return s.shape[0] * s.shape[1] / tp;
+}
+
+bool layer_of(const std::string& name, int64_t& layer) {
+  const std::string p = "model.layers.";
+  if (name.rfind(p, 0) != 0) return false;
+  layer = std::stoll(name.substr(p.size()));
+  return true;
+}
+
+int64_t seq_len(const PlanInput& in) { return in.seq_len > 0 ? in.seq_len : in.model.max_seq_len; }
+
+// Layers the trained model runs: all, or up to the RMU layer.
+int64_t run_layers(const PlanInput& in) {
+  return in.recipe.hidden_last_layer >= 0 ? in.recipe.hidden_last_layer + 1 : in.model.n_layers;
+}
+bool has_logits(const PlanInput& in) { return in.recipe.hidden_last_layer < 0; }
+
+struct Sizes {
+  double a, s;  // bytes per activation element, per fp32 statistic (rstd, lse)
+};
+Sizes sizes(const PlanInput& in) { return in.precision == Precision::bf16 ? Sizes{2, 4} : Sizes{4, 4}; }
+
+// One layer's stored activations (LlamaModel::Acts), for one tp rank.
+double layer_set(const PlanInput& in) {
+  const LlamaConfig& c = in.model;
+  const Sizes z = sizes(in);
+  const double N = double(in.micro_batch * seq_len(in)), C = double(c.dim), tp = double(in.tp);
+  const double Q = double(c.q_dim()) / tp, K = double(c.kv_dim()) / tp, F = double(c.ffn_dim) / tp,
+               H = double(c.n_heads) / tp;
+  const double full = 3 * N * C;                    // xn1, x2, xn2: inputs of split matmuls, replicated
+  const double split = N * (2 * Q + 2 * K + 3 * F);  // q, o, k, v, gate, up, act
+  const double stats = 2 * N + N * H;                // rstd1, rstd2, lse [B, H/tp, T]
+  return (full + split) * z.a + stats * z.s;
+}
+
+}  // namespace
+
+void validate(const PlanInput& in) {
+  const LlamaConfig& c = in.model;
+  c.validate();
+  LETHE_CHECK(in.tp >= 1, "tp must be >= 1, got ", in.tp);
+  LETHE_CHECK(in.dp >= 1, "dp must be >= 1, got ", in.dp);
+  LETHE_CHECK(c.n_heads % in.tp == 0, "tp=", in.tp, " does not divide n_heads (", c.n_heads, ") of model ", c.name,
+              ": each tensor-parallel rank must hold whole query heads");
+  LETHE_CHECK(c.n_kv_heads % in.tp == 0, "tp=", in.tp, " does not divide n_kv_heads (", c.n_kv_heads, ") of model ",
+              c.name, ": each tensor-parallel rank must hold whole key/value heads");
+  LETHE_CHECK(c.ffn_dim % in.tp == 0, "tp=", in.tp, " does not divide ffn_dim (", c.ffn_dim, ") of model ", c.name);
+  LETHE_CHECK(in.micro_batch >= 1, "micro-batch must be >= 1, got ", in.micro_batch);
+  const int64_t T = seq_len(in);
+  LETHE_CHECK(T >= 1 && T <= c.max_seq_len, "seq_len ", T, " outside [1, ", c.max_seq_len, "] (the model's max_seq_len)");
+  LETHE_CHECK(in.recompute >= 0 && in.recompute <= c.n_layers, "recompute must be in [0, ", c.n_layers, "], got ",
+              in.recompute);
+  const RecipeNeeds& r = in.recipe;
+  LETHE_CHECK(r.ref_last_layer < c.n_layers && r.hidden_last_layer < c.n_layers, "recipe ", r.method,
+              ": its RMU layer is outside the model's ", c.n_layers, " layers");
+  LETHE_CHECK(r.passes >= 1 && r.grad_accum >= 1, "recipe ", r.method, ": passes and grad_accum must be >= 1");
+  LETHE_CHECK(r.optimizer_states >= 0 && r.optimizer_states <= 2, "optimizer states must be 0, 1 or 2");
+}
+
+ParamCounts param_counts(const PlanInput& in) {
+  ParamCounts n;
+  for (const ParamSpec& s : llama_param_specs(in.model)) {
+    const int64_t k = rank_numel(s, in.model, in.tp);
+    n.total += k;
+    bool train = in.recipe.trainable.empty();
+    for (const auto& frag : in.recipe.trainable) train |= s.name.find(frag) != std::string::npos;
+    if (train) n.trainable += k;
+  }
+  return n;
+}
+
+MemoryPlan memory_plan(const PlanInput& in) {
+  validate(in);
+  const LlamaConfig& c = in.model;
+  const bool bf16 = in.precision == Precision::bf16;
+  const Sizes z = sizes(in);
+  const double N = double(in.micro_batch * seq_len(in)), C = double(c.dim), tp = double(in.tp);
+  const double Q = double(c.q_dim()) / tp, K = double(c.kv_dim()) / tp, F = double(c.ffn_dim) / tp,
+               V = double(ceil_div(c.vocab_size, in.tp));
+  const double shard = in.zero1 ? double(in.dp) : 1.0;
+
+  MemoryPlan m;
+  m.params = param_counts(in);
+  const double P = double(m.params.total);
+  m.weights = P * z.a;
+  m.grads = P * z.a;
+  // The CPU optimizer keeps moments for every parameter and updates in place (no master);
+  // the GPU one keeps fp32 master + moments only for what it updates.
+  const double opt_params = bf16 ? double(m.params.trainable) : P;
+  m.master = bf16 ? opt_params * 4 / shard : 0;
+  m.moments = opt_params * 4 * in.recipe.optimizer_states / shard;
+
+  // Activations: only what a step writes (buffers allocated but never touched, such as
+  // logits in an RMU-only run, are not resident on the CPU and need not exist on a GPU).
+  const int64_t L = run_layers(in);
+  const int64_t r = std::min(in.recompute, L);
+  const int64_t sets = L - r + (r > 0 ? 1 : 0);
+  m.act_resid = double(L + 1) * N * C * z.a;
+  m.act_layers = double(sets) * layer_set(in);
+  const double rope = 2 * double(seq_len(in)) * double(c.hd() / 2) * z.a;
+  m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
+  if (has_logits(in)) {
+    // xf_ [N, C], rstdf_, logits [N, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
+    m.act_head += N * C * z.a + N * z.s + N * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
+  }
+  // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; dlogits_.
+  m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? N * V : 0)) * z.a;
+
+  const RecipeNeeds& rc = in.recipe;
+  if (rc.ref_last_layer >= 0) {
+    // The frozen original. On the GPU: bf16, only the layers it runs; its forward keeps one
+    // layer's working set. The CPU engine holds a whole f32 LlamaModel (with a zeroed
+    // gradient set) and its forward stores every layer, like a trained model's.
+    double ref_p = 0;
+    for (const ParamSpec& s : llama_param_specs(c)) {
+      int64_t l = -1;
+      const bool in_layer = layer_of(s.name, l);
+      const bool head = !in_layer && s.name != "model.embed_tokens.weight";
+      const bool needed = in_layer ? l <= rc.ref_last_layer : (!head || rc.ref_logits);
+      if (bf16 && !needed) continue;
+      ref_p += double(rank_numel(s, c, in.tp));
+    }
+    const double head = rc.ref_logits ? N * C * z.a + N * z.s + N * V * z.a : 0;
+    if (bf16) {
+      m.ref_weights = ref_p * 2;
+      m.ref_acts = layer_set(in) + 2 * N * C * z.a + head;
+    } else {
+      m.ref_weights = ref_p * 4 * 2;  // weights + the unused, zeroed gradient set
+      m.ref_acts = double(rc.ref_last_layer + 2) * N * C * z.a + double(rc.ref_last_layer + 1) * layer_set(in) +
+                   N * C * z.a + rope + head;
+      // The CPU KL term copies the reference logits to f64 and builds d(logits) in f32;
+      // rmu_retain does the same with the hidden state.
+      m.ref_acts += rc.ref_logits ? N * V * (8 + 4) : N * C * (8 + 4);
+    }
+  }
+  return m;
+}
+
+std::vector<Collective> collectives(const PlanInput& in) {
+  validate(in);
+  const Sizes z = sizes(in);
+  const double N = double(in.micro_batch * seq_len(in)), C = double(in.model.dim);
+  const int64_t L = run_layers(in), r = std::min(in.recompute, L);
+  const int64_t micro = in.recipe.grad_accum;
+  std::vector<Collective> out;
+  if (in.tp > 1) {
+    const double ring = 2.0 * double(in.tp - 1) / double(in.tp);
+    const int64_t passes = in.recipe.passes * micro;
+    // Row-parallel o_proj and down_proj: one all-reduce each in the forward; their
+    // column-parallel partners' input gradients: one each in the backward.
+    out.push_back({"tp", "all-reduce", "o/down outputs, forward (2 per layer)", 2 * L * passes, N * C * z.a, ring});
+    out.push_back({"tp", "all-reduce", "q/k/v and gate/up input grads, backward (2 per layer)", 2 * L * passes,
+                   N * C * z.a, ring});
+    if (r > 0)
+      out.push_back({"tp", "all-reduce", "recomputed forward (2 per recomputed layer)", 2 * r * passes, N * C * z.a,
+                     ring});
+    out.push_back({"tp", "all-reduce", "vocab-parallel embedding, forward", passes, N * C * z.a, ring});
+    if (has_logits(in)) {
+      out.push_back({"tp", "all-reduce", "lm_head input grad, backward", passes, N * C * z.a, ring});
+      out.push_back({"tp", "all-reduce", "vocab-parallel cross-entropy (max, sum exp, target logit; fp32)",
+                     3 * passes, N * 4, ring});
+    }
+    if (in.recipe.ref_forwards > 0) {
+      const int64_t ref_l = in.recipe.ref_last_layer + 1, f = in.recipe.ref_forwards * micro;
+      out.push_back({"tp", "all-reduce", "frozen reference forward (2 per layer + embedding)", (2 * ref_l + 1) * f,
+                     N * C * z.a, ring});
+    }
+  }
+  if (in.dp > 1) {
+    // Gradients of frozen parameters never leave the rank.
+    const double P = double(param_counts(in).trainable), n = double(in.dp);
+    if (in.zero1) {
+      out.push_back({"dp", "reduce-scatter", "gradients (each rank keeps its 1/dp shard)", 1, P * z.a, (n - 1) / n});
+      out.push_back({"dp", "all-gather", "updated weights from the shard owners", 1, P * z.a, (n - 1) / n});
+    } else {
+      out.push_back({"dp", "all-reduce", "gradients", 1, P * z.a, 2 * (n - 1) / n});
+    }
+  }
+  return out;
+}
+
+const std::vector<Gpu>& known_gpus() {
+  // Totals as nvidia-smi reports them (MiB), not the marketing figure.
+  static const std::vector<Gpu> g{{"80 GB (H100 / A100 80GB)", 81559.0 * (1 << 20)},
+                                  {"141 GB (H200)", 143771.0 * (1 << 20)}};
+  return g;
+}
+
+int64_t fitting_recompute(PlanInput in, double usable) {
+  for (int64_t r = 0; r <= in.model.n_layers; ++r) {
+    in.recompute = r;
+    if (memory_plan(in).total() <= usable) return r;
+  }
+  return -1;
+}
+
+}  // namespace lethe::plan

@@ -1,0 +1,172 @@
+// `lethe plan`: the Llama-2-7B breakdown and fit verdict, the counts behind it, recipes
+// with a frozen reference, recompute suggestions, and clear errors for bad inputs.
+#include <nlohmann/json.hpp>
+
+#include "tests/plan/run_util.h"
+
+namespace {
+using lethe::test::Outcome;
+using json = nlohmann::json;
+
+class Plan : public lethe::test::TempDirTest {
+ protected:
+  json plan_json(std::vector<std::string> args) {
+    args.insert(args.begin(), "plan");
+    args.push_back("--json");
+    const Outcome r = lethe(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return json::parse(r.out);
+  }
+  static std::string line_with(const std::string& text, const std::string& key) {
+    const size_t a = text.find(key);
+    if (a == std::string::npos) return "";
+    return text.substr(a, text.find('\n', a) - a);
+  }
+  // What the fit section says about one GPU: the text after "NAME:" and its padding.
+  static std::string verdict(const std::string& text, const std::string& gpu) {
+    const std::string line = line_with(text, gpu);
+    if (line.empty()) return "";
+    const size_t b = line.find_first_not_of(' ', gpu.size());
+    return b == std::string::npos ? "" : line.substr(b);
+  }
+};
+
+constexpr double kGiB = double(1ull << 30);
+const std::string kLlama2 = std::string(LETHE_SOURCE_DIR) + "/configs/models/llama2-7b.yaml";
+constexpr int64_t kLlama2Params = 6738415616;
+constexpr int64_t kLlama2Norms = 65 * 4096;  // 2 per layer + the final norm, replicated over tp
+
+TEST_F(Plan, Llama2On8GpusFits80GbWithBreakdown) {
+  const Outcome r = lethe({"plan", kLlama2, "--tp", "2", "--dp", "4"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* row : {"weights (bf16", "grads (bf16)", "fp32 master weights", "optimizer moments (2 x fp32, /dp)",
+                          "activations", "residual stream", "per-layer stored", "logits [B*T, V/tp]", "total",
+                          "tp all-reduce", "dp reduce-scatter", "dp all-gather"})
+    EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
+  EXPECT_EQ(verdict(r.out, "80 GB (H100 / A100 80GB):").rfind("fits, 32.60 of 71.68 GiB usable", 0), 0u) << r.out;
+  EXPECT_EQ(verdict(r.out, "141 GB (H200):").rfind("fits, 32.60 of 126.36 GiB usable", 0), 0u) << r.out;
+}
+
+TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
+  const json j = plan_json({"llama2-7b", "--tp", "2", "--dp", "4"});  // preset by name
+  const int64_t p = (kLlama2Params - kLlama2Norms) / 2 + kLlama2Norms;
+  EXPECT_EQ(j["params_per_rank"].get<int64_t>(), p);
+  const json& b = j["bytes"];
+  EXPECT_DOUBLE_EQ(b["weights"].get<double>(), 2.0 * double(p));
+  EXPECT_DOUBLE_EQ(b["grads"].get<double>(), 2.0 * double(p));
+  EXPECT_DOUBLE_EQ(b["master"].get<double>(), 4.0 * double(p) / 4);   // ZeRO-1 over dp=4
+  EXPECT_DOUBLE_EQ(b["moments"].get<double>(), 8.0 * double(p) / 4);
+  // 32 layers x (3 replicated [N, C] + q, o, k, v, gate, up, act split over tp) in bf16,
+  // + rstd1, rstd2, lse [N, H/tp] in fp32; N = 4096 tokens.
+  EXPECT_DOUBLE_EQ(b["act_layers"].get<double>(), 9706668032.0);
+  EXPECT_DOUBLE_EQ(b["act_resid"].get<double>(), 33.0 * 4096 * 4096 * 2);
+  EXPECT_NEAR(b["total"].get<double>() / kGiB, 32.60, 0.01);
+  EXPECT_LT(j["activations_full_recompute"].get<double>(), 0.2 * j["activations_no_recompute"].get<double>());
+}
+
+TEST_F(Plan, ParamCountsSumToTheModelAtTp1) {
+  const json j = plan_json({kLlama2});
+  EXPECT_EQ(j["params_per_rank"].get<int64_t>(), kLlama2Params);
+  EXPECT_DOUBLE_EQ(j["bytes"]["moments"].get<double>(), 8.0 * kLlama2Params);  // dp=1: nothing to shard
+  EXPECT_TRUE(j["collectives"].empty());
+}
+
+TEST_F(Plan, CollectivesCountTwoAllReducesPerLayerEachWay) {
+  const json j = plan_json({kLlama2, "--tp", "2", "--dp", "4", "--recompute", "all"});
+  const double act = 4096.0 * 4096 * 2;  // B*T x dim in bf16
+  int64_t tp_big = 0;
+  for (const json& c : j["collectives"]) {
+    if (c["group"] == "tp" && c["payload"].get<double>() == act) {
+      tp_big += c["count"].get<int64_t>();
+      EXPECT_DOUBLE_EQ(c["ring_factor"].get<double>(), 1.0);  // 2(n-1)/n at n=2
+    }
+    if (c["group"] == "dp") {
+      EXPECT_DOUBLE_EQ(c["payload"].get<double>(), 2.0 * j["params_per_rank"].get<double>());
+      EXPECT_DOUBLE_EQ(c["ring_factor"].get<double>(), 0.75);  // (n-1)/n at n=4
+    }
+  }
+  // 2 forward + 2 backward per layer, 2 more per recomputed layer, embedding, lm_head.
+  EXPECT_EQ(tp_big, 4 * 32 + 2 * 32 + 2);
+  const json n = plan_json({kLlama2, "--dp", "4", "--no-zero"});
+  ASSERT_EQ(n["collectives"].size(), 1u);
+  EXPECT_EQ(n["collectives"][0]["op"], "all-reduce");
+  EXPECT_DOUBLE_EQ(n["collectives"][0]["ring_factor"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(n["bytes"]["moments"].get<double>(), 8.0 * kLlama2Params);
+}
+
+TEST_F(Plan, RecipesWithAFrozenReference) {
+  const int64_t p = (kLlama2Params - kLlama2Norms) / 2 + kLlama2Norms;
+  const json kl = plan_json({kLlama2, "--tp", "2", "--recipe", "ga_kl"});
+  EXPECT_EQ(kl["recipe"], "ga_kl");
+  EXPECT_EQ(kl["micro_batch"].get<int64_t>(), 8);  // the recipe's batch and seq_len
+  EXPECT_EQ(kl["seq_len"].get<int64_t>(), 128);
+  EXPECT_DOUBLE_EQ(kl["bytes"]["ref_weights"].get<double>(), 2.0 * double(p));  // whole model, bf16
+
+  const json npo = plan_json({kLlama2, "--tp", "2", "--recipe", "npo"});  // caches reference log-probs
+  EXPECT_DOUBLE_EQ(npo["bytes"]["ref_weights"].get<double>(), 0.0);
+
+  // RMU at layer 2: reference = embedding (V/tp rows) + layers 0..2; trains 3 down_proj.
+  const json rmu = plan_json({kLlama2, "--tp", "2", "--recipe",
+                              std::string(LETHE_SOURCE_DIR) + "/configs/recipes/rmu.yaml"});
+  const double layer = (4.0 * 4096 * 4096 + 3.0 * 4096 * 11008) / 2 + 2 * 4096;
+  EXPECT_DOUBLE_EQ(rmu["bytes"]["ref_weights"].get<double>(), 2.0 * (16000.0 * 4096 + 3 * layer));
+  EXPECT_EQ(rmu["trainable_per_rank"].get<int64_t>(), 3 * 4096 * 11008 / 2);
+  EXPECT_DOUBLE_EQ(rmu["bytes"]["moments"].get<double>(), 8.0 * 3 * 4096 * 11008 / 2);
+  // Only layers 0..2 run: 3 stored layer sets, against 32 for GA+KL at the same batch.
+  EXPECT_NEAR(rmu["bytes"]["act_layers"].get<double>() / kl["bytes"]["act_layers"].get<double>(), 3.0 / 32, 1e-12);
+}
+
+TEST_F(Plan, SuggestsRecomputationWhenActivationsDoNotFit) {
+  const Outcome r = lethe({"plan", kLlama2, "--dp", "8", "--batch", "4"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string fit80 = verdict(r.out, "80 GB (H100 / A100 80GB):");
+  EXPECT_EQ(fit80.rfind("does not fit with recompute none", 0), 0u) << r.out;
+  EXPECT_NE(fit80.find("fits recomputing"), std::string::npos) << r.out;
+  EXPECT_NE(fit80.find("train.recompute="), std::string::npos) << r.out;
+  const json j = plan_json({kLlama2, "--dp", "8", "--batch", "4"});
+  const int64_t k = j["gpus"][0]["fitting_recompute"].get<int64_t>();
+  EXPECT_GT(k, 1);
+  EXPECT_LE(k, 32);
+  // The suggestion is the smallest that fits: one layer fewer does not.
+  const json less = plan_json({kLlama2, "--dp", "8", "--batch", "4", "--recompute", std::to_string(k - 1)});
+  EXPECT_FALSE(less["gpus"][0]["fits"].get<bool>());
+  const json at = plan_json({kLlama2, "--dp", "8", "--batch", "4", "--recompute", std::to_string(k)});
+  EXPECT_TRUE(at["gpus"][0]["fits"].get<bool>());
+
+  // Llama-3-8B on one GPU: 16 bytes per parameter of states alone exceed 80 GB.
+  const Outcome one = lethe({"plan", "llama3-8b"});
+  ASSERT_EQ(one.code, 0) << one.err;
+  EXPECT_EQ(verdict(one.out, "80 GB (H100 / A100 80GB):").rfind("does not fit, even recomputing every layer", 0), 0u)
+      << one.out;
+}
+
+TEST_F(Plan, BadInputsGiveClearErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases{
+      {{"plan", kLlama2, "--tp", "3"}, "tp=3 does not divide n_heads (32) of model llama2-7b"},
+      {{"plan", "mistral-7b", "--tp", "16"}, "tp=16 does not divide n_kv_heads (8) of model mistral-7b"},
+      {{"plan", "llama9-1t"}, "unknown model preset 'llama9-1t': not a file and not in configs/models (known: "},
+      {{"plan", kLlama2, "--dp", "0"}, "--dp: must be >= 1, got 0"},
+      {{"plan", kLlama2, "--tp", "two"}, "--tp: expected an integer, got 'two'"},
+      {{"plan", kLlama2, "--precision", "fp8"}, "--precision: must be bf16 or f32, got 'fp8'"},
+      {{"plan", kLlama2, "--seq", "8192"}, "seq_len 8192 outside [1, 4096]"},
+      {{"plan", kLlama2, "--recipe", "forget-everything"}, "unknown recipe 'forget-everything'"},
+      {{"plan", kLlama2, "--frobnicate"}, "unknown option '--frobnicate'"},
+  };
+  for (const Case& c : cases) {
+    const Outcome r = lethe(c.args);
+    EXPECT_EQ(r.code, 1) << c.message;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << "want: " << c.message << "\ngot: " << r.err;
+    EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(lethe({"plan", "llama9-1t"}).err.find("llama2-7b"), std::string::npos);  // lists the presets
+  EXPECT_EQ(lethe({"plan"}).code, 2);
+  const Outcome help = lethe({"plan", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--recompute"), std::string::npos);
+}
+
+}  // namespace
