@@ -1,0 +1,20 @@
+# CUDA backend: kernels beside their CPU references, GEMMs through cuBLASLt. Included by
+# the root CMakeLists.txt only when nvcc was found. Host headers in kernels/cuda/*.h pull
+# in no CUDA header, so engine code that calls these launchers builds with g++.
+add_library(lethe_cuda STATIC
+  kernels/cuda/runtime.cu kernels/cuda/arena.cu kernels/cuda/cast.cu
+  kernels/cuda/embedding.cu kernels/cuda/rmsnorm.cu kernels/cuda/rope.cu kernels/cuda/swiglu.cu
+  kernels/cuda/attention.cu kernels/cuda/cross_entropy.cu kernels/cuda/optim.cu kernels/cuda/linear.cu)
+# sm_80 (A100) and sm_90a (H100/H200, keeps wgmma open); the target property wins over
+# the project-wide default of 90.
+set_target_properties(lethe_cuda PROPERTIES
+  CUDA_ARCHITECTURES "80;90a"
+  POSITION_INDEPENDENT_CODE ON
+  CUDA_SEPARABLE_COMPILATION OFF)
+target_include_directories(lethe_cuda PUBLIC ${PROJECT_SOURCE_DIR})
+target_compile_options(lethe_cuda PRIVATE
+  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo -Xcompiler=-Wall>)
+# Only the CUDA runtime and cuBLASLt: the GPU tests and benchmark link this and
+# lethe_kernels (CPU references), never HDF5, yaml-cpp or MPI, so they run on a machine
+# that has none of those.
+target_link_libraries(lethe_cuda PUBLIC CUDA::cudart CUDA::cublasLt)

@@ -1,0 +1,160 @@
+#include "kernels/cuda/cross_entropy.h"
+
+#include "kernels/cuda/common.cuh"
+
+namespace lethe::cuda {
+namespace {
+constexpr int kThreads = 512;
+
+__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return to_f(p[i]); }
+__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
+
+template <typename T>
+__device__ MaxSum row_stats(const T* x, int64_t V, float* scratch) {
+  MaxSum st;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) st = merge(st, MaxSum{load(x, j), 1.f});
+  return block_merge(st, scratch);
+}
+
+__global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ targets,
+                       const float* __restrict__ weights, float* __restrict__ logprobs, float* __restrict__ lse_out,
+                       __nv_bfloat16* dlogits, float dloss, int64_t V) {
+  __shared__ float scratch[64];
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16* x = logits + row * V;
+  const int32_t t = targets[row];
+  const bool valid = t != kIgnoreIndex && t >= 0 && t < V;
+  // Read before any thread can overwrite the row (dlogits may alias logits); the
+  // barriers inside block_merge order it.
+  const float xt = valid ? to_f(x[t]) : 0.f;
+  const MaxSum st = row_stats(x, V, scratch);
+  const float lse = st.m + __logf(st.s);
+  if (threadIdx.x == 0) {
+    lse_out[row] = lse;
+    logprobs[row] = valid ? xt - lse : (t == kIgnoreIndex ? 0.f : NAN);
+  }
+  if (!dlogits) return;
+  __nv_bfloat16* g = dlogits + row * V;
+  const float a = valid ? dloss * weights[row] : 0.f;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float p = __expf(to_f(x[j]) - lse);
+    g[j] = to_bf(a * (p - (j == t ? 1.f : 0.f)));
+  }
+}
+
+__global__ void ce_bwd(const __nv_bfloat16* logits, const int32_t* __restrict__ targets,
+                       const float* __restrict__ weights, const float* __restrict__ lse_in, float dloss,
+                       __nv_bfloat16* dlogits, int64_t V) {
+  const int64_t row = blockIdx.x;
+  const int32_t t = targets[row];
+  const bool valid = t != kIgnoreIndex && t >= 0 && t < V;
+  const float a = valid ? dloss * weights[row] : 0.f, lse = lse_in[row];
+  const __nv_bfloat16* x = logits + row * V;
+  __nv_bfloat16* g = dlogits + row * V;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+    g[j] = to_bf(a * (__expf(to_f(x[j]) - lse) - (j == t ? 1.f : 0.f)));
+}
+
+__global__ void nll_sum(const float* __restrict__ logprobs, const int32_t* __restrict__ targets,
+                        const float* __restrict__ weights, double* loss, int64_t N) {
+  __shared__ double scratch[32];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+    if (targets[i] != kIgnoreIndex) s -= double(weights[i]) * double(logprobs[i]);
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) *loss = s;
+}
+
+__global__ void kl_rows(const __nv_bfloat16* logits, const __nv_bfloat16* __restrict__ ref,
+                        const float* __restrict__ row_scale, float* __restrict__ kl, __nv_bfloat16* dlogits,
+                        bool accumulate, int64_t V) {
+  __shared__ float scratch[64];
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16 *x = logits + row * V, *r = ref + row * V;
+  const MaxSum sp = row_stats(x, V, scratch);
+  const MaxSum sq = row_stats(r, V, scratch);
+  const float lse_p = sp.m + __logf(sp.s), lse_q = sq.m + __logf(sq.s);
+  const float a = dlogits ? row_scale[row] : 0.f;
+  float acc = 0.f;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float lp = to_f(x[j]) - lse_p, lq = to_f(r[j]) - lse_q;
+    const float q = __expf(lq);
+    acc += q * (lq - lp);  // an underflowed q contributes 0, never 0 * inf
+    if (dlogits) {
+      float gv = a * (__expf(lp) - q);
+      if (accumulate) gv += to_f(dlogits[row * V + j]);
+      dlogits[row * V + j] = to_bf(gv);
+    }
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) kl[row] = acc;
+}
+
+template <typename T>
+__global__ void moments_rows(const T* __restrict__ logits, float* __restrict__ mu_out, float* __restrict__ sigma_out,
+                             int64_t V) {
+  __shared__ float scratch[64];
+  const T* x = logits + blockIdx.x * V;
+  const MaxSum st = row_stats(x, V, scratch);
+  const float lse = st.m + __logf(st.s);
+  float m = 0.f;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float lp = load(x, j) - lse;
+    m += __expf(lp) * lp;
+  }
+  m = block_sum(m, scratch);
+  float var = 0.f;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float lp = load(x, j) - lse, d = lp - m;
+    var += __expf(lp) * d * d;
+  }
+  var = block_sum(var, scratch);
+  if (threadIdx.x == 0) {
+    mu_out[blockIdx.x] = m;
+    sigma_out[blockIdx.x] = sqrtf(fmaxf(var, 0.f));
+  }
+}
+}  // namespace
+
+void cross_entropy_forward(const bf16* logits, const int32_t* targets, const float* weights, float* logprobs,
+                           float* lse, bf16* dlogits, float dloss, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  ce_fwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, logprobs, lse,
+                                                     dlogits ? dev(dlogits) : nullptr, dloss, V);
+  check_launch("cross_entropy_forward");
+}
+
+void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* weights, const float* lse,
+                            float dloss, bf16* dlogits, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  ce_bwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, lse, dloss, dev(dlogits), V);
+  check_launch("cross_entropy_backward");
+}
+
+void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
+                  Stream s) {
+  nll_sum<<<1, 1024, 0, as_stream(s)>>>(logprobs, targets, weights, loss, N);
+  check_launch("weighted_nll");
+}
+
+void kl_to_reference(const bf16* logits, const bf16* ref_logits, const float* row_scale, float* kl, bf16* dlogits,
+                     bool accumulate, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  LETHE_CHECK(!(accumulate && dlogits == logits), "kl_to_reference: accumulating dlogits cannot alias logits");
+  kl_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), dev(ref_logits), row_scale, kl,
+                                                      dlogits ? dev(dlogits) : nullptr, accumulate, V);
+  check_launch("kl_to_reference");
+}
+
+void logit_moments(const bf16* logits, float* mu, float* sigma, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  moments_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), mu, sigma, V);
+  check_launch("logit_moments");
+}
+void logit_moments(const float* logits, float* mu, float* sigma, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  moments_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(logits, mu, sigma, V);
+  check_launch("logit_moments");
+}
+
+}  // namespace lethe::cuda

@@ -1,0 +1,44 @@
+// Vocabulary reductions over logits rows, each one block per row in a single read pass
+// for the statistics and one for the output, so neither the softmax nor the
+// log-probabilities over the vocabulary are ever stored:
+//   - cross-entropy with per-token log-probs and signed per-token weights (the unlearning
+//     terms are weightings of it: a negative weight ascends);
+//   - KL(softmax(ref) || softmax(logits)) per row and its gradient (the KL-to-reference term);
+//   - the mean and standard deviation of log p over the vocabulary (Min-K%++ scores).
+// The caller chunks the tokens (compute logits for a few thousand rows, reduce, drop),
+// so the [N, V] logits never exist for the whole batch at once.
+#pragma once
+#include "kernels/cuda/runtime.h"
+
+namespace lethe::cuda {
+
+constexpr int32_t kIgnoreIndex = -100;  // same as ops::kIgnoreIndex
+
+// logits[N, V] bf16, targets[N] (kIgnoreIndex: no loss, no gradient), weights[N] fp32 ->
+// logprobs[N] fp32 (0 where ignored), lse[N] fp32. When dlogits is non-null it also gets
+// dloss * w_i * (softmax_i - onehot(target_i)) (0 on ignored rows): the backward fused in
+// the same kernel. dlogits may alias logits.
+void cross_entropy_forward(const bf16* logits, const int32_t* targets, const float* weights, float* logprobs,
+                           float* lse, bf16* dlogits, float dloss, int64_t N, int64_t V, Stream s = nullptr);
+
+// The unfused backward from the saved lse (dlogits may alias logits).
+void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* weights, const float* lse,
+                            float dloss, bf16* dlogits, int64_t N, int64_t V, Stream s = nullptr);
+
+// *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
+// fixed order: the same value every run.
+void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
+                  Stream s = nullptr);
+
+// kl[N] fp32 = KL(softmax(ref_i) || softmax(logits_i)). When dlogits is non-null it gets
+// row_scale_i * (softmax(logits_i) - softmax(ref_i)) (written, or added when accumulate;
+// may alias logits only when not accumulating). row_scale may be null when dlogits is.
+void kl_to_reference(const bf16* logits, const bf16* ref_logits, const float* row_scale, float* kl, bf16* dlogits,
+                     bool accumulate, int64_t N, int64_t V, Stream s = nullptr);
+
+// mu[N], sigma[N] fp32: mean and standard deviation of log p_j under p_j (two-pass, as the
+// CPU logit_moments, since E[lp^2] - mu^2 cancels for peaked rows).
+void logit_moments(const bf16* logits, float* mu, float* sigma, int64_t N, int64_t V, Stream s = nullptr);
+void logit_moments(const float* logits, float* mu, float* sigma, int64_t N, int64_t V, Stream s = nullptr);
+
+}  // namespace lethe::cuda

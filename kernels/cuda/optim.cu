@@ -1,0 +1,108 @@
+#include "kernels/cuda/optim.h"
+
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+
+namespace lethe::cuda {
+namespace {
+// Tensors per launch: the table rides in the kernel's parameter space (4 KB limit on
+// older toolkits), about 60 bytes an entry.
+constexpr int kBatch = 48;
+constexpr int kBlocksPerTensor = 96;
+
+struct AdamWBatch {
+  AdamWTensor t[kBatch];
+};
+
+__global__ void adamw_kernel(AdamWBatch batch, float lr, float b1, float b2, float eps, float step_size, float bc2s,
+                             const float* grad_scale) {
+  const AdamWTensor& t = batch.t[blockIdx.y];
+  const float gs = grad_scale ? *grad_scale : 1.f;
+  const float decay = 1.f - lr * t.weight_decay;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < t.n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = t.grad[i] * gs;
+    float p = t.master[i] * decay;
+    const float m = b1 * t.m[i] + (1.f - b1) * g;
+    const float v = b2 * t.v[i] + (1.f - b2) * g * g;
+    p -= step_size * m / (sqrtf(v) / bc2s + eps);
+    t.m[i] = m;
+    t.v[i] = v;
+    t.master[i] = p;
+    if (t.param) reinterpret_cast<__nv_bfloat16*>(t.param)[i] = to_bf(p);
+  }
+}
+
+// Block b owns partials[b] across every tensor: launches run in stream order, so the
+// additions happen in a fixed order without atomics.
+__global__ void sumsq_kernel(const float* __restrict__ x, int64_t n, double* partials, bool first) {
+  __shared__ double scratch[32];
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    s += double(x[i]) * double(x[i]);
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = first ? s : partials[blockIdx.x] + s;
+}
+__global__ void sum_partials(const double* __restrict__ partials, int n, double* out) {
+  __shared__ double scratch[32];
+  double s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += partials[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) *out = s;
+}
+__global__ void clip_kernel(const double* sumsq, float max_norm, float* coef, float* norm) {
+  const double nrm = sqrt(*sumsq);
+  if (norm) *norm = float(nrm);
+  *coef = max_norm > 0 ? float(fmin(1.0, double(max_norm) / (nrm + 1e-6))) : 1.f;
+}
+__global__ void scale_kernel(float* x, int64_t n, float a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] *= a;
+}
+}  // namespace
+
+void adamw_multi(const AdamWTensor* tensors, int count, const AdamWHyper& h, const float* grad_scale, Stream s) {
+  LETHE_CHECK(h.step >= 1, "adamw_multi: step must be >= 1, got ", h.step);
+  const double bc1 = 1 - std::pow(h.beta1, double(h.step));
+  const double bc2s = std::sqrt(1 - std::pow(h.beta2, double(h.step)));
+  for (int i0 = 0; i0 < count; i0 += kBatch) {
+    AdamWBatch b{};
+    const int n = std::min(kBatch, count - i0);
+    int64_t largest = 0;
+    for (int i = 0; i < n; ++i) {
+      b.t[i] = tensors[i0 + i];
+      largest = std::max(largest, b.t[i].n);
+    }
+    const dim3 grid(std::min<unsigned>(kBlocksPerTensor, grid_for(largest, 256)), unsigned(n));
+    adamw_kernel<<<grid, 256, 0, as_stream(s)>>>(b, float(h.lr), float(h.beta1), float(h.beta2), float(h.eps),
+                                                 float(h.lr / bc1), float(bc2s), grad_scale);
+    check_launch("adamw_multi");
+  }
+}
+
+void sum_squares_multi(const float* const* tensors, const int64_t* sizes, int count, double* partials, double* sumsq,
+                       Stream s) {
+  if (count == 0) {
+    fill_bytes(sumsq, 0, sizeof(double), s);
+    return;
+  }
+  for (int i = 0; i < count; ++i) {
+    sumsq_kernel<<<kNormPartials, 256, 0, as_stream(s)>>>(tensors[i], sizes[i], partials, i == 0);
+    check_launch("sum_squares_multi");
+  }
+  sum_partials<<<1, 1024, 0, as_stream(s)>>>(partials, kNormPartials, sumsq);
+  check_launch("sum_squares_multi");
+}
+
+void clip_coefficient(const double* sumsq, float max_norm, float* coef, float* norm, Stream s) {
+  clip_kernel<<<1, 1, 0, as_stream(s)>>>(sumsq, max_norm, coef, norm);
+  check_launch("clip_coefficient");
+}
+
+void scale(float* x, int64_t n, float a, Stream s) {
+  if (n <= 0) return;
+  scale_kernel<<<grid_for(n, 256), 256, 0, as_stream(s)>>>(x, n, a);
+  check_launch("scale");
+}
+
+}  // namespace lethe::cuda

@@ -1,0 +1,105 @@
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace lethe::cuda {
+
+bool available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // a missing driver is sticky otherwise
+    return false;
+  }
+  return n > 0;
+}
+
+std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("no CUDA device: ") + cudaGetErrorString(e);
+  }
+  return n > 0 ? std::string() : std::string("no CUDA device visible");
+}
+
+std::string device_name() {
+  int d = 0;
+  cudaDeviceProp p{};
+  if (cudaGetDevice(&d) != cudaSuccess || cudaGetDeviceProperties(&p, d) != cudaSuccess) return "unknown";
+  return p.name;
+}
+
+double bf16_peak_flops() {
+  // Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets; MFU is
+  // reported against these, so an unknown card reports no MFU rather than a guess.
+  const std::string n = device_name();
+  auto has = [&](const char* s) { return n.find(s) != std::string::npos; };
+  if (has("H100") && has("PCIe")) return 756e12;
+  if (has("H100") || has("H200") || has("H800")) return 989e12;
+  if (has("A100") || has("A800")) return 312e12;
+  if (has("L40S")) return 362e12;
+  return 0;
+}
+
+void check_launch(const char* op) { LETHE_CUDA_CHECK(cudaGetLastError(), op); }
+
+void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    LETHE_FAIL("cudaMalloc of ", bytes, " bytes failed (", cudaGetErrorString(e), "; ", free_b, " of ", total_b,
+               " bytes free)");
+  }
+  return p;
+}
+void device_free(void* p) {
+  if (p) cudaFree(p);
+}
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  LETHE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy_to_device");
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  LETHE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy_to_host");
+}
+void copy_device(void* dst, const void* src, size_t bytes, Stream s) {
+  LETHE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, as_stream(s)), "copy_device");
+}
+void fill_bytes(void* dst, int byte, size_t bytes, Stream s) {
+  LETHE_CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, as_stream(s)), "fill_bytes");
+}
+void synchronize() { LETHE_CUDA_CHECK(cudaDeviceSynchronize(), "synchronize"); }
+
+Stream stream_create() {
+  cudaStream_t s{};
+  LETHE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream_create");
+  return s;
+}
+void stream_destroy(Stream s) {
+  if (s) cudaStreamDestroy(as_stream(s));
+}
+
+Timer::Timer() {
+  cudaEvent_t x{}, y{};
+  LETHE_CUDA_CHECK(cudaEventCreate(&x), "Timer");
+  LETHE_CUDA_CHECK(cudaEventCreate(&y), "Timer");
+  a = x;
+  b = y;
+}
+Timer::~Timer() {
+  cudaEventDestroy(static_cast<cudaEvent_t>(a));
+  cudaEventDestroy(static_cast<cudaEvent_t>(b));
+}
+void Timer::start(Stream s) { cudaEventRecord(static_cast<cudaEvent_t>(a), as_stream(s)); }
+float Timer::stop(Stream s) {
+  cudaEventRecord(static_cast<cudaEvent_t>(b), as_stream(s));
+  LETHE_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(b)), "Timer::stop");
+  float ms = 0;
+  cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(a), static_cast<cudaEvent_t>(b));
+  return ms;
+}
+
+}  // namespace lethe::cuda

@@ -1,0 +1,488 @@
+// Every CUDA op against the CPU reference (kernels/cpu, fp32) on fresh random inputs that
+// are rounded to bf16 first, so both sides see the same values. Outputs are poisoned with
+// NaN bytes before each run; NaN never passes. Tolerances are the scaled max error
+// max|gpu - ref| / max|ref|:
+//   exact            0       copies, casts, embedding lookup
+//   fp32 outputs     1e-4    elementwise fp32 math and fp32 statistics (lse, rstd, moments)
+//   fp32 sums        1e-3    fp32 sums over many rows (dw of rmsnorm / linear, AdamW over steps: 1e-5)
+//   bf16 outputs     1e-2    one bf16 rounding (2^-9 relative) plus fp32 math
+//   attention        2e-2 (forward), 3e-2 (backward): P and dS are rounded to bf16 before
+//                    their tensor-core products, as in FlashAttention
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/cuda/arena.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cast.h"
+#include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/optim.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/swiglu.h"
+#include "kernels/embedding.h"
+#include "kernels/linear.h"
+#include "kernels/optim.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace lethe {
+namespace {
+using namespace lethe::cudatest;
+constexpr double kF32Tol = 1e-4, kSumTol = 1e-3, kBf16Tol = 1e-2, kAttnFwdTol = 2e-2, kAttnBwdTol = 3e-2;
+
+Tensor host(const Shape& s, const std::vector<float>& v) { return Tensor::from<float>(s, v); }
+std::vector<float> vec(const Tensor& t) { return std::vector<float>(t.data<float>(), t.data<float>() + t.numel()); }
+
+class CudaOps : public GpuTest {};
+
+// ---- casts -------------------------------------------------------------------------
+TEST_F(CudaOps, CastsRoundToNearestEvenLikeTheHost) {
+  SCOPED_TRACE(seed_msg());
+  const size_t n = 100003;
+  auto x = randn(n, 3.f);
+  x[0] = 0.f, x[1] = -0.f, x[2] = 1e-40f, x[3] = 3.4e38f, x[4] = INFINITY;
+  DeviceBuffer<float> d32(x), back(n);
+  DeviceBuffer<bf16> d16(n);
+  cuda::cast_f32_to_bf16(d32.get(), d16.get(), int64_t(n));
+  cuda::cast_bf16_to_f32(d16.get(), back.get(), int64_t(n));
+  const auto b = d16.download();
+  const auto f = back.download();
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(b[i].bits, float_to_bf16(x[i]).bits) << "at " << i << " x=" << x[i];
+    const float r = bf16_to_float(float_to_bf16(x[i]));
+    ASSERT_TRUE(f[i] == r || (std::isnan(f[i]) && std::isnan(r))) << i;
+  }
+}
+
+// ---- embedding ---------------------------------------------------------------------
+TEST_F(CudaOps, EmbeddingForwardCopiesRowsAndBackwardScattersRepeatedIds) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 333, V = 50, C = 96;  // V << N: many repeated ids
+  const auto table = round_bf16(randn(size_t(V * C)));
+  const auto ids = randint(size_t(N), int32_t(V));
+  const auto dout = round_bf16(randn(size_t(N * C)));
+  DeviceBuffer<bf16> dtable(to_bf16(table)), dd(to_bf16(dout)), out(size_t(N * C));
+  DeviceBuffer<int32_t> did(ids);
+  cuda::embedding_forward(did.get(), dtable.get(), out.get(), N, V, C);
+  Tensor ref = Tensor::empty({N, C}, DType::f32);
+  ops::embedding_forward(Tensor::from<int32_t>({N}, ids), host({V, C}, table), ref);
+  EXPECT_TRUE(close("out", out.download(), vec(ref), 0.0));
+
+  const auto g0 = randn(size_t(V * C));  // backward adds into an existing gradient
+  DeviceBuffer<float> dg(g0);
+  cuda::embedding_backward(did.get(), dd.get(), dg.get(), N, V, C);
+  Tensor gref = host({V, C}, g0);
+  ops::embedding_backward(Tensor::from<int32_t>({N}, ids), host({N, C}, dout), gref);
+  EXPECT_TRUE(close("dtable", dg.download(), vec(gref), 1e-5));
+}
+
+TEST_F(CudaOps, EmbeddingIdOutsideVocabularyGivesNaNRow) {
+  const int64_t V = 8, C = 16;
+  DeviceBuffer<bf16> table(to_bf16(std::vector<float>(size_t(V * C), 1.f))), out(size_t(2 * C));
+  DeviceBuffer<int32_t> ids(std::vector<int32_t>{3, 99});
+  cuda::embedding_forward(ids.get(), table.get(), out.get(), 2, V, C);
+  const auto o = to_f32(out.download());
+  for (int64_t c = 0; c < C; ++c) {
+    EXPECT_EQ(o[size_t(c)], 1.f);
+    EXPECT_TRUE(std::isnan(o[size_t(C + c)]));
+  }
+}
+
+// ---- rmsnorm -----------------------------------------------------------------------
+TEST_F(CudaOps, RmsNormForwardMatchesCpu) {
+  SCOPED_TRACE(seed_msg());
+  for (int64_t C : {64, 1000, 4096}) {
+    const int64_t N = 67;
+    const auto x = round_bf16(randn(size_t(N * C), 2.f)), w = round_bf16(randn(size_t(C), 0.2f, 1.f));
+    DeviceBuffer<bf16> dx(to_bf16(x)), dw(to_bf16(w)), y(size_t(N * C));
+    DeviceBuffer<float> rstd(static_cast<size_t>(N));
+    cuda::rmsnorm_forward(dx.get(), dw.get(), 1e-5f, y.get(), rstd.get(), N, C);
+    Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
+    ops::rmsnorm_forward(host({N, C}, x), host({C}, w), 1e-5, yr, rr);
+    EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol)) << "C=" << C;
+    EXPECT_TRUE(close("rstd", rstd.download(), vec(rr), kF32Tol)) << "C=" << C;
+  }
+}
+
+TEST_F(CudaOps, ResidualRmsNormAddsThenNormalises) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 45, C = 512;
+  const auto res = round_bf16(randn(size_t(N * C))), delta = round_bf16(randn(size_t(N * C))),
+             w = round_bf16(randn(size_t(C), 0.2f, 1.f));
+  DeviceBuffer<bf16> dres(to_bf16(res)), dd(to_bf16(delta)), dw(to_bf16(w)), y(size_t(N * C));
+  DeviceBuffer<float> rstd(static_cast<size_t>(N));
+  cuda::residual_rmsnorm_forward(dres.get(), dd.get(), dw.get(), 1e-6f, y.get(), rstd.get(), N, C);
+  std::vector<float> sum(res.size());
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] = res[i] + delta[i];
+  const auto sum_b = round_bf16(sum);
+  EXPECT_TRUE(close("residual", dres.download(), sum_b, 0.0));
+  Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
+  ops::rmsnorm_forward(host({N, C}, sum_b), host({C}, w), 1e-6, yr, rr);
+  EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol));
+  EXPECT_TRUE(close("rstd", rstd.download(), vec(rr), kF32Tol));
+}
+
+TEST_F(CudaOps, RmsNormBackwardMatchesCpu) {
+  SCOPED_TRACE(seed_msg());
+  for (bool acc : {false, true}) {
+    const int64_t N = 1000, C = 768;
+    const auto x = round_bf16(randn(size_t(N * C))), w = round_bf16(randn(size_t(C), 0.2f, 1.f)),
+               dy = round_bf16(randn(size_t(N * C))), dx0 = round_bf16(randn(size_t(N * C))),
+               dw0 = randn(static_cast<size_t>(C));
+    Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
+    ops::rmsnorm_forward(host({N, C}, x), host({C}, w), 1e-5, yr, rr);
+    DeviceBuffer<bf16> dx_in(to_bf16(x)), dwt(to_bf16(w)), ddy(to_bf16(dy)), ddx(to_bf16(dx0));
+    DeviceBuffer<float> drstd(vec(rr)), ddw(dw0);
+    if (!acc) ddx.poison();
+    cuda::rmsnorm_backward(ddy.get(), dx_in.get(), dwt.get(), drstd.get(), ddx.get(), acc, ddw.get(), N, C);
+    Tensor dxr = host({N, C}, dx0), dwr = host({C}, dw0);
+    ops::rmsnorm_backward(host({N, C}, dy), host({N, C}, x), host({C}, w), rr, dxr, acc, dwr);
+    EXPECT_TRUE(close("dx", ddx.download(), vec(dxr), kBf16Tol)) << "accumulate=" << acc;
+    EXPECT_TRUE(close("dw", ddw.download(), vec(dwr), kSumTol)) << "accumulate=" << acc;
+  }
+}
+
+// ---- rope --------------------------------------------------------------------------
+TEST_F(CudaOps, RopeForwardAndBackwardMatchCpuWithEveryScaling) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t B = 2, T = 37, H = 3, D = 64;
+  ops::RopeScaling none, linear, llama3;
+  linear.type = "linear", linear.factor = 4;
+  llama3.type = "llama3", llama3.factor = 8, llama3.original_max_position_embeddings = 16;
+  for (const auto* sc : {&none, &linear, &llama3}) {
+    Tensor cos, sin;
+    ops::rope_tables(ops::rope_inv_freq(D, 10000, *sc), T + 5, DType::f32, cos, sin);
+    const auto x = round_bf16(randn(size_t(B * T * H * D)));
+    DeviceBuffer<float> dcos(vec(cos)), dsin(vec(sin));
+    DeviceBuffer<bf16> dx(to_bf16(x)), y(x.size()), inplace(to_bf16(x));
+    cuda::rope_forward(dx.get(), dcos.get(), dsin.get(), y.get(), B, T, H, D);
+    cuda::rope_forward(inplace.get(), dcos.get(), dsin.get(), inplace.get(), B, T, H, D);
+    Tensor yr = Tensor::empty({B, T, H, D}, DType::f32), gr = Tensor::empty({B, T, H, D}, DType::f32);
+    ops::rope_forward(host({B, T, H, D}, x), cos, sin, yr);
+    EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol)) << sc->type;
+    EXPECT_TRUE(close("y in place", inplace.download(), vec(yr), kBf16Tol)) << sc->type;
+    DeviceBuffer<bf16> g(x.size());
+    cuda::rope_backward(dx.get(), dcos.get(), dsin.get(), g.get(), B, T, H, D);
+    ops::rope_backward(host({B, T, H, D}, x), cos, sin, gr);
+    EXPECT_TRUE(close("dx", g.download(), vec(gr), kBf16Tol)) << sc->type;
+  }
+}
+
+// ---- swiglu ------------------------------------------------------------------------
+TEST_F(CudaOps, SwigluForwardAndBackwardMatchCpu) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 77, F = 352;
+  const auto g = round_bf16(randn(size_t(N * F), 3.f)), u = round_bf16(randn(size_t(N * F))),
+             da = round_bf16(randn(size_t(N * F)));
+  DeviceBuffer<bf16> dg(to_bf16(g)), du(to_bf16(u)), dda(to_bf16(da)), a(g.size()), gg(g.size()), gu(g.size());
+  cuda::swiglu_forward(dg.get(), du.get(), a.get(), N * F);
+  cuda::swiglu_backward(dda.get(), dg.get(), du.get(), gg.get(), gu.get(), N * F);
+  Tensor ar = Tensor::empty({N, F}, DType::f32), dgr = ar.clone(), dur = ar.clone();
+  ops::swiglu_forward(host({N, F}, g), host({N, F}, u), ar);
+  ops::swiglu_backward(host({N, F}, da), host({N, F}, g), host({N, F}, u), dgr, dur);
+  EXPECT_TRUE(close("a", a.download(), vec(ar), kBf16Tol));
+  EXPECT_TRUE(close("dg", gg.download(), vec(dgr), kBf16Tol));
+  EXPECT_TRUE(close("du", gu.download(), vec(dur), kBf16Tol));
+}
+
+// ---- linear (cuBLASLt) -------------------------------------------------------------
+TEST_F(CudaOps, LinearForwardAndBackwardMatchCpu) {
+  SCOPED_TRACE(seed_msg());
+  cuda::GemmContext* ctx = cuda::gemm_create();
+  struct Case { int64_t N, in, out; };
+  for (const Case c : {Case{37, 64, 48}, Case{256, 512, 1376}, Case{5, 128, 8}}) {
+    const auto x = round_bf16(randn(size_t(c.N * c.in))), w = round_bf16(randn(size_t(c.out * c.in), 0.05f)),
+               dy = round_bf16(randn(size_t(c.N * c.out))), dx0 = round_bf16(randn(size_t(c.N * c.in))),
+               dw0 = randn(size_t(c.out * c.in));
+    DeviceBuffer<bf16> dx_(to_bf16(x)), dw_(to_bf16(w)), ddy(to_bf16(dy)), y(size_t(c.N * c.out)),
+        gx(size_t(c.N * c.in)), gx_acc(to_bf16(dx0));
+    DeviceBuffer<float> gw(dw0);
+    cuda::linear_forward(ctx, dx_.get(), dw_.get(), y.get(), c.N, c.in, c.out);
+    cuda::linear_backward(ctx, ddy.get(), dx_.get(), dw_.get(), gx.get(), false, gw.get(), c.N, c.in, c.out);
+    cuda::linear_backward(ctx, ddy.get(), dx_.get(), dw_.get(), gx_acc.get(), true, nullptr, c.N, c.in, c.out);
+    Tensor yr = Tensor::empty({c.N, c.out}, DType::f32), gxr = Tensor::empty({c.N, c.in}, DType::f32),
+           gxa = host({c.N, c.in}, dx0), gwr = host({c.out, c.in}, dw0);
+    const Tensor X = host({c.N, c.in}, x), W = host({c.out, c.in}, w), DY = host({c.N, c.out}, dy);
+    ops::linear_forward(X, W, yr);
+    ops::linear_backward(DY, X, W, &gxr, false, &gwr);
+    ops::linear_backward(DY, X, W, &gxa, true, nullptr);
+    const std::string shape = std::to_string(c.N) + "x" + std::to_string(c.in) + "->" + std::to_string(c.out);
+    EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol)) << shape;
+    EXPECT_TRUE(close("dx", gx.download(), vec(gxr), kBf16Tol)) << shape;
+    EXPECT_TRUE(close("dx accumulated", gx_acc.download(), vec(gxa), kBf16Tol)) << shape;
+    EXPECT_TRUE(close("dw", gw.download(), vec(gwr), kSumTol)) << shape;
+  }
+  cuda::gemm_destroy(ctx);
+}
+
+// ---- attention ---------------------------------------------------------------------
+struct AttnCase {
+  int64_t B, T, H, KV, D;
+};
+
+TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
+  SCOPED_TRACE(seed_msg());
+  // Tiny model's head_dim 16, lengths that are not multiples of the 64-row tiles, MHA
+  // and GQA groups of 2 and 4, the 7B head_dim 128.
+  for (const AttnCase c : {AttnCase{2, 100, 4, 2, 16}, AttnCase{1, 64, 2, 1, 32}, AttnCase{1, 130, 4, 4, 64},
+                           AttnCase{1, 200, 8, 2, 128}, AttnCase{2, 17, 4, 1, 128}}) {
+    const std::string name = "B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) +
+                             " KV" + std::to_string(c.KV) + " D" + std::to_string(c.D);
+    const size_t nq = size_t(c.B * c.T * c.H * c.D), nk = size_t(c.B * c.T * c.KV * c.D);
+    const auto q = round_bf16(randn(nq)), k = round_bf16(randn(nk)), v = round_bf16(randn(nk)),
+               dout = round_bf16(randn(nq));
+    const double scale = 1.0 / std::sqrt(double(c.D));
+    const Tensor Q = host({c.B, c.T, c.H, c.D}, q), K = host({c.B, c.T, c.KV, c.D}, k),
+                 Vt = host({c.B, c.T, c.KV, c.D}, v), DO = host({c.B, c.T, c.H, c.D}, dout);
+    Tensor o = Tensor::empty(Q.shape(), DType::f32), lse = Tensor::empty({c.B, c.H, c.T}, DType::f32);
+    ops::attention_forward(Q, K, Vt, scale, o, lse);
+    Tensor dq = Tensor::empty(Q.shape(), DType::f32), dk = Tensor::empty(K.shape(), DType::f32),
+           dv = Tensor::empty(K.shape(), DType::f32);
+    ops::attention_backward(DO, Q, K, Vt, o, lse, scale, dq, dk, dv);
+
+    DeviceBuffer<bf16> gq(to_bf16(q)), gk(to_bf16(k)), gv(to_bf16(v)), gdo(to_bf16(dout)), go(nq), gdq(nq), gdk(nk),
+        gdv(nk);
+    DeviceBuffer<float> glse(size_t(c.B * c.H * c.T));
+    DeviceBuffer<char> ws(cuda::attention_backward_workspace_bytes(c.B, c.T, c.H, c.D));
+    cuda::attention_forward(gq.get(), gk.get(), gv.get(), float(scale), go.get(), glse.get(), c.B, c.T, c.H, c.KV,
+                            c.D);
+    EXPECT_TRUE(close("o", go.download(), vec(o), kAttnFwdTol)) << name;
+    EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol)) << name;
+    cuda::attention_backward(gdo.get(), gq.get(), gk.get(), gv.get(), go.get(), glse.get(), float(scale), gdq.get(),
+                             gdk.get(), gdv.get(), ws.get(), c.B, c.T, c.H, c.KV, c.D);
+    EXPECT_TRUE(close("dq", gdq.download(), vec(dq), kAttnBwdTol)) << name;
+    EXPECT_TRUE(close("dk", gdk.download(), vec(dk), kAttnBwdTol)) << name;
+    EXPECT_TRUE(close("dv", gdv.download(), vec(dv), kAttnBwdTol)) << name;
+  }
+}
+
+TEST_F(CudaOps, AttentionRejectsUnsupportedHeadDim) {
+  EXPECT_FALSE(cuda::attention_supports_head_dim(48));
+  EXPECT_THROW(cuda::attention_forward(nullptr, nullptr, nullptr, 1.f, nullptr, nullptr, 1, 8, 2, 2, 48), Error);
+  EXPECT_THROW(cuda::attention_forward(nullptr, nullptr, nullptr, 1.f, nullptr, nullptr, 1, 8, 3, 2, 64), Error);
+}
+
+// ---- cross-entropy, KL, moments ----------------------------------------------------
+TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 19, V = 5003;
+  const auto logits = round_bf16(randn(size_t(N * V), 3.f));
+  auto targets = randint(size_t(N), int32_t(V));
+  targets[3] = targets[11] = ops::kIgnoreIndex;
+  std::vector<float> w(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) w[size_t(i)] = (i % 3 == 0 ? -1.f : 1.f) / float(N);  // ascent on some rows
+  const float dloss = 0.75f;
+  const Tensor L = host({N, V}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
+  Tensor lp = Tensor::empty({N}, DType::f32), lse = lp.clone(), dl = Tensor::empty({N, V}, DType::f32);
+  const double loss = ops::cross_entropy_forward(L, TG, W, lp, lse);
+  ops::cross_entropy_backward(L, TG, W, lse, dloss, dl);
+
+  DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * V)), inplace(to_bf16(logits)), unfused(size_t(N * V));
+  DeviceBuffer<int32_t> gt(targets);
+  DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N)), glp2(static_cast<size_t>(N)), glse2(static_cast<size_t>(N));
+  DeviceBuffer<double> gloss(1);
+  cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), gdl.get(), dloss, N, V);
+  cuda::weighted_nll(glp.get(), gt.get(), gw.get(), gloss.get(), N);
+  EXPECT_TRUE(close("logprobs", glp.download(), vec(lp), kF32Tol));
+  EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol));
+  EXPECT_TRUE(close("dlogits (fused)", gdl.download(), vec(dl), kBf16Tol));
+  EXPECT_NEAR(gloss.download()[0], loss, kF32Tol * std::max(1.0, std::abs(loss)));
+  // In place over the logits, as the step uses it: the logits buffer becomes the gradient.
+  cuda::cross_entropy_forward(inplace.get(), gt.get(), gw.get(), glp2.get(), glse2.get(), inplace.get(), dloss, N, V);
+  EXPECT_TRUE(close("dlogits (in place)", inplace.download(), vec(dl), kBf16Tol));
+  EXPECT_TRUE(close("logprobs (in place)", glp2.download(), vec(lp), kF32Tol));
+  // Unfused backward from the saved lse.
+  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, V);
+  EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+}
+
+// Straight from the definitions, in double.
+void ref_softmax_log(const float* x, int64_t V, std::vector<double>& lp) {
+  double m = -INFINITY, s = 0;
+  for (int64_t j = 0; j < V; ++j) m = std::max(m, double(x[j]));
+  for (int64_t j = 0; j < V; ++j) s += std::exp(double(x[j]) - m);
+  lp.resize(static_cast<size_t>(V));
+  for (int64_t j = 0; j < V; ++j) lp[size_t(j)] = double(x[j]) - m - std::log(s);
+}
+
+TEST_F(CudaOps, KlToReferenceAndItsGradientMatchDefinition) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 13, V = 3001;
+  const auto x = round_bf16(randn(size_t(N * V), 2.f)), r = round_bf16(randn(size_t(N * V), 2.f)),
+             g0 = round_bf16(randn(size_t(N * V), 1e-3f));
+  std::vector<float> row_scale(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) row_scale[size_t(i)] = i == 5 ? 0.f : 0.3f / float(N);
+  std::vector<double> kl_ref(static_cast<size_t>(N)), g_ref(size_t(N * V)), g_acc(size_t(N * V));
+  for (int64_t i = 0; i < N; ++i) {
+    std::vector<double> lp, lq;
+    ref_softmax_log(x.data() + i * V, V, lp);
+    ref_softmax_log(r.data() + i * V, V, lq);
+    double kl = 0;
+    for (int64_t j = 0; j < V; ++j) {
+      const double q = std::exp(lq[size_t(j)]), p = std::exp(lp[size_t(j)]);
+      kl += q * (lq[size_t(j)] - lp[size_t(j)]);
+      g_ref[size_t(i * V + j)] = row_scale[size_t(i)] * (p - q);
+      g_acc[size_t(i * V + j)] = g_ref[size_t(i * V + j)] + g0[size_t(i * V + j)];
+    }
+    kl_ref[size_t(i)] = kl;
+  }
+  DeviceBuffer<bf16> gx(to_bf16(x)), gr(to_bf16(r)), gd(size_t(N * V)), gacc(to_bf16(g0));
+  DeviceBuffer<float> gs(row_scale), gkl(static_cast<size_t>(N)), gkl2(static_cast<size_t>(N));
+  cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl.get(), gd.get(), false, N, V);
+  EXPECT_TRUE(close("kl", gkl.download(), kl_ref, kSumTol));
+  EXPECT_TRUE(close("dlogits", gd.download(), g_ref, kBf16Tol));
+  cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl2.get(), gacc.get(), true, N, V);
+  EXPECT_TRUE(close("dlogits accumulated", gacc.download(), g_acc, kBf16Tol));
+  // KL of a distribution with itself is zero.
+  cuda::kl_to_reference(gx.get(), gx.get(), nullptr, gkl2.get(), nullptr, false, N, V);
+  for (float k : gkl2.download()) EXPECT_NEAR(k, 0.f, 1e-5f);
+}
+
+TEST_F(CudaOps, LogitMomentsMatchDefinition) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 11, V = 32000;
+  auto x = round_bf16(randn(size_t(N * V), 2.f));
+  for (int64_t j = 0; j < V; ++j) x[size_t(2 * V + j)] = j == 7 ? 30.f : 0.f;  // a peaked row
+  std::vector<double> mu(static_cast<size_t>(N)), sigma(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) {
+    std::vector<double> lp;
+    ref_softmax_log(x.data() + i * V, V, lp);
+    double m = 0, var = 0;
+    for (double l : lp) m += std::exp(l) * l;
+    for (double l : lp) var += std::exp(l) * (l - m) * (l - m);
+    mu[size_t(i)] = m;
+    sigma[size_t(i)] = std::sqrt(var);
+  }
+  DeviceBuffer<bf16> gx(to_bf16(x));
+  DeviceBuffer<float> gx32(x), gmu(static_cast<size_t>(N)), gsig(static_cast<size_t>(N)), gmu2(static_cast<size_t>(N)), gsig2(static_cast<size_t>(N));
+  cuda::logit_moments(gx.get(), gmu.get(), gsig.get(), N, V);
+  cuda::logit_moments(gx32.get(), gmu2.get(), gsig2.get(), N, V);
+  EXPECT_TRUE(close("mu (bf16 logits)", gmu.download(), mu, kF32Tol));
+  EXPECT_TRUE(close("sigma (bf16 logits)", gsig.download(), sigma, kF32Tol));
+  EXPECT_TRUE(close("mu (f32 logits)", gmu2.download(), mu, kF32Tol));
+  EXPECT_TRUE(close("sigma (f32 logits)", gsig2.download(), sigma, kF32Tol));
+}
+
+// ---- optimizer ---------------------------------------------------------------------
+TEST_F(CudaOps, MultiTensorAdamWMatchesCpuOverSteps) {
+  SCOPED_TRACE(seed_msg());
+  const std::vector<int64_t> sizes{1, 1000, 4096, 70001, 333};
+  const std::vector<float> decays{0.1f, 0.1f, 0.f, 0.1f, 0.f};
+  struct T {
+    std::vector<float> p, m, v;
+    Tensor P, M, V;
+    DeviceBuffer<float> *dp, *dg, *dm, *dv;
+    DeviceBuffer<bf16>* db;
+  };
+  std::vector<T> ts(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const size_t n = size_t(sizes[i]);
+    ts[i].P = host({sizes[i]}, randn(n));
+    ts[i].M = Tensor::zeros({sizes[i]}, DType::f32);
+    ts[i].V = Tensor::zeros({sizes[i]}, DType::f32);
+    ts[i].dp = new DeviceBuffer<float>(vec(ts[i].P));
+    ts[i].dg = new DeviceBuffer<float>(n);
+    ts[i].dm = new DeviceBuffer<float>(std::vector<float>(n, 0.f));
+    ts[i].dv = new DeviceBuffer<float>(std::vector<float>(n, 0.f));
+    ts[i].db = new DeviceBuffer<bf16>(n);
+  }
+  const float clip = 0.5f;
+  for (int64_t step = 1; step <= 3; ++step) {
+    const cuda::AdamWHyper h{1e-2, 0.9, 0.95, 1e-8, step};
+    std::vector<cuda::AdamWTensor> list;
+    DeviceBuffer<float> coef(std::vector<float>{clip});
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto g = randn(size_t(sizes[i]));
+      ts[i].dg->upload(g);
+      list.push_back({ts[i].dp->get(), ts[i].dg->get(), ts[i].dm->get(), ts[i].dv->get(), ts[i].db->get(), sizes[i],
+                      decays[i]});
+      std::vector<float> gs(g);
+      for (auto& x : gs) x *= clip;
+      ops::adamw_update(ts[i].P, host({sizes[i]}, gs), ts[i].M, ts[i].V, {1e-2, 0.9, 0.95, 1e-8, decays[i], step});
+    }
+    cuda::adamw_multi(list.data(), int(list.size()), h, coef.get());
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const std::string what = "tensor " + std::to_string(i) + " step " + std::to_string(step);
+      EXPECT_TRUE(close((what + " p").c_str(), ts[i].dp->download(), vec(ts[i].P), 1e-5));
+      EXPECT_TRUE(close((what + " m").c_str(), ts[i].dm->download(), vec(ts[i].M), 1e-5));
+      EXPECT_TRUE(close((what + " v").c_str(), ts[i].dv->download(), vec(ts[i].V), 1e-5));
+      EXPECT_TRUE(close((what + " bf16 p").c_str(), ts[i].db->download(), vec(ts[i].P), kBf16Tol));
+    }
+  }
+  for (auto& t : ts) {
+    delete t.dp, delete t.dg, delete t.dm, delete t.dv, delete t.db;
+  }
+}
+
+TEST_F(CudaOps, GlobalGradNormIsDeterministicAndMatchesCpu) {
+  SCOPED_TRACE(seed_msg());
+  const std::vector<int64_t> sizes{7, 123457, 1 << 20, 4096};
+  std::vector<DeviceBuffer<float>*> bufs;
+  std::vector<const float*> ptrs;
+  double ref = 0;
+  for (int64_t n : sizes) {
+    const auto g = randn(size_t(n), 1e-2f);
+    ref += ops::sum_squares(host({n}, g));
+    bufs.push_back(new DeviceBuffer<float>(g));
+    ptrs.push_back(bufs.back()->get());
+  }
+  DeviceBuffer<double> partials(cuda::kNormPartials), s1(1), s2(1);
+  DeviceBuffer<float> coef(1), norm(1), coef_off(1);
+  cuda::sum_squares_multi(ptrs.data(), sizes.data(), int(sizes.size()), partials.get(), s1.get());
+  cuda::sum_squares_multi(ptrs.data(), sizes.data(), int(sizes.size()), partials.get(), s2.get());
+  const double a = s1.download()[0], b = s2.download()[0];
+  EXPECT_NEAR(a, ref, 1e-10 * ref);
+  EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << "two runs differ: " << a << " vs " << b;
+  const float max_norm = float(std::sqrt(ref) / 4);
+  cuda::clip_coefficient(s1.get(), max_norm, coef.get(), norm.get());
+  cuda::clip_coefficient(s1.get(), 0.f, coef_off.get(), nullptr);
+  EXPECT_NEAR(norm.download()[0], std::sqrt(ref), 1e-6 * std::sqrt(ref));
+  EXPECT_NEAR(coef.download()[0], max_norm / (std::sqrt(ref) + 1e-6), 1e-6);
+  EXPECT_EQ(coef_off.download()[0], 1.f);
+  for (auto* p : bufs) delete p;
+}
+
+TEST_F(CudaOps, ScaleMultipliesInPlace) {
+  const auto x = randn(1001);
+  DeviceBuffer<float> d(x);
+  cuda::scale(d.get(), 1001, -0.25f);
+  std::vector<float> r(x);
+  for (auto& v : r) v *= -0.25f;
+  EXPECT_TRUE(close("x", d.download(), r, 0.0));
+}
+
+// ---- arena -------------------------------------------------------------------------
+TEST_F(CudaOps, ArenaAlignsReleasesAndRefusesOverflow) {
+  cuda::Arena a(1 << 20);
+  const size_t m0 = a.mark();
+  char* p1 = static_cast<char*>(a.alloc(10, "x"));
+  char* p2 = static_cast<char*>(a.alloc(1000, "y"));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p1) % cuda::Arena::kAlign, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p2) % cuda::Arena::kAlign, 0u);
+  EXPECT_EQ(p2 - p1, ptrdiff_t(cuda::Arena::kAlign));
+  const size_t m1 = a.mark();
+  a.alloc_n<float>(1000, "z");
+  a.release(m1);
+  EXPECT_EQ(a.used(), m1);
+  EXPECT_EQ(static_cast<char*>(a.alloc(16, "w")), p1 + 256 + 1024);
+  a.release(m0);
+  EXPECT_EQ(a.used(), 0u);
+  EXPECT_GE(a.peak(), m1 + 4096);
+  try {
+    a.alloc(size_t(2) << 20, "activations");
+    FAIL() << "overflow not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("activations"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace lethe
