@@ -147,9 +147,9 @@ void print_text(const PlanInput& in, const Options& o) {
   none.recompute = 0;
   all.recompute = c.n_layers;
 
-  std::printf("plan: %s (%.3f B params), tp=%lld x dp=%lld = %lld GPUs, micro-batch %lld x seq %lld, %s, %s\n",
+  std::printf("plan: %s (%.3f B params), tp=%lld x dp=%lld = %lld GPU%s, micro-batch %lld x seq %lld, %s, %s\n",
               c.name.c_str(), double(c.n_params()) / 1e9, (long long)in.tp, (long long)in.dp,
-              (long long)(in.tp * in.dp), (long long)in.micro_batch, (long long)in.seq_len,
+              (long long)(in.tp * in.dp), in.tp * in.dp == 1 ? "" : "s", (long long)in.micro_batch, (long long)in.seq_len,
               bf16 ? "bf16 mixed precision" : "f32", in.zero1 ? "ZeRO-1" : "no ZeRO");
   std::printf("recipe: %s (%lld pass%s per micro-batch, grad_accum %lld)%s; recompute: %s\n\n",
               in.recipe.method.c_str(), (long long)in.recipe.passes, in.recipe.passes == 1 ? "" : "es",

@@ -33,6 +33,7 @@ inline std::string slurp(const fs::path& p) {
 inline Outcome run_argv(const std::vector<std::string>& argv, const fs::path& dir,
                     const std::vector<std::string>& env = {}) {
   const std::string out = (dir / "stdout").string(), err = (dir / "stderr").string();
+  std::fflush(nullptr);  // or the child's copy of unflushed output is written twice
   const pid_t pid = ::fork();
   if (pid == 0) {
     if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) ::_exit(126);
