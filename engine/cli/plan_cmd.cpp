@@ -133,8 +133,26 @@ std::string recompute_key(int64_t r, int64_t L) {
   return r == 0 ? "train.recompute=false" : r == L ? "train.recompute=true" : "train.recompute=" + std::to_string(r);
 }
 
-void row(const std::string& what, double bytes) {
-  std::printf("  %-66s %9s\n", what.c_str(), gib(bytes).c_str());
+std::string count(double n) {
+  char s[32];
+  if (n >= 1e9) std::snprintf(s, sizeof s, "%.3f B", n / 1e9);
+  else std::snprintf(s, sizeof s, "%.4g M", n / 1e6);
+  return s;
+}
+
+// The memory table is in GiB, or MiB for models below 1 GiB (the CPU test models).
+struct Unit {
+  double bytes;
+  const char* name;
+};
+Unit unit_for(double total) { return total >= kGiB ? Unit{kGiB, "GiB"} : Unit{double(1 << 20), "MiB"}; }
+std::string in_unit(double b, Unit u) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.2f", b / u.bytes);
+  return s;
+}
+void row(const std::string& what, double bytes, Unit u) {
+  std::printf("  %-66s %9s\n", what.c_str(), in_unit(bytes, u).c_str());
 }
 
 void print_text(const PlanInput& in, const Options& o) {
@@ -146,39 +164,49 @@ void print_text(const PlanInput& in, const Options& o) {
   PlanInput none = in, all = in;
   none.recompute = 0;
   all.recompute = c.n_layers;
+  const Unit u = unit_for(m.total());
 
-  std::printf("plan: %s (%.3f B params), tp=%lld x dp=%lld = %lld GPU%s, micro-batch %lld x seq %lld, %s, %s\n",
-              c.name.c_str(), double(c.n_params()) / 1e9, (long long)in.tp, (long long)in.dp,
+  std::printf("plan: %s (%s params), tp=%lld x dp=%lld = %lld GPU%s, micro-batch %lld x seq %lld, %s, %s\n",
+              c.name.c_str(), count(double(c.n_params())).c_str(), (long long)in.tp, (long long)in.dp,
               (long long)(in.tp * in.dp), in.tp * in.dp == 1 ? "" : "s", (long long)in.micro_batch, (long long)in.seq_len,
-              bf16 ? "bf16 mixed precision" : "f32", in.zero1 ? "ZeRO-1" : "no ZeRO");
+              bf16 ? "bf16 mixed precision" : "f32", in.dp == 1 ? "no data parallelism" : in.zero1 ? "ZeRO-1" : "no ZeRO");
   std::printf("recipe: %s (%lld pass%s per micro-batch, grad_accum %lld)%s; recompute: %s\n\n",
               in.recipe.method.c_str(), (long long)in.recipe.passes, in.recipe.passes == 1 ? "" : "es",
               (long long)in.recipe.grad_accum,
               in.recipe.ref_last_layer >= 0 ? ", frozen reference model" : "",
               recompute_name(in.recompute, c.n_layers).c_str());
-  std::printf("per-GPU memory%*s\n", 64, "GiB");
+  if (m.params.trainable != m.params.total)
+    std::printf("trains %s of the %s parameters per tp rank; master weights and moments still cover all\n\n",
+                count(double(m.params.trainable)).c_str(), count(double(m.params.total)).c_str());
+  std::printf("per-GPU memory%*s\n", 64, u.name);
   char what[128];
-  std::snprintf(what, sizeof what, "weights (%s, %.3f B params per tp rank)", w.c_str(), double(m.params.total) / 1e9);
-  row(what, m.weights);
-  row("grads (" + w + ")", m.grads);
-  std::snprintf(what, sizeof what, "fp32 master weights (%.3f B trainable%s)", double(m.params.trainable) / 1e9,
-                sh.c_str());
-  row(bf16 ? what : "fp32 master weights (none: f32 updates in place)", m.master);
-  row("optimizer moments (" + std::to_string(in.recipe.optimizer_states) + " x fp32" + sh + ")", m.moments);
-  row("activations", m.activations());
-  row("  residual stream, (layers+1) x B*T x dim (kept when recomputing)", m.act_resid);
-  row("  per-layer stored (q/k/v/o/gate/up/act /tp; norms not split)", m.act_layers);
-  row("  head: final norm, logits [B*T, V/tp], loss buffers", m.act_head);
-  row("  backward scratch (incl. d(logits) [B*T, V/tp])", m.act_backward);
+  std::snprintf(what, sizeof what, "weights (%s, %s params per tp rank)", w.c_str(),
+                count(double(m.params.total)).c_str());
+  row(what, m.weights, u);
+  row("grads (" + w + ")", m.grads, u);
+  const bool in_place = !bf16 && sh.empty();
+  row(in_place ? "fp32 master weights (none: f32 updates in place)"
+               : std::string("fp32 master weights") + (sh.empty() ? "" : " (/dp)"),
+      m.master, u);
+  row("optimizer moments (" + std::to_string(in.recipe.optimizer_states) + " x fp32" + sh + ")", m.moments, u);
+  if (m.opt_scratch > 0)
+    row(bf16 ? "ZeRO-1 fp32 gradient shard (/dp)" : "ZeRO-1 gradient shard (/dp) + staging copy of the grads",
+        m.opt_scratch, u);
+  row("activations", m.activations(), u);
+  row("  residual stream, (layers+1) x B*T x dim (kept when recomputing)", m.act_resid, u);
+  row("  per-layer stored (q/k/v/o/gate/up/act /tp; norms not split)", m.act_layers, u);
+  row("  head: final norm, logits [B*T, V/tp], loss buffers", m.act_head, u);
+  row("  backward scratch (incl. d(logits) [B*T, V/tp])", m.act_backward, u);
   if (in.recipe.ref_last_layer >= 0) {
     row(std::string("frozen reference weights (") + (bf16 ? "bf16, layers 0.." : "f32 + grads, all layers; runs 0..") +
             std::to_string(in.recipe.ref_last_layer) + (in.recipe.ref_logits ? " + head)" : ")"),
-        m.ref_weights);
-    row("frozen reference forward buffers", m.ref_acts);
+        m.ref_weights, u);
+    row("frozen reference forward buffers", m.ref_acts, u);
   }
-  row("total", m.total());
-  std::printf("\nactivations: %s GiB without recomputation, %s GiB recomputing every layer\n",
-              gib(memory_plan(none).activations()).c_str(), gib(memory_plan(all).activations()).c_str());
+  row("total", m.total(), u);
+  std::printf("\nactivations: %s %s without recomputation, %s %s recomputing every layer\n",
+              in_unit(memory_plan(none).activations(), u).c_str(), u.name,
+              in_unit(memory_plan(all).activations(), u).c_str(), u.name);
 
   const auto coll = collectives(in);
   std::printf("\ncommunication per optimizer step, per GPU (ring: all-reduce 2(n-1)/n, "
@@ -230,7 +258,8 @@ json to_json(const PlanInput& in, const Options& o) {
             {"zero1", in.zero1}, {"recipe", in.recipe.method}, {"recompute", in.recompute},
             {"params_per_rank", m.params.total}, {"trainable_per_rank", m.params.trainable}};
   j["bytes"] = {{"weights", m.weights},       {"grads", m.grads},           {"master", m.master},
-                {"moments", m.moments},       {"act_resid", m.act_resid},   {"act_layers", m.act_layers},
+                {"moments", m.moments},       {"opt_scratch", m.opt_scratch},
+                {"act_resid", m.act_resid},   {"act_layers", m.act_layers},
                 {"act_head", m.act_head},     {"act_backward", m.act_backward}, {"activations", m.activations()},
                 {"ref_weights", m.ref_weights}, {"ref_acts", m.ref_acts},   {"total", m.total()}};
   j["activations_no_recompute"] = memory_plan(none).activations();

@@ -8,15 +8,20 @@
 namespace lethe::plan {
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Key/value heads are split over tp when tp divides them; otherwise every rank holds k/v
+// whole and repeats the kv head of each of its query heads (engine/model/tp_layout.h).
+bool kv_replicated(const LlamaConfig& c, int64_t tp) { return tp > 1 && c.n_kv_heads % tp != 0; }
 
-// Elements of parameter `s` held by one tensor-parallel rank: norms are replicated,
-// embedding and output projection are split over the vocabulary (padded up to a multiple
-// of tp, as Megatron pads it), every other matrix is split by rows or columns.
+bool is_kv(const std::string& name) {
+  return name.find("self_attn.k_proj") != std::string::npos || name.find("self_attn.v_proj") != std::string::npos;
+}
+
+// Elements of parameter `s` held by one tensor-parallel rank: norms (and replicated k/v)
+// whole, embedding and output projection split over the vocabulary, every other matrix
+// split by rows or columns.
 int64_t rank_numel(const ParamSpec& s, const LlamaConfig& c, int64_t tp) {
-  if (s.shape.size() == 1) return s.shape[0];
-  if (s.name == "model.embed_tokens.weight" || s.name == "lm_head.weight") return ceil_div(c.vocab_size, tp) * c.dim;
-  return s.shape[0] * s.shape[1] / tp;
+  const int64_t n = s.shape.size() == 1 ? s.shape[0] : s.shape[0] * s.shape[1];
+  return s.shape.size() == 1 || (is_kv(s.name) && kv_replicated(c, tp)) ? n : n / tp;
 }
 
 bool layer_of(const std::string& name, int64_t& layer) {
@@ -39,16 +44,34 @@ struct Sizes {
 };
 Sizes sizes(const PlanInput& in) { return in.precision == Precision::bf16 ? Sizes{2, 4} : Sizes{4, 4}; }
 
+// Widths of one tp rank's tensors (elements per token).
+struct Dims {
+  double N, C, Q, K, F, H, V;
+  double Kproj;  // k/v projection output: K, or the whole kv_dim when replicated
+};
+Dims dims(const PlanInput& in) {
+  const LlamaConfig& c = in.model;
+  const double tp = double(in.tp);
+  Dims d;
+  d.N = double(in.micro_batch * seq_len(in));
+  d.C = double(c.dim);
+  d.Q = double(c.q_dim()) / tp;
+  d.H = double(c.n_heads) / tp;
+  d.F = double(c.ffn_dim) / tp;
+  d.V = double(c.vocab_size) / tp;
+  // Replicated: the attention sees one (repeated) kv head per local query head.
+  d.K = kv_replicated(c, in.tp) ? d.Q : double(c.kv_dim()) / tp;
+  d.Kproj = kv_replicated(c, in.tp) ? double(c.kv_dim()) : d.K;
+  return d;
+}
+
 // One layer's stored activations (LlamaModel::Acts), for one tp rank.
 double layer_set(const PlanInput& in) {
-  const LlamaConfig& c = in.model;
   const Sizes z = sizes(in);
-  const double N = double(in.micro_batch * seq_len(in)), C = double(c.dim), tp = double(in.tp);
-  const double Q = double(c.q_dim()) / tp, K = double(c.kv_dim()) / tp, F = double(c.ffn_dim) / tp,
-               H = double(c.n_heads) / tp;
-  const double full = 3 * N * C;                    // xn1, x2, xn2: inputs of split matmuls, replicated
-  const double split = N * (2 * Q + 2 * K + 3 * F);  // q, o, k, v, gate, up, act
-  const double stats = 2 * N + N * H;                // rstd1, rstd2, lse [B, H/tp, T]
+  const Dims d = dims(in);
+  const double full = 3 * d.N * d.C;                         // xn1, x2, xn2: inputs of split matmuls, replicated
+  const double split = d.N * (2 * d.Q + 2 * d.K + 3 * d.F);  // q, o, k, v, gate, up, act
+  const double stats = 2 * d.N + d.N * d.H;                  // rstd1, rstd2, lse [B, H/tp, T]
   return (full + split) * z.a + stats * z.s;
 }
 
@@ -61,9 +84,9 @@ void validate(const PlanInput& in) {
   LETHE_CHECK(in.dp >= 1, "dp must be >= 1, got ", in.dp);
   LETHE_CHECK(c.n_heads % in.tp == 0, "tp=", in.tp, " does not divide n_heads (", c.n_heads, ") of model ", c.name,
               ": each tensor-parallel rank must hold whole query heads");
-  LETHE_CHECK(c.n_kv_heads % in.tp == 0, "tp=", in.tp, " does not divide n_kv_heads (", c.n_kv_heads, ") of model ",
-              c.name, ": each tensor-parallel rank must hold whole key/value heads");
   LETHE_CHECK(c.ffn_dim % in.tp == 0, "tp=", in.tp, " does not divide ffn_dim (", c.ffn_dim, ") of model ", c.name);
+  LETHE_CHECK(c.vocab_size % in.tp == 0, "tp=", in.tp, " does not divide vocab_size (", c.vocab_size, ") of model ",
+              c.name, ": pad the vocabulary to a multiple of tp");
   LETHE_CHECK(in.micro_batch >= 1, "micro-batch must be >= 1, got ", in.micro_batch);
   const int64_t T = seq_len(in);
   LETHE_CHECK(T >= 1 && T <= c.max_seq_len, "seq_len ", T, " outside [1, ", c.max_seq_len, "] (the model's max_seq_len)");
@@ -93,21 +116,24 @@ MemoryPlan memory_plan(const PlanInput& in) {
   const LlamaConfig& c = in.model;
   const bool bf16 = in.precision == Precision::bf16;
   const Sizes z = sizes(in);
-  const double N = double(in.micro_batch * seq_len(in)), C = double(c.dim), tp = double(in.tp);
-  const double Q = double(c.q_dim()) / tp, K = double(c.kv_dim()) / tp, F = double(c.ffn_dim) / tp,
-               V = double(ceil_div(c.vocab_size, in.tp));
-  const double shard = in.zero1 ? double(in.dp) : 1.0;
+  const Dims d = dims(in);
+  const double N = d.N, C = d.C, Q = d.Q, K = d.K, F = d.F, V = d.V;
+  const bool sharded = in.zero1 && in.dp > 1;
+  const double shard = sharded ? double(in.dp) : 1.0;
 
   MemoryPlan m;
   m.params = param_counts(in);
   const double P = double(m.params.total);
   m.weights = P * z.a;
   m.grads = P * z.a;
-  // The CPU optimizer keeps moments for every parameter and updates in place (no master);
-  // the GPU one keeps fp32 master + moments only for what it updates.
-  const double opt_params = bf16 ? double(m.params.trainable) : P;
-  m.master = bf16 ? opt_params * 4 / shard : 0;
-  m.moments = opt_params * 4 * in.recipe.optimizer_states / shard;
+  // As engine/optim/sharded_optimizer.cpp: master and moments cover the whole flat buffer
+  // (frozen parameters are skipped in the update, not in the allocation). In f32 without
+  // sharding the master copy is the weights themselves. Under ZeRO-1 the update reads an
+  // fp32 gradient shard; the CPU engine also copies the flat gradient into a padded staging
+  // buffer for the reduce-scatter, which a GPU engine avoids by allocating grads padded.
+  m.master = bf16 || sharded ? P * 4 / shard : 0;
+  m.moments = P * 4 * in.recipe.optimizer_states / shard;
+  m.opt_scratch = sharded ? P * 4 / shard + (bf16 ? 0 : P * 4) : 0;
 
   // Activations: only what a step writes (buffers allocated but never touched, such as
   // logits in an RMU-only run, are not resident on the CPU and need not exist on a GPU).
@@ -118,12 +144,17 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.act_layers = double(sets) * layer_set(in);
   const double rope = 2 * double(seq_len(in)) * double(c.hd() / 2) * z.a;
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
+  const bool rep_kv = kv_replicated(c, in.tp);
+  if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
   if (has_logits(in)) {
     // xf_ [N, C], rstdf_, logits [N, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
     m.act_head += N * C * z.a + N * z.s + N * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
   }
   // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; dlogits_.
   m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? N * V : 0)) * z.a;
+  // Replicated k/v: d(k or v) before collapsing the repeats, and the weight gradient that is
+  // summed over tp before it is added.
+  if (rep_kv) m.act_backward += (N * d.Kproj + d.Kproj * C) * z.a;
 
   const RecipeNeeds& rc = in.recipe;
   if (rc.ref_last_layer >= 0) {
@@ -173,6 +204,9 @@ std::vector<Collective> collectives(const PlanInput& in) {
     if (r > 0)
       out.push_back({"tp", "all-reduce", "recomputed forward (2 per recomputed layer)", 2 * r * passes, N * C * z.a,
                      ring});
+    if (kv_replicated(in.model, in.tp))
+      out.push_back({"tp", "all-reduce", "replicated k/v weight grads, backward (2 per layer)", 2 * L * passes,
+                     double(in.model.kv_dim()) * C * z.a, ring});
     out.push_back({"tp", "all-reduce", "vocab-parallel embedding, forward", passes, N * C * z.a, ring});
     if (has_logits(in)) {
       out.push_back({"tp", "all-reduce", "lm_head input grad, backward", passes, N * C * z.a, ring});
@@ -186,8 +220,8 @@ std::vector<Collective> collectives(const PlanInput& in) {
     }
   }
   if (in.dp > 1) {
-    // Gradients of frozen parameters never leave the rank.
-    const double P = double(param_counts(in).trainable), n = double(in.dp);
+    // The whole flat gradient buffer moves, frozen parameters included (their grads are zero).
+    const double P = double(param_counts(in).total), n = double(in.dp);
     if (in.zero1) {
       out.push_back({"dp", "reduce-scatter", "gradients (each rank keeps its 1/dp shard)", 1, P * z.a, (n - 1) / n});
       out.push_back({"dp", "all-gather", "updated weights from the shard owners", 1, P * z.a, (n - 1) / n});

@@ -52,13 +52,14 @@ struct MemoryPlan {
   ParamCounts params;
   // Bytes per GPU.
   double weights = 0, grads = 0, master = 0, moments = 0;
+  double opt_scratch = 0;   // ZeRO-1: fp32 gradient shard (+ the CPU engine's staging copy)
   double act_resid = 0;     // layer inputs, kept even under recomputation
   double act_layers = 0;    // stored per-layer activations (+ one scratch set when recomputing)
   double act_head = 0;      // final norm, logits and loss buffers
   double act_backward = 0;  // backward scratch (allocated once, reused by every layer)
   double ref_weights = 0, ref_acts = 0;
   double activations() const { return act_resid + act_layers + act_head + act_backward; }
-  double model_states() const { return weights + grads + master + moments; }
+  double model_states() const { return weights + grads + master + moments + opt_scratch; }
   double total() const { return model_states() + activations() + ref_weights + ref_acts; }
 };
 
