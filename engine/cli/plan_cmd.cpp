@@ -54,6 +54,18 @@ int64_t to_int(const std::string& flag, const std::string& v) {
   return x;
 }
 
+double to_double(const std::string& flag, const std::string& v) {
+  size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LETHE_CHECK(used == v.size() && !v.empty(), flag, ": expected a number, got '", v, "'");
+  return x;
+}
+
 Options parse(const std::vector<std::string>& args) {
   Options o;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -73,7 +85,7 @@ Options parse(const std::vector<std::string>& args) {
     else if (a == "--precision") o.precision = value();
     else if (a == "--recipe") o.recipe = value();
     else if (a == "--recompute") o.recompute = value();
-    else if (a == "--headroom") o.headroom = std::stod(value());
+    else if (a == "--headroom") o.headroom = to_double(a, value());
     else if (a == "--no-zero") o.zero1 = false;
     else if (a == "--json") o.json = true;
     else if (a.rfind("-", 0) == 0) LETHE_FAIL("plan: unknown option '", a, "' (see lethe plan --help)");
@@ -112,7 +124,11 @@ PlanInput build_input(const Options& o) {
   if (o.seq) in.seq_len = o.seq;
   if (o.recompute == "none") in.recompute = 0;
   else if (o.recompute == "all") in.recompute = in.model.n_layers;
-  else in.recompute = to_int("--recompute", o.recompute);
+  else {
+    LETHE_CHECK(!o.recompute.empty() && o.recompute.find_first_not_of("0123456789") == std::string::npos,
+                "--recompute: must be none, all or a number of layers, got '", o.recompute, "'");
+    in.recompute = to_int("--recompute", o.recompute);
+  }
   validate(in);
   return in;
 }

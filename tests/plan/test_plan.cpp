@@ -182,6 +182,9 @@ TEST_F(Plan, BadInputsGiveClearErrors) {
       {{"plan", kLlama2, "--seq", "8192"}, "seq_len 8192 outside [1, 4096]"},
       {{"plan", kLlama2, "--recipe", "forget-everything"}, "unknown recipe 'forget-everything'"},
       {{"plan", kLlama2, "--frobnicate"}, "unknown option '--frobnicate'"},
+      {{"plan", kLlama2, "--headroom", "lots"}, "--headroom: expected a number, got 'lots'"},
+      {{"plan", kLlama2, "--recompute", "some"}, "--recompute: must be none, all or a number of layers, got 'some'"},
+      {{"plan", kLlama2, "--recompute", "33"}, "recompute must be in [0, 32], got 33"},
   };
   for (const Case& c : cases) {
     const Outcome r = lethe(c.args);
