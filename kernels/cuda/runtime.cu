@@ -42,6 +42,10 @@ double bf16_peak_flops() {
   return 0;
 }
 
+void memory_info(size_t& free_bytes, size_t& total_bytes) {
+  LETHE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "memory_info");
+}
+
 void check_launch(const char* op) { LETHE_CUDA_CHECK(cudaGetLastError(), op); }
 
 void* device_malloc(size_t bytes) {

@@ -19,6 +19,8 @@ std::string unavailable_reason();
 // Peak dense bf16 tensor throughput of the current device in FLOP/s, 0 where unknown.
 double bf16_peak_flops();
 std::string device_name();
+// Free and total device memory in bytes.
+void memory_info(size_t& free_bytes, size_t& total_bytes);
 
 // Throws lethe::Error naming `op` if a previous launch failed (cheap: no sync).
 void check_launch(const char* op);
