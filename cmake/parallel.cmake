@@ -17,3 +17,9 @@ if(LETHE_HAVE_NCCL)
   target_include_directories(lethe_parallel PRIVATE ${NCCL_INCLUDE_DIR})
   target_link_libraries(lethe_parallel PRIVATE ${NCCL_LIBRARY} CUDA::cudart)
 endif()
+
+# Tensor-parallel model layout and the ZeRO-1 optimizer belong to lethe_model (model and
+# optim layers), which the root file defines after including this one: add them once the
+# directory is processed.
+cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL target_sources lethe_model PRIVATE
+  ${PROJECT_SOURCE_DIR}/engine/model/tp_layout.cpp ${PROJECT_SOURCE_DIR}/engine/optim/sharded_optimizer.cpp)

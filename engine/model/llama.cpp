@@ -1,9 +1,12 @@
 #include "engine/model/llama.h"
 
 #include <cmath>
+#include <cstring>
 #include <string>
+#include <tuple>
 
 #include "engine/core/rng.h"
+#include "engine/parallel/regions.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
@@ -34,12 +37,14 @@ std::vector<ParamSpec> llama_param_specs(const LlamaConfig& c) {
   return s;
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype) : cfg_(cfg), dtype_(dtype) {
+LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype, std::shared_ptr<ProcessGrid> grid)
+    : cfg_(cfg), dtype_(dtype), grid_(grid ? std::move(grid) : ProcessGrid::single()) {
   cfg_.validate();
   LETHE_CHECK(dtype == DType::f32 || dtype == DType::f64, "LlamaModel on CPU computes in f32 or f64, got ",
               dtype_name(dtype));
-  params_ = ParamSet(llama_param_specs(cfg_), dtype);
-  grads_ = ParamSet(llama_param_specs(cfg_), dtype);
+  tpl_ = TpLayout::make(cfg_, grid_->tp(), grid_->tp_rank());
+  params_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
+  grads_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
   inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
 }
 
@@ -50,14 +55,23 @@ void LlamaModel::init_weights(uint64_t seed) {
     // One Philox stream per parameter index: adding a layer never shifts other weights.
     Philox rng(seed, uint64_t(i));
     const int64_t n = p.numel();
+    // Each element draws from its index in the whole tensor, so every tp layout starts
+    // from the same weights.
+    const ParamSpec& sp = params_.spec(i);
+    const int64_t cols = p.ndim() == 2 ? p.dim(1) : 1, gcols = sp.full_shape().size() == 2 ? sp.full_shape()[1] : 1;
+    auto global = [&](int64_t j) -> uint64_t {
+      if (!sp.sharded()) return uint64_t(j);
+      if (sp.shard_dim == 0) return uint64_t(sp.shard_offset * cols + j);
+      return uint64_t((j / cols) * gcols + sp.shard_offset + j % cols);
+    };
     if (dtype_ == DType::f32) {
       float* d = p.data<float>();
 #pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0f : float(cfg_.init_std * rng.normal(uint64_t(j)));
+      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0f : float(cfg_.init_std * rng.normal(global(j)));
     } else {
       double* d = p.data<double>();
 #pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0 : cfg_.init_std * rng.normal(uint64_t(j));
+      for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0 : cfg_.init_std * rng.normal(global(j));
     }
   }
 }
@@ -81,8 +95,8 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   if (B == B_ && T == T_ && int64_t(acts_.size()) == n_acts) return;
   B_ = B;
   T_ = T;
-  const int64_t N = B * T, C = cfg_.dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.hd(),
-                F = cfg_.ffn_dim, V = cfg_.vocab_size;
+  const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn,
+                V = tpl_.vocab;
   const DType dt = dtype_;
   resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
   acts_.clear();
@@ -109,6 +123,7 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   logprobs_ = Tensor::empty({N}, dt);
   lse_ = Tensor::empty({N}, dt);
   ops::rope_tables(inv_freq_, T, dt, cos_, sin_);
+  if (tpl_.kv_replicated) kv_full_ = Tensor::empty({N, kv_proj_dim()}, dt);
   dres_ = Tensor();  // backward buffers are allocated on first use
 }
 
@@ -129,22 +144,55 @@ void add_into(Tensor& y, const Tensor& x) {  // y += x, same shape and dtype
 }
 }  // namespace
 
+void LlamaModel::expand_kv(const Tensor& full, Tensor& out) const {
+  const int64_t N = B_ * T_, D = cfg_.hd(), KVg = tpl_.kv_proj_heads, H = tpl_.heads;
+  const size_t es = dtype_size(dtype_);
+  const char* src = static_cast<const char*>(full.raw());
+  char* dst = static_cast<char*>(out.raw());
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < H; ++j)
+      std::memcpy(dst + size_t((i * H + j) * D) * es, src + size_t((i * KVg + tpl_.kv_head_of(cfg_, j)) * D) * es,
+                  size_t(D) * es);
+}
+
+void LlamaModel::collapse_kv(const Tensor& d_exp, Tensor& d_full) const {
+  const int64_t N = B_ * T_, D = cfg_.hd(), KVg = tpl_.kv_proj_heads, H = tpl_.heads;
+  d_full.zero_();
+  auto run = [&](auto* dst, const auto* src) {
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < H; ++j) {
+        const int64_t k = tpl_.kv_head_of(cfg_, j);
+        for (int64_t d = 0; d < D; ++d) dst[(i * KVg + k) * D + d] += src[(i * H + j) * D + d];
+      }
+  };
+  if (dtype_ == DType::f32) run(d_full.data<float>(), d_exp.data<float>());
+  else run(d_full.data<double>(), d_exp.data<double>());
+}
+
 void LlamaModel::layer_forward(int64_t l, Acts& a) {
   const LayerW w = layer(params_, l);
   const int64_t N = B_ * T_, C = cfg_.dim;
   const Tensor x = resid_.view(l * N * C, {N, C});
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
-  const Shape q2{N, cfg_.q_dim()}, kv2{N, cfg_.kv_dim()};
+  const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
 
   ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
   Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
   ops::linear_forward(a.xn1, w.wq, q);
-  ops::linear_forward(a.xn1, w.wk, k);
-  ops::linear_forward(a.xn1, w.wv, v);
+  if (tpl_.kv_replicated) {
+    ops::linear_forward(a.xn1, w.wk, kv_full_);
+    expand_kv(kv_full_, a.k);
+    ops::linear_forward(a.xn1, w.wv, kv_full_);
+    expand_kv(kv_full_, a.v);
+  } else {
+    ops::linear_forward(a.xn1, w.wk, k);
+    ops::linear_forward(a.xn1, w.wv, v);
+  }
   ops::rope_forward(a.q, cos_, sin_, a.q);
   ops::rope_forward(a.k, cos_, sin_, a.k);
   ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse);
   ops::linear_forward(a.o.reshape(q2), w.wo, tmp_);
+  reduce_from_tp_region(*grid_, tmp_);
   a.x2.copy_from(x);
   add_into(a.x2, tmp_);
 
@@ -153,6 +201,7 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   ops::linear_forward(a.xn2, w.wu, a.u);
   ops::swiglu_forward(a.g, a.u, a.a);
   ops::linear_forward(a.a, w.wd, tmp_);
+  reduce_from_tp_region(*grid_, tmp_);
   out.copy_from(a.x2);
   add_into(out, tmp_);
 }
@@ -169,7 +218,8 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   forward_layers_ = 0;
   tokens_ = tokens.reshape({N});
   Tensor x0 = resid_.view(0, {N, C});
-  ops::embedding_forward(tokens_, params_[0], x0);
+  if (tp_on()) vocab_parallel_embedding_forward(tokens_, params_[0], vocab_shard(), x0, grid_->tp_group());
+  else ops::embedding_forward(tokens_, params_[0], x0);
 }
 
 const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
@@ -207,12 +257,16 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
     const int32_t* tg = targets_.data<int32_t>();
     int64_t valid = 0;
     for (int64_t i = 0; i < N; ++i) valid += tg[i] != ops::kIgnoreIndex;
+    valid = grid_->dp_group().all_reduce(valid, ReduceOp::sum);  // the mean is over the global batch
     weights_ = Tensor::zeros({N}, DType::f64);
     double* w = weights_.data<double>();
     for (int64_t i = 0; i < N; ++i) w[i] = (tg[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
   }
   have_loss_ = true;
-  return ops::cross_entropy_forward(logits_, targets_, weights_, logprobs_, lse_);
+  const double loss = tp_on() ? vocab_parallel_cross_entropy_forward(logits_, targets_, weights_, vocab_shard(),
+                                                                     logprobs_, lse_, grid_->tp_group())
+                              : ops::cross_entropy_forward(logits_, targets_, weights_, logprobs_, lse_);
+  return grid_->dp_group().all_reduce(loss, ReduceOp::sum);
 }
 
 void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
@@ -220,34 +274,47 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   LayerW g = layer(grads_, l);
   const int64_t N = B_ * T_, C = cfg_.dim;
   const Tensor x = resid_.view(l * N * C, {N, C});
-  const Shape q2{N, cfg_.q_dim()}, kv2{N, cfg_.kv_dim()};
+  const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
 
   // MLP half: dres holds d(out); after rmsnorm_backward it holds d(x2).
   ops::linear_backward(dres, a.a, w.wd, &da_, false, &g.wd);
   ops::swiglu_backward(da_, a.g, a.u, dg_, du_);
   ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
   ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);
+  copy_to_tp_region_backward(*grid_, dxn_);
   ops::rmsnorm_backward(dxn_, a.x2, w.mlp_norm, a.rstd2, dres, true, g.mlp_norm);
 
   // Attention half: after rmsnorm_backward dres holds d(x).
-  Tensor dO = dtmp_.reshape({B_, T_, cfg_.n_heads, cfg_.hd()});
+  Tensor dO = dtmp_.reshape({B_, T_, tpl_.heads, cfg_.hd()});
   ops::linear_backward(dres, a.o.reshape(q2), w.wo, &dtmp_, false, &g.wo);
   ops::attention_backward(dO, a.q, a.k, a.v, a.o, a.lse, 1.0 / std::sqrt(double(cfg_.hd())), dq_, dk_, dv_);
   ops::rope_backward(dq_, cos_, sin_, dq_);
   ops::rope_backward(dk_, cos_, sin_, dk_);
   Tensor dxn1 = dxn_;
   ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
-  ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
-  ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
+  if (tpl_.kv_replicated) {
+    // Each rank's dW covers its query heads only: sum this pass's share over tp.
+    for (auto [dexp, wt, gw] : {std::tuple{&dk_, &w.wk, &g.wk}, std::tuple{&dv_, &w.wv, &g.wv}}) {
+      collapse_kv(dexp->reshape(kv2), dkv_full_);
+      dw_kv_.zero_();
+      ops::linear_backward(dkv_full_, a.xn1, *wt, &dxn1, true, &dw_kv_);
+      reduce_replicated_grad(*grid_, dw_kv_);
+      add_into(*gw, dw_kv_);
+    }
+  } else {
+    ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
+    ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
+  }
+  copy_to_tp_region_backward(*grid_, dxn1);
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
 }
 
 void LlamaModel::ensure_backward_buffers() {
-  const int64_t N = B_ * T_, C = cfg_.dim, F = cfg_.ffn_dim, H = cfg_.n_heads, KV = cfg_.n_kv_heads, D = cfg_.hd();
+  const int64_t N = B_ * T_, C = cfg_.dim, F = tpl_.ffn, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd();
   const DType dt = dtype_;
   if (dres_.defined() && dres_.dim(0) == N) return;
   dres_ = Tensor::empty({N, C}, dt);
-  dtmp_ = Tensor::empty({N, cfg_.q_dim()}, dt);
+  dtmp_ = Tensor::empty({N, q_dim()}, dt);
   dxn_ = Tensor::empty({N, C}, dt);
   dq_ = Tensor::empty({B_, T_, H, D}, dt);
   dk_ = Tensor::empty({B_, T_, KV, D}, dt);
@@ -255,7 +322,11 @@ void LlamaModel::ensure_backward_buffers() {
   dg_ = Tensor::empty({N, F}, dt);
   du_ = Tensor::empty({N, F}, dt);
   da_ = Tensor::empty({N, F}, dt);
-  dlogits_ = Tensor::empty({N, cfg_.vocab_size}, dt);
+  dlogits_ = Tensor::empty({N, tpl_.vocab}, dt);
+  if (tpl_.kv_replicated) {
+    dkv_full_ = Tensor::empty({N, kv_proj_dim()}, dt);
+    dw_kv_ = Tensor::empty({kv_proj_dim(), C}, dt);
+  }
 }
 
 void LlamaModel::backward_layers(int64_t top) {
@@ -263,14 +334,18 @@ void LlamaModel::backward_layers(int64_t top) {
     Acts& a = acts_for(l);
     if (l < recompute_layers_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
     layer_backward(l, a, dres_);
+    if (grad_ready_) grad_ready_(1 + size_t(l) * 9);
   }
-  ops::embedding_backward(tokens_, dres_, grads_[0]);
+  if (tp_on()) vocab_parallel_embedding_backward(tokens_, dres_, vocab_shard(), grads_[0]);
+  else ops::embedding_backward(tokens_, dres_, grads_[0]);
+  if (grad_ready_) grad_ready_(0);
 }
 
 void LlamaModel::backward(double dloss) {
   LETHE_CHECK(have_forward_ && have_loss_, "LlamaModel::backward called without a forward with targets");
   ensure_backward_buffers();
-  ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
+  if (tp_on()) vocab_parallel_cross_entropy_backward(logits_, targets_, weights_, lse_, vocab_shard(), dloss, dlogits_);
+  else ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
   backward_logits(dlogits_);
 }
 
@@ -278,10 +353,11 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   LETHE_CHECK(have_forward_ && forward_layers_ == cfg_.n_layers,
               "LlamaModel::backward_logits called without a full forward");
   const int64_t N = B_ * T_, C = cfg_.dim;
-  check_shape(dlogits, {N, cfg_.vocab_size}, "LlamaModel::backward_logits", "dlogits");
+  check_shape(dlogits, {N, tpl_.vocab}, "LlamaModel::backward_logits", "dlogits");
   ensure_backward_buffers();
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
   ops::linear_backward(dlogits, xf_, out_weight(), &dxn_, false, &d_out_w);
+  copy_to_tp_region_backward(*grid_, dxn_);
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
                         dres_, false, grads_.get("model.norm.weight"));
   backward_layers(cfg_.n_layers - 1);

@@ -2,13 +2,25 @@
 // hand-written backward that fills every parameter's gradient. Activations are kept
 // per layer, or, for the layers chosen with `set_recompute_layers`, only the layer's input
 // is kept and the layer is recomputed in the backward. Parameter names are transformers'.
+//
+// Parallelism (engine/parallel): given a ProcessGrid, the model holds this tp rank's
+// slices (tp_layout.h) and communicates as Megatron-LM does: one all-reduce after each
+// row-parallel projection in the forward, one after each column-parallel input gradient
+// in the backward, vocabulary-parallel embedding and loss. Across dp ranks every rank runs
+// its own rows of the global batch; forward() returns the loss of the whole global batch
+// and the gradients are this rank's share (the optimizer sums them over dp).
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "engine/core/tensor.h"
 #include "engine/model/llama_config.h"
 #include "engine/model/param_set.h"
+#include "engine/model/tp_layout.h"
+#include "engine/parallel/grid.h"
+#include "engine/parallel/vocab_parallel.h"
 
 namespace lethe {
 
@@ -17,14 +29,22 @@ std::vector<ParamSpec> llama_param_specs(const LlamaConfig& cfg);
 
 class LlamaModel {
  public:
-  // dtype: f32 for training on CPU, f64 for reference and gradient checks.
-  explicit LlamaModel(const LlamaConfig& cfg, DType dtype = DType::f32);
+  // dtype: f32 for training on CPU, f64 for reference and gradient checks. grid: the
+  // process grid (null: one process).
+  explicit LlamaModel(const LlamaConfig& cfg, DType dtype = DType::f32, std::shared_ptr<ProcessGrid> grid = nullptr);
 
   const LlamaConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
   ParamSet& params() { return params_; }
   const ParamSet& params() const { return params_; }
   ParamSet& grads() { return grads_; }
+  ProcessGrid& grid() const { return *grid_; }
+  const TpLayout& tp_layout() const { return tpl_; }
+  // This rank's columns of the logits: [vocab_start, vocab_start + Vr) of vocab_size.
+  VocabShard vocab_shard() const { return {tpl_.vocab_start, tpl_.vocab, cfg_.vocab_size}; }
+  // Called during backward with an index i once every parameter from i on holds its final
+  // gradient for this pass (the data-parallel reducer starts all-reduces from it).
+  void set_grad_ready_hook(std::function<void(size_t)> hook) { grad_ready_ = std::move(hook); }
 
   // transformers' initialisation: N(0, init_std) for matrices and embeddings, 1 for norms.
   // Counter-based: the same seed gives the same weights on any thread count.
@@ -39,13 +59,15 @@ class LlamaModel {
 
   // tokens, targets [B, T] i32 (targets use ops::kIgnoreIndex to mask). weights [B, T]
   // (f32 or f64) gives loss = -sum w * logp; when absent, the loss is the mean NLL over
-  // unmasked targets, as transformers computes it. Returns the loss.
+  // unmasked targets, as transformers computes it. Returns the loss. Under data
+  // parallelism B is this rank's rows; the mean is over the unmasked targets of all dp
+  // ranks and the returned loss is the global batch's (summed over dp).
   double forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights = nullptr);
 
   // Adds d(loss * dloss)/d(param) into grads() for the last forward.
   void backward(double dloss = 1.0);
 
-  // Logits only ([B*T, V]); the caller computes its own loss and passes d(loss)/d(logits)
+  // Logits only ([B*T, V], or this rank's [B*T, V/tp] under tensor parallelism); the caller computes its own loss and passes d(loss)/d(logits)
   // to backward_logits, which adds into grads(). The unlearning terms (KL, NPO, ...) use this.
   const Tensor& forward_logits(const Tensor& tokens);
   void backward_logits(const Tensor& dlogits);
@@ -55,7 +77,7 @@ class LlamaModel {
   const Tensor& forward_hidden(const Tensor& tokens, int64_t layer);
   void backward_hidden(const Tensor& dhidden);
 
-  const Tensor& logits() const { return logits_; }      // [B*T, V]
+  const Tensor& logits() const { return logits_; }      // [B*T, V] ([B*T, V/tp] under tp)
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked
   int64_t tokens_in_last_batch() const { return B_ * T_; }
 
@@ -66,6 +88,14 @@ class LlamaModel {
   struct Acts {
     Tensor xn1, rstd1, q, k, v, o, lse, x2, xn2, rstd2, g, u, a;
   };
+  // Local widths: this rank's share under tensor parallelism, the config's otherwise.
+  int64_t q_dim() const { return tpl_.heads * cfg_.hd(); }
+  int64_t kv_proj_dim() const { return tpl_.kv_proj_heads * cfg_.hd(); }
+  bool tp_on() const { return tpl_.tp > 1; }
+  // Replicated k/v (n_kv_heads % tp != 0): project all kv heads, then repeat the one each
+  // local query head reads; the backward sums the repeats back.
+  void expand_kv(const Tensor& full, Tensor& out) const;
+  void collapse_kv(const Tensor& d_exp, Tensor& d_full) const;
 
   LayerW layer(ParamSet& set, int64_t l);
   void allocate(int64_t B, int64_t T);
@@ -78,6 +108,9 @@ class LlamaModel {
 
   LlamaConfig cfg_;
   DType dtype_;
+  std::shared_ptr<ProcessGrid> grid_;
+  TpLayout tpl_;
+  std::function<void(size_t)> grad_ready_;
   ParamSet params_, grads_;
   int64_t recompute_layers_ = 0;
   std::vector<double> inv_freq_;
@@ -93,6 +126,7 @@ class LlamaModel {
   Tensor tmp_, xf_, rstdf_, logits_, logprobs_, lse_, cos_, sin_;
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
+  Tensor kv_full_, dkv_full_, dw_kv_;  // replicated k/v only
   bool have_forward_ = false;  // a full forward (logits) is stored
   bool have_loss_ = false;     // ...with targets and weights, for backward()
   int64_t forward_layers_ = 0; // layers run by the last forward

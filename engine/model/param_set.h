@@ -12,7 +12,20 @@ namespace lethe {
 
 struct ParamSpec {
   std::string name;  // transformers' name, e.g. model.layers.0.self_attn.q_proj.weight
-  Shape shape;
+  Shape shape;       // this rank's shape (the whole tensor without tensor parallelism)
+  // Tensor parallelism: the whole tensor's shape (empty: same as shape) and where this
+  // rank's block starts along shard_dim; shard_dim -1 means every tp rank holds it whole.
+  Shape global_shape = {};
+  int shard_dim = -1;
+  int64_t shard_offset = 0;
+  const Shape& full_shape() const { return global_shape.empty() ? shape : global_shape; }
+  bool sharded() const { return shard_dim >= 0; }
+  // Offset of this rank's block in the whole tensor, per dimension.
+  std::vector<int64_t> offsets() const {
+    std::vector<int64_t> o(shape.size(), 0);
+    if (sharded()) o[size_t(shard_dim)] = shard_offset;
+    return o;
+  }
 };
 
 class ParamSet {

@@ -1,0 +1,73 @@
+// The optimizer of a model under a process grid: gradient sum over data-parallel ranks,
+// global-norm clipping across tp and dp, and AdamW / SGD on fp32 master weights.
+//
+// zero1 off: the gradient is all-reduced over dp in buckets (GradReducer, started from
+// the backward through grad_ready) and every rank updates all of its tp slice.
+// zero1 on (ZeRO stage 1): the flat gradient is reduce-scattered over dp, each rank keeps
+// master weights and moments for its 1/dp of the flat buffer only, updates that, and the
+// weights are all-gathered back. Memory for AdamW state drops by dp.
+//
+// With a one-rank grid it performs exactly the arithmetic of Optimizer.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/model/param_set.h"
+#include "engine/optim/optimizer.h"
+#include "engine/parallel/grad_reducer.h"
+#include "engine/parallel/grid.h"
+
+namespace lethe {
+
+class ShardedOptimizer {
+ public:
+  // params/grads: this rank's tp slice (the model's sets).
+  ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid);
+
+  // The model's backward reports that parameters from `first` on are final (only for the
+  // last micro-batch of a step); buckets wholly among them start their all-reduce.
+  void grad_ready(size_t first);
+  // Sums grads over dp, clips by the global norm, updates params. Returns the pre-clip
+  // global norm (the same on every rank). grads are consumed (left reduced or scaled).
+  double step(double lr);
+
+  int64_t steps_taken() const { return step_; }
+  void set_steps_taken(int64_t s) { step_ = s; }
+  const OptimConfig& config() const { return cfg_; }
+  bool zero1() const { return zero1_; }
+  void set_trainable(std::vector<bool> trainable);
+  // After params are overwritten (a loaded checkpoint), refresh the master copy.
+  void params_changed();
+
+  // The part of the flat buffer this rank updates: pieces of parameters, in order.
+  struct Piece {
+    size_t param;        // index in the ParamSet
+    int64_t param_begin; // first element within the parameter (flattened, local tp slice)
+    int64_t shard_begin; // first element within this rank's moment buffers
+    int64_t count;
+  };
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  // Moments over this rank's shard ([shard] elements): AdamW m and v, SGD momentum in m.
+  Tensor& m() { return m_; }
+  Tensor& v() { return v_; }
+  bool has_m() const { return m_.defined(); }
+  bool has_v() const { return v_.defined(); }
+
+ private:
+  double global_norm();
+
+  ParamSet& params_;
+  ParamSet& grads_;
+  OptimConfig cfg_;
+  ProcessGrid& grid_;
+  bool zero1_;
+  int64_t step_ = 0;
+  std::vector<bool> trainable_;
+  std::vector<Piece> pieces_;
+  int64_t shard_begin_ = 0, shard_size_ = 0, padded_ = 0;
+  Tensor master_, gshard_, pad_, m_, v_;
+  std::unique_ptr<GradReducer> reducer_;
+};
+
+}  // namespace lethe
