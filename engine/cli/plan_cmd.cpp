@@ -234,8 +234,12 @@ void print_text(const PlanInput& in, const Options& o) {
                 (long long)k.count, k.payload / (1 << 20), k.bytes() / kGiB, k.what.c_str());
     (k.group == "tp" ? tp_total : dp_total) += k.bytes();
   }
-  if (!coll.empty())
-    std::printf("  total: tp %s GiB, dp %s GiB per step\n", gib(tp_total).c_str(), gib(dp_total).c_str());
+  if (!coll.empty()) {
+    std::string t;
+    if (in.tp > 1) t += " tp " + gib(tp_total) + " GiB";
+    if (in.dp > 1) t += std::string(t.empty() ? "" : ",") + " dp " + gib(dp_total) + " GiB";
+    std::printf("  total per step:%s\n", t.c_str());
+  }
 
   std::printf("\nfit (usable = device memory minus %.0f%% headroom for cuBLAS/NCCL workspace, CUDA context and "
               "fragmentation):\n",
