@@ -1,4 +1,5 @@
 #include <omp.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -17,8 +18,13 @@
 #include "engine/io/optim_config_yaml.h"
 #include "engine/io/sha256.h"
 #include "engine/model/llama.h"
+#include "engine/model/tp_layout.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
+#include "engine/optim/sharded_optimizer.h"
+#include "kernels/cross_entropy.h"
+#include "engine/parallel/failure.h"
+#include "engine/parallel/grid.h"
 
 namespace lethe::cli {
 namespace {
@@ -40,6 +46,8 @@ struct TrainConfig {
   int64_t ckpt_every = 0, ckpt_keep = 0;
   OptimConfig optim;
   LRSchedule schedule;
+  ParallelConfig parallel;
+  int64_t grad_accum = 1;  // micro-batches per step (per data-parallel rank)
 };
 
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
@@ -86,6 +94,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     c.log_every = t.get<int64_t>("log_every", c.log_every);
     c.threads = t.get<int64_t>("threads", c.threads);
     c.resume = t.get<bool>("resume", c.resume);
+    c.grad_accum = t.get<int64_t>("grad_accum", c.grad_accum);
     if (t.has("init_from")) c.init_from = t.path("init_from");
     // recompute: true/false for all layers, or a count of layers (the first ones).
     if (t.has("recompute")) {
@@ -105,7 +114,24 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
                 c.model.max_seq_len, "] (the model's max_seq_len)");
     LETHE_CHECK(c.log_every >= 1, t.where("log_every"), ": must be >= 1");
     LETHE_CHECK(c.threads >= 0, t.where("threads"), ": must be >= 0 (0 = all cores)");
+    LETHE_CHECK(c.grad_accum >= 1, t.where("grad_accum"), ": must be >= 1");
   }
+  if (root.has("parallel")) {
+    const ConfigNode p = root.child("parallel");
+    c.parallel.tp = int(p.get<int64_t>("tp", c.parallel.tp));
+    c.parallel.dp = int(p.get<int64_t>("dp", c.parallel.dp));
+    c.parallel.zero1 = p.get<bool>("zero1", c.parallel.zero1);
+    p.finish();
+    LETHE_CHECK(c.parallel.tp >= 1, p.where("tp"), ": must be >= 1");
+    LETHE_CHECK(c.parallel.dp >= 1, p.where("dp"), ": must be >= 1");
+    try {
+      TpLayout::make(c.model, c.parallel.tp, 0);
+    } catch (const Error& e) {
+      LETHE_FAIL(p.where("tp"), ": ", e.what());
+    }
+  }
+  LETHE_CHECK(c.batch_size % (c.parallel.dp * c.grad_accum) == 0, path, ": train.batch_size (", c.batch_size,
+              ") must be a multiple of parallel.dp * train.grad_accum (", c.parallel.dp * c.grad_accum, ")");
   if (root.has("checkpoint")) {
     const ConfigNode k = root.child("checkpoint");
     c.ckpt_dir = k.path("dir");
@@ -188,13 +214,17 @@ class Batches {
   int64_t n_tokens_ = 0;
 };
 
-void save_checkpoint(const TrainConfig& c, LlamaModel& model, Optimizer& opt, const Batches& data, int64_t step,
-                     double loss, std::ostream& out) {
-  CheckpointWriter w(c.ckpt_dir, checkpoint_name(step));
-  add_params(w, "weights", model.params());
-  if (opt.m().size()) add_params(w, "optim_m", opt.m());
-  if (opt.v().size()) add_params(w, "optim_v", opt.v());
-  json& m = w.manifest();
+// The optimizer of a one-process run (Optimizer, moments as ParamSets) or of a grid
+// (ShardedOptimizer, moments over this rank's ZeRO shard or tp slice).
+struct TrainOptimizer {
+  std::unique_ptr<Optimizer> one;
+  std::unique_ptr<ShardedOptimizer> par;
+  int64_t steps_taken() const { return one ? one->steps_taken() : par->steps_taken(); }
+  void set_steps_taken(int64_t s) { one ? one->set_steps_taken(s) : par->set_steps_taken(s); }
+};
+
+void fill_manifest(json& m, const TrainConfig& c, const LlamaModel& model, const TrainOptimizer& opt,
+                   const Batches& data, int64_t step, double loss) {
   m["kind"] = "train";
   m["step"] = step;
   m["model"] = llama_config_to_json(c.model);
@@ -203,16 +233,55 @@ void save_checkpoint(const TrainConfig& c, LlamaModel& model, Optimizer& opt, co
   m["data"] = {{"cursor", data.cursor()}};
   m["rng"] = {{"generator", "philox4x32-10"}, {"seed", c.seed}};
   m["metrics"] = {{"loss", loss}};
-  m["parallel"] = {{"tp", 1}, {"dp", 1}};
+  m["parallel"] = {{"tp", c.parallel.tp}, {"dp", c.parallel.dp}, {"zero1", c.parallel.zero1 && c.parallel.dp > 1}};
   m["dtype"] = dtype_name(model.dtype());
   m["lethe_version"] = LETHE_VERSION;
-  const std::string dir = w.commit();
-  prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
-  out << "saved " << dir << std::endl;
+}
+
+void save_checkpoint(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, const Batches& data, int64_t step,
+                     double loss, std::ostream& out) {
+  ProcessGrid& g = model.grid();
+  if (opt.one) {
+    CheckpointWriter w(c.ckpt_dir, checkpoint_name(step));
+    add_params(w, "weights", model.params());
+    if (opt.one->m().size()) add_params(w, "optim_m", opt.one->m());
+    if (opt.one->v().size()) add_params(w, "optim_v", opt.one->v());
+    fill_manifest(w.manifest(), c, model, opt, data, step, loss);
+    const std::string dir = w.commit();
+    prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
+    out << "saved " << dir << std::endl;
+    return;
+  }
+  // Every rank writes its own shard: weights from dp rank 0 of each tp group, a tensor
+  // that all tp ranks hold whole from tp rank 0 only; optimizer state from every rank
+  // holding a ZeRO shard (or, without ZeRO, as the weights).
+  ShardedOptimizer& o = *opt.par;
+  const bool tp0 = g.tp_rank() == 0, dp0 = g.dp_rank() == 0;
+  auto mine = [&](const ParamSpec& s) { return dp0 && (s.sharded() || tp0); };
+  auto mine_state = [&](const ParamSpec& s) { return (o.zero1() || dp0) && (s.sharded() || tp0); };
+  const std::string tag = std::to_string(g.world().all_reduce(int64_t(g.rank() == 0 ? ::getpid() : 0), ReduceOp::max));
+  std::unique_ptr<CheckpointWriter> w;
+  if (g.rank() == 0) w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), 0, true, g.world_size(), tag);
+  g.world().barrier();
+  if (g.rank() != 0)
+    w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), g.rank(), true, g.world_size(), tag);
+  add_params(*w, "weights", model.params(), mine);
+  if (o.has_m()) add_optimizer_shard(*w, "optim_m", o, o.m(), model.params(), mine_state);
+  if (o.has_v()) add_optimizer_shard(*w, "optim_v", o, o.v(), model.params(), mine_state);
+  w->finish_shard();
+  g.world().barrier();
+  if (g.rank() == 0) {
+    fill_manifest(w->manifest(), c, model, opt, data, step, loss);
+    const std::string dir = w->commit();
+    prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
+    out << "saved " << dir << std::endl;
+  }
+  g.world().barrier();  // nobody reads or prunes before the rename
 }
 
 // Returns the step to start from (0 for a fresh run).
-int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, Optimizer& opt, Batches& data, std::ostream& out) {
+int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, Batches& data,
+                         std::ostream& out) {
   if (c.ckpt_dir.empty()) return 0;
   const std::string latest = latest_checkpoint(c.ckpt_dir);
   if (latest.empty()) return 0;
@@ -226,9 +295,16 @@ int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, Optimizer& opt
   for (auto it = want.begin(); it != want.end(); ++it)
     LETHE_CHECK(m["run"].contains(it.key()) && m["run"][it.key()] == it.value(), c.ckpt_dir,
                 ": holds a different run: its '", it.key(), "' settings differ from this config's");
+  // Any layout loads into any other: each rank reads its blocks of the whole tensors.
   load_params(ck, "weights", model.params());
-  if (opt.m().size()) load_params(ck, "optim_m", opt.m());
-  if (opt.v().size()) load_params(ck, "optim_v", opt.v());
+  if (opt.one) {
+    if (opt.one->m().size()) load_params(ck, "optim_m", opt.one->m());
+    if (opt.one->v().size()) load_params(ck, "optim_v", opt.one->v());
+  } else {
+    opt.par->params_changed();
+    if (opt.par->has_m()) load_optimizer_shard(ck, "optim_m", *opt.par, opt.par->m(), model.params());
+    if (opt.par->has_v()) load_optimizer_shard(ck, "optim_v", *opt.par, opt.par->v(), model.params());
+  }
   opt.set_steps_taken(m.at("optimizer").at("steps_taken").get<int64_t>());
   data.restore(m.at("data").at("cursor"), where);
   const int64_t step = m.at("step").get<int64_t>();
@@ -236,21 +312,51 @@ int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, Optimizer& opt
   return step;
 }
 
-}  // namespace
 
-TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
-  const TrainConfig c = load_train_config(config_path, overrides);
-  if (c.threads > 0) omp_set_num_threads(int(c.threads));
+// Rows [r0, r0 + n) of a [B, T] batch.
+Tensor rows_of(const Tensor& t, int64_t r0, int64_t n) { return t.slice_rows(r0, r0 + n).clone(); }
+
+// One optimizer step's loss and gradients on a grid: this dp rank's rows of the global
+// batch, in grad_accum micro-batches, each token weighted 1 / (real targets of the whole
+// global batch), so the sum equals the one-process mean loss.
+double parallel_loss_and_grads(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, const Tensor& tokens,
+                               const Tensor& targets) {
+  ProcessGrid& g = model.grid();
+  const int32_t* tg = targets.data<int32_t>();
+  int64_t valid = 0;
+  for (int64_t i = 0; i < targets.numel(); ++i) valid += tg[i] != ops::kIgnoreIndex;
+  const int64_t micro = c.batch_size / (g.dp() * c.grad_accum);
+  double loss = 0;
+  for (int64_t k = 0; k < c.grad_accum; ++k) {
+    const int64_t r0 = (g.dp_rank() * c.grad_accum + k) * micro;
+    const Tensor tok = rows_of(tokens, r0, micro), tgt = rows_of(targets, r0, micro);
+    Tensor w = Tensor::zeros({micro, c.seq_len}, DType::f64);
+    for (int64_t i = 0; i < w.numel(); ++i)
+      w.data<double>()[i] = (tgt.data<int32_t>()[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
+    // The dp all-reduce overlaps the last micro-batch's backward only: earlier ones still
+    // add into the buffers.
+    if (k + 1 == c.grad_accum && opt.par) model.set_grad_ready_hook([&](size_t i) { opt.par->grad_ready(i); });
+    else model.set_grad_ready_hook(nullptr);
+    loss += model.forward(tok, tgt, &w);
+    model.backward();
+  }
+  model.set_grad_ready_hook(nullptr);
+  return loss;
+}
+
+TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> grid, std::ostream& out) {
   Batches data(c);
-
-  LlamaModel model(c.model, DType::f32);
+  const bool one_process = !grid->parallel();
+  LlamaModel model(c.model, DType::f32, grid);
   model.init_weights(c.seed);
   if (!c.init_from.empty()) {
     const Checkpoint init = Checkpoint::open(c.init_from);
     load_params(init, "weights", model.params());
   }
   model.set_recompute_layers(c.recompute_layers);
-  Optimizer opt(model.params(), c.optim);
+  TrainOptimizer opt;
+  if (one_process) opt.one = std::make_unique<Optimizer>(model.params(), c.optim);
+  else opt.par = std::make_unique<ShardedOptimizer>(model.params(), model.grads(), c.optim, *grid);
   const int64_t start = restore_or_check(c, model, opt, data, out);
   const int64_t end = c.run_steps > 0 ? std::min(c.steps, start + c.run_steps) : c.steps;
 
@@ -259,6 +365,10 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
                 c.model.name.c_str(), double(c.model.n_params()) / 1e6, (long long)data.n_tokens(),
                 (long long)c.batch_size, (long long)c.seq_len, c.optim.type.c_str(), omp_get_max_threads());
   out << line << std::endl;
+  if (!one_process)
+    out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
+        << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "")
+        << (c.grad_accum > 1 ? ", " + std::to_string(c.grad_accum) + " micro-batches per step" : "") << std::endl;
 
   Tensor tokens = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
   Tensor targets = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
@@ -270,12 +380,18 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
     const auto t0 = std::chrono::steady_clock::now();
     data.next(step, tokens, targets);
     model.grads().zero();
-    loss = model.forward(tokens, targets);
-    // Stop before the update, and before any checkpoint could record a broken state.
-    LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
-    model.backward();
+    if (one_process && c.grad_accum == 1) {
+      loss = model.forward(tokens, targets);
+      // Stop before the update, and before any checkpoint could record a broken state.
+      LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
+      model.backward();
+    } else {
+      loss = parallel_loss_and_grads(c, model, opt, tokens, targets);
+      // The loss is the global batch's, the same on every rank: all stop together.
+      LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
+    }
     const double lr = c.schedule.at(step);
-    const double gnorm = opt.step(model.grads(), lr);
+    const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary.losses.push_back(loss);
     const int64_t ntok = c.batch_size * c.seq_len;
@@ -306,20 +422,37 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
   return summary;
 }
 
+}  // namespace
+
+TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
+  const TrainConfig c = load_train_config(config_path, overrides);
+  if (c.threads > 0) omp_set_num_threads(int(c.threads));
+  auto grid = ProcessGrid::create(c.parallel);
+  // Only rank 0 reports; the others' lines would repeat it.
+  std::ostream null_out(nullptr);
+  return train_on_grid(c, grid, grid->rank() == 0 ? out : null_out);
+}
+
+
 int train_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
     std::cout << "usage: lethe train CONFIG.yaml [key=value ...]\n"
                  "  Trains (gradient descent) on a token file and prints step, loss, tokens/s.\n"
                  "  Overrides use dotted keys: train.steps=50 optimizer.lr=1e-3 model.n_layers=4\n"
                  "  With checkpoint.dir set, saves there (every checkpoint.every steps and at the end);\n"
-                 "  train.resume=true continues the run found there, bit-exactly.\n";
+                 "  train.resume=true continues the run found there, bit-exactly.\n"
+                 "  Parallel (under mpirun / srun): parallel.tp=2 parallel.dp=2 (tp * dp = ranks),\n"
+                 "  parallel.zero1=false keeps full optimizer state per rank; train.grad_accum=N.\n";
     return args.empty() ? 2 : 0;
   }
   std::vector<std::string> overrides(args.begin() + 1, args.end());
   for (const auto& o : overrides)
     LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
-  run_train(args[0], overrides, std::cout);
-  return 0;
+  // Under mpirun an error on one rank must end every rank, not leave them in a collective.
+  return run_or_abort_job([&] {
+    run_train(args[0], overrides, std::cout);
+    return 0;
+  });
 }
 
 }  // namespace lethe::cli

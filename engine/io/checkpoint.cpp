@@ -65,15 +65,23 @@ std::string checkpoint_name(int64_t step) {
 // ---- writer -----------------------------------------------------------------------------
 
 CheckpointWriter::CheckpointWriter(const std::string& run_dir, const std::string& name, int rank,
-                                   bool update_latest)
-    : run_dir_(run_dir), name_(name), update_latest_(update_latest) {
+                                   bool update_latest, int world, const std::string& tag)
+    : run_dir_(run_dir), name_(name), rank_(rank), world_(world), update_latest_(update_latest) {
+  // A lone writer (world 1) may carry any rank: it names its shard after it.
+  LETHE_CHECK(rank >= 0 && (world == 1 || rank < world), "checkpoint: rank ", rank, " of ", world);
+  LETHE_CHECK(world == 1 || !tag.empty(), "checkpoint: a multi-rank save needs a tag shared by the ranks");
   std::error_code ec;
-  fs::create_directories(run_dir_, ec);
-  LETHE_CHECK(!ec, run_dir_, ": cannot create checkpoint directory: ", ec.message());
-  staging_ = (fs::path(run_dir_) / ("." + name_ + ".partial-" + std::to_string(::getpid()))).string();
-  fs::remove_all(staging_, ec);
-  fs::create_directory(staging_, ec);
-  LETHE_CHECK(!ec, staging_, ": cannot create: ", ec.message());
+  staging_ = (fs::path(run_dir_) / ("." + name_ + ".partial-" + (tag.empty() ? std::to_string(::getpid()) : tag)))
+                 .string();
+  if (leader()) {
+    fs::create_directories(run_dir_, ec);
+    LETHE_CHECK(!ec, run_dir_, ": cannot create checkpoint directory: ", ec.message());
+    fs::remove_all(staging_, ec);
+    fs::create_directory(staging_, ec);
+    LETHE_CHECK(!ec, staging_, ": cannot create: ", ec.message());
+  } else {
+    LETHE_CHECK(fs::is_directory(staging_, ec), staging_, ": rank 0 has not created the staging directory");
+  }
   char buf[32];
   std::snprintf(buf, sizeof buf, "shard_%05d.h5", rank);
   shard_name_ = buf;
@@ -82,7 +90,7 @@ CheckpointWriter::CheckpointWriter(const std::string& run_dir, const std::string
 
 CheckpointWriter::~CheckpointWriter() {
   shard_.reset();
-  if (!committed_) {
+  if (!committed_ && leader()) {
     std::error_code ec;
     fs::remove_all(staging_, ec);
   }
@@ -100,7 +108,9 @@ void CheckpointWriter::add_slice(const std::string& group, const std::string& na
   for (size_t d = 0; d < global_shape.size(); ++d)
     LETHE_CHECK(offset[d] >= 0 && offset[d] + slice.shape()[d] <= global_shape[d], "checkpoint: slice ", name,
                 " at offset ", offset[d], " leaves global shape ", shape_str(global_shape));
-  const std::string dset = "/" + group + "/" + name;
+  // Later slices of a tensor in this shard get "@k" appended; readers strip it.
+  const int k = pieces_[group + "/" + name]++;
+  const std::string dset = "/" + group + "/" + name + (k ? "@" + std::to_string(k) : "");
   shard_->write_tensor(dset, slice);
   shard_->set_attr(dset, "global_shape", std::vector<int64_t>(global_shape.begin(), global_shape.end()));
   shard_->set_attr(dset, "offset", offset);
@@ -114,18 +124,30 @@ void CheckpointWriter::add_file(const std::string& name, const std::string& cont
   files_.push_back(name);
 }
 
-std::string CheckpointWriter::commit() {
-  LETHE_CHECK(!committed_, "checkpoint ", name_, ": committed twice");
+void CheckpointWriter::finish_shard() {
+  if (shard_done_) return;
   shard_->flush();
   shard_.reset();  // closes the file so its bytes are final
-  const std::string shard_path = (fs::path(staging_) / shard_name_).string();
-  fsync_path(shard_path, false);
+  fsync_path((fs::path(staging_) / shard_name_).string(), false);
+  shard_done_ = true;
+}
+
+std::string CheckpointWriter::commit() {
+  LETHE_CHECK(!committed_, "checkpoint ", name_, ": committed twice");
+  LETHE_CHECK(leader(), "checkpoint ", name_, ": only rank 0 commits");
+  finish_shard();
   json m = manifest_;
   m["format"] = "lethe-checkpoint";
   m["version"] = 1;
-  m["shards"] = json::array({{{"file", shard_name_},
-                              {"bytes", fs::file_size(shard_path)},
-                              {"sha256", to_hex(sha256_file(shard_path))}}});
+  m["shards"] = json::array();
+  for (int r = 0; r < world_; ++r) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "shard_%05d.h5", world_ == 1 ? rank_ : r);
+    const std::string shard_path = (fs::path(staging_) / buf).string();
+    LETHE_CHECK(fs::is_regular_file(shard_path), shard_path, ": rank ", r, "'s shard is missing");
+    m["shards"].push_back(
+        {{"file", buf}, {"bytes", fs::file_size(shard_path)}, {"sha256", to_hex(sha256_file(shard_path))}});
+  }
   if (!files_.empty()) {
     m["files"] = json::array();
     for (const auto& f : files_) {
@@ -215,7 +237,10 @@ Checkpoint Checkpoint::open(const std::string& dir) {
         for (size_t d = 0; d < gs.size(); ++d)
           LETHE_CHECK(p.offset[d] >= 0 && p.offset[d] + p.shape[d] <= gs[d], path, ": '", dset,
                       "' lies outside its global shape");
-        Entry& e = c.entries_[key(group, name)];
+        // "name@k": the k-th slice of `name` in this shard.
+        const size_t at = name.rfind('@');
+        const std::string tensor = at == std::string::npos ? name : name.substr(0, at);
+        Entry& e = c.entries_[key(group, tensor)];
         if (e.pieces.empty()) e.global_shape = Shape(gs.begin(), gs.end());
         LETHE_CHECK(e.global_shape == Shape(gs.begin(), gs.end()), path, ": '", dset,
                     "' disagrees with another shard about its global shape");

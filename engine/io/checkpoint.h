@@ -24,12 +24,20 @@ class CheckpointWriter {
  public:
   // Will become <run_dir>/<name>; stages in <run_dir>/.<name>.partial-<pid>. update_latest:
   // also point <run_dir>/LATEST at it (training runs; not for a standalone converted model).
-  CheckpointWriter(const std::string& run_dir, const std::string& name, int rank = 0, bool update_latest = true);
+  //
+  // Several ranks (world > 1) write one checkpoint together: each its own shard_<rank>.h5
+  // in the staging directory .<name>.partial-<tag> (tag: the same on every rank). Rank 0
+  // constructs first (it creates the directory), the others after a barrier; every rank
+  // calls finish_shard(), and after a barrier rank 0 calls commit(), which checksums every
+  // rank's shard. Ordering the barriers is the caller's job (engine/io does not talk MPI).
+  CheckpointWriter(const std::string& run_dir, const std::string& name, int rank = 0, bool update_latest = true,
+                   int world = 1, const std::string& tag = "");
   ~CheckpointWriter();  // removes the staging directory unless committed
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  // A whole tensor, or a slice of a larger one.
+  // A whole tensor, or a slice of a larger one. One shard may hold several slices of the
+  // same tensor (ZeRO-sharded optimizer state is cut at arbitrary elements).
   void add(const std::string& group, const std::string& name, const Tensor& t);
   void add_slice(const std::string& group, const std::string& name, const Tensor& slice, const Shape& global_shape,
                  const std::vector<int64_t>& offset);
@@ -40,9 +48,16 @@ class CheckpointWriter {
   nlohmann::json& manifest() { return manifest_; }
   // Syncs, checksums and renames into place; returns the final directory.
   std::string commit();
+  // Closes and syncs this rank's shard. Ranks other than 0 are done after it: the staging
+  // directory is rank 0's to commit (or to leave behind if the job dies).
+  void finish_shard();
 
  private:
   std::string run_dir_, name_, staging_, shard_name_;
+  int rank_ = 0, world_ = 1;
+  bool shard_done_ = false;
+  bool leader() const { return world_ == 1 || rank_ == 0; }  // creates, commits, cleans up
+  std::map<std::string, int> pieces_;  // slices written per tensor, for unique dataset names
   std::vector<std::string> files_;
   std::unique_ptr<h5::File> shard_;
   nlohmann::json manifest_;

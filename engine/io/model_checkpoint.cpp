@@ -1,12 +1,83 @@
 #include "engine/io/model_checkpoint.h"
 
+#include <algorithm>
 #include <set>
 
 namespace lethe {
 using json = nlohmann::json;
 
-void add_params(CheckpointWriter& w, const std::string& group, const ParamSet& set) {
-  for (size_t i = 0; i < set.size(); ++i) w.add(group, set.spec(i).name, set[i]);
+void add_params(CheckpointWriter& w, const std::string& group, const ParamSet& set,
+                const std::function<bool(const ParamSpec&)>& keep) {
+  for (size_t i = 0; i < set.size(); ++i) {
+    const ParamSpec& s = set.spec(i);
+    if (keep && !keep(s)) continue;
+    w.add_slice(group, s.name, set[i], s.full_shape(), s.offsets());
+  }
+}
+
+namespace {
+struct Box {
+  std::vector<int64_t> offset;  // in the whole tensor
+  Shape shape;
+  int64_t src;                  // first element in the piece's flat range
+};
+
+// Elements [begin, begin + n) of a tensor of local shape `shape` (row-major), as boxes of
+// the whole tensor.
+std::vector<Box> boxes(const ParamSpec& s, int64_t begin, int64_t n) {
+  std::vector<Box> out;
+  const std::vector<int64_t> base = s.offsets();
+  if (s.shape.size() != 2) {
+    LETHE_CHECK(s.shape.size() == 1, "optimizer state of '", s.name, "': unsupported rank ", s.shape.size());
+    out.push_back({{base[0] + begin}, {n}, 0});
+    return out;
+  }
+  const int64_t C = s.shape[1];
+  int64_t done = 0;
+  auto push = [&](int64_t r, int64_t c, int64_t rows, int64_t cols) {
+    out.push_back({{base[0] + r, base[1] + c}, {rows, cols}, done});
+    done += rows * cols;
+  };
+  int64_t pos = begin;
+  if (pos % C != 0) {
+    const int64_t len = std::min(n, C - pos % C);
+    push(pos / C, pos % C, 1, len);
+    pos += len;
+  }
+  const int64_t full = (begin + n - pos) / C;
+  if (full > 0) {
+    push(pos / C, 0, full, C);
+    pos += full * C;
+  }
+  if (pos < begin + n) push(pos / C, 0, 1, begin + n - pos);
+  return out;
+}
+}  // namespace
+
+void add_optimizer_shard(CheckpointWriter& w, const std::string& group, const ShardedOptimizer& opt,
+                         const Tensor& buf, const ParamSet& params,
+                         const std::function<bool(const ParamSpec&)>& keep) {
+  for (const auto& p : opt.pieces()) {
+    const ParamSpec& s = params.spec(p.param);
+    if (keep && !keep(s)) continue;
+    for (const Box& b : boxes(s, p.param_begin, p.count))
+      w.add_slice(group, s.name, buf.view(p.shard_begin + b.src, b.shape), s.full_shape(), b.offset);
+  }
+}
+
+void load_optimizer_shard(const Checkpoint& c, const std::string& group, const ShardedOptimizer& opt, Tensor& buf,
+                          const ParamSet& params) {
+  for (const auto& p : opt.pieces()) {
+    const ParamSpec& s = params.spec(p.param);
+    LETHE_CHECK(c.has(group, s.name), c.dir(), ": checkpoint lacks '", group, "/", s.name, "'");
+    const Shape gs = c.global_shape(group, s.name);
+    LETHE_CHECK(gs == s.full_shape(), c.dir(), ": '", group, "/", s.name, "' has shape ", shape_str(gs),
+                ", the model expects ", shape_str(s.full_shape()));
+    for (const Box& b : boxes(s, p.param_begin, p.count)) {
+      Tensor dst = buf.view(p.shard_begin + b.src, b.shape);
+      dst.copy_from(c.read_slice(group, s.name, b.offset, b.shape, buf.dtype()));
+    }
+  }
 }
 
 void load_params(const Checkpoint& c, const std::string& group, ParamSet& set) {
@@ -18,9 +89,11 @@ void load_params(const Checkpoint& c, const std::string& group, ParamSet& set) {
     expected.insert(name);
     LETHE_CHECK(c.has(group, name), c.dir(), ": checkpoint lacks '", group, "/", name, "'");
     const Shape gs = c.global_shape(group, name);
-    LETHE_CHECK(gs == set.spec(i).shape, c.dir(), ": '", group, "/", name, "' has shape ", shape_str(gs),
-                ", the model expects ", shape_str(set.spec(i).shape));
-    set[i].copy_from(c.read(group, name, set[i].dtype()));
+    LETHE_CHECK(gs == set.spec(i).full_shape(), c.dir(), ": '", group, "/", name, "' has shape ", shape_str(gs),
+                ", the model expects ", shape_str(set.spec(i).full_shape()));
+    set[i].copy_from(set.spec(i).sharded()
+                         ? c.read_slice(group, name, set.spec(i).offsets(), set.spec(i).shape, set[i].dtype())
+                         : c.read(group, name, set[i].dtype()));
   }
   for (const auto& n : stored)
     LETHE_CHECK(expected.count(n), c.dir(), ": checkpoint holds '", group, "/", n, "', which this model does not have");

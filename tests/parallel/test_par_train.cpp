@@ -1,0 +1,128 @@
+// `lethe train` under a grid, and checkpoints that change layout. The one-process losses
+// come from the Reference test (a plain process, a ctest fixture); the others run under
+// mpirun and compare with them within 1e-5 relative:
+//   Tp2Dp2       6 steps at tp=2 x dp=2 (ZeRO-1), saving at step 3; also without ZeRO-1
+//                and with 2 micro-batches per step
+//   ResumeTp4    the step-3 checkpoint continued at tp=4, and at tp=1 x dp=4
+//   ResumeOne    the step-3 checkpoint continued by one process (tp=1)
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/cli/commands.h"
+#include "engine/io/checkpoint.h"
+#include "par_test_util.h"
+
+namespace lethe {
+namespace {
+namespace fs = std::filesystem;
+
+const std::string kConfig = std::string(LETHE_SOURCE_DIR) + "/configs/train/demo.yaml";
+// Under the test's working directory (the build tree); checkpoint.dir must be absolute,
+// since a relative one is taken relative to the config file.
+const std::string kRefFile = fs::absolute("par_train_reference.json").string();
+const std::string kCkpt = fs::absolute("par_train_ckpt").string();
+
+std::vector<std::string> args(std::vector<std::string> extra) {
+  std::vector<std::string> a{"train.steps=6", "train.batch_size=4", "train.seq_len=32", "train.log_every=1"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::vector<double> reference() {
+  std::ifstream in(kRefFile);
+  if (!in.good()) return {};
+  return nlohmann::json::parse(in).get<std::vector<double>>();
+}
+
+void expect_losses(const std::vector<double>& got, const std::vector<double>& want, size_t first) {
+  ASSERT_LE(got.size() + first, want.size());
+  ASSERT_FALSE(got.empty());
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[first + i], 1e-5 * std::abs(want[first + i])) << "step " << first + i + 1;
+}
+
+// Copies the step-3 checkpoint (written by Tp2Dp2) into a fresh run directory.
+std::string copy_checkpoint(const std::string& name) {
+  auto& w = *test::mpi_world_shared();
+  const std::string to = fs::absolute(name).string();
+  if (w.rank() == 0) {
+    fs::remove_all(to);
+    fs::copy(kCkpt, to, fs::copy_options::recursive);
+  }
+  w.barrier();
+  return to;
+}
+
+TEST(ParallelTrain, Reference) {
+  std::ostringstream out;
+  const auto s = cli::run_train(kConfig, args({}), out);
+  ASSERT_EQ(s.losses.size(), 6u);
+  std::ofstream(kRefFile) << nlohmann::json(s.losses).dump();
+}
+
+TEST(ParallelTrain, Tp2Dp2) {
+  auto& w = *test::mpi_world_shared();
+  ASSERT_EQ(w.size(), 4);
+  const auto ref = reference();
+  ASSERT_EQ(ref.size(), 6u) << "run the Reference test first (ctest fixture)";
+  if (w.rank() == 0) fs::remove_all(kCkpt);
+  w.barrier();
+  std::ostringstream out;
+  const auto s = cli::run_train(kConfig, args({"parallel.tp=2", "parallel.dp=2", "train.run_steps=3",
+                                               "checkpoint.dir=" + kCkpt}),
+                                out);
+  expect_losses(s.losses, ref, 0);
+  const auto no_zero = cli::run_train(kConfig, args({"parallel.tp=2", "parallel.dp=2", "parallel.zero1=false"}), out);
+  expect_losses(no_zero.losses, ref, 0);
+  const auto accum = cli::run_train(kConfig, args({"parallel.tp=2", "parallel.dp=2", "train.grad_accum=2"}), out);
+  expect_losses(accum.losses, ref, 0);
+  if (w.rank() == 0) {
+    const Checkpoint ck = Checkpoint::open(kCkpt + "/step_00000003");
+    EXPECT_EQ(ck.manifest()["parallel"]["tp"], 2);
+    EXPECT_EQ(ck.manifest()["shards"].size(), 4u);  // one per rank
+  }
+}
+
+TEST(ParallelTrain, ResumeTp4) {
+  const auto ref = reference();
+  ASSERT_EQ(ref.size(), 6u);
+  std::ostringstream out;
+  const auto tp4 = cli::run_train(
+      kConfig, args({"parallel.tp=4", "train.resume=true", "checkpoint.dir=" + copy_checkpoint("par_train_tp4")}), out);
+  expect_losses(tp4.losses, ref, 3);
+  const auto dp4 = cli::run_train(
+      kConfig, args({"parallel.dp=4", "train.resume=true", "checkpoint.dir=" + copy_checkpoint("par_train_dp4")}), out);
+  expect_losses(dp4.losses, ref, 3);
+}
+
+TEST(ParallelTrain, ResumeOne) {
+  const auto ref = reference();
+  ASSERT_EQ(ref.size(), 6u);
+  std::ostringstream out;
+  const auto one =
+      cli::run_train(kConfig, args({"train.resume=true", "checkpoint.dir=" + copy_checkpoint("par_train_tp1")}), out);
+  expect_losses(one.losses, ref, 3);
+}
+
+TEST(ParallelTrain, LayoutErrorsAreClear) {
+  std::ostringstream out;
+  auto expect_error = [&](std::vector<std::string> extra, const std::string& needle) {
+    try {
+      cli::run_train(kConfig, args(extra), out);
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({"parallel.tp=3"}, "n_heads % tp == 0");
+  expect_error({"parallel.dp=3"}, "must be a multiple of parallel.dp");
+  expect_error({"parallel.tp=0"}, "parallel.tp");
+  expect_error({"parallel.pp=2"}, "pp");
+}
+
+}  // namespace
+}  // namespace lethe
