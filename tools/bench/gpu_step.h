@@ -1,37 +1,28 @@
-// GPU throughput of one unlearning step (GA+GD: gradient ascent on a forget sequence and
-// descent on a retain sequence in the same batch, signed per-token weights) on Llama
-// layers of 7B width: forward, chunked vocabulary cross-entropy with the backward fused,
-// backward, global grad-norm clipping and AdamW on fp32 master weights. Reports tokens/s,
-// model TFLOP/s and MFU against the card's dense bf16 peak, and causal attention
-// forward+backward TFLOP/s alone. tools/bench/torch_gpu_step.py runs the same step with
-// transformers for the ratio; tools/gpu_check.sh runs both.
-//
-//   lethe_bench_gpu [--quick] [--max-layers N] [--json out.json]
+// One GA+GD unlearning step on the GPU, composed from the kernels in kernels/cuda: a
+// forget and a retain stream in one batch with signed per-token weights (-1/n ascends the
+// forget NLL, +1/n descends the retain NLL), forward, chunked vocabulary cross-entropy
+// with the backward fused, backward, global grad-norm clipping and AdamW on fp32 master
+// weights. Shared by the benchmark (tools/bench/gpu_step.cpp) and the GPU test that checks
+// the whole step against the CPU ops (tests/cuda/test_cuda_step.cpp).
+#pragma once
+#include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <cstdint>
 #include <random>
-#include <string>
 #include <vector>
 
-#include <cuda_runtime.h>
-
-#include "engine/core/error.h"              // lethe::Error
-#include "kernels/cuda/arena.h"             // Arena
-#include "kernels/cuda/attention.h"         // attention_forward/backward
-#include "kernels/cuda/cast.h"              // cast_f32_to_bf16
-#include "kernels/cuda/cross_entropy.h"     // cross_entropy_forward, weighted_nll
-#include "kernels/cuda/embedding.h"         // embedding_forward/backward
-#include "kernels/cuda/linear.h"            // GemmContext, linear_forward/backward
-#include "kernels/cuda/optim.h"             // adamw_multi, sum_squares_multi, clip_coefficient
-#include "kernels/cuda/rmsnorm.h"           // rmsnorm_*, residual_rmsnorm_forward
-#include "kernels/cuda/rope.h"              // rope_forward/backward
-#include "kernels/cuda/swiglu.h"            // swiglu_forward/backward
+#include "kernels/cuda/arena.h"          // Arena
+#include "kernels/cuda/attention.h"      // attention_forward/backward
+#include "kernels/cuda/cast.h"           // cast_f32_to_bf16, fill, fill_uniform
+#include "kernels/cuda/cross_entropy.h"  // cross_entropy_forward, weighted_nll
+#include "kernels/cuda/embedding.h"      // embedding_forward/backward
+#include "kernels/cuda/linear.h"         // GemmContext, linear_forward/backward
+#include "kernels/cuda/optim.h"          // adamw_multi, sum_squares_multi, clip_coefficient
+#include "kernels/cuda/rmsnorm.h"        // rmsnorm_*, residual_rmsnorm_forward
+#include "kernels/cuda/rope.h"           // rope_forward/backward
+#include "kernels/cuda/swiglu.h"         // swiglu_forward/backward
 
 namespace lethe::bench {
-namespace {
-using lethe::bf16;
 
 struct Model {
   const char* name;
@@ -39,23 +30,8 @@ struct Model {
   double theta;
 };
 // Llama-2-7B and Yi-6B widths (configs/models/llama2-7b.yaml, yi-6b.yaml).
-const Model kModels[] = {{"llama2-7b", 4096, 32, 32, 11008, 32000, 1e4},
+inline const Model kModels[] = {{"llama2-7b", 4096, 32, 32, 11008, 32000, 1e4},
                          {"yi-6b", 4096, 32, 4, 11008, 64000, 5e6}};
-
-__global__ void init_uniform(float* x, int64_t n, float stddev, uint64_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint64_t z = seed + uint64_t(i) * 0x9E3779B97F4A7C15ull;  // splitmix64
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    const float u = float(z >> 40) / float(1ull << 24);  // [0, 1)
-    x[i] = stddev * 3.4641016f * (u - 0.5f);              // uniform with this stddev
-  }
-}
-__global__ void fill_value(float* x, int64_t n, float v) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = v;
-}
 
 // All parameters live in one flat range of each of five buffers (bf16 weights, fp32
 // master, grad, m, v), so zeroing the grads or taking a checkpoint is one call.
@@ -118,7 +94,7 @@ struct Step {
   Step(const Model& model, int64_t layers, int64_t batch, int64_t seq)
       : m(model), L(layers), B(batch), T(seq), N(batch * seq), D(model.C / model.H), chunk(std::min<int64_t>(N, 4096)) {}
 
-  void build(cuda::Arena& a) {
+  void build(cuda::Arena& a, uint64_t seed = 1234) {
     for (int64_t l = 0; l < L; ++l) {
       Layer y;
       y.wq = add(H_D() * m.C, 0.1f), y.wk = add(KV_D() * m.C, 0.1f), y.wv = add(KV_D() * m.C, 0.1f);
@@ -132,8 +108,8 @@ struct Step {
     grad = a.alloc_n<float>(size_t(n_params), "gradients");
     mom1 = a.alloc_n<float>(size_t(n_params), "adam m");
     mom2 = a.alloc_n<float>(size_t(n_params), "adam v");
-    init_uniform<<<4096, 256>>>(master, n_params, 0.02f, 1234);
-    auto ones = [&](Param p) { fill_value<<<64, 256>>>(master + p.off, p.n, 1.f); };
+    cuda::fill_uniform(master, n_params, 0.02f, seed);
+    auto ones = [&](Param p) { cuda::fill(master + p.off, p.n, 1.f); };
     for (auto& y : layers) ones(y.n1), ones(y.n2);
     ones(nf);
     cuda::cast_f32_to_bf16(master, w16, n_params);
@@ -279,134 +255,4 @@ struct Step {
   double attention_flops() const { return 3.5 * 2.0 * double(B) * double(m.H) * double(T) * double(T) * double(D); }
 };
 
-struct Result {
-  std::string model_case;
-  int64_t layers, batch, seq;
-  double ms, tok_s, tflops, mfu, attn_tflops, loss, grad_norm;
-};
-
-int run(int argc, char** argv) {
-  bool quick = false;
-  int64_t max_layers = 8, batch = 2;
-  std::string json;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--max-layers" && i + 1 < argc) max_layers = std::atoll(argv[++i]);
-    else if (a == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
-    else if (a == "--json" && i + 1 < argc) json = argv[++i];
-    else {
-      std::fprintf(stderr, "usage: lethe_bench_gpu [--quick] [--max-layers N] [--batch B] [--json out.json]\n");
-      return 2;
-    }
-  }
-  if (!cuda::available()) {
-    std::fprintf(stderr, "lethe_bench_gpu: %s\n", cuda::unavailable_reason().c_str());
-    return 2;
-  }
-  const double peak = cuda::bf16_peak_flops();
-  std::printf("device %s, bf16 dense peak %.0f TFLOP/s\n", cuda::device_name().c_str(), peak / 1e12);
-  std::vector<Result> results;
-  bool bad = false;
-  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
-  for (const Model& model : kModels) {
-    if (quick && &model != &kModels[0]) break;
-    for (int64_t T : seqs) {
-      Step probe(model, 1, batch, T);
-      size_t free_b = 0, total_b = 0;
-      cuda::memory_info(free_b, total_b);
-      const size_t per_layer = size_t(probe.layer_params()) * 18 + probe.activation_bytes_per_layer();
-      const double usable = 0.92 * double(free_b) - double(probe.fixed_bytes());
-      const int64_t fit = usable > 0 ? int64_t(usable / double(per_layer)) : 0;
-      const int64_t L = std::min(fit, max_layers);
-      const std::string name = std::string(model.name) + "/T" + std::to_string(T);
-      if (L < 1) {
-        std::printf("%-20s does not fit (%.1f GiB free)\n", name.c_str(), double(free_b) / (1 << 30));
-        continue;
-      }
-      Step st(model, L, batch, T);
-      cuda::Arena arena(st.fixed_bytes() + size_t(L) * per_layer);
-      st.build(arena);
-      const int warmup = 2, iters = quick ? 3 : 5;
-      cuda::Timer timer;
-      double first_loss = 0;
-      float ms = 0;
-      for (int it = 0; it < warmup + iters; ++it) {
-        if (it == warmup) timer.start();
-        st.forward_backward();
-        st.optimizer_step(it + 1);
-        if (it == 0) {
-          cuda::copy_to_host(&first_loss, st.loss, sizeof(double));
-          cuda::check_launch("step");
-        }
-      }
-      ms = timer.stop() / float(iters);
-      float gnorm = 0;
-      double last_loss = 0;
-      cuda::copy_to_host(&gnorm, st.norm, 4);
-      cuda::copy_to_host(&last_loss, st.loss, sizeof(double));
-      // Attention alone (layer 0's tensors), forward + backward.
-      const int attn_iters = 5;
-      cuda::Timer at;
-      at.start();
-      for (int i = 0; i < attn_iters; ++i) {
-        Saved& s = st.saved[0];
-        const float sc = 1.f / std::sqrt(float(st.D));
-        cuda::attention_forward(s.q, s.k, s.v, sc, s.o, s.lse, st.B, T, model.H, model.KV, st.D);
-        cuda::attention_backward(st.dout, s.q, s.k, s.v, s.o, s.lse, sc, st.dq, st.dk, st.dv, st.attn_ws, st.B, T,
-                                 model.H, model.KV, st.D);
-      }
-      const float attn_ms = at.stop() / attn_iters;
-      cuda::check_launch("bench");
-      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm};
-      r.tok_s = double(st.N) / (ms / 1e3);
-      r.tflops = r.tok_s * st.flops_per_token() / 1e12;
-      r.mfu = peak > 0 ? r.tflops * 1e12 / peak : 0;
-      r.attn_tflops = st.attention_flops() / (attn_ms / 1e3) / 1e12;
-      std::printf("%-20s layers %2lld  %lldx%lld  %8.2f ms/step  %9.0f tok/s  %6.1f TFLOP/s  MFU %5.1f%%  "
-                  "attention %6.1f TFLOP/s  loss %.4f (first %.4f)  |g| %.3g  arena peak %.1f GiB\n",
-                  name.c_str(), (long long)L, (long long)batch, (long long)T, ms, r.tok_s, r.tflops, 100 * r.mfu,
-                  r.attn_tflops, last_loss, first_loss, gnorm, double(arena.peak()) / (1 << 30));
-      if (!std::isfinite(last_loss) || !std::isfinite(first_loss) || !std::isfinite(gnorm)) {
-        std::fprintf(stderr, "lethe_bench_gpu: %s: non-finite loss or gradient norm\n", name.c_str());
-        bad = true;
-      }
-      results.push_back(r);
-      cuda::gemm_destroy(st.gemm);
-      cuda::synchronize();
-    }
-  }
-  if (!json.empty()) {
-    FILE* f = std::fopen(json.c_str(), "w");
-    if (!f) {
-      std::fprintf(stderr, "lethe_bench_gpu: cannot write %s\n", json.c_str());
-      return 1;
-    }
-    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"results\": [", cuda::device_name().c_str(),
-                 peak / 1e12);
-    for (size_t i = 0; i < results.size(); ++i) {
-      const Result& r = results[i];
-      std::fprintf(f,
-                   "%s\n  {\"case\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, \"ms_per_step\": %.3f, "
-                   "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, \"mfu\": %.4f, \"attention_tflops\": %.2f, "
-                   "\"loss\": %.6f, \"grad_norm\": %.6g}",
-                   i ? "," : "", r.model_case.c_str(), (long long)r.layers, (long long)r.batch, (long long)r.seq, r.ms,
-                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm);
-    }
-    std::fprintf(f, "\n]}\n");
-    std::fclose(f);
-  }
-  return bad ? 1 : 0;
-}
-
-}  // namespace
 }  // namespace lethe::bench
-
-int main(int argc, char** argv) {
-  try {
-    return lethe::bench::run(argc, argv);
-  } catch (const lethe::Error& e) {
-    std::fprintf(stderr, "lethe_bench_gpu: %s\n", e.what());
-    return 1;
-  }
-}

@@ -1,0 +1,153 @@
+// GPU throughput of one unlearning step (GA+GD: gradient ascent on a forget sequence and
+// descent on a retain sequence in the same batch, signed per-token weights) on Llama
+// layers of 7B width: forward, chunked vocabulary cross-entropy with the backward fused,
+// backward, global grad-norm clipping and AdamW on fp32 master weights. Reports tokens/s,
+// model TFLOP/s and MFU against the card's dense bf16 peak, and causal attention
+// forward+backward TFLOP/s alone. tools/bench/torch_gpu_step.py runs the same step with
+// transformers for the ratio; tools/gpu_check.sh runs both.
+//
+//   lethe_bench_gpu [--quick] [--max-layers N] [--json out.json]
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/core/error.h"  // lethe::Error
+#include "tools/bench/gpu_step.h"  // Step, kModels
+
+namespace lethe::bench {
+namespace {
+
+struct Result {
+  std::string model_case;
+  int64_t layers, batch, seq;
+  double ms, tok_s, tflops, mfu, attn_tflops, loss, grad_norm;
+};
+
+int run(int argc, char** argv) {
+  bool quick = false;
+  int64_t max_layers = 8, batch = 2;
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") quick = true;
+    else if (a == "--max-layers" && i + 1 < argc) max_layers = std::atoll(argv[++i]);
+    else if (a == "--batch" && i + 1 < argc) batch = std::atoll(argv[++i]);
+    else if (a == "--json" && i + 1 < argc) json = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: lethe_bench_gpu [--quick] [--max-layers N] [--batch B] [--json out.json]\n");
+      return 2;
+    }
+  }
+  if (!cuda::available()) {
+    std::fprintf(stderr, "lethe_bench_gpu: %s\n", cuda::unavailable_reason().c_str());
+    return 2;
+  }
+  const double peak = cuda::bf16_peak_flops();
+  std::printf("device %s, bf16 dense peak %.0f TFLOP/s\n", cuda::device_name().c_str(), peak / 1e12);
+  std::vector<Result> results;
+  bool bad = false;
+  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
+  for (const Model& model : kModels) {
+    if (quick && &model != &kModels[0]) break;
+    for (int64_t T : seqs) {
+      Step probe(model, 1, batch, T);
+      size_t free_b = 0, total_b = 0;
+      cuda::memory_info(free_b, total_b);
+      const size_t per_layer = size_t(probe.layer_params()) * 18 + probe.activation_bytes_per_layer();
+      const double usable = 0.92 * double(free_b) - double(probe.fixed_bytes());
+      const int64_t fit = usable > 0 ? int64_t(usable / double(per_layer)) : 0;
+      const int64_t L = std::min(fit, max_layers);
+      const std::string name = std::string(model.name) + "/T" + std::to_string(T);
+      if (L < 1) {
+        std::printf("%-20s does not fit (%.1f GiB free)\n", name.c_str(), double(free_b) / (1 << 30));
+        continue;
+      }
+      Step st(model, L, batch, T);
+      cuda::Arena arena(st.fixed_bytes() + size_t(L) * per_layer);
+      st.build(arena);
+      const int warmup = 2, iters = quick ? 3 : 5;
+      cuda::Timer timer;
+      double first_loss = 0;
+      float ms = 0;
+      for (int it = 0; it < warmup + iters; ++it) {
+        if (it == warmup) timer.start();
+        st.forward_backward();
+        st.optimizer_step(it + 1);
+        if (it == 0) {
+          cuda::copy_to_host(&first_loss, st.loss, sizeof(double));
+          cuda::check_launch("step");
+        }
+      }
+      ms = timer.stop() / float(iters);
+      float gnorm = 0;
+      double last_loss = 0;
+      cuda::copy_to_host(&gnorm, st.norm, 4);
+      cuda::copy_to_host(&last_loss, st.loss, sizeof(double));
+      // Attention alone (layer 0's tensors), forward + backward.
+      const int attn_iters = 5;
+      cuda::Timer at;
+      at.start();
+      for (int i = 0; i < attn_iters; ++i) {
+        Saved& s = st.saved[0];
+        const float sc = 1.f / std::sqrt(float(st.D));
+        cuda::attention_forward(s.q, s.k, s.v, sc, s.o, s.lse, st.B, T, model.H, model.KV, st.D);
+        cuda::attention_backward(st.dout, s.q, s.k, s.v, s.o, s.lse, sc, st.dq, st.dk, st.dv, st.attn_ws, st.B, T,
+                                 model.H, model.KV, st.D);
+      }
+      const float attn_ms = at.stop() / attn_iters;
+      cuda::check_launch("bench");
+      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm};
+      r.tok_s = double(st.N) / (ms / 1e3);
+      r.tflops = r.tok_s * st.flops_per_token() / 1e12;
+      r.mfu = peak > 0 ? r.tflops * 1e12 / peak : 0;
+      r.attn_tflops = st.attention_flops() / (attn_ms / 1e3) / 1e12;
+      std::printf("%-20s layers %2lld  %lldx%lld  %8.2f ms/step  %9.0f tok/s  %6.1f TFLOP/s  MFU %5.1f%%  "
+                  "attention %6.1f TFLOP/s  loss %.4f (first %.4f)  |g| %.3g  arena peak %.1f GiB\n",
+                  name.c_str(), (long long)L, (long long)batch, (long long)T, ms, r.tok_s, r.tflops, 100 * r.mfu,
+                  r.attn_tflops, last_loss, first_loss, gnorm, double(arena.peak()) / (1 << 30));
+      if (!std::isfinite(last_loss) || !std::isfinite(first_loss) || !std::isfinite(gnorm)) {
+        std::fprintf(stderr, "lethe_bench_gpu: %s: non-finite loss or gradient norm\n", name.c_str());
+        bad = true;
+      }
+      results.push_back(r);
+      cuda::gemm_destroy(st.gemm);
+      cuda::synchronize();
+    }
+  }
+  if (!json.empty()) {
+    FILE* f = std::fopen(json.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "lethe_bench_gpu: cannot write %s\n", json.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"results\": [", cuda::device_name().c_str(),
+                 peak / 1e12);
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& r = results[i];
+      std::fprintf(f,
+                   "%s\n  {\"case\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, \"ms_per_step\": %.3f, "
+                   "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, \"mfu\": %.4f, \"attention_tflops\": %.2f, "
+                   "\"loss\": %.6f, \"grad_norm\": %.6g}",
+                   i ? "," : "", r.model_case.c_str(), (long long)r.layers, (long long)r.batch, (long long)r.seq, r.ms,
+                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm);
+    }
+    std::fprintf(f, "\n]}\n");
+    std::fclose(f);
+  }
+  return bad ? 1 : 0;
+}
+
+}  // namespace
+}  // namespace lethe::bench
+
+int main(int argc, char** argv) {
+  try {
+    return lethe::bench::run(argc, argv);
+  } catch (const lethe::Error& e) {
+    std::fprintf(stderr, "lethe_bench_gpu: %s\n", e.what());
+    return 1;
+  }
+}
