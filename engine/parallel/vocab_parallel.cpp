@@ -286,15 +286,14 @@ void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& si
   });
 }
 
-void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets, const VocabShard& vs, Tensor& out,
-                                     Communicator& tp) {
-  const char* op = "vocab_parallel_argmax_excluding";
-  check_logits(logits, &vs, op);
+namespace {
+// Row argmax over the whole vocabulary, skipping each row's `skip` id (none when skip is
+// null); rows whose skip id is kIgnoreIndex get kIgnoreIndex.
+void argmax_rows(const Tensor& logits, const int32_t* tg, const VocabShard& vs, Tensor& out, Communicator& tp,
+                 const char* op) {
   const int64_t N = logits.dim(0), Vr = vs.size;
-  check_targets(targets, N, vs.vocab, op);
   check_shape(out, {N}, op, "out");
   check_dtype(out, DType::i32, op, "out");
-  const int32_t* tg = targets.data<int32_t>();
   Tensor best = Tensor::empty({N}, DType::f64), neg_idx = Tensor::empty({N}, DType::f64);
   double* bv = best.data<double>();
   double* ni = neg_idx.data<double>();
@@ -305,7 +304,7 @@ void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets
       bv[i] = -std::numeric_limits<double>::infinity();
       int64_t arg = -1;
       for (int64_t j = 0; j < Vr; ++j) {
-        if (vs.start + j == tg[i]) continue;
+        if (tg && vs.start + j == tg[i]) continue;
         if (double(X[i * Vr + j]) > bv[i]) bv[i] = double(X[i * Vr + j]), arg = vs.start + j;
       }
       ni[i] = arg < 0 ? -double(vs.vocab) : -double(arg);
@@ -317,7 +316,22 @@ void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets
   for (int64_t i = 0; i < N; ++i)
     if (bv[i] != global.data<double>()[i]) ni[i] = -double(vs.vocab);
   tp.all_reduce(neg_idx, ReduceOp::max);
-  for (int64_t i = 0; i < N; ++i) out.data<int32_t>()[i] = tg[i] == ops::kIgnoreIndex ? ops::kIgnoreIndex : int32_t(-ni[i]);
+  for (int64_t i = 0; i < N; ++i)
+    out.data<int32_t>()[i] = (tg && tg[i] == ops::kIgnoreIndex) ? ops::kIgnoreIndex : int32_t(-ni[i]);
+}
+}  // namespace
+
+void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets, const VocabShard& vs, Tensor& out,
+                                     Communicator& tp) {
+  const char* op = "vocab_parallel_argmax_excluding";
+  check_logits(logits, &vs, op);
+  check_targets(targets, logits.dim(0), vs.vocab, op);
+  argmax_rows(logits, targets.data<int32_t>(), vs, out, tp, op);
+}
+
+void vocab_parallel_argmax(const Tensor& logits, const VocabShard& vs, Tensor& out, Communicator& tp) {
+  check_logits(logits, &vs, "vocab_parallel_argmax");
+  argmax_rows(logits, nullptr, vs, out, tp, "vocab_parallel_argmax");
 }
 
 }  // namespace lethe

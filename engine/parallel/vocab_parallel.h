@@ -61,5 +61,7 @@ void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& si
 // target is ignored keep kIgnoreIndex.
 void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets, const VocabShard& vs, Tensor& out,
                                      Communicator& tp);
+// The most likely id of each row (first on ties): greedy decoding. out[N] i32.
+void vocab_parallel_argmax(const Tensor& logits, const VocabShard& vs, Tensor& out, Communicator& tp);
 
 }  // namespace lethe

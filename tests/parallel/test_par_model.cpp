@@ -11,6 +11,7 @@
 #include "engine/optim/optimizer.h"
 #include "engine/optim/sharded_optimizer.h"
 #include "engine/parallel/vocab_parallel.h"
+#include "engine/unlearn/terms.h"
 #include "kernels/cross_entropy.h"
 #include "par_test_util.h"
 #include "tests/test_util.h"
@@ -160,6 +161,37 @@ TEST_P(ParallelModel, DescentMatchesOneProcess) {
 
 TEST_P(ParallelModel, AscentAndKlMatchOneProcess) {
   for (auto [tp, dp] : test::layouts()) run_layout(tp, dp, tp == 1, 1, GetParam());
+}
+
+// Unlearning terms that reach the model only through forward / backward / logprobs /
+// hidden states run unchanged on a tensor-parallel model. (kl and adversarial read the full
+// logits and must use vocab_parallel_kl / vocab_parallel_argmax_excluding instead.)
+TEST(ParallelTerms, TermsWithoutFullLogitsMatchOneProcess) {
+  const int tp = test::mpi_world_shared()->size();
+  auto grid = ProcessGrid::from_world(test::mpi_world_shared(), {tp, 1});
+  auto single = ProcessGrid::single();
+  const LlamaConfig cfg = tiny();
+  LlamaModel par(cfg, DType::f64, grid), one(cfg, DType::f64, single);
+  LlamaModel par_ref(cfg, DType::f64, grid), one_ref(cfg, DType::f64, single);
+  par.init_weights(7), one.init_weights(7), par_ref.init_weights(8), one_ref.init_weights(8);
+  const Batch gb = make_batch(0);
+  UnlearnBatch ub{gb.tokens, gb.targets, {0, 1, 2, 3}, 5};
+  for (const char* type : {"nll", "random_labels", "simnpo", "rmu_forget", "rmu_retain"}) {
+    SCOPED_TRACE(type);
+    TermSpec spec;
+    spec.type = type;
+    spec.stream = "forget";
+    spec.layer = 1;
+    spec.seed = 3;
+    auto t_par = make_term(spec, &par_ref), t_one = make_term(spec, &one_ref);
+    par.grads().zero();
+    one.grads().zero();
+    const double l1 = t_one->accumulate(one, ub, -1.0), lp = t_par->accumulate(par, ub, -1.0);
+    EXPECT_NEAR(lp, l1, 1e-10 * std::abs(l1));
+    for (size_t i = 0; i < par.grads().size(); ++i)
+      EXPECT_LT(test::scaled_err(par.grads()[i], test::block_of(one.grads()[i], par.grads().spec(i)), 1e-300), 1e-10)
+          << par.grads().spec(i).name;
+  }
 }
 
 TEST(ParallelModelRecompute, RecomputedLayersMatchOneProcess) {

@@ -123,6 +123,13 @@ TEST_P(VocabParallel, ArgmaxExcludingTargetMatchesAScan) {
       if (j != t && (best < 0 || L[size_t(i * V + j)] > L[size_t(i * V + best)])) best = j;
     EXPECT_EQ(out.data<int32_t>()[i], best) << "row " << i;
   }
+  vocab_parallel_argmax(test::columns(c.logits, vs.start, vs.size), vs, out, w);
+  for (int64_t i = 0; i < N; ++i) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < V; ++j)
+      if (L[size_t(i * V + j)] > L[size_t(i * V + best)]) best = j;
+    EXPECT_EQ(out.data<int32_t>()[i], best) << "row " << i;
+  }
 }
 
 TEST(VocabParallelEmbedding, LookupAndGradientMatchOneRank) {
