@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a GPU session needs, in one call of a few minutes: the device, the GPU op
+# Everything a GPU check needs, in one run of a few minutes: the device, the GPU op
 # tests, the forget+retain step benchmark against transformers, and a summary table.
 # Runs the binaries that tools/gpu_bundle.sh built on a CPU machine (gpu_bundle/), so the
 # GPU machine needs only the NVIDIA driver, cuBLASLt (its CUDA toolkit or PyTorch's
