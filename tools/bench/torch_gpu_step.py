@@ -66,7 +66,7 @@ def run_case(model_name, n_layers, batch, T, iters, warmup):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return {"ms_per_step": round(ms, 3), "tokens_per_s": round(tok_s, 1), "model_tflops": round(tflops, 2),
-            "loss": float(loss), "peak_gib": round(peak_gib, 2)}
+            "loss": loss.detach().item(), "peak_gib": round(peak_gib, 2)}
 
 
 def main():
