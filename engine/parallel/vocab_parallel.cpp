@@ -223,10 +223,11 @@ double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const T
     row_lse(X, N, Vr, lp, tp);
     Tensor part = Tensor::zeros({N}, DType::f64);
     double* kl = part.data<double>();
+    P* G = dlogits ? dlogits->data<P>() : nullptr;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
       if (w[size_t(i)] == 0.0) {
-        if (dlogits) for (int64_t j = 0; j < Vr; ++j) dlogits->data<P>()[i * Vr + j] = P(0);
+        if (G) for (int64_t j = 0; j < Vr; ++j) G[i * Vr + j] = P(0);
         continue;
       }
       double s = 0;
@@ -234,7 +235,7 @@ double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const T
         const double lqj = double(R[i * Vr + j]) - lq[size_t(i)], lpj = double(X[i * Vr + j]) - lp[size_t(i)];
         const double q = std::exp(lqj), p = std::exp(lpj);
         if (q > 0) s += q * (lqj - lpj);
-        if (dlogits) dlogits->data<P>()[i * Vr + j] = P(w[size_t(i)] * (p - q));
+        if (G) G[i * Vr + j] = P(w[size_t(i)] * (p - q));
       }
       kl[i] = s;
     }

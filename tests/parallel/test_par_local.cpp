@@ -38,6 +38,34 @@ TEST(Launch, PlainProcessIsNotUnderMpi) {
   EXPECT_FALSE(g->parallel());
 }
 
+TEST(Launch, LaunchersAreRecognisedFromTheirEnvironment) {
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK"))
+    GTEST_SKIP() << "this test process was started by an MPI launcher";
+  // srun --mpi=pmix: the rank from PMIx, the size from SLURM.
+  setenv("PMIX_RANK", "5", 1);
+  setenv("SLURM_NTASKS", "16", 1);
+  LaunchInfo li = detect_launch();
+  EXPECT_TRUE(li.under_mpi);
+  EXPECT_EQ(li.launcher, "pmix");
+  EXPECT_EQ(li.rank, 5);
+  EXPECT_EQ(li.world_size, 16);
+  unsetenv("PMIX_RANK");
+  unsetenv("SLURM_NTASKS");
+  // Open MPI's mpirun.
+  setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+  setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+  li = detect_launch();
+  EXPECT_EQ(li.launcher, "openmpi");
+  EXPECT_EQ(li.rank, 3);
+  EXPECT_EQ(li.world_size, 4);
+  unsetenv("OMPI_COMM_WORLD_SIZE");
+  unsetenv("OMPI_COMM_WORLD_RANK");
+  // SLURM alone (srun without an MPI plugin) is not an MPI launch.
+  setenv("SLURM_PROCID", "1", 1);
+  EXPECT_FALSE(detect_launch().under_mpi);
+  unsetenv("SLURM_PROCID");
+}
+
 TEST(Launch, PlainProcessRefusesAParallelLayout) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK"))
     GTEST_SKIP() << "this test process was started by an MPI launcher";
