@@ -159,15 +159,18 @@ except OSError:
 L, T = load("bench_lethe.json"), load("bench_torch.json")
 if L:
     tor = {r["case"]: r for r in (T or {}).get("results", [])}
-    print(f"{'case':34} {'lethe tok/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'attn TFLOP/s':>12} {'torch tok/s':>12} {'ratio':>6}")
+    print(f"{'case':20} {'layers':>6} {'lethe tok/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'attn f+b':>8} "
+          f"{'fwd wmma/mma':>13} {'torch tok/s':>12} {'ratio':>6}")
     for r in L.get("results", []):
         o = tor.get(r["case"], {})
         tt = o.get("tokens_per_s")
         ratio = f"{r['tokens_per_s'] / tt:6.2f}" if tt else "   n/a"
         mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "   n/a"
         tts = f"{tt:12.0f}" if tt else f"{o.get('error', 'n/a')[:12]:>12}"
-        print(f"{r['case']:34} {r['tokens_per_s']:12.0f} {r['model_tflops']:8.1f} {mfu:>6} "
-              f"{r.get('attention_tflops', 0):12.1f} {tts} {ratio}")
+        fwd = f"{r.get('attention_fwd_tflops_wmma', 0):6.0f}/{r.get('attention_fwd_tflops_mma', 0):<6.0f}"
+        print(f"{r['case']:20} {r['layers']:6d} {r['tokens_per_s']:12.0f} {r['model_tflops']:8.1f} {mfu:>6} "
+              f"{r.get('attention_tflops', 0):8.1f} {fwd:>13} {tts} {ratio}")
+    print("(attention columns in TFLOP/s: forward+backward, and forward alone per forward kernel)")
 PY
 if [ "$test_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ]; then
   echo "gpu_check: FAILED (tests exit $test_rc, benchmark exit $bench_rc); logs in $RES" >&2

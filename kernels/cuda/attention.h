@@ -7,6 +7,14 @@
 
 namespace lethe::cuda {
 
+// Forward kernels: `wmma` (default) round-trips scores and the output through shared
+// memory; `mma` keeps them in registers (mma.sync m16n8k16, FlashAttention-2's layout) and
+// is faster, opt-in until it has passed the GPU tests on hardware. Same results either way
+// up to rounding; the backward is shared.
+enum class AttentionForwardKernel { wmma, mma };
+void set_attention_forward_kernel(AttentionForwardKernel k);
+AttentionForwardKernel attention_forward_kernel();
+
 // Head dimensions with a compiled kernel (16, 32, 64, 128).
 bool attention_supports_head_dim(int64_t D);
 

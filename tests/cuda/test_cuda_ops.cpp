@@ -256,6 +256,16 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
                             c.D);
     EXPECT_TRUE(close("o", go.download(), vec(o), kAttnFwdTol)) << name;
     EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol)) << name;
+    {  // the register-resident forward on the same inputs
+      DeviceBuffer<bf16> go2(nq);
+      DeviceBuffer<float> glse2(size_t(c.B * c.H * c.T));
+      cuda::set_attention_forward_kernel(cuda::AttentionForwardKernel::mma);
+      cuda::attention_forward(gq.get(), gk.get(), gv.get(), float(scale), go2.get(), glse2.get(), c.B, c.T, c.H,
+                              c.KV, c.D);
+      cuda::set_attention_forward_kernel(cuda::AttentionForwardKernel::wmma);
+      EXPECT_TRUE(close("o (mma forward)", go2.download(), vec(o), kAttnFwdTol)) << name;
+      EXPECT_TRUE(close("lse (mma forward)", glse2.download(), vec(lse), kF32Tol)) << name;
+    }
     cuda::attention_backward(gdo.get(), gq.get(), gk.get(), gv.get(), go.get(), glse.get(), float(scale), gdq.get(),
                              gdk.get(), gdv.get(), ws.get(), c.B, c.T, c.H, c.KV, c.D);
     EXPECT_TRUE(close("dq", gdq.download(), vec(dq), kAttnBwdTol)) << name;

@@ -23,7 +23,7 @@ namespace {
 struct Result {
   std::string model_case;
   int64_t layers, batch, seq;
-  double ms, tok_s, tflops, mfu, attn_tflops, loss, grad_norm;
+  double ms, tok_s, tflops, mfu, attn_tflops, loss, grad_norm, fwd_wmma_tflops, fwd_mma_tflops;
 };
 
 int run(int argc, char** argv) {
@@ -48,6 +48,30 @@ int run(int argc, char** argv) {
   const double peak = cuda::bf16_peak_flops();
   std::printf("device %s, bf16 dense peak %.0f TFLOP/s\n", cuda::device_name().c_str(), peak / 1e12);
   std::vector<Result> results;
+  // Rewritten after every case, so a later failure keeps the earlier results.
+  auto write_json = [&]() -> bool {
+    if (json.empty()) return true;
+    FILE* f = std::fopen(json.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "lethe_bench_gpu: cannot write %s\n", json.c_str());
+      return false;
+    }
+    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"results\": [", cuda::device_name().c_str(),
+                 peak / 1e12);
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& r = results[i];
+      std::fprintf(f,
+                   "%s\n  {\"case\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, \"ms_per_step\": %.3f, "
+                   "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, \"mfu\": %.4f, \"attention_tflops\": %.2f, "
+                   "\"loss\": %.6f, \"grad_norm\": %.6g, \"attention_fwd_tflops_wmma\": %.2f, "
+                   "\"attention_fwd_tflops_mma\": %.2f}",
+                   i ? "," : "", r.model_case.c_str(), (long long)r.layers, (long long)r.batch, (long long)r.seq, r.ms,
+                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm, r.fwd_wmma_tflops, r.fwd_mma_tflops);
+    }
+    std::fprintf(f, "\n]}\n");
+    std::fclose(f);
+    return true;
+  };
   bool bad = false;
   const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
   for (const Model& model : kModels) {
@@ -98,8 +122,9 @@ int run(int argc, char** argv) {
                                  model.H, model.KV, st.D);
       }
       const float attn_ms = at.stop() / attn_iters;
+
       cuda::check_launch("bench");
-      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm};
+      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm, 0, 0};
       r.tok_s = double(st.N) / (ms / 1e3);
       r.tflops = r.tok_s * st.flops_per_token() / 1e12;
       r.mfu = peak > 0 ? r.tflops * 1e12 / peak : 0;
@@ -113,29 +138,37 @@ int run(int argc, char** argv) {
         bad = true;
       }
       results.push_back(r);
+      if (!write_json()) return 1;
+      // Forward alone with each forward kernel, last: the mma kernel has not yet passed
+      // its tests on hardware, and a fault would end the run (the results above are kept).
+      try {
+        float fwd_ms[2] = {0, 0};
+        const cuda::AttentionForwardKernel kinds[2] = {cuda::AttentionForwardKernel::wmma,
+                                                       cuda::AttentionForwardKernel::mma};
+        for (int v = 0; v < 2; ++v) {
+          cuda::set_attention_forward_kernel(kinds[v]);
+          Saved& s = st.saved[0];
+          const float sc = 1.f / std::sqrt(float(st.D));
+          cuda::attention_forward(s.q, s.k, s.v, sc, s.o, s.lse, st.B, T, model.H, model.KV, st.D);  // warm-up
+          at.start();
+          for (int i = 0; i < attn_iters; ++i)
+            cuda::attention_forward(s.q, s.k, s.v, sc, s.o, s.lse, st.B, T, model.H, model.KV, st.D);
+          fwd_ms[v] = at.stop() / attn_iters;
+        }
+        cuda::set_attention_forward_kernel(cuda::AttentionForwardKernel::wmma);
+        const double fwd_flops = st.attention_flops() / 3.5;
+        results.back().fwd_wmma_tflops = fwd_flops / (fwd_ms[0] / 1e3) / 1e12;
+        results.back().fwd_mma_tflops = fwd_flops / (fwd_ms[1] / 1e3) / 1e12;
+        std::printf("%-20s attention forward alone: wmma %.1f TFLOP/s, mma %.1f TFLOP/s\n", name.c_str(),
+                    results.back().fwd_wmma_tflops, results.back().fwd_mma_tflops);
+        if (!write_json()) return 1;
+      } catch (const Error& e) {
+        std::fprintf(stderr, "lethe_bench_gpu: %s: attention forward variants: %s\n", name.c_str(), e.what());
+        return 1;
+      }
       cuda::gemm_destroy(st.gemm);
       cuda::synchronize();
     }
-  }
-  if (!json.empty()) {
-    FILE* f = std::fopen(json.c_str(), "w");
-    if (!f) {
-      std::fprintf(stderr, "lethe_bench_gpu: cannot write %s\n", json.c_str());
-      return 1;
-    }
-    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"results\": [", cuda::device_name().c_str(),
-                 peak / 1e12);
-    for (size_t i = 0; i < results.size(); ++i) {
-      const Result& r = results[i];
-      std::fprintf(f,
-                   "%s\n  {\"case\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, \"ms_per_step\": %.3f, "
-                   "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, \"mfu\": %.4f, \"attention_tflops\": %.2f, "
-                   "\"loss\": %.6f, \"grad_norm\": %.6g}",
-                   i ? "," : "", r.model_case.c_str(), (long long)r.layers, (long long)r.batch, (long long)r.seq, r.ms,
-                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm);
-    }
-    std::fprintf(f, "\n]}\n");
-    std::fclose(f);
   }
   return bad ? 1 : 0;
 }
