@@ -7,7 +7,8 @@
 
 namespace lethe {
 
-ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid)
+ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
+                                   int64_t bucket_elems)
     : params_(params), grads_(grads), cfg_(cfg), grid_(grid), zero1_(grid.zero1()) {
   cfg_.validate();
   LETHE_CHECK(params.numel() == grads.numel() && params.size() == grads.size(),
@@ -29,7 +30,7 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
     shard_size_ = P;
     master_ = params.flat();
     gshard_ = grads.flat();
-    if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts, grid.dp_group());
+    if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts, grid.dp_group(), bucket_elems);
   }
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t lo = std::max(starts[i], shard_begin_), hi = std::min(starts[i] + params[i].numel(),

@@ -22,8 +22,10 @@ namespace lethe {
 
 class ShardedOptimizer {
  public:
-  // params/grads: this rank's tp slice (the model's sets).
-  ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid);
+  // params/grads: this rank's tp slice (the model's sets). bucket_elems: size of the
+  // all-reduce buckets without ZeRO (about 4 MB of f32 by default).
+  ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
+                   int64_t bucket_elems = 1 << 20);
 
   // The model's backward reports that parameters from `first` on are final (only for the
   // last micro-batch of a step); buckets wholly among them start their all-reduce.

@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include "engine/parallel/grad_reducer.h"
 #include "engine/parallel/grid.h"
 #include "engine/parallel/mpi_comm.h"
 #include "engine/parallel/regions.h"
@@ -105,6 +106,25 @@ TEST(Grid, WrongWorldSizeIsAClearError) {
               std::string::npos)
         << e.what();
   }
+}
+
+TEST(GradReducer, BucketsStartAsTheBackwardReportsAndSumOverRanks) {
+  auto w = world();
+  // Ten "parameters" of 1..10 elements; buckets of at least 7 elements, cut from the end.
+  std::vector<int64_t> starts;
+  int64_t n = 0;
+  for (int64_t p = 1; p <= 10; ++p) starts.push_back(n), n += p;
+  Tensor g = Tensor::empty({n}, DType::f32);
+  for (int64_t i = 0; i < n; ++i) g.data<float>()[i] = float(i + w->rank());
+  GradReducer r(g, starts, *w, 7);
+  EXPECT_GT(r.n_buckets(), 4u);
+  for (size_t first = 10; first-- > 0;) r.ready_from(first);  // as a backward reports
+  r.finish();
+  const float ranks = float(w->size() * (w->size() - 1) / 2);
+  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(g.data<float>()[i], float(w->size() * i) + ranks) << i;
+  // Reusable for the next step; finish() alone starts every bucket.
+  r.finish();
+  EXPECT_EQ(g.data<float>()[1], float(w->size()) * (float(w->size()) + ranks));
 }
 
 TEST(Regions, GatherAndScatterColumns) {

@@ -119,7 +119,9 @@ void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute =
   oc.weight_decay = 0.1;
   oc.grad_clip = 0.5;
   Optimizer opt_one(one.params(), oc);
-  ShardedOptimizer opt_par(par.params(), par.grads(), oc, *grid);
+  // Small buckets: the tiny model's gradient travels in many all-reduces, most started
+  // during the backward.
+  ShardedOptimizer opt_par(par.params(), par.grads(), oc, *grid, 4096);
   for (int step = 0; step < 3; ++step) {
     const Batch b = make_batch(step);
     // Overlap the dp all-reduce with the (only) backward pass; not on step 0, whose
