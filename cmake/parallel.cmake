@@ -22,4 +22,5 @@ endif()
 # optim layers), which the root file defines after including this one: add them once the
 # directory is processed.
 cmake_language(DEFER DIRECTORY ${PROJECT_SOURCE_DIR} CALL target_sources lethe_model PRIVATE
-  ${PROJECT_SOURCE_DIR}/engine/model/tp_layout.cpp ${PROJECT_SOURCE_DIR}/engine/optim/sharded_optimizer.cpp)
+  ${PROJECT_SOURCE_DIR}/engine/model/tp_layout.cpp ${PROJECT_SOURCE_DIR}/engine/optim/sharded_optimizer.cpp
+  ${PROJECT_SOURCE_DIR}/engine/model/parallel_terms.cpp)

@@ -7,7 +7,9 @@
 
 #include <cmath>
 
+#include "engine/eval/mia.h"
 #include "engine/model/llama.h"
+#include "engine/model/parallel_terms.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/sharded_optimizer.h"
 #include "engine/parallel/vocab_parallel.h"
@@ -193,6 +195,66 @@ TEST(ParallelTerms, TermsWithoutFullLogitsMatchOneProcess) {
     for (size_t i = 0; i < par.grads().size(); ++i)
       EXPECT_LT(test::scaled_err(par.grads()[i], test::block_of(one.grads()[i], par.grads().spec(i)), 1e-300), 1e-10)
           << par.grads().spec(i).name;
+  }
+}
+
+// kl, adversarial and the Min-K%++ moments through engine/model/parallel_terms.h on every
+// layout, against the one-process term objects and eval/mia.
+TEST(ParallelTerms, KlAdversarialAndMomentsMatchOneProcess) {
+  const LlamaConfig cfg = tiny();
+  auto single = ProcessGrid::single();
+  LlamaModel one(cfg, DType::f64, single), one_ref(cfg, DType::f64, single);
+  one.init_weights(7), one_ref.init_weights(8);
+  const Batch gb = make_batch(1);
+  const UnlearnBatch ub{gb.tokens, gb.targets, {0, 1, 2, 3}, 5};
+  TermSpec kl_spec, adv_spec, nll_spec;
+  kl_spec.type = "kl", adv_spec.type = "adversarial", nll_spec.type = "nll";
+  kl_spec.stream = adv_spec.stream = nll_spec.stream = "retain";
+  one.grads().zero();
+  const double kl1 = make_term(kl_spec, &one_ref)->accumulate(one, ub, -0.7);
+  const ParamSet kl_grads = [&] {
+    ParamSet c(one.grads().specs(), DType::f64);
+    c.flat().copy_from(one.grads().flat());
+    return c;
+  }();
+  one.grads().zero();
+  const double adv1 = make_term(adv_spec, &one_ref)->accumulate(one, ub, 1.0);
+  const Tensor one_logits = one.forward_logits(gb.tokens).clone();
+
+  for (auto [tp, dp] : test::layouts()) {
+    SCOPED_TRACE(::testing::Message() << "tp=" << tp << " dp=" << dp);
+    auto grid = ProcessGrid::from_world(test::mpi_world_shared(), {tp, dp});
+    LlamaModel par(cfg, DType::f64, grid), par_ref(cfg, DType::f64, grid);
+    par.init_weights(7), par_ref.init_weights(8);
+    const int64_t Bl = B / dp, r0 = Bl * grid->dp_rank();
+    const Tensor tok = rows(gb.tokens, r0, Bl), tgt = rows(gb.targets, r0, Bl);
+    par.grads().zero();
+    const double klp = kl_to_reference(par, par_ref, tok, tgt, -0.7, true);
+    EXPECT_NEAR(klp, kl1, 1e-10 * std::abs(kl1));
+    for (size_t i = 0; i < par.grads().size(); ++i) {
+      Tensor gsum = par.grads()[i].clone();
+      grid->dp_group().all_reduce(gsum, ReduceOp::sum);
+      EXPECT_LT(test::scaled_err(gsum, test::block_of(kl_grads[i], par.grads().spec(i))), 1e-10)
+          << "kl gradient of " << par.grads().spec(i).name;
+    }
+    if (dp == 1) {  // the nll term normalises over its own rows
+      par.grads().zero();
+      const UnlearnBatch adv{gb.tokens, adversarial_targets(par_ref, gb.tokens, gb.targets), {0, 1, 2, 3}, 5};
+      const double advp = make_term(nll_spec, nullptr)->accumulate(par, adv, 1.0);
+      EXPECT_NEAR(advp, adv1, 1e-10 * std::abs(adv1));
+      for (size_t i = 0; i < par.grads().size(); ++i)
+        EXPECT_LT(test::scaled_err(par.grads()[i], test::block_of(one.grads()[i], par.grads().spec(i))), 1e-10)
+            << "adversarial gradient of " << par.grads().spec(i).name;
+    }
+    par.forward_logits(tok);
+    Tensor mu = Tensor::empty({Bl * T}, DType::f64), sigma = Tensor::empty({Bl * T}, DType::f64);
+    logprob_moments(par, mu, sigma);
+    for (int64_t i = 0; i < Bl * T; ++i) {
+      double m = 0, sd = 0;
+      logit_moments(one_logits.data<double>() + (r0 * T + i) * cfg.vocab_size, cfg.vocab_size, m, sd);
+      EXPECT_NEAR(mu.data<double>()[i], m, 1e-10 * std::abs(m));
+      EXPECT_NEAR(sigma.data<double>()[i], sd, 1e-10 * std::abs(sd));
+    }
   }
 }
 
