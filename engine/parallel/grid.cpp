@@ -59,9 +59,9 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
   if (device == Device::cpu || grid->world_size() == 1) return grid;
 #ifdef LETHE_HAVE_NCCL
   // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
-  grid->tp_ = make_nccl_communicator(*grid->tp_);
-  grid->dp_ = make_nccl_communicator(*grid->dp_);
-  grid->world_ = make_nccl_communicator(*grid->world_);
+  grid->tp_ = make_nccl_communicator(grid->tp_);
+  grid->dp_ = make_nccl_communicator(grid->dp_);
+  grid->world_ = make_nccl_communicator(grid->world_);
   return grid;
 #else
   LETHE_FAIL("GPU tensors across ranks need NCCL, and this build has none (CMake did not find it)");

@@ -39,7 +39,9 @@ double timeout_seconds() {
 
 class NcclCommunicator : public Communicator {
  public:
-  explicit NcclCommunicator(Communicator& mpi) : rank_(mpi.rank()), size_(mpi.size()), timeout_(timeout_seconds()) {
+  explicit NcclCommunicator(std::shared_ptr<Communicator> host)
+      : host_(std::move(host)), rank_(host_->rank()), size_(host_->size()), timeout_(timeout_seconds()) {
+    Communicator& mpi = *host_;
     int n_dev = 0;
     cuda_check(cudaGetDeviceCount(&n_dev), "cudaGetDeviceCount");
     LETHE_CHECK(n_dev > 0, "NCCL: no CUDA device visible to this rank");
@@ -67,14 +69,14 @@ class NcclCommunicator : public Communicator {
   void set_stream(void* s) override { stream_ = static_cast<cudaStream_t>(s); }
 
   void all_reduce(Tensor& x, ReduceOp op) override {
-    gpu(x, "all_reduce");
+    if (x.device() == Device::cpu) return host_->all_reduce(x, op);
     issue(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), op == ReduceOp::sum ? ncclSum : ncclMax,
                         comm_, stream_),
           "ncclAllReduce");
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
+    if (x.device() == Device::cpu) return host_->all_reduce_async(x, op);
     // Ordered on the stream: later kernels on it see the result; the host need not wait.
-    gpu(x, "all_reduce_async");
     ncclResult_t r = ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()),
                                    op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_);
     if (r != ncclInProgress) check(r, "ncclAllReduce");
@@ -87,25 +89,27 @@ class NcclCommunicator : public Communicator {
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather");
-    gpu(out, "all_gather");
+    if (out.device() == Device::cpu) return host_->all_gather(in, out);
+    gpu(in, "all_gather");
     issue(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_),
           "ncclAllGather");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
-    gpu(in, "reduce_scatter");
+    if (in.device() == Device::cpu) return host_->reduce_scatter(in, out);
+    gpu(out, "reduce_scatter");
     issue(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
           "ncclReduceScatter");
   }
   void broadcast(Tensor& x, int root) override {
-    gpu(x, "broadcast");
+    if (x.device() == Device::cpu) return host_->broadcast(x, root);
     issue(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
           "ncclBroadcast");
   }
   void barrier() override {
-    // NCCL has no barrier: a one-element all-reduce orders every rank.
-    Tensor t = Tensor::zeros({1}, DType::f32, Device::cuda);
-    all_reduce(t, ReduceOp::sum);
+    // Drain this rank's NCCL work, then meet over MPI (NCCL has no barrier).
+    wait_stream("barrier");
+    host_->barrier();
   }
   void check_async_error() override {
     ncclResult_t async = ncclSuccess;
@@ -162,6 +166,7 @@ class NcclCommunicator : public Communicator {
     wait_stream(what);
   }
 
+  std::shared_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   int rank_, size_;
@@ -170,8 +175,8 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& mpi_group) {
-  return std::make_unique<NcclCommunicator>(mpi_group);
+std::unique_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> mpi_group) {
+  return std::make_unique<NcclCommunicator>(std::move(mpi_group));
 }
 
 }  // namespace lethe

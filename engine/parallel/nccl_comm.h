@@ -13,6 +13,9 @@
 
 namespace lethe {
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& mpi_group);
+// mpi_group: the same ranks over MPI. It carries the unique id, and every collective on
+// host (CPU) tensors (scalars such as a loss or a token count) goes to it, so one group
+// object serves both kinds of buffer.
+std::unique_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> mpi_group);
 
 }  // namespace lethe
