@@ -2,8 +2,12 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
+
+#include "engine/parallel/failure.h"
 
 namespace lethe {
 namespace {
@@ -36,13 +40,46 @@ void check(int rc, const char* what) {
   LETHE_FAIL(what, ": ", std::string(msg, size_t(len)));
 }
 
+// Seconds a collective may wait for its peers (LETHE_COLLECTIVE_TIMEOUT_S, default 600;
+// 0 waits forever). A peer that hangs without dying (stuck I/O, a deadlock) would
+// otherwise hold every other rank forever; past the limit the job is aborted with a
+// message naming the collective.
+double collective_timeout() {
+  static const double t = [] {
+    const char* s = std::getenv("LETHE_COLLECTIVE_TIMEOUT_S");
+    return s ? std::atof(s) : 600.0;
+  }();
+  return t;
+}
+
+// Every collective is started non-blocking and completed here, so it can time out.
+void complete(MPI_Request& r, const char* what) {
+  const double limit = collective_timeout();
+  if (limit <= 0) {
+    check(MPI_Wait(&r, MPI_STATUS_IGNORE), what);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    // Spin briefly (tensor-parallel all-reduces are short), then yield the core.
+    if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (polls % 64 == 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > limit)
+      abort_job(std::string(what) + " made no progress for " + std::to_string(int(limit)) +
+                " s (a peer rank hangs); set LETHE_COLLECTIVE_TIMEOUT_S to wait longer");
+  }
+}
+
 class MpiPending : public PendingCollective {
  public:
   explicit MpiPending(MPI_Request r) : req_(r) {}
   ~MpiPending() override {
     if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
   }
-  void wait() override { check(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait"); }
+  void wait() override { complete(req_, "MPI_Iallreduce"); }
 
  private:
   MPI_Request req_;
@@ -66,9 +103,11 @@ class MpiCommunicator : public Communicator {
 
   void all_reduce(Tensor& x, ReduceOp op) override {
     check_cpu(x, "all_reduce", "x");
-    check(MPI_Allreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all_reduce"),
-                        mpi_type(x.dtype(), true, "all_reduce"), mpi_op(op), comm_),
-          "MPI_Allreduce");
+    MPI_Request r;
+    check(MPI_Iallreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all_reduce"),
+                         mpi_type(x.dtype(), true, "all_reduce"), mpi_op(op), comm_, &r),
+          "MPI_Iallreduce");
+    complete(r, "all_reduce");
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
     check_cpu(x, "all_reduce_async", "x");
@@ -84,21 +123,32 @@ class MpiCommunicator : public Communicator {
     const int n = mpi_count(in.numel(), "all_gather");
     const MPI_Datatype t = mpi_type(in.dtype(), false, "all_gather");
     const bool in_place = in.raw() == static_cast<char*>(out.raw()) + size_t(rank_) * in.nbytes();
-    check(MPI_Allgather(in_place ? MPI_IN_PLACE : in.raw(), n, t, out.raw(), n, t, comm_), "MPI_Allgather");
+    MPI_Request r;
+    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : in.raw(), n, t, out.raw(), n, t, comm_, &r), "MPI_Iallgather");
+    complete(r, "all_gather");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
     check_cpu(in, "reduce_scatter", "in");
-    check(MPI_Reduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce_scatter"),
-                                   mpi_type(in.dtype(), true, "reduce_scatter"), MPI_SUM, comm_),
-          "MPI_Reduce_scatter_block");
+    MPI_Request r;
+    check(MPI_Ireduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce_scatter"),
+                                    mpi_type(in.dtype(), true, "reduce_scatter"), MPI_SUM, comm_, &r),
+          "MPI_Ireduce_scatter_block");
+    complete(r, "reduce_scatter");
   }
   void broadcast(Tensor& x, int root) override {
     check_cpu(x, "broadcast", "x");
-    check(MPI_Bcast(x.raw(), mpi_count(x.numel(), "broadcast"), mpi_type(x.dtype(), false, "broadcast"), root, comm_),
-          "MPI_Bcast");
+    MPI_Request r;
+    check(MPI_Ibcast(x.raw(), mpi_count(x.numel(), "broadcast"), mpi_type(x.dtype(), false, "broadcast"), root, comm_,
+                     &r),
+          "MPI_Ibcast");
+    complete(r, "broadcast");
   }
-  void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  void barrier() override {
+    MPI_Request r;
+    check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
+    complete(r, "barrier");
+  }
 
  private:
   MPI_Comm comm_;

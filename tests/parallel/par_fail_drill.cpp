@@ -1,7 +1,11 @@
 // Failure drill: one rank fails while the others wait in a collective that can never
 // complete. The job must end with that rank's message and a non-zero exit, not hang.
-//   par_fail_drill exception|nan|badfile FAILING_RANK
+//   par_fail_drill exception|nan|badfile|hang FAILING_RANK
+// hang: the rank never returns; the others' collective times out
+// (LETHE_COLLECTIVE_TIMEOUT_S) and aborts the job.
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <cstdio>
 #include <string>
 
@@ -24,6 +28,8 @@ int main(int argc, char** argv) {
         LETHE_CHECK(std::isfinite(loss), "loss is ", loss, "; stopping before the update");
       }
       if (mode == "badfile") Checkpoint::open("/nonexistent/lethe-drill-checkpoint");
+      if (mode == "hang")
+        while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     Tensor x = Tensor::zeros({4}, DType::f32);
     world->all_reduce(x, ReduceOp::sum);  // the failed rank never joins
