@@ -99,9 +99,12 @@ double loss_and_grads(LlamaModel& m, LlamaModel& ref, const Batch& gb, int mode)
   return loss + g.dp_group().all_reduce(kl, ReduceOp::sum);
 }
 
-void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute = false) {
+// opt: "adamw", "sgd" (momentum), or "frozen" (AdamW with every layer-0 tensor frozen,
+// as RMU trains only a few tensors).
+void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute = false,
+                const std::string& opt = "adamw") {
   SCOPED_TRACE(::testing::Message() << "tp=" << tp << " dp=" << dp << " zero1=" << zero1 << " mode=" << mode << " "
-                                    << dtype_name(dt) << (recompute ? " recompute" : ""));
+                                    << dtype_name(dt) << (recompute ? " recompute" : "") << " " << opt);
   const double kTol = tol(dt);
   auto grid = ProcessGrid::from_world(test::mpi_world_shared(), {tp, dp, zero1});
   auto single = ProcessGrid::single();
@@ -120,10 +123,17 @@ void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute =
   OptimConfig oc;
   oc.weight_decay = 0.1;
   oc.grad_clip = 0.5;
+  if (opt == "sgd") oc.type = "sgd", oc.momentum = 0.9;
   Optimizer opt_one(one.params(), oc);
   // Small buckets: the tiny model's gradient travels in many all-reduces, most started
   // during the backward.
   ShardedOptimizer opt_par(par.params(), par.grads(), oc, *grid, 4096);
+  if (opt == "frozen") {
+    std::vector<bool> train(par.params().size());
+    for (size_t i = 0; i < train.size(); ++i) train[i] = par.params().spec(i).name.find("layers.0.") == std::string::npos;
+    opt_one.set_trainable(train);
+    opt_par.set_trainable(train);
+  }
   for (int step = 0; step < 3; ++step) {
     const Batch b = make_batch(step);
     // Overlap the dp all-reduce with the (only) backward pass; not on step 0, whose
@@ -255,6 +265,13 @@ TEST(ParallelTerms, KlAdversarialAndMomentsMatchOneProcess) {
       EXPECT_NEAR(mu.data<double>()[i], m, 1e-10 * std::abs(m));
       EXPECT_NEAR(sigma.data<double>()[i], sd, 1e-10 * std::abs(sd));
     }
+  }
+}
+
+TEST(ParallelOptimizer, SgdAndFrozenTensorsMatchOneProcess) {
+  for (auto [tp, dp] : test::layouts()) {
+    run_layout(tp, dp, true, 0, DType::f64, false, "sgd");
+    run_layout(tp, dp, true, 0, DType::f64, false, "frozen");
   }
 }
 
