@@ -13,29 +13,50 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
   cfg_.validate();
   LETHE_CHECK(params.numel() == grads.numel() && params.size() == grads.size(),
               "ShardedOptimizer: parameters and gradients differ in layout");
-  const int64_t P = params.numel(), dp = grid.dp();
+  const int64_t P = params.numel(), dp = grid.dp(), d = grid.dp_rank();
   const DType dt = params.flat().dtype();
-  std::vector<int64_t> starts;
-  for (size_t i = 0, off = 0; i < params.size(); off += size_t(params[i].numel()), ++i) starts.push_back(int64_t(off));
+  for (size_t i = 0, off = 0; i < params.size(); off += size_t(params[i].numel()), ++i) starts_.push_back(int64_t(off));
+  // The part of the flat buffer this rank updates, as [begin, end) ranges mapped to
+  // consecutive positions of the shard buffers.
+  std::vector<std::pair<int64_t, int64_t>> owned;
+  int64_t shard = 0;
   if (zero1_) {
-    const int64_t S = (P + dp - 1) / dp;
-    padded_ = S * dp;
-    shard_begin_ = std::min(P, S * grid.dp_rank());
-    shard_size_ = std::min(P, shard_begin_ + S) - shard_begin_;
-    pad_ = Tensor::zeros({padded_}, dt);
-    gshard_ = Tensor::zeros({S}, dt);
-    master_ = Tensor::zeros({S}, dt);
+    // Buckets cut from the end of the buffer at parameter boundaries; each is split over dp
+    // (padded to a multiple of dp), so it can be reduce-scattered as soon as the backward
+    // has finished it. Rank d owns chunk d of every bucket.
+    int64_t hi = P, padded = 0;
+    size_t p = starts_.size();
+    while (p > 0) {
+      size_t lo = p - 1;
+      while (lo > 0 && hi - starts_[lo] < bucket_elems) --lo;
+      const int64_t begin = starts_[lo], len = hi - begin, chunk = (len + dp - 1) / dp;
+      if (len > 0) {
+        buckets_.push_back({lo, begin, len, padded, chunk, shard, nullptr});
+        owned.push_back({begin + std::min(len, d * chunk), begin + std::min(len, (d + 1) * chunk)});
+        padded += chunk * dp;
+        shard += chunk;
+      }
+      hi = begin;
+      p = lo;
+    }
+    pad_ = Tensor::zeros({padded}, dt);
+    gshard_ = Tensor::zeros({shard}, dt);
+    master_ = Tensor::zeros({shard}, dt);
   } else {
-    shard_begin_ = 0;
-    shard_size_ = P;
+    owned.push_back({0, P});
     master_ = params.flat();
     gshard_ = grads.flat();
-    if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts, grid.dp_group(), bucket_elems);
+    if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts_, grid.dp_group(), bucket_elems);
   }
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t lo = std::max(starts[i], shard_begin_), hi = std::min(starts[i] + params[i].numel(),
-                                                                        shard_begin_ + shard_size_);
-    if (hi > lo) pieces_.push_back({i, lo - starts[i], lo - shard_begin_, hi - lo});
+  // Pieces: each owned range cut at parameter boundaries. Ranges come bucket by bucket,
+  // from the end of the buffer; within a bucket, in order.
+  for (size_t k = 0; k < owned.size(); ++k) {
+    const auto [lo_r, hi_r] = owned[k];
+    const int64_t base = zero1_ ? buckets_[k].shard_begin : 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int64_t lo = std::max(starts_[i], lo_r), hi = std::min(starts_[i] + params[i].numel(), hi_r);
+      if (hi > lo) pieces_.push_back({i, lo - starts_[i], base + (lo - lo_r), hi - lo});
+    }
   }
   const int64_t n = master_.numel();
   if (cfg_.type == "adamw") {
@@ -54,19 +75,35 @@ void ShardedOptimizer::set_trainable(std::vector<bool> trainable) {
 }
 
 void ShardedOptimizer::params_changed() {
-  if (zero1_) master_.view(0, {shard_size_}).copy_from(params_.flat().view(shard_begin_, {shard_size_}));
+  if (!zero1_) return;
+  for (const Piece& p : pieces_)
+    master_.view(p.shard_begin, {p.count}).copy_from(params_.flat().view(starts_[p.param] + p.param_begin, {p.count}));
+}
+
+void ShardedOptimizer::start_bucket(Bucket& b) {
+  const int64_t dp = grid_.dp();
+  Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
+  padded.view(0, {b.len}).copy_from(grads_.flat().view(b.begin, {b.len}));
+  if (b.chunk * dp > b.len) padded.view(b.len, {b.chunk * dp - b.len}).zero_();
+  Tensor out = gshard_.view(b.shard_begin, {b.chunk});
+  b.pending = grid_.dp_group().reduce_scatter_async(padded, out);
 }
 
 void ShardedOptimizer::grad_ready(size_t first) {
   if (reducer_) reducer_->ready_from(first);
+  if (!zero1_) return;
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].first_param >= first)
+    start_bucket(buckets_[next_bucket_++]);
 }
+
+bool ShardedOptimizer::frozen(size_t i) const { return !trainable_.empty() && !trainable_[i]; }
 
 double ShardedOptimizer::global_norm() {
   // A parameter every tp rank holds whole (norm weights; replicated k/v) has the same
-  // gradient on each: count it on tp rank 0 only.
+  // gradient on each: count it on tp rank 0 only. Frozen parameters do not count.
   double ss = 0;
   for (const Piece& p : pieces_) {
-    if (!params_.spec(p.param).sharded() && grid_.tp_rank() != 0) continue;
+    if ((!params_.spec(p.param).sharded() && grid_.tp_rank() != 0) || frozen(p.param)) continue;
     ss += ops::sum_squares(gshard_.view(p.shard_begin, {p.count}));
   }
   // ZeRO shards are disjoint over dp; without ZeRO every dp rank holds the same sum.
@@ -76,27 +113,25 @@ double ShardedOptimizer::global_norm() {
 
 double ShardedOptimizer::step(double lr) {
   LETHE_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
-  if (!trainable_.empty())
-    for (size_t i = 0; i < params_.size(); ++i)
-      if (!trainable_[i]) grads_[i].zero_();
-  const int64_t P = params_.numel();
   if (zero1_) {
-    pad_.view(0, {P}).copy_from(grads_.flat());
-    grid_.dp_group().reduce_scatter(pad_, gshard_);
+    grad_ready(0);  // buckets the backward did not start
+    for (Bucket& b : buckets_) {
+      b.pending->wait();
+      b.pending.reset();
+    }
+    next_bucket_ = 0;
   } else if (reducer_) {
     reducer_->finish();
   }
   const double norm = global_norm();
   LETHE_CHECK(std::isfinite(norm), "gradient norm is ", norm, "; refusing to update the weights");
-  if (cfg_.grad_clip > 0) {
-    const double f = cfg_.grad_clip / (norm + 1e-6);
-    if (f < 1) ops::scale_(gshard_, f);
-  }
+  const double f = cfg_.grad_clip > 0 ? cfg_.grad_clip / (norm + 1e-6) : 1.0;
   ++step_;
   for (const Piece& p : pieces_) {
-    if (!trainable_.empty() && !trainable_[p.param]) continue;
+    if (frozen(p.param)) continue;
     const double wd = params_[p.param].ndim() >= 2 ? cfg_.weight_decay : 0.0;
     Tensor w = master_.view(p.shard_begin, {p.count}), g = gshard_.view(p.shard_begin, {p.count});
+    if (f < 1) ops::scale_(g, f);
     if (cfg_.type == "adamw") {
       Tensor m = m_.view(p.shard_begin, {p.count}), v = v_.view(p.shard_begin, {p.count});
       ops::adamw_update(w, g, m, v, {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, wd, step_});
@@ -106,11 +141,15 @@ double ShardedOptimizer::step(double lr) {
     }
   }
   if (zero1_) {
-    const int64_t S = gshard_.numel();
-    Tensor mine = pad_.view(int64_t(grid_.dp_rank()) * S, {S});
-    mine.copy_from(master_);
-    grid_.dp_group().all_gather(mine, pad_);
-    params_.flat().copy_from(pad_.view(0, {P}));
+    // Each bucket's updated chunks back to every dp rank, then into the weights.
+    const int64_t dp = grid_.dp(), d = grid_.dp_rank();
+    for (const Bucket& b : buckets_) {
+      Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
+      Tensor mine = padded.view(d * b.chunk, {b.chunk});
+      mine.copy_from(master_.view(b.shard_begin, {b.chunk}));
+      grid_.dp_group().all_gather(mine, padded);
+      params_.flat().view(b.begin, {b.len}).copy_from(padded.view(0, {b.len}));
+    }
   }
   return norm;
 }

@@ -3,9 +3,10 @@
 //
 // zero1 off: the gradient is all-reduced over dp in buckets (GradReducer, started from
 // the backward through grad_ready) and every rank updates all of its tp slice.
-// zero1 on (ZeRO stage 1): the flat gradient is reduce-scattered over dp, each rank keeps
-// master weights and moments for its 1/dp of the flat buffer only, updates that, and the
-// weights are all-gathered back. Memory for AdamW state drops by dp.
+// zero1 on (ZeRO stage 1): the flat buffer is cut into the same buckets, each split over
+// dp; a bucket is reduce-scattered as soon as the backward has finished it, each rank
+// keeps master weights and moments for its chunk of every bucket only, updates those,
+// and the weights are all-gathered back bucket by bucket. AdamW state memory drops by dp.
 //
 // With a one-rank grid it performs exactly the arithmetic of Optimizer.
 #pragma once
@@ -42,7 +43,7 @@ class ShardedOptimizer {
   // After params are overwritten (a loaded checkpoint), refresh the master copy.
   void params_changed();
 
-  // The part of the flat buffer this rank updates: pieces of parameters, in order.
+  // The part of the flat buffer this rank updates: pieces of parameters.
   struct Piece {
     size_t param;        // index in the ParamSet
     int64_t param_begin; // first element within the parameter (flattened, local tp slice)
@@ -50,14 +51,24 @@ class ShardedOptimizer {
     int64_t count;
   };
   const std::vector<Piece>& pieces() const { return pieces_; }
-  // Moments over this rank's shard ([shard] elements): AdamW m and v, SGD momentum in m.
+  // Moments over this rank's shard (its chunk of every bucket, with ZeRO; the whole tp
+  // slice without): AdamW m and v, SGD momentum in m.
   Tensor& m() { return m_; }
   Tensor& v() { return v_; }
   bool has_m() const { return m_.defined(); }
   bool has_v() const { return v_.defined(); }
 
  private:
+  struct Bucket {
+    size_t first_param;             // the bucket holds parameters first_param.. (to the next bucket)
+    int64_t begin, len;             // its range of the flat buffer
+    int64_t pad_begin, chunk;       // its padded copy in pad_ (chunk * dp elements)
+    int64_t shard_begin;            // this rank's chunk in the shard buffers
+    std::unique_ptr<PendingCollective> pending;
+  };
   double global_norm();
+  bool frozen(size_t i) const;
+  void start_bucket(Bucket& b);
 
   ParamSet& params_;
   ParamSet& grads_;
@@ -67,7 +78,9 @@ class ShardedOptimizer {
   int64_t step_ = 0;
   std::vector<bool> trainable_;
   std::vector<Piece> pieces_;
-  int64_t shard_begin_ = 0, shard_size_ = 0, padded_ = 0;
+  std::vector<int64_t> starts_;   // first flat element of each parameter
+  std::vector<Bucket> buckets_;   // ZeRO buckets, from the end of the buffer
+  size_t next_bucket_ = 0;        // first bucket not yet started this step
   Tensor master_, gshard_, pad_, m_, v_;
   std::unique_ptr<GradReducer> reducer_;
 };

@@ -13,6 +13,11 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(Tensor& x, Red
   return std::make_unique<DonePending>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::reduce_scatter_async(const Tensor& in, Tensor& out) {
+  reduce_scatter(in, out);
+  return std::make_unique<DonePending>();
+}
+
 double Communicator::all_reduce(double v, ReduceOp op) {
   if (size() == 1) return v;
   Tensor t = Tensor::from<double>({1}, {v});

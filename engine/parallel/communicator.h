@@ -37,6 +37,9 @@ class Communicator {
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
   // out[n] = sum over ranks of chunk `rank` of their in[size * n].
   virtual void reduce_scatter(const Tensor& in, Tensor& out) = 0;
+  // Started reduce-scatter (ZeRO's gradient buckets during the backward); as
+  // all_reduce_async, backends without asynchronous collectives finish it at once.
+  virtual std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out);
   // x from `root` to every rank.
   virtual void broadcast(Tensor& x, int root) = 0;
   virtual void barrier() = 0;

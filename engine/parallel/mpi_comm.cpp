@@ -75,14 +75,15 @@ void complete(MPI_Request& r, const char* what) {
 
 class MpiPending : public PendingCollective {
  public:
-  explicit MpiPending(MPI_Request r) : req_(r) {}
+  MpiPending(MPI_Request r, const char* what) : req_(r), what_(what) {}
   ~MpiPending() override {
     if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
   }
-  void wait() override { complete(req_, "MPI_Iallreduce"); }
+  void wait() override { complete(req_, what_); }
 
  private:
   MPI_Request req_;
+  const char* what_;
 };
 
 class MpiCommunicator : public Communicator {
@@ -115,7 +116,7 @@ class MpiCommunicator : public Communicator {
     check(MPI_Iallreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all_reduce_async"),
                          mpi_type(x.dtype(), true, "all_reduce_async"), mpi_op(op), comm_, &r),
           "MPI_Iallreduce");
-    return std::make_unique<MpiPending>(r);
+    return std::make_unique<MpiPending>(r, "all_reduce_async");
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather");
@@ -135,6 +136,15 @@ class MpiCommunicator : public Communicator {
                                     mpi_type(in.dtype(), true, "reduce_scatter"), MPI_SUM, comm_, &r),
           "MPI_Ireduce_scatter_block");
     complete(r, "reduce_scatter");
+  }
+  std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, 1, size_, "reduce_scatter_async");
+    check_cpu(in, "reduce_scatter_async", "in");
+    MPI_Request r;
+    check(MPI_Ireduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce_scatter_async"),
+                                    mpi_type(in.dtype(), true, "reduce_scatter_async"), MPI_SUM, comm_, &r),
+          "MPI_Ireduce_scatter_block");
+    return std::make_unique<MpiPending>(r, "reduce_scatter_async");
   }
   void broadcast(Tensor& x, int root) override {
     check_cpu(x, "broadcast", "x");

@@ -101,6 +101,20 @@ class NcclCommunicator : public Communicator {
     issue(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
           "ncclReduceScatter");
   }
+  std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, 1, size_, "reduce_scatter_async");
+    if (in.device() == Device::cpu) return host_->reduce_scatter_async(in, out);
+    gpu(out, "reduce_scatter_async");
+    ncclResult_t r = ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_,
+                                       stream_);
+    if (r != ncclInProgress) check(r, "ncclReduceScatter");
+    struct Pending : PendingCollective {
+      NcclCommunicator* c;
+      explicit Pending(NcclCommunicator* c_) : c(c_) {}
+      void wait() override { c->wait_stream("ncclReduceScatter"); }
+    };
+    return std::make_unique<Pending>(this);
+  }
   void broadcast(Tensor& x, int root) override {
     if (x.device() == Device::cpu) return host_->broadcast(x, root);
     issue(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
