@@ -24,6 +24,7 @@ int checkpoint_info_main(const std::vector<std::string>& args);
 int convert_main(const std::vector<std::string>& args);
 int eval_main(const std::vector<std::string>& args);
 int unlearn_main(const std::vector<std::string>& args);
+int generate_main(const std::vector<std::string>& args);
 std::string version_string();
 
 }  // namespace lethe::cli

@@ -68,6 +68,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.grad_accum = t.get<int64_t>("grad_accum", r.grad_accum);
     r.log_every = t.get<int64_t>("log_every", r.log_every);
     r.seed = uint64_t(t.get<int64_t>("seed", int64_t(r.seed)));
+    r.resume = t.get<bool>("resume", r.resume);
+    r.run_steps = t.get<int64_t>("run_steps", r.run_steps);
     if (t.has("trainable")) {
       const std::string v = t.require<std::string>("trainable");
       if (v != "all") {
@@ -86,6 +88,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.batch_size >= 1, t.where("batch_size"), ": must be >= 1");
     LETHE_CHECK(r.grad_accum >= 1, t.where("grad_accum"), ": must be >= 1");
     LETHE_CHECK(r.log_every >= 1, t.where("log_every"), ": must be >= 1");
+    LETHE_CHECK(r.run_steps >= 0, t.where("run_steps"), ": must be >= 0 (0 = run to the end)");
   }
   if (root.has("optimizer")) read_optimizer_section(root.child("optimizer"), r.steps, r.optim, r.schedule);
   r.schedule.total_steps = std::max<int64_t>(1, r.steps);
@@ -120,7 +123,11 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   const ConfigNode o = root.child("output");
   r.out_dir = o.path("dir");
   r.export_hf = o.get<bool>("export_hf", r.export_hf);
+  r.checkpoint_every = o.get<int64_t>("checkpoint_every", r.checkpoint_every);
+  r.keep_last = o.get<int64_t>("keep_last", r.keep_last);
   o.finish();
+  LETHE_CHECK(r.checkpoint_every >= 0, o.where("checkpoint_every"), ": must be >= 0 (0 = no checkpoints)");
+  LETHE_CHECK(r.keep_last >= 1, o.where("keep_last"), ": must be >= 1");
   root.finish();
   return r;
 }

@@ -34,6 +34,11 @@ struct Recipe {
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial
   std::string out_dir;
   bool export_hf = false;
+  // Resumable checkpoints of the whole run (weights, optimizer, data cursors, evaluations)
+  // under out_dir/checkpoints every N steps (0: none); the newest keep_last are kept.
+  int64_t checkpoint_every = 0, keep_last = 1;
+  bool resume = false;    // continue the run found in out_dir
+  int64_t run_steps = 0;  // stop this invocation after this many steps, resumable (0: to the end)
 
   bool uses_stream(const std::string& s) const;
 };
