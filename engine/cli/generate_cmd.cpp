@@ -1,41 +1,14 @@
-#include <filesystem>
-#include <fstream>
+#include <functional>
+#include <memory>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include "engine/cli/commands.h"
-#include "engine/data/detokenizer.h"
+#include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
-#include "engine/io/checkpoint.h"
 #include "engine/io/model_loader.h"
 
 namespace lethe::cli {
-namespace fs = std::filesystem;
-using json = nlohmann::json;
 
-namespace {
-
-// The vocabulary for decoding: a lethe-tokenizer JSON (what `convert gguf-to-lethe`
-// stores), given as the file or as a checkpoint directory holding it.
-Detokenizer load_detokenizer(const std::string& path) {
-  std::string text;
-  if (fs::is_directory(path)) {
-    const Checkpoint c = Checkpoint::open(path);
-    LETHE_CHECK(c.has_file("tokenizer.json"), path, ": checkpoint carries no tokenizer.json; pass tokenizer=PATH");
-    text = c.read_file("tokenizer.json");
-  } else {
-    std::ifstream in(path);
-    LETHE_CHECK(in.good(), path, ": cannot open");
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  const json j = json::parse(text, nullptr, false);
-  LETHE_CHECK(!j.is_discarded() && j.value("format", "") == "lethe-tokenizer" && j.contains("tokens") &&
-                  j.contains("model"),
-              path, ": not a lethe-tokenizer file");
-  return Detokenizer(j["model"].get<std::string>(), j["tokens"].get<std::vector<std::string>>());
-}
-
-}  // namespace
 
 // `lethe generate MODEL DATA.h5 [doc=N] [prefix=N] [tokens=N] [tokenizer=PATH]`: the
 // greedy continuation of the first `prefix` tokens of one document. Unlike every other
@@ -83,7 +56,8 @@ int generate_main(const std::vector<std::string>& args) {
   std::function<std::string(const std::vector<int32_t>&)> decode = bytes_decode;
   if (ds.tokenizer != "bytes") {
     const std::string src = tokenizer.empty() ? args[0] : tokenizer;
-    auto d = std::make_shared<Detokenizer>(load_detokenizer(src));
+    std::shared_ptr<Detokenizer> d = find_detokenizer(src);
+    LETHE_CHECK(d, src, ": holds no tokenizer.json to decode '", ds.tokenizer, "' ids; pass tokenizer=PATH");
     decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
   }
   LlamaModel model(loaded.config, DType::f32);

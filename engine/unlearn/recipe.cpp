@@ -97,6 +97,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.eval_every = e.get<int64_t>("every", r.eval_every);
     r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
     r.mia_max_docs = e.get<int64_t>("mia_max_docs", r.mia_max_docs);
+    r.mia_max_tokens = e.get<int64_t>("mia_max_tokens", r.mia_max_tokens);
     r.verbatim_prefix = e.get<int64_t>("verbatim_prefix", r.verbatim_prefix);
     r.verbatim_continuation = e.get<int64_t>("verbatim_continuation", r.verbatim_continuation);
     r.verbatim_max_docs = e.get<int64_t>("verbatim_max_docs", r.verbatim_max_docs);
@@ -105,6 +106,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.mia_max_docs >= 0, e.where("mia_max_docs"), ": must be >= 0 (0 = all)");
+    LETHE_CHECK(r.mia_max_tokens >= 0, e.where("mia_max_tokens"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.verbatim_prefix >= 0 && r.verbatim_continuation >= 0 &&
                     (r.verbatim_prefix == 0) == (r.verbatim_continuation == 0),
                 e.where("verbatim_prefix"), ": verbatim_prefix and verbatim_continuation must both be 0 or both > 0");

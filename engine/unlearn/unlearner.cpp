@@ -7,11 +7,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "engine/data/sequence_sampler.h"
+#include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/eval/mia.h"
 #include "engine/eval/multiple_choice.h"
@@ -99,26 +101,46 @@ double term_flops_per_token(const TermSpec& t, const LlamaConfig& c, int64_t T) 
   return (t.type == "kl" || t.type == "adversarial") ? full * (4.0 / 3.0) : full;
 }
 
+using Decode = std::function<std::string(const std::vector<int32_t>&)>;
+
+// The text the zlib attack compresses: each scored document, or the part of it that was
+// scored when documents are truncated. Empty (no zlib attack) without a decoder.
+std::vector<std::string> doc_texts(const TokenDataset& ds, const std::vector<DocTokenStats>& stats,
+                                   const Decode& decode, bool truncated) {
+  std::vector<std::string> out;
+  if (!decode) return out;
+  for (const auto& st : stats) {
+    const int64_t b = ds.offsets[size_t(st.doc)], len = ds.offsets[size_t(st.doc) + 1] - b;
+    const int64_t n = truncated ? std::min(len, int64_t(st.logp.size()) + 1) : len;
+    out.push_back(decode(std::vector<int32_t>(ds.tokens.begin() + b, ds.tokens.begin() + b + n)));
+  }
+  return out;
+}
+
 // Full MIA suite (every attack) on forget vs holdout documents.
-std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, int64_t T,
-                                       LlamaModel* reference, int64_t max_docs) {
-  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) { return collect_doc_stats(mm, ds, T, 8, max_docs); };
+std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r,
+                                       LlamaModel* reference, const Decode& decode) {
+  const int64_t T = r.seq_len;
+  const int64_t chunks = r.mia_max_tokens > 0 ? (r.mia_max_tokens + T - 1) / T : 0;
+  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) {
+    return collect_doc_stats(mm, ds, T, 8, r.mia_max_docs, nullptr, chunks);
+  };
   const auto fs_ = stats(m, *forget.ds), hs = stats(m, *holdout.ds);
   std::vector<DocTokenStats> fr, hr;
   if (reference) {
     fr = stats(*reference, *forget.ds);
     hr = stats(*reference, *holdout.ds);
   }
-  const MiaScores members = mia_scores(fs_, bytes_of_docs(*forget.ds, fs_), reference ? &fr : nullptr);
-  const MiaScores nonmembers = mia_scores(hs, bytes_of_docs(*holdout.ds, hs), reference ? &hr : nullptr);
+  const MiaScores members = mia_scores(fs_, doc_texts(*forget.ds, fs_, decode, chunks > 0), reference ? &fr : nullptr);
+  const MiaScores nonmembers = mia_scores(hs, doc_texts(*holdout.ds, hs, decode, chunks > 0), reference ? &hr : nullptr);
   return mia_report(members, nonmembers).auc;
 }
 
-ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget) {
+ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget, const Decode& decode) {
   ExtraMetrics x;
   if (r.verbatim_prefix > 0) {
     const VerbatimResult v = verbatim_memorisation(m, forget, r.verbatim_prefix, r.verbatim_continuation,
-                                                   r.verbatim_max_docs, bytes_decode, 4);
+                                                   r.verbatim_max_docs, decode, 4);
     x.verbatim = true;
     x.rouge_l_f1 = v.rouge_l_f1_mean;
     x.rouge_l_recall = v.rouge_l_recall_mean;
@@ -179,11 +201,22 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     LETHE_CHECK(s.ds->tokenizer == streams.at("forget").ds->tokenizer, s.path, ": tokenizer '", s.ds->tokenizer,
                 "' differs from the forget set's '", streams.at("forget").ds->tokenizer,
                 "'; every split must be tokenised like the model's training data");
-  // Text-level metrics decode and encode with the byte tokenizer; other tokenizers would
-  // need their detokenizer here, which this version does not wire in.
-  LETHE_CHECK((r.verbatim_prefix == 0 && r.mc_task.empty()) || streams.at("forget").ds->tokenizer == "bytes", r.file,
-              ": eval.verbatim_* and eval.mc_task need a byte-level model in this version (the forget set uses '",
+  // Text-level metrics (zlib attack, verbatim ROUGE-L) decode with the data's tokenizer:
+  // bytes, or the model's vocabulary. Multiple choice must also encode, which only the
+  // byte tokenizer does here.
+  const bool byte_level = streams.at("forget").ds->tokenizer == "bytes";
+  Decode decode;
+  if (byte_level) {
+    decode = bytes_decode;
+  } else if (std::shared_ptr<Detokenizer> d = find_detokenizer(r.model)) {
+    decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
+  }
+  LETHE_CHECK(r.verbatim_prefix == 0 || decode, r.file, ": eval.verbatim_* needs to decode '",
+              streams.at("forget").ds->tokenizer, "' ids, and ", r.model, " holds no tokenizer.json");
+  LETHE_CHECK(r.mc_task.empty() || byte_level, r.file,
+              ": eval.mc_task needs a byte-level model in this version (the forget set uses '",
               streams.at("forget").ds->tokenizer, "')");
+  if (!decode) out << "no tokenizer.json with " << r.model << ": the zlib attack is left out" << std::endl;
   std::map<std::string, Stream*> eval_splits;
   for (auto& [name, s] : streams) eval_splits[name] = &s;
 
@@ -257,7 +290,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   } else {
     res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
     log_eval(res.evals.back(), "before");
-    res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds);
+    res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   }
   const double retain0 = res.evals[0].splits.count("retain") ? res.evals[0].splits.at("retain").ppl : 0;
 
@@ -381,7 +414,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     log_eval(res.evals.back(), "eval");
   }
   save_model(r.out_dir, "final", model, r, res.steps_run, eval_to_json(res.evals.back()), tokenizer);
-  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds);
+  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
 
   // Final membership inference with every attack, and the oracle beside it. The
@@ -390,7 +423,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     reference = std::make_unique<LlamaModel>(cfg, DType::f32);
     assign_weights(*reference, loaded);
   }
-  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
+  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
@@ -400,8 +433,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     assign_weights(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
-    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds);
+    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
+    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;

@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${LETHE_BIN:-$root/build/lethe}"
 runs="${RESULTS_RUNS:-$root/build/results}"
-lrs="${RESULTS_LRS:-1e-4 3e-4 1e-3 3e-3}"
+lrs="${RESULTS_LRS:-3e-5 1e-4 3e-4 1e-3}"
 rm -rf "$runs"
 mkdir -p "$runs/methods" "$runs/sweep"
 
