@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
-.PHONY: all build deps demo test test-unit test-slow bench golden models smollm2 clean
+.PHONY: all build deps demo test test-unit test-slow bench golden models smollm2 results clean
 
 all: build
 
@@ -55,6 +55,11 @@ smollm2: build
 # Pretrains tiny-lm and its retrain oracle on the embedded corpora (~15 min on 2 cores).
 models: build
 	bash tools/models/train_tiny_lm.sh
+
+# Every recipe and the GA / GA+GD / GA+KL learning-rate sweep on the embedded benchmark,
+# judged against the retrain oracle; rewrites the tables of docs/results.md (~30 min).
+results: build
+	LETHE_BIN=$(BUILD)/lethe bash tools/results/run_results.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -7,6 +7,10 @@
 #include <limits>
 #include <sstream>
 
+#include <filesystem>
+#include <fstream>
+
+#include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/eval/rouge.h"
 #include "kernels/cross_entropy.h"
@@ -315,6 +319,54 @@ TEST(Verbatim, ByteLevelDataset) {
   // convention) when it has none.
   const bool has_word = !rouge_tokenize(bytes_decode(gen)).empty();
   EXPECT_NEAR(r.rouge_l_f1_mean, has_word ? 1.0 : 0.0, 1e-12);
+}
+
+}  // namespace
+}  // namespace lethe
+
+namespace lethe {
+namespace {
+
+// Decoding vocabularies found next to a model: transformers' tokenizer.json (byte-level BPE
+// and SentencePiece-style), lethe's own format, and clear errors for the rest.
+TEST(TokenizerFile, FindsAndDecodesEachKind) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("lethe_tokfile_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+    return (dir / name).string();
+  };
+  EXPECT_EQ(find_detokenizer(dir.string()), nullptr) << "no tokenizer.json: nothing to decode with";
+  write("tokenizer.json",
+        R"({"model": {"type": "BPE", "vocab": {"a": 0, "\u0120b": 1}}, "decoder": {"type": "ByteLevel"},
+            "added_tokens": [{"id": 2, "content": "<|end|>"}]})");
+  auto bpe = find_detokenizer(dir.string());
+  ASSERT_NE(bpe, nullptr);
+  EXPECT_EQ(bpe->decode({0, 1, 1}), "a b b");
+  EXPECT_EQ(bpe->vocab_size(), 3u);
+  auto sp = find_detokenizer(write("sp.json",
+                                   R"({"model": {"type": "BPE", "vocab": {"\u2581hi": 0, "<0x21>": 1}},
+                                       "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}]}})"));
+  ASSERT_NE(sp, nullptr);
+  EXPECT_EQ(sp->decode({0, 1}), " hi!");
+  auto lt = find_detokenizer(write("lt.json", R"({"format": "lethe-tokenizer", "model": "gpt2", "tokens": ["x", "y"]})"));
+  EXPECT_EQ(lt->decode({1, 0}), "yx");
+  auto expect_error = [&](const std::string& file, const std::string& needle) {
+    try {
+      find_detokenizer(file);
+      FAIL() << file;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(write("wp.json", R"({"model": {"type": "WordPiece", "vocab": {}}})"), "not a BPE tokenizer.json");
+  expect_error(write("nodec.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}}})"), "neither byte-level");
+  expect_error(write("trunc.json", R"({"model": {"type": "BPE", "vo)"), "not a JSON object");
+  expect_error(write("neg.json", R"({"model": {"type": "BPE", "vocab": {"a": -3}}, "decoder": {"type": "ByteLevel"}})"),
+               "out of range");
+  expect_error((dir / "missing.json").string(), "cannot open");
+  fs::remove_all(dir);
 }
 
 }  // namespace

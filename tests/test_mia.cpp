@@ -367,6 +367,19 @@ TEST_P(MiaCollect, MatchesDirectForwardPerChunk) {
   const MiaReport rep = mia_report(sc, sc);
   EXPECT_EQ(rep.auc.size(), 3u + 2u * kMiaKPercents.size());
   for (const auto& [name, auc] : rep.auc) EXPECT_EQ(auc, 0.5) << name;
+
+  // First chunk of each document only: doc 0 keeps its first 5 targets, doc 2 its 5.
+  const auto first = collect_doc_stats(m, ds, T, 2, 0, &skipped, 1);
+  ASSERT_EQ(first.size(), 2u);
+  ASSERT_EQ(first[0].logp.size(), 5u);
+  ASSERT_EQ(first[1].logp.size(), 5u);
+  for (size_t t = 0; t < 5; ++t) EXPECT_NEAR(first[0].logp[t], st[0].logp[t], 1e-6) << "token " << t;
+  EXPECT_EQ(collect_doc_stats(m, ds, T, 2, 0, &skipped, 2)[0].logp.size(), 10u);
+  // Without the text, the zlib attack is left out and the rest are unchanged.
+  const MiaScores no_text = mia_scores(st, {}, &st);
+  EXPECT_EQ(no_text.by_attack.count("zlib"), 0u);
+  EXPECT_EQ(no_text.by_attack.at("loss"), sc.by_attack.at("loss"));
+  EXPECT_EQ(no_text.by_attack.size() + 1, sc.by_attack.size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, MiaCollect, ::testing::Values(DType::f32, DType::f64),

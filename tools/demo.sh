@@ -6,7 +6,10 @@
 #     safetensors in data/models) and measure what unlearning has to do: the full model
 #     knows the forget documents better than the oracle, which never saw them;
 #  3. unlearn the books forget split from tiny-lm with the GA+GD recipe and print the
-#     report's before/after table next to the oracle.
+#     report's before/after table next to the oracle;
+#  4. when SmolLM2-135M was fetched (make smollm2) and Python has `tokenizers`: tokenise
+#     the books splits with its tokenizer, run a short GA+GD on it, and print its
+#     before/after perplexities and one forget-document continuation before and after.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${LETHE_BIN:-$root/build/lethe}"
@@ -46,3 +49,32 @@ echo
 sed -n '/^| split/,/^$/p' "$work/unlearn-ga_gd/report.md"
 sed -n '/^| attack/,/^$/p' "$work/unlearn-ga_gd/report.md" | grep -E '^\|(---| (attack|loss|zlib|min_k_20|min_k_pp_20|reference) )'
 echo "Report: $work/unlearn-ga_gd/report.md, curves: $work/unlearn-ga_gd/curves.svg"
+
+echo
+smol="$root/models/smollm2-135m-instruct"
+if [ ! -f "$smol/COMPLETE" ]; then
+  echo "== 4. skipped: SmolLM2-135M not fetched (make smollm2 fetches and converts it)"
+  exit 0
+fi
+if ! python3 -c "import tokenizers, h5py, numpy" 2>/dev/null; then
+  echo "== 4. skipped: SmolLM2 needs Python's tokenizers, h5py, numpy to tokenise the data"
+  echo "   (pip install tokenizers h5py numpy)"
+  exit 0
+fi
+echo "== 4. SmolLM2-135M-Instruct: GA+GD on the books forget split (its own tokenizer)"
+d="$work/smollm2"
+mkdir -p "$d"
+python3 "$root/tools/models/hf_tokenizer.py" "$smol" --out "$d/tokenizer.json"
+for split in forget retain holdout; do
+  python3 "$root/tools/tokenize" "$root/data/corpora/books/$split.jsonl" --out "$d/$split.h5" \
+    --tokenizer "$d/tokenizer.json" --source "books/$split" >/dev/null
+done
+echo "-- before: forget document 0, greedy continuation"
+"$bin" generate "$smol" "$d/forget.h5" doc=0 prefix=32 tokens=24
+"$bin" unlearn "$root/configs/demo/smollm2_ga_gd.yaml" model="$smol" data.forget="$d/forget.h5" \
+  data.retain="$d/retain.h5" data.holdout="$d/holdout.h5" output.dir="$d/unlearn"
+echo "-- after: the same prefix"
+"$bin" generate "$d/unlearn/final" "$d/forget.h5" doc=0 prefix=32 tokens=24
+echo
+sed -n '/^| split/,/^$/p' "$d/unlearn/report.md"
+echo "Report: $d/unlearn/report.md"

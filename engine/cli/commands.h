@@ -25,6 +25,7 @@ int convert_main(const std::vector<std::string>& args);
 int eval_main(const std::vector<std::string>& args);
 int unlearn_main(const std::vector<std::string>& args);
 int plan_main(const std::vector<std::string>& args);
+int generate_main(const std::vector<std::string>& args);
 std::string version_string();
 
 }  // namespace lethe::cli

@@ -17,6 +17,7 @@ const char* kUsage =
     "  model-info MODEL.yaml          validate a model config and print its size and FLOPs\n"
     "  plan MODEL [--tp N --dp N ...] per-GPU memory and communication of a run; what fits\n"
     "  eval CKPT DATA.h5              NLL, perplexity and next-token accuracy on a token dataset\n"
+    "  generate MODEL DATA.h5         greedy continuation of a document's prefix (prints text)\n"
     "  convert KIND SRC OUT           hf-to-lethe, lethe-to-hf, gguf-to-lethe model conversion\n"
     "  checkpoint-info DIR            verify a checkpoint and print its step, model and digests\n"
     "  version                        version, compiled backends and visible GPUs\n"
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     if (cmd == "checkpoint-info") return lethe::cli::checkpoint_info_main(args);
     if (cmd == "convert") return lethe::cli::convert_main(args);
     if (cmd == "eval") return lethe::cli::eval_main(args);
+    if (cmd == "generate") return lethe::cli::generate_main(args);
     std::cerr << "lethe: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const lethe::Error& e) {

@@ -1,3 +1,6 @@
+#include <unistd.h>
+
+#include <cstdio>
 #include <iostream>
 
 #include "engine/cli/commands.h"
@@ -15,6 +18,8 @@ int unlearn_main(const std::vector<std::string>& args) {
                  "  forget / retain / general streams. Writes output.dir/{final,best,metrics.jsonl,\n"
                  "  report.json,report.md,curves.svg}. Overrides: train.steps=20 optimizer.lr=1e-4\n"
                  "  terms.retain.weight=0.5 output.dir=runs/x\n"
+                 "  Resumable: output.checkpoint_every=N writes output.dir/checkpoints; after an\n"
+                 "  interruption, the same command with train.resume=true continues bit-exactly.\n"
                  "  term types: "
               << types << "\n";
     return args.empty() ? 2 : 0;
@@ -22,7 +27,7 @@ int unlearn_main(const std::vector<std::string>& args) {
   std::vector<std::string> overrides(args.begin() + 1, args.end());
   for (const auto& o : overrides)
     LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
-  run_unlearn(load_recipe(args[0], overrides), std::cout);
+  run_unlearn(load_recipe(args[0], overrides), std::cout, isatty(fileno(stdout)) != 0);
   return 0;
 }
 

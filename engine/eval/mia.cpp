@@ -59,7 +59,8 @@ void logit_moments(const float* row, int64_t V, double& mu, double& sigma) { mom
 void logit_moments(const double* row, int64_t V, double& mu, double& sigma) { moments(row, V, mu, sigma); }
 
 std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDataset& ds, int64_t seq_len,
-                                             int64_t batch, int64_t max_docs, int64_t* skipped) {
+                                             int64_t batch, int64_t max_docs, int64_t* skipped,
+                                             int64_t max_chunks_per_doc) {
   LETHE_CHECK(batch >= 1, "MIA: batch size must be >= 1, got ", batch);
   LETHE_CHECK(max_docs >= 0, "MIA: max_docs must be >= 0, got ", max_docs);
   SamplerConfig sc;
@@ -70,12 +71,17 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
 
   // Chunks come in document order, so the scored ones are a prefix.
   std::vector<int32_t> scratch_tok(static_cast<size_t>(seq_len)), scratch_tgt(static_cast<size_t>(seq_len));
-  std::vector<int64_t> chunk_doc;
+  std::vector<int64_t> chunk_doc, chunk_index;
+  int64_t in_doc = 0, prev_doc = -1;
   for (int64_t i = 0; i < s.n_sequences(); ++i) {
     int64_t d = -1;
     s.sequence(i, scratch_tok.data(), scratch_tgt.data(), &d);
     if (d >= docs_considered) break;
+    in_doc = d == prev_doc ? in_doc + 1 : 0;
+    prev_doc = d;
+    if (max_chunks_per_doc > 0 && in_doc >= max_chunks_per_doc) continue;
     chunk_doc.push_back(d);
+    chunk_index.push_back(i);
   }
   const int64_t n = int64_t(chunk_doc.size());
   const int64_t V = model.config().vocab_size;
@@ -85,7 +91,7 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     const int64_t B = std::min(batch, n - i0);
     Tensor tok = Tensor::empty({B, seq_len}, DType::i32), tgt = Tensor::empty({B, seq_len}, DType::i32);
     for (int64_t b = 0; b < B; ++b)
-      s.sequence(i0 + b, tok.data<int32_t>() + b * seq_len, tgt.data<int32_t>() + b * seq_len);
+      s.sequence(chunk_index[size_t(i0 + b)], tok.data<int32_t>() + b * seq_len, tgt.data<int32_t>() + b * seq_len);
     model.forward(tok, tgt);
     const Tensor& logits = model.logits();
     const Tensor& logprobs = model.logprobs();
@@ -171,14 +177,14 @@ double mean_lowest(std::vector<double> values, int k_percent) {
 MiaScores mia_scores(const std::vector<DocTokenStats>& stats, const std::vector<std::string>& doc_bytes,
                      const std::vector<DocTokenStats>* reference) {
   LETHE_CHECK(!stats.empty(), "MIA: no documents to score");
-  LETHE_CHECK(doc_bytes.size() == stats.size(), "MIA: ", stats.size(), " documents but ", doc_bytes.size(),
+  LETHE_CHECK(doc_bytes.empty() || doc_bytes.size() == stats.size(), "MIA: ", stats.size(), " documents but ", doc_bytes.size(),
               " document texts");
   if (reference)
     LETHE_CHECK(reference->size() == stats.size(), "MIA: ", stats.size(), " documents but the reference model has ",
                 reference->size());
   MiaScores r;
   auto& loss = r.by_attack["loss"];
-  auto& zlib = r.by_attack["zlib"];
+  std::vector<double> zlib;
   for (size_t i = 0; i < stats.size(); ++i) {
     const DocTokenStats& st = stats[i];
     const size_t n = st.logp.size();
@@ -187,7 +193,7 @@ MiaScores mia_scores(const std::vector<DocTokenStats>& stats, const std::vector<
                 st.mu.size(), " mu and ", st.sigma.size(), " sigma values");
     const double ll = mean_of(st.logp);
     loss.push_back(ll);
-    zlib.push_back(ll / double(zlib_size(doc_bytes[i])));
+    if (!doc_bytes.empty()) zlib.push_back(ll / double(zlib_size(doc_bytes[i])));
     std::vector<double> lp(n), z(n);
     for (size_t t = 0; t < n; ++t) {
       lp[t] = st.logp[t];
@@ -205,6 +211,7 @@ MiaScores mia_scores(const std::vector<DocTokenStats>& stats, const std::vector<
       r.by_attack["reference"].push_back(ll - mean_of(ref.logp));
     }
   }
+  if (!doc_bytes.empty()) r.by_attack["zlib"] = std::move(zlib);
   return r;
 }
 

@@ -44,9 +44,11 @@ struct DocTokenStats {
 // A document with fewer than 2 tokens has nothing to predict: it gets no entry, the
 // entries' `doc` fields say which documents are present, and `skipped` (when given)
 // receives how many were left out. max_docs > 0 restricts scoring to documents
-// [0, max_docs).
+// [0, max_docs). max_chunks_per_doc > 0 scores only each document's first that many
+// chunks (MIA benchmarks score fixed-length snippets; whole books cost too much).
 std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDataset& ds, int64_t seq_len,
-                                             int64_t batch, int64_t max_docs = 0, int64_t* skipped = nullptr);
+                                             int64_t batch, int64_t max_docs = 0, int64_t* skipped = nullptr,
+                                             int64_t max_chunks_per_doc = 0);
 
 // The text bytes of document `doc` of a byte-level dataset (tokenizer "bytes"): the ids
 // are the bytes, without a leading bos_id or trailing eos_id. Any other tokenizer is an
@@ -69,7 +71,8 @@ struct MiaScores {
   std::map<std::string, std::vector<double>> by_attack;
 };
 
-// doc_bytes[i]: the text of stats[i] (see bytes_of_docs). reference, when given, holds the
+// doc_bytes[i]: the text of stats[i] (see bytes_of_docs); empty when the text cannot be
+// decoded, which leaves out the zlib attack. reference, when given, holds the
 // reference model's statistics of the same documents in the same order (same `doc`s; its
 // token count may differ, e.g. another tokenizer, as only its mean is used).
 MiaScores mia_scores(const std::vector<DocTokenStats>& stats, const std::vector<std::string>& doc_bytes,

@@ -68,6 +68,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.grad_accum = t.get<int64_t>("grad_accum", r.grad_accum);
     r.log_every = t.get<int64_t>("log_every", r.log_every);
     r.seed = uint64_t(t.get<int64_t>("seed", int64_t(r.seed)));
+    r.resume = t.get<bool>("resume", r.resume);
+    r.run_steps = t.get<int64_t>("run_steps", r.run_steps);
     if (t.has("trainable")) {
       const std::string v = t.require<std::string>("trainable");
       if (v != "all") {
@@ -86,6 +88,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.batch_size >= 1, t.where("batch_size"), ": must be >= 1");
     LETHE_CHECK(r.grad_accum >= 1, t.where("grad_accum"), ": must be >= 1");
     LETHE_CHECK(r.log_every >= 1, t.where("log_every"), ": must be >= 1");
+    LETHE_CHECK(r.run_steps >= 0, t.where("run_steps"), ": must be >= 0 (0 = run to the end)");
   }
   if (root.has("optimizer")) read_optimizer_section(root.child("optimizer"), r.steps, r.optim, r.schedule);
   r.schedule.total_steps = std::max<int64_t>(1, r.steps);
@@ -94,6 +97,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.eval_every = e.get<int64_t>("every", r.eval_every);
     r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
     r.mia_max_docs = e.get<int64_t>("mia_max_docs", r.mia_max_docs);
+    r.mia_max_tokens = e.get<int64_t>("mia_max_tokens", r.mia_max_tokens);
     r.verbatim_prefix = e.get<int64_t>("verbatim_prefix", r.verbatim_prefix);
     r.verbatim_continuation = e.get<int64_t>("verbatim_continuation", r.verbatim_continuation);
     r.verbatim_max_docs = e.get<int64_t>("verbatim_max_docs", r.verbatim_max_docs);
@@ -102,6 +106,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.mia_max_docs >= 0, e.where("mia_max_docs"), ": must be >= 0 (0 = all)");
+    LETHE_CHECK(r.mia_max_tokens >= 0, e.where("mia_max_tokens"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.verbatim_prefix >= 0 && r.verbatim_continuation >= 0 &&
                     (r.verbatim_prefix == 0) == (r.verbatim_continuation == 0),
                 e.where("verbatim_prefix"), ": verbatim_prefix and verbatim_continuation must both be 0 or both > 0");
@@ -120,7 +125,11 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   const ConfigNode o = root.child("output");
   r.out_dir = o.path("dir");
   r.export_hf = o.get<bool>("export_hf", r.export_hf);
+  r.checkpoint_every = o.get<int64_t>("checkpoint_every", r.checkpoint_every);
+  r.keep_last = o.get<int64_t>("keep_last", r.keep_last);
   o.finish();
+  LETHE_CHECK(r.checkpoint_every >= 0, o.where("checkpoint_every"), ": must be >= 0 (0 = no checkpoints)");
+  LETHE_CHECK(r.keep_last >= 1, o.where("keep_last"), ": must be >= 1");
   root.finish();
   return r;
 }

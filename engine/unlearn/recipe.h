@@ -25,6 +25,7 @@ struct Recipe {
   LRSchedule schedule;
   int64_t eval_every = 0, eval_max_sequences = 256;  // 0: evaluate only before and after
   int64_t mia_max_docs = 0;  // documents per split for the final MIA suite (0 = all)
+  int64_t mia_max_tokens = 0;  // score each document's first tokens only (whole seq_len chunks; 0 = all)
   // Verbatim memorisation of forget documents (greedy continuation of a prefix) before,
   // after and for the oracle; 0 tokens disables it.
   int64_t verbatim_prefix = 0, verbatim_continuation = 0, verbatim_max_docs = 8;
@@ -34,6 +35,11 @@ struct Recipe {
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial
   std::string out_dir;
   bool export_hf = false;
+  // Resumable checkpoints of the whole run (weights, optimizer, data cursors, evaluations)
+  // under out_dir/checkpoints every N steps (0: none); the newest keep_last are kept.
+  int64_t checkpoint_every = 0, keep_last = 1;
+  bool resume = false;    // continue the run found in out_dir
+  int64_t run_steps = 0;  // stop this invocation after this many steps, resumable (0: to the end)
 
   bool uses_stream(const std::string& s) const;
 };

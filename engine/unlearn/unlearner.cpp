@@ -7,11 +7,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "engine/data/sequence_sampler.h"
+#include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/eval/mia.h"
 #include "engine/eval/multiple_choice.h"
@@ -20,8 +22,11 @@
 #include "engine/io/hf_model.h"
 #include "engine/io/model_checkpoint.h"
 #include "engine/io/model_loader.h"
+#include "engine/core/peak_flops.h"
 #include "engine/io/sha256.h"
+#include "engine/unlearn/progress.h"
 #include "engine/unlearn/report.h"
+#include "engine/unlearn/run_state.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -58,10 +63,19 @@ std::string fmt(const char* f, double a) {
   return b;
 }
 
+// A lethe checkpoint's vocabulary (from convert gguf-to-lethe) travels to the unlearned
+// checkpoints, so they decode on their own.
+std::string source_tokenizer(const std::string& model) {
+  if (!fs::exists(fs::path(model) / "manifest.json")) return "";
+  const Checkpoint c = Checkpoint::open(model);
+  return c.has_file("tokenizer.json") ? c.read_file("tokenizer.json") : "";
+}
+
 void save_model(const std::string& dir, const std::string& name, LlamaModel& m, const Recipe& r, int64_t step,
-                const json& metrics) {
+                const json& metrics, const std::string& tokenizer) {
   CheckpointWriter w(dir, name, 0, /*update_latest=*/false);
   add_params(w, "weights", m.params());
+  if (!tokenizer.empty()) w.add_file("tokenizer.json", tokenizer);
   json& man = w.manifest();
   man["kind"] = "model";
   man["step"] = step;
@@ -73,32 +87,60 @@ void save_model(const std::string& dir, const std::string& name, LlamaModel& m, 
   w.commit();
 }
 
-json eval_json(const EvalPoint& e) {
-  json j = {{"step", e.step}, {"mia_auc_loss", e.mia_auc}};
-  for (const auto& [n, s] : e.splits) j[n] = {{"nll", s.nll}, {"ppl", s.ppl}, {"acc", s.acc}, {"tokens", s.tokens}};
-  return j;
+// Model FLOPs per token of a term's batch (DESIGN.md's MFU): forward + backward of the
+// layers it runs, plus a forward of the frozen reference when it reads one per batch.
+// RMU runs layers 0..l only and no output head.
+double term_flops_per_token(const TermSpec& t, const LlamaConfig& c, int64_t T) {
+  const double full = c.train_flops_per_token(T);
+  if (t.type == "rmu_forget" || t.type == "rmu_retain") {
+    const double head = 6.0 * double(c.dim) * double(c.vocab_size);
+    const double per_layer = (full - head) / double(c.n_layers);
+    const double layers = double(t.layer + 1) * per_layer;
+    return t.type == "rmu_retain" ? layers * (4.0 / 3.0) : layers;
+  }
+  return (t.type == "kl" || t.type == "adversarial") ? full * (4.0 / 3.0) : full;
+}
+
+using Decode = std::function<std::string(const std::vector<int32_t>&)>;
+
+// The text the zlib attack compresses: each scored document, or the part of it that was
+// scored when documents are truncated. Empty (no zlib attack) without a decoder.
+std::vector<std::string> doc_texts(const TokenDataset& ds, const std::vector<DocTokenStats>& stats,
+                                   const Decode& decode, bool truncated) {
+  std::vector<std::string> out;
+  if (!decode) return out;
+  for (const auto& st : stats) {
+    const int64_t b = ds.offsets[size_t(st.doc)], len = ds.offsets[size_t(st.doc) + 1] - b;
+    const int64_t n = truncated ? std::min(len, int64_t(st.logp.size()) + 1) : len;
+    out.push_back(decode(std::vector<int32_t>(ds.tokens.begin() + b, ds.tokens.begin() + b + n)));
+  }
+  return out;
 }
 
 // Full MIA suite (every attack) on forget vs holdout documents.
-std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, int64_t T,
-                                       LlamaModel* reference, int64_t max_docs) {
-  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) { return collect_doc_stats(mm, ds, T, 8, max_docs); };
+std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r,
+                                       LlamaModel* reference, const Decode& decode) {
+  const int64_t T = r.seq_len;
+  const int64_t chunks = r.mia_max_tokens > 0 ? (r.mia_max_tokens + T - 1) / T : 0;
+  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) {
+    return collect_doc_stats(mm, ds, T, 8, r.mia_max_docs, nullptr, chunks);
+  };
   const auto fs_ = stats(m, *forget.ds), hs = stats(m, *holdout.ds);
   std::vector<DocTokenStats> fr, hr;
   if (reference) {
     fr = stats(*reference, *forget.ds);
     hr = stats(*reference, *holdout.ds);
   }
-  const MiaScores members = mia_scores(fs_, bytes_of_docs(*forget.ds, fs_), reference ? &fr : nullptr);
-  const MiaScores nonmembers = mia_scores(hs, bytes_of_docs(*holdout.ds, hs), reference ? &hr : nullptr);
+  const MiaScores members = mia_scores(fs_, doc_texts(*forget.ds, fs_, decode, chunks > 0), reference ? &fr : nullptr);
+  const MiaScores nonmembers = mia_scores(hs, doc_texts(*holdout.ds, hs, decode, chunks > 0), reference ? &hr : nullptr);
   return mia_report(members, nonmembers).auc;
 }
 
-ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget) {
+ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget, const Decode& decode) {
   ExtraMetrics x;
   if (r.verbatim_prefix > 0) {
     const VerbatimResult v = verbatim_memorisation(m, forget, r.verbatim_prefix, r.verbatim_continuation,
-                                                   r.verbatim_max_docs, bytes_decode, 4);
+                                                   r.verbatim_max_docs, decode, 4);
     x.verbatim = true;
     x.rouge_l_f1 = v.rouge_l_f1_mean;
     x.rouge_l_recall = v.rouge_l_recall_mean;
@@ -117,12 +159,17 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
 
 }  // namespace
 
-UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
+UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar) {
   std::error_code ec;
-  LETHE_CHECK(!fs::exists(r.out_dir, ec) || fs::is_empty(r.out_dir, ec), r.out_dir,
-              ": output directory is not empty; choose a new output.dir (nothing was overwritten)");
+  const bool fresh_dir = !fs::exists(r.out_dir, ec) || fs::is_empty(r.out_dir, ec);
+  const bool has_run = !latest_checkpoint(run_checkpoint_dir(r)).empty();
+  LETHE_CHECK(fresh_dir || (r.resume && has_run), r.out_dir, ": output directory is not empty",
+              has_run ? "; it holds a resumable run: set train.resume=true to continue it, or choose a new output.dir"
+                      : "; choose a new output.dir",
+              " (nothing was overwritten)");
   const LoadedModel loaded = load_model(r.model);
   const LlamaConfig& cfg = loaded.config;
+  const std::string tokenizer = source_tokenizer(r.model);
   LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
               cfg.max_seq_len);
   LlamaModel model(cfg, DType::f32);
@@ -154,11 +201,22 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     LETHE_CHECK(s.ds->tokenizer == streams.at("forget").ds->tokenizer, s.path, ": tokenizer '", s.ds->tokenizer,
                 "' differs from the forget set's '", streams.at("forget").ds->tokenizer,
                 "'; every split must be tokenised like the model's training data");
-  // Text-level metrics decode and encode with the byte tokenizer; other tokenizers would
-  // need their detokenizer here, which this version does not wire in.
-  LETHE_CHECK((r.verbatim_prefix == 0 && r.mc_task.empty()) || streams.at("forget").ds->tokenizer == "bytes", r.file,
-              ": eval.verbatim_* and eval.mc_task need a byte-level model in this version (the forget set uses '",
+  // Text-level metrics (zlib attack, verbatim ROUGE-L) decode with the data's tokenizer:
+  // bytes, or the model's vocabulary. Multiple choice must also encode, which only the
+  // byte tokenizer does here.
+  const bool byte_level = streams.at("forget").ds->tokenizer == "bytes";
+  Decode decode;
+  if (byte_level) {
+    decode = bytes_decode;
+  } else if (std::shared_ptr<Detokenizer> d = find_detokenizer(r.model)) {
+    decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
+  }
+  LETHE_CHECK(r.verbatim_prefix == 0 || decode, r.file, ": eval.verbatim_* needs to decode '",
+              streams.at("forget").ds->tokenizer, "' ids, and ", r.model, " holds no tokenizer.json");
+  LETHE_CHECK(r.mc_task.empty() || byte_level, r.file,
+              ": eval.mc_task needs a byte-level model in this version (the forget set uses '",
               streams.at("forget").ds->tokenizer, "')");
+  if (!decode) out << "no tokenizer.json with " << r.model << ": the zlib attack is left out" << std::endl;
   std::map<std::string, Stream*> eval_splits;
   for (auto& [name, s] : streams) eval_splits[name] = &s;
 
@@ -190,44 +248,69 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     opt.set_trainable(mask);
   }
 
+  std::map<std::string, std::string> data_sha;
+  for (const auto& [name, s] : streams) data_sha[name] = to_hex(sha256_file(s.path));
+  const json fingerprint = run_fingerprint(r, loaded.sha256, data_sha);
+  RunState st;
+  const bool resumed = r.resume && load_run_state(r, fingerprint, model, opt, st);
+  if (resumed)
+    for (auto& [name, s] : streams)
+      if (s.sampler) {
+        LETHE_CHECK(st.cursors.count(name), run_checkpoint_dir(r), ": run state has no cursor for the ", name, " stream");
+        s.sampler->set_cursor(st.cursors.at(name));
+      }
+
   fs::create_directories(r.out_dir, ec);
   LETHE_CHECK(!ec, r.out_dir, ": cannot create: ", ec.message());
-  std::ofstream metrics(fs::path(r.out_dir) / "metrics.jsonl");
+  const fs::path metrics_path = fs::path(r.out_dir) / "metrics.jsonl";
+  if (resumed) truncate_metrics(metrics_path.string(), st.step);
+  std::ofstream metrics(metrics_path, resumed ? std::ios::app : std::ios::trunc);
+  LETHE_CHECK(metrics.good(), metrics_path.string(), ": cannot write");
   UnlearnResult res;
+  ProgressBar bar(out, r.steps, progress_bar);
+  const PeakFlops peak = cpu_peak_flops(omp_get_max_threads());
 
   out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
       << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
       << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
+  if (peak.flops > 0) out << "MFU against a peak of " << fmt("%.1f", peak.flops / 1e9) << " GFLOP/s (" << peak.source << ")" << std::endl;
+  if (resumed) out << "resumed from " << latest_checkpoint(run_checkpoint_dir(r)) << " at step " << st.step << std::endl;
   auto log_eval = [&](const EvalPoint& e, const char* label) {
     std::string line = std::string(label) + " step " + std::to_string(e.step) + ":";
     for (const char* s : {"forget", "retain", "holdout", "general"})
       if (e.splits.count(s)) line += std::string(" ") + s + " nll " + fmt("%.4f", e.splits.at(s).nll);
     line += " | MIA AUC " + fmt("%.3f", e.mia_auc);
-    out << line << std::endl;
-    metrics << json{{"eval", eval_json(e)}}.dump() << "\n";
+    bar.println(line);
+    metrics << json{{"eval", eval_to_json(e)}}.dump() << "\n";
     metrics.flush();
   };
-  res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
-  log_eval(res.evals.back(), "before");
-  res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds);
+  if (resumed) {
+    res.evals = st.evals;
+    res.extra["before"] = st.before;
+  } else {
+    res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
+    log_eval(res.evals.back(), "before");
+    res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
+  }
   const double retain0 = res.evals[0].splits.count("retain") ? res.evals[0].splits.at("retain").ppl : 0;
 
   // Best checkpoint rule: among evaluations whose retain perplexity stays within the stop
   // ratio (or 1.1x when unset), the one whose forget NLL is closest to the holdout NLL:
   // the observable point nearest to "as if never trained on the forget set".
   const double keep_ratio = r.stop_retain_ratio > 0 ? r.stop_retain_ratio : 1.1;
-  double best_gap = INFINITY;
+  double best_gap = resumed ? st.best_gap : INFINITY;
+  if (resumed) res.best_dir = st.best_dir;
   auto consider_best = [&](const EvalPoint& e) {
     if (retain0 > 0 && e.splits.at("retain").ppl > keep_ratio * retain0) return;
     const double gap = std::abs(e.splits.at("forget").nll - e.splits.at("holdout").nll);
     if (gap < best_gap) {
       best_gap = gap;
       fs::remove_all(fs::path(r.out_dir) / "best", ec);
-      save_model(r.out_dir, "best", model, r, e.step, eval_json(e));
+      save_model(r.out_dir, "best", model, r, e.step, eval_to_json(e), tokenizer);
       res.best_dir = (fs::path(r.out_dir) / "best").string();
     }
   };
-  consider_best(res.evals[0]);
+  if (!resumed) consider_best(res.evals[0]);
 
   std::map<std::string, UnlearnBatch> batches;
   for (const auto& [name, s] : streams)
@@ -238,7 +321,25 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
   res.stop_reason = "max steps";
   const auto t_start = std::chrono::steady_clock::now();
   const int64_t tokens_per_step = int64_t(batches.size()) * r.batch_size * r.seq_len * r.grad_accum;
-  for (int64_t step = 0; step < r.steps; ++step) {
+  double flops_per_step = 0;
+  for (const auto& t : r.terms)
+    flops_per_step += term_flops_per_token(t, cfg, r.seq_len) * double(r.batch_size * r.seq_len * r.grad_accum);
+  const int64_t first = st.step;
+  const int64_t stop_at = r.run_steps > 0 ? std::min(r.steps, first + r.run_steps) : r.steps;
+  res.steps_run = first;
+  auto checkpoint = [&](int64_t step) {
+    st.step = step;
+    st.cursors.clear();
+    for (const auto& [name, s] : streams)
+      if (s.sampler) st.cursors[name] = s.sampler->cursor();
+    st.evals = res.evals;
+    st.before = res.extra.at("before");
+    st.best_gap = best_gap;
+    st.best_dir = res.best_dir;
+    save_run_state(r, model, opt, st, fingerprint);
+  };
+  bool stopped = false;
+  for (int64_t step = first; step < stop_at; ++step) {
     model.grads().zero();
     std::map<std::string, double> term_loss;
     double total = 0;
@@ -259,18 +360,25 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     const double gnorm = opt.step(model.grads(), lr);
     res.steps_run = step + 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    const double tps = double(tokens_per_step) * double(step + 1) / elapsed;
+    const double done = double(step + 1 - first);
+    const double tps = double(tokens_per_step) * done / elapsed;
+    const double mfu = peak.flops > 0 ? flops_per_step * done / elapsed / peak.flops : 0;
+    const double eta = elapsed / done * double(r.steps - step - 1);
     json jl = {{"step", step + 1}, {"loss", total}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}};
+    if (peak.flops > 0) jl["mfu"] = mfu;
     for (const auto& [n, v] : term_loss) jl["terms"][n] = v;
     metrics << jl.dump() << "\n";
     if ((step + 1) % r.log_every == 0 || step + 1 == r.steps || step == 0) {
       std::string line = "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
                          fmt("%.4f", total);
       for (const auto& [n, v] : term_loss) line += " | " + n + " " + fmt("%.4f", v);
-      line += " | lr " + fmt("%.2e", lr) + " | " + fmt("%.0f tok/s", tps) + " | ETA " +
-              fmt("%.0fs", elapsed / double(step + 1) * double(r.steps - step - 1));
-      out << line << std::endl;
+      line += " | lr " + fmt("%.2e", lr) + " | " + fmt("%.0f tok/s", tps);
+      if (peak.flops > 0) line += " | MFU " + fmt("%.1f%%", 100 * mfu);
+      line += " | ETA " + fmt("%.0fs", eta);
+      bar.println(line);
     }
+    bar.update(step + 1, "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
+                             fmt("%.4f", total) + " | ETA " + fmt("%.0fs", eta));
     const bool last = step + 1 == r.steps;
     if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || last) {
       res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, step + 1));
@@ -286,17 +394,27 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
         why = "retain perplexity rose past " + fmt("%.2f", r.stop_retain_ratio) + "x";
       if (!why.empty()) {
         res.stop_reason = why;
-        out << "stop: " << why << " at step " << step + 1 << std::endl;
+        bar.println("stop: " + why + " at step " + std::to_string(step + 1));
+        stopped = true;
         break;
       }
     }
+    if (!last && ((r.checkpoint_every > 0 && (step + 1) % r.checkpoint_every == 0) || step + 1 == stop_at))
+      checkpoint(step + 1);
+  }
+  bar.finish();
+  if (!stopped && res.steps_run < r.steps) {
+    res.stop_reason = "paused";
+    out << "paused at step " << res.steps_run << " of " << r.steps << "; run again with train.resume=true to continue"
+        << std::endl;
+    return res;
   }
   if (res.evals.back().step != res.steps_run) {
     res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, res.steps_run));
     log_eval(res.evals.back(), "eval");
   }
-  save_model(r.out_dir, "final", model, r, res.steps_run, eval_json(res.evals.back()));
-  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds);
+  save_model(r.out_dir, "final", model, r, res.steps_run, eval_to_json(res.evals.back()), tokenizer);
+  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
 
   // Final membership inference with every attack, and the oracle beside it. The
@@ -305,7 +423,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     reference = std::make_unique<LlamaModel>(cfg, DType::f32);
     assign_weights(*reference, loaded);
   }
-  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
+  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
@@ -315,8 +433,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
     assign_weights(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r.seq_len, reference.get(), r.mia_max_docs);
-    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds);
+    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
+    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;
@@ -330,7 +448,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out) {
   in.final_sha256 = weights_sha256(model.params());
   in.oracle_sha256 = oracle_sha;
   for (const auto& [name, s] : streams) {
-    in.data_sha256[name] = to_hex(sha256_file(s.path));
+    in.data_sha256[name] = data_sha.at(name);
     in.data_docs[name] = s.ds->n_docs();
   }
   for (const auto& h : streams.at("forget").ds->doc_sha256) in.forget_doc_sha256.push_back(to_hex(h));

@@ -36,13 +36,14 @@ struct ExtraMetrics {
 struct UnlearnResult {
   std::vector<EvalPoint> evals;   // before (step 0), every N steps, after
   int64_t steps_run = 0;
-  std::string stop_reason;        // "max steps", or the criterion that fired
+  std::string stop_reason;        // "max steps", the criterion that fired, or "paused" (train.run_steps)
   std::string final_dir, best_dir, report_json, report_md;
   std::map<std::string, double> mia_auc_after;       // every attack, final model
   std::map<std::string, double> mia_auc_oracle;      // every attack, oracle (when given)
   std::map<std::string, ExtraMetrics> extra;         // "before", "after", "oracle"
 };
 
-UnlearnResult run_unlearn(const Recipe& recipe, std::ostream& out);
+// progress_bar: redraw a status line with a bar after every step (for a terminal).
+UnlearnResult run_unlearn(const Recipe& recipe, std::ostream& out, bool progress_bar = false);
 
 }  // namespace lethe

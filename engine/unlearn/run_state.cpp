@@ -1,0 +1,161 @@
+#include "engine/unlearn/run_state.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/core/error.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/model_checkpoint.h"
+
+namespace lethe {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+json eval_to_json(const EvalPoint& e) {
+  json j = {{"step", e.step}, {"mia_auc_loss", e.mia_auc}};
+  for (const auto& [n, s] : e.splits) j[n] = {{"nll", s.nll}, {"ppl", s.ppl}, {"acc", s.acc}, {"tokens", s.tokens}};
+  return j;
+}
+
+EvalPoint eval_from_json(const json& j) {
+  EvalPoint e;
+  e.step = j.at("step").get<int64_t>();
+  e.mia_auc = j.at("mia_auc_loss").get<double>();
+  for (const char* n : {"forget", "retain", "holdout", "general"})
+    if (j.contains(n)) {
+      const json& s = j.at(n);
+      e.splits[n] = {s.at("nll").get<double>(), s.at("ppl").get<double>(), s.at("acc").get<double>(),
+                     s.at("tokens").get<int64_t>()};
+    }
+  return e;
+}
+
+json extra_to_json(const ExtraMetrics& x) {
+  return {{"verbatim", x.verbatim},      {"mc", x.mc},           {"rouge_l_f1", x.rouge_l_f1},
+          {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match}, {"verbatim_docs", x.verbatim_docs},
+          {"mc_acc", x.mc_acc},          {"mc_acc_norm", x.mc_acc_norm}, {"mc_items", x.mc_items}};
+}
+
+ExtraMetrics extra_from_json(const json& j) {
+  ExtraMetrics x;
+  x.verbatim = j.at("verbatim").get<bool>();
+  x.mc = j.at("mc").get<bool>();
+  x.rouge_l_f1 = j.at("rouge_l_f1").get<double>();
+  x.rouge_l_recall = j.at("rouge_l_recall").get<double>();
+  x.exact_match = j.at("exact_match").get<double>();
+  x.verbatim_docs = j.at("verbatim_docs").get<int64_t>();
+  x.mc_acc = j.at("mc_acc").get<double>();
+  x.mc_acc_norm = j.at("mc_acc_norm").get<double>();
+  x.mc_items = j.at("mc_items").get<int64_t>();
+  return x;
+}
+
+json run_fingerprint(const Recipe& r, const std::string& model_sha256, const std::map<std::string, std::string>& data_sha256) {
+  json terms = json::array();
+  for (const auto& t : r.terms)
+    terms.push_back({{"type", t.type}, {"stream", t.stream}, {"weight", t.weight}, {"beta", t.beta},
+                     {"delta", t.delta}, {"layer", t.layer}, {"steer", t.steer}, {"seed", t.seed}});
+  return {{"method", r.method},
+          {"model_sha256", model_sha256},
+          {"data_sha256", data_sha256},
+          {"terms", terms},
+          {"seq_len", r.seq_len},
+          {"min_targets", r.min_targets},
+          {"steps", r.steps},
+          {"batch_size", r.batch_size},
+          {"grad_accum", r.grad_accum},
+          {"seed", r.seed},
+          {"trainable", r.trainable},
+          {"optimizer",
+           {{"type", r.optim.type}, {"beta1", r.optim.beta1}, {"beta2", r.optim.beta2}, {"eps", r.optim.eps},
+            {"weight_decay", r.optim.weight_decay}, {"momentum", r.optim.momentum}, {"grad_clip", r.optim.grad_clip}}},
+          {"schedule",
+           {{"type", r.schedule.type}, {"lr", r.schedule.lr}, {"min_lr", r.schedule.min_lr},
+            {"warmup_steps", r.schedule.warmup_steps}}},
+          {"eval", {{"every", r.eval_every}, {"max_sequences", r.eval_max_sequences}}}};
+}
+
+std::string run_checkpoint_dir(const Recipe& r) { return (fs::path(r.out_dir) / "checkpoints").string(); }
+
+void save_run_state(const Recipe& r, LlamaModel& m, Optimizer& opt, const RunState& s, const json& fingerprint) {
+  CheckpointWriter w(run_checkpoint_dir(r), checkpoint_name(s.step));
+  add_params(w, "weights", m.params());
+  if (opt.m().size()) add_params(w, "optim_m", opt.m());
+  if (opt.v().size()) add_params(w, "optim_v", opt.v());
+  json& man = w.manifest();
+  man["kind"] = "unlearn";
+  man["step"] = s.step;
+  man["model"] = llama_config_to_json(m.config());
+  man["run"] = fingerprint;
+  man["optimizer"] = {{"type", r.optim.type}, {"steps_taken", opt.steps_taken()}};
+  json cursors = json::object();
+  for (const auto& [name, c] : s.cursors) cursors[name] = {{"epoch", c.epoch}, {"index", c.index}};
+  json evals = json::array();
+  for (const auto& e : s.evals) evals.push_back(eval_to_json(e));
+  man["state"] = {{"cursors", cursors},
+                  {"evals", evals},
+                  {"before", extra_to_json(s.before)},
+                  {"best_gap", std::isfinite(s.best_gap) ? json(s.best_gap) : json(nullptr)},
+                  {"best_dir", s.best_dir}};
+  man["parallel"] = {{"tp", 1}, {"dp", 1}};
+  man["dtype"] = dtype_name(m.dtype());
+  w.commit();
+  prune_checkpoints(run_checkpoint_dir(r), r.keep_last);
+}
+
+bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Optimizer& opt, RunState& s) {
+  const std::string latest = latest_checkpoint(run_checkpoint_dir(r));
+  if (latest.empty()) return false;
+  const Checkpoint ck = Checkpoint::open(latest);
+  const json& man = ck.manifest();
+  const std::string where = latest + "/manifest.json";
+  LETHE_CHECK(man.value("kind", "") == "unlearn" && man.contains("run") && man.contains("state"), where,
+              ": not an unlearning run checkpoint");
+  for (auto it = fingerprint.begin(); it != fingerprint.end(); ++it)
+    LETHE_CHECK(man["run"].contains(it.key()) && man["run"][it.key()] == it.value(), r.out_dir,
+                ": holds a different run: its '", it.key(),
+                "' differs from this recipe's; choose another output.dir (nothing was changed)");
+  try {
+    load_params(ck, "weights", m.params());
+    if (opt.m().size()) load_params(ck, "optim_m", opt.m());
+    if (opt.v().size()) load_params(ck, "optim_v", opt.v());
+    opt.set_steps_taken(man.at("optimizer").at("steps_taken").get<int64_t>());
+    const json& st = man.at("state");
+    s.step = man.at("step").get<int64_t>();
+    s.cursors.clear();
+    for (auto it = st.at("cursors").begin(); it != st.at("cursors").end(); ++it)
+      s.cursors[it.key()] = {it.value().at("epoch").get<int64_t>(), it.value().at("index").get<int64_t>()};
+    s.evals.clear();
+    for (const auto& e : st.at("evals")) s.evals.push_back(eval_from_json(e));
+    s.before = extra_from_json(st.at("before"));
+    s.best_gap = st.at("best_gap").is_null() ? INFINITY : st.at("best_gap").get<double>();
+    s.best_dir = st.at("best_dir").get<std::string>();
+  } catch (const json::exception& e) {
+    LETHE_FAIL(where, ": malformed run state: ", e.what());
+  }
+  LETHE_CHECK(!s.evals.empty(), where, ": run state holds no evaluation");
+  return true;
+}
+
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) continue;  // a line cut short by the interruption
+    const int64_t s = j.contains("eval") ? j["eval"].value("step", int64_t(0)) : j.value("step", int64_t(0));
+    if (s <= step) kept += line + "\n";
+  }
+  in.close();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    LETHE_CHECK(out.good(), tmp, ": cannot write");
+  }
+  fs::rename(tmp, path);
+}
+
+}  // namespace lethe

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Rewrites the generated part of docs/results.md from the report.json files of
+`make results` (tools/results/run_results.sh). Text outside the markers is kept."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SPLITS = ["forget", "holdout", "retain", "general"]
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def f4(x):
+    return "" if x is None else f"{x:.4f}"
+
+
+def pct(x):
+    return "" if x is None else f"{x:+.1f}%"
+
+
+def rel(after, before):
+    return (after - before) / before * 100.0
+
+
+def methods_table(reports):
+    any_r = next(iter(reports.values()))
+    rows = []
+    head = ("| model | steps (stop) | forget NLL | holdout NLL | retain NLL | general NLL | "
+            "MIA AUC loss | min-k++ 20% | PrivLeak (loss) | ROUGE-L | MC acc |")
+    rows.append(head)
+    rows.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def extra(r, who):
+        v = r.get("verbatim_memorisation", {}).get(who)
+        m = r.get("multiple_choice", {}).get(who)
+        return (f4(v["rouge_l_f1"]) if v else "", f4(m["acc"]) if m else "")
+
+    b = any_r["before"]
+    rl, mc = extra(any_r, "before")
+    rows.append(f"| original (tiny-lm-full) | 0 | {f4(b['forget']['nll'])} | {f4(b['holdout']['nll'])} | "
+                f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {f4(b['mia_auc_loss'])} | | | {rl} | {mc} |")
+    o = any_r["oracle"]
+    rl, mc = extra(any_r, "oracle")
+    mo = any_r["mia_auc_oracle"]
+    rows.append(f"| **retrain oracle** | - | {f4(o['forget']['nll'])} | {f4(o['holdout']['nll'])} | "
+                f"{f4(o['retain']['nll'])} | {f4(o['general']['nll'])} | {f4(mo['loss'])} | {f4(mo.get('min_k_pp_20'))} | 0% | {rl} | {mc} |")
+    for name, r in sorted(reports.items()):
+        a = r["after"]
+        rl, mc = extra(r, "after")
+        ma = r["mia_auc_after"]
+        rows.append(f"| {name} | {r['steps_run']} ({r['stop_reason']}) | {f4(a['forget']['nll'])} | "
+                    f"{f4(a['holdout']['nll'])} | {f4(a['retain']['nll'])} | {f4(a['general']['nll'])} | "
+                    f"{f4(ma['loss'])} | {f4(ma.get('min_k_pp_20'))} | {pct(r['privleak_percent']['loss'])} | {rl} | {mc} |")
+    return "\n".join(rows)
+
+
+def sweep_table(sweep, lrs):
+    rows = ["| method | lr | forget NLL | forget - holdout | retain NLL vs oracle | general NLL vs oracle | "
+            "MIA AUC loss | PrivLeak (loss) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ["ga", "ga_gd", "ga_kl"]:
+        for lr in lrs:
+            r = sweep.get(f"{name}-lr{lr}")
+            if r is None:
+                continue
+            a, o = r["after"], r["oracle"]
+            rows.append(f"| {name} | {lr} | {f4(a['forget']['nll'])} | "
+                        f"{a['forget']['nll'] - a['holdout']['nll']:+.4f} | "
+                        f"{pct(rel(a['retain']['nll'], o['retain']['nll']))} | "
+                        f"{pct(rel(a['general']['nll'], o['general']['nll']))} | {f4(r['mia_auc_after']['loss'])} | "
+                        f"{pct(r['privleak_percent']['loss'])} |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs")
+    ap.add_argument("out")
+    ap.add_argument("--command", default="make results")
+    ap.add_argument("--lrs", default="")
+    args = ap.parse_args()
+    reports, sweep = {}, {}
+    for sub, into in (("methods", reports), ("sweep", sweep)):
+        d = os.path.join(args.runs, sub)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            p = os.path.join(d, name, "report.json")
+            if os.path.exists(p):
+                into[name] = load(p)
+    if not reports:
+        sys.exit(f"{args.runs}: no method reports (run tools/results/run_results.sh)")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(args.out))).stdout.strip()
+    except OSError:
+        commit = ""
+    any_r = next(iter(reports.values()))
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lrs = args.lrs.split() if args.lrs else sorted({k.split("-lr", 1)[1] for k in sweep}, key=float)
+    body = [BEGIN,
+            f"Generated {when} by `{args.command}` at commit {commit or 'unknown'} on {cpu_name()} "
+            f"({os.cpu_count()} cores). Model sha256 `{any_r['model_sha256'][:16]}...`, oracle "
+            f"`{any_r.get('oracle_sha256', '')[:16]}...`; forget set: {any_r['data']['forget']['documents']} documents, "
+            f"holdout {any_r['data']['holdout']['documents']}.",
+            "",
+            "### Every method, recipe defaults (after = final model; NLL in nats per byte)",
+            "",
+            methods_table(reports),
+            "",
+            "### LR sweep: GA vs GA+GD vs GA+KL, 60 steps, stop criteria off",
+            "",
+            sweep_table(sweep, lrs) if sweep else "(no sweep runs found)",
+            END]
+    text = ""
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            text = f.read()
+    block = "\n".join(body)
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = (text.rstrip() + "\n\n" if text else "# Results\n\n") + block + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
