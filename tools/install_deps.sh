@@ -3,6 +3,7 @@
 # are missing; otherwise lists what is missing and exits 1.
 #   tools/install_deps.sh           install (root) or report (non-root)
 #   tools/install_deps.sh --check   report only
+#   tools/install_deps.sh --fuzz    also what tools/fuzz needs (clang, its OpenMP runtime)
 set -euo pipefail
 
 PACKAGES=(
@@ -17,6 +18,16 @@ PACKAGES=(
   python3                                     # fixture and benchmark scripts
 )
 
+fuzz=0
+check=0
+for a in "$@"; do
+  case "$a" in
+    --fuzz) fuzz=1 ;;
+    --check) check=1 ;;
+  esac
+done
+[ "$fuzz" -eq 1 ] && PACKAGES+=(clang libomp-dev)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -28,7 +39,7 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-if [ "${1:-}" = "--check" ] || [ "$(id -u)" -ne 0 ]; then
+if [ "$check" -eq 1 ] || [ "$(id -u)" -ne 0 ]; then
   echo "lethe: missing Debian packages: ${missing[*]}" >&2
   echo "lethe: install them with: sudo apt-get install -y ${missing[*]}" >&2
   exit 1
