@@ -42,7 +42,7 @@ def rel(after, before):
     return (after - before) / before * 100.0
 
 
-def methods_table(reports):
+def methods_table(reports, original):
     any_r = next(iter(reports.values()))
     rows = []
     head = ("| model | steps (stop) | forget NLL | holdout NLL | retain NLL | general NLL | "
@@ -57,8 +57,11 @@ def methods_table(reports):
 
     b = any_r["before"]
     rl, mc = extra(any_r, "before")
+    mb = original["mia_auc_after"] if original else {}
+    leak = pct(original["privleak_percent"]["loss"]) if original else ""
     rows.append(f"| original (tiny-lm-full) | 0 | {f4(b['forget']['nll'])} | {f4(b['holdout']['nll'])} | "
-                f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {f4(b['mia_auc_loss'])} | | | {rl} | {mc} |")
+                f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {f4(mb.get('loss'))} | "
+                f"{f4(mb.get('min_k_pp_20'))} | {leak} | {rl} | {mc} |")
     o = any_r["oracle"]
     rl, mc = extra(any_r, "oracle")
     mo = any_r["mia_auc_oracle"]
@@ -106,6 +109,8 @@ def main():
             p = os.path.join(d, name, "report.json")
             if os.path.exists(p):
                 into[name] = load(p)
+    op = os.path.join(args.runs, "original", "report.json")
+    original = load(op) if os.path.exists(op) else None
     if not reports:
         sys.exit(f"{args.runs}: no method reports (run tools/results/run_results.sh)")
     try:
@@ -120,11 +125,13 @@ def main():
             f"Generated {when} by `{args.command}` at commit {commit or 'unknown'} on {cpu_name()} "
             f"({os.cpu_count()} cores). Model sha256 `{any_r['model_sha256'][:16]}...`, oracle "
             f"`{any_r.get('oracle_sha256', '')[:16]}...`; forget set: {any_r['data']['forget']['documents']} documents, "
-            f"holdout {any_r['data']['holdout']['documents']}.",
+            f"holdout {any_r['data']['holdout']['documents']}. MIA columns: the final suite on each "
+            f"document's first 2048 tokens, members = forget, non-members = holdout; PrivLeak = "
+            f"(AUC - AUC_oracle) / AUC_oracle.",
             "",
             "### Every method, recipe defaults (after = final model; NLL in nats per byte)",
             "",
-            methods_table(reports),
+            methods_table(reports, original),
             "",
             "### LR sweep: GA vs GA+GD vs GA+KL, 60 steps, stop criteria off",
             "",
