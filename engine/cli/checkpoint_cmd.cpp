@@ -11,7 +11,7 @@ namespace lethe::cli {
 // the same digests hold bit-identical tensors, whatever their shard layout.
 int checkpoint_info_main(const std::vector<std::string>& args) {
   if (args.size() != 1 || args[0] == "-h" || args[0] == "--help") {
-    std::cout << "usage: lethe checkpoint-info DIR\n"
+    (args.size() == 1 ? std::cout : std::cerr) << "usage: lethe checkpoint-info DIR\n"
                  "  DIR is a checkpoint (step_NNNNNNNN) or a run directory (its newest complete checkpoint).\n";
     return args.size() == 1 ? 0 : 2;
   }

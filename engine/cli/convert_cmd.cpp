@@ -1,3 +1,5 @@
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -61,7 +63,14 @@ int lethe_to_hf(const std::string& src, const std::string& out, const std::vecto
   double shard_gb = 5;
   for (const auto& o : opts) {
     if (o.rfind("dtype=", 0) == 0) dtype = o.substr(6);
-    else if (o.rfind("shard_gb=", 0) == 0) shard_gb = std::stod(o.substr(9));
+    else if (o.rfind("shard_gb=", 0) == 0) {
+      const std::string v = o.substr(9);
+      char* end = nullptr;
+      shard_gb = v.empty() ? NAN : std::strtod(v.c_str(), &end);
+      LETHE_CHECK(!v.empty() && end == v.c_str() + v.size() && std::isfinite(shard_gb) && shard_gb > 0 &&
+                      shard_gb < 1e6,
+                  "convert: shard_gb must be a positive number of GB, got '", v, "'");
+    }
     else LETHE_FAIL("convert lethe-to-hf: unknown option '", o, "' (dtype=, shard_gb=)");
   }
   LETHE_CHECK(dtype.empty() || dtype == "bf16" || dtype == "f16" || dtype == "f32", "convert: dtype '", dtype,
@@ -111,8 +120,9 @@ int gguf_to_lethe(const std::string& src, const std::string& out) {
 
 int convert_main(const std::vector<std::string>& args) {
   if (args.size() < 3 || args[0] == "-h" || args[0] == "--help") {
-    std::cout << kUsage;
-    return args.size() >= 1 && (args[0] == "-h" || args[0] == "--help") ? 0 : 2;
+    const bool help = !args.empty() && (args[0] == "-h" || args[0] == "--help");
+    (help ? std::cout : std::cerr) << kUsage;
+    return help ? 0 : 2;
   }
   const std::string& how = args[0];
   const std::vector<std::string> opts(args.begin() + 3, args.end());

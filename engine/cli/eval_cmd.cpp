@@ -12,10 +12,11 @@ namespace lethe::cli {
 // numbers only, never text.
 int eval_main(const std::vector<std::string>& args) {
   if (args.size() < 2 || args[0] == "-h" || args[0] == "--help") {
-    std::cout << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]\n"
+    const bool help = !args.empty() && (args[0] == "-h" || args[0] == "--help");
+    (help ? std::cout : std::cerr) << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]\n"
                  "  CKPT: a checkpoint directory or a run directory (its newest checkpoint).\n"
                  "  Prints mean NLL (nats/token), perplexity and top-1 next-token accuracy.\n";
-    return args.size() >= 1 && (args[0] == "-h" || args[0] == "--help") ? 0 : 2;
+    return help ? 0 : 2;
   }
   int64_t seq_len = 0, batch = 4, max_seqs = 0;
   for (size_t i = 2; i < args.size(); ++i) {
@@ -42,6 +43,16 @@ int eval_main(const std::vector<std::string>& args) {
   const LlamaConfig cfg = llama_config_from_json(c.manifest().at("model"), c.dir() + "/manifest.json");
   if (seq_len == 0) seq_len = std::min<int64_t>(cfg.max_seq_len, 1024);
   LETHE_CHECK(seq_len >= 1 && seq_len <= cfg.max_seq_len, "eval: seq_len must be in [1, ", cfg.max_seq_len, "]");
+  LETHE_CHECK(batch >= 1, "eval: batch must be >= 1, got ", batch);
+  LETHE_CHECK(max_seqs >= 0, "eval: max_sequences must be >= 0 (0 = all), got ", max_seqs);
+  // The manifest's config sizes the model: check it against the stored tensors before
+  // allocating, so a crafted config cannot ask for terabytes.
+  for (const ParamSpec& s : llama_param_specs(cfg)) {
+    LETHE_CHECK(c.has("weights", s.name), c.dir(), ": checkpoint lacks weight '", s.name, "'");
+    LETHE_CHECK(c.global_shape("weights", s.name) == s.shape, c.dir(), ": weight '", s.name, "' has shape ",
+                shape_str(c.global_shape("weights", s.name)), ", the manifest's model config needs ",
+                shape_str(s.shape));
+  }
   LlamaModel model(cfg, DType::f32);
   load_params(c, "weights", model.params());
   const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);

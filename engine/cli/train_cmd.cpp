@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -376,17 +377,23 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
   double timed_seconds = 0, loss = NAN;
   int64_t timed_tokens = 0;
   const double flops_per_token = c.model.train_flops_per_token(c.seq_len);
+  // Testing hook for tools/drills/nan_stop.sh: LETHE_TEST_INJECT_NAN_STEP=k turns step k's
+  // loss into NaN, to prove that a NaN stops the run before anything is written over.
+  const char* nan_env = std::getenv("LETHE_TEST_INJECT_NAN_STEP");
+  const int64_t nan_step = nan_env ? std::atoll(nan_env) : 0;
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     data.next(step, tokens, targets);
     model.grads().zero();
     if (one_process && c.grad_accum == 1) {
       loss = model.forward(tokens, targets);
+      if (step + 1 == nan_step) loss = NAN;
       // Stop before the update, and before any checkpoint could record a broken state.
       LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
       model.backward();
     } else {
       loss = parallel_loss_and_grads(c, model, opt, tokens, targets);
+      if (step + 1 == nan_step) loss = NAN;
       // The loss is the global batch's, the same on every rank: all stop together.
       LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
     }
@@ -426,6 +433,16 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
 
 TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
   const TrainConfig c = load_train_config(config_path, overrides);
+  // Refuse a model that cannot fit before allocating it: with memory overcommit a huge
+  // allocation succeeds and the kernel kills the process when the pages are touched.
+  {
+    const double n = double(c.model.n_params());
+    const double need = 16.0 * n / c.parallel.tp;  // f32 weights, grads, two AdamW moments
+    const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+    LETHE_CHECK(n > 0 && (have <= 0 || need <= have), config_path, ": model '", c.model.name, "' has ", n,
+                " parameters and needs about ", need / 1e9, " GB for weights, gradients and optimizer state; this "
+                "machine has ", have / 1e9, " GB");
+  }
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
   auto grid = ProcessGrid::create(c.parallel);
   // Only rank 0 reports; the others' lines would repeat it.
@@ -436,7 +453,7 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
 
 int train_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
-    std::cout << "usage: lethe train CONFIG.yaml [key=value ...]\n"
+    (args.empty() ? std::cerr : std::cout) << "usage: lethe train CONFIG.yaml [key=value ...]\n"
                  "  Trains (gradient descent) on a token file and prints step, loss, tokens/s.\n"
                  "  Overrides use dotted keys: train.steps=50 optimizer.lr=1e-3 model.n_layers=4\n"
                  "  With checkpoint.dir set, saves there (every checkpoint.every steps and at the end);\n"

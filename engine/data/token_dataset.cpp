@@ -28,6 +28,9 @@ TokenDataset load_token_dataset(const std::string& path, int64_t model_vocab) {
   const Shape ts = f.shape("/tokens"), os = f.shape("/doc_offsets");
   LETHE_CHECK(ts.size() == 1, path, ": /tokens must be 1-D, has shape ", shape_str(ts));
   LETHE_CHECK(os.size() == 1 && os[0] >= 1, path, ": /doc_offsets must be 1-D with n_docs + 1 entries");
+  // HDF5 would convert floats to ints silently, truncating 3.7 to 3.
+  LETHE_CHECK(f.is_integer("/tokens"), path, ": /tokens must hold integers, not floating-point values");
+  LETHE_CHECK(f.is_integer("/doc_offsets"), path, ": /doc_offsets must hold integers, not floating-point values");
   ds.tokens = f.read_i32("/tokens");
   ds.offsets = f.read_i64("/doc_offsets");
   const int64_t n = ds.n_tokens(), nd = ds.n_docs();

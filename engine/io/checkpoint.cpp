@@ -214,8 +214,9 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   LETHE_CHECK(c.manifest_.contains("shards") && c.manifest_["shards"].is_array() && !c.manifest_["shards"].empty(),
               mpath, ": no shards listed");
   for (const auto& s : c.manifest_["shards"]) {
-    LETHE_CHECK(s.is_object() && s.contains("file") && s["file"].is_string() && s.contains("sha256"), mpath,
-                ": malformed shard entry");
+    LETHE_CHECK(s.is_object() && s.contains("file") && s["file"].is_string() && s.contains("sha256") &&
+                    s["sha256"].is_string(),
+                mpath, ": malformed shard entry (needs a file name and a sha256 string)");
     const std::string file = s["file"].get<std::string>();
     // A manifest is input: a shard name must not climb out of the checkpoint.
     LETHE_CHECK(fs::path(file).filename().string() == file && file != "." && file != "..", mpath,
@@ -234,8 +235,9 @@ Checkpoint Checkpoint::open(const std::string& dir) {
         const auto gs = f.attr_ints(dset, "global_shape");
         LETHE_CHECK(gs.size() == p.shape.size() && p.offset.size() == p.shape.size(), path, ": '", dset,
                     "' has inconsistent global_shape/offset attributes");
+        // Written as a difference: offset + shape could overflow for a crafted offset.
         for (size_t d = 0; d < gs.size(); ++d)
-          LETHE_CHECK(p.offset[d] >= 0 && p.offset[d] + p.shape[d] <= gs[d], path, ": '", dset,
+          LETHE_CHECK(p.offset[d] >= 0 && p.offset[d] <= gs[d] - p.shape[d], path, ": '", dset,
                       "' lies outside its global shape");
         // "name@k": the k-th slice of `name` in this shard.
         const size_t at = name.rfind('@');
@@ -247,6 +249,17 @@ Checkpoint Checkpoint::open(const std::string& dir) {
         e.pieces.push_back(p);
       }
     }
+  }
+  // Readers allocate a tensor's global shape, so it must be backed by data: a crafted
+  // global_shape of 2^40 around a small slice would otherwise be a huge allocation.
+  for (const auto& [k, e] : c.entries_) {
+    uint64_t want = 1, have = 0;
+    for (int64_t d : e.global_shape)
+      LETHE_CHECK(!__builtin_mul_overflow(want, uint64_t(d), &want), dir, ": tensor '", k,
+                  "' has an impossible global shape");
+    for (const Piece& p : e.pieces) have += uint64_t(shape_numel(p.shape));
+    LETHE_CHECK(have >= want, dir, ": tensor '", k, "' has global shape ", shape_str(e.global_shape), " (", want,
+                " values) but its shards hold only ", have);
   }
   if (c.manifest_.contains("files")) {
     LETHE_CHECK(c.manifest_["files"].is_array(), mpath, ": 'files' is not a list");
@@ -328,6 +341,10 @@ Tensor Checkpoint::read_slice(const std::string& group, const std::string& name,
       empty |= lo[d] >= hi[d];
     }
     if (empty && rank > 0) continue;
+    // Integers and floats do not convert into each other silently: weights stored as
+    // integers are a corrupt or crafted checkpoint.
+    LETHE_CHECK((p.dtype == DType::i32) == (dtype == DType::i32), dir_, ": '", name, "' is stored as ",
+                dtype_name(p.dtype), ", cannot be read as ", dtype_name(dtype));
     const Tensor src = files_[p.file]->read_tensor(p.dset).to(dtype);
     const size_t es = dtype_size(dtype);
     // Copy runs along the last dimension; iterate the others like an odometer.

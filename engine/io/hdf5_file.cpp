@@ -43,8 +43,23 @@ Shape dset_shape(hid_t d, const std::string& path, const std::string& name) {
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
   Shape s;
-  for (hsize_t d2 : dims) s.push_back(int64_t(d2));
+  // Bounded so that numel * 8 bytes cannot overflow anywhere downstream.
+  uint64_t numel = 1;
+  for (hsize_t d2 : dims) {
+    LETHE_CHECK(!__builtin_mul_overflow(numel, uint64_t(d2), &numel) && numel <= (uint64_t(1) << 59), path,
+                ": dataset '", name, "' declares an impossible number of elements");
+    s.push_back(int64_t(d2));
+  }
   return s;
+}
+
+// A declared shape is input too: a chunked dataset can claim terabytes and store nothing.
+// Refuse to allocate far more than the file holds (1024x leaves room for compression).
+void check_stored(hid_t d, const std::string& path, const std::string& name, uint64_t nbytes) {
+  if (nbytes <= (uint64_t(64) << 20)) return;
+  const uint64_t stored = H5Dget_storage_size(d);
+  LETHE_CHECK(nbytes / 1024 <= stored, path, ": dataset '", name, "' declares ", nbytes,
+              " bytes but the file stores only ", stored, " (truncated, corrupt or crafted)");
 }
 
 template <typename T>
@@ -54,6 +69,7 @@ std::vector<T> read_all(hid_t file, const std::string& path, const std::string& 
   Handle ft(H5Dget_type(d), H5Tclose);
   LETHE_CHECK(H5Tget_class(ft) == H5T_INTEGER || H5Tget_class(ft) == H5T_FLOAT, path, ": dataset '", name,
               "' is not numeric");
+  check_stored(d, path, name, uint64_t(shape_numel(s)) * sizeof(T));
   std::vector<T> out(size_t(shape_numel(s)));
   if (!out.empty())
     LETHE_CHECK(H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0, path,
@@ -160,7 +176,10 @@ std::vector<std::string> File::list(const std::string& group) const {
 
 Shape File::shape(const std::string& dset) const {
   Handle d = open_dset(id_, path_, dset);
-  return dset_shape(d, path_, dset);
+  const Shape s = dset_shape(d, path_, dset);
+  Handle ft(H5Dget_type(d), H5Tclose);
+  check_stored(d, path_, dset, uint64_t(shape_numel(s)) * H5Tget_size(ft));
+  return s;
 }
 
 std::vector<int64_t> File::read_i64(const std::string& d) const { return read_all<int64_t>(id_, path_, d, H5T_NATIVE_INT64); }
@@ -185,6 +204,12 @@ std::pair<DType, hid_t> stored_type(const File& f, hid_t d, const std::string& n
 }
 }  // namespace
 
+bool File::is_integer(const std::string& name) const {
+  Handle d = open_dset(id_, path_, name);
+  Handle ft(H5Dget_type(d), H5Tclose);
+  return H5Tget_class(ft) == H5T_INTEGER;
+}
+
 DType File::dtype(const std::string& name) const {
   Handle d = open_dset(id_, path_, name);
   return stored_type(*this, d, name).first;
@@ -194,6 +219,7 @@ Tensor File::read_tensor(const std::string& name) const {
   Handle d = open_dset(id_, path_, name);
   const Shape s = dset_shape(d, path_, name);
   const auto [dt, mem] = stored_type(*this, d, name);
+  check_stored(d, path_, name, uint64_t(shape_numel(s)) * dtype_size(dt));
   Tensor t = Tensor::empty(s, dt);
   if (t.numel() > 0)
     LETHE_CHECK(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw()) >= 0, path_, ": cannot read dataset '",

@@ -35,6 +35,7 @@ class File {
   // attribute dtype="bf16"), i32.
   Tensor read_tensor(const std::string& dset) const;
   DType dtype(const std::string& dset) const;  // what read_tensor would return, without reading data
+  bool is_integer(const std::string& dset) const;  // stored as an integer type
   void write_tensor(const std::string& dset, const Tensor& t);
   void write_i64(const std::string& dset, const std::vector<int64_t>& v);
   void write_u8(const std::string& dset, const std::vector<uint8_t>& v, const Shape& shape);

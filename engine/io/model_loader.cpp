@@ -36,6 +36,9 @@ LoadedModel load_model(const std::string& path) {
     m.config = llama_config_from_json(c.manifest().at("model"), c.dir() + "/manifest.json");
     for (const ParamSpec& s : llama_param_specs(m.config)) {
       LETHE_CHECK(c.has("weights", s.name), c.dir(), ": checkpoint lacks weight '", s.name, "'");
+      LETHE_CHECK(c.global_shape("weights", s.name) == s.shape, c.dir(), ": weight '", s.name, "' has shape ",
+                  shape_str(c.global_shape("weights", s.name)), ", the manifest's model config needs ",
+                  shape_str(s.shape));
       m.weights.emplace_back(s.name, c.read("weights", s.name, c.stored_dtype("weights", s.name)));
     }
   }
