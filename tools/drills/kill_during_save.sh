@@ -6,7 +6,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:-$root/build/lethe}"
-trials="${2:-10}"
+trials="${2:-20}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
