@@ -131,7 +131,8 @@ TEST(SequenceSampler, MinTargetsDropsShortChunks) {
   SamplerConfig cfg;
   cfg.seq_len = 4;
   cfg.min_targets = 2;
-  SequenceSampler s(small(), cfg);
+  const TokenDataset ds = small();
+  SequenceSampler s(ds, cfg);
   EXPECT_EQ(s.n_sequences(), 4);  // the 1-target chunk of doc2 is dropped
 }
 
@@ -140,7 +141,8 @@ TEST(SequenceSampler, PackingCrossesDocuments) {
   cfg.seq_len = 6;
   cfg.pack = true;
   cfg.shuffle = false;
-  SequenceSampler s(small(), cfg);
+  const TokenDataset ds = small();
+  SequenceSampler s(ds, cfg);
   EXPECT_EQ(s.n_sequences(), 3);  // 18 pairs / 6
   int32_t tok[6], tgt[6];
   int64_t doc;

@@ -32,6 +32,8 @@ struct SamplerCursor {
 class SequenceSampler {
  public:
   SequenceSampler(const TokenDataset& ds, const SamplerConfig& cfg);
+  // The sampler keeps a reference to ds: a temporary would dangle after the constructor.
+  SequenceSampler(TokenDataset&& ds, const SamplerConfig& cfg) = delete;
 
   int64_t n_sequences() const { return int64_t(chunks_.size()); }
   int64_t seq_len() const { return cfg_.seq_len; }
