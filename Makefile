@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
-.PHONY: all build deps demo test test-unit test-slow bench golden models smollm2 results clean
+.PHONY: all build deps demo test test-unit test-slow test-sanitize fuzz bench golden models smollm2 results clean
 
 all: build
 
@@ -35,6 +35,32 @@ test-unit: build
 
 test-slow: build
 	cd $(BUILD) && ctest --output-on-failure -L slow
+
+# ASan + UBSan build of the CPU engine (CUDA off: nvcc takes no sanitizer flags) in
+# $(SAN_BUILD), and its unit and cli tests; the cli tests run the sanitized `lethe`.
+# -O1 keeps the tests fast enough for CI, -g1 gives reports file:line stacks. Findings are
+# fatal: UBSan does not recover, and ASan/LSan end the test with an error.
+SAN_BUILD ?= build-asan
+SAN_LABELS ?= unit|cli
+# Open MPI's leftovers at exit are suppressed (tools/sanitize/lsan.supp); keeping its
+# components loaded and unwinding fully lets LeakSanitizer attribute them.
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/sanitize/lsan.supp:fast_unwind_on_malloc=0:print_suppressions=0 \
+  OMPI_MCA_mca_base_component_disable_dlclose=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+$(SAN_BUILD)/CMakeCache.txt:
+	@bash tools/install_deps.sh
+	cmake -S . -B $(SAN_BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+	  -DLETHE_SANITIZE=address,undefined -DLETHE_CUDA=OFF -DLETHE_BENCH=OFF
+
+test-sanitize: $(SAN_BUILD)/CMakeCache.txt
+	cmake --build $(SAN_BUILD) --parallel $(JOBS)
+	cd $(SAN_BUILD) && $(TEST_ENV) $(SAN_ENV) ctest --output-on-failure --parallel $(JOBS) -L '$(SAN_LABELS)'
+
+# libFuzzer targets (clang) in build-fuzz, FUZZ_RUNS executions each; see docs/reliability.md.
+FUZZ_RUNS ?= 100000
+fuzz:
+	bash tools/fuzz/run_fuzzers.sh $(FUZZ_RUNS)
 
 # CPU forward+backward throughput, lethe next to PyTorch when torch is installed.
 bench: build
