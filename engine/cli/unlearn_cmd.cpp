@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "engine/cli/commands.h"
+#include "engine/parallel/failure.h"
 #include "engine/unlearn/terms.h"
 #include "engine/unlearn/unlearner.h"
 
@@ -20,6 +21,8 @@ int unlearn_main(const std::vector<std::string>& args) {
                  "  terms.retain.weight=0.5 output.dir=runs/x\n"
                  "  Resumable: output.checkpoint_every=N writes output.dir/checkpoints; after an\n"
                  "  interruption, the same command with train.resume=true continues bit-exactly.\n"
+                 "  Parallel (under mpirun / srun): parallel.tp=2 parallel.dp=2 (tp * dp = ranks);\n"
+                 "  train.batch_size must be a multiple of parallel.dp.\n"
                  "  term types: "
               << types << "\n";
     return args.empty() ? 2 : 0;
@@ -27,8 +30,11 @@ int unlearn_main(const std::vector<std::string>& args) {
   std::vector<std::string> overrides(args.begin() + 1, args.end());
   for (const auto& o : overrides)
     LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
-  run_unlearn(load_recipe(args[0], overrides), std::cout, isatty(fileno(stdout)) != 0);
-  return 0;
+  // Under mpirun an error on one rank must end every rank, not leave them in a collective.
+  return run_or_abort_job([&] {
+    run_unlearn(load_recipe(args[0], overrides), std::cout, isatty(fileno(stdout)) != 0);
+    return 0;
+  });
 }
 
 }  // namespace lethe::cli

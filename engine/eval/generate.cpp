@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "engine/eval/rouge.h"
 #include "kernels/cross_entropy.h"
@@ -61,8 +62,22 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
     for (int64_t b = 0; b < B; ++b)
       std::copy(ctx[size_t(b)].end() - T, ctx[size_t(b)].end(), tok.data<int32_t>() + b * T);
     model.forward(tok, tgt);
+    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
+    Tensor tp_next;
+    if (model.tp_layout().tp > 1) {
+      const Tensor& lg = model.logits();
+      const int64_t Vr = lg.dim(1);
+      const size_t es = dtype_size(lg.dtype());
+      Tensor last = Tensor::empty({B, Vr}, lg.dtype());
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(static_cast<char*>(last.raw()) + size_t(b * Vr) * es,
+                    static_cast<const char*>(lg.raw()) + size_t((b * T + T - 1) * Vr) * es, size_t(Vr) * es);
+      tp_next = Tensor::empty({B}, DType::i32);
+      vocab_parallel_argmax(last, model.vocab_shard(), tp_next, model.grid().tp_group());
+    }
     for (int64_t b = 0; b < B; ++b) {
-      const int32_t next = argmax_row(model.logits(), b * T + T - 1);
+      const int32_t next =
+          tp_next.defined() ? tp_next.data<int32_t>()[b] : argmax_row(model.logits(), b * T + T - 1);
       // Finished rows keep growing so every row stays the same length; their tokens are
       // discarded.
       ctx[size_t(b)].push_back(next);

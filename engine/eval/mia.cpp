@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "engine/data/sequence_sampler.h"
+#include "engine/model/parallel_terms.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -98,13 +99,21 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     const int32_t* t = tgt.data<int32_t>();
     const int64_t N = B * seq_len;
     std::vector<double> mu(static_cast<size_t>(N)), sigma(static_cast<size_t>(N));
+    if (model.tp_layout().tp > 1) {
+      // Each tp rank holds [N, V/tp] columns: the moments come from per-rank partial sums.
+      Tensor tmu = Tensor::empty({N}, DType::f64), tsigma = Tensor::empty({N}, DType::f64);
+      logprob_moments(model, tmu, tsigma);
+      std::copy(tmu.data<double>(), tmu.data<double>() + N, mu.begin());
+      std::copy(tsigma.data<double>(), tsigma.data<double>() + N, sigma.begin());
+    } else {
 #pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < N; ++k) {
-      if (t[k] == ops::kIgnoreIndex) continue;
-      if (logits.dtype() == DType::f32)
-        moments(logits.data<float>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
-      else
-        moments(logits.data<double>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
+      for (int64_t k = 0; k < N; ++k) {
+        if (t[k] == ops::kIgnoreIndex) continue;
+        if (logits.dtype() == DType::f32)
+          moments(logits.data<float>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
+        else
+          moments(logits.data<double>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
+      }
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t d = chunk_doc[size_t(i0 + b)];

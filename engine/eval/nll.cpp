@@ -28,10 +28,11 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     // Weight 1 per token: the returned loss is the summed NLL of the batch.
     Tensor w = Tensor::empty({B, seq_len}, DType::f64);
     std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
-    r.nll_sum += model.forward(tok, tgt, &w);
+    const double batch_nll = model.forward(tok, tgt, &w);
     const Tensor& logits = model.logits();
     const Tensor& lp = model.logprobs();
     const int32_t* t = tgt.data<int32_t>();
+    double local_nll = 0;
     for (int64_t b = 0; b < B; ++b) {
       double sum = 0;
       int64_t k = 0;
@@ -41,12 +42,24 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
           ++k;
         }
       if (k) r.sequence_nll.push_back(sum / double(k));
+      local_nll += sum;
+    }
+    // On a grid every dp rank evaluates the same sequences, and forward sums its loss over
+    // dp: the rank's own log-probs give the batch's NLL once.
+    r.nll_sum += model.grid().dp() > 1 ? local_nll : batch_nll;
+    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
+    Tensor tp_best;
+    if (model.tp_layout().tp > 1) {
+      tp_best = Tensor::empty({B * seq_len}, DType::i32);
+      vocab_parallel_argmax(logits, model.vocab_shard(), tp_best, model.grid().tp_group());
     }
     for (int64_t k = 0; k < B * seq_len; ++k) {
       if (t[k] == ops::kIgnoreIndex) continue;
       ++r.tokens;
       int64_t best = 0;
-      if (logits.dtype() == DType::f32) {
+      if (tp_best.defined()) {
+        best = tp_best.data<int32_t>()[k];
+      } else if (logits.dtype() == DType::f32) {
         const float* row = logits.data<float>() + k * V;
         best = std::max_element(row, row + V) - row;
       } else {

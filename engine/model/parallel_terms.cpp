@@ -8,7 +8,11 @@ namespace lethe {
 double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, const Tensor& targets, double scale,
                        bool grad) {
   ProcessGrid& g = m.grid();
-  const Tensor ref_logits = ref.forward_logits(tokens).to(DType::f64);
+  // The reference's logits keep the model's dtype: the log-sum-exps then round alike, so
+  // where the two models agree (the first step) p - q is exactly 0. Through f64 the KL
+  // gradient would be rounding noise there, and AdamW (which divides by sqrt(v)) turns
+  // noise-sized gradients into lr-sized steps.
+  const Tensor ref_logits = ref.forward_logits(tokens).to(m.dtype());
   const Tensor& logits = m.forward_logits(tokens);
   const int64_t N = logits.dim(0);
   const int32_t* t = targets.data<int32_t>();

@@ -122,6 +122,18 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     LETHE_CHECK(r.stop_retain_ratio == 0 || r.stop_retain_ratio > 1, s.where("retain_ppl_ratio"),
                 ": must be 0 (off) or > 1");
   }
+  if (root.has("parallel")) {
+    const ConfigNode p = root.child("parallel");
+    r.parallel.tp = int(p.get<int64_t>("tp", r.parallel.tp));
+    r.parallel.dp = int(p.get<int64_t>("dp", r.parallel.dp));
+    r.parallel.zero1 = p.get<bool>("zero1", r.parallel.zero1);
+    p.finish();
+    LETHE_CHECK(r.parallel.tp >= 1, p.where("tp"), ": must be >= 1");
+    LETHE_CHECK(r.parallel.dp >= 1, p.where("dp"), ": must be >= 1");
+  }
+  // Every micro-batch is a batch of batch_size sequences, split over the dp ranks.
+  LETHE_CHECK(r.batch_size % r.parallel.dp == 0, path, ": train.batch_size (", r.batch_size,
+              ") must be a multiple of parallel.dp (", r.parallel.dp, ")");
   const ConfigNode o = root.child("output");
   r.out_dir = o.path("dir");
   r.export_hf = o.get<bool>("export_hf", r.export_hf);

@@ -7,6 +7,7 @@
 
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
+#include "engine/parallel/grid.h"
 #include "engine/unlearn/terms.h"
 
 namespace lethe {
@@ -40,6 +41,9 @@ struct Recipe {
   int64_t checkpoint_every = 0, keep_last = 1;
   bool resume = false;    // continue the run found in out_dir
   int64_t run_steps = 0;  // stop this invocation after this many steps, resumable (0: to the end)
+  // Process grid (under mpirun / srun): tp x dp ranks, ZeRO-1 over dp. Each dp rank runs
+  // batch_size / dp rows of every batch.
+  ParallelConfig parallel;
 
   bool uses_stream(const std::string& s) const;
 };

@@ -1,5 +1,7 @@
 #include "engine/unlearn/run_state.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -78,33 +80,73 @@ json run_fingerprint(const Recipe& r, const std::string& model_sha256, const std
 
 std::string run_checkpoint_dir(const Recipe& r) { return (fs::path(r.out_dir) / "checkpoints").string(); }
 
-void save_run_state(const Recipe& r, LlamaModel& m, Optimizer& opt, const RunState& s, const json& fingerprint) {
-  CheckpointWriter w(run_checkpoint_dir(r), checkpoint_name(s.step));
-  add_params(w, "weights", m.params());
-  if (opt.m().size()) add_params(w, "optim_m", opt.m());
-  if (opt.v().size()) add_params(w, "optim_v", opt.v());
-  json& man = w.manifest();
-  man["kind"] = "unlearn";
-  man["step"] = s.step;
-  man["model"] = llama_config_to_json(m.config());
-  man["run"] = fingerprint;
-  man["optimizer"] = {{"type", r.optim.type}, {"steps_taken", opt.steps_taken()}};
-  json cursors = json::object();
-  for (const auto& [name, c] : s.cursors) cursors[name] = {{"epoch", c.epoch}, {"index", c.index}};
-  json evals = json::array();
-  for (const auto& e : s.evals) evals.push_back(eval_to_json(e));
-  man["state"] = {{"cursors", cursors},
-                  {"evals", evals},
-                  {"before", extra_to_json(s.before)},
-                  {"best_gap", std::isfinite(s.best_gap) ? json(s.best_gap) : json(nullptr)},
-                  {"best_dir", s.best_dir}};
-  man["parallel"] = {{"tp", 1}, {"dp", 1}};
-  man["dtype"] = dtype_name(m.dtype());
-  w.commit();
-  prune_checkpoints(run_checkpoint_dir(r), r.keep_last);
+std::string save_checkpoint_all_ranks(const std::string& dir, const std::string& name, LlamaModel& m,
+                                      RunOptimizer* opt, bool update_latest,
+                                      const std::function<void(CheckpointWriter&)>& fill) {
+  ProcessGrid& g = m.grid();
+  if (!g.parallel()) {
+    CheckpointWriter w(dir, name, 0, update_latest);
+    add_params(w, "weights", m.params());
+    if (opt && opt->one->m().size()) add_params(w, "optim_m", opt->one->m());
+    if (opt && opt->one->v().size()) add_params(w, "optim_v", opt->one->v());
+    fill(w);
+    return w.commit();
+  }
+  // As lethe train: weights from dp rank 0 of each tp group (a tensor every tp rank holds
+  // whole from tp rank 0 only), optimizer state from every rank holding a ZeRO shard.
+  const bool tp0 = g.tp_rank() == 0, dp0 = g.dp_rank() == 0;
+  auto mine = [&](const ParamSpec& s) { return dp0 && (s.sharded() || tp0); };
+  const std::string tag =
+      std::to_string(g.world().all_reduce(int64_t(g.rank() == 0 ? ::getpid() : 0), ReduceOp::max));
+  std::unique_ptr<CheckpointWriter> w;
+  if (g.rank() == 0) w = std::make_unique<CheckpointWriter>(dir, name, 0, update_latest, g.world_size(), tag);
+  g.world().barrier();
+  if (g.rank() != 0)
+    w = std::make_unique<CheckpointWriter>(dir, name, g.rank(), update_latest, g.world_size(), tag);
+  add_params(*w, "weights", m.params(), mine);
+  if (opt) {
+    ShardedOptimizer& o = *opt->par;
+    auto mine_state = [&](const ParamSpec& s) { return (o.zero1() || dp0) && (s.sharded() || tp0); };
+    if (o.has_m()) add_optimizer_shard(*w, "optim_m", o, o.m(), m.params(), mine_state);
+    if (o.has_v()) add_optimizer_shard(*w, "optim_v", o, o.v(), m.params(), mine_state);
+  }
+  w->finish_shard();
+  g.world().barrier();
+  std::string out = (std::filesystem::path(dir) / name).string();
+  if (g.rank() == 0) {
+    fill(*w);
+    out = w->commit();
+  }
+  g.world().barrier();  // nobody reads or prunes before the rename
+  return out;
 }
 
-bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Optimizer& opt, RunState& s) {
+void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const RunState& s, const json& fingerprint) {
+  ProcessGrid& g = m.grid();
+  save_checkpoint_all_ranks(run_checkpoint_dir(r), checkpoint_name(s.step), m, &opt, true, [&](CheckpointWriter& w) {
+    json& man = w.manifest();
+    man["kind"] = "unlearn";
+    man["step"] = s.step;
+    man["model"] = llama_config_to_json(m.config());
+    man["run"] = fingerprint;
+    man["optimizer"] = {{"type", r.optim.type}, {"steps_taken", opt.steps_taken()}};
+    json cursors = json::object();
+    for (const auto& [name, c] : s.cursors) cursors[name] = {{"epoch", c.epoch}, {"index", c.index}};
+    json evals = json::array();
+    for (const auto& e : s.evals) evals.push_back(eval_to_json(e));
+    man["state"] = {{"cursors", cursors},
+                    {"evals", evals},
+                    {"before", extra_to_json(s.before)},
+                    {"best_gap", std::isfinite(s.best_gap) ? json(s.best_gap) : json(nullptr)},
+                    {"best_dir", s.best_dir}};
+    man["parallel"] = {{"tp", g.tp()}, {"dp", g.dp()}, {"zero1", g.zero1()}};
+    man["dtype"] = dtype_name(m.dtype());
+  });
+  if (g.rank() == 0) prune_checkpoints(run_checkpoint_dir(r), r.keep_last);
+  g.world().barrier();
+}
+
+bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, RunOptimizer& opt, RunState& s) {
   const std::string latest = latest_checkpoint(run_checkpoint_dir(r));
   if (latest.empty()) return false;
   const Checkpoint ck = Checkpoint::open(latest);
@@ -117,9 +159,16 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Opt
                 ": holds a different run: its '", it.key(),
                 "' differs from this recipe's; choose another output.dir (nothing was changed)");
   try {
+    // Any layout loads into any other: each rank reads its blocks of the whole tensors.
     load_params(ck, "weights", m.params());
-    if (opt.m().size()) load_params(ck, "optim_m", opt.m());
-    if (opt.v().size()) load_params(ck, "optim_v", opt.v());
+    if (opt.one) {
+      if (opt.one->m().size()) load_params(ck, "optim_m", opt.one->m());
+      if (opt.one->v().size()) load_params(ck, "optim_v", opt.one->v());
+    } else {
+      opt.par->params_changed();
+      if (opt.par->has_m()) load_optimizer_shard(ck, "optim_m", *opt.par, opt.par->m(), m.params());
+      if (opt.par->has_v()) load_optimizer_shard(ck, "optim_v", *opt.par, opt.par->v(), m.params());
+    }
     opt.set_steps_taken(man.at("optimizer").at("steps_taken").get<int64_t>());
     const json& st = man.at("state");
     s.step = man.at("step").get<int64_t>();

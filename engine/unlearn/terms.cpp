@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "engine/core/rng.h"
+#include "engine/model/parallel_terms.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -26,8 +27,17 @@ double ce(LlamaModel& m, const Tensor& tokens, const Tensor& targets, const Tens
   return loss;
 }
 
-Tensor mean_weights(const Tensor& targets) {
-  const int64_t n = count_valid(targets);
+// Real targets of the whole global batch (every dp rank's rows).
+int64_t count_valid_global(const LlamaModel& m, const Tensor& targets) {
+  return m.grid().dp_group().all_reduce(count_valid(targets), ReduceOp::sum);
+}
+
+double sum_over_dp(const LlamaModel& m, double x) { return m.grid().dp_group().all_reduce(x, ReduceOp::sum); }
+
+int64_t global_rows(const UnlearnBatch& b) { return b.global_rows > 0 ? b.global_rows : b.tokens.dim(0); }
+
+Tensor mean_weights(const LlamaModel& m, const Tensor& targets) {
+  const int64_t n = count_valid_global(m, targets);
   Tensor w = Tensor::zeros(targets.shape(), DType::f64);
   const int32_t* t = targets.data<int32_t>();
   for (int64_t i = 0; i < targets.numel(); ++i)
@@ -81,10 +91,10 @@ class NllTerm : public Term {
  public:
   using Term::Term;
   double value(LlamaModel& m, const UnlearnBatch& b) override {
-    return ce(m, b.tokens, targets(b), mean_weights(b.targets), 0, false);
+    return ce(m, b.tokens, targets(b), mean_weights(m, b.targets), 0, false);
   }
   double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override {
-    return ce(m, b.tokens, targets(b), mean_weights(b.targets), scale, true);
+    return ce(m, b.tokens, targets(b), mean_weights(m, b.targets), scale, true);
   }
 
  protected:
@@ -102,8 +112,10 @@ class RandomLabelsTerm : public NllTerm {
     Tensor t = b.targets.clone();
     const Philox rng(spec_.seed, uint64_t(b.step) + 0x7a6e0000ull);
     int32_t* p = t.data<int32_t>();
+    // Indexed by the element's place in the global batch: every dp layout draws the same ids.
+    const int64_t first = b.row0 * b.targets.dim(1);
     for (int64_t i = 0; i < t.numel(); ++i)
-      if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(i), uint64_t(vocab_)));
+      if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(first + i), uint64_t(vocab_)));
     return t;
   }
   int64_t vocab_;
@@ -119,24 +131,9 @@ class AdversarialTerm : public NllTerm {
  protected:
   // Logits row t predicts target t (both already shifted), so the alternative is taken at
   // the same row as the label it replaces: no off-by-one.
-  Tensor targets(const UnlearnBatch& b) override {
-    const Tensor& logits = ref_->forward_logits(b.tokens);
-    const int64_t V = logits.dim(1);
-    Tensor t = b.targets.clone();
-    int32_t* p = t.data<int32_t>();
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      if (p[i] == ops::kIgnoreIndex) continue;
-      int64_t best = -1;
-      double bv = -std::numeric_limits<double>::infinity();
-      for (int64_t j = 0; j < V; ++j) {
-        if (j == p[i]) continue;
-        const double v = logits.dtype() == DType::f32 ? logits.data<float>()[i * V + j] : logits.data<double>()[i * V + j];
-        if (v > bv) bv = v, best = j;
-      }
-      p[i] = int32_t(best);
-    }
-    return t;
-  }
+  // adversarial_targets takes the argmax over the whole vocabulary from the tp shards
+  // (the first on ties, as one scan over the row finds it).
+  Tensor targets(const UnlearnBatch& b) override { return adversarial_targets(*ref_, b.tokens, b.targets); }
   LlamaModel* ref_;
 };
 
@@ -151,6 +148,9 @@ class KlTerm : public Term {
 
  private:
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
+    // On a grid the logits are this rank's vocabulary columns and the rows this dp rank's:
+    // the vocabulary-parallel KL normalises over the global batch.
+    if (m.grid().parallel()) return kl_to_reference(m, *ref_, b.tokens, b.targets, scale, grad);
     const Tensor ref = ref_->forward_logits(b.tokens).to(DType::f64);
     const Tensor& logits = m.forward_logits(b.tokens);
     const int64_t N = logits.dim(0), V = logits.dim(1), n = count_valid(b.targets);
@@ -201,6 +201,7 @@ class NpoTerm : public Term {
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
     const int64_t B = b.tokens.dim(0), T = b.tokens.dim(1);
     LETHE_CHECK(int64_t(b.seq_ids.size()) == B, "npo: batch rows carry no sequence ids");
+    const double Bg = double(global_rows(b));
     Tensor ones = Tensor::zeros({B, T}, DType::f64);
     const int32_t* t = b.targets.data<int32_t>();
     for (int64_t i = 0; i < B * T; ++i) ones.data<double>()[i] = t[i] != ops::kIgnoreIndex ? 1.0 : 0.0;
@@ -212,9 +213,9 @@ class NpoTerm : public Term {
       auto it = ref_logp_.find(b.seq_ids[size_t(r)]);
       LETHE_CHECK(it != ref_logp_.end(), "npo: sequence ", b.seq_ids[size_t(r)], " has no cached reference log-likelihood");
       const double d = lp[size_t(r)] - it->second, beta = spec_.beta;
-      loss += -(2 / beta) * log_sigmoid(-beta * d) / double(B);
+      loss += -(2 / beta) * log_sigmoid(-beta * d) / Bg;
       // dL/dlogp(y_s) = (2/B) sigmoid(beta d); as a cross-entropy weight (CE = -logp): the negative.
-      const double g = 2 * sigmoid(beta * d) / double(B);
+      const double g = 2 * sigmoid(beta * d) / Bg;
       for (int64_t k = 0; k < T; ++k)
         if (t[r * T + k] != ops::kIgnoreIndex) w.data<double>()[r * T + k] = -g;
     }
@@ -222,7 +223,7 @@ class NpoTerm : public Term {
       m.forward(b.tokens, b.targets, &w);
       m.backward(scale);
     }
-    return loss;
+    return sum_over_dp(m, loss);
   }
   std::unordered_map<int64_t, double> ref_logp_;
 };
@@ -246,15 +247,16 @@ class SimNpoTerm : public Term {
     m.forward(b.tokens, b.targets, &ones);
     const auto lp = sequence_logp(m, b.targets);
     const auto len = sequence_lengths(b.targets);
+    const double Bg = double(global_rows(b));
     double loss = 0;
     Tensor w = Tensor::zeros({B, T}, DType::f64);
     for (int64_t r = 0; r < B; ++r) {
       if (len[size_t(r)] == 0) continue;
       const double n = double(len[size_t(r)]), beta = spec_.beta;
       const double x = beta * (-lp[size_t(r)]) / n - spec_.delta;
-      loss += -(2 / beta) * log_sigmoid(x) / double(B);
+      loss += -(2 / beta) * log_sigmoid(x) / Bg;
       // dL/dNLL_s = -(2/(n B)) (1 - sigmoid(x)); NLL_s is the CE with weight 1 per token.
-      const double g = -(2 / (n * double(B))) * (1 - sigmoid(x));
+      const double g = -(2 / (n * Bg)) * (1 - sigmoid(x));
       for (int64_t k = 0; k < T; ++k)
         if (t[r * T + k] != ops::kIgnoreIndex) w.data<double>()[r * T + k] = g;
     }
@@ -262,7 +264,7 @@ class SimNpoTerm : public Term {
       m.forward(b.tokens, b.targets, &w);
       m.backward(scale);
     }
-    return loss;
+    return sum_over_dp(m, loss);
   }
 };
 
@@ -288,7 +290,7 @@ class RmuTerm : public Term {
     Tensor target;
     if (spec_.type == "rmu_retain") target = ref_->forward_hidden(b.tokens, spec_.layer).to(DType::f64);
     const Tensor& h = m.forward_hidden(b.tokens, spec_.layer);
-    const int64_t N = h.dim(0), C = h.dim(1), n = count_valid(b.targets);
+    const int64_t N = h.dim(0), C = h.dim(1), n = count_valid_global(m, b.targets);
     if (n == 0) return 0;
     Tensor dh = Tensor::zeros({N, C}, h.dtype());
     const int32_t* t = b.targets.data<int32_t>();
@@ -306,7 +308,7 @@ class RmuTerm : public Term {
       }
     }
     if (grad && scale != 0) m.backward_hidden(dh);
-    return loss / double(n * C);
+    return sum_over_dp(m, loss) / double(n * C);
   }
   LlamaModel* ref_;
   std::vector<double> u_;

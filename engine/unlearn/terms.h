@@ -14,10 +14,15 @@
 
 namespace lethe {
 
+// Under data parallelism a term sees this dp rank's rows of the global batch; every mean
+// is over the global batch (counts and losses are summed over the model's dp group), so
+// the losses and summed gradients equal one process's.
 struct UnlearnBatch {
   Tensor tokens, targets;         // [B, T] i32; targets use ops::kIgnoreIndex for padding
   std::vector<int64_t> seq_ids;   // the stream sampler's sequence index of each row
   int64_t step = 0;               // optimizer step (seeds per-step randomness)
+  int64_t row0 = 0;               // first row of this batch within the global batch
+  int64_t global_rows = 0;        // rows of the global batch (0: B, one process)
 };
 
 struct TermSpec {

@@ -22,6 +22,9 @@
 #include "engine/io/hf_model.h"
 #include "engine/io/model_checkpoint.h"
 #include "engine/io/model_loader.h"
+#include "engine/model/tp_layout.h"
+#include "engine/optim/sharded_optimizer.h"
+#include "engine/parallel/grid.h"
 #include "engine/core/peak_flops.h"
 #include "engine/io/sha256.h"
 #include "engine/unlearn/progress.h"
@@ -71,20 +74,58 @@ std::string source_tokenizer(const std::string& model) {
   return c.has_file("tokenizer.json") ? c.read_file("tokenizer.json") : "";
 }
 
+// Every rank calls it: each writes its shard of the weights, rank 0 the manifest.
 void save_model(const std::string& dir, const std::string& name, LlamaModel& m, const Recipe& r, int64_t step,
                 const json& metrics, const std::string& tokenizer) {
-  CheckpointWriter w(dir, name, 0, /*update_latest=*/false);
-  add_params(w, "weights", m.params());
-  if (!tokenizer.empty()) w.add_file("tokenizer.json", tokenizer);
-  json& man = w.manifest();
-  man["kind"] = "model";
-  man["step"] = step;
-  man["model"] = llama_config_to_json(m.config());
-  man["unlearn"] = {{"method", r.method}, {"recipe", fs::path(r.file).filename().string()}};
-  man["metrics"] = metrics;
-  man["parallel"] = {{"tp", 1}, {"dp", 1}};
-  man["lethe_version"] = LETHE_VERSION;
-  w.commit();
+  save_checkpoint_all_ranks(dir, name, m, nullptr, /*update_latest=*/false, [&](CheckpointWriter& w) {
+    if (!tokenizer.empty()) w.add_file("tokenizer.json", tokenizer);
+    json& man = w.manifest();
+    man["kind"] = "model";
+    man["step"] = step;
+    man["model"] = llama_config_to_json(m.config());
+    man["unlearn"] = {{"method", r.method}, {"recipe", fs::path(r.file).filename().string()}};
+    man["metrics"] = metrics;
+    man["parallel"] = {{"tp", m.grid().tp()}, {"dp", m.grid().dp()}};
+    man["lethe_version"] = LETHE_VERSION;
+  });
+}
+
+// Copies this rank's block of every loaded (whole) weight into m, whatever its grid.
+void assign_local(LlamaModel& m, const LoadedModel& w) {
+  if (m.tp_layout().tp == 1) {
+    assign_weights(m, w);
+    return;
+  }
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < m.params().size(); ++i) index[m.params().spec(i).name] = i;
+  for (const auto& [name, t] : w.weights) {
+    LETHE_CHECK(index.count(name), w.path, ": weight '", name, "' is not a parameter of the model");
+    const ParamSpec& s = m.params().spec(index.at(name));
+    Tensor& p = m.params()[index.at(name)];
+    LETHE_CHECK(t.shape() == s.full_shape(), w.path, ": weight '", name, "' has shape ", shape_str(t.shape()),
+                ", the model expects ", shape_str(s.full_shape()));
+    if (!s.sharded()) {
+      p.copy_from(t);
+    } else if (s.shard_dim == 0) {
+      p.copy_from(t.slice_rows(s.shard_offset, s.shard_offset + s.shape[0]).clone());
+    } else {
+      LETHE_CHECK(t.ndim() == 2 && s.shard_dim == 1, name, ": unexpected tensor-parallel split");
+      const Tensor f = t.to(DType::f64);
+      Tensor block = Tensor::empty(s.shape, DType::f64);
+      const int64_t R = f.dim(0), C = f.dim(1), n = s.shape[1];
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j = 0; j < n; ++j) block.data<double>()[i * n + j] = f.data<double>()[i * C + s.shard_offset + j];
+      p.copy_from(block);
+    }
+  }
+}
+
+void check_tp(const Recipe& r, const LlamaConfig& c, const std::string& what) {
+  try {
+    TpLayout::make(c, r.parallel.tp, 0);
+  } catch (const Error& e) {
+    LETHE_FAIL(r.file, ": parallel.tp: ", what, ": ", e.what());
+  }
 }
 
 // Model FLOPs per token of a term's batch (DESIGN.md's MFU): forward + backward of the
@@ -159,7 +200,13 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
 
 }  // namespace
 
-UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar) {
+UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_bar) {
+  // Every rank runs the whole recipe (the same batches, evaluations and decisions); only
+  // rank 0 prints and writes metrics and reports.
+  const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel);
+  const bool lead = grid->rank() == 0;
+  std::ostream null_out(nullptr);
+  std::ostream& out = lead ? out_all : null_out;
   std::error_code ec;
   const bool fresh_dir = !fs::exists(r.out_dir, ec) || fs::is_empty(r.out_dir, ec);
   const bool has_run = !latest_checkpoint(run_checkpoint_dir(r)).empty();
@@ -167,13 +214,15 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
               has_run ? "; it holds a resumable run: set train.resume=true to continue it, or choose a new output.dir"
                       : "; choose a new output.dir",
               " (nothing was overwritten)");
+  grid->world().barrier();  // every rank has looked before rank 0 writes anything
   const LoadedModel loaded = load_model(r.model);
   const LlamaConfig& cfg = loaded.config;
   const std::string tokenizer = source_tokenizer(r.model);
   LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
               cfg.max_seq_len);
-  LlamaModel model(cfg, DType::f32);
-  assign_weights(model, loaded);
+  check_tp(r, cfg, r.model);
+  LlamaModel model(cfg, DType::f32, grid);
+  assign_local(model, loaded);
 
   // Streams. Every dataset must come from the model's tokenizer family: same vocabulary
   // bound and the same tokenizer as the forget set.
@@ -225,8 +274,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   bool need_ref = false;
   for (const auto& t : r.terms) need_ref |= t.type == "kl" || t.type == "adversarial" || t.type == "rmu_retain";
   if (need_ref) {
-    reference = std::make_unique<LlamaModel>(cfg, DType::f32);
-    assign_weights(*reference, loaded);
+    reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
+    assign_local(*reference, loaded);
   }
   std::vector<std::unique_ptr<Term>> terms;
   for (const auto& spec : r.terms) {
@@ -236,7 +285,9 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     terms.back()->prepare(model, *streams.at(spec.stream).sampler, r.batch_size);  // model is still the original
   }
 
-  Optimizer opt(model.params(), r.optim);
+  RunOptimizer opt;
+  if (grid->parallel()) opt.par = std::make_unique<ShardedOptimizer>(model.params(), model.grads(), r.optim, *grid);
+  else opt.one = std::make_unique<Optimizer>(model.params(), r.optim);
   if (!r.trainable.empty()) {
     std::vector<bool> mask(model.params().size(), false);
     int64_t n = 0;
@@ -245,7 +296,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
         if (model.params().spec(i).name.find(frag) != std::string::npos) mask[i] = true;
     for (bool b : mask) n += b;
     LETHE_CHECK(n > 0, r.file, ": train.trainable matches no parameter");
-    opt.set_trainable(mask);
+    if (opt.one) opt.one->set_trainable(mask);
+    else opt.par->set_trainable(mask);
   }
 
   std::map<std::string, std::string> data_sha;
@@ -263,17 +315,25 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   fs::create_directories(r.out_dir, ec);
   LETHE_CHECK(!ec, r.out_dir, ": cannot create: ", ec.message());
   const fs::path metrics_path = fs::path(r.out_dir) / "metrics.jsonl";
-  if (resumed) truncate_metrics(metrics_path.string(), st.step);
-  std::ofstream metrics(metrics_path, resumed ? std::ios::app : std::ios::trunc);
-  LETHE_CHECK(metrics.good(), metrics_path.string(), ": cannot write");
+  // Only rank 0 opens the file; the other ranks' writes go to a closed stream.
+  std::ofstream metrics;
+  if (lead) {
+    if (resumed) truncate_metrics(metrics_path.string(), st.step);
+    metrics.open(metrics_path, resumed ? std::ios::app : std::ios::trunc);
+    LETHE_CHECK(metrics.good(), metrics_path.string(), ": cannot write");
+  }
   UnlearnResult res;
-  ProgressBar bar(out, r.steps, progress_bar);
-  const PeakFlops peak = cpu_peak_flops(omp_get_max_threads());
+  ProgressBar bar(out, r.steps, progress_bar && lead);
+  PeakFlops peak = cpu_peak_flops(omp_get_max_threads());
+  peak.flops *= double(grid->world_size());  // every rank's share of the hardware
 
   out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
       << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
       << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
   if (peak.flops > 0) out << "MFU against a peak of " << fmt("%.1f", peak.flops / 1e9) << " GFLOP/s (" << peak.source << ")" << std::endl;
+  if (grid->parallel())
+    out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
+        << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "") << std::endl;
   if (resumed) out << "resumed from " << latest_checkpoint(run_checkpoint_dir(r)) << " at step " << st.step << std::endl;
   auto log_eval = [&](const EvalPoint& e, const char* label) {
     std::string line = std::string(label) + " step " + std::to_string(e.step) + ":";
@@ -305,18 +365,21 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     const double gap = std::abs(e.splits.at("forget").nll - e.splits.at("holdout").nll);
     if (gap < best_gap) {
       best_gap = gap;
-      fs::remove_all(fs::path(r.out_dir) / "best", ec);
+      if (lead) fs::remove_all(fs::path(r.out_dir) / "best", ec);  // the others wait in save_model's first collective
       save_model(r.out_dir, "best", model, r, e.step, eval_to_json(e), tokenizer);
       res.best_dir = (fs::path(r.out_dir) / "best").string();
     }
   };
   if (!resumed) consider_best(res.evals[0]);
 
-  std::map<std::string, UnlearnBatch> batches;
+  // Every rank draws the global batch from each stream (the cursors stay those of one
+  // process) and keeps its dp rank's rows.
+  const int64_t rows = r.batch_size / grid->dp(), row0 = grid->dp_rank() * rows;
+  std::map<std::string, UnlearnBatch> global, batches;
   for (const auto& [name, s] : streams)
     if (s.sampler) {
-      batches[name].tokens = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
-      batches[name].targets = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
+      global[name].tokens = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
+      global[name].targets = Tensor::empty({r.batch_size, r.seq_len}, DType::i32);
     }
   res.stop_reason = "max steps";
   const auto t_start = std::chrono::steady_clock::now();
@@ -344,12 +407,28 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
     std::map<std::string, double> term_loss;
     double total = 0;
     for (int64_t a = 0; a < r.grad_accum; ++a) {
-      for (auto& [name, b] : batches) {
-        streams.at(name).sampler->next(b.tokens, b.targets, nullptr, &b.seq_ids);
+      for (auto& [name, g] : global) {
+        streams.at(name).sampler->next(g.tokens, g.targets, nullptr, &g.seq_ids);
+        UnlearnBatch& b = batches[name];
+        if (grid->dp() == 1) {
+          b = g;
+        } else {
+          b.tokens = g.tokens.slice_rows(row0, row0 + rows).clone();
+          b.targets = g.targets.slice_rows(row0, row0 + rows).clone();
+          b.seq_ids.assign(g.seq_ids.begin() + row0, g.seq_ids.begin() + row0 + rows);
+          b.row0 = row0;
+          b.global_rows = r.batch_size;
+        }
         b.step = step * r.grad_accum + a;
       }
-      for (const auto& t : terms) {
+      for (size_t ti = 0; ti < terms.size(); ++ti) {
+        const auto& t = terms[ti];
+        // The dp reduction overlaps the step's last backward only: earlier ones still add
+        // into the gradient buffers.
+        if (opt.par && a + 1 == r.grad_accum && ti + 1 == terms.size())
+          model.set_grad_ready_hook([&](size_t i) { opt.par->grad_ready(i); });
         const double L = t->accumulate(model, batches.at(t->spec().stream), t->spec().weight / double(r.grad_accum));
+        model.set_grad_ready_hook(nullptr);
         LETHE_CHECK(std::isfinite(L), "term ", t->spec().name(), " has loss ", L, " at step ", step + 1,
                     "; stopping before the update");
         term_loss[t->spec().name()] += L / double(r.grad_accum);
@@ -357,7 +436,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
       }
     }
     const double lr = r.schedule.at(step);
-    const double gnorm = opt.step(model.grads(), lr);
+    const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
     res.steps_run = step + 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double done = double(step + 1 - first);
@@ -420,8 +499,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   // Final membership inference with every attack, and the oracle beside it. The
   // Reference attack compares against the original model, loaded here if no term kept it.
   if (!reference) {
-    reference = std::make_unique<LlamaModel>(cfg, DType::f32);
-    assign_weights(*reference, loaded);
+    reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
+    assign_local(*reference, loaded);
   }
   res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
   EvalPoint oracle_eval;
@@ -429,23 +508,35 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   if (!r.oracle.empty()) {
     const LoadedModel o = load_model(r.oracle);
     LETHE_CHECK(o.config.vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
-    LlamaModel om(o.config, DType::f32);
-    assign_weights(om, o);
+    check_tp(r, o.config, r.oracle);
+    LlamaModel om(o.config, DType::f32, grid);
+    assign_local(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
     res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
     res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }
+  res.report_json = (fs::path(r.out_dir) / "report.json").string();
+  res.report_md = (fs::path(r.out_dir) / "report.md").string();
+  if (!lead) return res;
+  // The whole unlearned model: under tp each rank holds a slice, so rank 0 reads the saved
+  // final checkpoint back into a one-process model for the export and the report's hash.
+  std::unique_ptr<LlamaModel> whole;
+  if (model.tp_layout().tp > 1) {
+    whole = std::make_unique<LlamaModel>(cfg, DType::f32);
+    load_params(Checkpoint::open(res.final_dir), "weights", whole->params());
+  }
+  const ParamSet& final_params = whole ? whole->params() : model.params();
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;
-    for (size_t i = 0; i < model.params().size(); ++i) w.emplace_back(model.params().spec(i).name, model.params()[i]);
+    for (size_t i = 0; i < final_params.size(); ++i) w.emplace_back(final_params.spec(i).name, final_params[i]);
     write_hf_model((fs::path(r.out_dir) / "hf").string(), hf_config_from_llama(cfg, "float32"), w, int64_t(5) << 30);
   }
 
   ReportInput in;
   in.recipe = &r;
   in.model_sha256 = loaded.sha256;
-  in.final_sha256 = weights_sha256(model.params());
+  in.final_sha256 = weights_sha256(final_params);
   in.oracle_sha256 = oracle_sha;
   for (const auto& [name, s] : streams) {
     in.data_sha256[name] = data_sha.at(name);
@@ -455,8 +546,6 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out, bool progress_bar)
   in.result = &res;
   in.oracle = r.oracle.empty() ? nullptr : &oracle_eval;
   write_report(in, r.out_dir);
-  res.report_json = (fs::path(r.out_dir) / "report.json").string();
-  res.report_md = (fs::path(r.out_dir) / "report.md").string();
   out << "wrote " << res.final_dir << ", " << res.report_md << " (stop: " << res.stop_reason << ")" << std::endl;
   return res;
 }
