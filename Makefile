@@ -23,12 +23,14 @@ build: $(BUILD)/CMakeCache.txt
 demo: build
 	LETHE_BIN=$(BUILD)/lethe bash tools/demo.sh
 
-# Every test: unit, cli and slow labels. Tests run $(JOBS) at a time with one OpenMP thread
-# each: several multi-threaded processes spin-waiting on the same cores slow each other
-# down by orders of magnitude (docs/perf.md).
+# Every test: unit, cli, slow, mpi and gpu labels, then the unit and cli tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer (test-sanitize). Tests run $(JOBS) at a
+# time with one OpenMP thread each: several multi-threaded processes spin-waiting on the
+# same cores slow each other down by orders of magnitude (docs/perf.md).
 TEST_ENV := OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 test: build
 	cd $(BUILD) && $(TEST_ENV) ctest --output-on-failure --parallel $(JOBS)
+	$(MAKE) --no-print-directory test-sanitize
 
 test-unit: build
 	cd $(BUILD) && $(TEST_ENV) ctest --output-on-failure --parallel $(JOBS) -L unit
