@@ -36,6 +36,19 @@ constexpr int kTimeoutS = 60;
 // Address-space cap for each run: a huge declared size must be refused, not attempted; the
 // cap turns an attempt into a failed allocation instead of the kernel's OOM killer.
 constexpr rlim_t kMemCap = rlim_t(6) << 30;
+// AddressSanitizer reserves terabytes of address space for its shadow memory, which the
+// cap would forbid; under it an attempted huge allocation is a sanitizer report instead.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
 
 std::string src(const std::string& rel) { return std::string(LETHE_SOURCE_DIR) + "/" + rel; }
 
@@ -46,8 +59,9 @@ using lethe::test::spit;
 RunResult run_lethe(const std::vector<std::string>& args, const fs::path& dir) {
   lethe::test::RunOptions o;
   o.timeout_s = kTimeoutS;
-  // A sanitizer build (run through $LETHE_TEST_BIN) reserves terabytes of address space.
-  o.mem_cap = std::getenv("LETHE_TEST_BIN") ? 0 : kMemCap;
+  // A sanitizer build (this one, or another run through $LETHE_TEST_BIN) reserves
+  // terabytes of address space.
+  o.mem_cap = std::getenv("LETHE_TEST_BIN") || kAddressSanitizer ? 0 : kMemCap;
   return lethe::test::run_program(args, dir, o);
 }
 
