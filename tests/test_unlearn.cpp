@@ -114,6 +114,16 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   EXPECT_EQ(log.str().find("SECRET-MARKER"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir_ / "out_ga_gd" / "final" / "COMPLETE"));
   EXPECT_TRUE(fs::exists(dir_ / "out_ga_gd" / "curves.svg"));
+  // Every step line reports a positive throughput.
+  std::ifstream metrics(dir_ / "out_ga_gd" / "metrics.jsonl");
+  int steps = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("eval")) continue;
+    EXPECT_GT(j.at("tokens_per_s").get<double>(), 0) << line;
+    ++steps;
+  }
+  EXPECT_GT(steps, 0);
 }
 
 TEST_F(Unlearn, GaAloneAtHighLearningRateCollapsesRetain) {

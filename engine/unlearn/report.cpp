@@ -105,7 +105,10 @@ void write_report(const ReportInput& in, const std::string& dir) {
     j["mia_auc_oracle"] = res.mia_auc_oracle;
     json leak = json::object();
     for (const auto& [a, auc] : res.mia_auc_after)
-      if (res.mia_auc_oracle.count(a)) leak[a] = (auc - res.mia_auc_oracle.at(a)) / res.mia_auc_oracle.at(a) * 100;
+      // An oracle AUC of 0 (an attack that ranks every holdout document first) has no
+      // relative leak: the attack is left out rather than reported as infinite.
+      if (res.mia_auc_oracle.count(a) && res.mia_auc_oracle.at(a) > 0)
+        leak[a] = (auc - res.mia_auc_oracle.at(a)) / res.mia_auc_oracle.at(a) * 100;
     j["privleak_percent"] = leak;
   }
   for (const auto& [who, x] : res.extra) {
@@ -143,7 +146,7 @@ void write_report(const ReportInput& in, const std::string& dir) {
     md << "| " << a << " | " << f4(auc) << " |";
     if (res.mia_auc_oracle.count(a)) {
       const double o = res.mia_auc_oracle.at(a);
-      md << " " << f4(o) << " | " << f4((auc - o) / o * 100) << " |";
+      md << " " << f4(o) << " | " << (o > 0 ? f4((auc - o) / o * 100) : std::string("n/a")) << " |";
     }
     md << "\n";
   }

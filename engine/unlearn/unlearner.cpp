@@ -383,7 +383,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     }
   res.stop_reason = "max steps";
   const auto t_start = std::chrono::steady_clock::now();
-  const int64_t tokens_per_step = int64_t(batches.size()) * r.batch_size * r.seq_len * r.grad_accum;
+  const int64_t tokens_per_step = int64_t(global.size()) * r.batch_size * r.seq_len * r.grad_accum;
   double flops_per_step = 0;
   for (const auto& t : r.terms)
     flops_per_step += term_flops_per_token(t, cfg, r.seq_len) * double(r.batch_size * r.seq_len * r.grad_accum);
