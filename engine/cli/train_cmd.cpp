@@ -385,6 +385,7 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
     const auto t0 = std::chrono::steady_clock::now();
     data.next(step, tokens, targets);
     model.grads().zero();
+    if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
     if (one_process && c.grad_accum == 1) {
       loss = model.forward(tokens, targets);
       if (step + 1 == nan_step) loss = NAN;
@@ -399,6 +400,8 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
     }
     const double lr = c.schedule.at(step);
     const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
+    // Debug mode: a bad update is named before a checkpoint could record it.
+    model.numerics().check_params(model.params(), "parameter", "after the update");
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary.losses.push_back(loss);
     const int64_t ntok = c.batch_size * c.seq_len;

@@ -175,10 +175,13 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   const Tensor x = resid_.view(l * N * C, {N, C});
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
+  auto check = [&](const Tensor& t, const char* what) { numerics_.check(t, {"forward", l, what}); };
 
   ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
+  check(a.xn1, "input_layernorm output");
   Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
   ops::linear_forward(a.xn1, w.wq, q);
+  check(q, "self_attn.q_proj output");
   if (tpl_.kv_replicated) {
     ops::linear_forward(a.xn1, w.wk, kv_full_);
     expand_kv(kv_full_, a.k);
@@ -188,22 +191,33 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
     ops::linear_forward(a.xn1, w.wk, k);
     ops::linear_forward(a.xn1, w.wv, v);
   }
+  check(a.k, "self_attn.k_proj output");
+  check(a.v, "self_attn.v_proj output");
   ops::rope_forward(a.q, cos_, sin_, a.q);
   ops::rope_forward(a.k, cos_, sin_, a.k);
   ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse);
+  check(a.o, "attention output");
   ops::linear_forward(a.o.reshape(q2), w.wo, tmp_);
   reduce_from_tp_region(*grid_, tmp_);
+  check(tmp_, "self_attn.o_proj output");
   a.x2.copy_from(x);
   add_into(a.x2, tmp_);
+  check(a.x2, "residual stream after attention");
 
   ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
+  check(a.xn2, "post_attention_layernorm output");
   ops::linear_forward(a.xn2, w.wg, a.g);
+  check(a.g, "mlp.gate_proj output");
   ops::linear_forward(a.xn2, w.wu, a.u);
+  check(a.u, "mlp.up_proj output");
   ops::swiglu_forward(a.g, a.u, a.a);
+  check(a.a, "SwiGLU output");
   ops::linear_forward(a.a, w.wd, tmp_);
   reduce_from_tp_region(*grid_, tmp_);
+  check(tmp_, "mlp.down_proj output");
   out.copy_from(a.x2);
   add_into(out, tmp_);
+  check(out, "layer output (residual stream)");
 }
 
 void LlamaModel::begin(const Tensor& tokens, const char* op) {
@@ -217,9 +231,12 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   have_loss_ = false;
   forward_layers_ = 0;
   tokens_ = tokens.reshape({N});
+  numerics_.check_params(params_, "parameter",
+                         "before the forward (it was loaded that way or written by the last update)");
   Tensor x0 = resid_.view(0, {N, C});
   if (tp_on()) vocab_parallel_embedding_forward(tokens_, params_[0], vocab_shard(), x0, grid_->tp_group());
   else ops::embedding_forward(tokens_, params_[0], x0);
+  numerics_.check(x0, {"forward", -1, "embed_tokens output"});
 }
 
 const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
@@ -228,7 +245,9 @@ const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
   for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
   ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
                        cfg_.norm_eps, xf_, rstdf_);
+  numerics_.check(xf_, {"forward", -1, "model.norm output"});
   ops::linear_forward(xf_, out_weight(), logits_);
+  numerics_.check(logits_, {"forward", -1, "lm_head output (logits)"});
   forward_layers_ = cfg_.n_layers;
   have_forward_ = true;
   return logits_;
@@ -275,23 +294,39 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   const int64_t N = B_ * T_, C = cfg_.dim;
   const Tensor x = resid_.view(l * N * C, {N, C});
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
+  auto check = [&](const Tensor& t, const char* what) { numerics_.check(t, {"backward", l, what}); };
 
   // MLP half: dres holds d(out); after rmsnorm_backward it holds d(x2).
   ops::linear_backward(dres, a.a, w.wd, &da_, false, &g.wd);
+  check(g.wd, "gradient of mlp.down_proj.weight");
+  check(da_, "gradient of the SwiGLU output");
   ops::swiglu_backward(da_, a.g, a.u, dg_, du_);
+  check(dg_, "gradient of the mlp.gate_proj output");
+  check(du_, "gradient of the mlp.up_proj output");
   ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
+  check(g.wg, "gradient of mlp.gate_proj.weight");
   ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);
+  check(g.wu, "gradient of mlp.up_proj.weight");
   copy_to_tp_region_backward(*grid_, dxn_);
+  check(dxn_, "gradient of the post_attention_layernorm output");
   ops::rmsnorm_backward(dxn_, a.x2, w.mlp_norm, a.rstd2, dres, true, g.mlp_norm);
+  check(g.mlp_norm, "gradient of post_attention_layernorm.weight");
+  check(dres, "gradient of the residual stream after attention");
 
   // Attention half: after rmsnorm_backward dres holds d(x).
   Tensor dO = dtmp_.reshape({B_, T_, tpl_.heads, cfg_.hd()});
   ops::linear_backward(dres, a.o.reshape(q2), w.wo, &dtmp_, false, &g.wo);
+  check(g.wo, "gradient of self_attn.o_proj.weight");
+  check(dtmp_, "gradient of the attention output");
   ops::attention_backward(dO, a.q, a.k, a.v, a.o, a.lse, 1.0 / std::sqrt(double(cfg_.hd())), dq_, dk_, dv_);
+  check(dq_, "gradient of the attention's q");
+  check(dk_, "gradient of the attention's k");
+  check(dv_, "gradient of the attention's v");
   ops::rope_backward(dq_, cos_, sin_, dq_);
   ops::rope_backward(dk_, cos_, sin_, dk_);
   Tensor dxn1 = dxn_;
   ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
+  check(g.wq, "gradient of self_attn.q_proj.weight");
   if (tpl_.kv_replicated) {
     // Each rank's dW covers its query heads only: sum this pass's share over tp.
     for (auto [dexp, wt, gw] : {std::tuple{&dk_, &w.wk, &g.wk}, std::tuple{&dv_, &w.wv, &g.wv}}) {
@@ -305,8 +340,13 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
     ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
     ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
   }
+  check(g.wk, "gradient of self_attn.k_proj.weight");
+  check(g.wv, "gradient of self_attn.v_proj.weight");
   copy_to_tp_region_backward(*grid_, dxn1);
+  check(dxn1, "gradient of the input_layernorm output");
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
+  check(g.attn_norm, "gradient of input_layernorm.weight");
+  check(dres, "gradient of the layer input (residual stream)");
 }
 
 void LlamaModel::ensure_backward_buffers() {
@@ -338,6 +378,7 @@ void LlamaModel::backward_layers(int64_t top) {
   }
   if (tp_on()) vocab_parallel_embedding_backward(tokens_, dres_, vocab_shard(), grads_[0]);
   else ops::embedding_backward(tokens_, dres_, grads_[0]);
+  numerics_.check(grads_[0], {"backward", -1, "gradient of embed_tokens.weight"});
   if (grad_ready_) grad_ready_(0);
 }
 
@@ -355,11 +396,17 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   const int64_t N = B_ * T_, C = cfg_.dim;
   check_shape(dlogits, {N, tpl_.vocab}, "LlamaModel::backward_logits", "dlogits");
   ensure_backward_buffers();
+  numerics_.check(dlogits, {"backward", -1, "gradient of the loss with respect to the logits",
+                            "it came from the loss (or the unlearning term) that the model was given"});
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
   ops::linear_backward(dlogits, xf_, out_weight(), &dxn_, false, &d_out_w);
+  numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
   copy_to_tp_region_backward(*grid_, dxn_);
+  numerics_.check(dxn_, {"backward", -1, "gradient of the model.norm output"});
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
                         dres_, false, grads_.get("model.norm.weight"));
+  numerics_.check(grads_.get("model.norm.weight"), {"backward", -1, "gradient of model.norm.weight"});
+  numerics_.check(dres_, {"backward", -1, "gradient of the final residual stream"});
   backward_layers(cfg_.n_layers - 1);
 }
 
@@ -367,6 +414,8 @@ void LlamaModel::backward_hidden(const Tensor& dhidden) {
   LETHE_CHECK(forward_layers_ > 0 && !have_forward_, "LlamaModel::backward_hidden called without forward_hidden");
   check_shape(dhidden, {B_ * T_, cfg_.dim}, "LlamaModel::backward_hidden", "dhidden");
   ensure_backward_buffers();
+  numerics_.check(dhidden, {"backward", forward_layers_ - 1, "gradient of the loss with respect to the layer output",
+                            "it came from the loss (or the unlearning term) that the model was given"});
   dres_.copy_from(dhidden);
   backward_layers(forward_layers_ - 1);
 }

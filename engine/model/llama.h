@@ -17,6 +17,7 @@
 
 #include "engine/core/tensor.h"
 #include "engine/model/llama_config.h"
+#include "engine/model/numerics_guard.h"
 #include "engine/model/param_set.h"
 #include "engine/model/tp_layout.h"
 #include "engine/parallel/grid.h"
@@ -42,6 +43,8 @@ class LlamaModel {
   const TpLayout& tp_layout() const { return tpl_; }
   // This rank's columns of the logits: [vocab_start, vocab_start + Vr) of vocab_size.
   VocabShard vocab_shard() const { return {tpl_.vocab_start, tpl_.vocab, cfg_.vocab_size}; }
+  // NaN / Inf locator, on under LETHE_DEBUG=1 (numerics_guard.h).
+  NumericsGuard& numerics() { return numerics_; }
   // Called during backward with an index i once every parameter from i on holds its final
   // gradient for this pass (the data-parallel reducer starts all-reduces from it).
   void set_grad_ready_hook(std::function<void(size_t)> hook) { grad_ready_ = std::move(hook); }
@@ -111,6 +114,7 @@ class LlamaModel {
   std::shared_ptr<ProcessGrid> grid_;
   TpLayout tpl_;
   std::function<void(size_t)> grad_ready_;
+  NumericsGuard numerics_;
   ParamSet params_, grads_;
   int64_t recompute_layers_ = 0;
   std::vector<double> inv_freq_;

@@ -427,6 +427,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
         // into the gradient buffers.
         if (opt.par && a + 1 == r.grad_accum && ti + 1 == terms.size())
           model.set_grad_ready_hook([&](size_t i) { opt.par->grad_ready(i); });
+        if (model.numerics().enabled())
+          model.numerics().set_context("step " + std::to_string(step + 1) + ", term " + t->spec().name());
         const double L = t->accumulate(model, batches.at(t->spec().stream), t->spec().weight / double(r.grad_accum));
         model.set_grad_ready_hook(nullptr);
         LETHE_CHECK(std::isfinite(L), "term ", t->spec().name(), " has loss ", L, " at step ", step + 1,
@@ -437,6 +439,9 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     }
     const double lr = r.schedule.at(step);
     const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
+    if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
+    // Debug mode: a bad update is named before a checkpoint or the export could record it.
+    model.numerics().check_params(model.params(), "parameter", "after the update");
     res.steps_run = step + 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double done = double(step + 1 - first);

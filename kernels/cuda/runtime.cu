@@ -1,5 +1,6 @@
 #include <string>
 
+#include "engine/core/debug_mode.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lethe::cuda {
@@ -46,7 +47,12 @@ void memory_info(size_t& free_bytes, size_t& total_bytes) {
   LETHE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "memory_info");
 }
 
-void check_launch(const char* op) { LETHE_CUDA_CHECK(cudaGetLastError(), op); }
+void check_launch(const char* op) {
+  LETHE_CUDA_CHECK(cudaGetLastError(), op);
+  // Debug mode (LETHE_DEBUG=1): wait for the kernel, so a fault inside it is reported
+  // under its own name rather than at the next synchronisation.
+  if (debug_mode()) LETHE_CUDA_CHECK(cudaDeviceSynchronize(), "kernel " + std::string(op) + " (LETHE_DEBUG=1 check)");
+}
 
 void* device_malloc(size_t bytes) {
   void* p = nullptr;

@@ -22,7 +22,9 @@ std::string device_name();
 // Free and total device memory in bytes.
 void memory_info(size_t& free_bytes, size_t& total_bytes);
 
-// Throws lethe::Error naming `op` if a previous launch failed (cheap: no sync).
+// Throws lethe::Error naming `op` if a previous launch failed (cheap: no sync). Under
+// LETHE_DEBUG=1 it also synchronises the device, so a fault is reported by the kernel
+// that caused it.
 void check_launch(const char* op);
 
 void* device_malloc(size_t bytes);  // throws with the size and free memory on failure

@@ -12,6 +12,8 @@
 #          loss of step 2 is NaN (no hook needed). The run must fail naming the term and
 #          the step, keep checkpoint step 1 and the step-0 `best` model loadable and
 #          unchanged, and write no `final`, export or report.
+# debug:   the same two runs under LETHE_DEBUG=1 must stop at the first op whose output is
+#          non-finite and name its step, term, layer, pass and tensor.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:-$root/build/lethe}"
@@ -74,6 +76,24 @@ check "unlearn: the step-0 best model is intact" test "$("$bin" checkpoint-info 
 check "unlearn: no final model" test ! -e "$out/final"
 check "unlearn: no transformers export" test -z "$(find "$out" -name '*.safetensors' -print -quit)"
 check "unlearn: no report" test ! -e "$out/report.json" -a ! -e "$out/report.md"
+
+# ---- LETHE_DEBUG=1: the first non-finite tensor is named ---------------------------------
+LETHE_DEBUG=1 "$bin" unlearn "$work/recipe.yaml" output.dir="$work/debug" train.steps=6 train.batch_size=4 \
+  optimizer.lr=1e30 eval.every=0 data.seq_len=64 eval.max_sequences=4 eval.mia_max_docs=4 \
+  eval.verbatim_max_docs=1 >/dev/null 2>"$work/debug.err"
+rc=$?
+check "debug unlearn: exits 1 (got $rc)" test "$rc" -eq 1
+check "debug unlearn: names the step, term, layer, pass and tensor" \
+  grep -Eq "non-finite value at step 2, term [^:]+: layer 0 forward, self_attn.q_proj output \[[0-9]+,[0-9]+\]: first" \
+  "$work/debug.err"
+check "debug unlearn: no final model" test ! -e "$work/debug/final"
+sed 's/lr: 3.0e-3/lr: 1.0e30/' "$work/train.yaml" > "$work/train_blowup.yaml"
+LETHE_DEBUG=1 "$bin" train "$work/train_blowup.yaml" checkpoint.dir="$work/debug_train" checkpoint.every=1 \
+  >/dev/null 2>"$work/debug_train.err"
+rc=$?
+check "debug train: exits 1 (got $rc)" test "$rc" -eq 1
+check "debug train: names the step, layer, pass and tensor" \
+  grep -Eq "non-finite value at step 2: layer 0 forward, self_attn.q_proj output" "$work/debug_train.err"
 
 if [ "$fail" -ne 0 ]; then
   echo "nan_stop: FAILED"

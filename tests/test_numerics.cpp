@@ -1,0 +1,139 @@
+// The NaN / Inf locator of debug mode (engine/model/numerics_guard.h): the first check
+// that fails must name the layer, pass and tensor where the value appeared.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "engine/core/bf16.h"
+#include "engine/model/llama.h"
+#include "tests/test_util.h"
+
+namespace lethe {
+namespace {
+using namespace lethe::test;
+
+LlamaConfig small() {
+  LlamaConfig c;
+  c.name = "numerics";
+  c.vocab_size = 31;
+  c.dim = 16;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.ffn_dim = 24;
+  c.max_seq_len = 16;
+  c.tie_embeddings = false;
+  return c;
+}
+
+struct Fixture {
+  LlamaModel m{small(), DType::f32};
+  Tensor tok = randint({2, 8}, 31, 3), tgt = randint({2, 8}, 31, 4);
+  explicit Fixture(bool debug) {
+    m.init_weights(7);
+    m.numerics().set_enabled(debug);
+  }
+  Tensor& weight(const std::string& name) { return m.params().get(name); }
+};
+
+// The message of the NumericsError `f` throws; fails the test if it throws nothing.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const NumericsError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no NumericsError";
+  return "";
+}
+
+TEST(Numerics, ScanFindsFirstNonFiniteInEveryFloatType) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16}) {
+    Tensor t = Tensor::zeros({3, 4}, DType::f32);
+    t.data<float>()[6] = -inf;
+    t.data<float>()[9] = nan;
+    const NonFinite r = scan_nonfinite(t.to(dt));
+    EXPECT_EQ(r.count, 2) << dtype_name(dt);
+    EXPECT_EQ(r.first, 6) << dtype_name(dt);
+    EXPECT_TRUE(std::isinf(r.value) && r.value < 0) << dtype_name(dt);
+  }
+  EXPECT_EQ(scan_nonfinite(Tensor::zeros({5}, DType::f32)).count, 0);
+  EXPECT_EQ(scan_nonfinite(Tensor::zeros({5}, DType::f32)).first, -1);
+  EXPECT_EQ(index_str({3, 4}, 6), "[1, 2]");
+  EXPECT_EQ(index_str({2, 3, 4}, 23), "[1, 2, 3]");
+}
+
+TEST(Numerics, OffByDefaultWithoutDebugMode) {
+  Fixture f(false);
+  f.weight("model.layers.1.mlp.down_proj.weight").data<float>()[5] = std::nanf("");
+  EXPECT_TRUE(std::isnan(f.m.forward(f.tok, f.tgt)));  // no throw: the trainers' loss check stops the run
+}
+
+TEST(Numerics, NamesTheNonFiniteParameterBeforeTheForward) {
+  Fixture f(true);
+  f.m.numerics().set_context("step 7, term forget_ga");
+  Tensor& w = f.weight("model.layers.1.mlp.down_proj.weight");  // [16, 24]
+  w.data<float>()[2 * 24 + 5] = std::nanf("");
+  const std::string msg = error_of([&] { f.m.forward(f.tok, f.tgt); });
+  EXPECT_NE(msg.find("non-finite value at step 7, term forget_ga: parameter model.layers.1.mlp.down_proj.weight"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("first nan at [2, 5] (1 of 384 entries non-finite) before the forward"), std::string::npos)
+      << msg;
+}
+
+TEST(Numerics, NamesTheOpThatOverflowed) {
+  Fixture f(true);
+  // Finite weights whose product overflows f32: layer 1's up projection is the first
+  // tensor to hold an Inf (its gate projection, computed just before, stays finite).
+  Tensor& w = f.weight("model.layers.1.mlp.up_proj.weight");
+  for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = 3e38f;
+  const std::string msg = error_of([&] { f.m.forward(f.tok, f.tgt); });
+  EXPECT_NE(msg.find("layer 1 forward, mlp.up_proj output [16,24]: first "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("everything it was computed from is finite, so this op produced it"), std::string::npos) << msg;
+}
+
+TEST(Numerics, NamesTheFirstNonFiniteGradient) {
+  Fixture f(true);
+  f.m.forward_logits(f.tok);
+  // A NaN in the loss gradient is reported as such, at its position.
+  Tensor d = Tensor::zeros({16, 31}, DType::f32);
+  d.data<float>()[3 * 31 + 7] = std::nanf("");
+  std::string msg = error_of([&] { f.m.backward_logits(d); });
+  EXPECT_NE(msg.find("backward, gradient of the loss with respect to the logits [16,31]: first nan at [3, 7]"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("it came from the loss"), std::string::npos) << msg;
+  // Finite but huge: the lm_head weight gradient (a sum over tokens) is the first to overflow.
+  for (int64_t i = 0; i < d.numel(); ++i) d.data<float>()[i] = 3e38f;
+  f.m.grads().zero();
+  f.m.forward_logits(f.tok);
+  msg = error_of([&] { f.m.backward_logits(d); });
+  EXPECT_NE(msg.find("backward, gradient of lm_head.weight [31,16]: first"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("(overflow)"), std::string::npos) << msg;
+  // Inside a layer: a huge gradient at layer 1's output passes the MLP and the attention's
+  // output projection finite (their inputs are small) and first overflows in the v
+  // projection's weight gradient, a sum over tokens of dv x input_layernorm output.
+  f.m.grads().zero();
+  f.m.forward_hidden(f.tok, 1);
+  Tensor dh = Tensor::zeros({16, 16}, DType::f32);
+  for (int64_t i = 0; i < dh.numel(); ++i) dh.data<float>()[i] = 3e38f;
+  msg = error_of([&] { f.m.backward_hidden(dh); });
+  EXPECT_NE(msg.find("layer 1 backward, gradient of self_attn.v_proj.weight [8,16]: first +inf"), std::string::npos)
+      << msg;
+}
+
+TEST(Numerics, FiniteRunIsUnchangedByTheChecks) {
+  Fixture on(true), off(false);
+  const double a = on.m.forward(on.tok, on.tgt), b = off.m.forward(off.tok, off.tgt);
+  EXPECT_EQ(a, b);
+  on.m.backward();
+  off.m.backward();
+  for (size_t i = 0; i < on.m.grads().size(); ++i)
+    EXPECT_EQ(values(on.m.grads()[i]), values(off.m.grads()[i])) << on.m.grads().spec(i).name;
+}
+
+}  // namespace
+}  // namespace lethe
