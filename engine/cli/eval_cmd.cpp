@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "engine/cli/commands.h"
+#include "engine/cli/options.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_checkpoint.h"
 
@@ -19,19 +20,8 @@ int eval_main(const std::vector<std::string>& args) {
     return help ? 0 : 2;
   }
   int64_t seq_len = 0, batch = 4, max_seqs = 0;
-  for (size_t i = 2; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    const size_t eq = a.find('=');
-    LETHE_CHECK(eq != std::string::npos, "eval: unexpected argument '", a, "' (options are key=value)");
-    const std::string k = a.substr(0, eq), v = a.substr(eq + 1);
-    int64_t x = 0;
-    try {
-      size_t used = 0;
-      x = std::stoll(v, &used);
-      LETHE_CHECK(used == v.size(), "");
-    } catch (...) {
-      LETHE_FAIL("eval: option '", k, "' needs an integer, got '", v, "'");
-    }
+  for (const auto& [k, v] : parse_key_values(args, 2, "eval")) {
+    const int64_t x = option_int("eval", k, v);
     if (k == "seq_len") seq_len = x;
     else if (k == "batch") batch = x;
     else if (k == "max_sequences") max_seqs = x;

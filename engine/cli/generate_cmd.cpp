@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "engine/cli/commands.h"
+#include "engine/cli/options.h"
 #include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/io/model_loader.h"
@@ -25,23 +26,12 @@ int generate_main(const std::vector<std::string>& args) {
   }
   int64_t doc = 0, prefix = 32, tokens = 32;
   std::string tokenizer;
-  for (size_t i = 2; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    const size_t eq = a.find('=');
-    LETHE_CHECK(eq != std::string::npos, "generate: unexpected argument '", a, "' (options are key=value)");
-    const std::string k = a.substr(0, eq), v = a.substr(eq + 1);
+  for (const auto& [k, v] : parse_key_values(args, 2, "generate")) {
     if (k == "tokenizer") {
       tokenizer = v;
       continue;
     }
-    int64_t x = 0;
-    try {
-      size_t used = 0;
-      x = std::stoll(v, &used);
-      LETHE_CHECK(used == v.size(), "");
-    } catch (...) {
-      LETHE_FAIL("generate: option '", k, "' needs an integer, got '", v, "'");
-    }
+    const int64_t x = option_int("generate", k, v);
     if (k == "doc") doc = x;
     else if (k == "prefix") prefix = x;
     else if (k == "tokens") tokens = x;

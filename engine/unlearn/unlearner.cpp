@@ -158,22 +158,28 @@ std::vector<std::string> doc_texts(const TokenDataset& ds, const std::vector<Doc
   return out;
 }
 
-// Full MIA suite (every attack) on forget vs holdout documents.
-std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r,
-                                       LlamaModel* reference, const Decode& decode) {
+// Per-document statistics of forget and holdout documents, as the final MIA scores them.
+struct MiaDocStats {
+  std::vector<DocTokenStats> forget, holdout;
+};
+MiaDocStats mia_doc_stats(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r) {
   const int64_t T = r.seq_len;
   const int64_t chunks = r.mia_max_tokens > 0 ? (r.mia_max_tokens + T - 1) / T : 0;
-  auto stats = [&](LlamaModel& mm, const TokenDataset& ds) {
-    return collect_doc_stats(mm, ds, T, 8, r.mia_max_docs, nullptr, chunks);
-  };
-  const auto fs_ = stats(m, *forget.ds), hs = stats(m, *holdout.ds);
-  std::vector<DocTokenStats> fr, hr;
-  if (reference) {
-    fr = stats(*reference, *forget.ds);
-    hr = stats(*reference, *holdout.ds);
-  }
-  const MiaScores members = mia_scores(fs_, doc_texts(*forget.ds, fs_, decode, chunks > 0), reference ? &fr : nullptr);
-  const MiaScores nonmembers = mia_scores(hs, doc_texts(*holdout.ds, hs, decode, chunks > 0), reference ? &hr : nullptr);
+  return {collect_doc_stats(m, *forget.ds, T, 8, r.mia_max_docs, nullptr, chunks),
+          collect_doc_stats(m, *holdout.ds, T, 8, r.mia_max_docs, nullptr, chunks)};
+}
+
+// Full MIA suite (every attack) on forget vs holdout documents. `reference`: the original
+// model's statistics, computed once and shared by the unlearned model's and the oracle's
+// suites.
+std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r,
+                                       const MiaDocStats* reference, const Decode& decode) {
+  const bool truncated = r.mia_max_tokens > 0;
+  const MiaDocStats s = mia_doc_stats(m, forget, holdout, r);
+  const MiaScores members = mia_scores(s.forget, doc_texts(*forget.ds, s.forget, decode, truncated),
+                                       reference ? &reference->forget : nullptr);
+  const MiaScores nonmembers = mia_scores(s.holdout, doc_texts(*holdout.ds, s.holdout, decode, truncated),
+                                          reference ? &reference->holdout : nullptr);
   return mia_report(members, nonmembers).auc;
 }
 
@@ -507,7 +513,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
     assign_local(*reference, loaded);
   }
-  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
+  const MiaDocStats ref_stats = mia_doc_stats(*reference, streams.at("forget"), streams.at("holdout"), r);
+  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, &ref_stats, decode);
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
@@ -518,7 +525,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     assign_local(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, reference.get(), decode);
+    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, &ref_stats, decode);
     res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }
   res.report_json = (fs::path(r.out_dir) / "report.json").string();

@@ -1,0 +1,18 @@
+// The key=value options that follow a subcommand's positional arguments (eval, generate).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace lethe {
+
+// args[first..] as (key, value) pairs, in order. An argument without '=' is an error
+// naming `cmd` and the argument.
+std::vector<std::pair<std::string, std::string>> parse_key_values(const std::vector<std::string>& args, size_t first,
+                                                                  const char* cmd);
+
+// The whole of `value` as an integer, or an error naming `cmd` and `key`.
+int64_t option_int(const char* cmd, const std::string& key, const std::string& value);
+
+}  // namespace lethe
