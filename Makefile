@@ -39,16 +39,17 @@ test-slow: build
 	cd $(BUILD) && ctest --output-on-failure -L slow
 
 # ASan + UBSan build of the CPU engine (CUDA off: nvcc takes no sanitizer flags) in
-# $(SAN_BUILD), and its unit and cli tests; the cli tests run the sanitized `lethe`.
+# $(SAN_BUILD), and the whole CPU suite (every label but gpu); the cli, slow and mpi tests
+# run the sanitized `lethe` and test binaries, under mpirun where they use MPI.
 # -O1 keeps the tests fast enough for CI, -g1 gives reports file:line stacks. Findings are
 # fatal: UBSan does not recover, and ASan/LSan end the test with an error.
 SAN_BUILD ?= build-asan
-SAN_LABELS ?= unit|cli
+SAN_LABELS ?= unit|cli|slow|mpi
 # Open MPI's leftovers at exit are suppressed (tools/sanitize/lsan.supp); keeping its
 # components loaded and unwinding fully lets LeakSanitizer attribute them.
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
   LSAN_OPTIONS=suppressions=$(CURDIR)/tools/sanitize/lsan.supp:fast_unwind_on_malloc=0:print_suppressions=0 \
-  OMPI_MCA_mca_base_component_disable_dlclose=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 $(SAN_BUILD)/CMakeCache.txt:
 	@bash tools/install_deps.sh
 	cmake -S . -B $(SAN_BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

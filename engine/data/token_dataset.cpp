@@ -80,7 +80,8 @@ void save_token_dataset(const std::string& path, const TokenDataset& ds) {
   {
     h5::File f = h5::File::create(tmp);
     Tensor t = Tensor::empty({ds.n_tokens()}, DType::i32);
-    std::memcpy(t.raw(), ds.tokens.data(), ds.tokens.size() * 4);
+    // An empty vector may hold no buffer at all, and memcpy from null is undefined.
+    if (!ds.tokens.empty()) std::memcpy(t.raw(), ds.tokens.data(), ds.tokens.size() * 4);
     f.write_tensor("/tokens", t);
     f.write_i64("/doc_offsets", ds.offsets);
     std::vector<uint8_t> h;
