@@ -92,9 +92,13 @@ json step_losses(const std::string& out) {
 json summary(const UnlearnResult& res, const std::string& out) {
   json evals = json::array();
   for (const auto& e : res.evals) {
-    json s;
-    for (const auto& [n, m] : e.splits) s[n] = m.nll;
-    evals.push_back({{"step", e.step}, {"nll", s}});
+    json s, acc, tokens;
+    for (const auto& [n, m] : e.splits) {
+      s[n] = m.nll;
+      acc[n] = m.acc;
+      tokens[n] = m.tokens;
+    }
+    evals.push_back({{"step", e.step}, {"nll", s}, {"acc", acc}, {"tokens", tokens}, {"mia_auc", e.mia_auc}});
   }
   const ExtraMetrics& after = res.extra.at("after");
   return {{"steps", step_losses(out)},
@@ -117,10 +121,18 @@ void expect_same_run(const json& got, const json& want, const std::string& label
       expect_rel(got["steps"][i]["terms"][it.key()], it.value(), 1e-5, at + " " + it.key());
   }
   ASSERT_EQ(got["evals"].size(), want["evals"].size()) << label;
-  for (size_t i = 0; i < want["evals"].size(); ++i)
-    for (auto it = want["evals"][i]["nll"].begin(); it != want["evals"][i]["nll"].end(); ++it)
-      expect_rel(got["evals"][i]["nll"][it.key()], it.value(), 1e-5,
-                 label + " eval " + std::to_string(i) + " " + it.key());
+  // Evaluation is split over dp ranks and summed: the same tokens, argmax hits and
+  // per-sequence scores (hence the in-run AUC) as one process.
+  for (size_t i = 0; i < want["evals"].size(); ++i) {
+    const std::string at = label + " eval " + std::to_string(i);
+    for (auto it = want["evals"][i]["nll"].begin(); it != want["evals"][i]["nll"].end(); ++it) {
+      expect_rel(got["evals"][i]["nll"][it.key()], it.value(), 1e-5, at + " " + it.key());
+      EXPECT_EQ(got["evals"][i]["tokens"][it.key()], want["evals"][i]["tokens"][it.key()]) << at << " " << it.key();
+      EXPECT_NEAR(got["evals"][i]["acc"][it.key()].get<double>(), want["evals"][i]["acc"][it.key()].get<double>(), 1e-9)
+          << at << " " << it.key();
+    }
+    EXPECT_NEAR(got["evals"][i]["mia_auc"].get<double>(), want["evals"][i]["mia_auc"].get<double>(), 1e-9) << at;
+  }
   // Rank statistics over a few documents and greedy tokens: equal unless a near-tie flips.
   for (auto it = want["mia_auc"].begin(); it != want["mia_auc"].end(); ++it)
     EXPECT_NEAR(got["mia_auc"][it.key()].get<double>(), it.value().get<double>(), 1e-9) << label << " " << it.key();
