@@ -28,7 +28,7 @@ if(LETHE_FUZZ)
   add_link_options(-fsanitize=address,undefined)
   # The targets link lethe_cli_lib, which the root file defines after including this one.
   function(lethe_fuzz_targets)
-    foreach(target fuzz_safetensors fuzz_gguf fuzz_yaml_config fuzz_checkpoint_manifest)
+    foreach(target fuzz_safetensors fuzz_gguf fuzz_yaml_config fuzz_checkpoint_manifest fuzz_token_dataset)
       add_executable(${target} ${PROJECT_SOURCE_DIR}/tools/fuzz/${target}.cpp)
       target_link_libraries(${target} PRIVATE lethe_cli_lib lethe_io)
       target_link_options(${target} PRIVATE -fsanitize=fuzzer)

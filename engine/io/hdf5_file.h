@@ -23,6 +23,8 @@ class File {
   File& operator=(const File&) = delete;
 
   const std::string& path() const { return path_; }
+  // Every read below runs under a ReadDeadline (read_deadline.h): libhdf5 can loop forever
+  // on a malformed file, and the deadline turns that into an error naming the file.
   bool exists(const std::string& obj) const;   // "/a/b"
   std::vector<std::string> list(const std::string& group) const;  // member names
 
@@ -53,9 +55,10 @@ class File {
   void flush();
 
  private:
-  File(hid id, std::string path) : id_(id), path_(std::move(path)) {}
+  File(hid id, std::string path, int64_t bytes) : id_(id), path_(std::move(path)), bytes_(bytes) {}
   hid id_ = -1;
   std::string path_;
+  int64_t bytes_ = 0;  // the file's size when opened for reading, for the read deadline
 };
 
 }  // namespace lethe::h5

@@ -56,8 +56,10 @@ using lethe::test::RunResult;
 using lethe::test::slurp;
 using lethe::test::spit;
 
-RunResult run_lethe(const std::vector<std::string>& args, const fs::path& dir) {
+RunResult run_lethe(const std::vector<std::string>& args, const fs::path& dir,
+                    const std::map<std::string, std::string>& env = {}) {
   lethe::test::RunOptions o;
+  o.env = env;
   o.timeout_s = kTimeoutS;
   // A sanitizer build (this one, or another run through $LETHE_TEST_BIN) reserves
   // terabytes of address space.
@@ -245,6 +247,7 @@ struct Case {
   std::string expect;                   // substring of stderr
   std::vector<fs::path> must_not_exist;  // outputs the run must not leave
   std::vector<fs::path> unchanged;       // inputs the run must not touch
+  std::map<std::string, std::string> env = {};
 };
 
 class BadInputs : public ::testing::Test {
@@ -535,6 +538,16 @@ TEST_F(BadInputs, EveryCaseFailsCleanly) {
     f.set_attr("/", "tokenizer", std::string("bytes"));
     f.set_attr("/", "vocab_size", int64_t(256));
   }, "no dataset '/tokens'");
+  {
+    // Found by fuzz_token_dataset: a corrupt global heap behind a variable-length string
+    // attribute makes libhdf5 (1.10) loop forever inside H5Aread. The read deadline ends
+    // the run naming the file (3 s here; 120 s plus the file's size by default).
+    const fs::path d = dir_for("tok_hdf5_heap_loop");
+    fs::copy_file(src("tests/bad_inputs/fixtures/tok_hdf5_heap_loop.h5"), d / "data.h5");
+    cases.push_back({"tokens", "tok_hdf5_heap_loop", {"eval", ck, (d / "data.h5").string(), "seq_len=16"},
+                     "data.h5: reading it did not finish within 3 s", {}, {d / "data.h5"},
+                     {{"LETHE_READ_TIMEOUT_S", "3"}}});
+  }
   tok_case("tok_huge_declared_tokens", [&](const fs::path& p) {
     Tokens t = valid_tokens();
     write_tokens(p, t);
@@ -662,7 +675,7 @@ TEST_F(BadInputs, EveryCaseFailsCleanly) {
     const fs::path rd = root_ / ("run_" + c.name);
     fs::create_directories(rd);
     const auto t0 = std::chrono::steady_clock::now();
-    const RunResult r = run_lethe(c.args, rd);
+    const RunResult r = run_lethe(c.args, rd, c.env);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     bool ok = true;
     auto check = [&](bool cond, const std::string& what) {

@@ -11,7 +11,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 runs="${1:-100000}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf yaml_config checkpoint_manifest)
+[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf yaml_config checkpoint_manifest token_dataset)
 build="${BUILD:-$root/build-fuzz}"
 cxx="${CXX_FUZZ:-$(command -v clang++ || command -v clang++-14)}"
 cc="${CC_FUZZ:-$(command -v clang || command -v clang-14)}"
