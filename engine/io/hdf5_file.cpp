@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <mutex>
 
-#include "engine/io/read_deadline.h"
+#include "engine/io/untrusted_read.h"
 
 namespace lethe::h5 {
 namespace {
@@ -121,7 +121,7 @@ File File::open_read(const std::string& path) {
   std::error_code ec;
   LETHE_CHECK(std::filesystem::is_regular_file(path, ec), path, ": no such file");
   const int64_t bytes = int64_t(std::filesystem::file_size(path, ec));
-  const ReadDeadline deadline(path, bytes);
+  const UntrustedRead deadline(path, bytes);
   LETHE_CHECK(H5Fis_hdf5(path.c_str()) > 0, path, ": not an HDF5 file (truncated or corrupt?)");
   hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   LETHE_CHECK(id >= 0, path, ": cannot open as HDF5 (truncated or corrupt?)");
@@ -150,7 +150,7 @@ File::~File() {
 }
 
 bool File::exists(const std::string& obj) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   // Check each level: H5Lexists fails on a path whose parent is missing.
   std::string partial;
   size_t pos = 1;
@@ -165,7 +165,7 @@ bool File::exists(const std::string& obj) const {
 }
 
 std::vector<std::string> File::list(const std::string& group) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle g(H5Gopen2(id_, group.c_str(), H5P_DEFAULT), H5Gclose);
   LETHE_CHECK(g.id >= 0, path_, ": no group '", group, "'");
   H5G_info_t info;
@@ -181,7 +181,7 @@ std::vector<std::string> File::list(const std::string& group) const {
 }
 
 Shape File::shape(const std::string& dset) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle d = open_dset(id_, path_, dset);
   const Shape s = dset_shape(d, path_, dset);
   Handle ft(H5Dget_type(d), H5Tclose);
@@ -190,15 +190,15 @@ Shape File::shape(const std::string& dset) const {
 }
 
 std::vector<int64_t> File::read_i64(const std::string& d) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   return read_all<int64_t>(id_, path_, d, H5T_NATIVE_INT64);
 }
 std::vector<int32_t> File::read_i32(const std::string& d) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   return read_all<int32_t>(id_, path_, d, H5T_NATIVE_INT32);
 }
 std::vector<uint8_t> File::read_u8(const std::string& d) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   return read_all<uint8_t>(id_, path_, d, H5T_NATIVE_UINT8);
 }
 
@@ -221,20 +221,20 @@ std::pair<DType, hid_t> stored_type(const File& f, hid_t d, const std::string& n
 }  // namespace
 
 bool File::is_integer(const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle d = open_dset(id_, path_, name);
   Handle ft(H5Dget_type(d), H5Tclose);
   return H5Tget_class(ft) == H5T_INTEGER;
 }
 
 DType File::dtype(const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle d = open_dset(id_, path_, name);
   return stored_type(*this, d, name).first;
 }
 
 Tensor File::read_tensor(const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle d = open_dset(id_, path_, name);
   const Shape s = dset_shape(d, path_, name);
   const auto [dt, mem] = stored_type(*this, d, name);
@@ -267,14 +267,14 @@ void File::write_u8(const std::string& name, const std::vector<uint8_t>& v, cons
 }
 
 bool File::has_attr(const std::string& obj, const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   if (obj != "/" && !exists(obj)) return false;
   Handle o = open_obj(id_, path_, obj);
   return H5Aexists(o, name.c_str()) > 0;
 }
 
 std::string File::attr_string(const std::string& obj, const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle a = open_attr(id_, path_, obj, name);
   Handle t(H5Aget_type(a), H5Tclose);
   LETHE_CHECK(H5Tget_class(t) == H5T_STRING, path_, ": attribute '", name, "' of '", obj, "' is not a string");
@@ -298,7 +298,7 @@ std::string File::attr_string(const std::string& obj, const std::string& name) c
 }
 
 std::vector<int64_t> File::attr_ints(const std::string& obj, const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   Handle a = open_attr(id_, path_, obj, name);
   Handle t(H5Aget_type(a), H5Tclose);
   LETHE_CHECK(H5Tget_class(t) == H5T_INTEGER, path_, ": attribute '", name, "' of '", obj, "' is not an integer");
@@ -311,7 +311,7 @@ std::vector<int64_t> File::attr_ints(const std::string& obj, const std::string& 
 }
 
 int64_t File::attr_int(const std::string& obj, const std::string& name) const {
-  const ReadDeadline deadline(path_, bytes_);
+  const UntrustedRead deadline(path_, bytes_);
   const auto v = attr_ints(obj, name);
   LETHE_CHECK(v.size() == 1, path_, ": attribute '", name, "' of '", obj, "' is not a single integer");
   return v[0];

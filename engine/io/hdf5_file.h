@@ -23,7 +23,7 @@ class File {
   File& operator=(const File&) = delete;
 
   const std::string& path() const { return path_; }
-  // Every read below runs under a ReadDeadline (read_deadline.h): libhdf5 can loop forever
+  // Every read below runs under a UntrustedRead (untrusted_read.h): libhdf5 can loop forever
   // on a malformed file, and the deadline turns that into an error naming the file.
   bool exists(const std::string& obj) const;   // "/a/b"
   std::vector<std::string> list(const std::string& group) const;  // member names

@@ -1,8 +1,11 @@
-#include "engine/io/read_deadline.h"
+#include "engine/io/untrusted_read.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <cstdlib>
 #include <map>
@@ -59,8 +62,10 @@ class Watchdog {
       auto first = watches_.begin();
       for (auto it = watches_.begin(); it != watches_.end(); ++it)
         if (it->second.deadline < first->second.deadline) first = it;
-      if (Clock::now() < first->second.deadline) {
-        cv_.wait_until(lock, first->second.deadline);
+      // A copy: the entry may be erased while the wait has the lock released.
+      const Clock::time_point deadline = first->second.deadline;
+      if (Clock::now() < deadline) {
+        cv_.wait_until(lock, deadline);
         continue;
       }
       // The reading thread is stuck inside a library call: end the process. write(2) and
@@ -80,9 +85,59 @@ class Watchdog {
   uint64_t next_ = 0;
   bool started_ = false;
 };
+// The crash message of the innermost open read, formatted when the read starts: a signal
+// handler may only call async-signal-safe functions, so it writes these bytes as they are.
+std::atomic<const char*> g_crash_message{nullptr};
+
+extern "C" void on_crash(int sig) {
+  const char* msg = g_crash_message.load();
+  if (msg == nullptr) {  // not inside a guarded read: the default action (core dump)
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+    return;
+  }
+  [[maybe_unused]] const ssize_t n = ::write(2, msg, std::strlen(msg));
+  ::_exit(1);
+}
+
+void install_crash_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // An alternate stack, so that a stack overflow inside the library is reported too.
+    static char alt[1 << 16];
+    stack_t ss{};
+    ss.ss_sp = alt;
+    ss.ss_size = sizeof alt;
+    ::sigaltstack(&ss, nullptr);
+    struct sigaction sa{};
+    sa.sa_handler = on_crash;
+    sa.sa_flags = SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) ::sigaction(sig, &sa, nullptr);
+#if !defined(__SANITIZE_ADDRESS__)
+    // glibc aborts on the heap corruption an overrun inside the library leaves behind.
+    // Not under AddressSanitizer, which aborts to report a memory error: that report must
+    // fail the run, not turn into a clean error.
+    ::sigaction(SIGABRT, &sa, nullptr);
+#endif
+  });
+}
+
+const char* crash_message(const std::string& path) {
+  // Kept for the process's lifetime: a handler may read it at any time. One per file
+  // path read, so the memory is bounded by the files a run opens.
+  static std::mutex mu;
+  static std::map<std::string, std::string> messages;
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, fresh] = messages.try_emplace(path);
+  if (fresh)
+    it->second = "lethe: error: " + path +
+                 ": the HDF5 library crashed reading it; the file is malformed. Nothing was written.\n";
+  return it->second.c_str();
+}
 }  // namespace
 
-double ReadDeadline::limit_seconds(int64_t file_bytes) {
+double UntrustedRead::limit_seconds(int64_t file_bytes) {
   if (const char* env = std::getenv("LETHE_READ_TIMEOUT_S")) {
     char* end = nullptr;
     const double s = std::strtod(env, &end);
@@ -93,13 +148,16 @@ double ReadDeadline::limit_seconds(int64_t file_bytes) {
   return 120.0 + double(file_bytes > 0 ? file_bytes : 0) / 10e6;
 }
 
-ReadDeadline::ReadDeadline(const std::string& path, int64_t file_bytes) {
+UntrustedRead::UntrustedRead(const std::string& path, int64_t file_bytes) {
   const double s = limit_seconds(file_bytes);
+  install_crash_handler();
+  prev_message_ = g_crash_message.exchange(crash_message(path));
   if (s > 0) id_ = Watchdog::get().add(path, s);
 }
 
-ReadDeadline::~ReadDeadline() {
+UntrustedRead::~UntrustedRead() {
   if (id_) Watchdog::get().remove(id_);
+  g_crash_message.store(prev_message_);
 }
 
 }  // namespace lethe
