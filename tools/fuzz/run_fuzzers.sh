@@ -11,7 +11,9 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 runs="${1:-100000}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf yaml_config checkpoint_manifest token_dataset)
+# token_dataset is not among the defaults: it drives libhdf5, which has known crashes and
+# hangs on crafted files, so it runs in fork mode and counts them (docs/reliability.md).
+[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf yaml_config checkpoint_manifest)
 build="${BUILD:-$root/build-fuzz}"
 cxx="${CXX_FUZZ:-$(command -v clang++ || command -v clang++-14)}"
 cc="${CC_FUZZ:-$(command -v clang || command -v clang-14)}"
