@@ -89,11 +89,16 @@ class Watchdog {
 // handler may only call async-signal-safe functions, so it writes these bytes as they are.
 std::atomic<const char*> g_crash_message{nullptr};
 
+// The handlers that were there before (Open MPI's backtrace, a sanitizer's report).
+struct sigaction g_previous[NSIG];
+
 extern "C" void on_crash(int sig) {
   const char* msg = g_crash_message.load();
-  if (msg == nullptr) {  // not inside a guarded read: the default action (core dump)
-    ::signal(sig, SIG_DFL);
-    ::raise(sig);
+  if (msg == nullptr) {
+    // Not inside a guarded read: put the previous handler back and return, so the
+    // faulting instruction runs again under it (a raise() for SIGABRT).
+    ::sigaction(sig, &g_previous[sig], nullptr);
+    if (sig == SIGABRT) ::raise(sig);
     return;
   }
   [[maybe_unused]] const ssize_t n = ::write(2, msg, std::strlen(msg));
@@ -113,12 +118,12 @@ void install_crash_handler() {
     sa.sa_handler = on_crash;
     sa.sa_flags = SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) ::sigaction(sig, &sa, nullptr);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) ::sigaction(sig, &sa, &g_previous[sig]);
 #if !defined(__SANITIZE_ADDRESS__)
     // glibc aborts on the heap corruption an overrun inside the library leaves behind.
     // Not under AddressSanitizer, which aborts to report a memory error: that report must
     // fail the run, not turn into a clean error.
-    ::sigaction(SIGABRT, &sa, nullptr);
+    ::sigaction(SIGABRT, &sa, &g_previous[SIGABRT]);
 #endif
   });
 }
