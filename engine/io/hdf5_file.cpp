@@ -311,7 +311,6 @@ std::vector<int64_t> File::attr_ints(const std::string& obj, const std::string& 
 }
 
 int64_t File::attr_int(const std::string& obj, const std::string& name) const {
-  const UntrustedRead deadline(path_, bytes_);
   const auto v = attr_ints(obj, name);
   LETHE_CHECK(v.size() == 1, path_, ": attribute '", name, "' of '", obj, "' is not a single integer");
   return v[0];

@@ -87,8 +87,7 @@ check "debug unlearn: names the step, term, layer, pass and tensor" \
   grep -Eq "non-finite value at step 2, term [^:]+: layer 0 forward, self_attn.q_proj output \[[0-9]+,[0-9]+\]: first" \
   "$work/debug.err"
 check "debug unlearn: no final model" test ! -e "$work/debug/final"
-sed 's/lr: 3.0e-3/lr: 1.0e30/' "$work/train.yaml" > "$work/train_blowup.yaml"
-LETHE_DEBUG=1 "$bin" train "$work/train_blowup.yaml" checkpoint.dir="$work/debug_train" checkpoint.every=1 \
+LETHE_DEBUG=1 "$bin" train "$work/train.yaml" optimizer.lr=1e30 checkpoint.dir="$work/debug_train" checkpoint.every=1 \
   >/dev/null 2>"$work/debug_train.err"
 rc=$?
 check "debug train: exits 1 (got $rc)" test "$rc" -eq 1
