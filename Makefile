@@ -19,8 +19,10 @@ build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) --parallel $(JOBS)
 
 # Trains the tiny model on a short text (step, loss, tokens/s), then shows the
-# forget/holdout gap of the pretrained benchmark model and its retrain oracle.
-demo: build
+# forget/holdout gap of the pretrained benchmark model and its retrain oracle. Builds only
+# the `lethe` executable (not the tests, CUDA kernels or benchmarks).
+demo: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) --parallel $(JOBS) --target lethe
 	LETHE_BIN=$(BUILD)/lethe bash tools/demo.sh
 
 # Every test: unit, cli, slow, mpi and gpu labels, then the unit and cli tests again under

@@ -15,7 +15,9 @@ set_target_properties(lethe_cuda PROPERTIES
 target_include_directories(lethe_cuda PUBLIC ${PROJECT_SOURCE_DIR})
 target_compile_options(lethe_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo -Xcompiler=-Wall>)
-# Only the CUDA runtime and cuBLASLt: the GPU tests and benchmark link this and
-# lethe_kernels (CPU references), never HDF5, yaml-cpp or MPI, so they run on a machine
-# that has none of those.
-target_link_libraries(lethe_cuda PUBLIC CUDA::cudart CUDA::cublasLt)
+# Only the CUDA runtime and lethe_core (errors, the peak-FLOP/s table): the GPU tests and
+# benchmark link this and lethe_kernels (CPU references), never HDF5, yaml-cpp or MPI, so
+# they run on a machine that has none of those. cuBLASLt is not linked: linear.cu opens
+# libcublasLt.so.<major> with dlopen at the first matrix product, so a binary starts, and
+# runs every other kernel, on a machine without it (only its header is needed here).
+target_link_libraries(lethe_cuda PUBLIC lethe_core CUDA::cudart ${CMAKE_DL_LIBS})

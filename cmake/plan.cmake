@@ -3,3 +3,6 @@
 add_library(lethe_plan STATIC
   engine/plan/memory_plan.cpp engine/plan/plan_inputs.cpp engine/cli/plan_cmd.cpp)
 target_link_libraries(lethe_plan PUBLIC lethe_unlearn lethe_io)
+# Where `lethe plan` finds model presets and recipes by name (engine/plan/plan_inputs.h).
+target_compile_definitions(lethe_plan PRIVATE LETHE_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+  LETHE_DATADIR="${CMAKE_INSTALL_DATADIR}")

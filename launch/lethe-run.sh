@@ -27,7 +27,18 @@ die() { echo "lethe-run: $*" >&2; exit 2; }
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-tp=1 dp=1 threads="" gpus=0 debug=0 dry=0 hostfile="" mpi_extra="" bin="${LETHE_BIN:-$root/build/lethe}"
+# The executable: LETHE_BIN, else a build in this source tree, else an install (this script
+# in PREFIX/share/lethe/launch, lethe in PREFIX/bin), else lethe on PATH.
+default_bin() {
+  local prefix_bin
+  prefix_bin="$(cd "$root/../.." 2>/dev/null && pwd)/bin/lethe"
+  if [ -x "$root/build/lethe" ]; then echo "$root/build/lethe"
+  elif [ -x "$prefix_bin" ]; then echo "$prefix_bin"
+  elif command -v lethe >/dev/null 2>&1; then command -v lethe
+  else echo "$root/build/lethe"
+  fi
+}
+tp=1 dp=1 threads="" gpus=0 debug=0 dry=0 hostfile="" mpi_extra="" bin="${LETHE_BIN:-$(default_bin)}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --tp) [ $# -ge 2 ] || die "--tp needs a value"; tp="$2"; shift 2 ;;

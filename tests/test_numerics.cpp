@@ -106,12 +106,27 @@ TEST(Numerics, NamesTheFirstNonFiniteGradient) {
   EXPECT_NE(msg.find("backward, gradient of the loss with respect to the logits [16,31]: first nan at [3, 7]"),
             std::string::npos) << msg;
   EXPECT_NE(msg.find("it came from the loss"), std::string::npos) << msg;
-  // Finite but huge: the lm_head weight gradient (a sum over tokens) is the first to overflow.
-  for (int64_t i = 0; i < d.numel(); ++i) d.data<float>()[i] = 3e38f;
+  // Finite but huge: the lm_head weight gradient dW[v,k] = sum_t d[t,v] h[t,k] (h the final
+  // norm's output) is the first to overflow. With d of mixed signs against h a BLAS kernel
+  // may meet +inf and -inf partial sums and return NaN (kernels differ in order), so d
+  // takes the sign of h[t,0]: column 0 then sums only positive terms and overflows to +inf
+  // on any kernel, and [0, 0] is the first entry scanned.
+  Tensor x = f.m.forward_hidden(f.tok, small().n_layers - 1).clone();  // the final norm's input
+  const float w0 = f.weight("model.norm.weight").data<float>()[0];
+  double column0 = 0;
+  for (int64_t t = 0; t < 16; ++t) {
+    double ms = 0;
+    for (int64_t k = 0; k < 16; ++k) ms += double(x.data<float>()[t * 16 + k]) * x.data<float>()[t * 16 + k] / 16;
+    const double h = x.data<float>()[t * 16] / std::sqrt(ms + small().norm_eps) * w0;
+    column0 += std::abs(h);
+    for (int64_t v = 0; v < 31; ++v) d.data<float>()[t * 31 + v] = h >= 0 ? 3e38f : -3e38f;
+  }
+  // 3e38 * sum_t |h[t,0]| must exceed FLT_MAX = 3.4e38 with room for rounding.
+  ASSERT_GT(column0, 1.2) << "h[:,0] too small for the overflow below";
   f.m.grads().zero();
   f.m.forward_logits(f.tok);
   msg = error_of([&] { f.m.backward_logits(d); });
-  EXPECT_NE(msg.find("backward, gradient of lm_head.weight [31,16]: first"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("backward, gradient of lm_head.weight [31,16]: first +inf at [0, 0]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("(overflow)"), std::string::npos) << msg;
   // Inside a layer: a huge gradient at layer 1's output passes the MLP and the attention's
   // output projection finite (their inputs are small) and first overflows in the v

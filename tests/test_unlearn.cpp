@@ -1,11 +1,13 @@
 // Unlearning end to end on a model trained inside the test: random-letter "secret"
 // documents (forget) are memorised next to English text (retain); unseen random-letter
 // documents are the holdout. Then:
-//   GA+GD (lr 1e-3): forget NLL rises past holdout NLL, retain NLL moves by < 0.15 nats;
+//   GA+GD (lr 1e-3) until forget NLL reaches holdout NLL: it gets there without diverging,
+//     and retain NLL moves by less than a tenth of what forget NLL moved;
 //   GA alone at a high learning rate (1e-2): retain NLL rises by > 1 nat (collapse).
 // Also: the report never contains document text, and bad recipes are clear errors.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,7 +76,8 @@ class Unlearn : public ::testing::Test {
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 
-  std::string recipe(const std::string& name, const std::string& terms, double lr, int steps) {
+  std::string recipe(const std::string& name, const std::string& terms, double lr, int steps,
+                     const std::string& extra = "") {
     const std::string p = (dir_ / (name + ".yaml")).string();
     std::ofstream(p) << "method: " << name << "\nmodel: model\n"
                      << "data: {forget: forget.h5, retain: retain.h5, holdout: holdout.h5, seq_len: 64, min_targets: 8}\n"
@@ -82,7 +85,7 @@ class Unlearn : public ::testing::Test {
                      << "train: {steps: " << steps << ", batch_size: 4, log_every: 100, seed: 1}\n"
                      << "optimizer: {lr: " << lr << ", schedule: constant}\n"
                      << "eval: {every: 5, max_sequences: 0}\n"
-                     << "output: {dir: out_" << name << "}\n";
+                     << "output: {dir: out_" << name << "}\n" << extra;
     return p;
   }
   static fs::path dir_;
@@ -92,20 +95,38 @@ fs::path Unlearn::dir_;
 double nll(const EvalPoint& e, const char* s) { return e.splits.at(s).nll; }
 
 TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
+  // GA+GD run until the seed study's criterion (forget NLL >= holdout NLL, checked every 5
+  // steps) rather than for a fixed number of steps: past that point ascent has nothing
+  // left to remove and pushes every letter sequence up together (on some BLAS kernels
+  // forget and holdout both reached ~21 nats after 40 fixed steps, in either order). The
+  // assertions are about the run itself, not about one machine's trajectory: it reaches
+  // the criterion (about step 20 at lr 1e-3, on every OpenBLAS kernel), with the margins
+  // below measured against its own starting point.
   std::ostringstream log;
+  const int max_steps = 80;
   const auto res = run_unlearn(load_recipe(recipe("ga_gd", "  f: {type: nll, stream: forget, weight: -1}\n"
                                                            "  r: {type: nll, stream: retain, weight: 1}\n",
-                                                  1e-3, 40),
+                                                  1e-3, max_steps, "stop: {forget_reaches_holdout: true}\n"),
                                            {"eval.verbatim_prefix=24", "eval.verbatim_continuation=24"}),
                                log);
+  const EvalPoint &before = res.evals.front(), &after = res.evals.back();
+  // Memorised before: the secrets are far more predictable than unseen random letters.
+  ASSERT_LT(nll(before, "forget"), nll(before, "holdout") - 0.5) << log.str();
+  // It reached the criterion, by the criterion's own check, before the step budget ran out.
+  EXPECT_EQ(res.stop_reason, "forget NLL reached holdout NLL") << log.str();
+  EXPECT_LT(res.steps_run, max_steps) << log.str();
+  EXPECT_GE(nll(after, "forget"), nll(after, "holdout")) << log.str();
+  // Ascent raises the unseen letters' NLL too (they share the secrets' alphabet); what
+  // must close is the gap, and with it the membership signal: the in-run MIA AUC moves at
+  // least halfway from where it started to chance (0.5).
+  EXPECT_LT(std::abs(after.mia_auc - 0.5), 0.5 * std::abs(before.mia_auc - 0.5)) << log.str();
+  // Retain kept: it moved by less than a tenth of the distance the forget NLL travelled.
+  EXPECT_LT(std::abs(nll(after, "retain") - nll(before, "retain")),
+            0.1 * (nll(after, "forget") - nll(before, "forget")))
+      << log.str();
   // Verbatim: the memorised secrets are continued far better before than after.
   EXPECT_GT(res.extra.at("before").rouge_l_f1, res.extra.at("after").rouge_l_f1 + 0.2) << log.str();
   EXPECT_EQ(res.extra.at("after").verbatim_docs, 4);
-  const EvalPoint &before = res.evals.front(), &after = res.evals.back();
-  // Memorised before: the secrets are far more predictable than unseen random letters.
-  EXPECT_LT(nll(before, "forget"), nll(before, "holdout") - 0.5) << log.str();
-  EXPECT_GT(nll(after, "forget"), nll(after, "holdout")) << log.str();
-  EXPECT_LT(std::abs(nll(after, "retain") - nll(before, "retain")), 0.15) << log.str();
   // The report names documents by hash only.
   std::ifstream rep(dir_ / "out_ga_gd" / "report.json");
   const std::string text((std::istreambuf_iterator<char>(rep)), {});

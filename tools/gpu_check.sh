@@ -1,163 +1,121 @@
 #!/usr/bin/env bash
-# Everything a GPU check needs, in one run of a few minutes: the device, the GPU op
-# tests, the forget+retain step benchmark against transformers, and a summary table.
-# Runs the binaries that tools/gpu_bundle.sh built on a CPU machine (gpu_bundle/), so the
-# GPU machine needs only the NVIDIA driver, cuBLASLt (its CUDA toolkit or PyTorch's
-# nvidia-cublas wheel) and, for the comparison, PyTorch + transformers.
+# The GPU check in one command: the device, every GPU test binary, the forget+retain step
+# benchmark against transformers, and a summary; at most 540 s in all on one H100/H200,
+# everything it finds left in OUTDIR as two files.
 #
-#   bash tools/gpu_check.sh [results_dir]      # default results dir: gpu_bundle/results/
-#   GPU_CHECK_QUICK=1 ...                      # tests and one benchmark case only
-#   GPU_CHECK_SANITIZE=1 ...                   # also run the op tests under compute-sanitizer
+# 1. On the build machine (CUDA 13 toolkit, no GPU needed), from the repository root:
+#        bash tools/gpu_bundle.sh
+#    It builds the binaries and gathers them, with the shared libraries they need, into
+#    gpu_bundle/ (about 9 MiB, xz-compressed; at most 40).
+# 2. Send the source tree to the GPU machine WITH gpu_bundle/. gpu_bundle/ is gitignored,
+#    so a copy of the tracked files (git archive, a clone, a copy of the working tree that
+#    skips ignored paths) does not contain it: name gpu_bundle/ explicitly among the paths
+#    to copy, or copy it beside the tree afterwards. GPU_BUNDLE=DIR points elsewhere.
+# 3. On the GPU machine, from the repository root:
+#        bash tools/gpu_check.sh OUTDIR
+#
+# OUTDIR (required; created if missing) receives exactly two files:
+#   summary.txt        the device, the peak assumed, per-binary test counts and failures,
+#                      the benchmark table, what was skipped and why, the time used
+#   gpu_check.tar.gz   every log and JSON file (and summary.txt again)
+# Intermediate files live in a temporary directory that is removed at the end.
+#
+# The GPU machine needs only the NVIDIA driver (r580 or newer for the CUDA 13 runtime in
+# the bundle); libcublasLt.so.13 from a CUDA 13 toolkit or PyTorch's nvidia-cublas wheel
+# for the matrix products (without it the other tests still run, and the GEMM tests fail
+# naming the library); PyTorch + transformers for the comparison (optional); python3 for
+# the summary table. The bundle's libraries (libstdc++, libgomp, OpenBLAS, the CUDA
+# runtime) are put on LD_LIBRARY_PATH for lethe's binaries only, never for python3.
+#
+#   GPU_CHECK_QUICK=1      one benchmark case instead of four
+#   GPU_CHECK_SANITIZE=1   also compute-sanitizer: memcheck over the op, numerics and step
+#                          tests, racecheck and synccheck over the attention tests (the
+#                          benchmark then runs its quick case, to stay within the cap)
+#   GPU_CHECK_BUDGET_S=N   the time cap in seconds (default 540)
 #
 # The tests run as binaries, not through ctest: CTest's files name paths on the build
-# machine. Time limits keep the whole check under ten minutes even when something hangs.
+# machine. Every stage's time limit comes from what is left of the cap, so the check ends
+# within it even when something hangs; killed (SIGTERM, SIGINT), it still writes OUTDIR.
 #
-# Exit status: 0 all tests passed; 1 a test failed or a binary broke; 2 no GPU; 3 no bundle.
+# Exit status: 0 all passed; 1 a test, the benchmark or a sanitizer found a failure;
+# 2 no GPU; 3 no bundle or a broken one; 4 usage (no OUTDIR).
 set -uo pipefail
+SECONDS=0
+TOTAL="${GPU_CHECK_BUDGET_S:-540}"
+END_RESERVE=15  # kept for the summary and the archive
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUNDLE="${GPU_BUNDLE:-$ROOT/gpu_bundle}"
-RES="${1:-$BUNDLE/results}"
-mkdir -p "$RES"
-say() { printf '\n== %s\n' "$*"; }
 
-# ---- the device -------------------------------------------------------------------------
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-  echo "gpu_check: no GPU: nvidia-smi is not installed (no NVIDIA driver on this machine)" >&2
-  exit 2
+if [ $# -ne 1 ] || [ -z "$1" ] || [ "${1#-}" != "$1" ]; then
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}" >&2
+  echo "gpu_check: usage: bash tools/gpu_check.sh OUTDIR" >&2
+  exit 4
 fi
-if ! nvidia-smi -L >"$RES/devices.txt" 2>&1 || ! grep -q "^GPU " "$RES/devices.txt"; then
-  echo "gpu_check: no GPU: nvidia-smi lists no device ($(head -1 "$RES/devices.txt"))" >&2
-  exit 2
-fi
-say "device"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$RES/device.csv"
-DEVICE="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+mkdir -p "$1" || { echo "gpu_check: cannot create $1" >&2; exit 4; }
+OUT="$(cd "$1" && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")" || { echo "gpu_check: no temporary directory" >&2; exit 4; }
+RES="$WORK/gpu_check"  # becomes the archive
+LIB="$WORK/bin"        # the bundle's binaries and libraries, unpacked
+mkdir -p "$RES" "$LIB"
+STAGES="$RES/stages.txt"  # one line per stage: what ran, its status, its time
+: >"$STAGES"
 
-[ -x "$BUNDLE/test_cuda_ops" ] || {
-  echo "gpu_check: no bundle at $BUNDLE: run 'bash tools/gpu_bundle.sh' on the build machine first and bring gpu_bundle/ along" >&2
-  exit 3
-}
-cat "$BUNDLE/BUILD_INFO" 2>/dev/null
+say() { printf '\n== %s\n' "$*" | tee -a "$RES/console.log"; }
+log() { printf '%s\n' "$*" | tee -a "$RES/console.log"; }
+stage() { printf '%-34s %s\n' "$1" "$2" >>"$STAGES"; }
+FAILED=0
+fail() { FAILED=1; }
 
-# The bundle's shared libraries travel xz-compressed; unpack them beside the binaries,
-# where the binaries' $ORIGIN rpath looks.
-for z in "$BUNDLE"/*.so*.xz; do
-  [ -e "$z" ] || continue
-  lib="${z%.xz}"
-  [ -s "$lib" ] && continue
-  if command -v xz >/dev/null; then xz -dc "$z" >"$lib"
-  else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$lib"
-  fi || { echo "gpu_check: cannot unpack $z" >&2; exit 3; }
-done
-
-# ---- libraries: the bundle's own, then cuBLASLt from wherever this machine has it ---------
-find_cublaslt() {
-  local d
-  for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
-    ls "$d"/libcublasLt.so.13* >/dev/null 2>&1 && { echo "$d"; return; }
-  done
-  local p
-  p="$(ldconfig -p 2>/dev/null | awk '/libcublasLt\.so\.13/ {print $NF; exit}')"
-  [ -n "$p" ] && { dirname "$p"; return; }
-  # PyTorch's CUDA wheels ship cuBLASLt under site-packages/nvidia/.
-  for py in python3 python; do
-    command -v $py >/dev/null || continue
-    p="$($py - <<'PY' 2>/dev/null
-import glob, os, site, sys
-roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
-for r in roots:
-    hits = glob.glob(os.path.join(r, "nvidia", "**", "libcublasLt.so.13*"), recursive=True)
-    if hits:
-        print(os.path.dirname(hits[0])); break
-PY
-)"
-    [ -n "$p" ] && { echo "$p"; return; }
-  done
-}
-LT_DIR="$(find_cublaslt)"
-if [ -z "$LT_DIR" ]; then
-  echo "gpu_check: libcublasLt.so.13 not found (no CUDA 13 toolkit and no PyTorch nvidia-cublas wheel)" >&2
-  exit 1
-fi
-export LD_LIBRARY_PATH="$BUNDLE:$LT_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "cuBLASLt from $LT_DIR"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"  # CPU references in the tests
-
-# ---- tests ------------------------------------------------------------------------------
-say "GPU op tests (test_cuda_ops vs the CPU reference)"
-timeout 180 "$BUNDLE/test_cuda_ops" --gtest_output="json:$RES/gpu_tests.json" 2>&1 | tee "$RES/gpu_tests.log"
-test_rc=${PIPESTATUS[0]}
-[ "$test_rc" -eq 124 ] && echo "gpu_check: the GPU tests timed out after 180 s" >&2
-if [ "$test_rc" -ne 0 ]; then
-  # A kernel fault poisons the CUDA context for every later test in the process: run each
-  # test alone so the table names the ones that fail by themselves.
-  say "each test in its own process"
-  "$BUNDLE/test_cuda_ops" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}' | while read -r t; do
-    [ "$SECONDS" -gt 360 ] && { echo "(time budget spent: the rest not run alone)"; break; }
-    if timeout 60 "$BUNDLE/test_cuda_ops" --gtest_filter="$t" >"$RES/isolated.log" 2>&1; then echo "PASS $t"
-    else echo "FAIL $t"; grep -E "Failure|error|Error" "$RES/isolated.log" | head -5 | sed 's/^/     /'; fi
-  done | tee "$RES/gpu_tests_isolated.txt"
-fi
-if [ -n "${GPU_CHECK_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
-  say "compute-sanitizer memcheck (op tests, without the 7B block)"
-  timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$BUNDLE/test_cuda_ops" \
-    --gtest_filter='CudaOps.*' 2>&1 | tail -40 | tee "$RES/sanitizer.log"
-fi
-# On a machine with a GPU a skipped test means the binary could not use it (for example a
-# driver older than the CUDA 13 runtime in the bundle): that is a failure, not a pass.
-if [ "$test_rc" -eq 0 ] && grep -q "^\[  SKIPPED \]" "$RES/gpu_tests.log"; then
-  echo "gpu_check: GPU tests skipped although nvidia-smi sees a device: $(grep -m1 -i 'no CUDA device' "$RES/gpu_tests.log")" >&2
-  test_rc=1
-fi
-
-# ---- benchmark --------------------------------------------------------------------------
-bench_rc=0
-if [ -x "$BUNDLE/lethe_bench_gpu" ]; then
-  say "benchmark: lethe forget+retain step"
-  quick=(); [ -n "${GPU_CHECK_QUICK:-}" ] && quick=(--quick)
-  timeout 150 "$BUNDLE/lethe_bench_gpu" "${quick[@]}" --json "$RES/bench_lethe.json" 2>&1 | tee "$RES/bench_lethe.log"
-  bench_rc=${PIPESTATUS[0]}
-  if command -v python3 >/dev/null && python3 -c "import torch, transformers" 2>/dev/null; then
-    say "benchmark: transformers LlamaForCausalLM, same step"
-    match=(); [ -s "$RES/bench_lethe.json" ] && match=(--match "$RES/bench_lethe.json")
-    PYTHONUNBUFFERED=1 timeout 200 python3 "$ROOT/tools/bench/torch_gpu_step.py" "${quick[@]}" "${match[@]}" \
-      --json "$RES/bench_torch.json" 2>&1 | tee "$RES/bench_torch.log"
-  else
-    echo "(PyTorch/transformers not importable: no comparison)"
-  fi
-else
-  echo "(no lethe_bench_gpu in the bundle: benchmark skipped)"
-fi
-
-# ---- summary ----------------------------------------------------------------------------
-say "summary ($DEVICE)"
-python3 - "$RES" <<'PY' || echo "(python3 missing: see $RES for raw results)"
-import json, os, sys
+# ---- the end: summary and archive, also when killed -------------------------------------
+finish() {
+  local rc=$1
+  trap - EXIT INT TERM
+  {
+    echo "gpu_check summary ($(date -u +%Y-%m-%dT%H:%MZ), ${SECONDS} s of ${TOTAL} s)"
+    [ -s "$RES/device.csv" ] && { echo; echo "device:"; sed 's/^/  /' "$RES/device.csv"; }
+    [ -s "$BUNDLE/BUILD_INFO" ] && { echo; echo "bundle:"; sed 's/^/  /' "$BUNDLE/BUILD_INFO"; }
+    echo; echo "stages:"; sed 's/^/  /' "$STAGES"
+    if command -v python3 >/dev/null 2>&1; then
+      echo; timeout 10 python3 - "$RES" <<'PY' 2>&1 || echo "(summary table failed: see the archive)"
+import glob, json, os, sys
 res = sys.argv[1]
-def load(name):
+def load(path):
     try:
-        with open(os.path.join(res, name)) as f:
+        with open(path) as f:
             return json.load(f)
     except Exception:
         return None
-t = load("gpu_tests.json")
-if t:
-    cases = [c for s in t.get("testsuites", []) for c in s.get("testsuite", [])]
-    failed = [c["name"] for c in cases if c.get("failures")]
-    skipped = [c["name"] for c in cases if c.get("result") == "SKIPPED"]
-    print(f"tests: {len(cases) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped")
+rows = []
+for log in sorted(glob.glob(os.path.join(res, "tests_*.log"))):
+    path = log[:-len(".log")] + ".json"
+    t = load(path)
+    name = os.path.basename(path)[len("tests_"):-len(".json")]
+    if not t:
+        rows.append(f"  {name:20} no result file (crashed, timed out or did not start: see its log)")
+        continue
+    cases = [(s["name"], c) for s in t.get("testsuites", []) for c in s.get("testsuite", [])]
+    failed = [f"{s}.{c['name']}" for s, c in cases if c.get("failures")]
+    skipped = [f"{s}.{c['name']}" for s, c in cases if c.get("result") == "SKIPPED"]
+    rows.append(f"  {name:20} {len(cases) - len(failed) - len(skipped):3d} passed {len(failed):3d} failed "
+                f"{len(skipped):3d} skipped")
     for n in failed:
-        print(f"  FAILED {n}")
-else:
-    print("tests: no result file (the test binary crashed or timed out)")
-try:
-    with open(os.path.join(res, "gpu_tests_isolated.txt")) as f:
-        alone = [l.split()[1] for l in f if l.startswith("FAIL ")]
-    print(f"run alone, failing: {', '.join(alone) or 'none'}")
-except OSError:
-    pass
-L, T = load("bench_lethe.json"), load("bench_torch.json")
+        c = next(c for s, c in cases if f"{s}.{c['name']}" == n)
+        msg = (c["failures"][0].get("failure", "") or "").strip().splitlines()
+        rows.append(f"      FAILED {n}: {msg[-1][:160] if msg else ''}")
+if rows:
+    print("tests (gtest results per binary):")
+    print("\n".join(rows))
+for path in sorted(glob.glob(os.path.join(res, "isolated_*.txt"))):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    alone = [l.split()[1] for l in lines if l.startswith("FAIL ")]
+    ran = sum(l.startswith(("PASS ", "FAIL ")) for l in lines)
+    cut = " (then the time budget was spent)" if any("time budget" in l for l in lines) else ""
+    print(f"  run alone ({os.path.basename(path)[9:-4]}): {ran} run, failing: {', '.join(alone) or 'none'}{cut}")
+L, T = load(os.path.join(res, "bench_lethe.json")), load(os.path.join(res, "bench_torch.json"))
 if L:
+    print(f"\nbenchmark on {L.get('device')}: peak assumed {L.get('peak_tflops', 0):.0f} TFLOP/s dense bf16"
+          f" ({L.get('peak_source', 'n/a')})")
     tor = {r["case"]: r for r in (T or {}).get("results", [])}
     print(f"{'case':20} {'layers':>6} {'lethe tok/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'attn f+b':>8} "
           f"{'fwd wmma/mma':>13} {'torch tok/s':>12} {'ratio':>6}")
@@ -172,8 +130,301 @@ if L:
               f"{r.get('attention_tflops', 0):8.1f} {fwd:>13} {tts} {ratio}")
     print("(attention columns in TFLOP/s: forward+backward, and forward alone per forward kernel)")
 PY
-if [ "$test_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ]; then
-  echo "gpu_check: FAILED (tests exit $test_rc, benchmark exit $bench_rc); logs in $RES" >&2
-  exit 1
+    else
+      echo; echo "(python3 not found: no per-test table; see the logs in the archive)"
+    fi
+    echo
+    case "$rc" in
+      0) echo "result: OK (exit 0)" ;;
+      1) echo "result: FAILED (exit 1)" ;;
+      2) echo "result: no GPU (exit 2)" ;;
+      3) echo "result: no usable bundle (exit 3)" ;;
+      *) echo "result: stopped (exit $rc)" ;;
+    esac
+  } >"$RES/summary.txt" 2>&1
+  cp "$RES/summary.txt" "$OUT/summary.txt"
+  tar -czf "$OUT/gpu_check.tar.gz" -C "$WORK" gpu_check 2>/dev/null \
+    || echo "gpu_check: could not write $OUT/gpu_check.tar.gz" >&2
+  printf '\n' >&2; cat "$OUT/summary.txt"
+  echo "gpu_check: results in $OUT (summary.txt, gpu_check.tar.gz)"
+  rm -rf "$WORK"
+  exit "$rc"
+}
+CHILD=""; ECHO=""
+# shellcheck disable=SC2317  # called by the trap
+on_signal() {
+  stage "interrupted" "by a signal after ${SECONDS} s"
+  [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null  # timeout(1) passes it on
+  [ -n "$ECHO" ] && kill "$ECHO" 2>/dev/null
+  finish 1
+}
+trap 'finish 1' EXIT
+trap on_signal INT TERM
+
+# Seconds a stage may run: at most WANT, at most until DEADLINE (seconds since start,
+# optional), and never into the end reserve of the whole cap.
+cap() {
+  local want=$1 deadline=${2:-$TOTAL} left
+  left=$(( TOTAL - END_RESERVE - SECONDS ))
+  (( deadline - SECONDS < left )) && left=$(( deadline - SECONDS ))
+  (( want < left )) && left=$want
+  (( left < 0 )) && left=0
+  echo "$left"
+}
+# run SECONDS LOG COMMAND...: the command under timeout(1) (SIGTERM, then SIGKILL 5 s later,
+# all inside SECONDS), its output into LOG and onto the console; returns its exit status
+# (124 or 137: timed out). It runs in the background and the script waits, so a signal to
+# the script is handled at once: timeout(1) runs in a process group of its own and would
+# not receive one sent to the script's group.
+run() {
+  local t=$1 log=$2 rc
+  shift 2
+  : >"$log"
+  timeout -k 5 "$(( t > 6 ? t - 5 : 1 ))" "$@" </dev/null >"$log" 2>&1 &
+  CHILD=$!
+  tail -n +1 -f --pid="$CHILD" "$log" 2>/dev/null | tee -a "$RES/console.log" &
+  ECHO=$!
+  wait "$CHILD"; rc=$?
+  wait "$ECHO" 2>/dev/null
+  CHILD=""; ECHO=""
+  return "$rc"
+}
+
+# ---- the bundle (checked first, so a machine without a GPU still verifies it) ------------
+say "bundle"
+bundle_ok=1
+mapfile -t TESTS < <(cd "$BUNDLE" 2>/dev/null && for z in test_*.xz; do [ -e "$z" ] && echo "${z%.xz}"; done)
+if [ ! -d "$BUNDLE" ] || [ "${#TESTS[@]}" -eq 0 ]; then
+  bundle_ok=0
+  msg="no bundle at $BUNDLE: build it on the build machine with 'bash tools/gpu_bundle.sh', then send gpu_bundle/ along with the source tree (it is gitignored, so it must be named explicitly)"
+  [ -e "$BUNDLE/test_cuda_ops" ] && msg="the bundle at $BUNDLE was made by an older tools/gpu_bundle.sh (uncompressed binaries): rebuild it with 'bash tools/gpu_bundle.sh'"
+  log "gpu_check: $msg" >&2
+  stage "bundle" "MISSING: $msg"
+else
+  [ -s "$BUNDLE/BUILD_INFO" ] && tee -a "$RES/console.log" <"$BUNDLE/BUILD_INFO"
+  # Binaries and libraries travel xz-compressed; unpacked together, the binaries' $ORIGIN
+  # rpath finds the libraries too.
+  for z in "$BUNDLE"/*.xz; do
+    [ -e "$z" ] || continue
+    f="$LIB/$(basename "${z%.xz}")"
+    if command -v xz >/dev/null; then xz -dc "$z" >"$f"
+    else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$f"
+    fi || { bundle_ok=0; log "gpu_check: cannot unpack $z (needs xz or python3)"; }
+    case "$(basename "$f")" in test_*|lethe_*) chmod +x "$f" ;; esac
+  done
+  # Every binary must start and list its tests here: a missing library shows now.
+  for t in "${TESTS[@]}"; do
+    if ! LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/$t" --gtest_list_tests >"$RES/list_$t.txt" 2>&1; then
+      bundle_ok=0
+      log "gpu_check: $t does not start: $(grep -m1 -iE 'error|not found' "$RES/list_$t.txt")"
+    fi
+  done
+  if [ -x "$LIB/lethe_bench_gpu" ]; then  # an unknown flag: usage, once its libraries load
+    LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/lethe_bench_gpu" --check-start >"$WORK/start.txt" 2>&1
+    if grep -q "error while loading" "$WORK/start.txt"; then
+      bundle_ok=0
+      log "gpu_check: lethe_bench_gpu does not start: $(head -1 "$WORK/start.txt")"
+    fi
+  fi
+  if [ "$bundle_ok" -eq 1 ]; then
+    stage "bundle" "ok: ${TESTS[*]}$([ -x "$LIB/lethe_bench_gpu" ] && echo ' lethe_bench_gpu')"
+  else
+    stage "bundle" "BROKEN: see console.log"
+  fi
 fi
-echo "gpu_check: OK; results in $RES"
+
+# ---- the device -------------------------------------------------------------------------
+say "device"
+nogpu=""
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  nogpu="nvidia-smi is not installed (no NVIDIA driver on this machine)"
+elif ! timeout 30 nvidia-smi -L >"$RES/devices.txt" 2>&1 || ! grep -q "^GPU " "$RES/devices.txt"; then
+  nogpu="nvidia-smi lists no device ($(head -1 "$RES/devices.txt"))"
+fi
+if [ -n "$nogpu" ]; then
+  log "gpu_check: no GPU: $nogpu" >&2
+  stage "device" "NONE: $nogpu"
+  [ "$bundle_ok" -eq 1 ] && log "gpu_check: the bundle is complete and its binaries start; run this on a GPU machine"
+  finish 2
+fi
+timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv \
+  | tee "$RES/device.csv" | tee -a "$RES/console.log"
+DEVICE="$(head -1 "$RES/devices.txt")"
+stage "device" "$DEVICE"
+[ "$bundle_ok" -eq 1 ] || finish 3
+
+# ---- libraries: cuBLASLt from wherever this machine has it --------------------------------
+find_cublaslt() {
+  local d p py
+  for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+    ls "$d"/libcublasLt.so.13* >/dev/null 2>&1 && { echo "$d"; return; }
+  done
+  p="$(ldconfig -p 2>/dev/null | awk '/libcublasLt\.so\.13/ {print $NF; exit}')"
+  [ -n "$p" ] && [ -e "$p" ] && { dirname "$p"; return; }
+  # PyTorch's CUDA wheels ship cuBLASLt under site-packages/nvidia/.
+  for py in python3 python; do
+    command -v $py >/dev/null || continue
+    p="$(timeout 30 $py - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
+for r in roots:
+    hits = glob.glob(os.path.join(r, "nvidia", "**", "libcublasLt.so.13*"), recursive=True)
+    if hits:
+        print(os.path.dirname(hits[0])); break
+PY
+)"
+    [ -n "$p" ] && { echo "$p"; return; }
+  done
+}
+LT_DIR="$(find_cublaslt)"
+if [ -n "$LT_DIR" ]; then
+  stage "cuBLASLt" "$LT_DIR"
+else
+  stage "cuBLASLt" "NOT FOUND (libcublasLt.so.13): the GEMM tests fail, the benchmark is skipped"
+fi
+log "cuBLASLt: ${LT_DIR:-not found}"
+# For lethe's binaries only (python3 and nvidia-smi keep the machine's own libraries).
+LETHE_ENV=(env "LD_LIBRARY_PATH=$LIB${LT_DIR:+:$LT_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+           "OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}")
+
+# ---- tests: every test binary of the bundle --------------------------------------------
+# Cheap ones first; the 7B-width block last. The tests get at most 240 s together.
+order=(test_cuda_device test_cuda_numerics test_cuda_ops test_cuda_step test_cuda_layer)
+mapfile -t RUN < <({ for t in "${order[@]}"; do printf '%s\n' "$t"; done; printf '%s\n' "${TESTS[@]}"; } \
+  | awk -v have=" ${TESTS[*]} " 'index(have, " " $0 " ") && !seen[$0]++')
+tests_deadline=$(( SECONDS + 240 ))
+declare -A RC RAN  # the check's verdict, and the binary's own exit status
+for t in "${RUN[@]}"; do
+  want=150
+  case "$t" in test_cuda_device) want=30 ;; test_cuda_numerics|test_cuda_step) want=60 ;; esac
+  s=$(cap "$want" "$tests_deadline")
+  if (( s < 10 )); then stage "test $t" "NOT RUN: time budget spent"; fail; continue; fi
+  say "$t (limit ${s} s)"
+  t0=$SECONDS
+  run "$s" "$RES/tests_$t.log" "${LETHE_ENV[@]}" "$LIB/$t" --gtest_output="json:$RES/tests_$t.json"
+  rc=$?
+  RC[$t]=$rc
+  RAN[$t]=$rc
+  st="exit $rc"
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && st="TIMED OUT (limit ${s} s)"
+  # On a machine with a GPU a skipped test means the binary could not use it (for
+  # example a driver older than the CUDA 13 runtime in the bundle): a failure.
+  if [ "$rc" -eq 0 ] && grep -q "^\[  SKIPPED \] [A-Z]" "$RES/tests_$t.log"; then
+    st="SKIPPED tests although nvidia-smi sees a GPU: $(grep -m1 -iE 'no CUDA device|driver' "$RES/tests_$t.log" | head -c 200)"
+    RC[$t]=1
+  fi
+  if [ "${RC[$t]}" -eq 0 ]; then st="ok"; else fail; fi
+  stage "test $t" "$st ($(( SECONDS - t0 )) s)"
+done
+
+# A kernel fault poisons the CUDA context for every later test in the process: run each
+# test of a failing binary alone, so the summary names those that fail by themselves.
+alone_deadline=$(( SECONDS + 90 ))
+for t in "${RUN[@]}"; do
+  [ "${RAN[$t]:-0}" -ne 0 ] || continue
+  [ -s "$RES/list_$t.txt" ] || continue
+  say "each test of $t in its own process"
+  mapfile -t names < <(awk '/^[^ ]/ {s=$1} /^  / {print s $1}' "$RES/list_$t.txt")
+  out="$RES/isolated_$t.txt"
+  : >"$out"
+  for name in "${names[@]}"; do
+    s=$(cap 60 "$alone_deadline")
+    (( s < 10 )) && { log "(time budget spent: the rest not run alone)" >>"$out"; break; }
+    if run "$s" "$WORK/alone.log" "${LETHE_ENV[@]}" "$LIB/$t" --gtest_filter="$name" >/dev/null; then
+      echo "PASS $name" >>"$out"
+    else
+      { echo "FAIL $name"; grep -E "Failure|error|Error" "$WORK/alone.log" | head -5 | sed 's/^/     /'; } >>"$out"
+    fi
+  done
+  tee -a "$RES/console.log" <"$out"
+done
+
+# ---- compute-sanitizer (GPU_CHECK_SANITIZE=1) --------------------------------------------
+quick=(); [ -n "${GPU_CHECK_QUICK:-}" ] && quick=(--quick)
+if [ -n "${GPU_CHECK_SANITIZE:-}" ]; then
+  quick=(--quick)
+  CS="$(command -v compute-sanitizer)"
+  for c in ${CUDA_HOME:+"$CUDA_HOME/bin/compute-sanitizer"} /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer; do
+    [ -z "$CS" ] && [ -x "$c" ] && CS="$c"
+  done
+  if [ -z "$CS" ]; then
+    stage "sanitizer" "SKIPPED: compute-sanitizer not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin)"
+  else
+    # tool, binary, gtest filter, seconds wanted. Racecheck and synccheck only over the
+    # attention kernels (the ones with shared-memory tiles and block barriers).
+    san_deadline=$(( SECONDS + 200 ))
+    while read -r tool bin filter want; do
+      [ -x "$LIB/$bin" ] || continue
+      s=$(cap "$want" "$san_deadline")
+      if (( s < 15 )); then stage "$tool $bin" "NOT RUN: time budget spent"; continue; fi
+      say "compute-sanitizer $tool: $bin $filter (limit ${s} s)"
+      t0=$SECONDS
+      slog="$RES/sanitize_${tool}_$bin.log"
+      run "$s" "$slog" "${LETHE_ENV[@]}" "$CS" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+        "$LIB/$bin" --gtest_filter="$filter"
+      rc=$?
+      found="$(grep -E '(ERROR|RACECHECK|SYNCCHECK) SUMMARY' "$slog" | tail -1 | sed 's/^=* *//')"
+      case "$rc" in
+        0) st="ok: ${found:-no errors}" ;;
+        99) st="ERRORS: $found"; fail ;;
+        124|137) st="TIMED OUT (limit ${s} s): incomplete" ;;
+        *) st="exit $rc (the tests failed under the sanitizer): ${found:-see its log}"; fail ;;
+      esac
+      stage "$tool $bin" "$st ($(( SECONDS - t0 )) s)"
+    done <<'EOF'
+memcheck test_cuda_ops CudaOps.* 100
+memcheck test_cuda_numerics * 30
+memcheck test_cuda_step * 40
+racecheck test_cuda_ops CudaOps.*Attention* 90
+synccheck test_cuda_ops CudaOps.*Attention* 60
+EOF
+  fi
+fi
+
+# ---- benchmark --------------------------------------------------------------------------
+if [ ! -x "$LIB/lethe_bench_gpu" ]; then
+  stage "benchmark lethe" "SKIPPED: no lethe_bench_gpu in the bundle"
+elif [ -z "$LT_DIR" ]; then
+  stage "benchmark lethe" "SKIPPED: no libcublasLt.so.13 on this machine"
+else
+  s=$(cap "$([ ${#quick[@]} -gt 0 ] && echo 90 || echo 150)")
+  if (( s < 20 )); then stage "benchmark lethe" "NOT RUN: time budget spent"
+  else
+    say "benchmark: lethe forget+retain step (limit ${s} s)"
+    t0=$SECONDS
+    run "$s" "$RES/bench_lethe.log" "${LETHE_ENV[@]}" "$LIB/lethe_bench_gpu" "${quick[@]}" --json "$RES/bench_lethe.json"
+    rc=$?
+    case "$rc" in
+      0) st="ok" ;;
+      124|137) st="TIMED OUT (limit ${s} s; the cases done are in the table)"; fail ;;
+      *) st="FAILED: exit $rc: $(grep -m1 -iE 'error|fail|lethe_bench_gpu:' "$RES/bench_lethe.log" | head -c 200)"; fail ;;
+    esac
+    dev="$(grep -m1 '^device ' "$RES/bench_lethe.log")"
+    stage "benchmark lethe" "$st${dev:+; $dev} ($(( SECONDS - t0 )) s)"
+  fi
+
+  # The same step in transformers, with the machine's own libraries.
+  s=$(cap 200)
+  if (( s < 30 )); then stage "benchmark transformers" "NOT RUN: time budget spent"
+  elif ! command -v python3 >/dev/null 2>&1; then stage "benchmark transformers" "SKIPPED: python3 not found"
+  elif ! run "$s" "$RES/torch_import.log" python3 -c 'import torch, transformers
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False (torch " + torch.__version__ + ")"'; then
+    stage "benchmark transformers" "SKIPPED: import failed: $(grep -v '^\s*$' "$RES/torch_import.log" | tail -1 | head -c 300)"
+  else
+    s=$(cap 200)
+    say "benchmark: transformers LlamaForCausalLM, same step (limit ${s} s)"
+    t0=$SECONDS
+    match=(); [ -s "$RES/bench_lethe.json" ] && match=(--match "$RES/bench_lethe.json")
+    run "$s" "$RES/bench_torch.log" env PYTHONUNBUFFERED=1 python3 "$ROOT/tools/bench/torch_gpu_step.py" \
+      "${quick[@]}" "${match[@]}" --json "$RES/bench_torch.json"
+    rc=$?
+    case "$rc" in
+      0) st="ok" ;;
+      124|137) st="TIMED OUT (limit ${s} s): no comparison" ;;
+      *) st="FAILED: exit $rc: $(grep -v '^\s*$' "$RES/bench_torch.log" | tail -1 | head -c 200)" ;;
+    esac
+    stage "benchmark transformers" "$st ($(( SECONDS - t0 )) s)"
+  fi
+fi
+
+finish "$FAILED"

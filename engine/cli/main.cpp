@@ -6,6 +6,7 @@
 
 #include "engine/cli/commands.h"
 #include "engine/core/error.h"
+#include "kernels/cpu/blas_kernel.h"
 
 namespace {
 const char* kUsage =
@@ -26,6 +27,12 @@ const char* kUsage =
 }
 
 int main(int argc, char** argv) {
+  try {
+    lethe::select_blas_kernel(argv);  // may re-execute this process with a better GEMM kernel
+  } catch (const lethe::Error& e) {
+    std::cerr << "lethe: error: " << e.what() << "\n";
+    return 1;
+  }
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
     std::cerr << kUsage;

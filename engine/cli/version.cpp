@@ -6,6 +6,8 @@
 
 #include "engine/cli/commands.h"
 #include "engine/io/model_config_yaml.h"
+#include "engine/plan/plan_inputs.h"
+#include "kernels/cpu/blas_kernel.h"
 #include "kernels/device.h"
 
 namespace lethe::cli {
@@ -17,6 +19,9 @@ std::string version_string() {
      << ", cuda " << (LETHE_BUILD_CUDA ? "compiled" : "not compiled") << ", nccl "
      << (LETHE_BUILD_NCCL ? "compiled" : "not compiled") << ", mpi " << (LETHE_BUILD_MPI ? "found" : "not found")
      << "\n";
+  os << "  " << blas_kernel_line() << "\n";
+  const std::string presets = plan::config_dir("models");
+  os << "  model presets: " << (presets.empty() ? "none found (set LETHE_CONFIG_DIR)" : presets) << "\n";
   const auto devs = cuda_devices();
   if (devs.empty()) {
     os << "  cuda devices: none visible\n";

@@ -14,4 +14,11 @@ struct PeakFlops {
 
 PeakFlops cpu_peak_flops(int threads);
 
+// Dense (no sparsity) bf16 tensor-core peak of a GPU, from the device name the CUDA runtime
+// reports ("NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL", "NVIDIA H200", ...), per the
+// vendor data sheets: H100/H200 SXM and GH200 989, H100/H200 NVL 835, H100 PCIe 756,
+// A100 312, L40S 362 TFLOP/s. An unknown card gets 0 (no MFU) rather than a guess;
+// LETHE_PEAK_TFLOPS overrides the table. No CUDA needed: it only reads the name.
+PeakFlops gpu_bf16_peak_flops(const std::string& device_name);
+
 }  // namespace lethe

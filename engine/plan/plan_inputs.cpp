@@ -1,6 +1,7 @@
 #include "engine/plan/plan_inputs.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <system_error>
 
@@ -14,14 +15,27 @@ namespace fs = std::filesystem;
 std::vector<fs::path> config_roots() {
   std::vector<fs::path> roots;
   std::error_code ec;
+  if (const char* d = std::getenv("LETHE_CONFIG_DIR"); d && *d) roots.push_back(d);
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    roots.push_back(exe.parent_path().parent_path() / "configs");
-    roots.push_back(exe.parent_path() / "configs");
-  }
+  // An installed lethe (PREFIX/bin/lethe) finds PREFIX/share/lethe/configs, wherever the
+  // prefix was moved; a build finds the source tree it was built from, wherever the build
+  // directory is.
+  if (!ec) roots.push_back(exe.parent_path().parent_path() / LETHE_DATADIR / "lethe" / "configs");
+  roots.push_back(fs::path(LETHE_SOURCE_DIR) / "configs");
   roots.push_back(fs::current_path(ec) / "configs");
   return roots;
 }
+
+}  // namespace
+
+std::string config_dir(const std::string& kind) {
+  std::error_code ec;
+  for (const fs::path& root : config_roots())
+    if (fs::is_directory(root / kind, ec)) return (root / kind).string();
+  return "";
+}
+
+namespace {
 
 std::string known_names(const std::string& kind) {
   std::vector<std::string> names;

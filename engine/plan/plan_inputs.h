@@ -9,9 +9,12 @@
 
 namespace lethe::plan {
 
-// Directories searched for configs/<kind>/NAME.yaml: next to the executable's parent (a
-// build directory inside the repository), then the working directory.
+// Directories searched for configs/<kind>/NAME.yaml, in order: $LETHE_CONFIG_DIR, the
+// install prefix's share/lethe/configs (the prefix is the executable's parent directory),
+// the source tree the binary was built from, the working directory.
 std::string find_config(const std::string& kind, const std::string& name_or_path);
+// The first of those directories that holds configs/<kind> ("" if none does).
+std::string config_dir(const std::string& kind);
 
 // The model config: a YAML path, or a preset name from configs/models.
 LlamaConfig resolve_model(const std::string& name_or_path);

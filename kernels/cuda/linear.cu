@@ -1,9 +1,16 @@
 #include "kernels/cuda/linear.h"
 
+// cublasLt.h for its types and constants only: the library itself is opened with dlopen at
+// the first GEMM (see lt() below), so a machine without libcublasLt still runs every kernel
+// that is not a matrix product, and the GEMM path names the missing library.
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <map>
+#include <mutex>
+#include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -15,6 +22,82 @@
 
 namespace lethe::cuda {
 namespace {
+
+#define LETHE_STR2(x) #x
+#define LETHE_STR(x) LETHE_STR2(x)
+// The soname of the cuBLASLt major version this file was compiled against.
+constexpr const char* kLtSoname = "libcublasLt.so." LETHE_STR(CUBLAS_VER_MAJOR);
+
+// The cuBLASLt functions this file calls, resolved from the library at first use.
+struct LtApi {
+  decltype(&::cublasLtCreate) Create = nullptr;
+  decltype(&::cublasLtDestroy) Destroy = nullptr;
+  decltype(&::cublasLtMatmulDescCreate) MatmulDescCreate = nullptr;
+  decltype(&::cublasLtMatmulDescDestroy) MatmulDescDestroy = nullptr;
+  decltype(&::cublasLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
+  decltype(&::cublasLtMatrixLayoutCreate) MatrixLayoutCreate = nullptr;
+  decltype(&::cublasLtMatrixLayoutDestroy) MatrixLayoutDestroy = nullptr;
+  decltype(&::cublasLtMatmulPreferenceCreate) MatmulPreferenceCreate = nullptr;
+  decltype(&::cublasLtMatmulPreferenceDestroy) MatmulPreferenceDestroy = nullptr;
+  decltype(&::cublasLtMatmulPreferenceSetAttribute) MatmulPreferenceSetAttribute = nullptr;
+  decltype(&::cublasLtMatmulAlgoGetHeuristic) MatmulAlgoGetHeuristic = nullptr;
+  decltype(&::cublasLtMatmul) Matmul = nullptr;
+  std::string error;  // why loading failed; empty once loaded
+};
+
+// The directory of the CUDA runtime this process uses: a toolkit keeps cuBLASLt beside it,
+// which covers a toolkit outside the loader's search path.
+std::string cudart_dir() {
+  Dl_info info{};
+  if (!dladdr(reinterpret_cast<void*>(&cudaGetDeviceCount), &info) || !info.dli_fname) return {};
+  const std::string f = info.dli_fname;
+  const auto slash = f.rfind('/');
+  return slash == std::string::npos ? std::string() : f.substr(0, slash + 1);
+}
+
+LtApi load_lt() {
+  LtApi api;
+  void* h = dlopen(kLtSoname, RTLD_NOW | RTLD_LOCAL);
+  std::string why = h ? std::string() : std::string(dlerror());
+  if (!h) {
+    const std::string dir = cudart_dir();
+    if (!dir.empty()) h = dlopen((dir + kLtSoname).c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
+  if (!h) {
+    api.error = std::string("cannot load ") + kLtSoname + " (" + why +
+                "): the matrix products need cuBLASLt from a CUDA " LETHE_STR(CUBLAS_VER_MAJOR) " toolkit or "
+                "the nvidia-cublas wheel; put its directory on LD_LIBRARY_PATH";
+    return api;
+  }
+  // Never dlclose'd: the handles and descriptors live until the process ends.
+  auto sym = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+    if (!fn && api.error.empty()) api.error = std::string(kLtSoname) + " has no symbol " + name;
+  };
+  sym(api.Create, "cublasLtCreate");
+  sym(api.Destroy, "cublasLtDestroy");
+  sym(api.MatmulDescCreate, "cublasLtMatmulDescCreate");
+  sym(api.MatmulDescDestroy, "cublasLtMatmulDescDestroy");
+  sym(api.MatmulDescSetAttribute, "cublasLtMatmulDescSetAttribute");
+  sym(api.MatrixLayoutCreate, "cublasLtMatrixLayoutCreate");
+  sym(api.MatrixLayoutDestroy, "cublasLtMatrixLayoutDestroy");
+  sym(api.MatmulPreferenceCreate, "cublasLtMatmulPreferenceCreate");
+  sym(api.MatmulPreferenceDestroy, "cublasLtMatmulPreferenceDestroy");
+  sym(api.MatmulPreferenceSetAttribute, "cublasLtMatmulPreferenceSetAttribute");
+  sym(api.MatmulAlgoGetHeuristic, "cublasLtMatmulAlgoGetHeuristic");
+  sym(api.Matmul, "cublasLtMatmul");
+  return api;
+}
+
+// Loaded once per process; throws lethe::Error naming the library when it cannot be used.
+const LtApi& lt(const char* op) {
+  static std::once_flag once;
+  static LtApi api;
+  std::call_once(once, [] { api = load_lt(); });
+  if (!api.error.empty()) LETHE_FAIL(op, ": ", api.error);
+  return api;
+}
+
 // Everything the descriptors and the algorithm choice depend on.
 using PlanKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
 
@@ -39,9 +122,10 @@ struct GemmContext {
   std::map<PlanKey, Plan> plans;
 };
 
+// The cuBLASLt handle is made by the first product, so creating a context (a step's setup)
+// needs no cuBLASLt yet.
 GemmContext* gemm_create(size_t workspace_bytes) {
   auto* g = new GemmContext;
-  LETHE_LT_CHECK(cublasLtCreate(&g->handle), "gemm_create");
   g->workspace_bytes = workspace_bytes;
   g->workspace = workspace_bytes ? device_malloc(workspace_bytes) : nullptr;
   return g;
@@ -49,14 +133,17 @@ GemmContext* gemm_create(size_t workspace_bytes) {
 
 void gemm_destroy(GemmContext* g) {
   if (!g) return;
-  for (auto& [k, p] : g->plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
+  if (g->handle) {  // plans exist only once the library was loaded and the handle made
+    const LtApi& api = lt("gemm_destroy");
+    for (auto& [k, p] : g->plans) {
+      api.MatrixLayoutDestroy(p.a);
+      api.MatrixLayoutDestroy(p.b);
+      api.MatrixLayoutDestroy(p.c);
+      api.MatmulDescDestroy(p.desc);
+    }
+    api.Destroy(g->handle);
   }
   device_free(g->workspace);
-  cublasLtDestroy(g->handle);
   delete g;
 }
 
@@ -65,39 +152,41 @@ void gemm_destroy(GemmContext* g) {
 void gemm_bf16(GemmContext* g, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
                int64_t lda, const bf16* B, int64_t ldb, float beta, void* C, bool c_f32, int64_t ldc, Stream s) {
   if (M == 0 || N == 0) return;
+  const LtApi& api = lt("gemm_bf16");
+  if (!g->handle) LETHE_LT_CHECK(api.Create(&g->handle), "gemm_bf16 (cublasLtCreate)");
   const int align = std::min({alignment_of(A), alignment_of(B), alignment_of(C)});
   const PlanKey key{ta, tb, M, N, K, lda, ldb, ldc, c_f32, align};
   auto it = g->plans.find(key);
   if (it == g->plans.end()) {
     Plan p;
-    LETHE_LT_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "gemm_bf16");
     const cublasOperation_t op1 = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op2 = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    LETHE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof(op1)), "gemm_bf16");
-    LETHE_LT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof(op2)), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof(op1)), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof(op2)), "gemm_bf16");
     // Stored shapes (column-major view of the row-major buffers), before the transposes.
-    LETHE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb), "gemm_bf16");
-    LETHE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda), "gemm_bf16");
-    LETHE_LT_CHECK(cublasLtMatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, ldc), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatrixLayoutCreate(&p.a, CUDA_R_16BF, tb ? K : N, tb ? N : K, ldb), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatrixLayoutCreate(&p.b, CUDA_R_16BF, ta ? M : K, ta ? K : M, lda), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatrixLayoutCreate(&p.c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, N, M, ldc), "gemm_bf16");
     cublasLtMatmulPreference_t pref = nullptr;
-    LETHE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref), "gemm_bf16");
+    LETHE_LT_CHECK(api.MatmulPreferenceCreate(&pref), "gemm_bf16");
     const uint64_t ws = g->workspace_bytes;
     const uint32_t al = uint32_t(align);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    api.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-      cublasLtMatmulPreferenceSetAttribute(pref, attr, &al, sizeof(al));
+      api.MatmulPreferenceSetAttribute(pref, attr, &al, sizeof(al));
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(g->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+        api.MatmulAlgoGetHeuristic(g->handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    api.MatmulPreferenceDestroy(pref);
     LETHE_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0, "gemm_bf16: cuBLASLt has no algorithm for M=", M, " N=", N,
                 " K=", K, " (status ", int(st), ", alignment ", align, " bytes)");
     p.algo = res.algo;
     it = g->plans.emplace(key, p).first;
   }
   const Plan& p = it->second;
-  LETHE_LT_CHECK(cublasLtMatmul(g->handle, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+  LETHE_LT_CHECK(api.Matmul(g->handle, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                 g->workspace, g->workspace_bytes, as_stream(s)),
                  "gemm_bf16");
 }

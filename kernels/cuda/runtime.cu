@@ -1,6 +1,7 @@
 #include <string>
 
 #include "engine/core/debug_mode.h"
+#include "engine/core/peak_flops.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lethe::cuda {
@@ -31,17 +32,8 @@ std::string device_name() {
   return p.name;
 }
 
-double bf16_peak_flops() {
-  // Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets; MFU is
-  // reported against these, so an unknown card reports no MFU rather than a guess.
-  const std::string n = device_name();
-  auto has = [&](const char* s) { return n.find(s) != std::string::npos; };
-  if (has("H100") && has("PCIe")) return 756e12;
-  if (has("H100") || has("H200") || has("H800")) return 989e12;
-  if (has("A100") || has("A800")) return 312e12;
-  if (has("L40S")) return 362e12;
-  return 0;
-}
+// Dense bf16 tensor-core peak per card (engine/core/peak_flops.cpp has the table).
+double bf16_peak_flops() { return gpu_bf16_peak_flops(device_name()).flops; }
 
 void memory_info(size_t& free_bytes, size_t& total_bytes) {
   LETHE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "memory_info");

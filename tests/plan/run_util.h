@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -72,8 +73,11 @@ class TempDirTest : public ::testing::Test {
     std::ofstream(dir_ / name, std::ios::binary) << text;
     return (dir_ / name).string();
   }
+  // LETHE_TEST_BIN runs the tests against another lethe (an installed one, or one built
+  // outside the source tree: tools/check_install.sh).
   Outcome lethe(const std::vector<std::string>& args) {
-    std::vector<std::string> a{LETHE_BIN};
+    const char* other = std::getenv("LETHE_TEST_BIN");
+    std::vector<std::string> a{other && *other ? other : LETHE_BIN};
     a.insert(a.end(), args.begin(), args.end());
     return run_argv(a, dir_);
   }

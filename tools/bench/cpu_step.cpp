@@ -14,6 +14,7 @@
 
 #include "engine/io/model_config_yaml.h"
 #include "engine/model/llama.h"
+#include "kernels/cpu/blas_kernel.h"
 #include "kernels/cross_entropy.h"
 
 #ifndef LETHE_SOURCE_DIR
@@ -27,7 +28,7 @@ struct Options {
   std::string configs = LETHE_SOURCE_DIR "/configs/models";
   int64_t batch = 0, seq = 0;  // 0: the case's default
   int warmup = 1, iters = 3, threads = 0;
-  bool json = false;
+  bool json = false, blas = false;
 };
 
 struct Case {
@@ -46,7 +47,7 @@ constexpr Case kCases[] = {
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "error: %s\nusage: lethe_bench_cpu [--case tiny|llama2-7b-layer|yi-6b-layer|all] [--batch B] "
-               "[--seq T]\n       [--warmup N] [--iters N] [--threads N] [--configs DIR] [--json]\n",
+               "[--seq T]\n       [--warmup N] [--iters N] [--threads N] [--configs DIR] [--json] [--blas]\n",
                msg);
   std::exit(2);
 }
@@ -67,6 +68,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--iters") o.iters = std::stoi(value());
     else if (a == "--threads") o.threads = std::stoi(value());
     else if (a == "--json") o.json = true;
+    else if (a == "--blas") o.blas = true;  // print the GEMM kernel in use and exit
     else if (a == "-h" || a == "--help") usage("help requested");
     else usage(("unknown flag " + a).c_str());
   }
@@ -126,7 +128,17 @@ void run_case(const Case& c, const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    lethe::select_blas_kernel(argv);  // the same GEMM kernel `lethe` would run
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
   const Options o = parse(argc, argv);
+  if (o.blas) {
+    std::printf("%s\n", lethe::blas_kernel_line().c_str());
+    return 0;
+  }
   if (o.threads > 0) {
     // Both pools matter: OpenMP runs the elementwise kernels and attention, OpenBLAS its own
     // pthreads for GEMM. Its environment variable is read at load time, so set it directly.

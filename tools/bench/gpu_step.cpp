@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/core/error.h"  // lethe::Error
+#include "engine/core/peak_flops.h"
 #include "tools/bench/gpu_step.h"  // Step, kModels
 
 namespace lethe::bench {
@@ -45,8 +46,18 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "lethe_bench_gpu: %s\n", cuda::unavailable_reason().c_str());
     return 2;
   }
-  const double peak = cuda::bf16_peak_flops();
-  std::printf("device %s, bf16 dense peak %.0f TFLOP/s\n", cuda::device_name().c_str(), peak / 1e12);
+  // The MFU denominator, by card name and form factor (SXM, NVL and PCIe differ).
+  const std::string device = cuda::device_name();
+  const PeakFlops pk = gpu_bf16_peak_flops(device);
+  const double peak = pk.flops;
+  std::string peak_source = pk.source;
+  for (char& c : peak_source)
+    if (c == '"' || c == '\\') c = '\'';
+  if (peak > 0)
+    std::printf("device %s; peak assumed %.0f TFLOP/s dense bf16 (%s)\n", device.c_str(), peak / 1e12,
+                peak_source.c_str());
+  else
+    std::printf("device %s; peak unknown, MFU not reported (%s)\n", device.c_str(), peak_source.c_str());
   std::vector<Result> results;
   // Rewritten after every case, so a later failure keeps the earlier results.
   auto write_json = [&]() -> bool {
@@ -56,8 +67,8 @@ int run(int argc, char** argv) {
       std::fprintf(stderr, "lethe_bench_gpu: cannot write %s\n", json.c_str());
       return false;
     }
-    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"results\": [", cuda::device_name().c_str(),
-                 peak / 1e12);
+    std::fprintf(f, "{\"device\": \"%s\", \"peak_tflops\": %.1f, \"peak_source\": \"%s\", \"results\": [",
+                 device.c_str(), peak / 1e12, peak_source.c_str());
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
       std::fprintf(f,

@@ -33,8 +33,10 @@ if ! grep -qs lethe_bench_cpu build/build.ninja; then
 fi
 log=$(ninja -C build lethe_bench_cpu 2>&1) || { echo "$log"; exit 1; }
 
+echo "lethe $("$BIN" --blas)"
 HAVE_TORCH=1
 python3 -c 'import torch, transformers' 2> /dev/null || HAVE_TORCH=0
+[[ $HAVE_TORCH == 1 ]] && echo "torch $(python3 -c 'import torch; print(torch.__version__, "BLAS:", torch.backends.mkl.is_available() and "MKL" or "other", "CPU capability:", torch.backends.cpu.get_cpu_capability())' 2>/dev/null)"
 
 FLAGS=(--threads "$THREADS" --warmup "$WARMUP" --iters "$ITERS" --json)
 # Returns once two consecutive seconds were >= 95% idle (from /proc/stat), or after IDLE_WAIT s.
