@@ -23,6 +23,7 @@
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
 #include "engine/optim/sharded_optimizer.h"
+#include "kernels/cpu/blas_kernel.h"
 #include "kernels/cross_entropy.h"
 #include "engine/parallel/failure.h"
 #include "engine/parallel/grid.h"
@@ -365,7 +366,7 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
   std::snprintf(line, sizeof line, "model %s: %.2fM params | data %lld tokens | batch %lld x %lld | %s, %d threads",
                 c.model.name.c_str(), double(c.model.n_params()) / 1e6, (long long)data.n_tokens(),
                 (long long)c.batch_size, (long long)c.seq_len, c.optim.type.c_str(), omp_get_max_threads());
-  out << line << std::endl;
+  out << blas_kernel_line() << "\n" << line << std::endl;
   if (!one_process)
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
         << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "")

@@ -1,7 +1,10 @@
 #include "engine/unlearn/run_state.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -138,7 +141,8 @@ void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const Run
                     {"evals", evals},
                     {"before", extra_to_json(s.before)},
                     {"best_gap", std::isfinite(s.best_gap) ? json(s.best_gap) : json(nullptr)},
-                    {"best_dir", s.best_dir}};
+                    {"best_dir", s.best_dir},
+                    {"metrics_lines", s.metrics_lines}};
     man["parallel"] = {{"tp", g.tp()}, {"dp", g.dp()}, {"zero1", g.zero1()}};
     man["dtype"] = dtype_name(m.dtype());
   });
@@ -180,6 +184,7 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Run
     s.before = extra_from_json(st.at("before"));
     s.best_gap = st.at("best_gap").is_null() ? INFINITY : st.at("best_gap").get<double>();
     s.best_dir = st.at("best_dir").get<std::string>();
+    s.metrics_lines = st.value("metrics_lines", int64_t(-1));
   } catch (const json::exception& e) {
     LETHE_FAIL(where, ": malformed run state: ", e.what());
   }
@@ -187,24 +192,92 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Run
   return true;
 }
 
-void truncate_metrics(const std::string& path, int64_t step) {
+namespace {
+void sync_fd(int fd, const std::string& what) {
+  int rc;
+  do rc = ::fsync(fd);
+  while (rc != 0 && errno == EINTR);
+  LETHE_CHECK(rc == 0, what, ": fsync failed: ", std::strerror(errno));
+}
+
+void sync_dir_of(const std::string& path) {
+  const std::string dir = fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string();
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  LETHE_CHECK(fd >= 0, dir, ": cannot open to sync: ", std::strerror(errno));
+  sync_fd(fd, dir);
+  ::close(fd);
+}
+
+void write_all(int fd, const char* p, size_t n, const std::string& what) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    LETHE_CHECK(w > 0, what, ": write failed: ", std::strerror(errno));
+    p += w;
+    n -= size_t(w);
+  }
+}
+}  // namespace
+
+MetricsLog::~MetricsLog() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void MetricsLog::open(const std::string& path, bool append) {
+  LETHE_CHECK(fd_ < 0, path, ": metrics log opened twice");
+  path_ = path;
+  lines_ = 0;
+  if (append) {
+    std::ifstream in(path, std::ios::binary);
+    for (std::string line; std::getline(in, line);) ++lines_;
+  }
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);
+  LETHE_CHECK(fd_ >= 0, path, ": cannot write: ", std::strerror(errno));
+  sync_fd(fd_, path);
+  sync_dir_of(path);  // the file's name survives a crash too
+}
+
+void MetricsLog::write(const std::string& line) {
+  if (fd_ < 0) return;
+  const std::string l = line + "\n";
+  write_all(fd_, l.data(), l.size(), path_);
+  ++lines_;
+}
+
+void MetricsLog::sync() {
+  if (fd_ >= 0) sync_fd(fd_, path_);
+}
+
+int64_t truncate_metrics(const std::string& path, int64_t step) {
   std::ifstream in(path);
-  if (!in) return;
+  if (!in) return 0;
   std::string line, kept;
+  int64_t n = 0;
   while (std::getline(in, line)) {
     const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) continue;  // a line cut short by the interruption
     const int64_t s = j.contains("eval") ? j["eval"].value("step", int64_t(0)) : j.value("step", int64_t(0));
-    if (s <= step) kept += line + "\n";
+    if (s <= step) {
+      kept += line + "\n";
+      ++n;
+    }
   }
   in.close();
+  // Write, sync, rename, sync the directory: a crash leaves the old file or the cut one.
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << kept;
-    LETHE_CHECK(out.good(), tmp, ": cannot write");
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  LETHE_CHECK(fd >= 0, tmp, ": cannot write: ", std::strerror(errno));
+  try {
+    write_all(fd, kept.data(), kept.size(), tmp);
+    sync_fd(fd, tmp);
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
+  ::close(fd);
   fs::rename(tmp, path);
+  sync_dir_of(path);
+  return n;
 }
 
 }  // namespace lethe

@@ -27,6 +27,32 @@ struct RunState {
   ExtraMetrics before;
   double best_gap = INFINITY;
   std::string best_dir;
+  // Lines of metrics.jsonl written before this checkpoint (rank 0's count; -1: not
+  // recorded, a checkpoint of an older version).
+  int64_t metrics_lines = -1;
+};
+
+// metrics.jsonl as rank 0 writes it. Every line goes to the file at once (unbuffered: a
+// killed process loses nothing it wrote), and sync() makes the lines durable (fsync), so
+// that the lines a run checkpoint covers are on disk before the checkpoint is committed.
+// Closed (ranks other than 0), every call does nothing.
+class MetricsLog {
+ public:
+  MetricsLog() = default;
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  // append: continue the lines already there (a resumed run, after truncate_metrics);
+  // otherwise start empty. Creating the file also syncs its directory entry.
+  void open(const std::string& path, bool append);
+  void write(const std::string& line);  // one JSON object; the newline is added
+  void sync();
+  int64_t lines() const { return lines_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  int64_t lines_ = 0;
 };
 
 // The optimizer of a one-process run (Optimizer, moments as ParamSets) or of a grid
@@ -63,8 +89,10 @@ void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const Run
 bool load_run_state(const Recipe& r, const nlohmann::json& fingerprint, LlamaModel& m, RunOptimizer& opt,
                     RunState& s);
 
-// Keeps the metrics lines up to `step` (training lines and evaluations), dropping what an
-// interrupted run wrote after its last checkpoint.
-void truncate_metrics(const std::string& path, int64_t step);
+// Cuts metrics.jsonl back to the lines the resumed checkpoint covers: the lines up to `step`
+// (training lines and evaluations), dropping what an interrupted run wrote after that
+// checkpoint (and a line cut short by the kill), so the resumed run appends no duplicate.
+// The cut file is synced before it replaces the old one. Returns the lines kept.
+int64_t truncate_metrics(const std::string& path, int64_t step);
 
 }  // namespace lethe

@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -31,6 +33,7 @@
 #include "engine/unlearn/report.h"
 #include "engine/unlearn/run_state.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/cpu/blas_kernel.h"
 
 namespace lethe {
 namespace fs = std::filesystem;
@@ -321,18 +324,20 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   fs::create_directories(r.out_dir, ec);
   LETHE_CHECK(!ec, r.out_dir, ": cannot create: ", ec.message());
   const fs::path metrics_path = fs::path(r.out_dir) / "metrics.jsonl";
-  // Only rank 0 opens the file; the other ranks' writes go to a closed stream.
-  std::ofstream metrics;
+  // Only rank 0 opens the file; the other ranks' writes go to a closed log. A resumed run
+  // first cuts the file back to the lines its checkpoint covers.
+  MetricsLog metrics;
+  int64_t metrics_kept = -1;
   if (lead) {
-    if (resumed) truncate_metrics(metrics_path.string(), st.step);
-    metrics.open(metrics_path, resumed ? std::ios::app : std::ios::trunc);
-    LETHE_CHECK(metrics.good(), metrics_path.string(), ": cannot write");
+    if (resumed) metrics_kept = truncate_metrics(metrics_path.string(), st.step);
+    metrics.open(metrics_path.string(), resumed);
   }
   UnlearnResult res;
   ProgressBar bar(out, r.steps, progress_bar && lead);
   PeakFlops peak = cpu_peak_flops(omp_get_max_threads());
   peak.flops *= double(grid->world_size());  // every rank's share of the hardware
 
+  out << blas_kernel_line() << std::endl;  // the CPU GEMM kernel decides the speed of everything below
   out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
       << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
       << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
@@ -341,14 +346,17 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
         << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "") << std::endl;
   if (resumed) out << "resumed from " << latest_checkpoint(run_checkpoint_dir(r)) << " at step " << st.step << std::endl;
+  if (resumed && lead && st.metrics_lines >= 0 && metrics_kept != st.metrics_lines)
+    out << "warning: " << metrics_path.string() << " holds " << metrics_kept << " lines up to step " << st.step
+        << " where the checkpoint covers " << st.metrics_lines << "; the file does not match the run's record"
+        << std::endl;
   auto log_eval = [&](const EvalPoint& e, const char* label) {
     std::string line = std::string(label) + " step " + std::to_string(e.step) + ":";
     for (const char* s : {"forget", "retain", "holdout", "general"})
       if (e.splits.count(s)) line += std::string(" ") + s + " nll " + fmt("%.4f", e.splits.at(s).nll);
     line += " | MIA AUC " + fmt("%.3f", e.mia_auc);
     bar.println(line);
-    metrics << json{{"eval", eval_to_json(e)}}.dump() << "\n";
-    metrics.flush();
+    metrics.write(json{{"eval", eval_to_json(e)}}.dump());
   };
   if (resumed) {
     res.evals = st.evals;
@@ -405,8 +413,17 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     st.before = res.extra.at("before");
     st.best_gap = best_gap;
     st.best_dir = res.best_dir;
+    // Every metrics line up to this step is on disk before the checkpoint that covers it
+    // is committed: a resume cuts the file back to these lines, never to fewer.
+    metrics.sync();
+    st.metrics_lines = metrics.lines();
     save_run_state(r, model, opt, st, fingerprint);
   };
+  // Testing hook for tests/test_metrics_durable.cpp: LETHE_TEST_KILL_AFTER_STEP=k sends
+  // SIGKILL to this process once step k is done (its metrics line written, its checkpoint,
+  // if any, committed), a kill -9 at a known point of the run.
+  const char* kill_env = std::getenv("LETHE_TEST_KILL_AFTER_STEP");
+  const int64_t kill_after = kill_env ? std::atoll(kill_env) : 0;
   bool stopped = false;
   for (int64_t step = first; step < stop_at; ++step) {
     model.grads().zero();
@@ -457,7 +474,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     json jl = {{"step", step + 1}, {"loss", total}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}};
     if (peak.flops > 0) jl["mfu"] = mfu;
     for (const auto& [n, v] : term_loss) jl["terms"][n] = v;
-    metrics << jl.dump() << "\n";
+    metrics.write(jl.dump());
     if ((step + 1) % r.log_every == 0 || step + 1 == r.steps || step == 0) {
       std::string line = "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
                          fmt("%.4f", total);
@@ -491,8 +508,10 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     }
     if (!last && ((r.checkpoint_every > 0 && (step + 1) % r.checkpoint_every == 0) || step + 1 == stop_at))
       checkpoint(step + 1);
+    if (step + 1 == kill_after) ::raise(SIGKILL);
   }
   bar.finish();
+  metrics.sync();
   if (!stopped && res.steps_run < r.steps) {
     res.stop_reason = "paused";
     out << "paused at step " << res.steps_run << " of " << r.steps << "; run again with train.resume=true to continue"
@@ -503,6 +522,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, res.steps_run));
     log_eval(res.evals.back(), "eval");
   }
+  metrics.sync();
   save_model(r.out_dir, "final", model, r, res.steps_run, eval_to_json(res.evals.back()), tokenizer);
   res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
