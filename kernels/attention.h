@@ -1,16 +1,31 @@
 // Causal self-attention with grouped-query heads: query head h reads kv head
 // h / (H / KV). Flash-style bookkeeping: the forward saves only the row log-sum-exp,
 // and the backward recomputes probabilities from it, so no [T, T] matrix is kept.
+//
+// Precision::bf16 (f32 tensors only) is the CPU twin of the CUDA kernels
+// (kernels/cuda/attention.cu): the probabilities are rounded to bf16 before they multiply
+// V, and in the backward P and dS are rounded to bf16 before their products, exactly where
+// the kernels round them. The forward walks the keys in the kernels' tiles of 64 with a
+// running maximum in base 2, so each probability is rounded relative to the same maximum
+// the GPU uses; the row sum is taken before rounding, as there. Inputs are expected to be
+// bf16 values already; outputs are not rounded (the caller stores them, as the kernels do).
 #pragma once
+#include "engine/core/precision.h"
 #include "engine/core/tensor.h"
 
 namespace lethe::ops {
 
+// Keys per tile of the CUDA forward kernel; the bf16 forward rounds relative to the
+// running maximum over these tiles.
+constexpr int64_t kAttentionKeyTile = 64;
+
 // q[B, T, H, D], k, v [B, T, KV, D] -> o[B, T, H, D], lse[B, H, T]. scale is usually 1/sqrt(D).
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse);
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
+                       Precision precision = Precision::f32);
 
 // dq (overwritten), dk, dv (overwritten) from do.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                        const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv);
+                        const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                        Precision precision = Precision::f32);
 
 }  // namespace lethe::ops

@@ -88,7 +88,7 @@ class MetricsDurable : public ::testing::Test {
                                        << "  retain: {type: nll, stream: retain, weight: 1.0}\n"
                                        << "train: {steps: 24, batch_size: 2, seed: 1, log_every: 4}\n"
                                        << "optimizer: {type: adamw, lr: 2.0e-4, schedule: constant, grad_clip: 1.0}\n"
-                                       << "eval: {every: 8, max_sequences: 4, mia_max_docs: 4}\n"
+                                       << "eval: {every: 8, max_sequences: 4, final_max_sequences: 4, mia_max_docs: 4}\n"
                                        << "output: {dir: out, checkpoint_every: 4}\n";
   }
   void TearDown() override {

@@ -9,6 +9,7 @@
 
 #include "engine/core/rng.h"
 #include "engine/eval/mia.h"
+#include "engine/eval/mia_stats.h"
 #include "kernels/cross_entropy.h"
 #include "tests/test_util.h"
 
@@ -397,6 +398,85 @@ TEST(MiaBytes, OfByteLevelDocuments) {
   EXPECT_EQ(bytes_of_doc(ds, 2), "forget");
   ds.tokenizer = "hf:smollm2";
   EXPECT_THROW(bytes_of_doc(ds, 0), Error);
+}
+
+
+// ---- intervals and PrivLeak conventions (engine/eval/mia_stats.h) ----------------------
+
+MiaScores one_attack(std::vector<double> v) {
+  MiaScores s;
+  s.by_attack["loss"] = v;
+  s.by_attack["min_k_40"] = std::move(v);
+  return s;
+}
+
+TEST(MiaStats, BootstrapIntervalHasTheWidthTheAucsStandardErrorPredicts) {
+  // 27 members and 27 non-members whose scores interleave: AUC 351/729 = 0.48. Hanley and
+  // McNeil's standard error at AUC 0.5 is sqrt((n1 + n2 + 1) / (12 n1 n2)) = 0.0793, so a
+  // 95% interval spans about 2 * 1.96 * 0.0793 = 0.311. The percentile interval of 1000
+  // resamples estimates it to within Monte Carlo error (~5%) and the bootstrap's
+  // small-sample bias (~10% at n = 27): accepted within 30%.
+  std::vector<double> m, n;
+  for (int i = 0; i < 27; ++i) m.push_back(2 * i), n.push_back(2 * i + 1);
+  const auto st = summarize_attacks(one_attack(m), one_attack(n), 7);
+  const Interval a = st.at("loss").auc;
+  EXPECT_DOUBLE_EQ(a.value, 27.0 * 26 / 2 / 729);  // member 2i beats non-member 2j+1 when i > j
+  EXPECT_LE(a.lo, a.value);
+  EXPECT_GE(a.hi, a.value);
+  const double predicted = 2 * 1.96 * std::sqrt(55.0 / (12.0 * 729.0));
+  EXPECT_NEAR(a.hi - a.lo, predicted, 0.3 * predicted) << a.lo << " " << a.hi;
+  // Deterministic for a seed, different for another.
+  const Interval again = summarize_attacks(one_attack(m), one_attack(n), 7).at("loss").auc;
+  EXPECT_EQ(again.lo, a.lo);
+  EXPECT_EQ(again.hi, a.hi);
+  EXPECT_NE(summarize_attacks(one_attack(m), one_attack(n), 8).at("loss").auc.lo, a.lo);
+}
+
+TEST(MiaStats, SeparatedScoresGiveAPointIntervalAndFullTprAtLowFpr) {
+  std::vector<double> m, n;
+  for (int i = 0; i < 100; ++i) m.push_back(100 + i), n.push_back(i);
+  const AttackSummary s = summarize_attacks(one_attack(m), one_attack(n), 1).at("loss");
+  EXPECT_EQ(s.auc.value, 1.0);
+  EXPECT_EQ(s.auc.lo, 1.0);
+  EXPECT_EQ(s.auc.hi, 1.0);
+  EXPECT_EQ(s.tpr_at_1_fpr, 1.0);
+  EXPECT_EQ(s.tpr_at_5_fpr, 1.0);
+}
+
+TEST(MiaStats, PrivLeakConventionsAreNamedAndDiffer) {
+  // MUSE's convention on 1 - AUC: an original model at AUC 0.83 against an oracle at 0.45
+  // reads +84.4% as relative AUC and -69.1% in MUSE's convention.
+  EXPECT_NEAR(priv_leak(PrivLeak::relative_auc, 0.83, 0.45), (0.83 - 0.45) / 0.45 * 100, 1e-12);
+  EXPECT_NEAR(priv_leak(PrivLeak::muse, 0.83, 0.45), (0.17 - 0.55) / 0.55 * 100, 1e-12);
+  EXPECT_TRUE(std::isnan(priv_leak(PrivLeak::muse, 0.9, 1.0)));
+  EXPECT_TRUE(std::isnan(priv_leak(PrivLeak::relative_auc, 0.9, 0.0)));
+  EXPECT_STREQ(priv_leak_attack(PrivLeak::muse), "min_k_40");
+  EXPECT_STREQ(priv_leak_attack(PrivLeak::relative_auc), "loss");
+}
+
+TEST(MiaStats, PrivLeakIntervalIsPairedOverDocuments) {
+  // A model scoring every document exactly as the oracle does has PrivLeak 0 on every
+  // resample when the resamples are paired; an unpaired bootstrap would give a wide interval.
+  const Philox rng(5, 0);
+  std::vector<double> m, n;
+  for (int i = 0; i < 30; ++i) m.push_back(rng.uniform(uint64_t(i)) + 0.2), n.push_back(rng.uniform(uint64_t(100 + i)));
+  const MiaScores M = one_attack(m), N = one_attack(n);
+  for (PrivLeak c : {PrivLeak::muse, PrivLeak::relative_auc}) {
+    const Interval i = priv_leak_interval(c, M, N, M, N, 3);
+    EXPECT_EQ(i.value, 0.0);
+    EXPECT_EQ(i.lo, 0.0);
+    EXPECT_EQ(i.hi, 0.0);
+  }
+  // A model that remembers (members shifted up) leaks: relative AUC > 0, MUSE's < 0, and
+  // the interval excludes 0.
+  std::vector<double> m2 = m;
+  for (double& v : m2) v += 0.6;
+  const Interval rel = priv_leak_interval(PrivLeak::relative_auc, one_attack(m2), N, M, N, 3);
+  EXPECT_GT(rel.lo, 0.0);
+  const Interval muse = priv_leak_interval(PrivLeak::muse, one_attack(m2), N, M, N, 3);
+  EXPECT_LT(muse.hi, 0.0);
+  // Different documents for the two models cannot be paired.
+  EXPECT_THROW(priv_leak_interval(PrivLeak::muse, one_attack({1, 2}), N, M, N, 3), Error);
 }
 
 }  // namespace

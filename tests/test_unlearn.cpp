@@ -161,7 +161,7 @@ TEST_F(Unlearn, EveryShippedRecipeRunsOneStep) {
     std::ostringstream log;
     const std::string out = (dir_ / ("recipe_" + e.path().stem().string())).string();
     const auto res = run_unlearn(
-        load_recipe(e.path().string(), {"train.steps=1", "eval.max_sequences=4", "eval.mia_max_docs=1", "output.dir=" + out}), log);
+        load_recipe(e.path().string(), {"train.steps=1", "eval.max_sequences=4", "eval.final_max_sequences=4", "eval.mia_max_docs=1", "output.dir=" + out}), log);
     EXPECT_EQ(res.steps_run, 1) << e.path();
     EXPECT_TRUE(fs::exists(fs::path(out) / "report.json")) << e.path();
     ++n;

@@ -44,7 +44,8 @@ echo "remove the forget gap without opening one elsewhere (docs/data.md)."
 
 echo
 echo "== 3. lethe unlearn configs/recipes/ga_gd.yaml (GA+GD on tiny-lm, books forget split)"
-"$bin" unlearn "$root/configs/recipes/ga_gd.yaml" output.dir="$work/unlearn-ga_gd" eval.mia_max_docs=12
+"$bin" unlearn "$root/configs/recipes/ga_gd.yaml" output.dir="$work/unlearn-ga_gd" eval.mia_max_docs=12 \
+  eval.final_max_sequences=256
 echo
 sed -n '/^| split/,/^$/p' "$work/unlearn-ga_gd/report.md"
 sed -n '/^| attack/,/^$/p' "$work/unlearn-ga_gd/report.md" | grep -E '^\|(---| (attack|loss|zlib|min_k_20|min_k_pp_20|reference) )'

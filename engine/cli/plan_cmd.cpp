@@ -25,7 +25,7 @@ const char* kPlanUsage =
     "  --dp N               data-parallel ranks (default 1)\n"
     "  --batch B            micro-batch per data-parallel rank (default: the recipe's, else 1)\n"
     "  --seq T              sequence length (default: the recipe's, else the model's max_seq_len)\n"
-    "  --precision P        bf16 (mixed: bf16 weights/grads, fp32 master + moments; default)\n"
+    "  --precision P        bf16 (mixed: bf16 weights, fp32 grads, master + moments; default)\n"
     "                       or f32 (the CPU engine: f32 everything, no master copy)\n"
     "  --recipe R           a recipe YAML or configs/recipes name (ga_kl, rmu, ...); default: train\n"
     "  --recompute K        none, all, or the number of layers recomputed (default none)\n"
@@ -199,7 +199,7 @@ void print_text(const PlanInput& in, const Options& o) {
   std::snprintf(what, sizeof what, "weights (%s, %s params per tp rank)", w.c_str(),
                 count(double(m.params.total)).c_str());
   row(what, m.weights, u);
-  row("grads (" + w + ")", m.grads, u);
+  row(bf16 ? "grads (fp32, as the GPU engine keeps them)" : "grads (f32)", m.grads, u);
   const bool in_place = !bf16 && sh.empty();
   row(in_place ? "fp32 master weights (none: f32 updates in place)"
                : std::string("fp32 master weights") + (sh.empty() ? "" : " (/dp)"),

@@ -25,4 +25,16 @@ inline float bf16_to_float(bf16 b) {
   return f;
 }
 
+// The float nearest f among bf16 values: what a value becomes when the GPU stores it as
+// bf16 and reads it back. Products of two such values are exact in float (8 + 8 <= 24
+// significant bits), so the GPU's bf16 x bf16 -> fp32 products are reproduced exactly.
+inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+
+// Whether f is a bf16 value (its low 16 bits are zero); NaN counts as one.
+inline bool is_bf16_value(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0xffffu) == 0 || f != f;
+}
+
 }  // namespace lethe

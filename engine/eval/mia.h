@@ -90,9 +90,11 @@ double roc_auc(const std::vector<double>& member_scores, const std::vector<doubl
 double tpr_at_fpr(const std::vector<double>& member_scores, const std::vector<double>& nonmember_scores,
                   double fpr = 0.05);
 
-// MUSE's PrivLeak, in percent: (AUC_unlearned - AUC_oracle) / AUC_oracle * 100, where
-// both AUCs separate forget (members) from holdout (nonmembers) documents. Near 0 means the
-// unlearned model looks like the retrained oracle; positive is under-unlearning.
+// PrivLeak as relative AUC, in percent: (AUC_unlearned - AUC_oracle) / AUC_oracle * 100,
+// where both AUCs separate forget (members) from holdout (nonmembers) documents. Near 0
+// means the unlearned model looks like the retrained oracle; positive is under-unlearning.
+// This is not MUSE's convention (MUSE uses 1 - AUC and Min-K% at k = 40%): both, named,
+// are in mia_stats.h.
 double priv_leak(double auc_unlearned, double auc_oracle);
 
 struct MiaReport {

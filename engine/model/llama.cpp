@@ -48,6 +48,19 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype, std::shared_ptr<Proc
   inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
 }
 
+LlamaModel::LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid)
+    : LlamaModel(cfg, DType::f32, std::move(grid)) {
+  precision_ = precision;
+}
+
+void LlamaModel::store(Tensor& t, const NumericsGuard::Site& site) {
+  if (precision_ == Precision::bf16) {
+    const int64_t changed = round_to_bf16_(t);
+    if (probe_) probe_(site, t, changed);
+  }
+  numerics_.check(t, site);
+}
+
 void LlamaModel::init_weights(uint64_t seed) {
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
@@ -74,6 +87,7 @@ void LlamaModel::init_weights(uint64_t seed) {
       for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0 : cfg_.init_std * rng.normal(global(j));
     }
   }
+  if (precision_ == Precision::bf16) round_to_bf16_(params_.flat());
 }
 
 void LlamaModel::set_recompute_layers(int64_t n) {
@@ -175,13 +189,14 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   const Tensor x = resid_.view(l * N * C, {N, C});
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
-  auto check = [&](const Tensor& t, const char* what) { numerics_.check(t, {"forward", l, what}); };
+  // Every op's output is stored (bf16: rounded, as the GPU stores it in a bf16 buffer).
+  auto put = [&](Tensor& t, const char* what) { store(t, {"forward", l, what}); };
 
   ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
-  check(a.xn1, "input_layernorm output");
+  put(a.xn1, "input_layernorm output");
   Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
   ops::linear_forward(a.xn1, w.wq, q);
-  check(q, "self_attn.q_proj output");
+  put(q, "self_attn.q_proj output");
   if (tpl_.kv_replicated) {
     ops::linear_forward(a.xn1, w.wk, kv_full_);
     expand_kv(kv_full_, a.k);
@@ -191,33 +206,35 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
     ops::linear_forward(a.xn1, w.wk, k);
     ops::linear_forward(a.xn1, w.wv, v);
   }
-  check(a.k, "self_attn.k_proj output");
-  check(a.v, "self_attn.v_proj output");
+  put(a.k, "self_attn.k_proj output");
+  put(a.v, "self_attn.v_proj output");
   ops::rope_forward(a.q, cos_, sin_, a.q);
+  put(a.q, "q after RoPE");
   ops::rope_forward(a.k, cos_, sin_, a.k);
-  ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse);
-  check(a.o, "attention output");
+  put(a.k, "k after RoPE");
+  ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse, precision_);
+  put(a.o, "attention output");
   ops::linear_forward(a.o.reshape(q2), w.wo, tmp_);
-  reduce_from_tp_region(*grid_, tmp_);
-  check(tmp_, "self_attn.o_proj output");
+  reduce_from_tp_region(*grid_, tmp_);  // under tp, bf16 rounds the all-reduced sum once
+  put(tmp_, "self_attn.o_proj output");
   a.x2.copy_from(x);
   add_into(a.x2, tmp_);
-  check(a.x2, "residual stream after attention");
+  put(a.x2, "residual stream after attention");
 
   ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
-  check(a.xn2, "post_attention_layernorm output");
+  put(a.xn2, "post_attention_layernorm output");
   ops::linear_forward(a.xn2, w.wg, a.g);
-  check(a.g, "mlp.gate_proj output");
+  put(a.g, "mlp.gate_proj output");
   ops::linear_forward(a.xn2, w.wu, a.u);
-  check(a.u, "mlp.up_proj output");
+  put(a.u, "mlp.up_proj output");
   ops::swiglu_forward(a.g, a.u, a.a);
-  check(a.a, "SwiGLU output");
+  put(a.a, "SwiGLU output");
   ops::linear_forward(a.a, w.wd, tmp_);
   reduce_from_tp_region(*grid_, tmp_);
-  check(tmp_, "mlp.down_proj output");
+  put(tmp_, "mlp.down_proj output");
   out.copy_from(a.x2);
   add_into(out, tmp_);
-  check(out, "layer output (residual stream)");
+  put(out, "layer output (residual stream)");
 }
 
 void LlamaModel::begin(const Tensor& tokens, const char* op) {
@@ -231,6 +248,12 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   have_loss_ = false;
   forward_layers_ = 0;
   tokens_ = tokens.reshape({N});
+  // The GPU's cast of the master weights to the bf16 copy the forward reads: a no-op for
+  // weights that init_weights or the optimizer wrote, a rounding for weights set otherwise.
+  if (precision_ == Precision::bf16) {
+    const int64_t changed = round_to_bf16_(params_.flat());
+    if (probe_) probe_({"forward", -1, "weights"}, params_.flat(), changed);
+  }
   numerics_.check_params(params_, "parameter",
                          "before the forward (it was loaded that way or written by the last update)");
   Tensor x0 = resid_.view(0, {N, C});
@@ -245,9 +268,9 @@ const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
   for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
   ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
                        cfg_.norm_eps, xf_, rstdf_);
-  numerics_.check(xf_, {"forward", -1, "model.norm output"});
+  store(xf_, {"forward", -1, "model.norm output"});
   ops::linear_forward(xf_, out_weight(), logits_);
-  numerics_.check(logits_, {"forward", -1, "lm_head output (logits)"});
+  store(logits_, {"forward", -1, "lm_head output (logits)"});
   forward_layers_ = cfg_.n_layers;
   have_forward_ = true;
   return logits_;
@@ -294,59 +317,70 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   const int64_t N = B_ * T_, C = cfg_.dim;
   const Tensor x = resid_.view(l * N * C, {N, C});
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
+  // Weight gradients are checked (f32 under bf16, never rounded); activation gradients
+  // are stored (bf16: rounded, as the GPU stores them in bf16 buffers).
   auto check = [&](const Tensor& t, const char* what) { numerics_.check(t, {"backward", l, what}); };
+  auto put = [&](Tensor& t, const char* what) { store(t, {"backward", l, what}); };
 
   // MLP half: dres holds d(out); after rmsnorm_backward it holds d(x2).
   ops::linear_backward(dres, a.a, w.wd, &da_, false, &g.wd);
   check(g.wd, "gradient of mlp.down_proj.weight");
-  check(da_, "gradient of the SwiGLU output");
+  put(da_, "gradient of the SwiGLU output");
   ops::swiglu_backward(da_, a.g, a.u, dg_, du_);
-  check(dg_, "gradient of the mlp.gate_proj output");
-  check(du_, "gradient of the mlp.up_proj output");
+  put(dg_, "gradient of the mlp.gate_proj output");
+  put(du_, "gradient of the mlp.up_proj output");
   ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
   check(g.wg, "gradient of mlp.gate_proj.weight");
-  ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);
+  put(dxn_, "gradient of the post_attention_layernorm output through mlp.gate_proj");
+  ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);  // bf16: fl(bf16 + f32 product), rounded
   check(g.wu, "gradient of mlp.up_proj.weight");
   copy_to_tp_region_backward(*grid_, dxn_);
-  check(dxn_, "gradient of the post_attention_layernorm output");
+  put(dxn_, "gradient of the post_attention_layernorm output");
   ops::rmsnorm_backward(dxn_, a.x2, w.mlp_norm, a.rstd2, dres, true, g.mlp_norm);
   check(g.mlp_norm, "gradient of post_attention_layernorm.weight");
-  check(dres, "gradient of the residual stream after attention");
+  put(dres, "gradient of the residual stream after attention");
 
   // Attention half: after rmsnorm_backward dres holds d(x).
   Tensor dO = dtmp_.reshape({B_, T_, tpl_.heads, cfg_.hd()});
   ops::linear_backward(dres, a.o.reshape(q2), w.wo, &dtmp_, false, &g.wo);
   check(g.wo, "gradient of self_attn.o_proj.weight");
-  check(dtmp_, "gradient of the attention output");
-  ops::attention_backward(dO, a.q, a.k, a.v, a.o, a.lse, 1.0 / std::sqrt(double(cfg_.hd())), dq_, dk_, dv_);
-  check(dq_, "gradient of the attention's q");
-  check(dk_, "gradient of the attention's k");
-  check(dv_, "gradient of the attention's v");
+  put(dtmp_, "gradient of the attention output");
+  ops::attention_backward(dO, a.q, a.k, a.v, a.o, a.lse, 1.0 / std::sqrt(double(cfg_.hd())), dq_, dk_, dv_,
+                          precision_);
+  put(dq_, "gradient of the attention's q");
+  put(dk_, "gradient of the attention's k");
+  put(dv_, "gradient of the attention's v");
   ops::rope_backward(dq_, cos_, sin_, dq_);
+  put(dq_, "gradient of q before RoPE");
   ops::rope_backward(dk_, cos_, sin_, dk_);
+  put(dk_, "gradient of k before RoPE");
   Tensor dxn1 = dxn_;
   ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
   check(g.wq, "gradient of self_attn.q_proj.weight");
+  put(dxn1, "gradient of the input_layernorm output through q_proj");
   if (tpl_.kv_replicated) {
     // Each rank's dW covers its query heads only: sum this pass's share over tp.
     for (auto [dexp, wt, gw] : {std::tuple{&dk_, &w.wk, &g.wk}, std::tuple{&dv_, &w.wv, &g.wv}}) {
       collapse_kv(dexp->reshape(kv2), dkv_full_);
+      put(dkv_full_, "gradient of the k/v projection output (repeated heads summed)");
       dw_kv_.zero_();
       ops::linear_backward(dkv_full_, a.xn1, *wt, &dxn1, true, &dw_kv_);
       reduce_replicated_grad(*grid_, dw_kv_);
       add_into(*gw, dw_kv_);
+      if (dexp == &dk_) put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
     }
   } else {
     ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
+    put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
     ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
   }
   check(g.wk, "gradient of self_attn.k_proj.weight");
   check(g.wv, "gradient of self_attn.v_proj.weight");
   copy_to_tp_region_backward(*grid_, dxn1);
-  check(dxn1, "gradient of the input_layernorm output");
+  put(dxn1, "gradient of the input_layernorm output");
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
   check(g.attn_norm, "gradient of input_layernorm.weight");
-  check(dres, "gradient of the layer input (residual stream)");
+  put(dres, "gradient of the layer input (residual stream)");
 }
 
 void LlamaModel::ensure_backward_buffers() {
@@ -398,15 +432,23 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   ensure_backward_buffers();
   numerics_.check(dlogits, {"backward", -1, "gradient of the loss with respect to the logits",
                             "it came from the loss (or the unlearning term) that the model was given"});
+  // bf16: the loss gradient is stored in bf16 before the LM head reads it, as the GPU's
+  // cross-entropy (or the unlearning term that made it) writes it.
+  const Tensor* dl = &dlogits;
+  if (precision_ == Precision::bf16) {
+    if (&dlogits != &dlogits_) dlogits_.copy_from(dlogits);
+    store(dlogits_, {"backward", -1, "gradient of the loss with respect to the logits"});
+    dl = &dlogits_;
+  }
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
-  ops::linear_backward(dlogits, xf_, out_weight(), &dxn_, false, &d_out_w);
+  ops::linear_backward(*dl, xf_, out_weight(), &dxn_, false, &d_out_w);
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
   copy_to_tp_region_backward(*grid_, dxn_);
-  numerics_.check(dxn_, {"backward", -1, "gradient of the model.norm output"});
+  store(dxn_, {"backward", -1, "gradient of the model.norm output"});
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
                         dres_, false, grads_.get("model.norm.weight"));
   numerics_.check(grads_.get("model.norm.weight"), {"backward", -1, "gradient of model.norm.weight"});
-  numerics_.check(dres_, {"backward", -1, "gradient of the final residual stream"});
+  store(dres_, {"backward", -1, "gradient of the final residual stream"});
   backward_layers(cfg_.n_layers - 1);
 }
 
@@ -417,6 +459,8 @@ void LlamaModel::backward_hidden(const Tensor& dhidden) {
   numerics_.check(dhidden, {"backward", forward_layers_ - 1, "gradient of the loss with respect to the layer output",
                             "it came from the loss (or the unlearning term) that the model was given"});
   dres_.copy_from(dhidden);
+  if (precision_ == Precision::bf16)
+    store(dres_, {"backward", forward_layers_ - 1, "gradient of the loss with respect to the layer output"});
   backward_layers(forward_layers_ - 1);
 }
 

@@ -9,12 +9,21 @@
 // in the backward, vocabulary-parallel embedding and loss. Across dp ranks every rank runs
 // its own rows of the global batch; forward() returns the loss of the whole global batch
 // and the gradients are this rank's share (the optimizer sums them over dp).
+//
+// Precision (docs/cuda.md, "Mixed precision"): Precision::bf16 is the GPU engine's policy
+// emulated exactly on f32 tensors. The weights, every activation and every activation
+// gradient are rounded to bf16 (nearest even) where the GPU stores them as bf16, and the
+// attention rounds P and dS as its kernels do; products accumulate in f32 (bf16 x bf16
+// products are exact in f32), norm statistics, softmax statistics and log-probs stay f32,
+// weight gradients are f32 and never rounded, the loss is summed in double. The fp32
+// master weights live in the optimizer, which writes back the weights rounded to bf16.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
 
+#include "engine/core/precision.h"
 #include "engine/core/tensor.h"
 #include "engine/model/llama_config.h"
 #include "engine/model/numerics_guard.h"
@@ -33,9 +42,13 @@ class LlamaModel {
   // dtype: f32 for training on CPU, f64 for reference and gradient checks. grid: the
   // process grid (null: one process).
   explicit LlamaModel(const LlamaConfig& cfg, DType dtype = DType::f32, std::shared_ptr<ProcessGrid> grid = nullptr);
+  // Precision::bf16: f32 tensors holding bf16 values, rounded where the GPU rounds;
+  // Precision::f32: the same as LlamaModel(cfg, DType::f32, grid).
+  LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid = nullptr);
 
   const LlamaConfig& config() const { return cfg_; }
-  DType dtype() const { return dtype_; }
+  DType dtype() const { return dtype_; }  // storage: f32 under Precision::bf16
+  Precision precision() const { return precision_; }
   ParamSet& params() { return params_; }
   const ParamSet& params() const { return params_; }
   ParamSet& grads() { return grads_; }
@@ -48,9 +61,15 @@ class LlamaModel {
   // Called during backward with an index i once every parameter from i on holds its final
   // gradient for this pass (the data-parallel reducer starts all-reduces from it).
   void set_grad_ready_hook(std::function<void(size_t)> hook) { grad_ready_ = std::move(hook); }
+  // Under Precision::bf16, called at every rounding point after the tensor was rounded:
+  // where (the NumericsGuard site naming it), the tensor, and how many of its elements the
+  // rounding changed. Tests use it to see that each rounding point exists and rounds.
+  using RoundingProbe = std::function<void(const NumericsGuard::Site&, const Tensor&, int64_t changed)>;
+  void set_rounding_probe(RoundingProbe probe) { probe_ = std::move(probe); }
 
   // transformers' initialisation: N(0, init_std) for matrices and embeddings, 1 for norms.
-  // Counter-based: the same seed gives the same weights on any thread count.
+  // Counter-based: the same seed gives the same weights on any thread count. Under
+  // Precision::bf16 the weights are then rounded to bf16.
   void init_weights(uint64_t seed);
 
   // Recompute every layer (true) or none (false) in the backward.
@@ -105,12 +124,17 @@ class LlamaModel {
   void layer_forward(int64_t l, Acts& a);
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
   void begin(const Tensor& tokens, const char* op);
+  // An op's output is stored: rounded to bf16 under Precision::bf16 (the GPU's bf16
+  // buffer), then checked for NaN / Inf.
+  void store(Tensor& t, const NumericsGuard::Site& site);
   void ensure_backward_buffers();
   void backward_layers(int64_t top);
   const Tensor& out_weight() { return cfg_.tie_embeddings ? params_[0] : params_.get("lm_head.weight"); }
 
   LlamaConfig cfg_;
   DType dtype_;
+  Precision precision_ = Precision::f32;
+  RoundingProbe probe_;
   std::shared_ptr<ProcessGrid> grid_;
   TpLayout tpl_;
   std::function<void(size_t)> grad_ready_;

@@ -29,15 +29,31 @@ double clip_grad_norm(ParamSet& grads, double max_norm) {
   return norm;
 }
 
-Optimizer::Optimizer(ParamSet& params, const OptimConfig& cfg) : params_(params), cfg_(cfg) {
+Optimizer::Optimizer(ParamSet& params, const OptimConfig& cfg, Precision precision)
+    : params_(params), cfg_(cfg), precision_(precision) {
   cfg_.validate();
   const DType dt = params.flat().dtype();
+  if (precision_ == Precision::bf16) {
+    LETHE_CHECK(dt == DType::f32, "the bf16 policy keeps f32 parameters holding bf16 values, got ", dtype_name(dt));
+    master_ = ParamSet(params.specs(), DType::f32);
+    params_changed();
+  }
   if (cfg_.type == "adamw") {
     m_ = ParamSet(params.specs(), dt);
     v_ = ParamSet(params.specs(), dt);
   } else if (cfg_.momentum != 0) {
     m_ = ParamSet(params.specs(), dt);
   }
+}
+
+void Optimizer::params_changed() {
+  if (precision_ == Precision::bf16) master_.flat().copy_from(params_.flat());
+}
+
+void Optimizer::master_changed() {
+  if (precision_ != Precision::bf16) return;
+  params_.flat().copy_from(master_.flat());
+  round_to_bf16_(params_.flat());
 }
 
 void Optimizer::set_trainable(std::vector<bool> trainable) {
@@ -54,15 +70,19 @@ double Optimizer::step(ParamSet& grads, double lr) {
       if (!trainable_[i]) grads[i].zero_();
   const double norm = clip_grad_norm(grads, cfg_.grad_clip);
   ++step_;
+  ParamSet& w = master();
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!trainable_.empty() && !trainable_[i]) continue;
     const double wd = params_[i].ndim() >= 2 ? cfg_.weight_decay : 0.0;
     if (cfg_.type == "adamw") {
-      ops::adamw_update(params_[i], grads[i], m_[i], v_[i], {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, wd, step_});
+      ops::adamw_update(w[i], grads[i], m_[i], v_[i], {lr, cfg_.beta1, cfg_.beta2, cfg_.eps, wd, step_});
     } else {
       Tensor none;
-      ops::sgd_update(params_[i], grads[i], cfg_.momentum != 0 ? m_[i] : none,
-                      {lr, cfg_.momentum, wd, step_ == 1});
+      ops::sgd_update(w[i], grads[i], cfg_.momentum != 0 ? m_[i] : none, {lr, cfg_.momentum, wd, step_ == 1});
+    }
+    if (precision_ == Precision::bf16) {  // the GPU kernel writes the bf16 copy in the same pass
+      params_[i].copy_from(w[i]);
+      round_to_bf16_(params_[i]);
     }
   }
   return norm;

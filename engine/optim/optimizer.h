@@ -1,11 +1,18 @@
 // Optimizers over a ParamSet: AdamW (decoupled weight decay) and SGD, with global
 // gradient-norm clipping. Weight decay applies to matrices only (ndim >= 2), never to
 // norm weights, as in Megatron-LM and llm.c.
+//
+// Precision::bf16 (a model whose weights are bf16 values, llama.h): the optimizer owns
+// fp32 master weights, updates them with the fp32 gradients and moments, and writes the
+// model's weights back as the master rounded to bf16, as the GPU's AdamW kernel does.
+// An update smaller than half a bf16 step of a weight therefore accumulates in the
+// master instead of being lost.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "engine/core/precision.h"
 #include "engine/model/param_set.h"
 
 namespace lethe {
@@ -27,7 +34,7 @@ double clip_grad_norm(ParamSet& grads, double max_norm);
 
 class Optimizer {
  public:
-  Optimizer(ParamSet& params, const OptimConfig& cfg);
+  Optimizer(ParamSet& params, const OptimConfig& cfg, Precision precision = Precision::f32);
 
   // Clips grads, then updates params with learning rate lr. Returns the pre-clip norm.
   double step(ParamSet& grads, double lr);
@@ -37,6 +44,15 @@ class Optimizer {
   ParamSet& m() { return m_; }
   ParamSet& v() { return v_; }
   void set_steps_taken(int64_t s) { step_ = s; }
+  Precision precision() const { return precision_; }
+  // The weights the update applies to: the fp32 master under bf16, the params otherwise.
+  // A checkpoint of a bf16 run saves these, so that a resume loses no update.
+  ParamSet& master() { return precision_ == Precision::bf16 ? master_ : params_; }
+  // After params are overwritten (a loaded checkpoint), the master copy restarts from
+  // them; a checkpoint that holds the master writes master() and calls master_changed().
+  void params_changed();
+  // After master() is overwritten: the params become the master rounded to bf16.
+  void master_changed();
   // Parameters with trainable[i] == false are left untouched (no decay, no moments):
   // RMU updates only a few MLP projections.
   void set_trainable(std::vector<bool> trainable);
@@ -44,6 +60,8 @@ class Optimizer {
  private:
   ParamSet& params_;
   OptimConfig cfg_;
+  Precision precision_;
+  ParamSet master_;  // bf16 only
   ParamSet m_, v_;
   int64_t step_ = 0;
   std::vector<bool> trainable_;

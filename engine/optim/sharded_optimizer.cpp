@@ -8,9 +8,11 @@
 namespace lethe {
 
 ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
-                                   int64_t bucket_elems)
-    : params_(params), grads_(grads), cfg_(cfg), grid_(grid), zero1_(grid.zero1()) {
+                                   int64_t bucket_elems, Precision precision)
+    : params_(params), grads_(grads), cfg_(cfg), grid_(grid), zero1_(grid.zero1()), precision_(precision) {
   cfg_.validate();
+  LETHE_CHECK(precision_ == Precision::f32 || params.flat().dtype() == DType::f32,
+              "the bf16 policy keeps f32 parameters holding bf16 values, got ", dtype_name(params.flat().dtype()));
   LETHE_CHECK(params.numel() == grads.numel() && params.size() == grads.size(),
               "ShardedOptimizer: parameters and gradients differ in layout");
   const int64_t P = params.numel(), dp = grid.dp(), d = grid.dp_rank();
@@ -44,7 +46,8 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
     master_ = Tensor::zeros({shard}, dt);
   } else {
     owned.push_back({0, P});
-    master_ = params.flat();
+    // f32 updates the weights in place; bf16 keeps an fp32 master apart from them.
+    master_ = precision_ == Precision::bf16 ? Tensor::zeros({P}, dt) : params.flat();
     gshard_ = grads.flat();
     if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts_, grid.dp_group(), bucket_elems);
   }
@@ -75,7 +78,10 @@ void ShardedOptimizer::set_trainable(std::vector<bool> trainable) {
 }
 
 void ShardedOptimizer::params_changed() {
-  if (!zero1_) return;
+  if (!zero1_) {
+    if (precision_ == Precision::bf16) master_.copy_from(params_.flat());
+    return;
+  }
   for (const Piece& p : pieces_)
     master_.view(p.shard_begin, {p.count}).copy_from(params_.flat().view(starts_[p.param] + p.param_begin, {p.count}));
 }
@@ -147,8 +153,16 @@ double ShardedOptimizer::step(double lr) {
       Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
       Tensor mine = padded.view(d * b.chunk, {b.chunk});
       mine.copy_from(master_.view(b.shard_begin, {b.chunk}));
+      if (precision_ == Precision::bf16) round_to_bf16_(mine);
       grid_.dp_group().all_gather(mine, padded);
       params_.flat().view(b.begin, {b.len}).copy_from(padded.view(0, {b.len}));
+    }
+  } else if (precision_ == Precision::bf16) {
+    for (const Piece& p : pieces_) {
+      if (frozen(p.param)) continue;
+      Tensor w = params_.flat().view(starts_[p.param] + p.param_begin, {p.count});
+      w.copy_from(master_.view(p.shard_begin, {p.count}));
+      round_to_bf16_(w);
     }
   }
   return norm;

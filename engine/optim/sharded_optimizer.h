@@ -8,12 +8,17 @@
 // keeps master weights and moments for its chunk of every bucket only, updates those,
 // and the weights are all-gathered back bucket by bucket. AdamW state memory drops by dp.
 //
+// Precision::bf16: the master weights are fp32 (a separate copy even without ZeRO) and the
+// weights written back are the master rounded to bf16; under ZeRO each rank rounds its
+// updated chunk before the all-gather, which is what gathering a bf16 copy would give.
+//
 // With a one-rank grid it performs exactly the arithmetic of Optimizer.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "engine/core/precision.h"
 #include "engine/model/param_set.h"
 #include "engine/optim/optimizer.h"
 #include "engine/parallel/grad_reducer.h"
@@ -26,7 +31,7 @@ class ShardedOptimizer {
   // params/grads: this rank's tp slice (the model's sets). bucket_elems: size of the
   // all-reduce buckets without ZeRO (about 4 MB of f32 by default).
   ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
-                   int64_t bucket_elems = 1 << 20);
+                   int64_t bucket_elems = 1 << 20, Precision precision = Precision::f32);
 
   // The model's backward reports that parameters from `first` on are final (only for the
   // last micro-batch of a step); buckets wholly among them start their all-reduce.
@@ -39,6 +44,7 @@ class ShardedOptimizer {
   void set_steps_taken(int64_t s) { step_ = s; }
   const OptimConfig& config() const { return cfg_; }
   bool zero1() const { return zero1_; }
+  Precision precision() const { return precision_; }
   void set_trainable(std::vector<bool> trainable);
   // After params are overwritten (a loaded checkpoint), refresh the master copy.
   void params_changed();
@@ -55,6 +61,10 @@ class ShardedOptimizer {
   // slice without): AdamW m and v, SGD momentum in m.
   Tensor& m() { return m_; }
   Tensor& v() { return v_; }
+  // The fp32 weights this rank updates, laid out as m(): under bf16 the master a
+  // checkpoint must keep (the weights are only its rounding); under f32 without ZeRO the
+  // weights themselves.
+  Tensor& master() { return master_; }
   bool has_m() const { return m_.defined(); }
   bool has_v() const { return v_.defined(); }
 
@@ -75,6 +85,7 @@ class ShardedOptimizer {
   OptimConfig cfg_;
   ProcessGrid& grid_;
   bool zero1_;
+  Precision precision_;
   int64_t step_ = 0;
   std::vector<bool> trainable_;
   std::vector<Piece> pieces_;

@@ -40,7 +40,11 @@ int64_t run_layers(const PlanInput& in) {
 bool has_logits(const PlanInput& in) { return in.recipe.hidden_last_layer < 0; }
 
 struct Sizes {
-  double a, s;  // bytes per activation element, per fp32 statistic (rstd, lse)
+  double a, s;  // bytes per activation (and weight) element, per fp32 statistic (rstd, lse)
+  // Bytes per weight-gradient element: fp32 in both modes. The bf16 policy accumulates
+  // dW in fp32 (cuBLASLt writes dW += dY^T X into fp32, norms and embedding too), so the
+  // buffer, and the gradients the collectives move, are 4 bytes a parameter.
+  double g = 4;
 };
 Sizes sizes(const PlanInput& in) { return in.precision == Precision::bf16 ? Sizes{2, 4} : Sizes{4, 4}; }
 
@@ -125,7 +129,7 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.params = param_counts(in);
   const double P = double(m.params.total);
   m.weights = P * z.a;
-  m.grads = P * z.a;
+  m.grads = P * z.g;
   // As engine/optim/sharded_optimizer.cpp: master and moments cover the whole flat buffer
   // (frozen parameters are skipped in the update, not in the allocation). In f32 without
   // sharding the master copy is the weights themselves. Under ZeRO-1 the update reads an
@@ -142,7 +146,7 @@ MemoryPlan memory_plan(const PlanInput& in) {
   const int64_t sets = L - r + (r > 0 ? 1 : 0);
   m.act_resid = double(L + 1) * N * C * z.a;
   m.act_layers = double(sets) * layer_set(in);
-  const double rope = 2 * double(seq_len(in)) * double(c.hd() / 2) * z.a;
+  const double rope = 2 * double(seq_len(in)) * double(c.hd() / 2) * z.s;  // cos, sin tables: fp32 on the GPU too
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
   const bool rep_kv = kv_replicated(c, in.tp);
   if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
@@ -152,9 +156,9 @@ MemoryPlan memory_plan(const PlanInput& in) {
   }
   // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; dlogits_.
   m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? N * V : 0)) * z.a;
-  // Replicated k/v: d(k or v) before collapsing the repeats, and the weight gradient that is
-  // summed over tp before it is added.
-  if (rep_kv) m.act_backward += (N * d.Kproj + d.Kproj * C) * z.a;
+  // Replicated k/v: d(k or v) before collapsing the repeats, and the (fp32) weight gradient
+  // that is summed over tp before it is added.
+  if (rep_kv) m.act_backward += N * d.Kproj * z.a + d.Kproj * C * z.g;
 
   const RecipeNeeds& rc = in.recipe;
   if (rc.ref_last_layer >= 0) {
@@ -206,7 +210,7 @@ std::vector<Collective> collectives(const PlanInput& in) {
                      ring});
     if (kv_replicated(in.model, in.tp))
       out.push_back({"tp", "all-reduce", "replicated k/v weight grads, backward (2 per layer)", 2 * L * passes,
-                     double(in.model.kv_dim()) * C * z.a, ring});
+                     double(in.model.kv_dim()) * C * z.g, ring});
     out.push_back({"tp", "all-reduce", "vocab-parallel embedding, forward", passes, N * C * z.a, ring});
     if (has_logits(in)) {
       out.push_back({"tp", "all-reduce", "lm_head input grad, backward", passes, N * C * z.a, ring});
@@ -222,11 +226,13 @@ std::vector<Collective> collectives(const PlanInput& in) {
   if (in.dp > 1) {
     // The whole flat gradient buffer moves, frozen parameters included (their grads are zero).
     const double P = double(param_counts(in).total), n = double(in.dp);
+    // Gradients move in fp32; the all-gather moves the updated weights (bf16: each owner
+    // rounds its chunk first, so the gathered copy is the bf16 weights).
     if (in.zero1) {
-      out.push_back({"dp", "reduce-scatter", "gradients (each rank keeps its 1/dp shard)", 1, P * z.a, (n - 1) / n});
+      out.push_back({"dp", "reduce-scatter", "gradients (each rank keeps its 1/dp shard)", 1, P * z.g, (n - 1) / n});
       out.push_back({"dp", "all-gather", "updated weights from the shard owners", 1, P * z.a, (n - 1) / n});
     } else {
-      out.push_back({"dp", "all-reduce", "gradients", 1, P * z.a, 2 * (n - 1) / n});
+      out.push_back({"dp", "all-reduce", "gradients", 1, P * z.g, 2 * (n - 1) / n});
     }
   }
   return out;

@@ -7,14 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/precision.h"
 #include "engine/model/llama_config.h"
 
 namespace lethe::plan {
 
-enum class Precision {
-  bf16,  // bf16 weights, grads and activations; fp32 master weights and optimizer moments
-  f32,   // everything fp32, no master copy: what the CPU engine does today
-};
+// The engine's policy (engine/core/precision.h). bf16: bf16 weights and activations,
+// fp32 weight grads, master weights and optimizer moments. f32: everything fp32, no master
+// copy (AdamW updates the f32 weights in place).
+using Precision = lethe::Precision;
 
 // What the recipe asks of memory beyond one trained model.
 struct RecipeNeeds {

@@ -39,18 +39,37 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     TermSpec s;
     s.type = t.require<std::string>("type");
     s.stream = t.require<std::string>("stream");
+    // Keys added with the later methods belong to one term type each: on another type they
+    // would be silently ignored, so they are errors there.
+    const std::pair<const char*, const char*> owned[] = {
+        {"label_source", "random_labels"}, {"top_k", "random_labels"}, {"top_p", "random_labels"},
+        {"alpha", "wga"}, {"gamma", "undial"}, {"flood", "flood"}, {"steering", "rmu_forget"}};
+    for (const auto& [k, type] : owned)
+      LETHE_CHECK(!t.has(k) || s.type == type, t.where(k), ": not a key of a ", s.type, " term (only ", type, ")");
     s.weight = t.get<double>("weight", s.weight);
     s.beta = t.get<double>("beta", s.beta);
     s.delta = t.get<double>("delta", s.delta);
     s.layer = t.get<int64_t>("layer", s.layer);
     s.steer = t.get<double>("steer", s.steer);
+    s.steering = t.get<std::string>("steering", s.steering);
+    s.label_source = t.get<std::string>("label_source", s.label_source);
+    s.top_k = t.get<int64_t>("top_k", s.top_k);
+    s.top_p = t.get<double>("top_p", s.top_p);
+    s.alpha = t.get<double>("alpha", s.alpha);
+    s.gamma = t.get<double>("gamma", s.gamma);
+    s.flood = t.get<double>("flood", s.flood);
     s.seed = uint64_t(t.get<int64_t>("seed", 0));
+    if (s.type == "random_labels" && s.label_source == "uniform")
+      for (const char* k : {"top_k", "top_p"})
+        LETHE_CHECK(!t.has(k), t.where(k), ": applies to label_source: reference only");
+    if (s.type == "rmu_forget" && s.steering == "adaptive") {
+      LETHE_CHECK(t.has("beta"), t.where("beta"), ": steering: adaptive needs beta (c = beta * mean activation norm)");
+      LETHE_CHECK(!t.has("steer"), t.where("steer"), ": steering: adaptive computes c from beta; drop steer");
+    }
+    LETHE_CHECK(s.type != "flood" || t.has("flood"), t.where("flood"),
+                ": a flood term needs its target NLL per token (nats)");
     t.finish();
-    bool known = false;
-    for (const auto& k : term_types()) known |= k == s.type;
-    LETHE_CHECK(known, t.where("type"), ": unknown term type '", s.type, "'");
-    LETHE_CHECK(s.stream == "forget" || s.stream == "retain" || s.stream == "general", t.where("stream"),
-                ": must be forget, retain or general, got '", s.stream, "'");
+    validate_term_spec(s, [&](const std::string& k) { return t.where(k); });
     if (s.weight != 0) r.terms.push_back(s);
   }
   ts.finish();
@@ -96,6 +115,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     const ConfigNode e = root.child("eval");
     r.eval_every = e.get<int64_t>("every", r.eval_every);
     r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
+    r.eval_final_max_sequences = e.get<int64_t>("final_max_sequences", r.eval_final_max_sequences);
     r.mia_max_docs = e.get<int64_t>("mia_max_docs", r.mia_max_docs);
     r.mia_max_tokens = e.get<int64_t>("mia_max_tokens", r.mia_max_tokens);
     r.verbatim_prefix = e.get<int64_t>("verbatim_prefix", r.verbatim_prefix);
@@ -105,6 +125,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     e.finish();
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");
+    LETHE_CHECK(r.eval_final_max_sequences >= 0, e.where("final_max_sequences"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.mia_max_docs >= 0, e.where("mia_max_docs"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.mia_max_tokens >= 0, e.where("mia_max_tokens"), ": must be >= 0 (0 = all)");
     LETHE_CHECK(r.verbatim_prefix >= 0 && r.verbatim_continuation >= 0 &&

@@ -25,6 +25,9 @@ struct Recipe {
   OptimConfig optim;
   LRSchedule schedule;
   int64_t eval_every = 0, eval_max_sequences = 256;  // 0: evaluate only before and after
+  // The final evaluation of the original, unlearned and oracle models reads this many
+  // sequences of each split; 0 (the default) reads whole splits.
+  int64_t eval_final_max_sequences = 0;
   int64_t mia_max_docs = 0;  // documents per split for the final MIA suite (0 = all)
   int64_t mia_max_tokens = 0;  // score each document's first tokens only (whole seq_len chunks; 0 = all)
   // Verbatim memorisation of forget documents (greedy continuation of a prefix) before,

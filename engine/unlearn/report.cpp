@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/eval/mia_stats.h"
+
 namespace lethe {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -25,6 +27,23 @@ json split_json(const EvalPoint& e) {
   j["mia_auc_loss"] = e.mia_auc;
   return j;
 }
+
+json interval_json(const Interval& i) {
+  auto num = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
+  return {{"value", num(i.value)}, {"ci95", {num(i.lo), num(i.hi)}}};
+}
+
+std::string interval_md(const Interval& i, bool percent) {
+  auto f = [&](double x) {
+    if (!std::isfinite(x)) return std::string("n/a");
+    char b[32];
+    std::snprintf(b, sizeof b, percent ? "%+.1f%%" : "%.3f", x);
+    return std::string(b);
+  };
+  return f(i.value) + " [" + f(i.lo) + ", " + f(i.hi) + "]";
+}
+
+double rel_change(double after, double before) { return before != 0 ? (after - before) / before * 100 : NAN; }
 
 // A line chart with one polyline per series; the y axis is shared.
 std::string svg(const std::vector<EvalPoint>& evals) {
@@ -97,19 +116,82 @@ void write_report(const ReportInput& in, const std::string& dir) {
   j["data"] = json::object();
   for (const auto& [n, h] : in.data_sha256) j["data"][n] = {{"sha256", h}, {"documents", in.data_docs.at(n)}};
   j["forgotten_documents_sha256"] = in.forget_doc_sha256;
-  j["before"] = split_json(before);
-  j["after"] = split_json(after);
-  if (in.oracle) j["oracle"] = split_json(*in.oracle);
+  // Whole-split NLLs of the final evaluation; the in-run curve samples each split.
+  const auto& fe = res.final_evals;
+  const EvalPoint& nll_before = fe.count("before") ? fe.at("before") : before;
+  const EvalPoint& nll_after = fe.count("after") ? fe.at("after") : after;
+  const EvalPoint* nll_oracle = fe.count("oracle") ? &fe.at("oracle") : in.oracle;
+  j["before"] = split_json(nll_before);
+  j["after"] = split_json(nll_after);
+  if (nll_oracle) j["oracle"] = split_json(*nll_oracle);
+  j["in_run_eval"] = {{"every", r.eval_every}, {"max_sequences_per_split", r.eval_max_sequences},
+                      {"note", "the curve and the stop / best rules use the first max_sequences chunks of each split "
+                               "(0: all)"}};
+  j["final_eval"] = {{"max_sequences_per_split", r.eval_final_max_sequences},
+                     {"note", "before / after / oracle NLLs read the first max_sequences chunks of each split (0: the "
+                              "whole split)"}};
   j["mia_auc_after"] = res.mia_auc_after;
-  if (!res.mia_auc_oracle.empty()) {
-    j["mia_auc_oracle"] = res.mia_auc_oracle;
-    json leak = json::object();
+  if (!res.mia_auc_oracle.empty()) j["mia_auc_oracle"] = res.mia_auc_oracle;
+
+  // Every attack's AUC with a bootstrap interval and TPR at low FPR, for each model.
+  const uint64_t boot_seed = 0x6d6961ull ^ r.seed;
+  std::map<std::string, std::map<std::string, AttackSummary>> mia;
+  for (const auto& [who, suite] : res.mia) {
+    mia[who] = summarize_attacks(suite.members, suite.nonmembers, boot_seed);
+    for (const auto& [a, st] : mia[who]) {
+      json x = interval_json(st.auc);
+      j["mia"][who][a] = {{"auc", x["value"]}, {"auc_ci95", x["ci95"]}, {"tpr_at_1_fpr", st.tpr_at_1_fpr},
+                          {"tpr_at_5_fpr", st.tpr_at_5_fpr}};
+    }
+  }
+  if (res.mia.count("after")) {
+    j["mia_documents"] = {{"members", res.mia.at("after").members.by_attack.at("loss").size()},
+                          {"nonmembers", res.mia.at("after").nonmembers.by_attack.at("loss").size()}};
+    j["mia_bootstrap"] = {{"resamples", kBootstrapResamples},
+                          {"interval", "95% percentile, documents resampled with replacement; PrivLeak paired over "
+                                       "the same documents for the model and the oracle"}};
+  }
+  // PrivLeak in both conventions, named, for the original and the unlearned model.
+  std::map<std::string, std::map<std::string, Interval>> leak;  // who -> convention -> interval
+  if (res.mia.count("oracle")) {
+    const MiaSuite& o = res.mia.at("oracle");
+    for (const char* who : {"before", "after"}) {
+      if (!res.mia.count(who)) continue;
+      const MiaSuite& m = res.mia.at(who);
+      for (PrivLeak c : {PrivLeak::muse, PrivLeak::relative_auc}) {
+        const Interval i = priv_leak_interval(c, m.members, m.nonmembers, o.members, o.nonmembers, boot_seed);
+        leak[who][priv_leak_name(c)] = i;
+        json x = interval_json(i);
+        x["attack"] = priv_leak_attack(c);
+        x["definition"] = priv_leak_definition(c);
+        j["privleak"][who][priv_leak_name(c)] = x;
+      }
+    }
+    // Per attack, relative AUC (lethe's first convention), for tables that compare attacks.
+    json rel = json::object();
     for (const auto& [a, auc] : res.mia_auc_after)
-      // An oracle AUC of 0 (an attack that ranks every holdout document first) has no
-      // relative leak: the attack is left out rather than reported as infinite.
       if (res.mia_auc_oracle.count(a) && res.mia_auc_oracle.at(a) > 0)
-        leak[a] = (auc - res.mia_auc_oracle.at(a)) / res.mia_auc_oracle.at(a) * 100;
-    j["privleak_percent"] = leak;
+        rel[a] = (auc - res.mia_auc_oracle.at(a)) / res.mia_auc_oracle.at(a) * 100;
+    j["privleak_relative_auc_percent"] = rel;
+  }
+  // The verdict against the project's target: |PrivLeak| <= 5% (MUSE's convention) with
+  // retain and general NLL within 2% of the original model's.
+  json verdict = json::object();
+  if (leak.count("after")) verdict["privleak_muse"] = j["privleak"]["after"]["muse_min_k_40"];
+  for (const char* split : {"retain", "general"})
+    if (nll_after.splits.count(split) && nll_before.splits.count(split))
+      verdict[std::string(split) + "_nll_change_vs_original_percent"] =
+          rel_change(nll_after.splits.at(split).nll, nll_before.splits.at(split).nll);
+  if (!verdict.empty()) {
+    verdict["target"] = "|PrivLeak (MUSE)| <= 5% with retain and general NLL within 2% of the original";
+    bool met = leak.count("after") && std::isfinite(leak.at("after").at("muse_min_k_40").value) &&
+               std::abs(leak.at("after").at("muse_min_k_40").value) <= 5;
+    for (const char* split : {"retain", "general"}) {
+      const std::string k = std::string(split) + "_nll_change_vs_original_percent";
+      if (verdict.contains(k)) met = met && std::abs(verdict[k].get<double>()) <= 2;
+    }
+    verdict["met"] = met;
+    j["verdict"] = verdict;
   }
   for (const auto& [who, x] : res.extra) {
     if (x.verbatim)
@@ -129,26 +211,62 @@ void write_report(const ReportInput& in, const std::string& dir) {
 
   std::ostringstream md;
   md << "# Unlearning report: " << r.method << "\n\n";
-  md << "Recipe `" << fs::path(r.file).filename().string() << "`, " << res.steps_run << " of " << r.steps
-     << " steps, stopped by: " << res.stop_reason << ".\n\n";
-  md << "| split | NLL before | NLL after | PPL before | PPL after |" << (in.oracle ? " NLL oracle |" : "") << "\n";
-  md << "|---|---:|---:|---:|---:|" << (in.oracle ? "---:|" : "") << "\n";
-  for (const auto& [n, s] : after.splits) {
-    md << "| " << n << " | " << f4(before.splits.at(n).nll) << " | " << f4(s.nll) << " | " << f4(before.splits.at(n).ppl)
-       << " | " << f4(s.ppl) << " |";
-    if (in.oracle && in.oracle->splits.count(n)) md << " " << f4(in.oracle->splits.at(n).nll) << " |";
-    md << "\n";
-  }
-  md << "\nMembership inference (forget = members, holdout = non-members), ROC AUC:\n\n";
-  md << "| attack | after |" << (res.mia_auc_oracle.empty() ? "" : " oracle | PrivLeak % |") << "\n";
-  md << "|---|---:|" << (res.mia_auc_oracle.empty() ? "" : "---:|---:|") << "\n";
-  for (const auto& [a, auc] : res.mia_auc_after) {
-    md << "| " << a << " | " << f4(auc) << " |";
-    if (res.mia_auc_oracle.count(a)) {
-      const double o = res.mia_auc_oracle.at(a);
-      md << " " << f4(o) << " | " << (o > 0 ? f4((auc - o) / o * 100) : std::string("n/a")) << " |";
+  if (!verdict.empty()) {
+    md << "**Verdict against the retrain oracle: target " << (verdict["met"].get<bool>() ? "met" : "not met")
+       << "** (|PrivLeak| <= 5% in MUSE's convention, retain and general NLL within 2% of the original).\n\n";
+    if (leak.count("after")) {
+      md << "- PrivLeak (MUSE: Min-K% 40, 1 - AUC), 95% interval: unlearned "
+         << interval_md(leak.at("after").at("muse_min_k_40"), true);
+      if (leak.count("before")) md << "; original " << interval_md(leak.at("before").at("muse_min_k_40"), true);
+      md << "\n";
+    }
+    for (const char* split : {"retain", "general"}) {
+      const std::string k = std::string(split) + "_nll_change_vs_original_percent";
+      if (verdict.contains(k)) md << "- " << split << " NLL vs the original: " << f4(verdict[k].get<double>()) << "%\n";
     }
     md << "\n";
+  }
+  md << "Recipe `" << fs::path(r.file).filename().string() << "`, " << res.steps_run << " of " << r.steps
+     << " steps, stopped by: " << res.stop_reason << ".\n\n";
+  md << "NLL " << (fe.empty() ? std::string("of the in-run sample")
+                               : r.eval_final_max_sequences > 0
+                                     ? "over the first " + std::to_string(r.eval_final_max_sequences) + " chunks of each split"
+                                     : std::string("over whole splits"))
+     << ":\n\n";
+  md << "| split | NLL before | NLL after | PPL before | PPL after |" << (nll_oracle ? " NLL oracle |" : "") << "\n";
+  md << "|---|---:|---:|---:|---:|" << (nll_oracle ? "---:|" : "") << "\n";
+  for (const auto& [n, s] : nll_after.splits) {
+    md << "| " << n << " | " << f4(nll_before.splits.at(n).nll) << " | " << f4(s.nll) << " | "
+       << f4(nll_before.splits.at(n).ppl) << " | " << f4(s.ppl) << " |";
+    if (nll_oracle && nll_oracle->splits.count(n)) md << " " << f4(nll_oracle->splits.at(n).nll) << " |";
+    md << "\n";
+  }
+  md << "\nIn-run evaluations (the curve, stop and best rules) read "
+     << (r.eval_max_sequences > 0 ? "the first " + std::to_string(r.eval_max_sequences) + " chunks" : std::string("all"))
+     << " of each split.\n";
+  if (j.contains("mia_documents")) {
+    md << "\nMembership inference (" << j["mia_documents"]["members"].get<int64_t>() << " forget documents = members, "
+       << j["mia_documents"]["nonmembers"].get<int64_t>()
+       << " holdout documents = non-members): ROC AUC with 95% bootstrap interval, TPR at 1% / 5% FPR:\n\n";
+    const bool has_o = mia.count("oracle") > 0, has_b = mia.count("before") > 0;
+    md << "| attack |" << (has_b ? " original |" : "") << " unlearned |" << (has_o ? " oracle |" : "")
+       << " unlearned TPR@1% | TPR@5% |\n|---|" << (has_b ? "---:|" : "") << "---:|" << (has_o ? "---:|" : "")
+       << "---:|---:|\n";
+    for (const auto& [a, st] : mia.at("after")) {
+      md << "| " << a << " |";
+      if (has_b) md << " " << interval_md(mia.at("before").at(a).auc, false) << " |";
+      md << " " << interval_md(st.auc, false) << " |";
+      if (has_o) md << " " << interval_md(mia.at("oracle").at(a).auc, false) << " |";
+      md << " " << f4(st.tpr_at_1_fpr) << " | " << f4(st.tpr_at_5_fpr) << " |\n";
+    }
+    if (leak.count("after")) {
+      md << "\nPrivLeak, 95% paired bootstrap interval:\n\n| convention | original | unlearned |\n|---|---:|---:|\n";
+      for (PrivLeak c : {PrivLeak::muse, PrivLeak::relative_auc}) {
+        md << "| " << priv_leak_definition(c) << " | "
+           << (leak.count("before") ? interval_md(leak.at("before").at(priv_leak_name(c)), true) : "") << " | "
+           << interval_md(leak.at("after").at(priv_leak_name(c)), true) << " |\n";
+      }
+    }
   }
   const auto& ex = res.extra;
   if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc)) {

@@ -1,11 +1,14 @@
 #include "engine/unlearn/terms.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <unordered_map>
 
+#include "engine/core/log.h"
 #include "engine/core/rng.h"
 #include "engine/model/parallel_terms.h"
+#include "engine/parallel/vocab_parallel.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -85,6 +88,62 @@ std::vector<int64_t> sequence_lengths(const Tensor& targets) {
 double log_sigmoid(double x) { return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x)); }
 double sigmoid(double x) { return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x) / (1 + std::exp(x)); }
 
+Tensor real_target_ones(const Tensor& targets) {
+  Tensor ones = Tensor::zeros(targets.shape(), DType::f64);
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < targets.numel(); ++i) ones.data<double>()[i] = t[i] != ops::kIgnoreIndex ? 1.0 : 0.0;
+  return ones;
+}
+
+// The frozen original for terms that read it every step. make_term is handed either the
+// caller's shared frozen copy or, from a caller that keeps none for this term, the model it
+// trains; prepare() sees that model while it still holds the original weights, so a term
+// handed the trained model copies it then (same grid, same shards).
+class FrozenReference {
+ public:
+  explicit FrozenReference(LlamaModel* m) : ref_(m) {}
+  void prepare(LlamaModel& original) {
+    if (ref_ != &original) return;
+    // Not owned: the grid belongs to the caller's model, which outlives its terms.
+    std::shared_ptr<ProcessGrid> grid(&original.grid(), [](ProcessGrid*) {});
+    own_ = std::make_unique<LlamaModel>(original.config(), original.dtype(), grid);
+    for (size_t i = 0; i < original.params().size(); ++i) own_->params()[i].copy_from(original.params()[i]);
+    ref_ = own_.get();
+  }
+  LlamaModel& get() const { return *ref_; }
+
+ private:
+  LlamaModel* ref_;
+  std::unique_ptr<LlamaModel> own_;
+};
+
+// One forward's log p(target) per token, kept with what a backward with token weights
+// chosen from those log-probs needs, so WGA and flood run one forward per step. Through
+// the vocabulary-parallel pieces it works on any grid.
+class TokenLogprobs {
+ public:
+  TokenLogprobs(LlamaModel& m, const UnlearnBatch& b) : m_(m), logits_(m.forward_logits(b.tokens)) {
+    const int64_t N = logits_.dim(0);
+    targets_ = b.targets.reshape({N});
+    lse_ = Tensor::empty({N}, logits_.dtype());
+    logp_ = Tensor::empty({N}, DType::f64);
+    vocab_parallel_logsumexp(logits_, lse_, m.grid().tp_group());
+    vocab_parallel_target_logprobs(logits_, targets_, lse_, m.vocab_shard(), logp_, m.grid().tp_group());
+  }
+  double logp(int64_t i) const { return logp_.data<double>()[i]; }  // 0 at padding
+  // Adds scale * d(-sum_i w_i log p_i)/dtheta into m.grads(); w [B, T] f64.
+  void backward(const Tensor& w, double scale) {
+    Tensor dl = Tensor::empty(logits_.shape(), logits_.dtype());
+    vocab_parallel_cross_entropy_backward(logits_, targets_, w.reshape({w.numel()}), lse_, m_.vocab_shard(), scale, dl);
+    m_.backward_logits(dl);
+  }
+
+ private:
+  LlamaModel& m_;
+  const Tensor& logits_;
+  Tensor targets_, lse_, logp_;
+};
+
 // ---- nll: mean token NLL (weight -1 = gradient ascent) -----------------------------------
 
 class NllTerm : public Term {
@@ -101,24 +160,117 @@ class NllTerm : public Term {
   virtual Tensor targets(const UnlearnBatch& b) { return b.targets; }
 };
 
-// ---- random labels: every real target replaced by a uniform random id -------------------
+// ---- random labels: every real target replaced by a random id ----------------------------
+// From the reference (the seed study's default): drawn from the frozen original's
+// next-token distribution at the same position (logits row t predicts target t), limited
+// to its top_k most likely ids, then to the most likely of those up to the first whose
+// cumulative probability (renormalised) exceeds top_p, as the seed code's sampler does.
+// Uniform: any id of the vocabulary. Both use u ~ Philox(seed, step) at the element's place
+// in the global batch, so every dp / tp layout draws the same labels.
+
+// Id for u in (0, 1) from one full logits row; idx and e are scratch.
+int32_t sample_row(const double* x, int64_t V, double u, int64_t top_k, double top_p, std::vector<int32_t>& idx,
+                   std::vector<double>& e) {
+  double mx = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
+  const int64_t k = top_k > 0 && top_k < V ? top_k : V;
+  if (k == V && top_p >= 1) {  // the whole distribution, in id order: no sort
+    double z = 0;
+    for (int64_t j = 0; j < V; ++j) z += std::exp(x[j] - mx);
+    double acc = 0;
+    for (int64_t j = 0; j < V; ++j)
+      if ((acc += std::exp(x[j] - mx)) > u * z) return int32_t(j);
+    return int32_t(V - 1);
+  }
+  idx.resize(size_t(V));
+  for (int64_t j = 0; j < V; ++j) idx[size_t(j)] = int32_t(j);
+  // Most likely first; ties by id, so the order (and the draw) is the same everywhere.
+  auto before = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  int64_t m = V;
+  if (k < V) {
+    std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), before);
+    const double kth = x[idx[size_t(k - 1)]];
+    m = std::partition(idx.begin(), idx.end(), [&](int32_t j) { return x[j] >= kth; }) - idx.begin();
+  }
+  std::sort(idx.begin(), idx.begin() + m, before);
+  e.resize(size_t(m));
+  double z = 0;
+  for (int64_t j = 0; j < m; ++j) z += (e[size_t(j)] = std::exp(x[idx[size_t(j)]] - mx));
+  if (top_p < 1) {
+    double cum = 0, kept = 0;
+    int64_t n = 0;
+    while (n < m) {
+      kept += e[size_t(n)];
+      cum += e[size_t(n++)] / z;
+      if (cum > top_p) break;
+    }
+    m = n;
+    z = kept;
+  }
+  double acc = 0;
+  for (int64_t j = 0; j < m; ++j)
+    if ((acc += e[size_t(j)]) > u * z) return idx[size_t(j)];
+  return idx[size_t(m - 1)];
+}
+
+}  // namespace
+
+Tensor draw_random_labels(const TermSpec& s, LlamaModel& ref, const UnlearnBatch& b) {
+  Tensor t = b.targets.clone();
+  const Philox rng(s.seed, uint64_t(b.step) + 0x7a6e0000ull);
+  int32_t* p = t.data<int32_t>();
+  // Indexed by the element's place in the global batch: every dp layout draws the same ids.
+  const int64_t first = b.row0 * b.targets.dim(1);
+  if (s.label_source == "uniform") {
+    const uint64_t V = uint64_t(ref.config().vocab_size);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(first + i), V));
+    return t;
+  }
+  const Tensor& logits = ref.forward_logits(b.tokens);
+  Communicator& tp = ref.grid().tp_group();
+  const int64_t N = logits.dim(0), Vr = logits.dim(1), P = tp.size(), V = Vr * P;
+  // Under tp each rank holds Vr columns: whole rows are gathered a chunk at a time (about
+  // 2^20 logits per rank), never the whole [N, V].
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / Vr);
+  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+    const int64_t R = std::min(chunk, N - r0);
+    Tensor mine = logits.slice_rows(r0, r0 + R).to(DType::f64), all = mine;
+    if (P > 1) {
+      all = Tensor::empty({P * R * Vr}, DType::f64);
+      tp.all_gather(mine.reshape({R * Vr}), all);
+    }
+    const double* g = all.data<double>();
+#pragma omp parallel
+    {
+      std::vector<double> row(static_cast<size_t>(V)), e;
+      std::vector<int32_t> idx;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t i = r0 + r;
+        if (p[i] == ops::kIgnoreIndex) continue;
+        for (int64_t q = 0; q < P; ++q)  // rank q's block holds ids [q Vr, (q + 1) Vr)
+          std::copy_n(g + (q * R + r) * Vr, Vr, row.begin() + q * Vr);
+        p[i] = sample_row(row.data(), V, rng.uniform(uint64_t(first + i)), s.top_k, s.top_p, idx, e);
+      }
+    }
+  }
+  return t;
+}
+
+namespace {
 
 class RandomLabelsTerm : public NllTerm {
  public:
-  RandomLabelsTerm(TermSpec s, int64_t vocab) : NllTerm(std::move(s)), vocab_(vocab) {}
+  RandomLabelsTerm(TermSpec s, LlamaModel* ref) : NllTerm(std::move(s)), ref_(ref) {}
+  bool needs_reference() const override { return spec_.label_source == "reference"; }
+  void prepare(LlamaModel& original, const SequenceSampler&, int64_t) override {
+    if (needs_reference()) ref_.prepare(original);
+  }
 
  protected:
-  Tensor targets(const UnlearnBatch& b) override {
-    Tensor t = b.targets.clone();
-    const Philox rng(spec_.seed, uint64_t(b.step) + 0x7a6e0000ull);
-    int32_t* p = t.data<int32_t>();
-    // Indexed by the element's place in the global batch: every dp layout draws the same ids.
-    const int64_t first = b.row0 * b.targets.dim(1);
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(first + i), uint64_t(vocab_)));
-    return t;
-  }
-  int64_t vocab_;
+  Tensor targets(const UnlearnBatch& b) override { return draw_random_labels(spec_, ref_.get(), b); }
+  FrozenReference ref_;
 };
 
 // ---- adversarial: the original model's most likely token other than the true one -------
@@ -176,7 +328,12 @@ class KlTerm : public Term {
   LlamaModel* ref_;
 };
 
-// ---- npo: -(2/beta) mean_s log sigmoid(-beta (logp_theta(y_s) - logp_ref(y_s))) ----------
+// ---- npo: -(2/beta) mean_s log sigmoid(-beta (logp_theta(y_s) - logp_ref(y_s)) / |y_s|) ----
+// Per token: the log-ratio is averaged over the sequence's real targets (the NPO variant
+// OpenUnlearning runs beside SimNPO), not summed as in Zhang et al. 2024. Summed, the term's
+// gradient is |y| (128 at seq_len 128) times a mean-NLL term's, so a retain NLL term beside
+// it is that much too weak and NPO behaves like GA. The paper's beta on sums equals a
+// per-token beta of beta * |y| (0.1 at 128 tokens: 12.8), up to the overall 1/|y| scale.
 
 class NpoTerm : public Term {
  public:
@@ -202,20 +359,22 @@ class NpoTerm : public Term {
     const int64_t B = b.tokens.dim(0), T = b.tokens.dim(1);
     LETHE_CHECK(int64_t(b.seq_ids.size()) == B, "npo: batch rows carry no sequence ids");
     const double Bg = double(global_rows(b));
-    Tensor ones = Tensor::zeros({B, T}, DType::f64);
-    const int32_t* t = b.targets.data<int32_t>();
-    for (int64_t i = 0; i < B * T; ++i) ones.data<double>()[i] = t[i] != ops::kIgnoreIndex ? 1.0 : 0.0;
+    const Tensor ones = real_target_ones(b.targets);
     m.forward(b.tokens, b.targets, &ones);
     const auto lp = sequence_logp(m, b.targets);
+    const auto len = sequence_lengths(b.targets);
+    const int32_t* t = b.targets.data<int32_t>();
     double loss = 0;
     Tensor w = Tensor::zeros({B, T}, DType::f64);
     for (int64_t r = 0; r < B; ++r) {
+      if (len[size_t(r)] == 0) continue;
       auto it = ref_logp_.find(b.seq_ids[size_t(r)]);
       LETHE_CHECK(it != ref_logp_.end(), "npo: sequence ", b.seq_ids[size_t(r)], " has no cached reference log-likelihood");
-      const double d = lp[size_t(r)] - it->second, beta = spec_.beta;
+      const double n = double(len[size_t(r)]), beta = spec_.beta;
+      const double d = (lp[size_t(r)] - it->second) / n;
       loss += -(2 / beta) * log_sigmoid(-beta * d) / Bg;
-      // dL/dlogp(y_s) = (2/B) sigmoid(beta d); as a cross-entropy weight (CE = -logp): the negative.
-      const double g = 2 * sigmoid(beta * d) / Bg;
+      // dL/dlogp(y_t) = 2 sigmoid(beta d) / (B n); as a cross-entropy weight (CE = -logp): the negative.
+      const double g = 2 * sigmoid(beta * d) / (Bg * n);
       for (int64_t k = 0; k < T; ++k)
         if (t[r * T + k] != ops::kIgnoreIndex) w.data<double>()[r * T + k] = -g;
     }
@@ -230,7 +389,9 @@ class NpoTerm : public Term {
 
 // ---- simnpo: -(2/beta) mean_s log sigmoid(beta * NLL_s / |y_s| - delta) ------------------
 // (SimNPO, Fan et al. 2024: -(2/beta) log sigmoid(-(beta/|y|) log pi(y) - delta), i.e. with
-// the length-normalised NLL; minimising it raises the forget NLL.)
+// the length-normalised NLL; minimising it raises the forget NLL.) Already per token: its
+// gradient is 2 (1 - sigmoid(x)) times a mean-NLL ascent's, so delta / beta must sit near
+// the forget NLL per token (x near 0 at the start), or the term saturates and barely moves.
 
 class SimNpoTerm : public Term {
  public:
@@ -241,9 +402,8 @@ class SimNpoTerm : public Term {
  private:
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
     const int64_t B = b.tokens.dim(0), T = b.tokens.dim(1);
-    Tensor ones = Tensor::zeros({B, T}, DType::f64);
+    const Tensor ones = real_target_ones(b.targets);
     const int32_t* t = b.targets.data<int32_t>();
-    for (int64_t i = 0; i < B * T; ++i) ones.data<double>()[i] = t[i] != ops::kIgnoreIndex ? 1.0 : 0.0;
     m.forward(b.tokens, b.targets, &ones);
     const auto lp = sequence_logp(m, b.targets);
     const auto len = sequence_lengths(b.targets);
@@ -268,6 +428,130 @@ class SimNpoTerm : public Term {
   }
 };
 
+// ---- wga: mean over real tokens of (1 - p(y_t)^alpha) / alpha -----------------------------
+// Weighted gradient ascent (Wang et al. 2025, "Rethinking LLM unlearning objectives"): each
+// token's ascent gradient weighted by p(y_t)^alpha, held constant, so tokens already
+// unlikely stop being pushed. That gradient, p^alpha * grad(-log p), is exactly the gradient
+// of (1 - p^alpha) / alpha (the generalised cross-entropy; -> NLL as alpha -> 0), which the
+// term reports: with weight -1 it is WGA, and its value is a loss finite differences check.
+
+class WgaTerm : public Term {
+ public:
+  using Term::Term;
+  double value(LlamaModel& m, const UnlearnBatch& b) override { return run(m, b, 0, false); }
+  double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override { return run(m, b, scale, true); }
+
+ private:
+  double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
+    TokenLogprobs lp(m, b);
+    const int64_t n = count_valid_global(m, b.targets);
+    if (n == 0) return 0;
+    const double a = spec_.alpha;
+    Tensor w = Tensor::zeros(b.targets.shape(), DType::f64);
+    const int32_t* t = b.targets.data<int32_t>();
+    double loss = 0;
+    for (int64_t i = 0; i < b.targets.numel(); ++i) {
+      if (t[i] == ops::kIgnoreIndex) continue;
+      const double pa = std::exp(a * lp.logp(i));
+      loss += -std::expm1(a * lp.logp(i)) / a / double(n);  // (1 - p^a) / a, exact for small a log p
+      w.data<double>()[i] = pa / double(n);
+    }
+    if (grad && scale != 0) lp.backward(w, scale);
+    return sum_over_dp(m, loss);
+  }
+};
+
+// ---- flood: mean_s max(0, F - NLL_s / |y_s|) --------------------------------------------
+// Flooding (Ishida et al. 2020) stops descent at a loss level; here it stops ascent: each
+// forget sequence is pushed up (as GA pushes it) only while its NLL per token is below F,
+// e.g. the NLL the original model has on unseen text of the domain, and left alone once it
+// gets there, instead of GA's unbounded climb. One-sided on purpose: the two-sided
+// |NLL_s - F| would pull a forget sequence that is harder than F down to F, i.e. teach it.
+// Used with weight +1.
+
+class FloodTerm : public Term {
+ public:
+  using Term::Term;
+  double value(LlamaModel& m, const UnlearnBatch& b) override { return run(m, b, 0, false); }
+  double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override { return run(m, b, scale, true); }
+
+ private:
+  double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
+    TokenLogprobs lp(m, b);
+    const int64_t B = b.tokens.dim(0), T = b.tokens.dim(1);
+    const auto len = sequence_lengths(b.targets);
+    const double Bg = double(global_rows(b));
+    const int32_t* t = b.targets.data<int32_t>();
+    Tensor w = Tensor::zeros({B, T}, DType::f64);
+    double loss = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      if (len[size_t(r)] == 0) continue;
+      const double n = double(len[size_t(r)]);
+      double nll = 0;
+      for (int64_t k = 0; k < T; ++k) nll -= lp.logp(r * T + k);  // 0 at padding
+      nll /= n;
+      if (nll >= spec_.flood) continue;  // reached the level: no loss, no push
+      loss += (spec_.flood - nll) / Bg;
+      // d(F - NLL_s) = -dNLL_s, and NLL_s is the CE with weight 1/n per token.
+      const double g = -1.0 / (Bg * n);
+      for (int64_t k = 0; k < T; ++k)
+        if (t[r * T + k] != ops::kIgnoreIndex) w.data<double>()[r * T + k] = g;
+    }
+    if (grad && scale != 0) lp.backward(w, scale);
+    return sum_over_dp(m, loss);
+  }
+};
+
+// ---- undial: mean over real positions of KL(softmax(z_ref - gamma e_y) || p_theta) ------
+// UNDIAL (Dong et al. 2024): self-distillation towards the frozen original's logits with
+// the true next token's logit lowered by gamma. The target keeps the original's ranking of
+// every other token, so the model is pulled off the memorised token by a bounded amount
+// (p(y) falls by about e^-gamma) rather than pushed without limit as in GA. KL and the
+// cross-entropy to the target differ by the target's entropy, a constant: same gradient.
+
+class UndialTerm : public Term {
+ public:
+  UndialTerm(TermSpec s, LlamaModel* ref) : Term(std::move(s)), ref_(ref) {}
+  bool needs_reference() const override { return true; }
+  void prepare(LlamaModel& original, const SequenceSampler&, int64_t) override { ref_.prepare(original); }
+  double value(LlamaModel& m, const UnlearnBatch& b) override { return run(m, b, 0, false); }
+  double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override { return run(m, b, scale, true); }
+
+ private:
+  double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
+    // The model's dtype, as kl_to_reference keeps it (its comment says why).
+    Tensor target = ref_.get().forward_logits(b.tokens).to(m.dtype());
+    const Tensor& logits = m.forward_logits(b.tokens);
+    const VocabShard vs = m.vocab_shard();
+    const int64_t N = logits.dim(0), Vr = logits.dim(1);
+    const int64_t valid = count_valid_global(m, b.targets);
+    if (valid == 0) return 0;
+    const int32_t* t = b.targets.data<int32_t>();
+    Tensor rw = Tensor::zeros({N}, DType::f64);
+    for (int64_t i = 0; i < N; ++i) {
+      if (t[i] == ops::kIgnoreIndex) continue;  // padding: no target token to lower
+      rw.data<double>()[i] = 1.0 / double(valid);
+      const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
+      if (c < 0 || c >= Vr) continue;
+      if (target.dtype() == DType::f32) target.data<float>()[i * Vr + c] -= float(spec_.gamma);
+      else target.data<double>()[i * Vr + c] -= spec_.gamma;
+    }
+    Tensor dl;
+    if (grad && scale != 0) dl = Tensor::empty(logits.shape(), logits.dtype());
+    const double kl = vocab_parallel_kl(target, logits, rw, dl.defined() ? &dl : nullptr, m.grid().tp_group());
+    if (dl.defined()) {
+      auto scale_all = [&](auto* p) {
+        for (int64_t i = 0; i < dl.numel(); ++i) p[i] = decltype(+p[0])(p[i] * scale);
+      };
+      if (dl.dtype() == DType::f32) scale_all(dl.data<float>());
+      else scale_all(dl.data<double>());
+      m.backward_logits(dl);
+    }
+    return sum_over_dp(m, kl);
+  }
+  FrozenReference ref_;
+};
+
 // ---- rmu: activations at a layer pushed to c*u (forget) or kept at the original's (retain)
 
 class RmuTerm : public Term {
@@ -279,14 +563,46 @@ class RmuTerm : public Term {
     double norm = 0;
     for (int64_t i = 0; i < dim; ++i) norm += (u_[size_t(i)] = rng.uniform(uint64_t(i))) * u_[size_t(i)];
     for (double& v : u_) v /= std::sqrt(norm);
+    if (spec_.steering == "fixed") coef_ = spec_.steer;
   }
   bool needs_reference() const override { return spec_.type == "rmu_retain"; }
+  // Adaptive RMU (Dang et al. 2025): c = beta * the mean L2 norm of the original's residual
+  // stream at the layer over the forget set's real positions. RMU's 6.5 was chosen for
+  // Zephyr-7B's layer-7 norms; a fixed c far below a model's own norm barely moves the
+  // activations, one far above it swamps the retain term.
+  void prepare(LlamaModel& original, const SequenceSampler& s, int64_t batch) override {
+    if (spec_.type != "rmu_forget" || spec_.steering != "adaptive") return;
+    const int64_t T = s.seq_len();
+    double sum = 0;
+    int64_t n = 0;
+    for (int64_t i0 = 0; i0 < s.n_sequences(); i0 += batch) {
+      const int64_t B = std::min(batch, s.n_sequences() - i0);
+      Tensor tok = Tensor::empty({B, T}, DType::i32), tgt = Tensor::empty({B, T}, DType::i32);
+      for (int64_t r = 0; r < B; ++r) s.sequence(i0 + r, tok.data<int32_t>() + r * T, tgt.data<int32_t>() + r * T);
+      const Tensor h = original.forward_hidden(tok, spec_.layer).to(DType::f64);
+      const int64_t C = h.dim(1);
+      for (int64_t i = 0; i < B * T; ++i) {
+        if (tgt.data<int32_t>()[i] == ops::kIgnoreIndex) continue;
+        double q = 0;
+        for (int64_t c = 0; c < C; ++c) q += h.data<double>()[i * C + c] * h.data<double>()[i * C + c];
+        sum += std::sqrt(q);
+        ++n;
+      }
+    }
+    LETHE_CHECK(n > 0, "term ", spec_.name(), ": the stream has no real positions to measure the activation norm on");
+    coef_ = spec_.beta * sum / double(n);
+    if (original.grid().rank() == 0)
+      log::info("term ", spec_.name(), ": adaptive steering coefficient ", coef_, " = beta ", spec_.beta,
+                " x mean activation norm ", sum / double(n), " at layer ", spec_.layer);
+  }
   double value(LlamaModel& m, const UnlearnBatch& b) override { return run(m, b, 0, false); }
   double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override { return run(m, b, scale, true); }
 
  private:
   // Mean squared error over real positions and channels, as torch's mse_loss in RMU.
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
+    LETHE_CHECK(spec_.type == "rmu_retain" || !std::isnan(coef_), "term ", spec_.name(),
+                ": adaptive steering needs prepare() on the forget stream before the first step");
     Tensor target;
     if (spec_.type == "rmu_retain") target = ref_->forward_hidden(b.tokens, spec_.layer).to(DType::f64);
     const Tensor& h = m.forward_hidden(b.tokens, spec_.layer);
@@ -299,7 +615,7 @@ class RmuTerm : public Term {
       if (t[i] == ops::kIgnoreIndex) continue;
       for (int64_t c = 0; c < C; ++c) {
         const double hv = h.dtype() == DType::f32 ? h.data<float>()[i * C + c] : h.data<double>()[i * C + c];
-        const double tv = target.defined() ? target.data<double>()[i * C + c] : spec_.steer * u_[size_t(c)];
+        const double tv = target.defined() ? target.data<double>()[i * C + c] : coef_ * u_[size_t(c)];
         const double d = hv - tv;
         loss += d * d;
         const double g = scale * 2 * d / double(n * C);
@@ -312,6 +628,7 @@ class RmuTerm : public Term {
   }
   LlamaModel* ref_;
   std::vector<double> u_;
+  double coef_ = std::numeric_limits<double>::quiet_NaN();  // c: steer, or set by prepare()
 };
 
 }  // namespace
@@ -319,35 +636,72 @@ class RmuTerm : public Term {
 std::string TermSpec::name() const { return type + "@" + stream; }
 
 const std::vector<std::string>& term_types() {
-  static const std::vector<std::string> t{"nll", "random_labels", "adversarial", "kl",
-                                          "npo", "simnpo",        "rmu_forget",  "rmu_retain"};
+  static const std::vector<std::string> t{"nll",    "random_labels", "adversarial", "kl",    "npo",  "simnpo",
+                                          "wga",    "flood",         "undial",      "rmu_forget", "rmu_retain"};
   return t;
 }
 
+bool term_reads_reference(const TermSpec& s) {
+  return s.type == "kl" || s.type == "adversarial" || s.type == "rmu_retain" || s.type == "undial" ||
+         (s.type == "random_labels" && s.label_source == "reference");
+}
+
+void validate_term_spec(const TermSpec& s, const std::function<std::string(const std::string&)>& where) {
+  bool known = false;
+  for (const auto& k : term_types()) known |= k == s.type;
+  if (!known) {
+    std::string list;
+    for (const auto& k : term_types()) list += (list.empty() ? "" : ", ") + k;
+    LETHE_FAIL(where("type"), ": unknown term type '", s.type, "' (", list, ")");
+  }
+  LETHE_CHECK(s.stream == "forget" || s.stream == "retain" || s.stream == "general", where("stream"),
+              ": must be forget, retain or general, got '", s.stream, "'");
+  LETHE_CHECK(std::isfinite(s.weight), where("weight"), ": must be finite");
+  const bool rmu = s.type == "rmu_forget" || s.type == "rmu_retain";
+  if (s.type == "npo" || s.type == "simnpo" || (s.type == "rmu_forget" && s.steering == "adaptive"))
+    LETHE_CHECK(s.beta > 0 && std::isfinite(s.beta), where("beta"), ": must be positive, got ", s.beta);
+  if (s.type == "simnpo") LETHE_CHECK(std::isfinite(s.delta), where("delta"), ": must be finite");
+  if (rmu) LETHE_CHECK(s.layer >= 0, where("layer"), ": must be set to a layer index >= 0, got ", s.layer);
+  if (s.type == "rmu_forget") {
+    LETHE_CHECK(s.steering == "fixed" || s.steering == "adaptive", where("steering"),
+                ": must be fixed or adaptive, got '", s.steering, "'");
+    LETHE_CHECK(std::isfinite(s.steer), where("steer"), ": must be finite");
+  }
+  if (s.type == "random_labels") {
+    LETHE_CHECK(s.label_source == "reference" || s.label_source == "uniform", where("label_source"),
+                ": must be reference or uniform, got '", s.label_source, "'");
+    LETHE_CHECK(s.top_k >= 0, where("top_k"), ": must be >= 0 (0 = the whole vocabulary), got ", s.top_k);
+    LETHE_CHECK(s.top_p > 0 && s.top_p <= 1, where("top_p"), ": must be in (0, 1], got ", s.top_p);
+  }
+  if (s.type == "wga") LETHE_CHECK(s.alpha > 0 && std::isfinite(s.alpha), where("alpha"), ": must be positive, got ", s.alpha);
+  if (s.type == "undial")
+    LETHE_CHECK(s.gamma > 0 && std::isfinite(s.gamma), where("gamma"), ": must be positive, got ", s.gamma);
+  if (s.type == "flood")
+    LETHE_CHECK(s.flood > 0 && std::isfinite(s.flood), where("flood"),
+                ": must be set to the target NLL per token (nats, > 0), got ", s.flood);
+}
+
 std::unique_ptr<Term> make_term(const TermSpec& s, LlamaModel* reference) {
-  LETHE_CHECK(s.stream == "forget" || s.stream == "retain" || s.stream == "general", "term ", s.type,
-              ": stream '", s.stream, "' is not forget, retain or general");
-  LETHE_CHECK(std::isfinite(s.weight), "term ", s.name(), ": weight must be finite");
+  validate_term_spec(s, [&](const std::string& key) { return "term " + s.name() + ": " + key; });
   std::unique_ptr<Term> t;
   if (s.type == "nll") t = std::make_unique<NllTerm>(s);
   else if (s.type == "random_labels") {
     LETHE_CHECK(reference, "random_labels needs the model's vocabulary (pass the reference model)");
-    t = std::make_unique<RandomLabelsTerm>(s, reference->config().vocab_size);
+    LETHE_CHECK(s.top_k <= reference->config().vocab_size, "term ", s.name(), ": top_k ", s.top_k,
+                " exceeds the vocabulary (", reference->config().vocab_size, ")");
+    t = std::make_unique<RandomLabelsTerm>(s, reference);
   } else if (s.type == "adversarial") t = std::make_unique<AdversarialTerm>(s, reference);
   else if (s.type == "kl") t = std::make_unique<KlTerm>(s, reference);
-  else if (s.type == "npo" || s.type == "simnpo") {
-    LETHE_CHECK(s.beta > 0, "term ", s.name(), ": beta must be positive, got ", s.beta);
-    if (s.type == "npo") t = std::make_unique<NpoTerm>(s);
-    else t = std::make_unique<SimNpoTerm>(s);
-  } else if (s.type == "rmu_forget" || s.type == "rmu_retain") {
+  else if (s.type == "npo") t = std::make_unique<NpoTerm>(s);
+  else if (s.type == "simnpo") t = std::make_unique<SimNpoTerm>(s);
+  else if (s.type == "wga") t = std::make_unique<WgaTerm>(s);
+  else if (s.type == "flood") t = std::make_unique<FloodTerm>(s);
+  else if (s.type == "undial") t = std::make_unique<UndialTerm>(s, reference);
+  else {  // rmu_forget, rmu_retain
     LETHE_CHECK(reference, "term ", s.name(), " needs the original model");
-    LETHE_CHECK(s.layer >= 0 && s.layer < reference->config().n_layers, "term ", s.name(), ": layer ", s.layer,
+    LETHE_CHECK(s.layer < reference->config().n_layers, "term ", s.name(), ": layer ", s.layer,
                 " is outside [0, ", reference->config().n_layers, ")");
     t = std::make_unique<RmuTerm>(s, reference, reference->config().dim);
-  } else {
-    std::string known;
-    for (const auto& k : term_types()) known += (known.empty() ? "" : ", ") + k;
-    LETHE_FAIL("unknown term type '", s.type, "' (", known, ")");
   }
   LETHE_CHECK(!t->needs_reference() || reference, "term ", s.name(), " needs the original model");
   return t;

@@ -172,19 +172,18 @@ MiaDocStats mia_doc_stats(LlamaModel& m, const Stream& forget, const Stream& hol
           collect_doc_stats(m, *holdout.ds, T, 8, r.mia_max_docs, nullptr, chunks)};
 }
 
-// Full MIA suite (every attack) on forget vs holdout documents. `reference`: the original
-// model's statistics, computed once and shared by the unlearned model's and the oracle's
-// suites.
-std::map<std::string, double> full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r,
-                                       const MiaDocStats* reference, const Decode& decode) {
+// Full MIA suite (every attack) on forget vs holdout documents: each attack's score per
+// document. No reference-model attack: the only reference at hand is the original model,
+// which saw the forget set, so it would detect "was unlearned", not "was trained on" (the
+// oracle scored AUC 0.003 on it).
+MiaSuite full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r, const Decode& decode) {
   const bool truncated = r.mia_max_tokens > 0;
   const MiaDocStats s = mia_doc_stats(m, forget, holdout, r);
-  const MiaScores members = mia_scores(s.forget, doc_texts(*forget.ds, s.forget, decode, truncated),
-                                       reference ? &reference->forget : nullptr);
-  const MiaScores nonmembers = mia_scores(s.holdout, doc_texts(*holdout.ds, s.holdout, decode, truncated),
-                                          reference ? &reference->holdout : nullptr);
-  return mia_report(members, nonmembers).auc;
+  return {mia_scores(s.forget, doc_texts(*forget.ds, s.forget, decode, truncated)),
+          mia_scores(s.holdout, doc_texts(*holdout.ds, s.holdout, decode, truncated))};
 }
+
+std::map<std::string, double> aucs(const MiaSuite& s) { return mia_report(s.members, s.nonmembers).auc; }
 
 ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget, const Decode& decode) {
   ExtraMetrics x;
@@ -527,14 +526,19 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
 
-  // Final membership inference with every attack, and the oracle beside it. The
-  // Reference attack compares against the original model, loaded here if no term kept it.
+  // Final evaluation of the original, unlearned and oracle models: NLL over the whole of
+  // every split unless eval.final_max_sequences caps it (in-run evaluations read
+  // eval.max_sequences per split), and the MIA suite with every attack.
   if (!reference) {
     reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
     assign_local(*reference, loaded);
   }
-  const MiaDocStats ref_stats = mia_doc_stats(*reference, streams.at("forget"), streams.at("holdout"), r);
-  res.mia_auc_after = full_mia(model, streams.at("forget"), streams.at("holdout"), r, &ref_stats, decode);
+  const int64_t final_n = r.eval_final_max_sequences;
+  res.final_evals["before"] = evaluate(*reference, eval_splits, r.seq_len, final_n, 0);
+  res.final_evals["after"] = evaluate(model, eval_splits, r.seq_len, final_n, res.steps_run);
+  res.mia["before"] = full_mia(*reference, streams.at("forget"), streams.at("holdout"), r, decode);
+  res.mia["after"] = full_mia(model, streams.at("forget"), streams.at("holdout"), r, decode);
+  res.mia_auc_after = aucs(res.mia.at("after"));
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
@@ -544,8 +548,10 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     LlamaModel om(o.config, DType::f32, grid);
     assign_local(om, o);
     oracle_sha = o.sha256;
-    oracle_eval = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia_auc_oracle = full_mia(om, streams.at("forget"), streams.at("holdout"), r, &ref_stats, decode);
+    oracle_eval = evaluate(om, eval_splits, r.seq_len, final_n, -1);
+    res.final_evals["oracle"] = oracle_eval;
+    res.mia["oracle"] = full_mia(om, streams.at("forget"), streams.at("holdout"), r, decode);
+    res.mia_auc_oracle = aucs(res.mia.at("oracle"));
     res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }
   res.report_json = (fs::path(r.out_dir) / "report.json").string();

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/eval/mia.h"
 #include "engine/unlearn/recipe.h"
 
 namespace lethe {
@@ -33,8 +34,16 @@ struct ExtraMetrics {
   int64_t mc_items = 0;
 };
 
+// The final membership-inference suite of one model: every attack's score per document.
+struct MiaSuite {
+  MiaScores members, nonmembers;  // forget, holdout documents
+};
+
 struct UnlearnResult {
-  std::vector<EvalPoint> evals;   // before (step 0), every N steps, after
+  std::vector<EvalPoint> evals;   // in-run (eval.max_sequences per split): before (step 0), every N steps, after
+  // Whole-split evaluations at the end: "before" (the original model), "after", "oracle".
+  std::map<std::string, EvalPoint> final_evals;
+  std::map<std::string, MiaSuite> mia;  // final MIA suites: "before", "after", "oracle"
   int64_t steps_run = 0;
   std::string stop_reason;        // "max steps", the criterion that fired, or "paused" (train.run_steps)
   std::string final_dir, best_dir, report_json, report_md;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
@@ -19,8 +20,10 @@ struct Dims {
   int64_t B, T, H, KV, D;
 };
 
-Dims check(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+Dims check(const Tensor& q, const Tensor& k, const Tensor& v, Precision precision, const char* op) {
   check_cpu(q, op, "q");
+  LETHE_CHECK(precision == Precision::f32 || q.dtype() == DType::f32, op,
+              ": the bf16 policy is emulated on f32 tensors, got ", q.describe());
   LETHE_CHECK(q.ndim() == 4 && k.ndim() == 4, op, ": expected q[B,T,H,D] and k[B,T,KV,D], got ", q.describe(),
               ", ", k.describe());
   Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
@@ -32,10 +35,48 @@ Dims check(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
               " kv heads");
   return d;
 }
+
+// The CUDA forward's online softmax for one query row, from its raw scores s[0, n)
+// (Q K^T, unscaled): keys in tiles of kAttentionKeyTile, scores scaled into base 2, each
+// tile's probabilities exp2(s - running max) rounded to bf16 while the row sum l takes
+// them unrounded. Leaves in s each key's weight in the output (its rounded probability,
+// times the rescaling later tiles apply, over l: the kernel's O = sum P V, rescaled, / l)
+// and returns the natural-log lse. tile_base: scratch, one entry per tile.
+float bf16_softmax_row(float* s, int64_t n, float scale_log2, std::vector<float>& tile_base) {
+  constexpr float kLn2 = 0.6931471805599453f;
+  const int64_t tiles = (n + kAttentionKeyTile - 1) / kAttentionKeyTile;
+  tile_base.resize(size_t(tiles));
+  float m_run = -std::numeric_limits<float>::infinity(), l = 0.f;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t j0 = t * kAttentionKeyTile, j1 = std::min(n, j0 + kAttentionKeyTile);
+    float mx = m_run;
+    for (int64_t j = j0; j < j1; ++j) mx = std::max(mx, s[j] *= scale_log2);
+    // Every tile holds a visible key (key j0 <= the query), so mx is finite.
+    float psum = 0.f;
+    for (int64_t j = j0; j < j1; ++j) {
+      const float p = std::exp2(s[j] - mx);
+      psum += p;
+      s[j] = round_bf16(p);
+    }
+    l = l * std::exp2(m_run - mx) + psum;
+    m_run = mx;
+    tile_base[size_t(t)] = mx;
+  }
+  const float inv = 1.f / l;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const float c = std::exp2(tile_base[size_t(t)] - m_run) * inv;
+    for (int64_t j = t * kAttentionKeyTile, j1 = std::min(n, j + kAttentionKeyTile); j < j1; ++j) s[j] *= c;
+  }
+  return m_run * kLn2 + std::log(l);
+}
 }  // namespace
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse) {
-  const Dims d = check(q, k, v, "attention_forward");
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
+                       Precision precision) {
+  const Dims d = check(q, k, v, precision, "attention_forward");
+  const bool bf = precision == Precision::bf16;
+  // As the kernels: the scale and log2(e) multiply in float.
+  const float scale_log2 = float(scale) * 1.4426950408889634f;
   check_shape(o, q.shape(), "attention_forward", "o");
   check_shape(lse, {d.B, d.H, d.T}, "attention_forward", "lse");
   cpu::dispatch_float(q.dtype(), "attention_forward", [&](auto tag_) {
@@ -47,6 +88,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
 #pragma omp parallel
     {
       std::vector<scalar_t> S(size_t(kBlock * d.T));
+      std::vector<float> tile_base;
 #pragma omp for collapse(3) schedule(dynamic)
       for (int64_t b = 0; b < d.B; ++b)
         for (int64_t h = 0; h < d.H; ++h)
@@ -55,12 +97,18 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
             const scalar_t* Qb = Q + (b * d.T + i0) * qs + h * d.D;
             const scalar_t* Kb = K + b * d.T * ks + (h / group) * d.D;
             const scalar_t* Vb = V + b * d.T * ks + (h / group) * d.D;
-            // S[rows, i1] = scale * Q_blk K[0:i1]^T
-            cpu::gemm(false, true, int(rows), int(i1), int(d.D), scalar_t(scale), Qb, int(qs), Kb, int(ks),
-                      scalar_t(0), S.data(), int(i1));
+            // S[rows, i1] = scale * Q_blk K[0:i1]^T (bf16: unscaled, scaled as the kernels do)
+            cpu::gemm(false, true, int(rows), int(i1), int(d.D), scalar_t(bf ? 1.0 : scale), Qb, int(qs), Kb,
+                      int(ks), scalar_t(0), S.data(), int(i1));
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* s = S.data() + r * i1;
               const int64_t n = i0 + r + 1;  // causal: keys 0..i
+              if constexpr (std::is_same_v<scalar_t, float>)
+                if (bf) {
+                  L[(b * d.H + h) * d.T + i0 + r] = bf16_softmax_row(s, n, scale_log2, tile_base);
+                  for (int64_t j = n; j < i1; ++j) s[j] = 0;
+                  continue;
+                }
               scalar_t m = -std::numeric_limits<scalar_t>::infinity();
               for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
               scalar_t z = 0;
@@ -79,8 +127,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                        const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const Dims d = check(q, k, v, "attention_backward");
+                        const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv, Precision precision) {
+  const Dims d = check(q, k, v, precision, "attention_backward");
+  const bool bf = precision == Precision::bf16;
   check_shape(dout, q.shape(), "attention_backward", "dout");
   check_shape(o, q.shape(), "attention_backward", "o");
   check_shape(lse, {d.B, d.H, d.T}, "attention_backward", "lse");
@@ -126,16 +175,29 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                 scalar_t Di = 0;  // rowsum(dO * O)
                 for (int64_t c = 0; c < d.D; ++c) Di += DOb[r * qs + c] * Ob[r * qs + c];
                 scalar_t *p = P.data() + r * i1, *dp = dP.data() + r * i1;
+                if constexpr (std::is_same_v<scalar_t, float>)
+                  if (bf) {
+                    // The kernels: dS from the unrounded P, then P and dS rounded to bf16 before
+                    // they multiply dO, Q and K; the scale applies to the fp32 products.
+                    for (int64_t j = 0; j < n; ++j) {
+                      const float pj = std::exp(p[j] - li);
+                      dp[j] = round_bf16(pj * (dp[j] - Di));
+                      p[j] = round_bf16(pj);
+                    }
+                    for (int64_t j = n; j < i1; ++j) p[j] = dp[j] = 0;
+                    continue;
+                  }
                 for (int64_t j = 0; j < n; ++j) {
                   p[j] = std::exp(p[j] - li);
                   dp[j] = p[j] * (dp[j] - Di) * sc;  // dS, scaled for dQ and dK
                 }
                 for (int64_t j = n; j < i1; ++j) p[j] = dp[j] = 0;
               }
-              // dQ_blk = dS K;  dK[0:i1] += dS^T Q_blk;  dV[0:i1] += P^T dO_blk
-              cpu::gemm(false, false, int(rows), int(d.D), int(i1), scalar_t(1), dP.data(), int(i1), Kb, int(ks),
+              // dQ_blk = dS K;  dK[0:i1] += dS^T Q_blk;  dV[0:i1] += P^T dO_blk (bf16: dS unscaled)
+              const scalar_t ds_scale = bf ? sc : scalar_t(1);
+              cpu::gemm(false, false, int(rows), int(d.D), int(i1), ds_scale, dP.data(), int(i1), Kb, int(ks),
                         scalar_t(0), DQ + off, int(qs));
-              cpu::gemm(true, false, int(i1), int(d.D), int(rows), scalar_t(1), dP.data(), int(i1), Qb, int(qs),
+              cpu::gemm(true, false, int(i1), int(d.D), int(rows), ds_scale, dP.data(), int(i1), Qb, int(qs),
                         scalar_t(1), dKb, int(ks));
               cpu::gemm(true, false, int(i1), int(d.D), int(rows), scalar_t(1), P.data(), int(i1), DOb, int(qs),
                         scalar_t(1), dVb, int(ks));

@@ -39,12 +39,12 @@ constexpr int64_t kLlama2Norms = 65 * 4096;  // 2 per layer + the final norm, re
 TEST_F(Plan, Llama2On8GpusFits80GbWithBreakdown) {
   const Outcome r = lethe({"plan", kLlama2, "--tp", "2", "--dp", "4"});
   ASSERT_EQ(r.code, 0) << r.err;
-  for (const char* row : {"weights (bf16", "grads (bf16)", "fp32 master weights", "optimizer moments (2 x fp32, /dp)",
+  for (const char* row : {"weights (bf16", "grads (fp32", "fp32 master weights", "optimizer moments (2 x fp32, /dp)",
                           "activations", "residual stream", "per-layer stored", "logits [B*T, V/tp]", "total",
                           "tp all-reduce", "dp reduce-scatter", "dp all-gather"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
-  EXPECT_EQ(verdict(r.out, "80 GB (H100 / A100 80GB):").rfind("fits, 35.73 of 71.68 GiB usable", 0), 0u) << r.out;
-  EXPECT_EQ(verdict(r.out, "141 GB (H200):").rfind("fits, 35.73 of 126.36 GiB usable", 0), 0u) << r.out;
+  EXPECT_EQ(verdict(r.out, "80 GB (H100 / A100 80GB):").rfind("fits, 42.01 of 71.68 GiB usable", 0), 0u) << r.out;
+  EXPECT_EQ(verdict(r.out, "141 GB (H200):").rfind("fits, 42.01 of 126.36 GiB usable", 0), 0u) << r.out;
 }
 
 TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
@@ -53,7 +53,10 @@ TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
   EXPECT_EQ(j["params_per_rank"].get<int64_t>(), p);
   const json& b = j["bytes"];
   EXPECT_DOUBLE_EQ(b["weights"].get<double>(), 2.0 * double(p));
-  EXPECT_DOUBLE_EQ(b["grads"].get<double>(), 2.0 * double(p));
+  EXPECT_DOUBLE_EQ(b["grads"].get<double>(), 4.0 * double(p));  // fp32 weight gradients under bf16
+  const json f32 = plan_json({"llama2-7b", "--tp", "2", "--dp", "4", "--precision", "f32"});
+  EXPECT_DOUBLE_EQ(f32["bytes"]["grads"].get<double>(), 4.0 * double(p));  // the same in both modes
+  EXPECT_DOUBLE_EQ(f32["bytes"]["weights"].get<double>(), 4.0 * double(p));
   EXPECT_DOUBLE_EQ(b["master"].get<double>(), 4.0 * double(p) / 4);   // ZeRO-1 over dp=4
   EXPECT_DOUBLE_EQ(b["moments"].get<double>(), 8.0 * double(p) / 4);
   EXPECT_DOUBLE_EQ(b["opt_scratch"].get<double>(), 4.0 * double(p) / 4);  // fp32 gradient shard
@@ -61,7 +64,8 @@ TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
   // + rstd1, rstd2, lse [N, H/tp] in fp32; N = 4096 tokens.
   EXPECT_DOUBLE_EQ(b["act_layers"].get<double>(), 9706668032.0);
   EXPECT_DOUBLE_EQ(b["act_resid"].get<double>(), 33.0 * 4096 * 4096 * 2);
-  EXPECT_NEAR(b["total"].get<double>() / kGiB, 35.73, 0.01);
+  // 6.28 weights + 12.55 grads + 3.14 master + 6.28 moments + 3.14 shard + 10.63 activations.
+  EXPECT_NEAR(b["total"].get<double>() / kGiB, 42.01, 0.01);
   EXPECT_LT(j["activations_full_recompute"].get<double>(), 0.2 * j["activations_no_recompute"].get<double>());
 }
 
@@ -82,7 +86,9 @@ TEST_F(Plan, CollectivesCountTwoAllReducesPerLayerEachWay) {
       EXPECT_DOUBLE_EQ(c["ring_factor"].get<double>(), 1.0);  // 2(n-1)/n at n=2
     }
     if (c["group"] == "dp") {
-      EXPECT_DOUBLE_EQ(c["payload"].get<double>(), 2.0 * j["params_per_rank"].get<double>());
+      // fp32 gradients are reduce-scattered; the bf16 weights are gathered.
+      const double bytes = c["op"] == "reduce-scatter" ? 4.0 : 2.0;
+      EXPECT_DOUBLE_EQ(c["payload"].get<double>(), bytes * j["params_per_rank"].get<double>()) << c["op"];
       EXPECT_DOUBLE_EQ(c["ring_factor"].get<double>(), 0.75);  // (n-1)/n at n=4
     }
   }
@@ -92,6 +98,7 @@ TEST_F(Plan, CollectivesCountTwoAllReducesPerLayerEachWay) {
   ASSERT_EQ(n["collectives"].size(), 1u);
   EXPECT_EQ(n["collectives"][0]["op"], "all-reduce");
   EXPECT_DOUBLE_EQ(n["collectives"][0]["ring_factor"].get<double>(), 1.5);
+  EXPECT_DOUBLE_EQ(n["collectives"][0]["payload"].get<double>(), 4.0 * kLlama2Params);  // fp32 gradients
   EXPECT_DOUBLE_EQ(n["bytes"]["moments"].get<double>(), 8.0 * kLlama2Params);
 }
 
@@ -130,7 +137,7 @@ TEST_F(Plan, KvHeadsReplicateWhenTpDoesNotDivideThem) {
     if (c["what"].get<std::string>().find("replicated k/v weight grads") != std::string::npos) {
       found = true;
       EXPECT_EQ(c["count"].get<int64_t>(), 2 * L);
-      EXPECT_DOUBLE_EQ(c["payload"].get<double>(), 2.0 * kv * C);
+      EXPECT_DOUBLE_EQ(c["payload"].get<double>(), 4.0 * kv * C);  // fp32 weight gradients
     }
   EXPECT_TRUE(found) << j["collectives"].dump(1);
   // Stored k and v per layer: one head per local query head (2 heads of 128), not 8/16.
@@ -157,7 +164,7 @@ TEST_F(Plan, SuggestsRecomputationWhenActivationsDoNotFit) {
   const json at = plan_json({kLlama2, "--dp", "8", "--batch", "4", "--recompute", std::to_string(k)});
   EXPECT_TRUE(at["gpus"][0]["fits"].get<bool>());
 
-  // Llama-3-8B on one GPU: 16 bytes per parameter of states alone exceed 80 GB.
+  // Llama-3-8B on one GPU: 18 bytes per parameter of states alone exceed 80 GB.
   const Outcome one = lethe({"plan", "llama3-8b"});
   ASSERT_EQ(one.code, 0) << one.err;
   EXPECT_EQ(verdict(one.out, "80 GB (H100 / A100 80GB):").rfind("does not fit, even recomputing every layer", 0), 0u)

@@ -58,7 +58,7 @@ def methods_table(reports, original):
     b = any_r["before"]
     rl, mc = extra(any_r, "before")
     mb = original["mia_auc_after"] if original else {}
-    leak = pct(original["privleak_percent"]["loss"]) if original else ""
+    leak = pct(original["privleak_relative_auc_percent"]["loss"]) if original else ""
     rows.append(f"| original (tiny-lm-full) | 0 | {f4(b['forget']['nll'])} | {f4(b['holdout']['nll'])} | "
                 f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {f4(mb.get('loss'))} | "
                 f"{f4(mb.get('min_k_pp_20'))} | {leak} | {rl} | {mc} |")
@@ -73,7 +73,7 @@ def methods_table(reports, original):
         ma = r["mia_auc_after"]
         rows.append(f"| {name} | {r['steps_run']} ({r['stop_reason']}) | {f4(a['forget']['nll'])} | "
                     f"{f4(a['holdout']['nll'])} | {f4(a['retain']['nll'])} | {f4(a['general']['nll'])} | "
-                    f"{f4(ma['loss'])} | {f4(ma.get('min_k_pp_20'))} | {pct(r['privleak_percent']['loss'])} | {rl} | {mc} |")
+                    f"{f4(ma['loss'])} | {f4(ma.get('min_k_pp_20'))} | {pct(r['privleak_relative_auc_percent']['loss'])} | {rl} | {mc} |")
     return "\n".join(rows)
 
 
@@ -91,7 +91,7 @@ def sweep_table(sweep, lrs):
                         f"{a['forget']['nll'] - a['holdout']['nll']:+.4f} | "
                         f"{pct(rel(a['retain']['nll'], o['retain']['nll']))} | "
                         f"{pct(rel(a['general']['nll'], o['general']['nll']))} | {f4(r['mia_auc_after']['loss'])} | "
-                        f"{pct(r['privleak_percent']['loss'])} |")
+                        f"{pct(r['privleak_relative_auc_percent']['loss'])} |")
     return "\n".join(rows)
 
 
