@@ -45,47 +45,68 @@ std::string interval_md(const Interval& i, bool percent) {
 
 double rel_change(double after, double before) { return before != 0 ? (after - before) / before * 100 : NAN; }
 
-// A line chart with one polyline per series; the y axis is shared.
-std::string svg(const std::vector<EvalPoint>& evals) {
-  const double W = 640, H = 360, L = 60, R = 150, T = 20, B = 40;
+// The in-run curves: each split's NLL (left axis) and the LOSS membership AUC (its own
+// right axis, 0-1), with the oracle's levels on the same sample as dashed target lines.
+std::string svg(const std::vector<EvalPoint>& evals, const EvalPoint* oracle) {
+  const double W = 720, H = 380, L = 60, R = 200, T = 20, B = 40;
   const char* names[] = {"forget", "retain", "holdout", "general"};
   const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"};
+  const char* auc_color = "#9467bd";
   double ymin = INFINITY, ymax = -INFINITY, xmax = 1;
+  auto widen = [&](const EvalPoint& e) {
+    for (const auto& [n, s] : e.splits) ymin = std::min(ymin, s.nll), ymax = std::max(ymax, s.nll);
+  };
   for (const auto& e : evals) {
     xmax = std::max(xmax, double(e.step));
-    for (const auto& [n, s] : e.splits) ymin = std::min(ymin, s.nll), ymax = std::max(ymax, s.nll);
+    widen(e);
   }
+  if (oracle) widen(*oracle);
   if (!(ymax > ymin)) ymax = ymin + 1;
-  auto X = [&](double x) { return L + (W - L - R) * x / xmax; };
+  const double x0 = L, x1 = W - R;
+  auto X = [&](double x) { return x0 + (x1 - x0) * x / xmax; };
   auto Y = [&](double y) { return T + (H - T - B) * (1 - (y - ymin) / (ymax - ymin)); };
   auto Ya = [&](double a) { return T + (H - T - B) * (1 - a); };  // AUC on [0, 1]
+  auto hline = [&](double y, const char* color) {
+    return "<line x1='" + std::to_string(x0) + "' y1='" + std::to_string(y) + "' x2='" + std::to_string(x1) +
+           "' y2='" + std::to_string(y) + "' stroke='" + color + "' stroke-width='1.5' stroke-dasharray='6,4'/>\n";
+  };
   std::ostringstream o;
   o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='11'>\n";
   o << "<rect width='100%' height='100%' fill='white'/>\n";
-  o << "<line x1='" << L << "' y1='" << H - B << "' x2='" << W - R << "' y2='" << H - B << "' stroke='black'/>\n";
-  o << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << H - B << "' stroke='black'/>\n";
-  o << "<text x='" << (W - R + L) / 2 << "' y='" << H - 8 << "' text-anchor='middle'>step</text>\n";
+  o << "<line x1='" << x0 << "' y1='" << H - B << "' x2='" << x1 << "' y2='" << H - B << "' stroke='black'/>\n";
+  o << "<line x1='" << x0 << "' y1='" << T << "' x2='" << x0 << "' y2='" << H - B << "' stroke='black'/>\n";
+  o << "<line x1='" << x1 << "' y1='" << T << "' x2='" << x1 << "' y2='" << H - B << "' stroke='" << auc_color << "'/>\n";
+  o << "<text x='" << (x0 + x1) / 2 << "' y='" << H - 8 << "' text-anchor='middle'>step</text>\n";
   o << "<text x='12' y='" << (H - B + T) / 2 << "' transform='rotate(-90 12 " << (H - B + T) / 2
     << ")' text-anchor='middle'>NLL (nats/token)</text>\n";
   for (int k = 0; k <= 4; ++k) {
     const double y = ymin + (ymax - ymin) * k / 4;
-    o << "<text x='" << L - 4 << "' y='" << Y(y) + 4 << "' text-anchor='end'>" << f4(y) << "</text>\n";
+    o << "<text x='" << x0 - 4 << "' y='" << Y(y) + 4 << "' text-anchor='end'>" << f4(y) << "</text>\n";
+    o << "<text x='" << x1 + 4 << "' y='" << Ya(k / 4.0) + 4 << "' fill='" << auc_color << "'>" << f4(k / 4.0).substr(0, 4)
+      << "</text>\n";
   }
-  o << "<text x='" << L << "' y='" << H - B + 14 << "' text-anchor='middle'>0</text>\n";
-  o << "<text x='" << W - R << "' y='" << H - B + 14 << "' text-anchor='middle'>" << int64_t(xmax) << "</text>\n";
+  o << "<text x='" << x0 << "' y='" << H - B + 14 << "' text-anchor='middle'>0</text>\n";
+  o << "<text x='" << x1 << "' y='" << H - B + 14 << "' text-anchor='middle'>" << int64_t(xmax) << "</text>\n";
+  const double lx = x1 + 40;
+  int row = 0;
   for (int i = 0; i < 4; ++i) {
     std::string pts;
     for (const auto& e : evals)
       if (e.splits.count(names[i])) pts += std::to_string(X(double(e.step))) + "," + std::to_string(Y(e.splits.at(names[i]).nll)) + " ";
     if (pts.empty()) continue;
     o << "<polyline fill='none' stroke='" << colors[i] << "' stroke-width='2' points='" << pts << "'/>\n";
-    o << "<text x='" << W - R + 10 << "' y='" << T + 14 * (i + 1) << "' fill='" << colors[i] << "'>" << names[i]
-      << " NLL</text>\n";
+    o << "<text x='" << lx << "' y='" << T + 14 * ++row << "' fill='" << colors[i] << "'>" << names[i] << " NLL</text>\n";
+    if (oracle && oracle->splits.count(names[i])) o << hline(Y(oracle->splits.at(names[i]).nll), colors[i]);
   }
   std::string pts;
   for (const auto& e : evals) pts += std::to_string(X(double(e.step))) + "," + std::to_string(Ya(e.mia_auc)) + " ";
-  o << "<polyline fill='none' stroke='#9467bd' stroke-dasharray='5,3' stroke-width='2' points='" << pts << "'/>\n";
-  o << "<text x='" << W - R + 10 << "' y='" << T + 14 * 5 << "' fill='#9467bd'>MIA AUC (0-1 scale)</text>\n";
+  o << "<polyline fill='none' stroke='" << auc_color << "' stroke-width='2' points='" << pts << "'/>\n";
+  o << "<text x='" << lx << "' y='" << T + 14 * ++row << "' fill='" << auc_color << "'>MIA AUC (LOSS, right axis)</text>\n";
+  if (oracle) {
+    o << hline(Ya(oracle->mia_auc), auc_color);
+    o << "<text x='" << lx << "' y='" << T + 14 * ++row << "'>dashed: retrain oracle</text>\n";
+    o << "<text x='" << lx << "' y='" << T + 14 * ++row << "'>(same sample; targets)</text>\n";
+  }
   o << "</svg>\n";
   return o.str();
 }
@@ -290,7 +311,8 @@ void write_report(const ReportInput& in, const std::string& dir) {
      << ", SHA-256 of their text; the text itself is never written): see `report.json` field "
         "`forgotten_documents_sha256`.\n\nCurves: `curves.svg`.\n";
   std::ofstream(fs::path(dir) / "report.md") << md.str();
-  std::ofstream(fs::path(dir) / "curves.svg") << svg(res.evals);
+  const EvalPoint* oracle_sample = fe.count("oracle_in_run") ? &fe.at("oracle_in_run") : nullptr;
+  std::ofstream(fs::path(dir) / "curves.svg") << svg(res.evals, oracle_sample);
 }
 
 }  // namespace lethe

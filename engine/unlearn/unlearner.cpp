@@ -550,6 +550,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, final_n, -1);
     res.final_evals["oracle"] = oracle_eval;
+    // On the in-run sample too: the target levels drawn on the curves.
+    res.final_evals["oracle_in_run"] = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
     res.mia["oracle"] = full_mia(om, streams.at("forget"), streams.at("holdout"), r, decode);
     res.mia_auc_oracle = aucs(res.mia.at("oracle"));
     res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);

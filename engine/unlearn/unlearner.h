@@ -41,7 +41,8 @@ struct MiaSuite {
 
 struct UnlearnResult {
   std::vector<EvalPoint> evals;   // in-run (eval.max_sequences per split): before (step 0), every N steps, after
-  // Whole-split evaluations at the end: "before" (the original model), "after", "oracle".
+  // Evaluations at the end: "before" (the original model), "after", "oracle" (whole splits
+  // unless eval.final_max_sequences caps them) and "oracle_in_run" (the in-run sample).
   std::map<std::string, EvalPoint> final_evals;
   std::map<std::string, MiaSuite> mia;  // final MIA suites: "before", "after", "oracle"
   int64_t steps_run = 0;

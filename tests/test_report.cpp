@@ -1,0 +1,99 @@
+// The unlearning report (engine/unlearn/report.h) from a hand-made result: report.md leads
+// with the verdict, report.json carries both PrivLeak conventions with intervals and the
+// whole-split NLLs, curves.svg draws the oracle's levels as target lines and gives the
+// AUC its own axis.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "engine/unlearn/report.h"
+
+namespace lethe {
+namespace {
+namespace fs = std::filesystem;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+EvalPoint point(int64_t step, double forget, double retain, double auc) {
+  EvalPoint e;
+  e.step = step;
+  e.splits["forget"].nll = forget;
+  e.splits["retain"].nll = retain;
+  e.splits["holdout"].nll = 1.2;
+  e.mia_auc = auc;
+  return e;
+}
+
+MiaSuite suite(double shift) {
+  MiaSuite s;
+  for (int i = 0; i < 20; ++i) {
+    const double m = 0.05 * i + shift, n = 0.05 * i + 0.025;
+    for (const char* a : {"loss", "min_k_40"}) {
+      s.members.by_attack[a].push_back(m);
+      s.nonmembers.by_attack[a].push_back(n);
+    }
+  }
+  return s;
+}
+
+TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
+  const fs::path dir = fs::temp_directory_path() / ("lethe_report_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  Recipe r;
+  r.method = "ga_gd";
+  r.file = "ga_gd.yaml";
+  r.eval_max_sequences = 96;
+  UnlearnResult res;
+  res.evals = {point(0, 1.0, 1.1, 0.8), point(10, 1.3, 1.12, 0.6)};
+  res.steps_run = 10;
+  res.stop_reason = "max steps";
+  res.final_evals["before"] = point(0, 1.01, 1.10, 0.8);
+  res.final_evals["after"] = point(10, 1.31, 1.111, 0.6);
+  res.final_evals["oracle"] = point(-1, 1.25, 1.09, 0.5);
+  res.final_evals["oracle_in_run"] = point(-1, 1.24, 1.08, 0.5);
+  res.mia["before"] = suite(0.5);
+  res.mia["after"] = suite(0.0);  // scores the same documents as the oracle does
+  res.mia["oracle"] = suite(0.0);
+  res.mia_auc_after = {{"loss", 0.5}, {"min_k_40", 0.5}};
+  res.mia_auc_oracle = res.mia_auc_after;
+  ReportInput in;
+  in.recipe = &r;
+  in.result = &res;
+  write_report(in, dir.string());
+
+  const std::string md = slurp(dir / "report.md");
+  EXPECT_EQ(md.find("**Verdict against the retrain oracle: target met**"), md.find('\n') + 2) << md;
+  EXPECT_NE(md.find("NLL over whole splits"), std::string::npos) << md;
+  EXPECT_NE(md.find("the first 96 chunks"), std::string::npos) << md;
+
+  const nlohmann::json j = nlohmann::json::parse(slurp(dir / "report.json"));
+  // Identical scores for the unlearned model and the oracle: PrivLeak 0 on every paired resample.
+  EXPECT_EQ(j["privleak"]["after"]["muse_min_k_40"]["value"].get<double>(), 0.0);
+  EXPECT_EQ(j["privleak"]["after"]["muse_min_k_40"]["ci95"][1].get<double>(), 0.0);
+  EXPECT_GT(j["privleak"]["before"]["relative_auc_loss"]["value"].get<double>(), 0.0);
+  EXPECT_LT(j["privleak"]["before"]["muse_min_k_40"]["value"].get<double>(), 0.0);
+  EXPECT_NEAR(j["verdict"]["retain_nll_change_vs_original_percent"].get<double>(), 1.0, 1e-9);
+  EXPECT_TRUE(j["verdict"]["met"].get<bool>());
+  EXPECT_DOUBLE_EQ(j["after"]["forget"]["nll"].get<double>(), 1.31);  // the whole-split evaluation
+  EXPECT_TRUE(j["mia"]["after"]["loss"].contains("tpr_at_1_fpr"));
+
+  const std::string svg = slurp(dir / "curves.svg");
+  size_t dashed = 0;
+  for (size_t at = 0; (at = svg.find("stroke-dasharray='6,4'", at)) != std::string::npos; ++at) ++dashed;
+  EXPECT_EQ(dashed, 4u) << "one target line per split drawn (3) and one for the AUC";
+  EXPECT_NE(svg.find("right axis"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace lethe
