@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "engine/cli/commands.h"
+#include "engine/core/bf16.h"
 #include "engine/data/token_dataset.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/sha256.h"
@@ -113,6 +114,75 @@ TEST_F(Resume, NanLossStopsBeforeAnythingIsWritten) {
                       "checkpoint.every=1", "train.steps=50"}),
                Error);
   EXPECT_EQ(weights(a + "/step_00000002"), before);
+}
+
+// bf16 (train.precision=bf16, emulated on the CPU): the checkpoint's weights are only the
+// master weights rounded to bf16, so the checkpoint must also hold the fp32 master
+// (optim_master) for a resume to continue the run bit for bit.
+TEST_F(Resume, Bf16RunResumesBitExactlyFromItsMasterWeights) {
+  const std::string a = (dir_ / "a").string(), b = (dir_ / "b").string();
+  const auto full = train({"checkpoint.dir=" + a, "train.precision=bf16"});
+  const auto first = train({"checkpoint.dir=" + b, "train.precision=bf16", "train.run_steps=5"});
+  const auto rest = train({"checkpoint.dir=" + b, "train.precision=bf16", "train.resume=true"});
+  ASSERT_EQ(full.losses.size(), 8u);
+  ASSERT_EQ(rest.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rest.losses[i], full.losses[5 + i]) << i;
+  EXPECT_EQ(weights(b + "/step_00000008"), weights(a + "/step_00000008"));
+
+  const Checkpoint c = Checkpoint::open(b + "/step_00000005");
+  EXPECT_EQ(c.manifest().at("precision"), "bf16");
+  int64_t not_bf16 = 0, master_differs = 0, n = 0;
+  for (const auto& name : c.names("weights")) {
+    const Tensor w = c.read("weights", name, DType::f32), m = c.read("optim_master", name, DType::f32);
+    const float *pw = w.data<float>(), *pm = m.data<float>();
+    for (int64_t i = 0; i < w.numel(); ++i, ++n) {
+      not_bf16 += !is_bf16_value(pw[i]);
+      master_differs += pw[i] != pm[i];
+      EXPECT_EQ(pw[i], round_bf16(pm[i])) << name << "[" << i << "]: the weights are the master rounded";
+    }
+  }
+  EXPECT_EQ(not_bf16, 0);
+  // The master carries what the weights cannot: after 5 AdamW steps most weights sit
+  // between two bf16 values (an update of lr = 3e-3 is below half a bf16 step of any
+  // weight above 0.77, and init weights are drawn with std 0.02, so each step moves most
+  // masters off the bf16 grid).
+  EXPECT_GT(master_differs, n / 2) << master_differs << " of " << n;
+}
+
+TEST_F(Resume, ResumeInAnotherPrecisionIsRefused) {
+  const std::string a = (dir_ / "a").string();
+  train({"checkpoint.dir=" + a, "train.run_steps=2"});
+  const std::string before = weights(a + "/step_00000002");
+  try {
+    train({"checkpoint.dir=" + a, "train.resume=true", "train.precision=bf16"});
+    FAIL() << "an f32 run resumed in bf16";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("started in f32 precision and train.precision asks for bf16"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(weights(a + "/step_00000002"), before);
+  EXPECT_EQ(latest_checkpoint(a), a + "/step_00000002");
+}
+
+// train.device: a device that cannot run the model is refused before anything is written.
+TEST_F(Resume, UnservableDeviceIsAClearError) {
+  const std::string a = (dir_ / "a").string();
+  auto expect_error = [&](const std::vector<std::string>& ov, const std::string& needle) {
+    try {
+      train(ov);
+      FAIL() << "expected: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(a));
+  };
+  expect_error({"checkpoint.dir=" + a, "train.device=gpu"}, "train.device': must be cpu, cuda or auto, got 'gpu'");
+  expect_error({"checkpoint.dir=" + a, "train.precision=fp16"}, "must be bf16 or f32, got 'fp16'");
+  // cuda: without CUDA in the build, without a visible GPU, or (in this version) with one.
+  expect_error({"checkpoint.dir=" + a, "train.device=cuda"}, "train.device': cuda: ");
+  const auto ok = train({"checkpoint.dir=" + a, "train.device=cpu", "train.run_steps=1"});
+  EXPECT_EQ(ok.losses.size(), 1u);
 }
 
 }  // namespace

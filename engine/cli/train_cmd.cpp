@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <iostream>
 #include <memory>
 
@@ -22,7 +23,9 @@
 #include "engine/model/tp_layout.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
-#include "engine/optim/sharded_optimizer.h"
+#include "engine/io/optimizer_checkpoint.h"
+#include "engine/model/run_device.h"
+#include "engine/optim/run_optimizer.h"
 #include "kernels/cpu/blas_kernel.h"
 #include "kernels/cross_entropy.h"
 #include "engine/parallel/failure.h"
@@ -50,6 +53,9 @@ struct TrainConfig {
   LRSchedule schedule;
   ParallelConfig parallel;
   int64_t grad_accum = 1;  // micro-batches per step (per data-parallel rank)
+  DeviceChoice device = DeviceChoice::automatic;
+  std::optional<Precision> precision;  // unset: the device's default
+  std::string device_key = "train.device";
 };
 
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
@@ -86,6 +92,7 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   LETHE_CHECK(c.data_format == "hdf5" || c.data_format == "bytes" || c.data_format == "u16" || c.data_format == "i32",
               d.where("format"), ": must be auto, hdf5, bytes, u16 or i32, got '", c.data_format, "'");
 
+  c.device_key = root.where("train.device");
   if (root.has("train")) {
     const ConfigNode t = root.child("train");
     c.steps = t.get<int64_t>("steps", c.steps);
@@ -98,6 +105,8 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     c.resume = t.get<bool>("resume", c.resume);
     c.grad_accum = t.get<int64_t>("grad_accum", c.grad_accum);
     if (t.has("init_from")) c.init_from = t.path("init_from");
+    if (t.has("device")) c.device = parse_device_choice(t.require<std::string>("device"), t.where("device"));
+    if (t.has("precision")) c.precision = parse_precision(t.require<std::string>("precision"), t.where("precision"));
     // recompute: true/false for all layers, or a count of layers (the first ones).
     if (t.has("recompute")) {
       try {
@@ -216,16 +225,7 @@ class Batches {
   int64_t n_tokens_ = 0;
 };
 
-// The optimizer of a one-process run (Optimizer, moments as ParamSets) or of a grid
-// (ShardedOptimizer, moments over this rank's ZeRO shard or tp slice).
-struct TrainOptimizer {
-  std::unique_ptr<Optimizer> one;
-  std::unique_ptr<ShardedOptimizer> par;
-  int64_t steps_taken() const { return one ? one->steps_taken() : par->steps_taken(); }
-  void set_steps_taken(int64_t s) { one ? one->set_steps_taken(s) : par->set_steps_taken(s); }
-};
-
-void fill_manifest(json& m, const TrainConfig& c, const LlamaModel& model, const TrainOptimizer& opt,
+void fill_manifest(json& m, const TrainConfig& c, const LlamaModel& model, const RunOptimizer& opt,
                    const Batches& data, int64_t step, double loss) {
   m["kind"] = "train";
   m["step"] = step;
@@ -237,17 +237,17 @@ void fill_manifest(json& m, const TrainConfig& c, const LlamaModel& model, const
   m["metrics"] = {{"loss", loss}};
   m["parallel"] = {{"tp", c.parallel.tp}, {"dp", c.parallel.dp}, {"zero1", c.parallel.zero1 && c.parallel.dp > 1}};
   m["dtype"] = dtype_name(model.dtype());
+  m["precision"] = precision_name(model.precision());
   m["lethe_version"] = LETHE_VERSION;
 }
 
-void save_checkpoint(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, const Batches& data, int64_t step,
+void save_checkpoint(const TrainConfig& c, LlamaModel& model, RunOptimizer& opt, const Batches& data, int64_t step,
                      double loss, std::ostream& out) {
   ProcessGrid& g = model.grid();
   if (opt.one) {
     CheckpointWriter w(c.ckpt_dir, checkpoint_name(step));
     add_params(w, "weights", model.params());
-    if (opt.one->m().size()) add_params(w, "optim_m", opt.one->m());
-    if (opt.one->v().size()) add_params(w, "optim_v", opt.one->v());
+    add_optimizer_state(w, opt, model.params(), g);
     fill_manifest(w.manifest(), c, model, opt, data, step, loss);
     const std::string dir = w.commit();
     prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
@@ -257,10 +257,8 @@ void save_checkpoint(const TrainConfig& c, LlamaModel& model, TrainOptimizer& op
   // Every rank writes its own shard: weights from dp rank 0 of each tp group, a tensor
   // that all tp ranks hold whole from tp rank 0 only; optimizer state from every rank
   // holding a ZeRO shard (or, without ZeRO, as the weights).
-  ShardedOptimizer& o = *opt.par;
   const bool tp0 = g.tp_rank() == 0, dp0 = g.dp_rank() == 0;
   auto mine = [&](const ParamSpec& s) { return dp0 && (s.sharded() || tp0); };
-  auto mine_state = [&](const ParamSpec& s) { return (o.zero1() || dp0) && (s.sharded() || tp0); };
   const std::string tag = std::to_string(g.world().all_reduce(int64_t(g.rank() == 0 ? ::getpid() : 0), ReduceOp::max));
   std::unique_ptr<CheckpointWriter> w;
   if (g.rank() == 0) w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), 0, true, g.world_size(), tag);
@@ -268,8 +266,7 @@ void save_checkpoint(const TrainConfig& c, LlamaModel& model, TrainOptimizer& op
   if (g.rank() != 0)
     w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), g.rank(), true, g.world_size(), tag);
   add_params(*w, "weights", model.params(), mine);
-  if (o.has_m()) add_optimizer_shard(*w, "optim_m", o, o.m(), model.params(), mine_state);
-  if (o.has_v()) add_optimizer_shard(*w, "optim_v", o, o.v(), model.params(), mine_state);
+  add_optimizer_state(*w, opt, model.params(), g);
   w->finish_shard();
   g.world().barrier();
   if (g.rank() == 0) {
@@ -282,7 +279,7 @@ void save_checkpoint(const TrainConfig& c, LlamaModel& model, TrainOptimizer& op
 }
 
 // Returns the step to start from (0 for a fresh run).
-int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, Batches& data,
+int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, RunOptimizer& opt, Batches& data,
                          std::ostream& out) {
   if (c.ckpt_dir.empty()) return 0;
   const std::string latest = latest_checkpoint(c.ckpt_dir);
@@ -298,15 +295,9 @@ int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, TrainOptimizer
     LETHE_CHECK(m["run"].contains(it.key()) && m["run"][it.key()] == it.value(), c.ckpt_dir,
                 ": holds a different run: its '", it.key(), "' settings differ from this config's");
   // Any layout loads into any other: each rank reads its blocks of the whole tensors.
+  check_resume_precision(m, model.precision(), c.ckpt_dir, "train.precision");
   load_params(ck, "weights", model.params());
-  if (opt.one) {
-    if (opt.one->m().size()) load_params(ck, "optim_m", opt.one->m());
-    if (opt.one->v().size()) load_params(ck, "optim_v", opt.one->v());
-  } else {
-    opt.par->params_changed();
-    if (opt.par->has_m()) load_optimizer_shard(ck, "optim_m", *opt.par, opt.par->m(), model.params());
-    if (opt.par->has_v()) load_optimizer_shard(ck, "optim_v", *opt.par, opt.par->v(), model.params());
-  }
+  load_optimizer_state(ck, opt, model.params(), latest);
   opt.set_steps_taken(m.at("optimizer").at("steps_taken").get<int64_t>());
   data.restore(m.at("data").at("cursor"), where);
   const int64_t step = m.at("step").get<int64_t>();
@@ -321,7 +312,7 @@ Tensor rows_of(const Tensor& t, int64_t r0, int64_t n) { return t.slice_rows(r0,
 // One optimizer step's loss and gradients on a grid: this dp rank's rows of the global
 // batch, in grad_accum micro-batches, each token weighted 1 / (real targets of the whole
 // global batch), so the sum equals the one-process mean loss.
-double parallel_loss_and_grads(const TrainConfig& c, LlamaModel& model, TrainOptimizer& opt, const Tensor& tokens,
+double parallel_loss_and_grads(const TrainConfig& c, LlamaModel& model, RunOptimizer& opt, const Tensor& tokens,
                                const Tensor& targets) {
   ProcessGrid& g = model.grid();
   const int32_t* tg = targets.data<int32_t>();
@@ -346,19 +337,18 @@ double parallel_loss_and_grads(const TrainConfig& c, LlamaModel& model, TrainOpt
   return loss;
 }
 
-TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> grid, std::ostream& out) {
+TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shared_ptr<ProcessGrid> grid,
+                           std::ostream& out) {
   Batches data(c);
   const bool one_process = !grid->parallel();
-  LlamaModel model(c.model, DType::f32, grid);
+  LlamaModel model(c.model, dev.precision, grid);
   model.init_weights(c.seed);
   if (!c.init_from.empty()) {
     const Checkpoint init = Checkpoint::open(c.init_from);
     load_params(init, "weights", model.params());
   }
   model.set_recompute_layers(c.recompute_layers);
-  TrainOptimizer opt;
-  if (one_process) opt.one = std::make_unique<Optimizer>(model.params(), c.optim);
-  else opt.par = std::make_unique<ShardedOptimizer>(model.params(), model.grads(), c.optim, *grid);
+  RunOptimizer opt(model.params(), model.grads(), c.optim, *grid, dev.precision);
   const int64_t start = restore_or_check(c, model, opt, data, out);
   const int64_t end = c.run_steps > 0 ? std::min(c.steps, start + c.run_steps) : c.steps;
 
@@ -366,7 +356,7 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
   std::snprintf(line, sizeof line, "model %s: %.2fM params | data %lld tokens | batch %lld x %lld | %s, %d threads",
                 c.model.name.c_str(), double(c.model.n_params()) / 1e6, (long long)data.n_tokens(),
                 (long long)c.batch_size, (long long)c.seq_len, c.optim.type.c_str(), omp_get_max_threads());
-  out << blas_kernel_line() << "\n" << line << std::endl;
+  out << blas_kernel_line() << "\n" << dev.line << "\n" << line << std::endl;
   if (!one_process)
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
         << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "")
@@ -400,7 +390,7 @@ TrainSummary train_on_grid(const TrainConfig& c, std::shared_ptr<ProcessGrid> gr
       LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
     }
     const double lr = c.schedule.at(step);
-    const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
+    const double gnorm = opt.step(lr);
     // Debug mode: a bad update is named before a checkpoint could record it.
     model.numerics().check_params(model.params(), "parameter", "after the update");
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -447,11 +437,12 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
                 " parameters and needs about ", need / 1e9, " GB for weights, gradients and optimizer state; this "
                 "machine has ", have / 1e9, " GB");
   }
+  const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key);
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
   auto grid = ProcessGrid::create(c.parallel);
   // Only rank 0 reports; the others' lines would repeat it.
   std::ostream null_out(nullptr);
-  return train_on_grid(c, grid, grid->rank() == 0 ? out : null_out);
+  return train_on_grid(c, dev, grid, grid->rank() == 0 ? out : null_out);
 }
 
 

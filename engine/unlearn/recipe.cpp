@@ -80,6 +80,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   LETHE_CHECK(!r.uses_stream("general") || !r.general.empty(), d.where("general"),
               ": a term reads the general stream, but data.general is not set");
 
+  r.device_key = root.where("train.device");
   if (root.has("train")) {
     const ConfigNode t = root.child("train");
     r.steps = t.get<int64_t>("steps", r.steps);
@@ -89,6 +90,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.seed = uint64_t(t.get<int64_t>("seed", int64_t(r.seed)));
     r.resume = t.get<bool>("resume", r.resume);
     r.run_steps = t.get<int64_t>("run_steps", r.run_steps);
+    if (t.has("device")) r.device = parse_device_choice(t.require<std::string>("device"), t.where("device"));
+    if (t.has("precision")) r.precision = parse_precision(t.require<std::string>("precision"), t.where("precision"));
     if (t.has("trainable")) {
       const std::string v = t.require<std::string>("trainable");
       if (v != "all") {

@@ -2,9 +2,11 @@
 // evaluation, stop criteria and outputs. configs/recipes/*.yaml hold one per method.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/model/run_device.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
 #include "engine/parallel/grid.h"
@@ -47,6 +49,11 @@ struct Recipe {
   // Process grid (under mpirun / srun): tp x dp ranks, ZeRO-1 over dp. Each dp rank runs
   // batch_size / dp rows of every batch.
   ParallelConfig parallel;
+  // train.device and train.precision (engine/model/run_device.h); every model of the run
+  // (unlearned, frozen reference, oracle) computes in this precision.
+  DeviceChoice device = DeviceChoice::automatic;
+  std::optional<Precision> precision;
+  std::string device_key = "train.device";
 
   bool uses_stream(const std::string& s) const;
 };

@@ -11,6 +11,7 @@
 
 #include "engine/core/error.h"
 #include "engine/io/checkpoint.h"
+#include "engine/io/optimizer_checkpoint.h"
 #include "engine/io/model_checkpoint.h"
 
 namespace lethe {
@@ -90,8 +91,7 @@ std::string save_checkpoint_all_ranks(const std::string& dir, const std::string&
   if (!g.parallel()) {
     CheckpointWriter w(dir, name, 0, update_latest);
     add_params(w, "weights", m.params());
-    if (opt && opt->one->m().size()) add_params(w, "optim_m", opt->one->m());
-    if (opt && opt->one->v().size()) add_params(w, "optim_v", opt->one->v());
+    if (opt) add_optimizer_state(w, *opt, m.params(), g);
     fill(w);
     return w.commit();
   }
@@ -107,12 +107,7 @@ std::string save_checkpoint_all_ranks(const std::string& dir, const std::string&
   if (g.rank() != 0)
     w = std::make_unique<CheckpointWriter>(dir, name, g.rank(), update_latest, g.world_size(), tag);
   add_params(*w, "weights", m.params(), mine);
-  if (opt) {
-    ShardedOptimizer& o = *opt->par;
-    auto mine_state = [&](const ParamSpec& s) { return (o.zero1() || dp0) && (s.sharded() || tp0); };
-    if (o.has_m()) add_optimizer_shard(*w, "optim_m", o, o.m(), m.params(), mine_state);
-    if (o.has_v()) add_optimizer_shard(*w, "optim_v", o, o.v(), m.params(), mine_state);
-  }
+  if (opt) add_optimizer_state(*w, *opt, m.params(), g);
   w->finish_shard();
   g.world().barrier();
   std::string out = (std::filesystem::path(dir) / name).string();
@@ -145,6 +140,7 @@ void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const Run
                     {"metrics_lines", s.metrics_lines}};
     man["parallel"] = {{"tp", g.tp()}, {"dp", g.dp()}, {"zero1", g.zero1()}};
     man["dtype"] = dtype_name(m.dtype());
+    man["precision"] = precision_name(m.precision());
   });
   if (g.rank() == 0) prune_checkpoints(run_checkpoint_dir(r), r.keep_last);
   g.world().barrier();
@@ -162,17 +158,11 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Run
     LETHE_CHECK(man["run"].contains(it.key()) && man["run"][it.key()] == it.value(), r.out_dir,
                 ": holds a different run: its '", it.key(),
                 "' differs from this recipe's; choose another output.dir (nothing was changed)");
+  check_resume_precision(man, m.precision(), r.out_dir, "train.precision");
   try {
     // Any layout loads into any other: each rank reads its blocks of the whole tensors.
     load_params(ck, "weights", m.params());
-    if (opt.one) {
-      if (opt.one->m().size()) load_params(ck, "optim_m", opt.one->m());
-      if (opt.one->v().size()) load_params(ck, "optim_v", opt.one->v());
-    } else {
-      opt.par->params_changed();
-      if (opt.par->has_m()) load_optimizer_shard(ck, "optim_m", *opt.par, opt.par->m(), m.params());
-      if (opt.par->has_v()) load_optimizer_shard(ck, "optim_v", *opt.par, opt.par->v(), m.params());
-    }
+    load_optimizer_state(ck, opt, m.params(), latest);
     opt.set_steps_taken(man.at("optimizer").at("steps_taken").get<int64_t>());
     const json& st = man.at("state");
     s.step = man.at("step").get<int64_t>();

@@ -14,7 +14,7 @@
 #include "engine/model/llama.h"
 #include "engine/io/checkpoint.h"
 #include "engine/optim/optimizer.h"
-#include "engine/optim/sharded_optimizer.h"
+#include "engine/optim/run_optimizer.h"
 #include "engine/unlearn/recipe.h"
 #include "engine/unlearn/unlearner.h"
 
@@ -53,15 +53,6 @@ class MetricsLog {
   std::string path_;
   int fd_ = -1;
   int64_t lines_ = 0;
-};
-
-// The optimizer of a one-process run (Optimizer, moments as ParamSets) or of a grid
-// (ShardedOptimizer, moments over this rank's ZeRO shard or tp slice).
-struct RunOptimizer {
-  std::unique_ptr<Optimizer> one;
-  std::unique_ptr<ShardedOptimizer> par;
-  int64_t steps_taken() const { return one ? one->steps_taken() : par->steps_taken(); }
-  void set_steps_taken(int64_t s) { one ? one->set_steps_taken(s) : par->set_steps_taken(s); }
 };
 
 // Writes <dir>/<name> from every rank of m's grid (call it on all of them): m's weights

@@ -89,6 +89,7 @@ void save_model(const std::string& dir, const std::string& name, LlamaModel& m, 
     man["unlearn"] = {{"method", r.method}, {"recipe", fs::path(r.file).filename().string()}};
     man["metrics"] = metrics;
     man["parallel"] = {{"tp", m.grid().tp()}, {"dp", m.grid().dp()}};
+    man["precision"] = precision_name(m.precision());
     man["lethe_version"] = LETHE_VERSION;
   });
 }
@@ -211,6 +212,9 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
 UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_bar) {
   // Every rank runs the whole recipe (the same batches, evaluations and decisions); only
   // rank 0 prints and writes metrics and reports.
+  // The device is settled before anything is allocated (a refused device writes nothing).
+  const RunDevice dev = resolve_run_device(r.device, r.precision, r.device_key);
+  const Precision prec = dev.precision;
   const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel);
   const bool lead = grid->rank() == 0;
   std::ostream null_out(nullptr);
@@ -229,7 +233,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
               cfg.max_seq_len);
   check_tp(r, cfg, r.model);
-  LlamaModel model(cfg, DType::f32, grid);
+  LlamaModel model(cfg, prec, grid);
   assign_local(model, loaded);
 
   // Streams. Every dataset must come from the model's tokenizer family: same vocabulary
@@ -282,7 +286,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   bool need_ref = false;
   for (const auto& t : r.terms) need_ref |= t.type == "kl" || t.type == "adversarial" || t.type == "rmu_retain";
   if (need_ref) {
-    reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
+    reference = std::make_unique<LlamaModel>(cfg, prec, grid);
     assign_local(*reference, loaded);
   }
   std::vector<std::unique_ptr<Term>> terms;
@@ -293,9 +297,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     terms.back()->prepare(model, *streams.at(spec.stream).sampler, r.batch_size);  // model is still the original
   }
 
-  RunOptimizer opt;
-  if (grid->parallel()) opt.par = std::make_unique<ShardedOptimizer>(model.params(), model.grads(), r.optim, *grid);
-  else opt.one = std::make_unique<Optimizer>(model.params(), r.optim);
+  RunOptimizer opt(model.params(), model.grads(), r.optim, *grid, prec);
   if (!r.trainable.empty()) {
     std::vector<bool> mask(model.params().size(), false);
     int64_t n = 0;
@@ -304,8 +306,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
         if (model.params().spec(i).name.find(frag) != std::string::npos) mask[i] = true;
     for (bool b : mask) n += b;
     LETHE_CHECK(n > 0, r.file, ": train.trainable matches no parameter");
-    if (opt.one) opt.one->set_trainable(mask);
-    else opt.par->set_trainable(mask);
+    opt.set_trainable(mask);
   }
 
   std::map<std::string, std::string> data_sha;
@@ -337,6 +338,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   peak.flops *= double(grid->world_size());  // every rank's share of the hardware
 
   out << blas_kernel_line() << std::endl;  // the CPU GEMM kernel decides the speed of everything below
+  out << dev.line << std::endl;
   out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
       << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
       << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
@@ -460,7 +462,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       }
     }
     const double lr = r.schedule.at(step);
-    const double gnorm = opt.one ? opt.one->step(model.grads(), lr) : opt.par->step(lr);
+    const double gnorm = opt.step(lr);
     if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
     // Debug mode: a bad update is named before a checkpoint or the export could record it.
     model.numerics().check_params(model.params(), "parameter", "after the update");
@@ -530,7 +532,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // every split unless eval.final_max_sequences caps it (in-run evaluations read
   // eval.max_sequences per split), and the MIA suite with every attack.
   if (!reference) {
-    reference = std::make_unique<LlamaModel>(cfg, DType::f32, grid);
+    reference = std::make_unique<LlamaModel>(cfg, prec, grid);
     assign_local(*reference, loaded);
   }
   const int64_t final_n = r.eval_final_max_sequences;
@@ -545,7 +547,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     const LoadedModel o = load_model(r.oracle);
     LETHE_CHECK(o.config.vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
     check_tp(r, o.config, r.oracle);
-    LlamaModel om(o.config, DType::f32, grid);
+    LlamaModel om(o.config, prec, grid);
     assign_local(om, o);
     oracle_sha = o.sha256;
     oracle_eval = evaluate(om, eval_splits, r.seq_len, final_n, -1);
@@ -569,8 +571,12 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   const ParamSet& final_params = whole ? whole->params() : model.params();
   if (r.export_hf) {
     std::vector<std::pair<std::string, Tensor>> w;
-    for (size_t i = 0; i < final_params.size(); ++i) w.emplace_back(final_params.spec(i).name, final_params[i]);
-    write_hf_model((fs::path(r.out_dir) / "hf").string(), hf_config_from_llama(cfg, "float32"), w, int64_t(5) << 30);
+    // A bf16 run's weights are bf16 values: exported as bf16 they are exact and half the size.
+    const bool bf16 = prec == Precision::bf16;
+    for (size_t i = 0; i < final_params.size(); ++i)
+      w.emplace_back(final_params.spec(i).name, bf16 ? final_params[i].to(DType::bf16) : final_params[i]);
+    write_hf_model((fs::path(r.out_dir) / "hf").string(), hf_config_from_llama(cfg, bf16 ? "bfloat16" : "float32"), w,
+                   int64_t(5) << 30);
   }
 
   ReportInput in;
