@@ -5,6 +5,9 @@
 //                and with 2 micro-batches per step
 //   ResumeTp4    the step-3 checkpoint continued at tp=4, and at tp=1 x dp=4
 //   ResumeOne    the step-3 checkpoint continued by one process (tp=1)
+//   Bf16Layouts  train.precision=bf16 at tp=2 x dp=2 (ZeRO-1, saving at step 3), at tp=4, and
+//                the step-3 checkpoint (its fp32 master shards) continued at dp=4, against
+//                the one-process bf16 run (tolerance below)
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -25,6 +28,7 @@ const std::string kConfig = std::string(LETHE_SOURCE_DIR) + "/configs/train/demo
 // since a relative one is taken relative to the config file.
 const std::string kRefFile = fs::absolute("par_train_reference.json").string();
 const std::string kCkpt = fs::absolute("par_train_ckpt").string();
+const std::string kRefBf16File = fs::absolute("par_train_reference_bf16.json").string();
 
 std::vector<std::string> args(std::vector<std::string> extra) {
   std::vector<std::string> a{"train.steps=6", "train.batch_size=4", "train.seq_len=32", "train.log_every=1"};
@@ -32,8 +36,8 @@ std::vector<std::string> args(std::vector<std::string> extra) {
   return a;
 }
 
-std::vector<double> reference() {
-  std::ifstream in(kRefFile);
+std::vector<double> reference(const std::string& file = kRefFile) {
+  std::ifstream in(file);
   if (!in.good()) return {};
   return nlohmann::json::parse(in).get<std::vector<double>>();
 }
@@ -62,6 +66,9 @@ TEST(ParallelTrain, Reference) {
   const auto s = cli::run_train(kConfig, args({}), out);
   ASSERT_EQ(s.losses.size(), 6u);
   std::ofstream(kRefFile) << nlohmann::json(s.losses).dump();
+  const auto b = cli::run_train(kConfig, args({"train.precision=bf16"}), out);
+  ASSERT_EQ(b.losses.size(), 6u);
+  std::ofstream(kRefBf16File) << nlohmann::json(b.losses).dump();
 }
 
 TEST(ParallelTrain, Tp2Dp2) {
@@ -106,6 +113,66 @@ TEST(ParallelTrain, ResumeOne) {
   const auto one =
       cli::run_train(kConfig, args({"train.resume=true", "checkpoint.dir=" + copy_checkpoint("par_train_tp1")}), out);
   expect_losses(one.losses, ref, 3);
+}
+
+// Another layout sums the same f32 products in another order, so a few values land on the
+// other side of a bf16 rounding boundary: the grid run draws the bf16 rounding errors
+// anew. Both runs are then about as far from the exact loss as the one-process bf16 run
+// is from the f32 run (whose own error is 2^16 times smaller), and from each other at
+// most about sqrt(2) times that. The tolerance at step s is twice the largest bf16-f32
+// gap of steps 1..s (the running maximum, so that a step where the gap happens to cancel
+// does not set it), plus the f32 tests' 1e-5 relative.
+void expect_bf16_losses(const std::vector<double>& got, size_t first) {
+  const auto b = reference(kRefBf16File), f = reference();
+  ASSERT_EQ(b.size(), 6u);
+  ASSERT_LE(got.size() + first, b.size());
+  ASSERT_FALSE(got.empty());
+  double gap = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    gap = std::max(gap, std::abs(b[i] - f[i]));
+    if (i < first || i >= first + got.size()) continue;
+    EXPECT_NEAR(got[i - first], b[i], 2 * gap + 1e-5 * std::abs(b[i])) << "step " << i + 1;
+  }
+  EXPECT_GT(gap, 0) << "the bf16 reference equals the f32 one: the rounding is off";
+}
+
+TEST(ParallelTrain, Bf16Layouts) {
+  auto& w = *test::mpi_world_shared();
+  ASSERT_EQ(w.size(), 4);
+  const std::string ckpt = fs::absolute("par_train_bf16_ckpt").string();
+  if (w.rank() == 0) fs::remove_all(ckpt);
+  w.barrier();
+  std::ostringstream out;
+  const auto s = cli::run_train(kConfig, args({"train.precision=bf16", "parallel.tp=2", "parallel.dp=2",
+                                               "train.run_steps=3", "checkpoint.dir=" + ckpt}),
+                                out);
+  expect_bf16_losses(s.losses, 0);
+  const auto tp4 = cli::run_train(kConfig, args({"train.precision=bf16", "parallel.tp=4"}), out);
+  expect_bf16_losses(tp4.losses, 0);
+  // In the same layout the resumed run is the uninterrupted one, bit for bit: the fp32
+  // master shards came back (from the rounded weights alone, steps 5 and 6 would differ).
+  const auto whole = cli::run_train(kConfig, args({"train.precision=bf16", "parallel.tp=2", "parallel.dp=2"}), out);
+  const std::string again = fs::absolute("par_train_bf16_again").string();
+  if (w.rank() == 0) {
+    fs::remove_all(again);
+    fs::copy(ckpt, again, fs::copy_options::recursive);
+  }
+  w.barrier();
+  const auto resumed = cli::run_train(kConfig, args({"train.precision=bf16", "parallel.tp=2", "parallel.dp=2",
+                                                     "train.resume=true", "checkpoint.dir=" + again}),
+                                      out);
+  ASSERT_EQ(whole.losses.size(), 6u);
+  ASSERT_EQ(resumed.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], whole.losses[3 + i]) << "step " << 4 + i;
+  // Into another layout: ZeRO-1 shards over 4 dp ranks read the tp2 x dp2 master.
+  const auto dp4 = cli::run_train(
+      kConfig, args({"train.precision=bf16", "parallel.dp=4", "train.resume=true", "checkpoint.dir=" + ckpt}), out);
+  expect_bf16_losses(dp4.losses, 3);
+  if (w.rank() == 0) {
+    const Checkpoint ck = Checkpoint::open(ckpt + "/step_00000003");
+    EXPECT_EQ(ck.manifest()["precision"], "bf16");
+    EXPECT_FALSE(ck.names("optim_master").empty());
+  }
 }
 
 TEST(ParallelTrain, LayoutErrorsAreClear) {
