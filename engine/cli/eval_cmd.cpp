@@ -1,10 +1,12 @@
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "engine/cli/commands.h"
 #include "engine/cli/options.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_checkpoint.h"
+#include "engine/model/run_device.h"
 
 namespace lethe::cli {
 
@@ -14,18 +16,30 @@ namespace lethe::cli {
 int eval_main(const std::vector<std::string>& args) {
   if (args.size() < 2 || args[0] == "-h" || args[0] == "--help") {
     const bool help = !args.empty() && (args[0] == "-h" || args[0] == "--help");
-    (help ? std::cout : std::cerr) << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]\n"
+    (help ? std::cout : std::cerr) << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N] [precision=P] [device=D]\n"
                  "  CKPT: a checkpoint directory or a run directory (its newest checkpoint).\n"
+                 "  precision: bf16 or f32 (default: the precision the checkpoint was trained in);\n"
+                 "  device: cpu, cuda or auto (default auto).\n"
                  "  Prints mean NLL (nats/token), perplexity and top-1 next-token accuracy.\n";
     return help ? 0 : 2;
   }
   int64_t seq_len = 0, batch = 4, max_seqs = 0;
+  std::optional<Precision> precision;
+  DeviceChoice device = DeviceChoice::automatic;
   for (const auto& [k, v] : parse_key_values(args, 2, "eval")) {
+    if (k == "precision") {
+      precision = parse_precision(v, "eval: precision");
+      continue;
+    }
+    if (k == "device") {
+      device = parse_device_choice(v, "eval: device");
+      continue;
+    }
     const int64_t x = option_int("eval", k, v);
     if (k == "seq_len") seq_len = x;
     else if (k == "batch") batch = x;
     else if (k == "max_sequences") max_seqs = x;
-    else LETHE_FAIL("eval: unknown option '", k, "' (seq_len, batch, max_sequences)");
+    else LETHE_FAIL("eval: unknown option '", k, "' (seq_len, batch, max_sequences, precision, device)");
   }
   std::string dir = args[0];
   if (!latest_checkpoint(dir).empty()) dir = latest_checkpoint(dir);
@@ -43,12 +57,15 @@ int eval_main(const std::vector<std::string>& args) {
                 shape_str(c.global_shape("weights", s.name)), ", the manifest's model config needs ",
                 shape_str(s.shape));
   }
-  LlamaModel model(cfg, DType::f32);
+  if (!precision && c.manifest().contains("precision"))
+    precision = parse_precision(c.manifest().value("precision", "f32"), c.dir() + "/manifest.json: precision");
+  const RunDevice dev = resolve_run_device(device, precision, "eval: device");
+  LlamaModel model(cfg, dev.precision);
   load_params(c, "weights", model.params());
   const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);
   const NllResult r = evaluate_nll(model, ds, seq_len, batch, max_seqs);
-  std::printf("model %s | data %s (%lld docs, tokenizer %s)\n", cfg.name.c_str(), args[1].c_str(),
-              (long long)ds.n_docs(), ds.tokenizer.c_str());
+  std::printf("model %s | data %s (%lld docs, tokenizer %s)\n%s\n", cfg.name.c_str(), args[1].c_str(),
+              (long long)ds.n_docs(), ds.tokenizer.c_str(), dev.line.c_str());
   std::printf("sequences %lld | tokens %lld | nll %.4f | perplexity %.3f | top1 %.4f\n", (long long)r.sequences,
               (long long)r.tokens, r.mean_nll(), r.perplexity(), r.accuracy());
   return 0;

@@ -1,9 +1,11 @@
 #include <functional>
 #include <memory>
 #include <iostream>
+#include <optional>
 
 #include "engine/cli/commands.h"
 #include "engine/cli/options.h"
+#include "engine/model/run_device.h"
 #include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/io/model_loader.h"
@@ -17,6 +19,7 @@ namespace lethe::cli {
 int generate_main(const std::vector<std::string>& args) {
   if (args.size() < 2 || args[0] == "-h" || args[0] == "--help") {
     std::cout << "usage: lethe generate MODEL DATA.h5 [doc=0] [prefix=32] [tokens=32] [tokenizer=PATH]\n"
+                 "                      [precision=bf16|f32] [device=cpu|cuda|auto]\n"
                  "  Greedy continuation of the first `prefix` tokens of document `doc`, decoded. MODEL is\n"
                  "  a lethe checkpoint or a transformers directory; byte-level datasets decode as bytes,\n"
                  "  others with tokenizer=PATH (a checkpoint from convert gguf-to-lethe, or its\n"
@@ -26,18 +29,29 @@ int generate_main(const std::vector<std::string>& args) {
   }
   int64_t doc = 0, prefix = 32, tokens = 32;
   std::string tokenizer;
+  std::optional<Precision> precision;
+  DeviceChoice device = DeviceChoice::automatic;
   for (const auto& [k, v] : parse_key_values(args, 2, "generate")) {
     if (k == "tokenizer") {
       tokenizer = v;
+      continue;
+    }
+    if (k == "precision") {
+      precision = parse_precision(v, "generate: precision");
+      continue;
+    }
+    if (k == "device") {
+      device = parse_device_choice(v, "generate: device");
       continue;
     }
     const int64_t x = option_int("generate", k, v);
     if (k == "doc") doc = x;
     else if (k == "prefix") prefix = x;
     else if (k == "tokens") tokens = x;
-    else LETHE_FAIL("generate: unknown option '", k, "' (doc, prefix, tokens, tokenizer)");
+    else LETHE_FAIL("generate: unknown option '", k, "' (doc, prefix, tokens, tokenizer, precision, device)");
   }
   LETHE_CHECK(prefix >= 1 && tokens >= 1, "generate: prefix and tokens must be >= 1");
+  const RunDevice dev = resolve_run_device(device, precision, "generate: device");
   const LoadedModel loaded = load_model(args[0]);
   const TokenDataset ds = load_token_dataset(args[1], loaded.config.vocab_size);
   LETHE_CHECK(doc >= 0 && doc < ds.n_docs(), args[1], ": doc ", doc, " out of range [0, ", ds.n_docs(), ")");
@@ -50,7 +64,7 @@ int generate_main(const std::vector<std::string>& args) {
     LETHE_CHECK(d, src, ": holds no tokenizer.json to decode '", ds.tokenizer, "' ids; pass tokenizer=PATH");
     decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
   }
-  LlamaModel model(loaded.config, DType::f32);
+  LlamaModel model(loaded.config, dev.precision);
   assign_weights(model, loaded);
   const std::vector<int32_t> head(ds.tokens.begin() + begin, ds.tokens.begin() + begin + prefix);
   const std::vector<int32_t> out = greedy_continue(model, head, tokens);

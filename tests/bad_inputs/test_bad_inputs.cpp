@@ -341,6 +341,8 @@ TEST_F(BadInputs, EveryCaseFailsCleanly) {
   recipe_case("recipe_missing_forget", recipe, {"data.forget=" + (root_ / "missing.h5").string()}, "missing.h5");
   recipe_case("recipe_missing_model", recipe, {"model=" + (root_ / "no_model").string()}, "no_model");
   recipe_case("recipe_min_targets", recipe, {"data.min_targets=0"}, "data.min_targets");
+  recipe_case("recipe_bad_precision", recipe, {"train.precision=f16"}, "train.precision': must be bf16 or f32");
+  recipe_case("recipe_cuda", recipe, {"train.device=cuda"}, "train.device': cuda: ");
   recipe_case("recipe_token_beyond_vocab", recipe,
               {"data.forget=" + [&] {
                  Tokens t = valid_tokens();
@@ -368,6 +370,11 @@ TEST_F(BadInputs, EveryCaseFailsCleanly) {
   cli_case("cli_eval_overflow", {"eval", ck, toks, "batch=99999999999999999999"}, "option 'batch' needs an integer");
   cli_case("cli_eval_negative_max", {"eval", ck, toks, "max_sequences=-3"}, "max_sequences");
   cli_case("cli_eval_unknown_option", {"eval", ck, toks, "temperature=2"}, "unknown option 'temperature'");
+  cli_case("cli_eval_bad_precision", {"eval", ck, toks, "precision=fp8"}, "eval: precision: must be bf16 or f32");
+  cli_case("cli_eval_bad_device", {"eval", ck, toks, "device=tpu"}, "eval: device: must be cpu, cuda or auto");
+  // cuda: no CUDA in the build, no visible GPU, or (in this version) no model path on it.
+  cli_case("cli_eval_cuda", {"eval", ck, toks, "device=cuda"}, "eval: device: cuda: ");
+  cli_case("cli_generate_cuda", {"generate", ck, toks, "device=cuda"}, "generate: device: cuda: ");
   cli_case("cli_convert_bad_shard_gb", {"convert", "lethe-to-hf", ck, (root_ / "hf_out1").string(), "shard_gb=lots"},
            "shard_gb", {root_ / "hf_out1"});
   cli_case("cli_convert_nan_shard_gb", {"convert", "lethe-to-hf", ck, (root_ / "hf_out2").string(), "shard_gb=nan"},
