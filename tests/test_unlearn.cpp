@@ -7,17 +7,22 @@
 // Also: the report never contains document text, and bad recipes are clear errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/cli/commands.h"
 #include "engine/core/rng.h"
 #include "engine/data/token_dataset.h"
+#include "engine/eval/nll.h"
+#include "engine/io/model_loader.h"
 #include "engine/io/sha256.h"
 #include "engine/unlearn/recipe.h"
+#include "engine/unlearn/run_state.h"
 #include "engine/unlearn/unlearner.h"
 
 namespace lethe {
@@ -126,7 +131,12 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
       << log.str();
   // Verbatim: the memorised secrets are continued far better before than after.
   EXPECT_GT(res.extra.at("before").rouge_l_f1, res.extra.at("after").rouge_l_f1 + 0.2) << log.str();
-  EXPECT_EQ(res.extra.at("after").verbatim_docs, 4);
+  EXPECT_EQ(res.extra.at("after").verbatim_docs, 4) << "verbatim reads every forget document";
+  // The criterion was checked on the selection half; the final suite scores the other.
+  EXPECT_TRUE(res.selection_split);
+  EXPECT_EQ(res.in_run_docs.at("forget"), 2);
+  EXPECT_EQ(res.final_docs.at("holdout"), 2);
+  EXPECT_EQ(res.mia.at("after").members.by_attack.at("loss").size(), 2u);
   // The report names documents by hash only.
   std::ifstream rep(dir_ / "out_ga_gd" / "report.json");
   const std::string text((std::istreambuf_iterator<char>(rep)), {});
@@ -167,6 +177,153 @@ TEST_F(Unlearn, EveryShippedRecipeRunsOneStep) {
     ++n;
   }
   EXPECT_GE(n, 10);
+}
+
+std::set<std::string> hashes_of(const TokenDataset& ds, const std::vector<int64_t>& docs) {
+  std::set<std::string> out;
+  for (int64_t d : docs) out.insert(to_hex(ds.doc_sha256[size_t(d)]));
+  return out;
+}
+
+// The halves of the selection split: disjoint, covering, floor / ceil of n, drawn by
+// content (the same documents whatever the order in the file), also without stored hashes.
+TEST(SelectionSplit, HalvesAreDisjointCoveringSizedAndIndependentOfOrder) {
+  for (int n : {2, 3, 4, 7, 10, 31}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    std::vector<std::string> texts;
+    for (int i = 0; i < n; ++i) texts.push_back("doc-" + letters(uint64_t(500 + i), 20 + i));
+    const TokenDataset ds = docs(texts);
+    const DocHalves h = split_documents_by_hash(ds);
+    EXPECT_EQ(h.selection.size(), size_t(n / 2));
+    EXPECT_EQ(h.report.size(), size_t(n - n / 2));
+    std::vector<int64_t> all = h.selection;
+    all.insert(all.end(), h.report.begin(), h.report.end());
+    std::sort(all.begin(), all.end());
+    std::vector<int64_t> want(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) want[size_t(i)] = i;
+    EXPECT_EQ(all, want) << "every document in exactly one half";
+    EXPECT_TRUE(std::is_sorted(h.selection.begin(), h.selection.end()));
+    // Deterministic, and by content: reversed and rotated files give the same documents.
+    const DocHalves again = split_documents_by_hash(ds);
+    EXPECT_EQ(again.selection, h.selection);
+    for (int shift : {1, n / 2}) {
+      std::vector<std::string> moved(texts.rbegin(), texts.rend());
+      std::rotate(moved.begin(), moved.begin() + shift, moved.end());
+      const TokenDataset ds2 = docs(moved);
+      const DocHalves h2 = split_documents_by_hash(ds2);
+      EXPECT_EQ(hashes_of(ds2, h2.selection), hashes_of(ds, h.selection)) << "shift " << shift;
+      EXPECT_EQ(hashes_of(ds2, h2.report), hashes_of(ds, h.report)) << "shift " << shift;
+    }
+    // The rule itself: sorted by hash, the smallest goes to the report half, the next to selection.
+    std::vector<std::pair<std::string, int64_t>> by_hash;
+    for (int i = 0; i < n; ++i) by_hash.emplace_back(to_hex(ds.doc_sha256[size_t(i)]), i);
+    std::sort(by_hash.begin(), by_hash.end());
+    EXPECT_EQ(std::count(h.report.begin(), h.report.end(), by_hash[0].second), 1);
+    EXPECT_EQ(std::count(h.selection.begin(), h.selection.end(), by_hash[1].second), 1);
+    // A file without per-document hashes splits by its token ids, the same way every time.
+    TokenDataset bare = ds;
+    bare.doc_sha256.clear();
+    const DocHalves hb = split_documents_by_hash(bare);
+    EXPECT_EQ(hb.selection.size(), size_t(n / 2));
+    EXPECT_EQ(split_documents_by_hash(bare).report, hb.report);
+    // The subset holds exactly those documents, hashes included.
+    const TokenDataset sub = subset_token_dataset(ds, h.report);
+    ASSERT_EQ(sub.n_docs(), int64_t(h.report.size()));
+    for (size_t i = 0; i < h.report.size(); ++i) {
+      EXPECT_EQ(sub.doc_sha256[i], ds.doc_sha256[size_t(h.report[i])]);
+      EXPECT_EQ(sub.doc_length(int64_t(i)), ds.doc_length(h.report[i]));
+    }
+  }
+}
+
+// The resume fingerprint tells the two settings apart; a run from before the key existed
+// (every document for both) carries the fingerprint of selection_split: false.
+TEST(SelectionSplit, ResumeFingerprintNamesTheSetting) {
+  Recipe r;
+  r.eval_every = 5;
+  r.eval_max_sequences = 7;
+  const nlohmann::json on = run_fingerprint(r, "m", {});
+  r.eval_selection_split = false;
+  const nlohmann::json off = run_fingerprint(r, "m", {});
+  EXPECT_NE(on.at("eval"), off.at("eval"));
+  EXPECT_EQ(on.at("eval").at("selection_split"), true);
+  EXPECT_EQ(off.at("eval"), (nlohmann::json{{"every", 5}, {"max_sequences", 7}}));
+}
+
+// NLL of the original model (step 0) over the given documents of a split file, as the run
+// computes it (every sequence, batches of 8).
+double original_nll(const fs::path& model, const fs::path& file, const std::vector<int64_t>* docs) {
+  const LoadedModel w = load_model(model.string());
+  LlamaModel m(w.config, DType::f32);
+  assign_weights(m, w);
+  const TokenDataset all = load_token_dataset(file.string(), 256);
+  return evaluate_nll(m, docs ? subset_token_dataset(all, *docs) : all, 64, 8, 0).mean_nll();
+}
+
+// In-run evaluations (what the stop rules and the best checkpoint read) see only the
+// selection half of forget and holdout; the final evaluation and the MIA suite only the
+// report half; eval.selection_split: false gives both every document, as before.
+TEST_F(Unlearn, InRunReadsTheSelectionHalfAndTheReportTheOther) {
+  const std::string p = recipe("halves", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 0);
+  const DocHalves hf = split_documents_by_hash(load_token_dataset((dir_ / "forget.h5").string(), 0));
+  const DocHalves hh = split_documents_by_hash(load_token_dataset((dir_ / "holdout.h5").string(), 0));
+  const int64_t n_retain = load_token_dataset((dir_ / "retain.h5").string(), 0).n_docs();
+  std::ostringstream log;
+  const auto res = run_unlearn(load_recipe(p, {}), log);
+  // Counts recorded by the run: halves of 2 and 2, retain whole in both.
+  EXPECT_TRUE(res.selection_split);
+  EXPECT_EQ(res.in_run_docs.at("forget"), 2);
+  EXPECT_EQ(res.in_run_docs.at("holdout"), 2);
+  EXPECT_EQ(res.final_docs.at("forget"), 2);
+  EXPECT_EQ(res.final_docs.at("holdout"), 2);
+  EXPECT_EQ(res.in_run_docs.at("retain"), n_retain);
+  EXPECT_EQ(res.final_docs.at("retain"), n_retain);
+  EXPECT_EQ(res.mia.at("before").members.by_attack.at("loss").size(), 2u);
+  EXPECT_EQ(res.mia.at("before").nonmembers.by_attack.at("loss").size(), 2u);
+  // The values: the step-0 curve point is the original model on the selection half, the
+  // final "before" the same model on the report half, and the two differ.
+  const fs::path model = dir_ / "model";
+  for (const auto& [split, h] : {std::pair{"forget", &hf}, std::pair{"holdout", &hh}}) {
+    SCOPED_TRACE(split);
+    const double sel = original_nll(model, dir_ / (std::string(split) + ".h5"), &h->selection);
+    const double rep = original_nll(model, dir_ / (std::string(split) + ".h5"), &h->report);
+    EXPECT_NEAR(res.evals.front().splits.at(split).nll, sel, 1e-6);
+    EXPECT_NEAR(res.final_evals.at("before").splits.at(split).nll, rep, 1e-6);
+    EXPECT_GT(std::abs(sel - rep), 1e-4) << "the halves must be told apart";
+  }
+  // The report says which half it describes and how many documents each half holds.
+  std::ifstream in(dir_ / "out_halves" / "report.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("selection_split").at("enabled"), true);
+  EXPECT_EQ(j.at("selection_split").at("forget").at("selection_documents"), 2);
+  EXPECT_EQ(j.at("selection_split").at("forget").at("report_documents"), 2);
+  EXPECT_EQ(j.at("selection_split").at("holdout").at("report_documents"), 2);
+  EXPECT_EQ(j.at("in_run_eval").at("documents").at("forget"), 2);
+  EXPECT_EQ(j.at("final_eval").at("documents").at("holdout"), 2);
+  EXPECT_EQ(j.at("final_eval").at("documents").at("retain"), n_retain);
+  EXPECT_EQ(j.at("mia_documents").at("half"), "report");
+  EXPECT_EQ(j.at("mia_documents").at("members"), 2);
+  EXPECT_EQ(j.at("data").at("forget").at("documents"), 4) << "the data entry still counts the whole file";
+  std::ifstream md_in(dir_ / "out_halves" / "report.md");
+  const std::string md((std::istreambuf_iterator<char>(md_in)), {});
+  EXPECT_NE(md.find("**report half** of their documents: 2 forget and 2 holdout documents"), std::string::npos) << md;
+
+  // Off: both read all four documents, the old behaviour.
+  std::ostringstream log_off;
+  const auto off = run_unlearn(
+      load_recipe(p, {"eval.selection_split=false", "output.dir=" + (dir_ / "out_halves_off").string()}), log_off);
+  EXPECT_FALSE(off.selection_split);
+  EXPECT_EQ(off.in_run_docs.at("forget"), 4);
+  EXPECT_EQ(off.final_docs.at("holdout"), 4);
+  EXPECT_EQ(off.mia.at("before").members.by_attack.at("loss").size(), 4u);
+  const double whole = original_nll(model, dir_ / "forget.h5", nullptr);
+  EXPECT_NEAR(off.evals.front().splits.at("forget").nll, whole, 1e-6);
+  EXPECT_NEAR(off.final_evals.at("before").splits.at("forget").nll, whole, 1e-6);
+  std::ifstream in_off(dir_ / "out_halves_off" / "report.json");
+  const nlohmann::json jo = nlohmann::json::parse(in_off);
+  EXPECT_EQ(jo.at("selection_split").at("enabled"), false);
+  EXPECT_EQ(jo.at("mia_documents").at("half"), "all");
+  EXPECT_EQ(jo.at("in_run_eval").at("documents").at("forget"), 4);
 }
 
 // Training lines of metrics.jsonl without the timing fields, which differ between runs.
@@ -222,6 +379,15 @@ TEST_F(Unlearn, ResumeIsBitExact) {
     EXPECT_NE(std::string(e.what()).find("holds a different run"), std::string::npos) << e.what();
   }
 
+  // Nor can a run whose in-run evaluations read other documents.
+  try {
+    std::ostringstream log;
+    run_unlearn(load_recipe(p, with({"train.resume=true", "eval.selection_split=false"})), log);
+    FAIL() << "a run without the selection split resumed one with it";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("its 'eval' differs"), std::string::npos) << e.what();
+  }
+
   const auto b = run_unlearn(load_recipe(p, with({"train.resume=true"})), log_b);
   EXPECT_NE(log_b.str().find("resumed from"), std::string::npos) << log_b.str();
   EXPECT_EQ(b.steps_run, 12);
@@ -266,6 +432,10 @@ TEST_F(Unlearn, BadRecipesAreClearErrors) {
   save_token_dataset((dir_ / "empty.h5").string(), docs({}));
   expect_error(recipe("bad7", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 1), "the forget set is empty",
                {"data.forget=empty.h5"});
+  // One holdout document cannot be split into a selection and a report half.
+  save_token_dataset((dir_ / "one.h5").string(), docs({"SECRET-MARKER-" + letters(900, 120)}));
+  expect_error(recipe("bad8", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 1),
+               "eval.selection_split: the holdout set", {"data.holdout=one.h5"});
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "engine/io/hdf5_file.h"
+#include "engine/io/sha256.h"
 
 namespace lethe {
 
@@ -73,6 +74,39 @@ TokenDataset concat_token_datasets(const std::vector<TokenDataset>& parts) {
     out.source += "+" + p.source;
   }
   return out;
+}
+
+TokenDataset subset_token_dataset(const TokenDataset& ds, const std::vector<int64_t>& docs) {
+  TokenDataset out = ds;
+  out.tokens.clear();
+  out.offsets = {0};
+  out.doc_sha256.clear();
+  const bool hashes = ds.doc_sha256.size() == size_t(ds.n_docs());
+  for (int64_t d : docs) {
+    LETHE_CHECK(d >= 0 && d < ds.n_docs(), ds.path, ": document ", d, " out of range [0, ", ds.n_docs(), ")");
+    const auto b = ds.tokens.begin() + ds.offsets[size_t(d)], e = ds.tokens.begin() + ds.offsets[size_t(d) + 1];
+    out.tokens.insert(out.tokens.end(), b, e);
+    out.offsets.push_back(out.n_tokens());
+    if (hashes) out.doc_sha256.push_back(ds.doc_sha256[size_t(d)]);
+  }
+  return out;
+}
+
+DocHalves split_documents_by_hash(const TokenDataset& ds) {
+  const int64_t n = ds.n_docs();
+  const bool stored = ds.doc_sha256.size() == size_t(n);
+  std::vector<std::pair<std::array<uint8_t, 32>, int64_t>> keyed;
+  keyed.reserve(size_t(n));
+  for (int64_t d = 0; d < n; ++d) {
+    const int32_t* p = ds.tokens.data() + ds.offsets[size_t(d)];
+    keyed.emplace_back(stored ? ds.doc_sha256[size_t(d)] : sha256(p, size_t(ds.doc_length(d)) * sizeof(int32_t)), d);
+  }
+  std::sort(keyed.begin(), keyed.end());
+  DocHalves h;
+  for (size_t i = 0; i < keyed.size(); ++i) (i % 2 ? h.selection : h.report).push_back(keyed[i].second);
+  std::sort(h.selection.begin(), h.selection.end());
+  std::sort(h.report.begin(), h.report.end());
+  return h;
 }
 
 void save_token_dataset(const std::string& path, const TokenDataset& ds) {

@@ -119,6 +119,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.eval_every = e.get<int64_t>("every", r.eval_every);
     r.eval_max_sequences = e.get<int64_t>("max_sequences", r.eval_max_sequences);
     r.eval_final_max_sequences = e.get<int64_t>("final_max_sequences", r.eval_final_max_sequences);
+    r.eval_selection_split = e.get<bool>("selection_split", r.eval_selection_split);
     r.mia_max_docs = e.get<int64_t>("mia_max_docs", r.mia_max_docs);
     r.mia_max_tokens = e.get<int64_t>("mia_max_tokens", r.mia_max_tokens);
     r.verbatim_prefix = e.get<int64_t>("verbatim_prefix", r.verbatim_prefix);

@@ -30,6 +30,11 @@ struct Recipe {
   // The final evaluation of the original, unlearned and oracle models reads this many
   // sequences of each split; 0 (the default) reads whole splits.
   int64_t eval_final_max_sequences = 0;
+  // Selection and stopping on one half of the forget and holdout documents, reporting on
+  // the other (split_documents_by_hash): the in-run evaluations that the stop rules and the
+  // best checkpoint read see only the selection half, the final evaluation only the report
+  // half. false: both read every document.
+  bool eval_selection_split = true;
   int64_t mia_max_docs = 0;  // documents per split for the final MIA suite (0 = all)
   int64_t mia_max_tokens = 0;  // score each document's first tokens only (whole seq_len chunks; 0 = all)
   // Verbatim memorisation of forget documents (greedy continuation of a prefix) before,

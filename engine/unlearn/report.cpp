@@ -146,11 +146,28 @@ void write_report(const ReportInput& in, const std::string& dir) {
   j["after"] = split_json(nll_after);
   if (nll_oracle) j["oracle"] = split_json(*nll_oracle);
   j["in_run_eval"] = {{"every", r.eval_every}, {"max_sequences_per_split", r.eval_max_sequences},
+                      {"documents", res.in_run_docs},
                       {"note", "the curve and the stop / best rules use the first max_sequences chunks of each split "
-                               "(0: all)"}};
+                               "(0: all) of the documents counted here"}};
   j["final_eval"] = {{"max_sequences_per_split", r.eval_final_max_sequences},
-                     {"note", "before / after / oracle NLLs read the first max_sequences chunks of each split (0: the "
-                              "whole split)"}};
+                     {"documents", res.final_docs},
+                     {"note", "before / after / oracle NLLs and the MIA suites read the first max_sequences chunks "
+                              "of each split (0: the whole split) of the documents counted here"}};
+  // Which documents chose the stopping point and which the reported numbers describe.
+  json sel = {{"enabled", res.selection_split}};
+  if (res.selection_split) {
+    for (const char* split : {"forget", "holdout"})
+      if (res.in_run_docs.count(split) && res.final_docs.count(split))
+        sel[split] = {{"selection_documents", res.in_run_docs.at(split)},
+                      {"report_documents", res.final_docs.at(split)}};
+    sel["rule"] = "documents sorted by SHA-256, alternately to the report and the selection half";
+    sel["note"] = "the forget and holdout numbers of before / after / oracle, mia, privleak and verdict are on the "
+                  "report half; the curve, the stop rules and the best checkpoint used the selection half only";
+  } else {
+    sel["note"] = "eval.selection_split is off: the stop rules and the best checkpoint were chosen on the same "
+                  "documents the final evaluation reports on";
+  }
+  j["selection_split"] = sel;
   j["mia_auc_after"] = res.mia_auc_after;
   if (!res.mia_auc_oracle.empty()) j["mia_auc_oracle"] = res.mia_auc_oracle;
 
@@ -167,7 +184,8 @@ void write_report(const ReportInput& in, const std::string& dir) {
   }
   if (res.mia.count("after")) {
     j["mia_documents"] = {{"members", res.mia.at("after").members.by_attack.at("loss").size()},
-                          {"nonmembers", res.mia.at("after").nonmembers.by_attack.at("loss").size()}};
+                          {"nonmembers", res.mia.at("after").nonmembers.by_attack.at("loss").size()},
+                          {"half", res.selection_split ? "report" : "all"}};
     j["mia_bootstrap"] = {{"resamples", kBootstrapResamples},
                           {"interval", "95% percentile, documents resampled with replacement; PrivLeak paired over "
                                        "the same documents for the model and the oracle"}};
@@ -265,6 +283,20 @@ void write_report(const ReportInput& in, const std::string& dir) {
   md << "\nIn-run evaluations (the curve, stop and best rules) read "
      << (r.eval_max_sequences > 0 ? "the first " + std::to_string(r.eval_max_sequences) + " chunks" : std::string("all"))
      << " of each split.\n";
+  auto docs_of = [](const std::map<std::string, int64_t>& m, const char* split) {
+    return m.count(split) ? std::to_string(m.at(split)) : std::string("?");
+  };
+  if (res.selection_split)
+    md << "\nForget and holdout numbers in this report (NLLs, membership inference, PrivLeak, verdict) are on the "
+          "**report half** of their documents: "
+       << docs_of(res.final_docs, "forget") << " forget and " << docs_of(res.final_docs, "holdout")
+       << " holdout documents. The curve, the stop rules and the best checkpoint used the other half ("
+       << docs_of(res.in_run_docs, "forget") << " forget, " << docs_of(res.in_run_docs, "holdout")
+       << " holdout documents), so the stopping point was not chosen on the documents reported here "
+          "(`eval.selection_split`, halves by document SHA-256).\n";
+  else
+    md << "\nSelection split off (`eval.selection_split: false`): the stop rules and the best checkpoint were chosen "
+          "on the same documents this report scores, which biases the reported numbers towards the stopping point.\n";
   if (j.contains("mia_documents")) {
     md << "\nMembership inference (" << j["mia_documents"]["members"].get<int64_t>() << " forget documents = members, "
        << j["mia_documents"]["nonmembers"].get<int64_t>()

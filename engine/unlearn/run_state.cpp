@@ -62,6 +62,12 @@ json run_fingerprint(const Recipe& r, const std::string& model_sha256, const std
   for (const auto& t : r.terms)
     terms.push_back({{"type", t.type}, {"stream", t.stream}, {"weight", t.weight}, {"beta", t.beta},
                      {"delta", t.delta}, {"layer", t.layer}, {"steer", t.steer}, {"seed", t.seed}});
+  // The in-run evaluations a checkpoint carries were read on the selection half or on
+  // every document: a resume must not mix the two. The key is written only when the split
+  // is on, so a checkpoint from before the split existed (every document) still resumes
+  // with eval.selection_split: false, and only then.
+  json eval = {{"every", r.eval_every}, {"max_sequences", r.eval_max_sequences}};
+  if (r.eval_selection_split) eval["selection_split"] = true;
   return {{"method", r.method},
           {"model_sha256", model_sha256},
           {"data_sha256", data_sha256},
@@ -79,7 +85,7 @@ json run_fingerprint(const Recipe& r, const std::string& model_sha256, const std
           {"schedule",
            {{"type", r.schedule.type}, {"lr", r.schedule.lr}, {"min_lr", r.schedule.min_lr},
             {"warmup_steps", r.schedule.warmup_steps}}},
-          {"eval", {{"every", r.eval_every}, {"max_sequences", r.eval_max_sequences}}}};
+          {"eval", eval}};
 }
 
 std::string run_checkpoint_dir(const Recipe& r) { return (fs::path(r.out_dir) / "checkpoints").string(); }

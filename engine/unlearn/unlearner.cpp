@@ -47,15 +47,17 @@ struct Stream {
   std::unique_ptr<SequenceSampler> sampler;
 };
 
-EvalPoint evaluate(LlamaModel& m, const std::map<std::string, Stream*>& splits, int64_t T, int64_t max_seq,
-                   int64_t step) {
+// The documents an evaluation reads, per split.
+using EvalSets = std::map<std::string, const TokenDataset*>;
+
+EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t max_seq, int64_t step) {
   EvalPoint e;
   e.step = step;
   // The same pass yields each sequence's mean NLL: the LOSS membership score (higher =
   // member is its negative).
   std::map<std::string, std::vector<double>> scores;
-  for (const auto& [name, st] : splits) {
-    const NllResult r = evaluate_nll(m, *st->ds, T, 8, max_seq);
+  for (const auto& [name, ds] : splits) {
+    const NllResult r = evaluate_nll(m, *ds, T, 8, max_seq);
     e.splits[name] = {r.mean_nll(), r.perplexity(), r.accuracy(), r.tokens};
     for (double x : r.sequence_nll) scores[name].push_back(-x);
   }
@@ -166,22 +168,23 @@ std::vector<std::string> doc_texts(const TokenDataset& ds, const std::vector<Doc
 struct MiaDocStats {
   std::vector<DocTokenStats> forget, holdout;
 };
-MiaDocStats mia_doc_stats(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r) {
+MiaDocStats mia_doc_stats(LlamaModel& m, const TokenDataset& forget, const TokenDataset& holdout, const Recipe& r) {
   const int64_t T = r.seq_len;
   const int64_t chunks = r.mia_max_tokens > 0 ? (r.mia_max_tokens + T - 1) / T : 0;
-  return {collect_doc_stats(m, *forget.ds, T, 8, r.mia_max_docs, nullptr, chunks),
-          collect_doc_stats(m, *holdout.ds, T, 8, r.mia_max_docs, nullptr, chunks)};
+  return {collect_doc_stats(m, forget, T, 8, r.mia_max_docs, nullptr, chunks),
+          collect_doc_stats(m, holdout, T, 8, r.mia_max_docs, nullptr, chunks)};
 }
 
 // Full MIA suite (every attack) on forget vs holdout documents: each attack's score per
 // document. No reference-model attack: the only reference at hand is the original model,
 // which saw the forget set, so it would detect "was unlearned", not "was trained on" (the
 // oracle scored AUC 0.003 on it).
-MiaSuite full_mia(LlamaModel& m, const Stream& forget, const Stream& holdout, const Recipe& r, const Decode& decode) {
+MiaSuite full_mia(LlamaModel& m, const EvalSets& sets, const Recipe& r, const Decode& decode) {
   const bool truncated = r.mia_max_tokens > 0;
+  const TokenDataset &forget = *sets.at("forget"), &holdout = *sets.at("holdout");
   const MiaDocStats s = mia_doc_stats(m, forget, holdout, r);
-  return {mia_scores(s.forget, doc_texts(*forget.ds, s.forget, decode, truncated)),
-          mia_scores(s.holdout, doc_texts(*holdout.ds, s.holdout, decode, truncated))};
+  return {mia_scores(s.forget, doc_texts(forget, s.forget, decode, truncated)),
+          mia_scores(s.holdout, doc_texts(holdout, s.holdout, decode, truncated))};
 }
 
 std::map<std::string, double> aucs(const MiaSuite& s) { return mia_report(s.members, s.nonmembers).auc; }
@@ -278,8 +281,24 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
               ": eval.mc_task needs a byte-level model in this version (the forget set uses '",
               streams.at("forget").ds->tokenizer, "')");
   if (!decode) out << "no tokenizer.json with " << r.model << ": the zlib attack is left out" << std::endl;
-  std::map<std::string, Stream*> eval_splits;
-  for (auto& [name, s] : streams) eval_splits[name] = &s;
+  // Selection on one half of the forget and holdout documents, reporting on the other: a
+  // stop rule or best checkpoint chosen on the documents the report then scores biases the
+  // reported numbers towards the stopping point. Training still reads the whole forget set
+  // (every document is to be forgotten); retain and general are not split.
+  std::map<std::string, TokenDataset> halves;  // "<split>/selection", "<split>/report"
+  EvalSets select_sets, report_sets;
+  for (const auto& [name, s] : streams) select_sets[name] = report_sets[name] = s.ds.get();
+  if (r.eval_selection_split) {
+    for (const std::string name : {"forget", "holdout"}) {
+      const TokenDataset& ds = *streams.at(name).ds;
+      LETHE_CHECK(ds.n_docs() >= 2, r.file, ": eval.selection_split: the ", name, " set ", ds.path, " holds ",
+                  ds.n_docs(), " document; selecting on one half of its documents and reporting on the other needs "
+                  "at least 2 (eval.selection_split: false selects and reports on the same documents)");
+      const DocHalves h = split_documents_by_hash(ds);
+      select_sets[name] = &(halves[name + "/selection"] = subset_token_dataset(ds, h.selection));
+      report_sets[name] = &(halves[name + "/report"] = subset_token_dataset(ds, h.report));
+    }
+  }
 
   // The frozen original, kept only when a term reads it.
   std::unique_ptr<LlamaModel> reference;
@@ -333,6 +352,9 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     metrics.open(metrics_path.string(), resumed);
   }
   UnlearnResult res;
+  res.selection_split = r.eval_selection_split;
+  for (const auto& [name, ds] : select_sets) res.in_run_docs[name] = ds->n_docs();
+  for (const auto& [name, ds] : report_sets) res.final_docs[name] = ds->n_docs();
   ProgressBar bar(out, r.steps, progress_bar && lead);
   PeakFlops peak = cpu_peak_flops(omp_get_max_threads());
   peak.flops *= double(grid->world_size());  // every rank's share of the hardware
@@ -342,6 +364,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   out << "unlearn " << r.method << ": model " << cfg.name << " (" << fmt("%.2fM", double(cfg.n_params()) / 1e6)
       << " params), " << streams.at("forget").ds->n_docs() << " forget documents, " << terms.size() << " terms, "
       << r.steps << " steps, " << omp_get_max_threads() << " threads" << std::endl;
+  if (r.eval_selection_split)
+    for (const char* name : {"forget", "holdout"})
+      out << name << ": in-run evaluations (stop rules, best checkpoint) read " << res.in_run_docs.at(name) << " of "
+          << streams.at(name).ds->n_docs() << " documents, the final evaluation the other " << res.final_docs.at(name)
+          << " (eval.selection_split)" << std::endl;
   if (peak.flops > 0) out << "MFU against a peak of " << fmt("%.1f", peak.flops / 1e9) << " GFLOP/s (" << peak.source << ")" << std::endl;
   if (grid->parallel())
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
@@ -363,7 +390,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     res.evals = st.evals;
     res.extra["before"] = st.before;
   } else {
-    res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, 0));
+    res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, 0));
     log_eval(res.evals.back(), "before");
     res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   }
@@ -489,7 +516,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
                              fmt("%.4f", total) + " | ETA " + fmt("%.0fs", eta));
     const bool last = step + 1 == r.steps;
     if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || last) {
-      res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, step + 1));
+      res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, step + 1));
       const EvalPoint& e = res.evals.back();
       log_eval(e, "eval");
       consider_best(e);
@@ -520,7 +547,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     return res;
   }
   if (res.evals.back().step != res.steps_run) {
-    res.evals.push_back(evaluate(model, eval_splits, r.seq_len, r.eval_max_sequences, res.steps_run));
+    res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, res.steps_run));
     log_eval(res.evals.back(), "eval");
   }
   metrics.sync();
@@ -530,16 +557,17 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
 
   // Final evaluation of the original, unlearned and oracle models: NLL over the whole of
   // every split unless eval.final_max_sequences caps it (in-run evaluations read
-  // eval.max_sequences per split), and the MIA suite with every attack.
+  // eval.max_sequences per split), and the MIA suite with every attack, on the report half
+  // of forget and holdout.
   if (!reference) {
     reference = std::make_unique<LlamaModel>(cfg, prec, grid);
     assign_local(*reference, loaded);
   }
   const int64_t final_n = r.eval_final_max_sequences;
-  res.final_evals["before"] = evaluate(*reference, eval_splits, r.seq_len, final_n, 0);
-  res.final_evals["after"] = evaluate(model, eval_splits, r.seq_len, final_n, res.steps_run);
-  res.mia["before"] = full_mia(*reference, streams.at("forget"), streams.at("holdout"), r, decode);
-  res.mia["after"] = full_mia(model, streams.at("forget"), streams.at("holdout"), r, decode);
+  res.final_evals["before"] = evaluate(*reference, report_sets, r.seq_len, final_n, 0);
+  res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, final_n, res.steps_run);
+  res.mia["before"] = full_mia(*reference, report_sets, r, decode);
+  res.mia["after"] = full_mia(model, report_sets, r, decode);
   res.mia_auc_after = aucs(res.mia.at("after"));
   EvalPoint oracle_eval;
   std::string oracle_sha;
@@ -550,11 +578,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     LlamaModel om(o.config, prec, grid);
     assign_local(om, o);
     oracle_sha = o.sha256;
-    oracle_eval = evaluate(om, eval_splits, r.seq_len, final_n, -1);
+    oracle_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
     res.final_evals["oracle"] = oracle_eval;
     // On the in-run sample too: the target levels drawn on the curves.
-    res.final_evals["oracle_in_run"] = evaluate(om, eval_splits, r.seq_len, r.eval_max_sequences, -1);
-    res.mia["oracle"] = full_mia(om, streams.at("forget"), streams.at("holdout"), r, decode);
+    res.final_evals["oracle_in_run"] = evaluate(om, select_sets, r.seq_len, r.eval_max_sequences, -1);
+    res.mia["oracle"] = full_mia(om, report_sets, r, decode);
     res.mia_auc_oracle = aucs(res.mia.at("oracle"));
     res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
   }

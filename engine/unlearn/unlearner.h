@@ -51,6 +51,12 @@ struct UnlearnResult {
   std::map<std::string, double> mia_auc_after;       // every attack, final model
   std::map<std::string, double> mia_auc_oracle;      // every attack, oracle (when given)
   std::map<std::string, ExtraMetrics> extra;         // "before", "after", "oracle"
+  // eval.selection_split: the in-run evaluations (the curve, the stop rules, the best
+  // checkpoint) read the selection half of the forget and holdout documents and the final
+  // evaluation (NLLs, MIA suites, PrivLeak, verdict) the report half. Documents each read,
+  // per split; retain and general are whole in both.
+  bool selection_split = false;
+  std::map<std::string, int64_t> in_run_docs, final_docs;
 };
 
 // progress_bar: redraw a status line with a bar after every step (for a terminal).
