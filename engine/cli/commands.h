@@ -11,6 +11,7 @@ struct TrainSummary {
   std::vector<double> losses;  // loss at every step, before that step's update
   double tokens_per_s = 0;     // mean over the run, excluding the first step
   double mfu_flops = 0;        // achieved model FLOP/s (DESIGN.md's definition)
+  int stopped_by = 0;          // the signal that stopped the run after a checkpoint (0: none)
 };
 
 // `lethe train CONFIG [key=value ...]`: descent on a token file, printing a line per

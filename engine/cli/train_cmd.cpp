@@ -30,6 +30,7 @@
 #include "kernels/cross_entropy.h"
 #include "engine/parallel/failure.h"
 #include "engine/parallel/grid.h"
+#include "engine/parallel/stop_request.h"
 
 namespace lethe::cli {
 namespace {
@@ -375,6 +376,7 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   for (int64_t step = start; step < end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     data.next(step, tokens, targets);
+    maybe_raise_test_signal(long(step + 1), grid->rank());
     model.grads().zero();
     if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
     if (one_process && c.grad_accum == 1) {
@@ -406,8 +408,18 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
       out << line << std::endl;
     }
     const bool last = step + 1 == end;
-    if (!c.ckpt_dir.empty() && (last || (c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0)))
-      save_checkpoint(c, model, opt, data, step + 1, loss, out);
+    const bool saved = !c.ckpt_dir.empty() && (last || (c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0));
+    if (saved) save_checkpoint(c, model, opt, data, step + 1, loss, out);
+    // A stop signal (a time limit, a preemption): checkpoint this step and end the run,
+    // every rank after the same step.
+    if (stop_handlers_installed() && !last)
+      if (const int sig = agreed_stop_signal(*grid)) {
+        if (!saved) save_checkpoint(c, model, opt, data, step + 1, loss, out);
+        out << "stopped by " << stop_signal_name(sig) << " after step " << step + 1 << " of " << c.steps
+            << "; the checkpoint is saved: run again with train.resume=true to continue" << std::endl;
+        summary.stopped_by = sig;
+        break;
+      }
   }
   if (summary.losses.empty()) {
     out << "nothing to do: the run is already at step " << start << " of " << c.steps << std::endl;
@@ -439,6 +451,8 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
   }
   const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key);
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
+  // With checkpoints a stop signal saves and exits; without, it keeps its default action.
+  if (!c.ckpt_dir.empty()) install_stop_handlers();
   auto grid = ProcessGrid::create(c.parallel);
   // Only rank 0 reports; the others' lines would repeat it.
   std::ostream null_out(nullptr);
@@ -452,7 +466,8 @@ int train_main(const std::vector<std::string>& args) {
                  "  Trains (gradient descent) on a token file and prints step, loss, tokens/s.\n"
                  "  Overrides use dotted keys: train.steps=50 optimizer.lr=1e-3 model.n_layers=4\n"
                  "  With checkpoint.dir set, saves there (every checkpoint.every steps and at the end);\n"
-                 "  train.resume=true continues the run found there, bit-exactly.\n"
+                 "  train.resume=true continues the run found there, bit-exactly. With checkpoints, SIGTERM,\n"
+                 "  SIGUSR1 or SIGINT saves one after the current step and exits with status 75.\n"
                  "  Parallel (under mpirun / srun): parallel.tp=2 parallel.dp=2 (tp * dp = ranks),\n"
                  "  parallel.zero1=false keeps full optimizer state per rank; train.grad_accum=N.\n";
     return args.empty() ? 2 : 0;
@@ -461,10 +476,7 @@ int train_main(const std::vector<std::string>& args) {
   for (const auto& o : overrides)
     LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
   // Under mpirun an error on one rank must end every rank, not leave them in a collective.
-  return run_or_abort_job([&] {
-    run_train(args[0], overrides, std::cout);
-    return 0;
-  });
+  return run_or_abort_job([&] { return run_train(args[0], overrides, std::cout).stopped_by ? kExitStopped : 0; });
 }
 
 }  // namespace lethe::cli

@@ -26,6 +26,7 @@
 #include "engine/io/model_loader.h"
 #include "engine/model/tp_layout.h"
 #include "engine/optim/sharded_optimizer.h"
+#include "engine/parallel/stop_request.h"
 #include "engine/parallel/grid.h"
 #include "engine/core/peak_flops.h"
 #include "engine/io/sha256.h"
@@ -453,7 +454,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   const char* kill_env = std::getenv("LETHE_TEST_KILL_AFTER_STEP");
   const int64_t kill_after = kill_env ? std::atoll(kill_env) : 0;
   bool stopped = false;
+  // A stop signal (a time limit, a preemption, Ctrl-C) pauses the run as train.run_steps
+  // does: a run checkpoint after the current step, then the exit.
+  install_stop_handlers();
   for (int64_t step = first; step < stop_at; ++step) {
+    maybe_raise_test_signal(long(step + 1), grid->rank());
     model.grads().zero();
     std::map<std::string, double> term_loss;
     double total = 0;
@@ -534,16 +539,22 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
         break;
       }
     }
-    if (!last && ((r.checkpoint_every > 0 && (step + 1) % r.checkpoint_every == 0) || step + 1 == stop_at))
-      checkpoint(step + 1);
+    const bool saved = !last && ((r.checkpoint_every > 0 && (step + 1) % r.checkpoint_every == 0) || step + 1 == stop_at);
+    if (saved) checkpoint(step + 1);
     if (step + 1 == kill_after) ::raise(SIGKILL);
+    if (!last)
+      if (const int sig = agreed_stop_signal(*grid)) {  // every rank after the same step
+        if (!saved) checkpoint(step + 1);
+        res.stopped_by = sig;
+        break;
+      }
   }
   bar.finish();
   metrics.sync();
   if (!stopped && res.steps_run < r.steps) {
-    res.stop_reason = "paused";
-    out << "paused at step " << res.steps_run << " of " << r.steps << "; run again with train.resume=true to continue"
-        << std::endl;
+    res.stop_reason = res.stopped_by ? std::string("stopped by ") + stop_signal_name(res.stopped_by) : "paused";
+    out << res.stop_reason << " at step " << res.steps_run << " of " << r.steps
+        << "; run again with train.resume=true to continue" << std::endl;
     return res;
   }
   if (res.evals.back().step != res.steps_run) {

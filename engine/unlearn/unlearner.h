@@ -46,7 +46,9 @@ struct UnlearnResult {
   std::map<std::string, EvalPoint> final_evals;
   std::map<std::string, MiaSuite> mia;  // final MIA suites: "before", "after", "oracle"
   int64_t steps_run = 0;
-  std::string stop_reason;        // "max steps", the criterion that fired, or "paused" (train.run_steps)
+  std::string stop_reason;        // "max steps", the criterion that fired, "paused" (train.run_steps)
+                                  // or "stopped by SIGTERM" (a stop signal; the run checkpoint is saved)
+  int stopped_by = 0;             // that signal, 0 otherwise
   std::string final_dir, best_dir, report_json, report_md;
   std::map<std::string, double> mia_auc_after;       // every attack, final model
   std::map<std::string, double> mia_auc_oracle;      // every attack, oracle (when given)
