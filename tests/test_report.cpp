@@ -95,5 +95,58 @@ TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
   fs::remove_all(dir);
 }
 
+// The report says which half of the forget and holdout documents its numbers describe and
+// how many each half holds, or, with the split off, that selection read the same documents.
+TEST(Report, NamesTheHalfItReportsOn) {
+  const fs::path dir = fs::temp_directory_path() / ("lethe_report_halves_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  Recipe r;
+  r.method = "ga";
+  r.file = "ga.yaml";
+  UnlearnResult res;
+  res.evals = {point(0, 1.0, 1.1, 0.8), point(10, 1.3, 1.12, 0.6)};
+  res.steps_run = 10;
+  res.stop_reason = "max steps";
+  res.final_evals["before"] = point(0, 1.01, 1.10, 0.8);
+  res.final_evals["after"] = point(10, 1.31, 1.111, 0.6);
+  res.mia["before"] = suite(0.5);
+  res.mia["after"] = suite(0.0);
+  res.mia_auc_after = {{"loss", 0.5}, {"min_k_40", 0.5}};
+  res.selection_split = true;
+  res.in_run_docs = {{"forget", 13}, {"holdout", 12}, {"retain", 108}};
+  res.final_docs = {{"forget", 14}, {"holdout", 13}, {"retain", 108}};
+  ReportInput in;
+  in.recipe = &r;
+  in.result = &res;
+  write_report(in, dir.string());
+  nlohmann::json j = nlohmann::json::parse(slurp(dir / "report.json"));
+  EXPECT_EQ(j["selection_split"]["enabled"], true);
+  EXPECT_EQ(j["selection_split"]["forget"]["selection_documents"], 13);
+  EXPECT_EQ(j["selection_split"]["forget"]["report_documents"], 14);
+  EXPECT_EQ(j["selection_split"]["holdout"]["selection_documents"], 12);
+  EXPECT_EQ(j["selection_split"]["holdout"]["report_documents"], 13);
+  EXPECT_EQ(j["in_run_eval"]["documents"]["holdout"], 12);
+  EXPECT_EQ(j["final_eval"]["documents"]["forget"], 14);
+  EXPECT_EQ(j["final_eval"]["documents"]["retain"], 108);
+  EXPECT_EQ(j["mia_documents"]["half"], "report");
+  EXPECT_EQ(j["mia_documents"]["members"], 20);
+  std::string md = slurp(dir / "report.md");
+  EXPECT_NE(md.find("**report half** of their documents: 14 forget and 13 holdout documents"), std::string::npos) << md;
+  EXPECT_NE(md.find("used the other half (13 forget, 12 holdout documents)"), std::string::npos) << md;
+
+  res.selection_split = false;
+  res.in_run_docs = res.final_docs = {{"forget", 27}, {"holdout", 25}, {"retain", 108}};
+  write_report(in, dir.string());
+  j = nlohmann::json::parse(slurp(dir / "report.json"));
+  EXPECT_EQ(j["selection_split"]["enabled"], false);
+  EXPECT_FALSE(j["selection_split"].contains("forget"));
+  EXPECT_EQ(j["mia_documents"]["half"], "all");
+  EXPECT_EQ(j["in_run_eval"]["documents"]["forget"], 27);
+  md = slurp(dir / "report.md");
+  EXPECT_NE(md.find("Selection split off (`eval.selection_split: false`)"), std::string::npos) << md;
+  EXPECT_EQ(md.find("report half"), std::string::npos) << md;
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace lethe

@@ -151,8 +151,9 @@ void write_report(const ReportInput& in, const std::string& dir) {
                                "(0: all) of the documents counted here"}};
   j["final_eval"] = {{"max_sequences_per_split", r.eval_final_max_sequences},
                      {"documents", res.final_docs},
-                     {"note", "before / after / oracle NLLs and the MIA suites read the first max_sequences chunks "
-                              "of each split (0: the whole split) of the documents counted here"}};
+                     {"note", "before / after / oracle NLLs read the first max_sequences chunks of each split (0: the "
+                              "whole split) of the documents counted here; the MIA suites read the forget and holdout "
+                              "documents counted here (mia_documents: those scored)"}};
   // Which documents chose the stopping point and which the reported numbers describe.
   json sel = {{"enabled", res.selection_split}};
   if (res.selection_split) {

@@ -121,13 +121,20 @@ def main():
     any_r = next(iter(reports.values()))
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lrs = args.lrs.split() if args.lrs else sorted({k.split("-lr", 1)[1] for k in sweep}, key=float)
+    sel = any_r.get("selection_split", {})
+    if sel.get("enabled"):
+        halves = (f" Forget and holdout columns are on the report half ({sel['forget']['report_documents']} forget, "
+                  f"{sel['holdout']['report_documents']} holdout documents); the stop rules and the best checkpoint "
+                  f"used the other half (eval.selection_split).")
+    else:
+        halves = " Stop rules and reported numbers read the same documents (eval.selection_split off or absent)."
     body = [BEGIN,
             f"Generated {when} by `{args.command}` at commit {commit or 'unknown'} on {cpu_name()} "
             f"({os.cpu_count()} cores). Model sha256 `{any_r['model_sha256'][:16]}...`, oracle "
             f"`{any_r.get('oracle_sha256', '')[:16]}...`; forget set: {any_r['data']['forget']['documents']} documents, "
             f"holdout {any_r['data']['holdout']['documents']}. MIA columns: the final suite on each "
             f"document's first 2048 tokens, members = forget, non-members = holdout; PrivLeak = "
-            f"(AUC - AUC_oracle) / AUC_oracle.",
+            f"(AUC - AUC_oracle) / AUC_oracle.{halves}",
             "",
             "### Every method, recipe defaults (after = final model; NLL in nats per byte)",
             "",
