@@ -97,6 +97,54 @@ TEST_F(Ckpt, SlicesAssembleAcrossShards) {
   EXPECT_THROW(c.read_slice("weights", "w", {3, 0}, {2, 6}, DType::f32), Error);
 }
 
+// A multi-rank save: each rank hashes its own shard when it finishes it, and rank 0's
+// commit takes those digests instead of reading every shard again. A shard changed after
+// its rank finished it is refused at commit (size) or at load (hash); a rank that never
+// finished is named.
+TEST_F(Ckpt, EachRankHashesItsOwnShard) {
+  const Tensor a = randn({2, 3}, DType::f32, 4), b = randn({2, 3}, DType::f32, 5);
+  {
+    CheckpointWriter w0(dir_.string(), "step_00000001", 0, true, 2, "t1");
+    CheckpointWriter w1(dir_.string(), "step_00000001", 1, true, 2, "t1");
+    w0.add_slice("weights", "w", a, {4, 3}, {0, 0});
+    w1.add_slice("weights", "w", b, {4, 3}, {2, 0});
+    w1.finish_shard();
+    EXPECT_TRUE(fs::exists(dir_ / ".step_00000001.partial-t1" / "shard_00001.h5.sha256"));
+    w0.commit();
+  }
+  const Checkpoint c = Checkpoint::open((dir_ / "step_00000001").string());
+  const Tensor whole = c.read("weights", "w", DType::f32);
+  EXPECT_EQ(test::values(whole.slice_rows(2, 4)), test::values(b));
+  for (const auto& e : fs::directory_iterator(dir_ / "step_00000001"))
+    EXPECT_NE(e.path().extension(), ".sha256") << "digests are not left in the checkpoint";
+
+  {  // rank 1 never finished its shard
+    CheckpointWriter w0(dir_.string(), "step_00000002", 0, true, 2, "t2");
+    CheckpointWriter w1(dir_.string(), "step_00000002", 1, true, 2, "t2");
+    w0.add("weights", "w", a);
+    try {
+      w0.commit();
+      FAIL() << "committed without rank 1's digest";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 1 has not finished its shard"), std::string::npos) << e.what();
+    }
+  }
+  {  // rank 1's shard grew after it was hashed
+    CheckpointWriter w0(dir_.string(), "step_00000003", 0, true, 2, "t3");
+    CheckpointWriter w1(dir_.string(), "step_00000003", 1, true, 2, "t3");
+    w0.add("weights", "w", a);
+    w1.finish_shard();
+    std::ofstream(dir_ / ".step_00000003.partial-t3" / "shard_00001.h5", std::ios::app) << "x";
+    try {
+      w0.commit();
+      FAIL() << "committed a shard changed after its digest";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("changed after rank 1 finished it"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(latest_checkpoint(dir_.string()), (dir_ / "step_00000001").string());
+}
+
 TEST_F(Ckpt, InterruptedSaveLeavesPreviousCheckpoint) {
   const Tensor w = randn({3, 5}, DType::f32, 1);
   const std::string d1 = save(1, w);
