@@ -360,7 +360,14 @@ Tensor Checkpoint::read_slice(const std::string& group, const std::string& name,
     // integers are a corrupt or crafted checkpoint.
     LETHE_CHECK((p.dtype == DType::i32) == (dtype == DType::i32), dir_, ": '", name, "' is stored as ",
                 dtype_name(p.dtype), ", cannot be read as ", dtype_name(dtype));
-    const Tensor src = files_[p.file]->read_tensor(p.dset).to(dtype);
+    // Only the intersection is read from the shard, in the piece's own coordinates.
+    std::vector<int64_t> box_off(rank);
+    Shape box(rank);
+    for (size_t d = 0; d < rank; ++d) {
+      box_off[d] = lo[d] - p.offset[d];
+      box[d] = hi[d] - lo[d];
+    }
+    const Tensor src = files_[p.file]->read_tensor_box(p.dset, box_off, box).to(dtype);
     const size_t es = dtype_size(dtype);
     // Copy runs along the last dimension; iterate the others like an odometer.
     const int64_t run = rank ? hi[rank - 1] - lo[rank - 1] : 1;
@@ -368,7 +375,7 @@ Tensor Checkpoint::read_slice(const std::string& group, const std::string& name,
     while (true) {
       int64_t so = 0, dof = 0;
       for (size_t d = 0; d < rank; ++d) {
-        so = so * p.shape[d] + (idx[d] - p.offset[d]);
+        so = so * box[d] + (idx[d] - lo[d]);
         dof = dof * shape[d] + (idx[d] - offset[d]);
       }
       std::memcpy(static_cast<char*>(out.raw()) + dof * es, static_cast<const char*>(src.raw()) + so * es,

@@ -246,6 +246,36 @@ Tensor File::read_tensor(const std::string& name) const {
   return t;
 }
 
+Tensor File::read_tensor_box(const std::string& name, const std::vector<int64_t>& offset, const Shape& box) const {
+  const UntrustedRead deadline(path_, bytes_);
+  Handle d = open_dset(id_, path_, name);
+  const Shape s = dset_shape(d, path_, name);
+  LETHE_CHECK(offset.size() == s.size() && box.size() == s.size(), path_, ": box of '", name, "' has the wrong rank");
+  for (size_t i = 0; i < s.size(); ++i)
+    LETHE_CHECK(offset[i] >= 0 && box[i] >= 0 && offset[i] + box[i] <= s[i], path_, ": box of '", name,
+                "' lies outside its shape ", shape_str(s));
+  const auto [dt, mem] = stored_type(*this, d, name);
+  check_stored(d, path_, name, uint64_t(shape_numel(s)) * dtype_size(dt));
+  Tensor t = Tensor::empty(box, dt);
+  if (t.numel() == 0) return t;
+  if (s.empty()) {  // a scalar is its own box
+    LETHE_CHECK(H5Dread(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw()) >= 0, path_, ": cannot read dataset '", name,
+                "'");
+    return t;
+  }
+  // Only the box's bytes are read: a rank reading its slice of a tensor another layout
+  // wrote whole does not read the whole tensor.
+  Handle fspace(H5Dget_space(d), H5Sclose);
+  const std::vector<hsize_t> start(offset.begin(), offset.end()), count(box.begin(), box.end());
+  LETHE_CHECK(fspace.id >= 0 &&
+                  H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr) >= 0,
+              path_, ": cannot select a box of '", name, "'");
+  Handle mspace(H5Screate_simple(int(count.size()), count.data(), nullptr), H5Sclose);
+  LETHE_CHECK(mspace.id >= 0 && H5Dread(d, mem, mspace, fspace, H5P_DEFAULT, t.raw()) >= 0, path_,
+              ": cannot read dataset '", name, "' (truncated or corrupt file?)");
+  return t;
+}
+
 void File::write_tensor(const std::string& name, const Tensor& t) {
   check_cpu(t, "h5::File::write_tensor", name.c_str());
   hid_t mem = t.dtype() == DType::f32    ? H5T_NATIVE_FLOAT

@@ -36,6 +36,8 @@ class File {
   // A dataset into a tensor of its stored kind: f32, f64, bf16 (stored as uint16 with
   // attribute dtype="bf16"), i32.
   Tensor read_tensor(const std::string& dset) const;
+  // The box [offset, offset + box) of an N-D dataset, reading only its bytes.
+  Tensor read_tensor_box(const std::string& dset, const std::vector<int64_t>& offset, const Shape& box) const;
   DType dtype(const std::string& dset) const;  // what read_tensor would return, without reading data
   bool is_integer(const std::string& dset) const;  // stored as an integer type
   void write_tensor(const std::string& dset, const Tensor& t);
