@@ -84,7 +84,41 @@ if [ "$np" -gt 1 ]; then
   esac
 fi
 
-env_vars=(OMP_NUM_THREADS="$threads" OMP_PROC_BIND="${OMP_PROC_BIND:-close}" OMP_PLACES="${OMP_PLACES:-cores}")
+mpirun="${MPIRUN:-mpirun}"
+flavour=openmpi  # what --dry-run assumes when no mpirun is installed
+if [ "$np" -gt 1 ]; then
+  if command -v "$mpirun" >/dev/null 2>&1; then
+    "$mpirun" --version 2>&1 | grep -q "Open MPI" || flavour=other
+  elif [ "$dry" = 0 ]; then
+    echo "lethe-run: $mpirun not found; install Open MPI (or set MPIRUN) to run $np ranks" >&2
+    exit 1
+  fi
+fi
+# How Open MPI places the ranks: each rank on cores of its own where they fit, otherwise
+# anywhere (more ranks or threads than cores, a hostfile whose nodes it cannot see).
+binding=none
+if [ "$np" -gt 1 ] && [ "$flavour" = openmpi ] && [ -z "$hostfile" ] && [ "$np" -le "$cores" ] &&
+   [ $((np * threads)) -le "$cores" ]; then
+  binding=core
+fi
+
+env_vars=(OMP_NUM_THREADS="$threads")
+# Pin threads only where this process owns its cores: alone on the machine, or bound by
+# mpirun. Ranks that all see every core would otherwise pile their threads onto the first
+# ones. The user's own OMP_PROC_BIND / OMP_PLACES always win.
+if [ -n "${OMP_PROC_BIND:-}" ]; then
+  env_vars+=(OMP_PROC_BIND="$OMP_PROC_BIND")
+  [ -z "${OMP_PLACES:-}" ] || env_vars+=(OMP_PLACES="$OMP_PLACES")
+elif [ "$np" = 1 ] || [ "$binding" = core ]; then
+  env_vars+=(OMP_PROC_BIND=close OMP_PLACES="${OMP_PLACES:-cores}")
+elif [ -n "${OMP_PLACES:-}" ]; then
+  env_vars+=(OMP_PLACES="$OMP_PLACES")
+fi
+# Open MPI gives every rank a pseudo-terminal, so the engine's own isatty test sees one
+# even when mpirun writes to a file: decide on mpirun's stdout instead.
+if [ "$np" -gt 1 ] && [ -z "${LETHE_PROGRESS:-}" ]; then
+  if [ -t 1 ]; then env_vars+=(LETHE_PROGRESS=1); else env_vars+=(LETHE_PROGRESS=0); fi
+fi
 if [ "$debug" = 1 ]; then
   # The engine's contract: LETHE_DEBUG=1 synchronises and checks errors after every kernel,
   # checks each layer's output for NaN/Inf and picks deterministic kernels.
@@ -96,27 +130,33 @@ cmd=()
 if [ "$np" = 1 ]; then
   cmd=("$bin" "${args[@]}")
 else
-  mpirun="${MPIRUN:-mpirun}"
-  flavour=openmpi  # what --dry-run assumes when no mpirun is installed
-  if command -v "$mpirun" >/dev/null 2>&1; then
-    "$mpirun" --version 2>&1 | grep -q "Open MPI" || flavour=other
-  elif [ "$dry" = 0 ]; then
-    echo "lethe-run: $mpirun not found; install Open MPI (or set MPIRUN) to run $np ranks" >&2
-    exit 1
-  fi
   cmd=("$mpirun" -np "$np")
   if [ "$flavour" = openmpi ]; then
     [ "$(id -u)" != 0 ] || cmd+=(--allow-run-as-root)
-    if [ -z "$hostfile" ] && [ "$np" -gt "$cores" ]; then
-      cmd+=(--oversubscribe --bind-to none)
-    elif [ -z "$hostfile" ] && [ $((np * threads)) -le "$cores" ]; then
+    if [ "$binding" = core ]; then
       # Each rank owns `threads` neighbouring cores; its OpenMP threads stay inside them.
       cmd+=(--map-by "slot:PE=$threads" --bind-to core)
+    elif [ -z "$hostfile" ] && [ "$np" -gt "$cores" ]; then
+      cmd+=(--oversubscribe --bind-to none)
     else
       cmd+=(--bind-to none)
     fi
-    [ -z "$hostfile" ] || cmd+=(--hostfile "$hostfile")
-    for kv in "${env_vars[@]}"; do cmd+=(-x "${kv%%=*}"); done
+    fwd=()
+    for kv in "${env_vars[@]}"; do fwd+=("${kv%%=*}"); done
+    if [ -n "$hostfile" ]; then
+      cmd+=(--hostfile "$hostfile")
+      # Ranks on other nodes start from the remote daemon's environment, not this one:
+      # forward what the engine, NCCL and OpenMP read, and where lethe and its libraries
+      # are. Only names that are set: Open MPI warns about each unset one.
+      while IFS= read -r v; do fwd+=("$v"); done < <(compgen -e | grep -E '^(LETHE_|NCCL_|OMP_)' | sort)
+      for v in PATH LD_LIBRARY_PATH; do [ -z "${!v+x}" ] || fwd+=("$v"); done
+    fi
+    declare -A seen=()
+    for v in "${fwd[@]}"; do
+      [ -z "${seen[$v]:-}" ] || continue
+      seen[$v]=1
+      cmd+=(-x "$v")
+    done
   else
     # MPICH / Hydra: binding by its own flag, environment passed explicitly.
     [ -z "$hostfile" ] || cmd+=(-f "$hostfile")

@@ -6,6 +6,7 @@
 #include "engine/cli/commands.h"
 #include "engine/parallel/failure.h"
 #include "engine/parallel/stop_request.h"
+#include "engine/unlearn/progress.h"
 #include "engine/unlearn/terms.h"
 #include "engine/unlearn/unlearner.h"
 
@@ -33,7 +34,8 @@ int unlearn_main(const std::vector<std::string>& args) {
     LETHE_CHECK(o.find('=') != std::string::npos, "unexpected argument '", o, "' (overrides are key=value)");
   // Under mpirun an error on one rank must end every rank, not leave them in a collective.
   return run_or_abort_job([&] {
-    const UnlearnResult res = run_unlearn(load_recipe(args[0], overrides), std::cout, isatty(fileno(stdout)) != 0);
+    const bool bar = progress_bar_wanted(isatty(fileno(stdout)) != 0);
+    const UnlearnResult res = run_unlearn(load_recipe(args[0], overrides), std::cout, bar);
     return res.stopped_by ? kExitStopped : 0;
   });
 }

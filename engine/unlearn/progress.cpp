@@ -1,9 +1,22 @@
 #include "engine/unlearn/progress.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <ostream>
+#include <string>
+
+#include "engine/core/error.h"
 
 namespace lethe {
+
+bool progress_bar_wanted(bool stdout_is_terminal) {
+  const char* v = std::getenv("LETHE_PROGRESS");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return stdout_is_terminal;
+  if (s == "1") return true;
+  if (s == "0") return false;
+  LETHE_FAIL("LETHE_PROGRESS must be 0, 1 or auto, got '", s, "'");
+}
 
 void ProgressBar::clear() {
   if (drawn_) out_ << "\r\033[K";

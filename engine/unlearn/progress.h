@@ -8,6 +8,12 @@
 
 namespace lethe {
 
+// Whether a run draws the bar. LETHE_PROGRESS=1 or 0 decides; unset, empty or "auto"
+// leaves it to stdout_is_terminal. The switch exists because a terminal is not proof of a
+// person watching: under mpirun every rank's stdout is a pseudo-terminal, even when the
+// job's output goes to a log file. Any other value is an error naming the variable.
+bool progress_bar_wanted(bool stdout_is_terminal);
+
 class ProgressBar {
  public:
   ProgressBar(std::ostream& out, int64_t total, bool enabled) : out_(out), total_(total), enabled_(enabled) {}
