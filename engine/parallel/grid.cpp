@@ -56,8 +56,13 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
   }
 #ifdef LETHE_HAVE_MPI
   auto grid = from_world(mpi_world(), cfg);
+  const NodeRank node = mpi_node_rank();
+  grid->local_rank_ = node.local_rank;
+  grid->local_size_ = node.local_size;
   if (device == Device::cpu || grid->world_size() == 1) return grid;
 #ifdef LETHE_HAVE_NCCL
+  // One GPU per rank, chosen before the communicators (or anything else) allocate on one.
+  bind_rank_to_gpu(grid->local_rank_, grid->local_size_);
   // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
   grid->tp_ = make_nccl_communicator(grid->tp_);
   grid->dp_ = make_nccl_communicator(grid->dp_);
@@ -75,7 +80,7 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
 
 std::string ProcessGrid::describe() const {
   return "tp=" + std::to_string(tp()) + " x dp=" + std::to_string(dp()) + " (" + world_->backend() + "), rank " +
-         std::to_string(rank());
+         std::to_string(rank()) + " (local " + std::to_string(local_rank_) + " of " + std::to_string(local_size_) + ")";
 }
 
 }  // namespace lethe

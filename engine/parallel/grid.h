@@ -37,6 +37,9 @@ class ProcessGrid {
   int tp_rank() const { return tp_->rank(); }
   int dp_rank() const { return dp_->rank(); }
   bool parallel() const { return world_size() > 1; }
+  // This rank among the ranks of its node (shared memory), which picks its GPU.
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
   Communicator& world() const { return *world_; }
   Communicator& tp_group() const { return *tp_; }
   Communicator& dp_group() const { return *dp_; }
@@ -45,6 +48,7 @@ class ProcessGrid {
  private:
   ParallelConfig cfg_;
   std::shared_ptr<Communicator> world_, tp_, dp_;
+  int local_rank_ = 0, local_size_ = 1;
 };
 
 }  // namespace lethe

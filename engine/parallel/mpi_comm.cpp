@@ -204,6 +204,19 @@ std::unique_ptr<Communicator> mpi_split(const Communicator& parent, int color, i
   return std::make_unique<MpiCommunicator>(c, true);
 }
 
+NodeRank mpi_node_rank() {
+  mpi_init_once();
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm node;
+  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  NodeRank r;
+  MPI_Comm_rank(node, &r.local_rank);
+  MPI_Comm_size(node, &r.local_size);
+  MPI_Comm_free(&node);
+  return r;
+}
+
 void mpi_abort_world(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);  // MPI_Abort does not return; this is for a library that does

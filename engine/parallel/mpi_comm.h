@@ -14,6 +14,12 @@ bool mpi_is_initialized();
 // ranks with the same color form a group, ordered by key).
 std::unique_ptr<Communicator> mpi_world();
 std::unique_ptr<Communicator> mpi_split(const Communicator& parent, int color, int key);
+// This rank's place on its node: the ranks sharing its memory (MPI_Comm_split_type with
+// MPI_COMM_TYPE_SHARED), whatever the launcher's environment says.
+struct NodeRank {
+  int local_rank = 0, local_size = 1;
+};
+NodeRank mpi_node_rank();
 // Ends every rank of the job (MPI_Abort on MPI_COMM_WORLD).
 [[noreturn]] void mpi_abort_world(int code);
 

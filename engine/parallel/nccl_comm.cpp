@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -26,112 +27,168 @@ ncclDataType_t nccl_type(DType dt) {
   LETHE_FAIL("NCCL: unsupported dtype");
 }
 
-int local_rank() {
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"})
-    if (const char* s = std::getenv(v)) return std::atoi(s);
-  return 0;
-}
-
 double timeout_seconds() {
   const char* s = std::getenv("LETHE_NCCL_TIMEOUT_S");
   return s ? std::atof(s) : 600.0;
+}
+
+// Polls without burning a core for long waits, without adding 50 us to short ones.
+void backoff(int& spins) {
+  if (++spins < 1000) std::this_thread::yield();
+  else std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
 
 class NcclCommunicator : public Communicator {
  public:
   explicit NcclCommunicator(std::shared_ptr<Communicator> host)
       : host_(std::move(host)), rank_(host_->rank()), size_(host_->size()), timeout_(timeout_seconds()) {
-    Communicator& mpi = *host_;
-    int n_dev = 0;
-    cuda_check(cudaGetDeviceCount(&n_dev), "cudaGetDeviceCount");
-    LETHE_CHECK(n_dev > 0, "NCCL: no CUDA device visible to this rank");
-    cuda_check(cudaSetDevice(local_rank() % n_dev), "cudaSetDevice");
+    int version = 0;
+    ncclGetVersion(&version);
+    LETHE_CHECK(version >= kMinNcclVersion, "NCCL ", version / 10000, ".", version / 100 % 100, " is too old: lethe needs ",
+                kMinNcclVersion / 10000, ".", kMinNcclVersion / 100 % 100,
+                " or newer (non-blocking communicators, so a dead peer cannot hang the job)");
+    // The device was chosen by bind_rank_to_gpu before anything was allocated.
+    cuda_check(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    stream_ = own_stream_;
     ncclUniqueId id;
-    if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (rank_ == 0) {
+      const ncclResult_t r = ncclGetUniqueId(&id);
+      LETHE_CHECK(r == ncclSuccess, "ncclGetUniqueId: ", ncclGetErrorString(r));
+    }
     static_assert(sizeof(ncclUniqueId) % sizeof(int32_t) == 0, "unique id size");
     Tensor buf = Tensor::zeros({int64_t(sizeof(ncclUniqueId) / sizeof(int32_t))}, DType::i32);
     if (rank_ == 0) std::memcpy(buf.raw(), &id, sizeof id);
-    mpi.broadcast(buf, 0);
+    host_->broadcast(buf, 0);
     std::memcpy(&id, buf.raw(), sizeof id);
     // Non-blocking communicator: a stuck peer cannot hang init or a collective; we poll.
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
-    ncclResult_t r = ncclCommInitRankConfig(&comm_, size_, id, rank_, &cfg);
+    const ncclResult_t r = ncclCommInitRankConfig(&comm_, size_, id, rank_, &cfg);
     if (r != ncclInProgress) check(r, "ncclCommInitRankConfig");
-    wait_ready("ncclCommInitRankConfig");
+    wait_enqueued("ncclCommInitRankConfig");
   }
+
   ~NcclCommunicator() override {
-    if (comm_) ncclCommDestroy(comm_);
+    if (comm_) {
+      // A non-blocking communicator is finalized (its pending work flushed) before it is
+      // destroyed; one that cannot finish in time is aborted instead.
+      const ncclResult_t f = ncclCommFinalize(comm_);
+      bool clean = f == ncclSuccess || f == ncclInProgress;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int spins = 0; clean;) {
+        ncclResult_t s = ncclInProgress;
+        ncclCommGetAsyncError(comm_, &s);
+        if (s == ncclSuccess) break;
+        if (s != ncclInProgress ||
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_)
+          clean = false;
+        backoff(spins);
+      }
+      if (clean) ncclCommDestroy(comm_);
+      else ncclCommAbort(comm_);
+    }
+    if (own_stream_) cudaStreamDestroy(own_stream_);
   }
+
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
-  void set_stream(void* s) override { stream_ = static_cast<cudaStream_t>(s); }
+  void set_stream(void* s) override {
+    LETHE_CHECK(s != nullptr, "NCCL: set_stream needs a stream (the legacy default stream does not order with "
+                "non-blocking streams)");
+    stream_ = static_cast<cudaStream_t>(s);
+    ordered_ = true;
+  }
 
   void all_reduce(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce(x, op);
-    issue(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), op == ReduceOp::sum ? ncclSum : ncclMax,
-                        comm_, stream_),
-          "ncclAllReduce");
+    run(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), op == ReduceOp::sum ? ncclSum : ncclMax,
+                      comm_, stream_),
+        "ncclAllReduce");
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce_async(x, op);
-    // Ordered on the stream: later kernels on it see the result; the host need not wait.
-    ncclResult_t r = ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()),
-                                   op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_);
-    if (r != ncclInProgress) check(r, "ncclAllReduce");
-    struct Pending : PendingCollective {
-      NcclCommunicator* c;
-      explicit Pending(NcclCommunicator* c_) : c(c_) {}
-      void wait() override { c->wait_stream("ncclAllReduce"); }
-    };
-    return std::make_unique<Pending>(this);
+    return start(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()),
+                               op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_),
+                 "ncclAllReduce");
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather");
     if (out.device() == Device::cpu) return host_->all_gather(in, out);
     gpu(in, "all_gather");
-    issue(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_),
-          "ncclAllGather");
+    run(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_), "ncclAllGather");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
     if (in.device() == Device::cpu) return host_->reduce_scatter(in, out);
     gpu(out, "reduce_scatter");
-    issue(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
-          "ncclReduceScatter");
+    run(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
+        "ncclReduceScatter");
   }
   std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter_async");
     if (in.device() == Device::cpu) return host_->reduce_scatter_async(in, out);
     gpu(out, "reduce_scatter_async");
-    ncclResult_t r = ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_,
-                                       stream_);
-    if (r != ncclInProgress) check(r, "ncclReduceScatter");
-    struct Pending : PendingCollective {
-      NcclCommunicator* c;
-      explicit Pending(NcclCommunicator* c_) : c(c_) {}
-      void wait() override { c->wait_stream("ncclReduceScatter"); }
-    };
-    return std::make_unique<Pending>(this);
+    return start(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_,
+                                   stream_),
+                 "ncclReduceScatter");
   }
   void broadcast(Tensor& x, int root) override {
     if (x.device() == Device::cpu) return host_->broadcast(x, root);
-    issue(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
-          "ncclBroadcast");
+    run(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
+        "ncclBroadcast");
   }
   void barrier() override {
-    // Drain this rank's NCCL work, then meet over MPI (NCCL has no barrier).
-    wait_stream("barrier");
+    // This rank's collectives finished, then a meeting over MPI (NCCL has no barrier).
+    Event done(stream_);
+    wait_event(done.e, "barrier");
     host_->barrier();
   }
   void check_async_error() override {
+    if (!comm_) return;
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(comm_, &async);
     if (async != ncclSuccess && async != ncclInProgress) fail("NCCL", async);
   }
 
  private:
+  // An event recorded on a stream now, destroyed with the object.
+  struct Event {
+    cudaEvent_t e = nullptr;
+    explicit Event(cudaStream_t s) {
+      cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+      cuda_check(cudaEventRecord(e, s), "cudaEventRecord");
+    }
+    ~Event() {
+      if (e) cudaEventDestroy(e);
+    }
+    Event(const Event&) = delete;
+    Event& operator=(const Event&) = delete;
+  };
+
+  struct Pending : PendingCollective {
+    NcclCommunicator* c;
+    std::unique_ptr<Event> done;  // null when the caller's stream orders the result
+    const char* what;
+    bool finished = false;
+    Pending(NcclCommunicator* c_, std::unique_ptr<Event> d, const char* w) : c(c_), done(std::move(d)), what(w) {}
+    void wait() override {
+      if (finished) return;
+      finished = true;
+      if (done) c->wait_event(done->e, what);
+      else c->check_async_error();
+    }
+    // The library may still write the buffers: never release them before it is done.
+    ~Pending() override {
+      if (finished) return;
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "lethe: %s\n", e.what());
+      }
+    }
+  };
+
   void gpu(const Tensor& t, const char* op) {
     LETHE_CHECK(t.device() == Device::cuda, op, ": the NCCL backend takes GPU tensors, got ", t.describe());
   }
@@ -142,28 +199,28 @@ class NcclCommunicator : public Communicator {
     LETHE_FAIL(what, " failed on rank ", rank_, " of ", size_, ": ", msg);
   }
   void check(ncclResult_t r, const char* what) {
-    if (r != ncclSuccess) fail(what, r);
+    if (r != ncclSuccess && r != ncclInProgress) fail(what, r);
   }
-  void wait_ready(const char* what) {
+  // A non-blocking call may return before NCCL has put the operation on the stream; until
+  // then neither the stream nor an event recorded on it covers it.
+  void wait_enqueued(const char* what) {
     const auto t0 = std::chrono::steady_clock::now();
-    while (true) {
+    for (int spins = 0;; backoff(spins)) {
       ncclResult_t async = ncclInProgress;
       ncclCommGetAsyncError(comm_, &async);
       if (async == ncclSuccess) return;
       if (async != ncclInProgress) fail(what, async);
       timed_out(t0, what);
-      std::this_thread::yield();
     }
   }
-  void wait_stream(const char* what) {
+  void wait_event(cudaEvent_t e, const char* what) {
     const auto t0 = std::chrono::steady_clock::now();
-    while (true) {
-      const cudaError_t q = cudaStreamQuery(stream_);
+    for (int spins = 0;; backoff(spins)) {
+      const cudaError_t q = cudaEventQuery(e);
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) cuda_check(q, what);
       check_async_error();
       timed_out(t0, what);
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
   void timed_out(std::chrono::steady_clock::time_point t0, const char* what) {
@@ -173,21 +230,43 @@ class NcclCommunicator : public Communicator {
     comm_ = nullptr;
     LETHE_FAIL(what, " made no progress for ", timeout_, " s on rank ", rank_, " (a peer died or hangs); aborted");
   }
-  // Synchronous semantics for the blocking calls: enqueue, then wait with error polling.
-  void issue(ncclResult_t r, const char* what) {
-    if (r != ncclInProgress) check(r, what);
-    wait_ready(what);
-    wait_stream(what);
+  // Blocking semantics: on the caller's stream, enqueued is enough (stream order does the
+  // rest, no host synchronisation); on our own stream, the host waits for completion.
+  void run(ncclResult_t r, const char* what) {
+    check(r, what);
+    wait_enqueued(what);
+    if (!ordered_) {
+      Event done(stream_);
+      wait_event(done.e, what);
+    }
+  }
+  std::unique_ptr<PendingCollective> start(ncclResult_t r, const char* what) {
+    check(r, what);
+    wait_enqueued(what);
+    return std::make_unique<Pending>(this, ordered_ ? nullptr : std::make_unique<Event>(stream_), what);
   }
 
   std::shared_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
+  bool ordered_ = false;  // stream_ is the caller's (set_stream)
   int rank_, size_;
   double timeout_;
 };
 
 }  // namespace
+
+void bind_rank_to_gpu(int local_rank, int local_size) {
+  int n_dev = 0;
+  cuda_check(cudaGetDeviceCount(&n_dev), "cudaGetDeviceCount");
+  LETHE_CHECK(n_dev > 0, "NCCL: no CUDA device visible to this rank");
+  LETHE_CHECK(local_size <= n_dev, "NCCL: ", local_size, " ranks on this node but ", n_dev,
+              " visible GPU", n_dev > 1 ? "s" : "", ": NCCL needs one GPU per rank (launch at most ", n_dev,
+              " ranks per node, or check CUDA_VISIBLE_DEVICES)");
+  LETHE_CHECK(local_rank >= 0 && local_rank < n_dev, "NCCL: local rank ", local_rank, " has no GPU (", n_dev,
+              " visible)");
+  cuda_check(cudaSetDevice(local_rank), "cudaSetDevice");
+}
 
 std::unique_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> mpi_group) {
   return std::make_unique<NcclCommunicator>(std::move(mpi_group));

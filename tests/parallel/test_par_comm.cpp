@@ -96,6 +96,22 @@ TEST(Grid, TensorParallelRanksAreInnermost) {
   }
 }
 
+// The ranks of one node (all of them here, under one mpirun on one machine) number
+// themselves 0..n-1 from MPI's shared-memory split, whatever the launcher exported: the
+// number that picks each rank's GPU.
+TEST(Grid, LocalRanksComeFromTheNode) {
+  auto w = world();
+  const NodeRank node = mpi_node_rank();
+  EXPECT_EQ(node.local_size, w->size());
+  EXPECT_EQ(node.local_rank, w->rank());
+  auto g = ProcessGrid::create({1, w->size()});
+  EXPECT_EQ(g->local_rank(), w->rank());
+  EXPECT_EQ(g->local_size(), w->size());
+  // Every rank a different local rank: the sum is 0 + 1 + ... + (n - 1).
+  const int64_t n = w->size();
+  EXPECT_EQ(w->all_reduce(int64_t(g->local_rank()), ReduceOp::sum), n * (n - 1) / 2);
+}
+
 TEST(Grid, WrongWorldSizeIsAClearError) {
   auto w = world();
   try {
