@@ -133,9 +133,11 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
     c.parallel.tp = int(p.get<int64_t>("tp", c.parallel.tp));
     c.parallel.dp = int(p.get<int64_t>("dp", c.parallel.dp));
     c.parallel.zero1 = p.get<bool>("zero1", c.parallel.zero1);
+    c.parallel.bucket_elements = p.get<int64_t>("bucket_elements", c.parallel.bucket_elements);
     p.finish();
     LETHE_CHECK(c.parallel.tp >= 1, p.where("tp"), ": must be >= 1");
     LETHE_CHECK(c.parallel.dp >= 1, p.where("dp"), ": must be >= 1");
+    LETHE_CHECK(c.parallel.bucket_elements >= 1, p.where("bucket_elements"), ": must be >= 1");
     try {
       TpLayout::make(c.model, c.parallel.tp, 0);
     } catch (const Error& e) {

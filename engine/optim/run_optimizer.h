@@ -22,7 +22,8 @@ struct RunOptimizer {
   // its flat-buffer copies).
   RunOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid, Precision precision)
       : grads_(&grads) {
-    if (grid.parallel()) par = std::make_unique<ShardedOptimizer>(params, grads, cfg, grid, 1 << 20, precision);
+    if (grid.parallel())
+      par = std::make_unique<ShardedOptimizer>(params, grads, cfg, grid, grid.bucket_elements(), precision);
     else one = std::make_unique<Optimizer>(params, cfg, precision);
   }
 

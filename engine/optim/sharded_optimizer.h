@@ -28,8 +28,9 @@ namespace lethe {
 
 class ShardedOptimizer {
  public:
-  // params/grads: this rank's tp slice (the model's sets). bucket_elems: size of the
-  // all-reduce buckets without ZeRO (about 4 MB of f32 by default).
+  // params/grads: this rank's tp slice (the model's sets). bucket_elems: a bucket (the
+  // all-reduce's without ZeRO, the reduce-scatter's with it) closes at this many elements;
+  // runs take parallel.bucket_elements.
   ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
                    int64_t bucket_elems = 1 << 20, Precision precision = Precision::f32);
 

@@ -13,6 +13,7 @@ namespace lethe {
 void ParallelConfig::validate() const {
   LETHE_CHECK(tp >= 1, "parallel.tp must be >= 1, got ", tp);
   LETHE_CHECK(dp >= 1, "parallel.dp must be >= 1, got ", dp);
+  LETHE_CHECK(bucket_elements >= 1, "parallel.bucket_elements must be >= 1, got ", bucket_elements);
 }
 
 std::shared_ptr<ProcessGrid> ProcessGrid::single() {

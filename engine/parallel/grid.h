@@ -14,6 +14,10 @@ struct ParallelConfig {
   int tp = 1;         // tensor-parallel ranks (Megatron's tensor_model_parallel_size)
   int dp = 1;         // data-parallel replicas
   bool zero1 = true;  // shard AdamW state and master weights over dp (ZeRO stage 1)
+  // Gradient buckets (all-reduce, or ZeRO-1's reduce-scatter) close at this many
+  // elements: Megatron-LM's default of 40M, so a 7B step runs about 170 bucket
+  // collectives per tp rank, not thousands of small ones.
+  int64_t bucket_elements = 40'000'000;
   int world() const { return tp * dp; }
   void validate() const;  // throws naming the field
 };
@@ -32,6 +36,7 @@ class ProcessGrid {
   int tp() const { return cfg_.tp; }
   int dp() const { return cfg_.dp; }
   bool zero1() const { return cfg_.zero1 && cfg_.dp > 1; }
+  int64_t bucket_elements() const { return cfg_.bucket_elements; }
   int rank() const { return world_->rank(); }
   int world_size() const { return world_->size(); }
   int tp_rank() const { return tp_->rank(); }

@@ -152,9 +152,11 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.parallel.tp = int(p.get<int64_t>("tp", r.parallel.tp));
     r.parallel.dp = int(p.get<int64_t>("dp", r.parallel.dp));
     r.parallel.zero1 = p.get<bool>("zero1", r.parallel.zero1);
+    r.parallel.bucket_elements = p.get<int64_t>("bucket_elements", r.parallel.bucket_elements);
     p.finish();
     LETHE_CHECK(r.parallel.tp >= 1, p.where("tp"), ": must be >= 1");
     LETHE_CHECK(r.parallel.dp >= 1, p.where("dp"), ": must be >= 1");
+    LETHE_CHECK(r.parallel.bucket_elements >= 1, p.where("bucket_elements"), ": must be >= 1");
   }
   // Every micro-batch is a batch of batch_size sequences, split over the dp ranks.
   LETHE_CHECK(r.batch_size % r.parallel.dp == 0, path, ": train.batch_size (", r.batch_size,

@@ -85,6 +85,14 @@ TEST(ParallelTrain, Tp2Dp2) {
   expect_losses(s.losses, ref, 0);
   const auto no_zero = cli::run_train(kConfig, args({"parallel.tp=2", "parallel.dp=2", "parallel.zero1=false"}), out);
   expect_losses(no_zero.losses, ref, 0);
+  // The tiny model fits one default bucket (40M elements): small buckets make the
+  // reduce-scatters and all-reduces start during the backward, several per step.
+  for (const char* zero1 : {"true", "false"}) {
+    const auto small = cli::run_train(
+        kConfig, args({"parallel.tp=2", "parallel.dp=2", "parallel.bucket_elements=5000", std::string("parallel.zero1=") + zero1}),
+        out);
+    expect_losses(small.losses, ref, 0);
+  }
   const auto accum = cli::run_train(kConfig, args({"parallel.tp=2", "parallel.dp=2", "train.grad_accum=2"}), out);
   expect_losses(accum.losses, ref, 0);
   if (w.rank() == 0) {
