@@ -87,6 +87,12 @@ smollm2: build
 models: build
 	bash tools/models/train_tiny_lm.sh
 
+# The fictitious-entity benchmark (tools/benchmarks/entities/README.md): generates its data
+# and QA tasks, trains entity-lm and its retrain oracle (~25 min on 2 cores; resumable).
+.PHONY: entities
+entities: build
+	LETHE_BIN=$(BUILD)/lethe bash tools/benchmarks/entities/train_entities.sh
+
 # Every recipe and the GA / GA+GD / GA+KL learning-rate sweep on the embedded benchmark,
 # judged against the retrain oracle; rewrites the tables of docs/results.md (~30 min).
 results: build
