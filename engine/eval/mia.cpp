@@ -87,13 +87,30 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
   const int64_t n = int64_t(chunk_doc.size());
   const int64_t V = model.config().vocab_size;
 
-  std::vector<DocTokenStats> out;
-  for (int64_t i0 = 0; i0 < n; i0 += batch) {
-    const int64_t B = std::min(batch, n - i0);
-    Tensor tok = Tensor::empty({B, seq_len}, DType::i32), tgt = Tensor::empty({B, seq_len}, DType::i32);
-    for (int64_t b = 0; b < B; ++b)
-      s.sequence(chunk_index[size_t(i0 + b)], tok.data<int32_t>() + b * seq_len, tgt.data<int32_t>() + b * seq_len);
-    model.forward(tok, tgt);
+  // Under data parallelism dp rank d scores batches d, d + dp, ... (as evaluate_nll does):
+  // the forward is collective over dp, so every rank runs the same number of them, one
+  // fully masked sequence where its batches run out. Each scored token's (logp, mu, sigma)
+  // goes to its own slot of a [n, seq_len, 3] buffer, zero elsewhere, and a sum over dp
+  // (exact: one non-zero term per slot) gives every rank the one-process statistics.
+  const int dp = model.grid().dp(), dp_rank = model.grid().dp_rank();
+  const int64_t n_batches = (n + batch - 1) / batch, rounds = (n_batches + dp - 1) / dp;
+  Tensor stats = Tensor::zeros({std::max<int64_t>(n, 1) * seq_len * 3}, DType::f32);
+  float* st3 = stats.data<float>();
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t bi = round * dp + dp_rank, i0 = bi * batch;
+    const bool real = bi < n_batches;
+    const int64_t B = real ? std::min(batch, n - i0) : 1;
+    Tensor tok = Tensor::zeros({B, seq_len}, DType::i32), tgt = Tensor::empty({B, seq_len}, DType::i32);
+    if (real) {
+      for (int64_t b = 0; b < B; ++b)
+        s.sequence(chunk_index[size_t(i0 + b)], tok.data<int32_t>() + b * seq_len, tgt.data<int32_t>() + b * seq_len);
+    } else {
+      std::fill(tgt.data<int32_t>(), tgt.data<int32_t>() + tgt.numel(), ops::kIgnoreIndex);
+    }
+    // Weight 1 per token: the loss is a sum, defined on a rank whose batch is all masked.
+    Tensor w = Tensor::empty({B, seq_len}, DType::f64);
+    std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
+    model.forward(tok, tgt, &w);
     const Tensor& logits = model.logits();
     const Tensor& logprobs = model.logprobs();
     const int32_t* t = tgt.data<int32_t>();
@@ -115,19 +132,33 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
           moments(logits.data<double>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
       }
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t d = chunk_doc[size_t(i0 + b)];
-      if (out.empty() || out.back().doc != d) {
-        out.emplace_back();
-        out.back().doc = d;
-      }
-      DocTokenStats& st = out.back();
-      for (int64_t k = b * seq_len; k < (b + 1) * seq_len; ++k) {
-        if (t[k] == ops::kIgnoreIndex) continue;
-        st.logp.push_back(float(value_at(logprobs, k)));
-        st.mu.push_back(float(mu[size_t(k)]));
-        st.sigma.push_back(float(sigma[size_t(k)]));
-      }
+    if (!real) continue;
+    for (int64_t k = 0; k < N; ++k) {
+      if (t[k] == ops::kIgnoreIndex) continue;
+      float* slot = st3 + (i0 * seq_len + k) * 3;
+      slot[0] = float(value_at(logprobs, k));
+      slot[1] = float(mu[size_t(k)]);
+      slot[2] = float(sigma[size_t(k)]);
+    }
+  }
+  if (dp > 1) model.grid().dp_group().all_reduce(stats, ReduceOp::sum);
+
+  // Every rank knows which positions hold a target (the sampler, no model needed).
+  std::vector<DocTokenStats> out;
+  for (int64_t i = 0; i < n; ++i) {
+    s.sequence(chunk_index[size_t(i)], scratch_tok.data(), scratch_tgt.data());
+    const int64_t d = chunk_doc[size_t(i)];
+    if (out.empty() || out.back().doc != d) {
+      out.emplace_back();
+      out.back().doc = d;
+    }
+    DocTokenStats& st = out.back();
+    for (int64_t k = 0; k < seq_len; ++k) {
+      if (scratch_tgt[size_t(k)] == ops::kIgnoreIndex) continue;
+      const float* slot = st3 + (i * seq_len + k) * 3;
+      st.logp.push_back(slot[0]);
+      st.mu.push_back(slot[1]);
+      st.sigma.push_back(slot[2]);
     }
   }
   if (skipped) *skipped = docs_considered - int64_t(out.size());
