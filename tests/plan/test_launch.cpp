@@ -502,6 +502,29 @@ TEST_F(Slurm, DryRunOutsideAnAllocationPreviewsTheJob) {
   EXPECT_TRUE(contains(r.err, "to size a job put them before it")) << r.err;
 }
 
+TEST_F(Slurm, FindsTheRepositoryFromTheSubmittedPath) {
+  // sbatch runs a spooled copy: the repository comes from the path the job was submitted
+  // with (relative to the submit directory), not from where the copy lies.
+  fs::create_directories(dir_ / "elsewhere");
+  const std::string rel = fs::relative(kRoot, dir_ / "elsewhere").string() + "/launch/slurm/lethe.sbatch";
+  stand_in("scontrol", "[ \"$2\" = job ] && echo '   Command=" + rel + "' && exit 0\n"
+                       "echo 'TaskPlugin              = task/affinity'\n");
+  auto env = with(job, {"SLURM_JOB_ID=7", "SLURM_SUBMIT_DIR=" + (dir_ / "elsewhere").string(), "LETHE_BIN"});
+  Outcome r = sbatch({"--dry-run", "--", "version"}, env);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string root = fs::canonical(kRoot).string();
+  EXPECT_TRUE(contains(r.out, " " + root + "/launch/rank-gpu.sh " + root + "/build/lethe version")) << r.out;
+  // Nothing to go by: a clear error instead of a rank that cannot find the shim.
+  task_plugin("task/affinity");
+  env = with(job, {"SLURM_JOB_ID=7", "SLURM_SUBMIT_DIR=" + (dir_ / "elsewhere").string(),
+                   "LETHE_ROOT=" + (dir_ / "elsewhere").string()});
+  r = sbatch({"--", "version"}, env);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.err, "no launch/rank-gpu.sh under " + (dir_ / "elsewhere").string() +
+                                  ": submit from the repository root, or set LETHE_ROOT to it"))
+      << r.err;
+}
+
 TEST_F(Slurm, TheTimeLimitSignalReachesTheRanks) {
   // SIGUSR1 before the limit, to the batch shell; the script execs the launcher, which
   // passes SIGUSR1 on to every rank (SIGTERM would make srun kill them).
