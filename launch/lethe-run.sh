@@ -19,7 +19,10 @@ usage: launch/lethe-run.sh [options] -- COMMAND [args ...]
   --debug           single-GPU debugging: LETHE_DEBUG=1, CUDA_LAUNCH_BLOCKING=1
   --dry-run         print the command line instead of running it
   --bin PATH        the lethe executable (default: LETHE_BIN, else build/lethe)
-Environment: MPIRUN (default mpirun), LETHE_CORES (default nproc).
+Environment: MPIRUN (default mpirun), LETHE_CORES (default nproc); OMP_PROC_BIND /
+OMP_PLACES (yours win; otherwise threads are pinned only where a rank owns its cores);
+LETHE_PROGRESS (the progress bar; with several ranks, default: on when this script's
+stdout is a terminal).
 EOF
 }
 
