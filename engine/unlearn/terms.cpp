@@ -106,7 +106,10 @@ class FrozenReference {
     if (ref_ != &original) return;
     // Not owned: the grid belongs to the caller's model, which outlives its terms.
     std::shared_ptr<ProcessGrid> grid(&original.grid(), [](ProcessGrid*) {});
-    own_ = std::make_unique<LlamaModel>(original.config(), original.dtype(), grid);
+    // The copy computes as the original does (bf16 policy included).
+    own_ = original.precision() == Precision::bf16
+               ? std::make_unique<LlamaModel>(original.config(), Precision::bf16, grid)
+               : std::make_unique<LlamaModel>(original.config(), original.dtype(), grid);
     for (size_t i = 0; i < original.params().size(); ++i) own_->params()[i].copy_from(original.params()[i]);
     ref_ = own_.get();
   }

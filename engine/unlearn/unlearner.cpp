@@ -146,7 +146,9 @@ double term_flops_per_token(const TermSpec& t, const LlamaConfig& c, int64_t T) 
     const double layers = double(t.layer + 1) * per_layer;
     return t.type == "rmu_retain" ? layers * (4.0 / 3.0) : layers;
   }
-  return (t.type == "kl" || t.type == "adversarial") ? full * (4.0 / 3.0) : full;
+  // A frozen-reference forward (a third of forward + backward) for the terms that read
+  // its logits every step.
+  return term_reads_reference(t) ? full * (4.0 / 3.0) : full;
 }
 
 using Decode = std::function<std::string(const std::vector<int32_t>&)>;
@@ -304,16 +306,15 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // The frozen original, kept only when a term reads it.
   std::unique_ptr<LlamaModel> reference;
   bool need_ref = false;
-  for (const auto& t : r.terms) need_ref |= t.type == "kl" || t.type == "adversarial" || t.type == "rmu_retain";
+  for (const auto& t : r.terms) need_ref |= term_reads_reference(t);
   if (need_ref) {
     reference = std::make_unique<LlamaModel>(cfg, prec, grid);
     assign_local(*reference, loaded);
   }
   std::vector<std::unique_ptr<Term>> terms;
   for (const auto& spec : r.terms) {
-    // Terms that only need the architecture (random_labels, rmu_forget) read it from the model.
-    const bool reads_ref = spec.type == "kl" || spec.type == "adversarial" || spec.type == "rmu_retain";
-    terms.push_back(make_term(spec, reads_ref ? reference.get() : &model));
+    // Every term that reads the frozen original shares one copy of it.
+    terms.push_back(make_term(spec, term_reads_reference(spec) ? reference.get() : &model));
     terms.back()->prepare(model, *streams.at(spec.stream).sampler, r.batch_size);  // model is still the original
   }
 

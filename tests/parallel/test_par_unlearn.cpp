@@ -43,7 +43,8 @@ using json = nlohmann::json;
 const fs::path kDir = fs::absolute("par_unlearn");
 const std::vector<std::string> kRecipes{"ga_kl", "ga_gd"};
 // One recipe per remaining term type (with nll on retain beside it), 2 steps each.
-const std::vector<std::string> kTermTypes{"npo", "simnpo", "random_labels", "adversarial", "rmu"};
+const std::vector<std::string> kTermTypes{"npo",  "simnpo", "random_labels", "adversarial", "rmu",
+                                          "wga",  "flood",  "undial"};
 
 TokenDataset docs(const std::vector<std::string>& texts) {
   TokenDataset ds;
@@ -209,7 +210,9 @@ TEST(ParallelUnlearn, Reference) {
       f << "  f: {type: rmu_forget, stream: forget, weight: 1, layer: 1, seed: 2}\n"
            "  r: {type: rmu_retain, stream: retain, weight: 1, layer: 1}\n";
     else
-      f << "  f: {type: " << type << ", stream: forget, weight: 1, seed: 5}\n"
+      // wga ascends (weight -1); flood's level sits above the forget NLL, so it ascends too.
+      f << "  f: {type: " << type << ", stream: forget, weight: " << (type == "wga" ? "-1" : "1") << ", seed: 5"
+        << (type == "flood" ? ", flood: 6.0" : "") << "}\n"
         << "  r: {type: nll, stream: retain, weight: 1}\n";
   }
   json ref;
