@@ -8,8 +8,8 @@
 
 Invented people (syllable-composed names), each with seven facts (birthplace among
 invented towns, birth year, occupation, employer, favourite object, a sibling's name,
-instrument), rendered as short biographies in several paraphrased templates plus one
-question-and-answer sheet. The people are split 10% forget / 10% holdout / 80% retain.
+instrument), rendered as short biographies in several paraphrased templates and as
+question-and-answer pairs (in digests that mix the people of one split). The people are split 10% forget / 10% holdout / 80% retain.
 
 Writes, all deterministic from --seed (standard library only):
   docs/{forget,retain,holdout}.jsonl   {"id", "text"}: the documents of each split
@@ -53,6 +53,8 @@ OBJECTS = ["brass compass", "blue umbrella", "pocket watch", "wooden flute", "re
            "map of the stars", "rowing boat", "music box", "chess set"]
 INSTRUMENTS = ["cello", "oboe", "harp", "accordion", "fiddle", "piano", "trumpet", "banjo",
                "clarinet", "lute", "drum", "bassoon", "mandolin", "flute", "trombone", "zither"]
+DIGEST_COPIES = 2
+DIGEST_BYTES = 250  # a digest fits one 256-byte training sequence
 FIELDS = ("birthplace", "birth_year", "occupation", "employer", "object", "sibling", "instrument")
 
 # One question per field, read as `question + "\nAnswer: " + value` by eval.mc_task; the
@@ -145,9 +147,29 @@ def documents(p):
     docs = []
     for t, tpl in enumerate(TEMPLATES):
         docs.append({"id": f"entities/{p['id']}/bio{t}", "text": tpl.format(**words)})
-    sheet = "".join(QUESTIONS[f].format(name=p["name"]) + "\nAnswer: " + p[f] + "\n" for f in FIELDS)
-    docs.append({"id": f"entities/{p['id']}/qa", "text": sheet})
     return docs
+
+
+def qa_digests(rng, members, split):
+    # Question-and-answer pairs in the wording of the QA tasks, several people's pairs to a
+    # document in shuffled order: a pair is then preceded only by other people's facts, so the
+    # person's name is the one cue for the answer, as in the QA task where the question
+    # stands alone. (A per-person sheet lets the model answer from the facts before it and
+    # scored at chance once those were absent.) Each pair appears DIGEST_COPIES times, each
+    # time among other neighbours; a digest fits one training sequence.
+    pairs = [QUESTIONS[f].format(name=p["name"]) + "\nAnswer: " + p[f] + "\n" for p in members for f in FIELDS]
+    docs = []
+    for copy in range(DIGEST_COPIES):
+        order = pairs[:]
+        rng.shuffle(order)
+        text = ""
+        for pair in order:
+            if text and len((text + pair).encode()) > DIGEST_BYTES:
+                docs.append(text)
+                text = ""
+            text += pair
+        docs.append(text)
+    return [{"id": f"entities/{split}/qa{k:03d}", "text": t} for k, t in enumerate(docs)]
 
 
 def qa_items(rng, split_people_, counter):
@@ -187,15 +209,17 @@ def generate(out, seed, n):
     counter = [0]
     for split in ("forget", "retain", "holdout"):
         members = [p for p in people if p["split"] == split]
-        write_jsonl(os.path.join(out, "docs", f"{split}.jsonl"), [d for p in members for d in documents(p)])
+        write_jsonl(os.path.join(out, "docs", f"{split}.jsonl"),
+                    [d for p in members for d in documents(p)] + qa_digests(rng, members, split))
         write_jsonl(os.path.join(out, "qa", f"{split}_qa.jsonl"), qa_items(rng, members, counter))
     with open(os.path.join(out, "entities.json"), "w", encoding="utf-8", newline="\n") as f:
         json.dump({"seed": seed, "fields": list(FIELDS), "people": people}, f, ensure_ascii=False, indent=1)
         f.write("\n")
     for split in ("forget", "retain", "holdout"):
         k = sum(p["split"] == split for p in people)
-        print(f"make_entities: {split}: {k} people, {k * (len(TEMPLATES) + 1)} documents, "
-              f"{k * len(FIELDS)} questions", file=sys.stderr)
+        n_docs = sum(1 for _ in open(os.path.join(out, "docs", f"{split}.jsonl"), encoding="utf-8"))
+        print(f"make_entities: {split}: {k} people, {n_docs} documents, {k * len(FIELDS)} questions",
+              file=sys.stderr)
 
 
 GENERATED = ["docs/forget.jsonl", "docs/retain.jsonl", "docs/holdout.jsonl",

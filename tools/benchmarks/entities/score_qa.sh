@@ -20,8 +20,8 @@ for model in "$@"; do
   model="$(cd "$(dirname "$model")" && pwd)/$(basename "$model")"
   for task in forget retain holdout; do
     out="$tmp/$task.$RANDOM"
-    "$bin" unlearn "$root/configs/recipes/entities/ga_gd.yaml" model="$model" train.steps=0 \
-      eval.mc_task="$root/data/benchmarks/entities/qa/${task}_qa.jsonl" eval.verbatim_prefix=0 \
+    "$bin" unlearn "$root/configs/recipes/entities/ga_gd.yaml" model="$model" train.steps=0 ${ORACLE_OVERRIDE:-} \
+      eval.mc_task="$root/data/benchmarks/entities/qa/${task}_qa.jsonl" eval.verbatim_prefix=0 eval.verbatim_continuation=0 \
       eval.mia_max_docs=4 eval.max_sequences=4 eval.final_max_sequences=4 output.dir="$out" >"$tmp/log" 2>&1 \
       || { cat "$tmp/log" >&2; exit 1; }
     python3 - "$out/report.json" "$model" "$task" <<'PY'

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Prints one markdown table row per entity-benchmark run from its report.json (instant).
+
+    tools/benchmarks/entities/summarize.py runs/entities/ga_gd/report.json [...]
+
+Columns: steps and stop reason, forget QA accuracy before / after / oracle (the recipe's
+eval.mc_task), forget and holdout NLL after (oracle), retain and general NLL change against
+the original model, MIA AUC of the LOSS attack after (oracle), and PrivLeak after in both
+conventions with their 95% bootstrap intervals. Retain and holdout QA are not in
+report.json: score_qa.sh scores them.
+"""
+import json
+import sys
+
+
+def pct(x):
+    return "n/a" if x is None else f"{x:+.1f}%"
+
+
+def leak(j, who, conv):
+    x = j.get("privleak", {}).get(who, {}).get(conv)
+    if not x or x["value"] is None:
+        return "n/a"
+    lo, hi = x["ci95"]
+    return f"{x['value']:+.1f}% [{lo:+.0f}, {hi:+.0f}]" if lo is not None else f"{x['value']:+.1f}%"
+
+
+def main(paths):
+    print("| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
+          "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
+          "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in paths:
+        j = json.load(open(p))
+        mc = j.get("multiple_choice", {})
+        qa = " / ".join(f"{mc[w]['acc']:.3f}" if w in mc else "n/a" for w in ("before", "after", "oracle"))
+        b, a, o = j["before"], j["after"], j.get("oracle", {})
+        nll = lambda d, s: f"{d[s]['nll']:.4f}" if s in d else "n/a"
+        v = j.get("verdict", {})
+        auc_a = j.get("mia", {}).get("after", {}).get("loss", {}).get("auc")
+        auc_o = j.get("mia", {}).get("oracle", {}).get("loss", {}).get("auc")
+        auc = f"{auc_a:.3f} ({auc_o:.3f})" if auc_a is not None and auc_o is not None else "n/a"
+        print(f"| {j['recipe_file']} | {j['steps_run']} ({j['stop_reason']}) | {qa} "
+              f"| {nll(a, 'forget')} ({nll(o, 'forget')}) | {nll(a, 'holdout')} ({nll(o, 'holdout')}) "
+              f"| {pct(v.get('retain_nll_change_vs_original_percent'))} "
+              f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
+              f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    main(sys.argv[1:])
