@@ -1,9 +1,19 @@
 #include "kernels/device.h"
 
+#include <memory>
+
+#include "engine/core/device_memory.h"
+
 namespace lethe {
 
 #ifdef LETHE_HAVE_CUDA
 std::vector<DeviceInfo> cuda_devices_impl();  // kernels/cuda/device.cu
+std::unique_ptr<DeviceBackend> make_cuda_backend();
+// Device tensors get their memory from CUDA in this build (engine/core/device_memory.h).
+[[maybe_unused]] const bool cuda_backend_registered = [] {
+  register_device_backend(make_cuda_backend());
+  return true;
+}();
 bool cuda_compiled() { return true; }
 std::vector<DeviceInfo> cuda_devices() { return cuda_devices_impl(); }
 #else

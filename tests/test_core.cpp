@@ -33,7 +33,6 @@ TEST(Tensor, BadShapesAndAccessAreErrors) {
   EXPECT_THROW(t.slice_rows(3, 5), Error);
   EXPECT_THROW(t.data<double>(), Error);  // wrong dtype
   EXPECT_THROW(Tensor::zeros({-1, 2}, DType::f32), Error);
-  EXPECT_THROW(Tensor::zeros({2}, DType::f32, Device::cuda), Error);
 }
 
 TEST(Tensor, ConvertingCopies) {

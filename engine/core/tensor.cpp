@@ -4,6 +4,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "engine/core/device_memory.h"
+
 namespace lethe {
 
 size_t dtype_size(DType dt) {
@@ -48,14 +50,20 @@ int64_t shape_numel(const Shape& s) {
 }
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  LETHE_CHECK(device == Device::cpu, "CUDA tensors need the CUDA backend, which this build does not include");
+  if (device != Device::cpu) {
+    data_ = device_allocator().allocate(bytes);
+    return;
+  }
   // 64-byte alignment keeps SIMD loads and BLAS happy.
   size_t padded = ((bytes + 63) / 64) * 64;
   data_ = std::aligned_alloc(64, padded ? padded : 64);
   LETHE_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() {
+  if (device_ != Device::cpu) device_allocator().release(data_);
+  else std::free(data_);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   Tensor t;
@@ -105,13 +113,21 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape_, dtype_, device_);
-  std::memcpy(t.raw(), raw(), nbytes());
+  t.copy_from(*this);
   return t;
 }
 
 void Tensor::zero_() {
-  check_cpu(*this, "zero_", "self");
+  LETHE_CHECK(defined(), "zero_: the tensor is undefined");
+  if (device_ != Device::cpu) return device_allocator().backend().zero(raw(), nbytes());
   std::memset(raw(), 0, nbytes());
+}
+
+Tensor Tensor::to(Device device) const {
+  LETHE_CHECK(defined(), "to(", device_name(device), "): the tensor is undefined");
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
 }
 
 namespace {
@@ -137,9 +153,15 @@ void store(void* p, DType dt, int64_t i, double v) {
 }  // namespace
 
 void Tensor::copy_from(const Tensor& src) {
-  check_cpu(*this, "copy_from", "self");
-  check_cpu(src, "copy_from", "src");
+  LETHE_CHECK(defined() && src.defined(), "copy_from: an undefined tensor");
   LETHE_CHECK(src.numel() == numel(), "copy_from: ", src.describe(), " into ", describe());
+  if (device_ != Device::cpu || src.device_ != Device::cpu) {
+    LETHE_CHECK(src.dtype_ == dtype_, "copy_from: ", src.describe(), " into ", describe(),
+                ": a copy to or from a device keeps the dtype (convert on the CPU, or with a kernel)");
+    if (nbytes() == 0) return;
+    return device_allocator().backend().copy(raw(), device_ != Device::cpu, src.raw(), src.device_ != Device::cpu,
+                                             nbytes());
+  }
   LETHE_CHECK((src.dtype_ == DType::i32) == (dtype_ == DType::i32), "copy_from: cannot convert ",
               src.describe(), " to ", describe());
   if (src.dtype_ == dtype_) {

@@ -33,8 +33,9 @@ template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; 
 template <> struct dtype_of<int32_t> { static constexpr DType value = DType::i32; };
 template <> struct dtype_of<f16> { static constexpr DType value = DType::f16; };
 
-// Owns raw bytes on one device. CUDA storage is provided by the CUDA backend; the CPU
-// build refuses it with a clear error rather than pretending.
+// Owns raw bytes on one device. CUDA storage comes from the caching allocator over the
+// registered CUDA backend (engine/core/device_memory.h); a build without one refuses it
+// with a clear error rather than pretending.
 class Storage {
  public:
   Storage(size_t bytes, Device device);
@@ -79,6 +80,8 @@ class Tensor {
   template <typename T>
   T* data() const {
     LETHE_CHECK(defined(), "data() on an undefined tensor");
+    LETHE_CHECK(device_ == Device::cpu, "data() reads host memory, and this ", dtype_name(dtype_), shape_str(shape_),
+                " tensor is on ", device_name(device_), ": copy it with to(Device::cpu), or pass raw() to a kernel");
     LETHE_CHECK(dtype_of<T>::value == dtype_, "tensor holds ", dtype_name(dtype_), ", accessed as ",
                 dtype_name(dtype_of<T>::value));
     return static_cast<T*>(raw());
@@ -92,10 +95,13 @@ class Tensor {
   Tensor slice_rows(int64_t begin, int64_t end) const;
 
   Tensor clone() const;
-  // Converting copy (f32 <-> f64 <-> bf16 <-> f16; i32 only to i32).
+  // Converting copy (f32 <-> f64 <-> bf16 <-> f16; i32 only to i32), on the same device
+  // (conversions run on the CPU: a device tensor converts only to its own dtype).
   Tensor to(DType dtype) const;
+  // The same values on another device (a copy; host <-> device through the backend).
+  Tensor to(Device device) const;
   void zero_();
-  void copy_from(const Tensor& src);  // same shape; converts dtype
+  void copy_from(const Tensor& src);  // same element count; converts dtype on the CPU; any devices
 
   std::string describe() const;  // "f32[2,3] cpu"
 

@@ -2,6 +2,10 @@
 // the caller falls back to CPU and says so.
 #include <cuda_runtime.h>
 
+#include <memory>
+
+#include "engine/core/device_memory.h"
+#include "engine/core/error.h"
 #include "kernels/device.h"
 
 namespace lethe {
@@ -20,5 +24,40 @@ std::vector<DeviceInfo> cuda_devices_impl() {
   }
   return out;
 }
+
+namespace {
+
+// Raw CUDA memory for the caching allocator (engine/core/device_memory.h). Copies and
+// zeroing synchronise the host: they stage checkpoints and inputs, outside the step's
+// kernels, which run on their own streams.
+class CudaBackend : public DeviceBackend {
+ public:
+  const char* name() const override { return "cuda"; }
+  void* malloc(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaSuccess) return p;
+    cudaGetLastError();
+    if (e == cudaErrorMemoryAllocation) return nullptr;
+    LETHE_FAIL("cuda: cannot allocate ", bytes, " bytes: ", cudaGetErrorString(e),
+               e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ? " (no usable CUDA device is visible)" : "");
+  }
+  void free(void* p) override { cudaFree(p); }
+  void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t bytes) override {
+    const cudaMemcpyKind kind = dst_on_device ? (src_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                                              : (src_on_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+    const cudaError_t e = cudaMemcpy(dst, src, bytes, kind);
+    LETHE_CHECK(e == cudaSuccess, "cuda: copy of ", bytes, " bytes failed: ", cudaGetErrorString(e));
+  }
+  void zero(void* p, size_t bytes) override {
+    cudaError_t e = cudaMemset(p, 0, bytes);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    LETHE_CHECK(e == cudaSuccess, "cuda: zeroing ", bytes, " bytes failed: ", cudaGetErrorString(e));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceBackend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
 
 }  // namespace lethe
