@@ -1,5 +1,6 @@
 #include "engine/parallel/grid.h"
 
+#include "engine/core/log.h"
 #include "engine/parallel/launcher_env.h"
 #ifdef LETHE_HAVE_MPI
 #include "engine/parallel/mpi_comm.h"
@@ -60,6 +61,12 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
   const NodeRank node = mpi_node_rank();
   grid->local_rank_ = node.local_rank;
   grid->local_size_ = node.local_size;
+  // tp ranks are neighbours (world rank = dp_rank * tp + tp_rank): a group stays on one
+  // node only when the node holds whole groups. Across nodes every layer's all-reduces
+  // cross the network, which works but is slow; say so once.
+  if (cfg.tp > 1 && node.local_size % cfg.tp != 0 && grid->rank() == 0)
+    log::warn("parallel.tp=", cfg.tp, " but this node runs ", node.local_size,
+              " ranks: tensor-parallel groups span nodes, and their all-reduces cross the network");
   if (device == Device::cpu || grid->world_size() == 1) return grid;
 #ifdef LETHE_HAVE_NCCL
   // One GPU per rank, chosen before the communicators (or anything else) allocate on one.
