@@ -16,9 +16,12 @@ std::unique_ptr<DeviceBackend> make_cuda_backend();
 }();
 bool cuda_compiled() { return true; }
 std::vector<DeviceInfo> cuda_devices() { return cuda_devices_impl(); }
+void select_cuda_device_impl(int index);  // kernels/cuda/device.cu
+void select_cuda_device(int index) { select_cuda_device_impl(index); }
 #else
 bool cuda_compiled() { return false; }
 std::vector<DeviceInfo> cuda_devices() { return {}; }
+void select_cuda_device(int index) { LETHE_FAIL("cannot select CUDA device ", index, ": this build has no CUDA"); }
 #endif
 
 }  // namespace lethe

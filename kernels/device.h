@@ -13,5 +13,8 @@ struct DeviceInfo {
 
 bool cuda_compiled();                      // built with the CUDA backend
 std::vector<DeviceInfo> cuda_devices();    // empty without a driver or a device
+// Makes this thread's CUDA calls use device `index`; an error names it. A CPU-only build
+// has no device to select (an error).
+void select_cuda_device(int index);
 
 }  // namespace lethe

@@ -2,6 +2,8 @@
 
 #include "engine/core/log.h"
 #include "engine/parallel/launcher_env.h"
+#include "engine/parallel/staged_comm.h"
+#include "kernels/device.h"
 #ifdef LETHE_HAVE_MPI
 #include "engine/parallel/mpi_comm.h"
 #endif
@@ -68,17 +70,29 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
     log::warn("parallel.tp=", cfg.tp, " but this node runs ", node.local_size,
               " ranks: tensor-parallel groups span nodes, and their all-reduces cross the network");
   if (device == Device::cpu || grid->world_size() == 1) return grid;
+  const int gpus = int(cuda_devices().size());
+  LETHE_CHECK(gpus > 0, "device tensors across ranks need a GPU, and this rank sees none");
 #ifdef LETHE_HAVE_NCCL
-  // One GPU per rank, chosen before the communicators (or anything else) allocate on one.
-  bind_rank_to_gpu(grid->local_rank_, grid->local_size_);
-  // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
-  grid->tp_ = make_nccl_communicator(grid->tp_);
-  grid->dp_ = make_nccl_communicator(grid->dp_);
-  grid->world_ = make_nccl_communicator(grid->world_);
-  return grid;
-#else
-  LETHE_FAIL("GPU tensors across ranks need NCCL, and this build has none (CMake did not find it)");
+  if (node.local_size <= gpus) {
+    // One GPU per rank, chosen before the communicators (or anything else) allocate on one.
+    bind_rank_to_gpu(grid->local_rank_, grid->local_size_);
+    // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
+    grid->tp_ = make_nccl_communicator(grid->tp_);
+    grid->dp_ = make_nccl_communicator(grid->dp_);
+    grid->world_ = make_nccl_communicator(grid->world_);
+    return grid;
+  }
 #endif
+  // More ranks than GPUs on a node (NCCL refuses two ranks on one device), or no NCCL:
+  // ranks share the GPUs round-robin and collectives go through host memory over MPI.
+  select_cuda_device(grid->local_rank_ % gpus);
+  grid->tp_ = make_host_staged_communicator(grid->tp_);
+  grid->dp_ = make_host_staged_communicator(grid->dp_);
+  grid->world_ = make_host_staged_communicator(grid->world_);
+  if (grid->rank() == 0)
+    log::info(node.local_size, " ranks share ", gpus, " GPU", gpus > 1 ? "s" : "",
+              " on this node: collectives of device tensors are staged through host memory (MPI)");
+  return grid;
 #else
   (void)device;
   LETHE_FAIL("parallel.tp * parallel.dp = ", cfg.world(), (li.under_mpi ? " under an MPI launcher" : ""),

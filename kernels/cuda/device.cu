@@ -25,6 +25,11 @@ std::vector<DeviceInfo> cuda_devices_impl() {
   return out;
 }
 
+void select_cuda_device_impl(int index) {
+  const cudaError_t e = cudaSetDevice(index);
+  LETHE_CHECK(e == cudaSuccess, "cudaSetDevice(", index, "): ", cudaGetErrorString(e));
+}
+
 namespace {
 
 // Raw CUDA memory for the caching allocator (engine/core/device_memory.h). Copies and

@@ -3,15 +3,27 @@
 
 #include <mpi.h>
 
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/core/device_memory.h"
 #include "engine/parallel/grad_reducer.h"
 #include "engine/parallel/grid.h"
 #include "engine/parallel/mpi_comm.h"
 #include "engine/parallel/regions.h"
+#include "engine/parallel/staged_comm.h"
 
 namespace lethe {
 namespace {
 
 std::shared_ptr<Communicator> world() { return std::shared_ptr<Communicator>(mpi_world()); }
+
+std::vector<double> test_values(const Tensor& t) {
+  std::vector<double> v;
+  for (int64_t i = 0; i < t.numel(); ++i)
+    v.push_back(t.dtype() == DType::f32 ? double(t.data<float>()[i]) : t.data<double>()[i]);
+  return v;
+}
 
 TEST(MpiComm, AllReduceSumAndMaxAreExact) {
   auto w = world();
@@ -66,6 +78,78 @@ TEST(MpiComm, AllGatherReduceScatterBroadcast) {
   w->broadcast(b, n - 1);
   EXPECT_EQ(b.data<float>()[0], float(n - 1));
   w->barrier();
+}
+
+// Host memory standing in for a device, so the host-staged communicator (device buffers,
+// MPI over host copies) runs here exactly as it would with ranks sharing a GPU.
+class HostAsDevice : public DeviceBackend {
+ public:
+  const char* name() const override { return "host-as-device"; }
+  void* malloc(size_t bytes) override { return std::malloc(bytes); }
+  void free(void* p) override { std::free(p); }
+  void copy(void* dst, bool, const void* src, bool, size_t bytes) override {
+    std::memmove(dst, src, bytes);
+    ++copies;
+  }
+  void zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
+  int64_t copies = 0;
+};
+
+TEST(StagedComm, DeviceCollectivesEqualHostOnes) {
+  auto w = world();
+  auto backend = std::make_unique<HostAsDevice>();
+  HostAsDevice* dev = backend.get();
+  auto previous = swap_device_backend_for_testing(std::move(backend));
+  {
+    auto s = make_host_staged_communicator(w);
+    EXPECT_EQ(s->backend(), "mpi (host-staged)");
+    const int r = s->rank(), n = s->size();
+    auto host = [](const Tensor& t) { return test_values(t.to(Device::cpu)); };
+
+    Tensor x = Tensor::from<float>({3}, {float(r), 1.0f, float(-r)}).to(Device::cuda);
+    s->all_reduce(x, ReduceOp::sum);
+    EXPECT_EQ(host(x), (std::vector<double>{double(n * (n - 1) / 2), double(n), -double(n * (n - 1) / 2)}));
+    EXPECT_GT(dev->copies, 0) << "the device buffer went through host copies";
+
+    Tensor a = Tensor::from<double>({2}, {double(r), 1.0}).to(Device::cuda);
+    {
+      auto p = s->all_reduce_async(a, ReduceOp::max);
+      p->wait();
+    }
+    EXPECT_EQ(host(a), (std::vector<double>{double(n - 1), 1.0}));
+
+    // all_gather in place (this rank's chunk of the output is the input), then not.
+    Tensor buf = Tensor::zeros({n}, DType::f32, Device::cuda);
+    buf.view(r, {1}).copy_from(Tensor::from<float>({1}, {float(r + 1)}));
+    s->all_gather(buf.view(r, {1}), buf);
+    std::vector<double> want(static_cast<size_t>(n));
+    for (int k = 0; k < n; ++k) want[size_t(k)] = k + 1;
+    EXPECT_EQ(host(buf), want);
+
+    Tensor in = Tensor::empty({2 * n}, DType::f32);
+    for (int k = 0; k < 2 * n; ++k) in.data<float>()[k] = float(k + r);
+    Tensor din = in.to(Device::cuda), out = Tensor::empty({2}, DType::f32, Device::cuda);
+    const double ranks_sum = double(n * (n - 1) / 2);
+    const std::vector<double> rs{double(n * (2 * r)) + ranks_sum, double(n * (2 * r + 1)) + ranks_sum};
+    s->reduce_scatter(din, out);
+    EXPECT_EQ(host(out), rs);
+    Tensor out2 = Tensor::zeros({2}, DType::f32, Device::cuda);
+    {
+      // Destroyed without wait(): it completes, and the device buffer holds the result.
+      auto p = s->reduce_scatter_async(din, out2);
+    }
+    EXPECT_EQ(host(out2), rs);
+
+    Tensor b = Tensor::from<float>({2}, {float(r), float(r)}).to(Device::cuda);
+    s->broadcast(b, n - 1);
+    EXPECT_EQ(host(b), (std::vector<double>{double(n - 1), double(n - 1)}));
+    // Host tensors pass straight to MPI.
+    Tensor h = Tensor::from<float>({1}, {1.0f});
+    s->all_reduce(h, ReduceOp::sum);
+    EXPECT_EQ(h.data<float>()[0], float(n));
+    s->barrier();
+  }
+  swap_device_backend_for_testing(std::move(previous));
 }
 
 TEST(MpiComm, MismatchedBuffersAreRejectedBeforeCommunicating) {
