@@ -32,6 +32,10 @@ const char* kPlanUsage =
     "  --no-zero            replicate master + moments on every dp rank (default: ZeRO-1 shards them)\n"
     "  --headroom F         fraction of device memory kept free for workspace and\n"
     "                       fragmentation (default 0.10)\n"
+    "  --tflops X           achieved bf16 TFLOP/s per GPU for the step-time model (default 400)\n"
+    "  --tp-gbs G           tp link bus bandwidth, GB/s (default 360: NVLink 4 as NCCL measures it)\n"
+    "  --dp-gbs G           dp bandwidth per GPU across nodes, GB/s (default 45: one 400 Gb/s port)\n"
+    "  --latency-us U       fixed cost per collective, microseconds (default 15)\n"
     "  --json               machine-readable output\n";
 
 struct Options {
@@ -40,6 +44,7 @@ struct Options {
   std::string precision = "bf16", recompute = "none";
   bool zero1 = true, json = false;
   double headroom = 0.10;
+  Links links;
 };
 
 int64_t to_int(const std::string& flag, const std::string& v) {
@@ -86,6 +91,10 @@ Options parse(const std::vector<std::string>& args) {
     else if (a == "--recipe") o.recipe = value();
     else if (a == "--recompute") o.recompute = value();
     else if (a == "--headroom") o.headroom = to_double(a, value());
+    else if (a == "--tflops") o.links.tflops = to_double(a, value());
+    else if (a == "--tp-gbs") o.links.tp_gbs = to_double(a, value());
+    else if (a == "--dp-gbs") o.links.dp_gbs = to_double(a, value());
+    else if (a == "--latency-us") o.links.latency_us = to_double(a, value());
     else if (a == "--no-zero") o.zero1 = false;
     else if (a == "--json") o.json = true;
     else if (a.rfind("-", 0) == 0) LETHE_FAIL("plan: unknown option '", a, "' (see lethe plan --help)");
@@ -98,6 +107,10 @@ Options parse(const std::vector<std::string>& args) {
   LETHE_CHECK(o.precision == "bf16" || o.precision == "f32", "--precision: must be bf16 or f32, got '", o.precision,
               "'");
   LETHE_CHECK(o.headroom >= 0 && o.headroom < 1, "--headroom: must be in [0, 1), got ", o.headroom);
+  LETHE_CHECK(o.links.tflops > 0, "--tflops: must be > 0, got ", o.links.tflops);
+  LETHE_CHECK(o.links.tp_gbs > 0, "--tp-gbs: must be > 0, got ", o.links.tp_gbs);
+  LETHE_CHECK(o.links.dp_gbs > 0, "--dp-gbs: must be > 0, got ", o.links.dp_gbs);
+  LETHE_CHECK(o.links.latency_us >= 0, "--latency-us: must be >= 0, got ", o.links.latency_us);
   LETHE_CHECK(o.tp >= 1, "--tp: must be >= 1, got ", o.tp);
   LETHE_CHECK(o.dp >= 1, "--dp: must be >= 1, got ", o.dp);
   LETHE_CHECK(o.batch >= 0, "--batch: must be >= 1, got ", o.batch);
@@ -241,6 +254,29 @@ void print_text(const PlanInput& in, const Options& o) {
     std::printf("  total per step:%s\n", t.c_str());
   }
 
+  if (!coll.empty()) {
+    const StepTime t = step_time(in, o.links);
+    auto ms = [](double s) { return s * 1e3; };
+    auto pct = [&](double s) { return 100.0 * s / t.step(); };
+    std::printf("\ntime per step, per GPU (a model: %.0f TFLOP/s achieved, tp %.0f GB/s, dp %.0f GB/s, %.0f us per "
+                "collective; --tflops, --tp-gbs, --dp-gbs, --latency-us):\n",
+                o.links.tflops, o.links.tp_gbs, o.links.dp_gbs, o.links.latency_us);
+    std::printf("  compute                                                   %9.1f ms\n", ms(t.compute));
+    if (in.tp > 1)
+      std::printf("  tp all-reduces (each layer waits for its own: not hidden) %9.1f ms  %4.1f%% of the step\n",
+                  ms(t.tp), pct(t.tp));
+    if (in.dp > 1) {
+      std::printf("  dp gradient %-14s %6.1f ms, hidden behind the last backward %6.1f ms: exposed %6.1f ms\n",
+                  in.zero1 ? "reduce-scatter" : "all-reduce", ms(t.dp_reduce), ms(t.dp_hidden),
+                  ms(t.dp_reduce - t.dp_hidden));
+      if (in.zero1)
+        std::printf("  dp weight all-gather after the update (not overlapped)   %9.1f ms  %4.1f%% of the step\n",
+                    ms(t.dp_gather), pct(t.dp_gather));
+    }
+    std::printf("  step %.1f ms: compute %.1f%%, exposed communication %.1f%%\n", ms(t.step()), pct(t.compute),
+                pct(t.exposed()));
+  }
+
   std::printf("\nfit (usable = device memory minus %.0f%% headroom for cuBLAS/NCCL workspace, CUDA context and "
               "fragmentation):\n",
               o.headroom * 100);
@@ -288,6 +324,13 @@ json to_json(const PlanInput& in, const Options& o) {
   for (const Collective& k : collectives(in))
     j["collectives"].push_back({{"group", k.group}, {"op", k.op}, {"what", k.what}, {"count", k.count},
                                 {"payload", k.payload}, {"ring_factor", k.ring_factor}, {"bytes", k.bytes()}});
+  if (in.tp * in.dp > 1) {
+    const StepTime t = step_time(in, o.links);
+    j["step_time"] = {{"tflops", o.links.tflops},   {"tp_gbs", o.links.tp_gbs},       {"dp_gbs", o.links.dp_gbs},
+                      {"latency_us", o.links.latency_us}, {"compute_s", t.compute}, {"tp_s", t.tp},
+                      {"dp_reduce_s", t.dp_reduce}, {"dp_hidden_s", t.dp_hidden}, {"dp_gather_s", t.dp_gather},
+                      {"exposed_s", t.exposed()},   {"step_s", t.step()}};
+  }
   j["gpus"] = json::array();
   for (const Gpu& g : known_gpus()) {
     const double usable = g.bytes * (1 - o.headroom);

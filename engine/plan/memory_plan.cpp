@@ -238,6 +238,31 @@ std::vector<Collective> collectives(const PlanInput& in) {
   return out;
 }
 
+StepTime step_time(const PlanInput& in, const Links& links) {
+  LETHE_CHECK(links.tflops > 0 && links.tp_gbs > 0 && links.dp_gbs > 0 && links.latency_us >= 0,
+              "plan: compute rate and bandwidths must be > 0, latency >= 0");
+  validate(in);
+  StepTime t;
+  // Model FLOPs of this GPU's share: every pass of every micro-batch, a frozen-reference
+  // forward a third of a training pass (forward only), split over tp.
+  const double T = double(seq_len(in)), tokens = double(in.micro_batch) * T;
+  const double per_pass = in.model.train_flops_per_token(seq_len(in)) * tokens / double(in.tp);
+  const double passes = double(in.recipe.passes) + double(in.recipe.ref_forwards) / 3.0;
+  const double micro_compute = per_pass * passes / (links.tflops * 1e12);
+  t.compute = micro_compute * double(in.recipe.grad_accum);
+  for (const Collective& k : collectives(in)) {
+    const double s = k.bytes() / (1e9 * (k.group == "tp" ? links.tp_gbs : links.dp_gbs)) +
+                     double(k.count) * links.latency_us * 1e-6;
+    if (k.group == "tp") t.tp += s;
+    else if (k.op == "all-gather") t.dp_gather += s;
+    else t.dp_reduce += s;
+  }
+  // Buckets start as the last micro-batch's backward finishes them (two thirds of its
+  // compute): at most that much of the reduction hides.
+  t.dp_hidden = std::min(t.dp_reduce, micro_compute * 2.0 / 3.0);
+  return t;
+}
+
 const std::vector<Gpu>& known_gpus() {
   // Totals as nvidia-smi reports them (MiB), not the marketing figure.
   static const std::vector<Gpu> g{{"80 GB (H100 / A100 80GB)", 81559.0 * (1 << 20)},

@@ -82,6 +82,26 @@ ParamCounts param_counts(const PlanInput& in);
 MemoryPlan memory_plan(const PlanInput& in);
 std::vector<Collective> collectives(const PlanInput& in);
 
+// Time per optimizer step on one GPU, from the FLOPs and the collectives above and a few
+// stated hardware inputs. A model for deciding a layout, not a measurement: it says
+// whether the communication of a layout hides behind its compute.
+struct Links {
+  double tflops = 400;        // achieved bf16 TFLOP/s per GPU (H100 SXM: 989 dense peak, ~40% achieved)
+  double tp_gbs = 360;        // bus bandwidth of the tp collectives, GB/s (NVLink 4, NCCL busbw)
+  double dp_gbs = 45;         // per GPU across nodes, GB/s (one 400 Gb/s NDR port per GPU, ~90%)
+  double latency_us = 15;     // fixed cost per collective call
+};
+struct StepTime {
+  double compute = 0;      // seconds of GEMM/attention FLOPs at Links::tflops
+  double tp = 0;           // tp all-reduces: each layer waits for its own (not overlapped)
+  double dp_reduce = 0;    // the gradient reduce-scatter (ZeRO-1) or all-reduce
+  double dp_hidden = 0;    // of which overlapped with the last micro-batch's backward
+  double dp_gather = 0;    // ZeRO-1's weight all-gather after the update (not overlapped)
+  double exposed() const { return tp + (dp_reduce - dp_hidden) + dp_gather; }
+  double step() const { return compute + exposed(); }
+};
+StepTime step_time(const PlanInput& in, const Links& links);
+
 struct Gpu {
   std::string name;
   double bytes;  // total device memory as the driver reports it

@@ -102,6 +102,47 @@ TEST_F(Plan, CollectivesCountTwoAllReducesPerLayerEachWay) {
   EXPECT_DOUBLE_EQ(n["bytes"]["moments"].get<double>(), 8.0 * kLlama2Params);
 }
 
+// The step-time model is the collectives' bytes over the stated bandwidths plus a latency
+// per call, against the FLOPs at the stated rate; the dp reduction hides behind at most the
+// last backward (two thirds of a micro-batch's compute), the ZeRO all-gather not at all.
+TEST_F(Plan, StepTimeAddsTheExposedCommunicationToTheCompute) {
+  auto model = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> a{kLlama2, "--tp", "2", "--dp", "4", "--seq", "4096", "--batch", "1"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return plan_json(a);
+  };
+  const json j = model({"--tflops", "500", "--tp-gbs", "400", "--dp-gbs", "50", "--latency-us", "10"});
+  double tp_bytes = 0, rs_bytes = 0, ag_bytes = 0;
+  int64_t tp_calls = 0;
+  for (const json& c : j["collectives"]) {
+    if (c["group"] == "tp") tp_bytes += c["bytes"].get<double>(), tp_calls += c["count"].get<int64_t>();
+    else if (c["op"] == "reduce-scatter") rs_bytes += c["bytes"].get<double>();
+    else ag_bytes += c["bytes"].get<double>();
+  }
+  const json& t = j["step_time"];
+  // Llama-2-7B at T = 4096: 6 per matmul parameter (every weight but the embedding table
+  // and the norms) + 6 L T d for attention, per token; half per tp rank.
+  const double matmul = double(kLlama2Params) - 32000.0 * 4096 - double(kLlama2Norms);
+  const double flops = (6.0 * matmul + 6.0 * 32 * 4096 * 4096) * 4096 / 2;
+  EXPECT_NEAR(t["compute_s"].get<double>(), flops / 500e12, 1e-12 * flops / 500e12);
+  EXPECT_DOUBLE_EQ(t["tp_s"].get<double>(), tp_bytes / 400e9 + double(tp_calls) * 10e-6);
+  EXPECT_DOUBLE_EQ(t["dp_reduce_s"].get<double>(), rs_bytes / 50e9 + 10e-6);
+  EXPECT_DOUBLE_EQ(t["dp_gather_s"].get<double>(), ag_bytes / 50e9 + 10e-6);
+  // A slow network: the reduction outlasts the backward, which hides two thirds of a step.
+  EXPECT_DOUBLE_EQ(t["dp_hidden_s"].get<double>(), t["compute_s"].get<double>() * 2 / 3);
+  EXPECT_DOUBLE_EQ(t["step_s"].get<double>(), t["compute_s"].get<double>() + t["tp_s"].get<double>() +
+                                                  t["dp_reduce_s"].get<double>() - t["dp_hidden_s"].get<double>() +
+                                                  t["dp_gather_s"].get<double>());
+  // A fast one: the reduction hides entirely.
+  const json f = model({"--dp-gbs", "4000"})["step_time"];
+  EXPECT_DOUBLE_EQ(f["dp_hidden_s"].get<double>(), f["dp_reduce_s"].get<double>());
+  // One GPU: no step-time model (there is no communication to weigh).
+  EXPECT_FALSE(plan_json({kLlama2}).contains("step_time"));
+  const Outcome bad = lethe({"plan", kLlama2, "--tp", "2", "--tp-gbs", "0"});
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.err.find("--tp-gbs: must be > 0"), std::string::npos) << bad.err;
+}
+
 TEST_F(Plan, RecipesWithAFrozenReference) {
   const int64_t p = (kLlama2Params - kLlama2Norms) / 2 + kLlama2Norms;
   const json kl = plan_json({kLlama2, "--tp", "2", "--recipe", "ga_kl"});
