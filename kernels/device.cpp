@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "engine/core/device_memory.h"
+#include "engine/core/error.h"
 
 namespace lethe {
 
