@@ -368,7 +368,7 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   Tensor tokens = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
   Tensor targets = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);
   TrainSummary summary;
-  double timed_seconds = 0, loss = NAN;
+  double timed_seconds = 0, loss = NAN, reduce_wait = 0, gather_wait = 0;
   int64_t timed_tokens = 0;
   const double flops_per_token = c.model.train_flops_per_token(c.seq_len);
   // Testing hook for tools/drills/nan_stop.sh: LETHE_TEST_INJECT_NAN_STEP=k turns step k's
@@ -403,6 +403,10 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
     if (step > start || end - start == 1) {  // the first step pays for allocation
       timed_seconds += dt;
       timed_tokens += ntok;
+      if (opt.par) {
+        reduce_wait += opt.par->last_comm_wait().reduce_s;
+        gather_wait += opt.par->last_comm_wait().gather_s;
+      }
     }
     if (step % c.log_every == 0 || step == end - 1) {
       std::snprintf(line, sizeof line, "step %5lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s",
@@ -434,6 +438,14 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
                 summary.losses.front(), summary.losses.back(), summary.tokens_per_s, summary.mfu_flops / 1e9,
                 flops_per_token);
   out << line << std::endl;
+  if (opt.par && grid->dp() > 1 && timed_seconds > 0) {
+    // What the overlap did not hide, measured: the reduction still running when the
+    // backward ended, and ZeRO-1's all-gather after the update.
+    std::snprintf(line, sizeof line,
+                  "dp communication waited for: gradient reduction %.1f%% of step time, weight all-gather %.1f%%",
+                  100 * reduce_wait / timed_seconds, 100 * gather_wait / timed_seconds);
+    out << line << std::endl;
+  }
   return summary;
 }
 

@@ -1,6 +1,7 @@
 #include "engine/optim/sharded_optimizer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "kernels/optim.h"
@@ -119,6 +120,9 @@ double ShardedOptimizer::global_norm() {
 
 double ShardedOptimizer::step(double lr) {
   LETHE_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
+  using clock = std::chrono::steady_clock;
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  const auto t_reduce = clock::now();
   if (zero1_) {
     grad_ready(0);  // buckets the backward did not start
     for (Bucket& b : buckets_) {
@@ -129,6 +133,8 @@ double ShardedOptimizer::step(double lr) {
   } else if (reducer_) {
     reducer_->finish();
   }
+  comm_wait_.reduce_s = seconds_since(t_reduce);
+  comm_wait_.gather_s = 0;
   const double norm = global_norm();
   LETHE_CHECK(std::isfinite(norm), "gradient norm is ", norm, "; refusing to update the weights");
   const double f = cfg_.grad_clip > 0 ? cfg_.grad_clip / (norm + 1e-6) : 1.0;
@@ -148,6 +154,7 @@ double ShardedOptimizer::step(double lr) {
   }
   if (zero1_) {
     // Each bucket's updated chunks back to every dp rank, then into the weights.
+    const auto t_gather = clock::now();
     const int64_t dp = grid_.dp(), d = grid_.dp_rank();
     for (const Bucket& b : buckets_) {
       Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
@@ -157,6 +164,7 @@ double ShardedOptimizer::step(double lr) {
       grid_.dp_group().all_gather(mine, padded);
       params_.flat().view(b.begin, {b.len}).copy_from(padded.view(0, {b.len}));
     }
+    comm_wait_.gather_s = seconds_since(t_gather);
   } else if (precision_ == Precision::bf16) {
     for (const Piece& p : pieces_) {
       if (frozen(p.param)) continue;

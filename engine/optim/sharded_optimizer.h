@@ -67,6 +67,13 @@ class ShardedOptimizer {
   // weights themselves.
   Tensor& master() { return master_; }
   bool has_m() const { return m_.defined(); }
+  // Wall time of the last step's dp communication that the step had to wait for: the
+  // gradient reduction still unfinished when the backward ended (what the overlap did not
+  // hide), and ZeRO-1's weight all-gather after the update (not overlapped).
+  struct CommWait {
+    double reduce_s = 0, gather_s = 0;
+  };
+  CommWait last_comm_wait() const { return comm_wait_; }
   bool has_v() const { return v_.defined(); }
 
  private:
@@ -95,6 +102,7 @@ class ShardedOptimizer {
   size_t next_bucket_ = 0;        // first bucket not yet started this step
   Tensor master_, gshard_, pad_, m_, v_;
   std::unique_ptr<GradReducer> reducer_;
+  CommWait comm_wait_;
 };
 
 }  // namespace lethe
