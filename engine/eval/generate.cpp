@@ -57,11 +57,11 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
   int64_t n_done = 0;
   for (int64_t step = 0; step < max_new_tokens && n_done < B; ++step) {
     const int64_t len = int64_t(ctx[0].size()), T = std::min(len, max_T);
-    Tensor tok = Tensor::empty({B, T}, DType::i32), tgt = Tensor::empty({B, T}, DType::i32);
-    std::fill(tgt.data<int32_t>(), tgt.data<int32_t>() + B * T, ops::kIgnoreIndex);
+    Tensor tok = Tensor::empty({B, T}, DType::i32);
     for (int64_t b = 0; b < B; ++b)
       std::copy(ctx[size_t(b)].end() - T, ctx[size_t(b)].end(), tok.data<int32_t>() + b * T);
-    model.forward(tok, tgt);
+    // Logits only: no loss, so no collective over dp (each dp rank decodes its own rows).
+    model.forward_logits(tok);
     // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
     Tensor tp_next;
     if (model.tp_layout().tp > 1) {
@@ -129,9 +129,15 @@ VerbatimResult verbatim_memorisation(LlamaModel& model, const TokenDataset& ds, 
     if (max_docs <= 0 || int64_t(docs.size()) < max_docs) docs.push_back(d);
   }
 
-  double f1_sum = 0, recall_sum = 0;
-  int64_t exact = 0;
-  for (size_t i0 = 0; i0 < docs.size(); i0 += size_t(batch_size)) {
+  // Under data parallelism dp rank d decodes batches d, d + dp, ... (generation has no dp
+  // collective; the tp ranks of one dp rank decode the same batches together). Each
+  // document's scores go to its own slot and an exact sum over dp collects them, so the
+  // means are summed in one process's order.
+  const int dp = model.grid().dp(), dp_rank = model.grid().dp_rank();
+  Tensor scores = Tensor::zeros({std::max<int64_t>(int64_t(docs.size()), 1), 3}, DType::f64);
+  double* sc = scores.data<double>();
+  for (size_t i0 = 0, bi = 0; i0 < docs.size(); i0 += size_t(batch_size), ++bi) {
+    if (int(bi % size_t(dp)) != dp_rank) continue;
     const size_t n = std::min(docs.size() - i0, size_t(batch_size));
     std::vector<std::vector<int32_t>> prefixes(n);
     for (size_t j = 0; j < n; ++j) {
@@ -142,11 +148,20 @@ VerbatimResult verbatim_memorisation(LlamaModel& model, const TokenDataset& ds, 
     for (size_t j = 0; j < n; ++j) {
       const auto start = ds.tokens.begin() + ds.offsets[size_t(docs[i0 + j])] + prefix_len;
       const std::vector<int32_t> truth(start, start + continuation_len);
-      exact += generated[j] == truth;
       const RougeL s = rouge_l(rouge_tokenize(decode(generated[j])), rouge_tokenize(decode(truth)));
-      f1_sum += s.f1;
-      recall_sum += s.recall;
+      double* slot = sc + (i0 + j) * 3;
+      slot[0] = s.f1;
+      slot[1] = s.recall;
+      slot[2] = generated[j] == truth ? 1.0 : 0.0;
     }
+  }
+  if (dp > 1) model.grid().dp_group().all_reduce(scores, ReduceOp::sum);
+  double f1_sum = 0, recall_sum = 0;
+  int64_t exact = 0;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    f1_sum += sc[i * 3];
+    recall_sum += sc[i * 3 + 1];
+    exact += sc[i * 3 + 2] != 0.0;
   }
   r.docs = int64_t(docs.size());
   if (r.docs > 0) {
