@@ -122,7 +122,7 @@ std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const
     std::copy(inputs[size_t(c)].begin(), inputs[size_t(c)].end(), tok.data<int32_t>() + c * T);
     std::copy(targets[size_t(c)].begin(), targets[size_t(c)].end(), tgt.data<int32_t>() + c * T);
   }
-  model.forward(tok, tgt);
+  model.forward(tok, tgt);  // unweighted: multiple_choice_accuracy's padding forwards match it
   std::vector<double> lp(static_cast<size_t>(B), 0.0);
   for (int64_t c = 0; c < B; ++c)
     for (int64_t t = 0; t < T; ++t)
@@ -133,8 +133,21 @@ std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const
 McResult multiple_choice_accuracy(LlamaModel& model, const std::string& jsonl_path, const TextEncoder& encode) {
   LETHE_CHECK(bool(encode), "multiple choice: no encode function");
   const std::vector<McItem> items = load_mc_task(jsonl_path);
+  // Under data parallelism dp rank d scores items d, d + dp, ...; the forward is collective
+  // over dp (the loss), so a rank whose items ran out runs one fully masked token instead,
+  // and the integer counts are summed over dp at the end.
+  const int dp = model.grid().dp(), dp_rank = model.grid().dp_rank();
+  const size_t rounds = (items.size() + size_t(dp) - 1) / size_t(dp);
   int64_t correct = 0, correct_norm = 0;
-  for (const McItem& it : items) {
+  for (size_t round = 0; round < rounds; ++round) {
+    const size_t i = round * size_t(dp) + size_t(dp_rank);
+    if (i >= items.size()) {
+      // Unweighted, as choice_logprobs' forward: both run the same collectives.
+      const Tensor tok = Tensor::zeros({1, 1}, DType::i32), tgt = Tensor::from<int32_t>({1, 1}, {ops::kIgnoreIndex});
+      model.forward(tok, tgt);
+      continue;
+    }
+    const McItem& it = items[i];
     std::vector<double> lp;
     try {
       lp = choice_logprobs(model, it, encode);
@@ -145,6 +158,10 @@ McResult multiple_choice_accuracy(LlamaModel& model, const std::string& jsonl_pa
     for (size_t c = 0; c < lp.size(); ++c) norm[c] = lp[c] / double(utf8_chars(it.choices[c]));
     correct += argmax_first(lp) == it.answer;
     correct_norm += argmax_first(norm) == it.answer;
+  }
+  if (dp > 1) {
+    correct = model.grid().dp_group().all_reduce(correct, ReduceOp::sum);
+    correct_norm = model.grid().dp_group().all_reduce(correct_norm, ReduceOp::sum);
   }
   McResult r;
   r.items = int64_t(items.size());
