@@ -20,34 +20,17 @@
 #include "engine/data/token_dataset.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_loader.h"
-#include "engine/io/sha256.h"
 #include "engine/unlearn/recipe.h"
 #include "engine/unlearn/run_state.h"
 #include "engine/unlearn/unlearner.h"
+#include "tests/unlearn_data.h"
 
 namespace lethe {
 namespace {
 namespace fs = std::filesystem;
 
-TokenDataset docs(const std::vector<std::string>& texts) {
-  TokenDataset ds;
-  ds.tokenizer = "bytes";
-  ds.vocab_size = 256;
-  ds.offsets = {0};
-  for (const auto& t : texts) {
-    for (unsigned char c : t) ds.tokens.push_back(c);
-    ds.offsets.push_back(int64_t(ds.tokens.size()));
-    ds.doc_sha256.push_back(sha256(t.data(), t.size()));
-  }
-  return ds;
-}
-
-std::string letters(uint64_t stream, int n) {
-  const Philox rng(42, stream);
-  std::string s;
-  for (int i = 0; i < n; ++i) s += char('a' + rng.below(uint64_t(i), 26));
-  return s;
-}
+using test::docs;
+using test::letters;
 
 class Unlearn : public ::testing::Test {
  protected:

@@ -1,12 +1,10 @@
 #include <cstdio>
 #include <iostream>
-#include <optional>
 
 #include "engine/cli/commands.h"
 #include "engine/cli/options.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_checkpoint.h"
-#include "engine/model/run_device.h"
 
 namespace lethe::cli {
 
@@ -16,7 +14,8 @@ namespace lethe::cli {
 int eval_main(const std::vector<std::string>& args) {
   if (args.size() < 2 || args[0] == "-h" || args[0] == "--help") {
     const bool help = !args.empty() && (args[0] == "-h" || args[0] == "--help");
-    (help ? std::cout : std::cerr) << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N] [precision=P] [device=D]\n"
+    (help ? std::cout : std::cerr) << "usage: lethe eval CKPT DATA.h5 [seq_len=N] [batch=N] [max_sequences=N]\n"
+                 "                  [precision=P] [device=D]\n"
                  "  CKPT: a checkpoint directory or a run directory (its newest checkpoint).\n"
                  "  precision: bf16 or f32 (default: the precision the checkpoint was trained in);\n"
                  "  device: cpu, cuda or auto (default auto).\n"
@@ -24,17 +23,9 @@ int eval_main(const std::vector<std::string>& args) {
     return help ? 0 : 2;
   }
   int64_t seq_len = 0, batch = 4, max_seqs = 0;
-  std::optional<Precision> precision;
-  DeviceChoice device = DeviceChoice::automatic;
+  DeviceOptions dev_opt;
   for (const auto& [k, v] : parse_key_values(args, 2, "eval")) {
-    if (k == "precision") {
-      precision = parse_precision(v, "eval: precision");
-      continue;
-    }
-    if (k == "device") {
-      device = parse_device_choice(v, "eval: device");
-      continue;
-    }
+    if (take_device_option("eval", k, v, dev_opt)) continue;
     const int64_t x = option_int("eval", k, v);
     if (k == "seq_len") seq_len = x;
     else if (k == "batch") batch = x;
@@ -57,9 +48,9 @@ int eval_main(const std::vector<std::string>& args) {
                 shape_str(c.global_shape("weights", s.name)), ", the manifest's model config needs ",
                 shape_str(s.shape));
   }
-  if (!precision && c.manifest().contains("precision"))
-    precision = parse_precision(c.manifest().value("precision", "f32"), c.dir() + "/manifest.json: precision");
-  const RunDevice dev = resolve_run_device(device, precision, "eval: device");
+  if (!dev_opt.precision && c.manifest().contains("precision"))
+    dev_opt.precision = parse_precision(c.manifest().value("precision", "f32"), c.dir() + "/manifest.json: precision");
+  const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "eval: device");
   LlamaModel model(cfg, dev.precision);
   load_params(c, "weights", model.params());
   const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);

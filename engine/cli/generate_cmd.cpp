@@ -1,11 +1,9 @@
 #include <functional>
 #include <memory>
 #include <iostream>
-#include <optional>
 
 #include "engine/cli/commands.h"
 #include "engine/cli/options.h"
-#include "engine/model/run_device.h"
 #include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/io/model_loader.h"
@@ -29,21 +27,13 @@ int generate_main(const std::vector<std::string>& args) {
   }
   int64_t doc = 0, prefix = 32, tokens = 32;
   std::string tokenizer;
-  std::optional<Precision> precision;
-  DeviceChoice device = DeviceChoice::automatic;
+  DeviceOptions dev_opt;
   for (const auto& [k, v] : parse_key_values(args, 2, "generate")) {
     if (k == "tokenizer") {
       tokenizer = v;
       continue;
     }
-    if (k == "precision") {
-      precision = parse_precision(v, "generate: precision");
-      continue;
-    }
-    if (k == "device") {
-      device = parse_device_choice(v, "generate: device");
-      continue;
-    }
+    if (take_device_option("generate", k, v, dev_opt)) continue;
     const int64_t x = option_int("generate", k, v);
     if (k == "doc") doc = x;
     else if (k == "prefix") prefix = x;
@@ -51,7 +41,7 @@ int generate_main(const std::vector<std::string>& args) {
     else LETHE_FAIL("generate: unknown option '", k, "' (doc, prefix, tokens, tokenizer, precision, device)");
   }
   LETHE_CHECK(prefix >= 1 && tokens >= 1, "generate: prefix and tokens must be >= 1");
-  const RunDevice dev = resolve_run_device(device, precision, "generate: device");
+  const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "generate: device");
   const LoadedModel loaded = load_model(args[0]);
   const TokenDataset ds = load_token_dataset(args[1], loaded.config.vocab_size);
   LETHE_CHECK(doc >= 0 && doc < ds.n_docs(), args[1], ": doc ", doc, " out of range [0, ", ds.n_docs(), ")");

@@ -18,6 +18,13 @@ std::vector<std::pair<std::string, std::string>> parse_key_values(const std::vec
   return out;
 }
 
+bool take_device_option(const char* cmd, const std::string& key, const std::string& value, DeviceOptions& o) {
+  if (key == "precision") o.precision = parse_precision(value, std::string(cmd) + ": precision");
+  else if (key == "device") o.device = parse_device_choice(value, std::string(cmd) + ": device");
+  else return false;
+  return true;
+}
+
 int64_t option_int(const char* cmd, const std::string& key, const std::string& value) {
   size_t used = 0;
   int64_t x = 0;

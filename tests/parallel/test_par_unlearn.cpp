@@ -28,11 +28,11 @@
 #include "engine/eval/nll.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/model_checkpoint.h"
-#include "engine/io/sha256.h"
 #include "engine/model/llama.h"
 #include "engine/unlearn/recipe.h"
 #include "engine/unlearn/unlearner.h"
 #include "par_test_util.h"
+#include "tests/unlearn_data.h"
 
 namespace lethe {
 namespace {
@@ -46,25 +46,8 @@ const std::vector<std::string> kRecipes{"ga_kl", "ga_gd"};
 const std::vector<std::string> kTermTypes{"npo",  "simnpo", "random_labels", "adversarial", "rmu",
                                           "wga",  "flood",  "undial"};
 
-TokenDataset docs(const std::vector<std::string>& texts) {
-  TokenDataset ds;
-  ds.tokenizer = "bytes";
-  ds.vocab_size = 256;
-  ds.offsets = {0};
-  for (const auto& t : texts) {
-    for (unsigned char c : t) ds.tokens.push_back(c);
-    ds.offsets.push_back(int64_t(ds.tokens.size()));
-    ds.doc_sha256.push_back(sha256(t.data(), t.size()));
-  }
-  return ds;
-}
-
-std::string letters(uint64_t stream, int n) {
-  const Philox rng(42, stream);
-  std::string s;
-  for (int i = 0; i < n; ++i) s += char('a' + rng.below(uint64_t(i), 26));
-  return s;
-}
+using test::docs;
+using test::letters;
 
 std::string recipe_path(const std::string& name) { return (kDir / (name + ".yaml")).string(); }
 
