@@ -400,8 +400,10 @@ constexpr int64_t kFwdRoundings = 2 * 16 + 2, kBwdRoundings = 2 * 18 + 3;
 TEST(Bf16Model, LogitsLossAndGradientsWithinRoundingBoundsOfF64) {
   const LlamaConfig c = config();
   LlamaModel m(c, Precision::bf16);
+  m.set_keep_logits(true);  // the test reads logits() after forward()
   m.init_weights(7);
   LlamaModel ref(c, DType::f64);
+  ref.set_keep_logits(true);
   ref.params().flat().copy_from(m.params().flat());  // the same (bf16) values, exactly
   Tensor tok, tgt;
   batch(c, tok, tgt);
@@ -449,6 +451,8 @@ TEST(Bf16Model, EmulationIsReproducibleAndReallyRounds) {
     return loss;
   };
   LlamaModel a(c, Precision::bf16), b(c, Precision::bf16);
+  a.set_keep_logits(true);
+  b.set_keep_logits(true);
   a.init_weights(3);
   b.init_weights(3);
   b.set_recompute(true);  // recomputed layers must round exactly as stored ones
@@ -464,8 +468,10 @@ TEST(Bf16Model, EmulationIsReproducibleAndReallyRounds) {
   // f32 error is below 2^-16 * 100 of bf16's bound; a factor 16 leaves 2^16 / 1600 of
   // room for bf16 errors that happen to cancel.
   LlamaModel f(c);
+  f.set_keep_logits(true);
   f.params().flat().copy_from(a.params().flat());
   LlamaModel ref(c, DType::f64);
+  ref.set_keep_logits(true);
   ref.params().flat().copy_from(a.params().flat());
   run(f);
   run(ref);
@@ -495,6 +501,9 @@ TEST(Bf16Model, AdamWStepsTrackTheF32Run) {
   Tensor tok, tgt;
   batch(c, tok, tgt);
   LlamaModel m16(c, Precision::bf16), m32(c), ref(c, DType::f64);
+  m16.set_keep_logits(true);
+  m32.set_keep_logits(true);
+  ref.set_keep_logits(true);
   m16.init_weights(9);
   m32.params().flat().copy_from(m16.params().flat());
   OptimConfig oc;
@@ -550,6 +559,7 @@ TEST(Bf16Model, EveryRoundingPointRoundsAndTheWeightsStayBf16) {
   Tensor tok, tgt;
   batch(c, tok, tgt);
   LlamaModel m(c, Precision::bf16);
+  m.set_keep_logits(true);
   m.init_weights(4);
   Sites sites;
   record(m, sites);
@@ -643,6 +653,8 @@ TEST(Bf16Optimizer, ShardedOptimizerOnOneRankMatchesOptimizer) {
   Tensor tok, tgt;
   batch(c, tok, tgt);
   LlamaModel a(c, Precision::bf16), b(c, Precision::bf16);
+  a.set_keep_logits(true);
+  b.set_keep_logits(true);
   a.init_weights(5);
   b.init_weights(5);
   OptimConfig oc;

@@ -126,6 +126,7 @@ std::vector<int32_t> stepwise_argmax(LlamaModel& m, std::vector<int32_t> ctx, in
     Tensor tok = Tensor::empty({1, T}, DType::i32), tgt = Tensor::empty({1, T}, DType::i32);
     std::copy(ctx.end() - T, ctx.end(), tok.data<int32_t>());
     std::fill(tgt.data<int32_t>(), tgt.data<int32_t>() + T, ops::kIgnoreIndex);
+    m.set_keep_logits(true);
     m.forward(tok, tgt);
     const float* row = m.logits().data<float>() + (T - 1) * V;
     const int32_t next = int32_t(std::max_element(row, row + V) - row);

@@ -78,6 +78,7 @@ void run_golden(const std::string& file, DType dt, const Tol& tol) {
   const LlamaConfig cfg = config_from(json::parse(f.metadata().at("config")));
   const json adam = json::parse(f.metadata().at("adamw"));
   LlamaModel m(cfg, dt);
+  m.set_keep_logits(true);  // the test reads logits() after forward()
   for (size_t i = 0; i < m.params().size(); ++i)
     m.params()[i].copy_from(f.tensor("weight." + m.params().spec(i).name));
   // The fixture must hold exactly our parameters: no extra, none missing.
@@ -127,6 +128,7 @@ void run_golden(const std::string& file, DType dt, const Tol& tol) {
 
   // f32: each step in lockstep with an f64 shadow that starts from the f32 weights.
   LlamaModel shadow(cfg, DType::f64);
+  shadow.set_keep_logits(true);  // the test reads logits() after forward()
   Optimizer shadow_opt(shadow.params(), oc);
   constexpr double u = 0x1p-24;
   for (int s = 0; s <= steps; ++s) {

@@ -297,6 +297,7 @@ DirectStats direct(LlamaModel& m, const TokenDataset& ds, int64_t doc, int64_t T
       tok.data<int32_t>()[t] = t < len ? ds.tokens[size_t(a + s + t)] : 0;
       tgt.data<int32_t>()[t] = t < len ? ds.tokens[size_t(a + s + t + 1)] : ops::kIgnoreIndex;
     }
+    m.set_keep_logits(true);
     m.forward(tok, tgt);
     const std::vector<double> lp = test::values(m.logprobs()), lg = test::values(m.logits());
     for (int64_t t = 0; t < len; ++t) {

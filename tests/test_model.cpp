@@ -145,6 +145,7 @@ TEST(Model, LogprobsAndWeightedLoss) {
   m.init_weights(4);
   Tensor tok, tgt;
   batch(c, 2, 5, tok, tgt);
+  m.set_keep_logits(true);
   const double mean_loss = m.forward(tok, tgt);
   // logprobs are log_softmax(logits)[target], 0 where masked; the default loss is their mean.
   const Tensor lp = m.logprobs().clone(), logits = m.logits().clone();

@@ -8,6 +8,7 @@
 
 #include "engine/data/sequence_sampler.h"
 #include "engine/model/parallel_terms.h"
+#include "engine/parallel/vocab_parallel.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -85,8 +86,6 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     chunk_index.push_back(i);
   }
   const int64_t n = int64_t(chunk_doc.size());
-  const int64_t V = model.config().vocab_size;
-
   // Under data parallelism dp rank d scores batches d, d + dp, ... (as evaluate_nll does):
   // the forward is collective over dp, so every rank runs the same number of them, one
   // fully masked sequence where its batches run out. Each scored token's (logp, mu, sigma)
@@ -110,28 +109,32 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     // Weight 1 per token: the loss is a sum, defined on a rank whose batch is all masked.
     Tensor w = Tensor::empty({B, seq_len}, DType::f64);
     std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
-    model.forward(tok, tgt, &w);
-    const Tensor& logits = model.logits();
-    const Tensor& logprobs = model.logprobs();
     const int32_t* t = tgt.data<int32_t>();
     const int64_t N = B * seq_len;
     std::vector<double> mu(static_cast<size_t>(N)), sigma(static_cast<size_t>(N));
-    if (model.tp_layout().tp > 1) {
-      // Each tp rank holds [N, V/tp] columns: the moments come from per-rank partial sums.
-      Tensor tmu = Tensor::empty({N}, DType::f64), tsigma = Tensor::empty({N}, DType::f64);
-      logprob_moments(model, tmu, tsigma);
-      std::copy(tmu.data<double>(), tmu.data<double>() + N, mu.begin());
-      std::copy(tsigma.data<double>(), tsigma.data<double>() + N, sigma.begin());
-    } else {
-#pragma omp parallel for schedule(static)
-      for (int64_t k = 0; k < N; ++k) {
-        if (t[k] == ops::kIgnoreIndex) continue;
-        if (logits.dtype() == DType::f32)
-          moments(logits.data<float>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
-        else
-          moments(logits.data<double>() + k * V, V, mu[size_t(k)], sigma[size_t(k)]);
+    // Min-K%++ moments from each chunk of logits as the loss path computes it (the whole
+    // [N, V] logits are never held). Under tp each rank holds [R, V/tp] columns and the
+    // moments come from per-rank partial sums.
+    auto visit = [&](int64_t r0, const Tensor& logits) {
+      const int64_t R = logits.dim(0), Vr = logits.dim(1);
+      if (model.tp_layout().tp > 1) {
+        Tensor tmu = Tensor::empty({R}, DType::f64), tsigma = Tensor::empty({R}, DType::f64);
+        vocab_parallel_logprob_moments(logits, tmu, tsigma, model.grid().tp_group());
+        std::copy(tmu.data<double>(), tmu.data<double>() + R, mu.begin() + r0);
+        std::copy(tsigma.data<double>(), tsigma.data<double>() + R, sigma.begin() + r0);
+        return;
       }
-    }
+#pragma omp parallel for schedule(static)
+      for (int64_t k = 0; k < R; ++k) {
+        if (t[r0 + k] == ops::kIgnoreIndex) continue;
+        if (logits.dtype() == DType::f32)
+          moments(logits.data<float>() + k * Vr, Vr, mu[size_t(r0 + k)], sigma[size_t(r0 + k)]);
+        else
+          moments(logits.data<double>() + k * Vr, Vr, mu[size_t(r0 + k)], sigma[size_t(r0 + k)]);
+      }
+    };
+    model.forward(tok, tgt, &w, visit);
+    const Tensor& logprobs = model.logprobs();
     if (!real) continue;
     for (int64_t k = 0; k < N; ++k) {
       if (t[k] == ops::kIgnoreIndex) continue;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/data/sequence_sampler.h"
+#include "engine/parallel/vocab_parallel.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -18,7 +19,6 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
   sc.shuffle = false;
   const SequenceSampler s(ds, sc);
   const int64_t n = max_sequences > 0 ? std::min(max_sequences, s.n_sequences()) : s.n_sequences();
-  const int64_t V = model.config().vocab_size;
   // Under data parallelism dp rank d evaluates batches d, d + dp, d + 2dp, ... and the
   // counts are summed over dp at the end. The model's forward is collective over dp, so
   // every rank runs the same number of forwards: where its batches run out it runs one
@@ -42,9 +42,31 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     // Weight 1 per token: the returned loss is the summed NLL of the batch.
     Tensor w = Tensor::empty({B, seq_len}, DType::f64);
     std::fill(w.data<double>(), w.data<double>() + w.numel(), 1.0);
-    const double batch_nll = model.forward(tok, tgt, &w);
+    // The most likely id of each position, from each chunk of logits as the loss path
+    // computes it; under tp each rank holds a slice of the vocabulary and the argmax is
+    // taken across them.
+    const int64_t N = B * seq_len;
+    std::vector<int32_t> best(size_t(N), 0);
+    auto visit = [&](int64_t r0, const Tensor& logits) {
+      const int64_t R = logits.dim(0), Vr = logits.dim(1);
+      if (model.tp_layout().tp > 1) {
+        Tensor tb = Tensor::empty({R}, DType::i32);
+        vocab_parallel_argmax(logits, model.vocab_shard(), tb, model.grid().tp_group());
+        std::copy(tb.data<int32_t>(), tb.data<int32_t>() + R, best.begin() + r0);
+        return;
+      }
+      for (int64_t k = 0; k < R; ++k) {
+        if (logits.dtype() == DType::f32) {
+          const float* row = logits.data<float>() + k * Vr;
+          best[size_t(r0 + k)] = int32_t(std::max_element(row, row + Vr) - row);
+        } else {
+          const double* row = logits.data<double>() + k * Vr;
+          best[size_t(r0 + k)] = int32_t(std::max_element(row, row + Vr) - row);
+        }
+      }
+    };
+    const double batch_nll = model.forward(tok, tgt, &w, visit);
     if (!real) continue;
-    const Tensor& logits = model.logits();
     const Tensor& lp = model.logprobs();
     const int32_t* t = tgt.data<int32_t>();
     double local_nll = 0;
@@ -64,26 +86,10 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     }
     // forward sums its loss over dp: on a grid the rank's own log-probs give its batch's NLL.
     r.nll_sum += dp > 1 ? local_nll : batch_nll;
-    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
-    Tensor tp_best;
-    if (model.tp_layout().tp > 1) {
-      tp_best = Tensor::empty({B * seq_len}, DType::i32);
-      vocab_parallel_argmax(logits, model.vocab_shard(), tp_best, model.grid().tp_group());
-    }
-    for (int64_t k = 0; k < B * seq_len; ++k) {
+    for (int64_t k = 0; k < N; ++k) {
       if (t[k] == ops::kIgnoreIndex) continue;
       ++r.tokens;
-      int64_t best = 0;
-      if (tp_best.defined()) {
-        best = tp_best.data<int32_t>()[k];
-      } else if (logits.dtype() == DType::f32) {
-        const float* row = logits.data<float>() + k * V;
-        best = std::max_element(row, row + V) - row;
-      } else {
-        const double* row = logits.data<double>() + k * V;
-        best = std::max_element(row, row + V) - row;
-      }
-      r.correct += best == t[k];
+      r.correct += best[size_t(k)] == t[k];
     }
     r.sequences += B;
   }

@@ -109,8 +109,7 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   if (B == B_ && T == T_ && int64_t(acts_.size()) == n_acts) return;
   B_ = B;
   T_ = T;
-  const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn,
-                V = tpl_.vocab;
+  const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn;
   const DType dt = dtype_;
   resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
   acts_.clear();
@@ -133,7 +132,10 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   tmp_ = Tensor::empty({N, C}, dt);
   xf_ = Tensor::empty({N, C}, dt);
   rstdf_ = Tensor::empty({N}, dt);
-  logits_ = Tensor::empty({N, V}, dt);
+  logits_ = Tensor();  // the loss path's chunks and the whole logits are allocated on use
+  chunk_ = Tensor();
+  dchunk_ = Tensor();
+  logits_kept_ = false;
   logprobs_ = Tensor::empty({N}, dt);
   lse_ = Tensor::empty({N}, dt);
   ops::rope_tables(inv_freq_, T, dt, cos_, sin_);
@@ -246,6 +248,7 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   allocate(B, T);
   have_forward_ = false;
   have_loss_ = false;
+  logits_kept_ = false;
   forward_layers_ = 0;
   tokens_ = tokens.reshape({N});
   // The GPU's cast of the master weights to the bf16 copy the forward reads: a no-op for
@@ -262,17 +265,49 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   numerics_.check(x0, {"forward", -1, "embed_tokens output"});
 }
 
-const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
-  begin(tokens, "LlamaModel::forward_logits");
+void LlamaModel::run_trunk(const Tensor& tokens, const char* op) {
+  begin(tokens, op);
   const int64_t N = B_ * T_, C = cfg_.dim;
   for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
   ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
                        cfg_.norm_eps, xf_, rstdf_);
   store(xf_, {"forward", -1, "model.norm output"});
-  ops::linear_forward(xf_, out_weight(), logits_);
-  store(logits_, {"forward", -1, "lm_head output (logits)"});
   forward_layers_ = cfg_.n_layers;
   have_forward_ = true;
+}
+
+void LlamaModel::head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pass) {
+  ops::linear_forward(xf_.slice_rows(r0, r1), out_weight(), out);
+  store(out, {pass, -1, "lm_head output (logits)"});
+}
+
+void LlamaModel::ensure_rows(Tensor& buf, int64_t rows) const {
+  if (!buf.defined() || buf.dim(0) < rows) buf = Tensor::empty({rows, tpl_.vocab}, dtype_);
+}
+
+void LlamaModel::set_loss_chunk_rows(int64_t rows) {
+  LETHE_CHECK(rows >= 0, "loss chunk rows must be >= 0 (0: automatic), got ", rows);
+  chunk_rows_ = rows;
+}
+
+int64_t LlamaModel::loss_chunk_rows() const {
+  const int64_t N = std::max<int64_t>(B_ * T_, 1);
+  const int64_t R = chunk_rows_ > 0 ? chunk_rows_ : std::max<int64_t>(1, kLossChunkElements / tpl_.vocab);
+  return std::min(R, N);
+}
+
+const Tensor& LlamaModel::logits() const {
+  LETHE_CHECK(logits_kept_, "LlamaModel::logits: the last forward computed its loss in chunks of ", loss_chunk_rows(),
+              " rows and kept no [N, V] logits; call forward_logits, or set_keep_logits(true) before forward");
+  return logits_;
+}
+
+const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
+  run_trunk(tokens, "LlamaModel::forward_logits");
+  const int64_t N = B_ * T_;
+  if (!logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+  head_logits(0, N, logits_, "forward");
+  logits_kept_ = true;
   return logits_;
 }
 
@@ -286,12 +321,13 @@ const Tensor& LlamaModel::forward_hidden(const Tensor& tokens, int64_t layer) {
   return hidden_;
 }
 
-double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights) {
+double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights,
+                           const LogitsVisitor& visit) {
   const int64_t B = tokens.ndim() == 2 ? tokens.dim(0) : 0, T = tokens.ndim() == 2 ? tokens.dim(1) : 0, N = B * T;
   check_shape(targets, {B, T}, "LlamaModel::forward", "targets");
   check_dtype(targets, DType::i32, "LlamaModel::forward", "targets");
   if (weights) check_shape(*weights, {B, T}, "LlamaModel::forward", "weights");
-  forward_logits(tokens);
+  run_trunk(tokens, "LlamaModel::forward");
   targets_ = targets.reshape({N});
   if (weights) {
     weights_ = weights->reshape({N});
@@ -305,9 +341,23 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
     for (int64_t i = 0; i < N; ++i) w[i] = (tg[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
   }
   have_loss_ = true;
-  const double loss = tp_on() ? vocab_parallel_cross_entropy_forward(logits_, targets_, weights_, vocab_shard(),
-                                                                     logprobs_, lse_, grid_->tp_group())
-                              : ops::cross_entropy_forward(logits_, targets_, weights_, logprobs_, lse_);
+  // One chunk of N rows when the logits are kept; otherwise R rows at a time. Each chunk's
+  // loss is summed in double, in chunk order: the loss is independent of the thread count.
+  const int64_t R = keep_logits_ ? N : loss_chunk_rows();
+  if (keep_logits_ && !logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+  if (!keep_logits_) ensure_rows(chunk_, R);
+  double loss = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t r1 = std::min(N, r0 + R);
+    Tensor lg = keep_logits_ ? logits_ : chunk_.slice_rows(0, r1 - r0);
+    head_logits(r0, r1, lg, "forward");
+    const Tensor tg = targets_.slice_rows(r0, r1), w = weights_.slice_rows(r0, r1);
+    Tensor lp = logprobs_.slice_rows(r0, r1), lse = lse_.slice_rows(r0, r1);
+    loss += tp_on() ? vocab_parallel_cross_entropy_forward(lg, tg, w, vocab_shard(), lp, lse, grid_->tp_group())
+                    : ops::cross_entropy_forward(lg, tg, w, lp, lse);
+    if (visit) visit(r0, lg);
+  }
+  logits_kept_ = keep_logits_;
   return grid_->dp_group().all_reduce(loss, ReduceOp::sum);
 }
 
@@ -396,7 +446,7 @@ void LlamaModel::ensure_backward_buffers() {
   dg_ = Tensor::empty({N, F}, dt);
   du_ = Tensor::empty({N, F}, dt);
   da_ = Tensor::empty({N, F}, dt);
-  dlogits_ = Tensor::empty({N, tpl_.vocab}, dt);
+  dlogits_ = Tensor();  // whole-logits gradient: allocated on use (backward_logits under bf16)
   if (tpl_.kv_replicated) {
     dkv_full_ = Tensor::empty({N, kv_proj_dim()}, dt);
     dw_kv_ = Tensor::empty({kv_proj_dim(), C}, dt);
@@ -416,18 +466,49 @@ void LlamaModel::backward_layers(int64_t top) {
   if (grad_ready_) grad_ready_(0);
 }
 
-void LlamaModel::backward(double dloss) {
+void LlamaModel::backward(double dloss, const Tensor* weights) {
   LETHE_CHECK(have_forward_ && have_loss_, "LlamaModel::backward called without a forward with targets");
+  const int64_t N = B_ * T_;
+  Tensor w = weights_;
+  if (weights) {
+    check_shape(*weights, {B_, T_}, "LlamaModel::backward", "weights");
+    w = weights->reshape({N});
+  }
   ensure_backward_buffers();
-  if (tp_on()) vocab_parallel_cross_entropy_backward(logits_, targets_, weights_, lse_, vocab_shard(), dloss, dlogits_);
-  else ops::cross_entropy_backward(logits_, targets_, weights_, lse_, dloss, dlogits_);
-  backward_logits(dlogits_);
+  if (logits_kept_) {
+    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+    if (tp_on()) vocab_parallel_cross_entropy_backward(logits_, targets_, w, lse_, vocab_shard(), dloss, dlogits_);
+    else ops::cross_entropy_backward(logits_, targets_, w, lse_, dloss, dlogits_);
+    backward_logits(dlogits_);
+    return;
+  }
+  // The LM head and the cross-entropy backward, chunk by chunk: the chunk's logits are
+  // recomputed (bit-identical to the forward's: the same product of the same rows, rounded
+  // alike), d(logits) is formed and stored (bf16: rounded, as for the whole logits) and
+  // consumed at once.
+  const int64_t R = loss_chunk_rows();
+  ensure_rows(chunk_, R);
+  ensure_rows(dchunk_, R);
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t r1 = std::min(N, r0 + R);
+    Tensor lg = chunk_.slice_rows(0, r1 - r0), dl = dchunk_.slice_rows(0, r1 - r0);
+    head_logits(r0, r1, lg, "backward");
+    const Tensor tg = targets_.slice_rows(r0, r1), wc = w.slice_rows(r0, r1), lse = lse_.slice_rows(r0, r1);
+    if (tp_on()) vocab_parallel_cross_entropy_backward(lg, tg, wc, lse, vocab_shard(), dloss, dl);
+    else ops::cross_entropy_backward(lg, tg, wc, lse, dloss, dl);
+    store(dl, {"backward", -1, "gradient of the loss with respect to the logits"});
+    Tensor dx = dxn_.slice_rows(r0, r1);
+    ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, &d_out_w);
+  }
+  numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
+  backward_from_head();
 }
 
 void LlamaModel::backward_logits(const Tensor& dlogits) {
   LETHE_CHECK(have_forward_ && forward_layers_ == cfg_.n_layers,
               "LlamaModel::backward_logits called without a full forward");
-  const int64_t N = B_ * T_, C = cfg_.dim;
+  const int64_t N = B_ * T_;
   check_shape(dlogits, {N, tpl_.vocab}, "LlamaModel::backward_logits", "dlogits");
   ensure_backward_buffers();
   numerics_.check(dlogits, {"backward", -1, "gradient of the loss with respect to the logits",
@@ -436,6 +517,7 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   // cross-entropy (or the unlearning term that made it) writes it.
   const Tensor* dl = &dlogits;
   if (precision_ == Precision::bf16) {
+    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
     if (&dlogits != &dlogits_) dlogits_.copy_from(dlogits);
     store(dlogits_, {"backward", -1, "gradient of the loss with respect to the logits"});
     dl = &dlogits_;
@@ -443,6 +525,11 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
   ops::linear_backward(*dl, xf_, out_weight(), &dxn_, false, &d_out_w);
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
+  backward_from_head();
+}
+
+void LlamaModel::backward_from_head() {
+  const int64_t N = B_ * T_, C = cfg_.dim;
   copy_to_tp_region_backward(*grid_, dxn_);
   store(dxn_, {"backward", -1, "gradient of the model.norm output"});
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,

@@ -79,15 +79,36 @@ class LlamaModel {
   void set_recompute_layers(int64_t n);
   int64_t recompute_layers() const { return recompute_layers_; }
 
+  // The loss path (forward / backward) runs the LM head and the cross-entropy over R rows
+  // of logits at a time, so the whole [N, V] logits never exist (on a GPU they would be the
+  // largest activation: 4096 x 32000 bf16 is 262 MB per sequence). backward() recomputes
+  // each chunk's logits from the kept final-norm output rather than keeping them: 2 R C V
+  // extra flops per chunk, about 1% of a Llama-2-7B step. 0 (the default) picks
+  // R = kLossChunkElements / (V / tp) rows; tests set a small R to cross chunk edges.
+  static constexpr int64_t kLossChunkElements = int64_t(1) << 25;  // 128 MiB of f32 logits
+  void set_loss_chunk_rows(int64_t rows);
+  int64_t loss_chunk_rows() const;  // R for the current batch
+  // forward() keeps the whole [N, V] logits for logits(): for tests and tools that inspect
+  // them (one chunk of N rows; the results are the same).
+  void set_keep_logits(bool on) { keep_logits_ = on; }
+  // Sees each chunk of logits during forward(): row0 is its first row in [0, B*T), logits
+  // its [R, V] (or [R, V/tp]) rows as stored. Evaluation reads argmax and Min-K%++
+  // moments this way. Under tp every rank visits the same chunks (collectives may run).
+  using LogitsVisitor = std::function<void(int64_t row0, const Tensor& logits)>;
+
   // tokens, targets [B, T] i32 (targets use ops::kIgnoreIndex to mask). weights [B, T]
   // (f32 or f64) gives loss = -sum w * logp; when absent, the loss is the mean NLL over
   // unmasked targets, as transformers computes it. Returns the loss. Under data
   // parallelism B is this rank's rows; the mean is over the unmasked targets of all dp
   // ranks and the returned loss is the global batch's (summed over dp).
-  double forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights = nullptr);
+  double forward(const Tensor& tokens, const Tensor& targets, const Tensor* weights = nullptr,
+                 const LogitsVisitor& visit = nullptr);
 
-  // Adds d(loss * dloss)/d(param) into grads() for the last forward.
-  void backward(double dloss = 1.0);
+  // Adds d(loss * dloss)/d(param) into grads() for the last forward. `weights` [B, T]
+  // (f32 or f64) replaces the forward's token weights for this backward: a term that picks
+  // its weights from the forward's log-probs (WGA, flood) runs one forward. The gradient of
+  // -sum w logp is linear in w, so this equals a forward with those weights.
+  void backward(double dloss = 1.0, const Tensor* weights = nullptr);
 
   // Logits only ([B*T, V], or this rank's [B*T, V/tp] under tensor parallelism); the caller computes its own loss and passes d(loss)/d(logits)
   // to backward_logits, which adds into grads(). The unlearning terms (KL, NPO, ...) use this.
@@ -99,7 +120,9 @@ class LlamaModel {
   const Tensor& forward_hidden(const Tensor& tokens, int64_t layer);
   void backward_hidden(const Tensor& dhidden);
 
-  const Tensor& logits() const { return logits_; }      // [B*T, V] ([B*T, V/tp] under tp)
+  // [B*T, V] ([B*T, V/tp] under tp), after forward_logits or a forward with keep_logits;
+  // an error otherwise (the loss path kept no logits).
+  const Tensor& logits() const;
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked
   int64_t tokens_in_last_batch() const { return B_ * T_; }
 
@@ -128,6 +151,14 @@ class LlamaModel {
   // buffer), then checked for NaN / Inf.
   void store(Tensor& t, const NumericsGuard::Site& site);
   void ensure_backward_buffers();
+  // Layers, then the final norm into xf_ (the LM head's input).
+  void run_trunk(const Tensor& tokens, const char* op);
+  // logits rows [r0, r1) = xf_ rows x out_weight()^T into `out`, stored (bf16: rounded).
+  void head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pass);
+  // From d(loss)/d(xf_) in dxn_ (the LM head's input gradient) down to the embedding.
+  void backward_from_head();
+  // buf holds at least `rows` rows of [., V/tp] logits.
+  void ensure_rows(Tensor& buf, int64_t rows) const;
   void backward_layers(int64_t top);
   const Tensor& out_weight() { return cfg_.tie_embeddings ? params_[0] : params_.get("lm_head.weight"); }
 
@@ -151,7 +182,12 @@ class LlamaModel {
   Acts& acts_for(int64_t l) {
     return l < recompute_layers_ ? acts_.back() : acts_[size_t(l - recompute_layers_)];
   }
-  Tensor tmp_, xf_, rstdf_, logits_, logprobs_, lse_, cos_, sin_;
+  Tensor tmp_, xf_, rstdf_, logprobs_, lse_, cos_, sin_;
+  Tensor logits_;           // [N, V/tp]: forward_logits, or forward with keep_logits_ (allocated on use)
+  Tensor chunk_, dchunk_;   // [R, V/tp]: the loss path's logits and their gradient
+  int64_t chunk_rows_ = 0;  // set_loss_chunk_rows (0: automatic)
+  bool keep_logits_ = false;
+  bool logits_kept_ = false;  // logits_ holds the last forward's logits
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
   Tensor kv_full_, dkv_full_, dw_kv_;  // replicated k/v only

@@ -1,6 +1,7 @@
 #include "engine/plan/memory_plan.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "engine/core/error.h"
 #include "engine/model/llama.h"
@@ -38,6 +39,13 @@ int64_t run_layers(const PlanInput& in) {
   return in.recipe.hidden_last_layer >= 0 ? in.recipe.hidden_last_layer + 1 : in.model.n_layers;
 }
 bool has_logits(const PlanInput& in) { return in.recipe.hidden_last_layer < 0; }
+
+// Rows of logits the trained model holds at once: all N when a term reads its whole logits
+// (kl, undial), otherwise the loss path's chunk (LlamaModel::loss_chunk_rows).
+double logits_rows(const PlanInput& in, double N, double Vr) {
+  if (in.recipe.full_logits) return N;
+  return std::min(N, std::max(1.0, std::floor(double(LlamaModel::kLossChunkElements) / Vr)));
+}
 
 struct Sizes {
   double a, s;  // bytes per activation (and weight) element, per fp32 statistic (rstd, lse)
@@ -150,12 +158,13 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
   const bool rep_kv = kv_replicated(c, in.tp);
   if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
+  const double R = logits_rows(in, N, V);
   if (has_logits(in)) {
-    // xf_ [N, C], rstdf_, logits [N, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
-    m.act_head += N * C * z.a + N * z.s + N * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
+    // xf_ [N, C], rstdf_, logits [R, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
+    m.act_head += N * C * z.a + N * z.s + R * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
   }
-  // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; dlogits_.
-  m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? N * V : 0)) * z.a;
+  // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; d(logits) [R, V/tp].
+  m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? R * V : 0)) * z.a;
   // Replicated k/v: d(k or v) before collapsing the repeats, and the (fp32) weight gradient
   // that is summed over tp before it is added.
   if (rep_kv) m.act_backward += N * d.Kproj * z.a + d.Kproj * C * z.g;

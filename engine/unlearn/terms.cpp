@@ -121,30 +121,23 @@ class FrozenReference {
 };
 
 // One forward's log p(target) per token, kept with what a backward with token weights
-// chosen from those log-probs needs, so WGA and flood run one forward per step. Through
-// the vocabulary-parallel pieces it works on any grid.
+// chosen from those log-probs needs, so WGA and flood run one forward per step. The model's
+// loss path computes them chunk by chunk (no [N, V] logits) on any grid.
 class TokenLogprobs {
  public:
-  TokenLogprobs(LlamaModel& m, const UnlearnBatch& b) : m_(m), logits_(m.forward_logits(b.tokens)) {
-    const int64_t N = logits_.dim(0);
-    targets_ = b.targets.reshape({N});
-    lse_ = Tensor::empty({N}, logits_.dtype());
-    logp_ = Tensor::empty({N}, DType::f64);
-    vocab_parallel_logsumexp(logits_, lse_, m.grid().tp_group());
-    vocab_parallel_target_logprobs(logits_, targets_, lse_, m.vocab_shard(), logp_, m.grid().tp_group());
+  TokenLogprobs(LlamaModel& m, const UnlearnBatch& b) : m_(m) {
+    // Weight 0 everywhere: the forward's loss is not used, its log-probs are.
+    const Tensor none = Tensor::zeros(b.targets.shape(), DType::f64);
+    m.forward(b.tokens, b.targets, &none);
+    logp_ = m.logprobs().to(DType::f64);
   }
   double logp(int64_t i) const { return logp_.data<double>()[i]; }  // 0 at padding
   // Adds scale * d(-sum_i w_i log p_i)/dtheta into m.grads(); w [B, T] f64.
-  void backward(const Tensor& w, double scale) {
-    Tensor dl = Tensor::empty(logits_.shape(), logits_.dtype());
-    vocab_parallel_cross_entropy_backward(logits_, targets_, w.reshape({w.numel()}), lse_, m_.vocab_shard(), scale, dl);
-    m_.backward_logits(dl);
-  }
+  void backward(const Tensor& w, double scale) { m_.backward(scale, &w); }
 
  private:
   LlamaModel& m_;
-  const Tensor& logits_;
-  Tensor targets_, lse_, logp_;
+  Tensor logp_;
 };
 
 // ---- nll: mean token NLL (weight -1 = gradient ascent) -----------------------------------

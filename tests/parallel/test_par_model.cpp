@@ -116,6 +116,9 @@ void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute =
   par_ref.init_weights(8);
   one_ref.init_weights(8);
   if (recompute) par.set_recompute_layers(1);  // recomputed layers communicate again in the backward
+  // The parallel loss path in chunks of 5 rows (chunk edges inside a sequence, and a
+  // vocabulary-parallel cross-entropy per chunk) against the one-process whole logits.
+  par.set_loss_chunk_rows(5);
   for (size_t i = 0; i < par.params().size(); ++i)
     ASSERT_EQ(test::scaled_err(par.params()[i], test::block_of(one.params()[i], par.params().spec(i))), 0.0)
         << "initial " << par.params().spec(i).name;
@@ -190,13 +193,15 @@ TEST(ParallelTerms, TermsWithoutFullLogitsMatchOneProcess) {
   par.init_weights(7), one.init_weights(7), par_ref.init_weights(8), one_ref.init_weights(8);
   const Batch gb = make_batch(0);
   UnlearnBatch ub{gb.tokens, gb.targets, {0, 1, 2, 3}, 5};
-  for (const char* type : {"nll", "random_labels", "simnpo", "rmu_forget", "rmu_retain"}) {
+  par.set_loss_chunk_rows(3);  // the loss path in chunks (one process: the whole logits)
+  for (const char* type : {"nll", "random_labels", "simnpo", "wga", "flood", "rmu_forget", "rmu_retain"}) {
     SCOPED_TRACE(type);
     TermSpec spec;
     spec.type = type;
     spec.stream = "forget";
     spec.layer = 1;
     spec.seed = 3;
+    spec.flood = 8.0;  // above every sequence's NLL (about log 256): each one is pushed
     auto t_par = make_term(spec, &par_ref), t_one = make_term(spec, &one_ref);
     par.grads().zero();
     one.grads().zero();
