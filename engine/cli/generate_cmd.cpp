@@ -42,8 +42,8 @@ int generate_main(const std::vector<std::string>& args) {
   }
   LETHE_CHECK(prefix >= 1 && tokens >= 1, "generate: prefix and tokens must be >= 1");
   const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "generate: device");
-  const LoadedModel loaded = load_model(args[0]);
-  const TokenDataset ds = load_token_dataset(args[1], loaded.config.vocab_size);
+  const ModelSource source = ModelSource::open(args[0]);
+  const TokenDataset ds = load_token_dataset(args[1], source.config().vocab_size);
   LETHE_CHECK(doc >= 0 && doc < ds.n_docs(), args[1], ": doc ", doc, " out of range [0, ", ds.n_docs(), ")");
   const int64_t begin = ds.offsets[size_t(doc)], len = ds.offsets[size_t(doc) + 1] - begin;
   LETHE_CHECK(len > prefix, args[1], ": document ", doc, " has ", len, " tokens, not more than prefix=", prefix);
@@ -54,8 +54,8 @@ int generate_main(const std::vector<std::string>& args) {
     LETHE_CHECK(d, src, ": holds no tokenizer.json to decode '", ds.tokenizer, "' ids; pass tokenizer=PATH");
     decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
   }
-  LlamaModel model(loaded.config, dev.precision);
-  assign_weights(model, loaded);
+  LlamaModel model(source.config(), dev.precision);
+  load_weights(model, source);
   const std::vector<int32_t> head(ds.tokens.begin() + begin, ds.tokens.begin() + begin + prefix);
   const std::vector<int32_t> out = greedy_continue(model, head, tokens);
   int64_t same = 0;

@@ -1,5 +1,6 @@
 #include "engine/core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -49,6 +50,13 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+namespace {
+std::atomic<size_t> g_host_in_use{0}, g_host_peak{0};
+}  // namespace
+
+HostTensorBytes host_tensor_bytes() { return {g_host_in_use.load(), g_host_peak.load()}; }
+void reset_host_tensor_peak() { g_host_peak.store(g_host_in_use.load()); }
+
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   if (device != Device::cpu) {
     data_ = device_allocator().allocate(bytes);
@@ -58,11 +66,19 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   size_t padded = ((bytes + 63) / 64) * 64;
   data_ = std::aligned_alloc(64, padded ? padded : 64);
   LETHE_CHECK(data_ != nullptr, "out of host memory allocating ", bytes, " bytes");
+  const size_t now = g_host_in_use.fetch_add(bytes) + bytes;
+  size_t peak = g_host_peak.load();
+  while (now > peak && !g_host_peak.compare_exchange_weak(peak, now)) {
+  }
 }
 
 Storage::~Storage() {
-  if (device_ != Device::cpu) device_allocator().release(data_);
-  else std::free(data_);
+  if (device_ != Device::cpu) {
+    device_allocator().release(data_);
+    return;
+  }
+  std::free(data_);
+  g_host_in_use.fetch_sub(bytes_);
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {

@@ -113,6 +113,14 @@ class Tensor {
   Device device_ = Device::cpu;
 };
 
+// Bytes of host tensor storage alive now, and the most alive at once since the last
+// reset_host_tensor_peak(): tests bound what an operation holds beyond its inputs and outputs.
+struct HostTensorBytes {
+  size_t in_use = 0, peak = 0;
+};
+HostTensorBytes host_tensor_bytes();
+void reset_host_tensor_peak();
+
 // Shape/dtype checks used by every op; messages name the op and the argument.
 void check_shape(const Tensor& t, const Shape& expected, const char* op, const char* arg);
 void check_dtype(const Tensor& t, DType expected, const char* op, const char* arg);

@@ -122,13 +122,14 @@ json hf_config_from_llama(const LlamaConfig& c, const std::string& torch_dtype) 
   return j;
 }
 
-HfModel read_hf_model(const std::string& dir) {
+HfModelFiles HfModelFiles::open(const std::string& dir) {
   std::error_code ec;
   LETHE_CHECK(fs::is_directory(dir, ec), dir, ": not a directory");
-  HfModel m;
+  HfModelFiles m;
+  m.dir_ = dir;
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
-  m.config = read_json(cfg_path);
-  m.llama = llama_config_from_hf(m.config, cfg_path);
+  m.config_ = read_json(cfg_path);
+  m.llama_ = llama_config_from_hf(m.config_, cfg_path);
 
   // name -> file, from the index when the weights are sharded.
   std::map<std::string, std::string> where;
@@ -148,42 +149,59 @@ HfModel read_hf_model(const std::string& dir) {
     LETHE_CHECK(fs::exists(fs::path(dir) / "model.safetensors"), dir,
                 ": neither model.safetensors nor model.safetensors.index.json found");
   }
-  std::map<std::string, SafetensorsFile> open;
   auto file_for = [&](const std::string& name) -> const SafetensorsFile* {
     const std::string f = where.empty() ? "model.safetensors" : (where.count(name) ? where[name] : "");
     if (f.empty()) return nullptr;
-    if (!open.count(f)) {
-      open.emplace(f, SafetensorsFile::open((fs::path(dir) / f).string()));
-      m.files.push_back(f);
+    if (!m.open_.count(f)) {
+      m.open_.emplace(f, SafetensorsFile::open((fs::path(dir) / f).string()));
+      m.files_.push_back(f);
     }
-    const SafetensorsFile& sf = open.at(f);
-    return sf.has(name) ? &sf : nullptr;
+    const SafetensorsFile& sf = m.open_.at(f);
+    if (!sf.has(name)) return nullptr;
+    m.file_of_[name] = f;
+    return &sf;
   };
+  // Every check from the headers, before any weight is read.
   std::set<std::string> expected;
-  for (const ParamSpec& s : llama_param_specs(m.llama)) {
+  for (const ParamSpec& s : llama_param_specs(m.llama_)) {
     expected.insert(s.name);
     const SafetensorsFile* f = file_for(s.name);
     LETHE_CHECK(f, dir, ": tensor '", s.name, "' is missing");
-    Tensor t = f->tensor(s.name);
-    LETHE_CHECK(t.shape() == s.shape, f->path(), ": tensor '", s.name, "' has shape ", shape_str(t.shape()),
+    const SafetensorsEntry& e = f->entry(s.name);
+    LETHE_CHECK(e.shape == s.shape, f->path(), ": tensor '", s.name, "' has shape ", shape_str(e.shape),
                 ", config.json implies ", shape_str(s.shape));
-    LETHE_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f16, f->path(),
-                ": tensor '", s.name, "' is ", dtype_name(t.dtype()), "; weights must be F32, BF16 or F16");
-    m.tensors.emplace_back(s.name, std::move(t));
+    LETHE_CHECK(e.dtype == "F32" || e.dtype == "BF16" || e.dtype == "F16", f->path(), ": tensor '", s.name, "' is ",
+                e.dtype, "; weights must be F32, BF16 or F16");
   }
   // Anything else in the files is a model lethe would silently drop: refuse, except a
   // tied lm_head copy and the rotary buffer old exports carry.
-  for (const auto& [fname, sf] : open)
+  for (const auto& [fname, sf] : m.open_)
     for (const auto& n : sf.names()) {
       if (expected.count(n)) continue;
       if (n.find("rotary_emb.inv_freq") != std::string::npos) continue;
-      if (m.llama.tie_embeddings && n == "lm_head.weight") {
+      if (m.llama_.tie_embeddings && n == "lm_head.weight") {
         log::warn(sf.path(), ": ignoring lm_head.weight (the config ties it to the embedding)");
         continue;
       }
-      LETHE_FAIL(sf.path(), ": unexpected tensor '", n, "' (not part of a ", m.llama.n_layers,
+      LETHE_FAIL(sf.path(), ": unexpected tensor '", n, "' (not part of a ", m.llama_.n_layers,
                  "-layer Llama with this config)");
     }
+  return m;
+}
+
+Tensor HfModelFiles::read(const std::string& name) const {
+  const auto it = file_of_.find(name);
+  LETHE_CHECK(it != file_of_.end(), dir_, ": no weight '", name, "' in this model");
+  return open_.at(it->second).tensor(name);
+}
+
+HfModel read_hf_model(const std::string& dir) {
+  const HfModelFiles f = HfModelFiles::open(dir);
+  HfModel m;
+  m.config = f.config();
+  m.llama = f.llama();
+  m.files = f.files();
+  for (const ParamSpec& s : llama_param_specs(m.llama)) m.tensors.emplace_back(s.name, f.read(s.name));
   return m;
 }
 

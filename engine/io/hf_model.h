@@ -5,11 +5,13 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "engine/core/tensor.h"
+#include "engine/io/safetensors.h"
 #include "engine/model/llama_config.h"
 
 namespace lethe {
@@ -26,7 +28,29 @@ struct HfModel {
 // that disagree with config.json, offsets outside a file.
 LlamaConfig llama_config_from_hf(const nlohmann::json& config, const std::string& where);
 nlohmann::json hf_config_from_llama(const LlamaConfig& c, const std::string& torch_dtype);
+// Every weight read into memory at once (conversion and tests; a model load streams them
+// through HfModelFiles).
 HfModel read_hf_model(const std::string& dir);
+
+// A transformers directory opened for reading: config.json parsed, and every weight's file,
+// shape and dtype checked from the safetensors headers (the errors above), without reading
+// any weight. read() then reads one weight, as stored (F32, BF16 or F16).
+class HfModelFiles {
+ public:
+  static HfModelFiles open(const std::string& dir);
+  const nlohmann::json& config() const { return config_; }
+  const LlamaConfig& llama() const { return llama_; }
+  const std::vector<std::string>& files() const { return files_; }  // safetensors files, in first-use order
+  Tensor read(const std::string& name) const;
+
+ private:
+  std::string dir_;
+  nlohmann::json config_;
+  LlamaConfig llama_;
+  std::vector<std::string> files_;
+  std::map<std::string, SafetensorsFile> open_;  // by file name
+  std::map<std::string, std::string> file_of_;   // weight name -> file name
+};
 
 // Writes config.json and the tensors: one model.safetensors, or shards of at most
 // shard_bytes with model.safetensors.index.json. `dir` must not exist yet.

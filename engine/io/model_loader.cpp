@@ -1,5 +1,6 @@
 #include "engine/io/model_loader.h"
 
+#include <cstring>
 #include <filesystem>
 
 #include "engine/io/checkpoint.h"
@@ -11,38 +12,97 @@ namespace lethe {
 namespace fs = std::filesystem;
 
 namespace {
-std::string digest(const std::vector<std::pair<std::string, Tensor>>& w) {
-  std::string buf;
-  for (const auto& [n, t] : w) {
-    buf += n + shape_str(t.shape()) + dtype_name(t.dtype());
-    buf.append(static_cast<const char*>(t.raw()), t.nbytes());
+void digest_add(Sha256Stream& h, const std::string& name, const Tensor& t) {
+  const std::string head = name + shape_str(t.shape()) + dtype_name(t.dtype());
+  h.update(head.data(), head.size());
+  h.update(t.raw(), t.nbytes());
+}
+
+// This rank's block of the whole weight `whole` into p (converting to p's dtype).
+void copy_block(Tensor& p, const ParamSpec& s, const Tensor& whole, const std::string& where) {
+  LETHE_CHECK(whole.shape() == s.full_shape(), where, ": weight '", s.name, "' has shape ", shape_str(whole.shape()),
+              ", the model expects ", shape_str(s.full_shape()));
+  if (!s.sharded()) {
+    p.copy_from(whole);
+  } else if (s.shard_dim == 0) {
+    p.copy_from(whole.slice_rows(s.shard_offset, s.shard_offset + s.shape[0]));
+  } else {
+    LETHE_CHECK(whole.ndim() == 2 && s.shard_dim == 1, s.name, ": unexpected tensor-parallel split");
+    // Columns [offset, offset + n) of every row, gathered in the stored dtype, then converted.
+    const Tensor& f = whole;
+    const int64_t R = f.dim(0), C = f.dim(1), n = s.shape[1];
+    const size_t es = dtype_size(f.dtype());
+    Tensor block = Tensor::empty(s.shape, f.dtype());
+    for (int64_t i = 0; i < R; ++i)
+      std::memcpy(static_cast<char*>(block.raw()) + size_t(i * n) * es,
+                  static_cast<const char*>(f.raw()) + size_t(i * C + s.shard_offset) * es, size_t(n) * es);
+    p.copy_from(block);
   }
-  return to_hex(sha256(buf.data(), buf.size()));
 }
 }  // namespace
 
-LoadedModel load_model(const std::string& path) {
-  LoadedModel m;
-  m.path = path;
+ModelSource ModelSource::open(const std::string& path) {
+  ModelSource m;
+  m.path_ = path;
   std::error_code ec;
   LETHE_CHECK(fs::exists(path, ec), path, ": no such model (a transformers directory or a lethe checkpoint)");
   if (fs::exists(fs::path(path) / "config.json")) {
-    HfModel hf = read_hf_model(path);
-    m.config = hf.llama;
-    m.weights = std::move(hf.tensors);
-  } else {
-    const std::string latest = latest_checkpoint(path);
-    const Checkpoint c = Checkpoint::open(latest.empty() ? path : latest);
-    m.config = llama_config_from_json(c.manifest().at("model"), c.dir() + "/manifest.json");
-    for (const ParamSpec& s : llama_param_specs(m.config)) {
-      LETHE_CHECK(c.has("weights", s.name), c.dir(), ": checkpoint lacks weight '", s.name, "'");
-      LETHE_CHECK(c.global_shape("weights", s.name) == s.shape, c.dir(), ": weight '", s.name, "' has shape ",
-                  shape_str(c.global_shape("weights", s.name)), ", the manifest's model config needs ",
-                  shape_str(s.shape));
-      m.weights.emplace_back(s.name, c.read("weights", s.name, c.stored_dtype("weights", s.name)));
-    }
+    m.hf_ = std::make_shared<const HfModelFiles>(HfModelFiles::open(path));
+    m.config_ = m.hf_->llama();
+    return m;
   }
-  m.sha256 = digest(m.weights);
+  const std::string latest = latest_checkpoint(path);
+  auto c = std::make_shared<const Checkpoint>(Checkpoint::open(latest.empty() ? path : latest));
+  m.config_ = llama_config_from_json(c->manifest().at("model"), c->dir() + "/manifest.json");
+  for (const ParamSpec& s : llama_param_specs(m.config_)) {
+    LETHE_CHECK(c->has("weights", s.name), c->dir(), ": checkpoint lacks weight '", s.name, "'");
+    LETHE_CHECK(c->global_shape("weights", s.name) == s.shape, c->dir(), ": weight '", s.name, "' has shape ",
+                shape_str(c->global_shape("weights", s.name)), ", the manifest's model config needs ",
+                shape_str(s.shape));
+  }
+  m.checkpoint_ = std::move(c);
+  return m;
+}
+
+Tensor ModelSource::read(const std::string& name) const {
+  if (hf_) return hf_->read(name);
+  return checkpoint_->read("weights", name, checkpoint_->stored_dtype("weights", name));
+}
+
+std::string load_weights(LlamaModel& model, const ModelSource& src) {
+  ParamSet& params = model.params();
+  const std::vector<ParamSpec> whole = llama_param_specs(src.config());
+  LETHE_CHECK(whole.size() == params.size(), src.path(), ": holds ", whole.size(), " weights, the model has ",
+              params.size(), " parameters");
+  Sha256Stream h;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& s = params.spec(i);
+    LETHE_CHECK(whole[i].name == s.name, src.path(), ": weight ", i, " is '", whole[i].name, "', the model's is '",
+                s.name, "'");
+    const Tensor t = src.read(s.name);
+    digest_add(h, s.name, t);
+    copy_block(params[i], s, t, src.path());
+  }
+  return to_hex(h.final());
+}
+
+std::string weights_sha256(const ParamSet& params) {
+  Sha256Stream h;
+  for (size_t i = 0; i < params.size(); ++i) digest_add(h, params.spec(i).name, params[i]);
+  return to_hex(h.final());
+}
+
+LoadedModel load_model(const std::string& path) {
+  const ModelSource src = ModelSource::open(path);
+  LoadedModel m;
+  m.path = path;
+  m.config = src.config();
+  Sha256Stream h;
+  for (const ParamSpec& s : llama_param_specs(m.config)) {
+    m.weights.emplace_back(s.name, src.read(s.name));
+    digest_add(h, s.name, m.weights.back().second);
+  }
+  m.sha256 = to_hex(h.final());
   return m;
 }
 
@@ -53,12 +113,6 @@ void assign_weights(LlamaModel& model, const LoadedModel& w) {
                 ", the model expects ", shape_str(p.shape()));
     p.copy_from(t);
   }
-}
-
-std::string weights_sha256(const ParamSet& params) {
-  std::vector<std::pair<std::string, Tensor>> w;
-  for (size_t i = 0; i < params.size(); ++i) w.emplace_back(params.spec(i).name, params[i]);
-  return digest(w);
 }
 
 }  // namespace lethe

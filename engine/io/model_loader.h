@@ -1,8 +1,13 @@
 // One entry point for "a model" on the command line: a transformers directory
 // (config.json + safetensors), a lethe checkpoint, or a run directory (its newest
-// checkpoint). Returns the config, the weights in llama_param_specs order, and a digest
-// that identifies the weights in reports.
+// checkpoint).
+//
+// ModelSource opens one without reading its weights; load_weights then streams them into a
+// model one tensor at a time, so the host memory a load needs beyond the model is a few
+// copies of the largest tensor (the stored tensor, its conversion, this rank's block), not
+// the whole model: a Llama-2-7B is 13.5 GB in bf16, its largest tensor 262 MB.
 #pragma once
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,17 +17,44 @@
 
 namespace lethe {
 
+class Checkpoint;
+class HfModelFiles;
+
+class ModelSource {
+ public:
+  // Errors name the path: no such model, a config or header that does not describe a
+  // Llama, a missing or misshapen weight. No weight is read.
+  static ModelSource open(const std::string& path);
+  const std::string& path() const { return path_; }
+  const LlamaConfig& config() const { return config_; }
+  // Weight `name` (a llama_param_specs name) whole, in its stored dtype.
+  Tensor read(const std::string& name) const;
+
+ private:
+  std::string path_;
+  LlamaConfig config_;
+  std::shared_ptr<const HfModelFiles> hf_;
+  std::shared_ptr<const Checkpoint> checkpoint_;
+};
+
+// Reads every weight of `src` into `model` (its tensor-parallel block on a grid), one at a
+// time, converting to the model's dtype. The model's config must be src's (shapes are
+// checked). Returns the digest of the weights as stored (weights_sha256's definition).
+std::string load_weights(LlamaModel& model, const ModelSource& src);
+
+// Digest of a model's current parameters: SHA-256 over (name, shape, dtype, bytes) of every
+// weight, in order.
+std::string weights_sha256(const ParamSet& params);
+
+// Every weight in memory at once, for tools that need them together (conversion, tests).
 struct LoadedModel {
   std::string path;
   LlamaConfig config;
   std::vector<std::pair<std::string, Tensor>> weights;
-  std::string sha256;  // over (name, shape, dtype, bytes) of every weight, in order
+  std::string sha256;  // as load_weights returns it
 };
-
 LoadedModel load_model(const std::string& path);
-// Copies the weights into a model built from the same config (converting dtype).
+// Copies the weights into a one-process model built from the same config (converting dtype).
 void assign_weights(LlamaModel& m, const LoadedModel& w);
-// Digest of a model's current parameters, the same way LoadedModel::sha256 is computed.
-std::string weights_sha256(const ParamSet& params);
 
 }  // namespace lethe

@@ -111,9 +111,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   for (size_t i = 1; i < starts.size(); ++i)
     LETHE_CHECK(f.entries_.at(*starts[i - 1].second).end <= starts[i].first, path, ": tensors '",
                 *starts[i - 1].second, "' and '", *starts[i].second, "' overlap in the data section");
-  f.data_.resize(size_t(data_size));
-  in.read(f.data_.data(), std::streamsize(data_size));
-  LETHE_CHECK(in.good() || data_size == 0, path, ": read error in data section");
+  f.data_offset_ = 8 + hlen;
   return f;
 }
 
@@ -131,11 +129,18 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
 
 Tensor SafetensorsFile::tensor(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
-  const char* src = data_.data() + e.begin;
   const int64_t n = shape_numel(e.shape);
+  // Only this tensor's bytes are read: a model loads one tensor at a time.
+  std::ifstream in(path_, std::ios::binary);
+  LETHE_CHECK(in.good(), path_, ": cannot open for reading");
+  auto read = [&](void* dst, uint64_t bytes) {
+    in.seekg(std::streamoff(data_offset_ + e.begin));
+    in.read(static_cast<char*>(dst), std::streamsize(bytes));
+    LETHE_CHECK(in.good() || bytes == 0, path_, ": tensor '", name, "': read error (was the file truncated?)");
+  };
   auto copy = [&](DType dt) {
     Tensor t = Tensor::empty(e.shape, dt);
-    std::memcpy(t.raw(), src, t.nbytes());
+    read(t.raw(), t.nbytes());
     return t;
   };
   if (e.dtype == "F32") return copy(DType::f32);
@@ -144,11 +149,12 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   if (e.dtype == "I32") return copy(DType::i32);
   if (e.dtype == "F16") return copy(DType::f16);
   if (e.dtype == "I64") {
+    std::vector<int64_t> raw(static_cast<size_t>(n));
+    read(raw.data(), uint64_t(n) * 8);
     Tensor t = Tensor::empty(e.shape, DType::i32);
     int32_t* d = t.data<int32_t>();
     for (int64_t i = 0; i < n; ++i) {
-      int64_t v;
-      std::memcpy(&v, src + 8 * i, 8);
+      const int64_t v = raw[size_t(i)];
       LETHE_CHECK(v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(), path_,
                   ": tensor '", name, "': value ", v, " does not fit int32");
       d[i] = int32_t(v);

@@ -20,7 +20,8 @@ struct SafetensorsEntry {
 
 class SafetensorsFile {
  public:
-  // Reads and validates the whole file; errors name the file and the tensor.
+  // Reads and validates the header against the file's size; errors name the file and the
+  // tensor. No tensor data is read until tensor() asks for it.
   static SafetensorsFile open(const std::string& path);
 
   const std::string& path() const { return path_; }
@@ -29,14 +30,15 @@ class SafetensorsFile {
   const SafetensorsEntry& entry(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
-  // F32/F64/BF16/F16/I32 keep their dtype; I64 narrows to i32 when every value fits.
+  // Reads one tensor from the file. F32/F64/BF16/F16/I32 keep their dtype; I64 narrows to
+  // i32 when every value fits.
   Tensor tensor(const std::string& name) const;
 
  private:
   std::string path_;
   std::map<std::string, SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
-  std::vector<char> data_;
+  uint64_t data_offset_ = 0;  // where the data section starts in the file
 };
 
 // Writes tensors (f32, f64, bf16, f16, i32) to `path` via a temporary file and a rename, so an

@@ -9,21 +9,21 @@
 #include "engine/core/error.h"
 
 namespace lethe {
+Sha256Stream::Sha256Stream() : ctx_(EVP_MD_CTX_new()) {
+  LETHE_CHECK(ctx_ && EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) == 1,
+              "sha256: OpenSSL initialisation failed");
+}
+Sha256Stream::~Sha256Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+void Sha256Stream::update(const void* p, size_t n) { EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), p, n); }
+Sha256 Sha256Stream::final() {
+  Sha256 h{};
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), h.data(), &len);
+  return h;
+}
+
 namespace {
-struct Ctx {
-  EVP_MD_CTX* c = EVP_MD_CTX_new();
-  Ctx() {
-    LETHE_CHECK(c && EVP_DigestInit_ex(c, EVP_sha256(), nullptr) == 1, "sha256: OpenSSL initialisation failed");
-  }
-  ~Ctx() { EVP_MD_CTX_free(c); }
-  void update(const void* p, size_t n) { EVP_DigestUpdate(c, p, n); }
-  Sha256 final() {
-    Sha256 h{};
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(c, h.data(), &len);
-    return h;
-  }
-};
+using Ctx = Sha256Stream;
 }  // namespace
 
 Sha256 sha256(const void* data, size_t n) {

@@ -97,36 +97,6 @@ void save_model(const std::string& dir, const std::string& name, LlamaModel& m, 
   });
 }
 
-// Copies this rank's block of every loaded (whole) weight into m, whatever its grid.
-void assign_local(LlamaModel& m, const LoadedModel& w) {
-  if (m.tp_layout().tp == 1) {
-    assign_weights(m, w);
-    return;
-  }
-  std::map<std::string, size_t> index;
-  for (size_t i = 0; i < m.params().size(); ++i) index[m.params().spec(i).name] = i;
-  for (const auto& [name, t] : w.weights) {
-    LETHE_CHECK(index.count(name), w.path, ": weight '", name, "' is not a parameter of the model");
-    const ParamSpec& s = m.params().spec(index.at(name));
-    Tensor& p = m.params()[index.at(name)];
-    LETHE_CHECK(t.shape() == s.full_shape(), w.path, ": weight '", name, "' has shape ", shape_str(t.shape()),
-                ", the model expects ", shape_str(s.full_shape()));
-    if (!s.sharded()) {
-      p.copy_from(t);
-    } else if (s.shard_dim == 0) {
-      p.copy_from(t.slice_rows(s.shard_offset, s.shard_offset + s.shape[0]).clone());
-    } else {
-      LETHE_CHECK(t.ndim() == 2 && s.shard_dim == 1, name, ": unexpected tensor-parallel split");
-      const Tensor f = t.to(DType::f64);
-      Tensor block = Tensor::empty(s.shape, DType::f64);
-      const int64_t R = f.dim(0), C = f.dim(1), n = s.shape[1];
-      for (int64_t i = 0; i < R; ++i)
-        for (int64_t j = 0; j < n; ++j) block.data<double>()[i * n + j] = f.data<double>()[i * C + s.shard_offset + j];
-      p.copy_from(block);
-    }
-  }
-}
-
 void check_tp(const Recipe& r, const LlamaConfig& c, const std::string& what) {
   try {
     TpLayout::make(c, r.parallel.tp, 0);
@@ -233,14 +203,16 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
                       : "; choose a new output.dir",
               " (nothing was overwritten)");
   grid->world().barrier();  // every rank has looked before rank 0 writes anything
-  const LoadedModel loaded = load_model(r.model);
-  const LlamaConfig& cfg = loaded.config;
+  // Opened, not read: each model of the run (trained, reference, original) streams its
+  // weights from it, one tensor at a time.
+  const ModelSource source = ModelSource::open(r.model);
+  const LlamaConfig& cfg = source.config();
   const std::string tokenizer = source_tokenizer(r.model);
   LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
               cfg.max_seq_len);
   check_tp(r, cfg, r.model);
   LlamaModel model(cfg, prec, grid);
-  assign_local(model, loaded);
+  const std::string model_sha = load_weights(model, source);
 
   // Streams. Every dataset must come from the model's tokenizer family: same vocabulary
   // bound and the same tokenizer as the forget set.
@@ -309,7 +281,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   for (const auto& t : r.terms) need_ref |= term_reads_reference(t);
   if (need_ref) {
     reference = std::make_unique<LlamaModel>(cfg, prec, grid);
-    assign_local(*reference, loaded);
+    load_weights(*reference, source);
   }
   std::vector<std::unique_ptr<Term>> terms;
   for (const auto& spec : r.terms) {
@@ -332,7 +304,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
 
   std::map<std::string, std::string> data_sha;
   for (const auto& [name, s] : streams) data_sha[name] = to_hex(sha256_file(s.path));
-  const json fingerprint = run_fingerprint(r, loaded.sha256, data_sha);
+  const json fingerprint = run_fingerprint(r, model_sha, data_sha);
   RunState st;
   const bool resumed = r.resume && load_run_state(r, fingerprint, model, opt, st);
   if (resumed)
@@ -573,7 +545,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // of forget and holdout.
   if (!reference) {
     reference = std::make_unique<LlamaModel>(cfg, prec, grid);
-    assign_local(*reference, loaded);
+    load_weights(*reference, source);
   }
   const int64_t final_n = r.eval_final_max_sequences;
   res.final_evals["before"] = evaluate(*reference, report_sets, r.seq_len, final_n, 0);
@@ -584,12 +556,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
-    const LoadedModel o = load_model(r.oracle);
-    LETHE_CHECK(o.config.vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
-    check_tp(r, o.config, r.oracle);
-    LlamaModel om(o.config, prec, grid);
-    assign_local(om, o);
-    oracle_sha = o.sha256;
+    const ModelSource o = ModelSource::open(r.oracle);
+    LETHE_CHECK(o.config().vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
+    check_tp(r, o.config(), r.oracle);
+    LlamaModel om(o.config(), prec, grid);
+    oracle_sha = load_weights(om, o);
     oracle_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
     res.final_evals["oracle"] = oracle_eval;
     // On the in-run sample too: the target levels drawn on the curves.
@@ -621,7 +592,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
 
   ReportInput in;
   in.recipe = &r;
-  in.model_sha256 = loaded.sha256;
+  in.model_sha256 = model_sha;
   in.final_sha256 = weights_sha256(final_params);
   in.oracle_sha256 = oracle_sha;
   for (const auto& [name, s] : streams) {

@@ -1,0 +1,118 @@
+// Loading a model streams its weights: ModelSource opens a transformers directory or a
+// checkpoint without reading weights, and load_weights holds one stored tensor at a time.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "engine/io/hf_model.h"
+#include "engine/io/model_loader.h"
+#include "tests/test_util.h"
+
+namespace lethe {
+namespace {
+namespace fs = std::filesystem;
+
+// 8 layers, so the whole model is many times its largest tensor (the embedding and the
+// MLP matrices: 256 x 64 elements; the model holds about 30 of them).
+LlamaConfig config() {
+  LlamaConfig c;
+  c.name = "stream-test";
+  c.vocab_size = 256;
+  c.dim = 64;
+  c.n_layers = 8;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.ffn_dim = 256;
+  c.max_seq_len = 32;
+  return c;
+}
+
+class ModelSourceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("lethe_model_source_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // A bf16 transformers directory, sharded into several files.
+    LlamaModel m(config());
+    m.init_weights(9);
+    for (size_t i = 0; i < m.params().size(); ++i) {
+      tensors_.emplace_back(m.params().spec(i).name, m.params()[i].to(DType::bf16));
+      largest_ = std::max(largest_, size_t(m.params()[i].numel()));
+    }
+    write_hf_model((dir_ / "hf").string(), hf_config_from_llama(config(), "bfloat16"), tensors_, 40000);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+  std::vector<std::pair<std::string, Tensor>> tensors_;
+  size_t largest_ = 0;  // elements of the largest weight
+};
+
+TEST_F(ModelSourceTest, LoadHoldsOneTensorAtATimeAndDigestsAsAWholeRead) {
+  const std::string hf = (dir_ / "hf").string();
+  ASSERT_GT(HfModelFiles::open(hf).files().size(), 2u);  // the weights are sharded
+  const ModelSource src = ModelSource::open(hf);
+  LlamaModel m(src.config());
+  size_t total_bf16 = 0;
+  for (const auto& [n, t] : tensors_) total_bf16 += t.nbytes();
+  // What a load may hold beyond the model: the stored (bf16) tensor being copied; the
+  // conversion writes into the parameter itself. Twice that covers any other small buffer,
+  // and is 1/15 of what a load of the whole stored model at once would hold.
+  const size_t bound = 2 * 2 * largest_;
+  ASSERT_LT(4 * bound, total_bf16);
+  const size_t before = host_tensor_bytes().in_use;
+  reset_host_tensor_peak();
+  const std::string sha = load_weights(m, src);
+  EXPECT_LE(host_tensor_bytes().peak - before, bound)
+      << "largest weight " << largest_ << " elements, whole model " << total_bf16 << " bytes in bf16";
+  EXPECT_EQ(host_tensor_bytes().in_use, before);  // nothing kept
+
+  // The same weights and digest as reading every tensor at once.
+  const LoadedModel whole = load_model(hf);
+  EXPECT_EQ(sha, whole.sha256);
+  for (size_t i = 0; i < m.params().size(); ++i)
+    EXPECT_EQ(test::scaled_err(m.params()[i], tensors_[i].second), 0.0) << m.params().spec(i).name;
+  // The digest is of the stored bytes: a changed weight changes it.
+  tensors_[3].second.data<bf16>()[5] = float_to_bf16(1.5f);
+  write_hf_model((dir_ / "hf2").string(), hf_config_from_llama(config(), "bfloat16"), tensors_, 40000);
+  LlamaModel m2(src.config());
+  EXPECT_NE(load_weights(m2, ModelSource::open((dir_ / "hf2").string())), sha);
+}
+
+// Opening checks every header before a weight is read: a misshapen weight is refused at
+// open, naming the file and the tensor, even when it would be read last.
+TEST_F(ModelSourceTest, OpenRefusesAMisshapenWeightBeforeReadingAny) {
+  tensors_.back().second = Tensor::zeros({3, 64}, DType::bf16);
+  write_hf_model((dir_ / "bad").string(), hf_config_from_llama(config(), "bfloat16"), tensors_, 40000);
+  try {
+    ModelSource::open((dir_ / "bad").string());
+    FAIL() << "a misshapen weight was accepted";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(tensors_.back().first), std::string::npos) << msg;
+    EXPECT_NE(msg.find("has shape [3,64]"), std::string::npos) << msg;
+  }
+}
+
+// A file truncated after it was opened: the read names the file and the tensor.
+TEST_F(ModelSourceTest, ATruncatedFileIsAnErrorNamingTheTensor) {
+  const ModelSource src = ModelSource::open((dir_ / "hf").string());
+  std::string victim;
+  for (const auto& e : fs::directory_iterator(dir_ / "hf"))
+    if (e.path().extension() == ".safetensors" && (victim.empty() || e.path().string() > victim))
+      victim = e.path().string();
+  fs::resize_file(victim, fs::file_size(victim) / 2);
+  LlamaModel m(src.config());
+  try {
+    load_weights(m, src);
+    FAIL() << "a truncated file was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(victim), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("read error"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace lethe
