@@ -28,4 +28,11 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
                         Precision precision = Precision::f32);
 
+// One new query per sequence against a key/value cache (greedy decoding): q[B, 1, H, D],
+// the query at position n - 1, attends to keys 0..n-1 of k_cache, v_cache [B, S, KV, D]
+// (S >= n) -> o[B, 1, H, D]. The same products and softmax as attention_forward's row
+// n - 1 (bf16 included), so cached decoding follows the full forward.
+void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
+                      Tensor& o, Precision precision = Precision::f32);
+
 }  // namespace lethe::ops

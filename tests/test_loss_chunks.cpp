@@ -7,6 +7,7 @@
 
 #include "engine/core/bf16.h"
 #include "engine/model/llama.h"
+#include "engine/model/parallel_terms.h"
 #include "kernels/cross_entropy.h"
 #include "tests/test_util.h"
 
@@ -82,6 +83,28 @@ TEST(LossChunks, EveryChunkingGivesTheWholeLogitsResult) {
       for (size_t i = 0; i < r.grads.size(); ++i)
         EXPECT_LE(scaled_err(r.grads[i], whole.grads[i]), 1e-13) << m.params().spec(i).name;
     }
+  }
+}
+
+// The backward reuses the logits the forward computed last, and recomputes the rest; a
+// chunk size changed between the two (or a second backward) must not reuse stale rows.
+TEST(LossChunks, BackwardReusesOnlyLogitsThatMatchItsChunks) {
+  const LlamaConfig c = config(false);
+  LlamaModel m(c, DType::f64);
+  m.init_weights(12);
+  const Batch b = batch(c);
+  const Result whole = run(m, b, 0);
+  for (auto [fwd_rows, bwd_rows] : {std::pair<int64_t, int64_t>{3, 5}, {5, 3}, {4, 2 * N}, {2 * N, 4}}) {
+    SCOPED_TRACE(::testing::Message() << "forward rows " << fwd_rows << ", backward rows " << bwd_rows);
+    m.set_keep_logits(false);
+    m.set_loss_chunk_rows(fwd_rows);
+    m.grads().zero();
+    m.forward(b.tok, b.tgt, &b.w);
+    m.set_loss_chunk_rows(bwd_rows);
+    m.backward(0.35);
+    m.backward(0.35);  // twice half the weight: the second pass starts from other held rows
+    for (size_t i = 0; i < whole.grads.size(); ++i)
+      EXPECT_LE(scaled_err(m.grads()[i], whole.grads[i]), 1e-13) << m.params().spec(i).name;
   }
 }
 
@@ -170,6 +193,76 @@ TEST(LossChunks, Bf16ChunksRoundAsTheWholeLogits) {
     });
     EXPECT_EQ(not_bf16, 0) << "rows=" << rows;
     EXPECT_NEAR(loss, whole, 2 * std::ldexp(1.0, -8) * zmax) << "rows=" << rows;
+  }
+}
+
+
+// kl_to_reference runs both models' heads in chunks; against KL(p_ref || p) written out from
+// the two models' whole logits (f64): the value and, through backward_logits, the gradient.
+// Only the order of sums differs (chunks of 3 rows): 1e-12 of the scale.
+TEST(LossChunks, KlToAReferenceInChunksMatchesTheWholeLogits) {
+  const LlamaConfig c = config(false);
+  LlamaModel m(c, DType::f64), ref(c, DType::f64);
+  m.init_weights(8);
+  ref.init_weights(9);
+  const Batch b = batch(c);
+  const double scale = 0.6;
+  m.set_loss_chunk_rows(3);
+  m.grads().zero();
+  const double kl = kl_to_reference(m, ref, b.tok, b.tgt, scale, true);
+  std::vector<Tensor> chunked;
+  for (size_t i = 0; i < m.grads().size(); ++i) chunked.push_back(m.grads()[i].clone());
+
+  const Tensor q = ref.forward_logits(b.tok).clone(), z = m.forward_logits(b.tok).clone();
+  const int64_t V = c.vocab_size;
+  int64_t n = 0;
+  for (int64_t i = 0; i < N; ++i) n += b.tgt.data<int32_t>()[i] != ops::kIgnoreIndex;
+  Tensor dl = Tensor::zeros({N, V}, DType::f64);
+  double want = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (b.tgt.data<int32_t>()[i] == ops::kIgnoreIndex) continue;
+    auto softmax = [&](const Tensor& x) {
+      std::vector<double> p(static_cast<size_t>(V));
+      double mx = -1e300, s = 0;
+      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x.data<double>()[i * V + j]);
+      for (int64_t j = 0; j < V; ++j) s += p[size_t(j)] = std::exp(x.data<double>()[i * V + j] - mx);
+      for (double& v : p) v /= s;
+      return p;
+    };
+    const std::vector<double> pq = softmax(q), pz = softmax(z);
+    for (int64_t j = 0; j < V; ++j) {
+      want += pq[size_t(j)] * std::log(pq[size_t(j)] / pz[size_t(j)]) / double(n);
+      dl.data<double>()[i * V + j] = scale * (pz[size_t(j)] - pq[size_t(j)]) / double(n);
+    }
+  }
+  EXPECT_NEAR(kl, want, 1e-12 * want);
+  m.grads().zero();
+  m.backward_logits(dl);
+  for (size_t i = 0; i < chunked.size(); ++i)
+    EXPECT_LE(scaled_err(chunked[i], m.grads()[i]), 1e-12) << m.params().spec(i).name;
+}
+
+// The adversarial labels from the reference's head in chunks: at each real position the
+// most likely id other than the target, as a scan of the whole logits row finds it.
+TEST(LossChunks, AdversarialLabelsInChunksMatchTheWholeLogits) {
+  const LlamaConfig c = config(true);
+  LlamaModel ref(c, DType::f32);
+  ref.init_weights(10);
+  ref.set_loss_chunk_rows(4);
+  const Batch b = batch(c);
+  const Tensor labels = adversarial_targets(ref, b.tok, b.tgt);
+  const Tensor z = ref.forward_logits(b.tok).clone();
+  const int64_t V = c.vocab_size;
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t y = b.tgt.data<int32_t>()[i];
+    if (y == ops::kIgnoreIndex) {
+      EXPECT_EQ(labels.data<int32_t>()[i], ops::kIgnoreIndex);
+      continue;
+    }
+    int32_t best = -1;
+    for (int64_t j = 0; j < V; ++j)
+      if (j != y && (best < 0 || z.data<float>()[i * V + j] > z.data<float>()[i * V + best])) best = int32_t(j);
+    EXPECT_EQ(labels.data<int32_t>()[i], best) << "row " << i;
   }
 }
 

@@ -55,29 +55,30 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
   std::vector<std::vector<int32_t>> ctx = prefixes;
   std::vector<bool> done(static_cast<size_t>(B), false);
   int64_t n_done = 0;
+  // Each step's logits of the last position, [B, V/tp]. While the context fits the model
+  // (max_seq_len positions) the key/value cache serves each new token; past it the window
+  // slides, every position shifts, and the window is run afresh (a prefill) per token.
+  // Logits only: no loss, so no collective over dp (each dp rank decodes its own rows).
+  Tensor logits = Tensor::empty({B, model.vocab_shard().size}, model.dtype());
+  Tensor tp_next = Tensor::empty({B}, DType::i32), last = Tensor::empty({B}, DType::i32);
+  bool cached = false;
   for (int64_t step = 0; step < max_new_tokens && n_done < B; ++step) {
     const int64_t len = int64_t(ctx[0].size()), T = std::min(len, max_T);
-    Tensor tok = Tensor::empty({B, T}, DType::i32);
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(ctx[size_t(b)].end() - T, ctx[size_t(b)].end(), tok.data<int32_t>() + b * T);
-    // Logits only: no loss, so no collective over dp (each dp rank decodes its own rows).
-    model.forward_logits(tok);
-    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
-    Tensor tp_next;
-    if (model.tp_layout().tp > 1) {
-      const Tensor& lg = model.logits();
-      const int64_t Vr = lg.dim(1);
-      const size_t es = dtype_size(lg.dtype());
-      Tensor last = Tensor::empty({B, Vr}, lg.dtype());
+    if (cached && len <= max_T) {
+      for (int64_t b = 0; b < B; ++b) last.data<int32_t>()[b] = ctx[size_t(b)].back();
+      model.decode_step(last, logits);
+    } else {
+      Tensor tok = Tensor::empty({B, T}, DType::i32);
       for (int64_t b = 0; b < B; ++b)
-        std::memcpy(static_cast<char*>(last.raw()) + size_t(b * Vr) * es,
-                    static_cast<const char*>(lg.raw()) + size_t((b * T + T - 1) * Vr) * es, size_t(Vr) * es);
-      tp_next = Tensor::empty({B}, DType::i32);
-      vocab_parallel_argmax(last, model.vocab_shard(), tp_next, model.grid().tp_group());
+        std::copy(ctx[size_t(b)].end() - T, ctx[size_t(b)].end(), tok.data<int32_t>() + b * T);
+      model.decode_prefill(tok, logits);
+      cached = true;
     }
+    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
+    const bool tp = model.tp_layout().tp > 1;
+    if (tp) vocab_parallel_argmax(logits, model.vocab_shard(), tp_next, model.grid().tp_group());
     for (int64_t b = 0; b < B; ++b) {
-      const int32_t next =
-          tp_next.defined() ? tp_next.data<int32_t>()[b] : argmax_row(model.logits(), b * T + T - 1);
+      const int32_t next = tp ? tp_next.data<int32_t>()[b] : argmax_row(logits, b);
       // Finished rows keep growing so every row stays the same length; their tokens are
       // discarded.
       ctx[size_t(b)].push_back(next);

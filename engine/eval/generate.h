@@ -1,10 +1,10 @@
 // Greedy decoding and the verbatim-memorisation evaluation built on it: does the model,
 // given the start of a document, reproduce the document's next tokens?
 //
-// Decoding recomputes the whole forward pass for every new token (no key/value cache).
-// That costs O(T^2) forwards' worth of work per continuation, which is acceptable for the
-// short continuations memorisation tests use, and it keeps generation on exactly the code
-// path that training and the NLL evaluation already verify.
+// Decoding keeps a key/value cache (LlamaModel::decode_prefill / decode_step): each new
+// token runs one position through the model, on the same ops as the full forward, instead
+// of a forward over the whole context. Past max_seq_len the window slides and is run
+// afresh per token.
 #pragma once
 #include <cstdint>
 #include <functional>

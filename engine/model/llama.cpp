@@ -9,6 +9,7 @@
 #include "engine/parallel/regions.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/rmsnorm.h"
@@ -135,6 +136,7 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   logits_ = Tensor();  // the loss path's chunks and the whole logits are allocated on use
   chunk_ = Tensor();
   dchunk_ = Tensor();
+  held_ = {-1, -1};
   logits_kept_ = false;
   logprobs_ = Tensor::empty({N}, dt);
   lse_ = Tensor::empty({N}, dt);
@@ -143,25 +145,8 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   dres_ = Tensor();  // backward buffers are allocated on first use
 }
 
-namespace {
-void add_into(Tensor& y, const Tensor& x) {  // y += x, same shape and dtype
-  const int64_t n = y.numel();
-  if (y.dtype() == DType::f32) {
-    float* a = y.data<float>();
-    const float* b = x.data<float>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-  } else {
-    double* a = y.data<double>();
-    const double* b = x.data<double>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-  }
-}
-}  // namespace
-
 void LlamaModel::expand_kv(const Tensor& full, Tensor& out) const {
-  const int64_t N = B_ * T_, D = cfg_.hd(), KVg = tpl_.kv_proj_heads, H = tpl_.heads;
+  const int64_t D = cfg_.hd(), KVg = tpl_.kv_proj_heads, H = tpl_.heads, N = full.numel() / (KVg * D);
   const size_t es = dtype_size(dtype_);
   const char* src = static_cast<const char*>(full.raw());
   char* dst = static_cast<char*>(out.raw());
@@ -220,7 +205,7 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   reduce_from_tp_region(*grid_, tmp_);  // under tp, bf16 rounds the all-reduced sum once
   put(tmp_, "self_attn.o_proj output");
   a.x2.copy_from(x);
-  add_into(a.x2, tmp_);
+  ops::add_(a.x2, tmp_);
   put(a.x2, "residual stream after attention");
 
   ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
@@ -235,7 +220,7 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   reduce_from_tp_region(*grid_, tmp_);
   put(tmp_, "mlp.down_proj output");
   out.copy_from(a.x2);
-  add_into(out, tmp_);
+  ops::add_(out, tmp_);
   put(out, "layer output (residual stream)");
 }
 
@@ -249,6 +234,7 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   have_forward_ = false;
   have_loss_ = false;
   logits_kept_ = false;
+  held_ = {-1, -1};
   forward_layers_ = 0;
   tokens_ = tokens.reshape({N});
   // The GPU's cast of the master weights to the bf16 copy the forward reads: a no-op for
@@ -265,10 +251,13 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   numerics_.check(x0, {"forward", -1, "embed_tokens output"});
 }
 
-void LlamaModel::run_trunk(const Tensor& tokens, const char* op) {
+void LlamaModel::run_trunk(const Tensor& tokens, const char* op, const std::function<void(int64_t, Acts&)>& after_layer) {
   begin(tokens, op);
   const int64_t N = B_ * T_, C = cfg_.dim;
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l));
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    layer_forward(l, acts_for(l));
+    if (after_layer) after_layer(l, acts_for(l));
+  }
   ops::rmsnorm_forward(resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"),
                        cfg_.norm_eps, xf_, rstdf_);
   store(xf_, {"forward", -1, "model.norm output"});
@@ -281,8 +270,10 @@ void LlamaModel::head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pa
   store(out, {pass, -1, "lm_head output (logits)"});
 }
 
-void LlamaModel::ensure_rows(Tensor& buf, int64_t rows) const {
-  if (!buf.defined() || buf.dim(0) < rows) buf = Tensor::empty({rows, tpl_.vocab}, dtype_);
+bool LlamaModel::ensure_rows(Tensor& buf, int64_t rows) const {
+  if (buf.defined() && buf.dim(0) >= rows) return false;
+  buf = Tensor::empty({rows, tpl_.vocab}, dtype_);
+  return true;
 }
 
 void LlamaModel::set_loss_chunk_rows(int64_t rows) {
@@ -300,6 +291,47 @@ const Tensor& LlamaModel::logits() const {
   LETHE_CHECK(logits_kept_, "LlamaModel::logits: the last forward computed its loss in chunks of ", loss_chunk_rows(),
               " rows and kept no [N, V] logits; call forward_logits, or set_keep_logits(true) before forward");
   return logits_;
+}
+
+void LlamaModel::forward_trunk(const Tensor& tokens) { run_trunk(tokens, "LlamaModel::forward_trunk"); }
+
+void LlamaModel::logits_rows(int64_t r0, int64_t r1, Tensor& out) {
+  LETHE_CHECK(have_forward_, "LlamaModel::logits_rows called without forward_trunk");
+  LETHE_CHECK(r0 >= 0 && r0 <= r1 && r1 <= B_ * T_, "LlamaModel::logits_rows: rows [", r0, ", ", r1, ") outside [0, ",
+              B_ * T_, ")");
+  check_shape(out, {r1 - r0, tpl_.vocab}, "LlamaModel::logits_rows", "out");
+  head_logits(r0, r1, out, "forward");
+}
+
+void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
+  LETHE_CHECK(have_forward_ && forward_layers_ == cfg_.n_layers, "LlamaModel::head_pass called without forward_trunk");
+  const int64_t N = B_ * T_, R = loss_chunk_rows();
+  ensure_rows(chunk_, R);
+  held_ = {-1, -1};  // chunk_ now holds this pass's rows, not the loss path's
+  if (grad) {
+    ensure_backward_buffers();
+    ensure_rows(dchunk_, R);
+  }
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t r1 = std::min(N, r0 + R);
+    Tensor lg = chunk_.slice_rows(0, r1 - r0);
+    head_logits(r0, r1, lg, "forward");
+    if (!grad) {
+      fn(r0, lg, nullptr);
+      continue;
+    }
+    Tensor dl = dchunk_.slice_rows(0, r1 - r0);
+    fn(r0, lg, &dl);
+    numerics_.check(dl, {"backward", -1, "gradient of the loss with respect to the logits",
+                         "it came from the unlearning term that the model was given"});
+    store(dl, {"backward", -1, "gradient of the loss with respect to the logits"});
+    Tensor dx = dxn_.slice_rows(r0, r1);
+    ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, &d_out_w);
+  }
+  if (!grad) return;
+  numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
+  backward_from_head();
 }
 
 const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
@@ -345,12 +377,13 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
   // loss is summed in double, in chunk order: the loss is independent of the thread count.
   const int64_t R = keep_logits_ ? N : loss_chunk_rows();
   if (keep_logits_ && !logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
-  if (!keep_logits_) ensure_rows(chunk_, R);
+  if (!keep_logits_ && ensure_rows(chunk_, R)) held_ = {-1, -1};
   double loss = 0;
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t r1 = std::min(N, r0 + R);
     Tensor lg = keep_logits_ ? logits_ : chunk_.slice_rows(0, r1 - r0);
     head_logits(r0, r1, lg, "forward");
+    if (!keep_logits_) held_ = {r0, r1};
     const Tensor tg = targets_.slice_rows(r0, r1), w = weights_.slice_rows(r0, r1);
     Tensor lp = logprobs_.slice_rows(r0, r1), lse = lse_.slice_rows(r0, r1);
     loss += tp_on() ? vocab_parallel_cross_entropy_forward(lg, tg, w, vocab_shard(), lp, lse, grid_->tp_group())
@@ -416,7 +449,7 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
       dw_kv_.zero_();
       ops::linear_backward(dkv_full_, a.xn1, *wt, &dxn1, true, &dw_kv_);
       reduce_replicated_grad(*grid_, dw_kv_);
-      add_into(*gw, dw_kv_);
+      ops::add_(*gw, dw_kv_);
       if (dexp == &dk_) put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
     }
   } else {
@@ -482,18 +515,27 @@ void LlamaModel::backward(double dloss, const Tensor* weights) {
     backward_logits(dlogits_);
     return;
   }
-  // The LM head and the cross-entropy backward, chunk by chunk: the chunk's logits are
+  // The LM head and the cross-entropy backward, chunk by chunk: d(logits) is formed and
+  // stored (bf16: rounded, as for the whole logits) and consumed at once. The chunk the
+  // forward computed last still holds its logits and goes first; the others' logits are
   // recomputed (bit-identical to the forward's: the same product of the same rows, rounded
-  // alike), d(logits) is formed and stored (bf16: rounded, as for the whole logits) and
-  // consumed at once.
+  // alike). One chunk (N <= R, every CPU run here) recomputes nothing.
   const int64_t R = loss_chunk_rows();
-  ensure_rows(chunk_, R);
+  if (ensure_rows(chunk_, R)) held_ = {-1, -1};
   ensure_rows(dchunk_, R);
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t r1 = std::min(N, r0 + R);
+  const std::pair<int64_t, int64_t> kept = held_;
+  const bool reuse = kept.first >= 0 && kept.first % R == 0 && kept.second == std::min(N, kept.first + R);
+  std::vector<std::pair<int64_t, int64_t>> order;
+  if (reuse) order.push_back(kept);
+  for (int64_t r0 = 0; r0 < N; r0 += R)
+    if (!reuse || r0 != kept.first) order.emplace_back(r0, std::min(N, r0 + R));
+  for (const auto& [r0, r1] : order) {
     Tensor lg = chunk_.slice_rows(0, r1 - r0), dl = dchunk_.slice_rows(0, r1 - r0);
-    head_logits(r0, r1, lg, "backward");
+    if (!(reuse && r0 == kept.first)) {
+      head_logits(r0, r1, lg, "backward");
+      held_ = {r0, r1};
+    }
     const Tensor tg = targets_.slice_rows(r0, r1), wc = w.slice_rows(r0, r1), lse = lse_.slice_rows(r0, r1);
     if (tp_on()) vocab_parallel_cross_entropy_backward(lg, tg, wc, lse, vocab_shard(), dloss, dl);
     else ops::cross_entropy_backward(lg, tg, wc, lse, dloss, dl);

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "engine/core/precision.h"
@@ -114,6 +115,21 @@ class LlamaModel {
   // to backward_logits, which adds into grads(). The unlearning terms (KL, NPO, ...) use this.
   const Tensor& forward_logits(const Tensor& tokens);
   void backward_logits(const Tensor& dlogits);
+
+  // The head in chunks, for terms that read more than the loss (KL to a reference, UNDIAL,
+  // labels drawn from a reference): forward_trunk runs the layers and the final norm, and
+  // no logits; head_pass then computes the logits R rows at a time (loss_chunk_rows) and
+  // hands each chunk to fn. With grad, fn writes d(term)/d(logits) of its rows into
+  // *dlogits and the model backpropagates it through the LM head at once, then, after the
+  // last chunk, through the layers (adding into grads(), as backward_logits does). Under tp
+  // every rank visits the same chunks, so fn may run collectives.
+  void forward_trunk(const Tensor& tokens);
+  using HeadFn = std::function<void(int64_t row0, const Tensor& logits, Tensor* dlogits)>;
+  void head_pass(const HeadFn& fn, bool grad);
+  // Rows [r0, r1) of the logits of the last forward_trunk into out [r1 - r0, V/tp], stored
+  // as the forward stores logits (bf16: rounded). A frozen reference serves its partner's
+  // head_pass chunk by chunk this way.
+  void logits_rows(int64_t r0, int64_t r1, Tensor& out);
   // The residual stream after `layer` ([B*T, dim]), running only layers 0..layer; and the
   // backward from d(loss)/d(that stream), adding into grads() of those layers and the
   // embedding. RMU's activation terms use this.
@@ -123,6 +139,17 @@ class LlamaModel {
   // [B*T, V] ([B*T, V/tp] under tp), after forward_logits or a forward with keep_logits;
   // an error otherwise (the loss path kept no logits).
   const Tensor& logits() const;
+
+  // Greedy decoding with a key/value cache (engine/model/llama_decode.cpp). decode_prefill
+  // runs tokens [B, T0] at positions 0..T0-1, keeps every layer's k (after RoPE) and v for
+  // up to max_seq_len positions, and writes each sequence's last-position logits into
+  // logits [B, V/tp]. decode_step runs one more token per sequence (next [B] i32) at the
+  // next position, attending to the cache, and writes its logits. Inference only: nothing
+  // is kept for a backward, and the next forward or prefill starts afresh. Each new token
+  // costs one position's work instead of a forward over the whole context.
+  void decode_prefill(const Tensor& tokens, Tensor& logits);
+  void decode_step(const Tensor& next, Tensor& logits);
+  int64_t decode_length() const { return decode_len_; }  // positions in the cache
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked
   int64_t tokens_in_last_batch() const { return B_ * T_; }
 
@@ -152,13 +179,13 @@ class LlamaModel {
   void store(Tensor& t, const NumericsGuard::Site& site);
   void ensure_backward_buffers();
   // Layers, then the final norm into xf_ (the LM head's input).
-  void run_trunk(const Tensor& tokens, const char* op);
+  void run_trunk(const Tensor& tokens, const char* op, const std::function<void(int64_t, Acts&)>& after_layer = {});
   // logits rows [r0, r1) = xf_ rows x out_weight()^T into `out`, stored (bf16: rounded).
   void head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pass);
   // From d(loss)/d(xf_) in dxn_ (the LM head's input gradient) down to the embedding.
   void backward_from_head();
-  // buf holds at least `rows` rows of [., V/tp] logits.
-  void ensure_rows(Tensor& buf, int64_t rows) const;
+  // buf holds at least `rows` rows of [., V/tp] logits; true when it was (re)allocated.
+  bool ensure_rows(Tensor& buf, int64_t rows) const;
   void backward_layers(int64_t top);
   const Tensor& out_weight() { return cfg_.tie_embeddings ? params_[0] : params_.get("lm_head.weight"); }
 
@@ -186,7 +213,14 @@ class LlamaModel {
   Tensor logits_;           // [N, V/tp]: forward_logits, or forward with keep_logits_ (allocated on use)
   Tensor chunk_, dchunk_;   // [R, V/tp]: the loss path's logits and their gradient
   int64_t chunk_rows_ = 0;  // set_loss_chunk_rows (0: automatic)
+  std::pair<int64_t, int64_t> held_{-1, -1};  // the rows whose logits chunk_ holds (the loss path's)
   bool keep_logits_ = false;
+  // Decoding: per layer k and v [B, max_seq_len, KV/tp, D], RoPE tables for every position,
+  // one position's activations.
+  std::vector<Tensor> cache_k_, cache_v_;
+  Tensor dec_cos_, dec_sin_;
+  int64_t decode_len_ = 0, decode_B_ = 0;
+  void decode_position(Tensor& x, Tensor& logits);  // x [B, C]: the new position's embedding
   bool logits_kept_ = false;  // logits_ holds the last forward's logits
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;

@@ -5,16 +5,31 @@
 
 namespace lethe {
 
+namespace {
+// Scales d(logits) in place (the term's weight in the step).
+void scale_rows(Tensor& dl, double scale) {
+  if (scale == 1.0) return;
+  auto scale_all = [&](auto* p) {
+    for (int64_t i = 0; i < dl.numel(); ++i) p[i] = decltype(+p[0])(p[i] * scale);
+  };
+  if (dl.dtype() == DType::f32) scale_all(dl.data<float>());
+  else scale_all(dl.data<double>());
+}
+}  // namespace
+
+Tensor ReferenceRows::rows(int64_t r0, int64_t r1, DType dtype) {
+  const int64_t R = r1 - r0;
+  const int64_t Vr = ref_.vocab_shard().size;
+  if (!buf_.defined() || buf_.dim(0) < R) buf_ = Tensor::empty({R, Vr}, ref_.dtype());
+  Tensor out = buf_.slice_rows(0, R);
+  ref_.logits_rows(r0, r1, out);
+  return dtype == ref_.dtype() ? out : out.to(dtype);
+}
+
 double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, const Tensor& targets, double scale,
                        bool grad) {
   ProcessGrid& g = m.grid();
-  // The reference's logits keep the model's dtype: the log-sum-exps then round alike, so
-  // where the two models agree (the first step) p - q is exactly 0. Through f64 the KL
-  // gradient would be rounding noise there, and AdamW (which divides by sqrt(v)) turns
-  // noise-sized gradients into lr-sized steps.
-  const Tensor ref_logits = ref.forward_logits(tokens).to(m.dtype());
-  const Tensor& logits = m.forward_logits(tokens);
-  const int64_t N = logits.dim(0);
+  const int64_t N = targets.numel();
   const int32_t* t = targets.data<int32_t>();
   int64_t valid = 0;
   for (int64_t i = 0; i < N; ++i) valid += t[i] != ops::kIgnoreIndex;
@@ -23,27 +38,37 @@ double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, con
   // Padding carries no distribution to match: weight 0 skips the row.
   Tensor rw = Tensor::zeros({N}, DType::f64);
   for (int64_t i = 0; i < N; ++i) rw.data<double>()[i] = t[i] != ops::kIgnoreIndex ? 1.0 / double(valid) : 0.0;
-  Tensor dl;
-  if (grad && scale != 0) dl = Tensor::empty(logits.shape(), logits.dtype());
-  const double kl = vocab_parallel_kl(ref_logits, logits, rw, dl.defined() ? &dl : nullptr, g.tp_group());
-  if (dl.defined()) {
-    if (scale != 1.0) {
-      auto scale_all = [&](auto* p) {
-        for (int64_t i = 0; i < dl.numel(); ++i) p[i] = decltype(+p[0])(p[i] * scale);
-      };
-      if (dl.dtype() == DType::f32) scale_all(dl.data<float>());
-      else scale_all(dl.data<double>());
-    }
-    m.backward_logits(dl);
-  }
+  ref.forward_trunk(tokens);
+  m.forward_trunk(tokens);
+  // Chunk by chunk: the reference's rows are computed as the model's are visited, so
+  // neither model's whole [N, V] logits exist. The reference's logits keep the model's
+  // dtype: the log-sum-exps then round alike, so where the two models agree (the first
+  // step) p - q is exactly 0. Through f64 the KL gradient would be rounding noise there,
+  // and AdamW (which divides by sqrt(v)) turns noise-sized gradients into lr-sized steps.
+  ReferenceRows q(ref);
+  double kl = 0;
+  m.head_pass(
+      [&](int64_t r0, const Tensor& logits, Tensor* dl) {
+        const int64_t r1 = r0 + logits.dim(0);
+        kl += vocab_parallel_kl(q.rows(r0, r1, m.dtype()), logits, rw.slice_rows(r0, r1), dl, g.tp_group());
+        if (dl) scale_rows(*dl, scale);
+      },
+      grad && scale != 0);
   return g.dp_group().all_reduce(kl, ReduceOp::sum);
 }
 
 Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& targets) {
-  const Tensor& logits = ref.forward_logits(tokens);
-  Tensor out = Tensor::empty({targets.numel()}, DType::i32);
-  vocab_parallel_argmax_excluding(logits, targets.reshape({targets.numel()}), ref.vocab_shard(), out,
-                                  ref.grid().tp_group());
+  const int64_t N = targets.numel();
+  const Tensor tg = targets.reshape({N});
+  Tensor out = Tensor::empty({N}, DType::i32);
+  ref.forward_trunk(tokens);
+  ref.head_pass(
+      [&](int64_t r0, const Tensor& logits, Tensor*) {
+        const int64_t r1 = r0 + logits.dim(0);
+        Tensor o = out.slice_rows(r0, r1);
+        vocab_parallel_argmax_excluding(logits, tg.slice_rows(r0, r1), ref.vocab_shard(), o, ref.grid().tp_group());
+      },
+      false);
   return out.reshape(targets.shape());
 }
 

@@ -1,17 +1,29 @@
 // The pieces of the unlearning terms that read the whole vocabulary, for a model on any
-// process grid. forward_logits returns this tp rank's [N, V/tp] columns, so the kl and
-// adversarial terms and the Min-K%++ statistics go through the vocabulary-parallel ops
-// here instead of looping over a logits row. With a one-process model they compute what
-// engine/unlearn/terms.cpp and engine/eval/mia.cpp compute.
+// process grid. A tp rank holds [N, V/tp] columns of the logits, so the kl and adversarial
+// terms and the Min-K%++ statistics go through the vocabulary-parallel ops here instead of
+// looping over a logits row; a one-process model is the one-rank case.
 #pragma once
 #include "engine/core/tensor.h"
 #include "engine/model/llama.h"
 
 namespace lethe {
 
+// A frozen reference's logits rows, chunk by chunk, after its forward_trunk: the rows its
+// partner's head_pass visits, in the partner's dtype. One buffer of the largest chunk.
+class ReferenceRows {
+ public:
+  explicit ReferenceRows(LlamaModel& ref) : ref_(ref) {}
+  Tensor rows(int64_t r0, int64_t r1, DType dtype);
+
+ private:
+  LlamaModel& ref_;
+  Tensor buf_;
+};
+
 // The kl term: mean over the real positions of the global batch (every dp rank's rows)
 // of KL(p_ref || p_theta). With grad, adds scale * dKL/dtheta into m.grads(). Returns the
 // KL of the global batch (the same on every rank). tokens, targets: this rank's rows.
+// Both models run their head in chunks: no [N, V] logits.
 double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, const Tensor& targets, double scale,
                        bool grad);
 

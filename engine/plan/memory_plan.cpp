@@ -40,10 +40,9 @@ int64_t run_layers(const PlanInput& in) {
 }
 bool has_logits(const PlanInput& in) { return in.recipe.hidden_last_layer < 0; }
 
-// Rows of logits the trained model holds at once: all N when a term reads its whole logits
-// (kl, undial), otherwise the loss path's chunk (LlamaModel::loss_chunk_rows).
-double logits_rows(const PlanInput& in, double N, double Vr) {
-  if (in.recipe.full_logits) return N;
+// Rows of logits a model holds at once: every term runs the head in chunks
+// (LlamaModel::loss_chunk_rows), so the whole [N, V] logits never exist.
+double logits_rows(double N, double Vr) {
   return std::min(N, std::max(1.0, std::floor(double(LlamaModel::kLossChunkElements) / Vr)));
 }
 
@@ -158,7 +157,7 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
   const bool rep_kv = kv_replicated(c, in.tp);
   if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
-  const double R = logits_rows(in, N, V);
+  const double R = logits_rows(N, V);
   if (has_logits(in)) {
     // xf_ [N, C], rstdf_, logits [R, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
     m.act_head += N * C * z.a + N * z.s + R * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
@@ -183,7 +182,8 @@ MemoryPlan memory_plan(const PlanInput& in) {
       if (bf16 && !needed) continue;
       ref_p += double(rank_numel(s, c, in.tp));
     }
-    const double head = rc.ref_logits ? N * C * z.a + N * z.s + N * V * z.a : 0;
+    // Its head: the final norm output, and one chunk of logits rows at a time.
+    const double head = rc.ref_logits ? N * C * z.a + N * z.s + R * V * z.a : 0;
     if (bf16) {
       m.ref_weights = ref_p * 2;
       m.ref_acts = layer_set(in) + 2 * N * C * z.a + head;
@@ -191,9 +191,9 @@ MemoryPlan memory_plan(const PlanInput& in) {
       m.ref_weights = ref_p * 4 * 2;  // weights + the unused, zeroed gradient set
       m.ref_acts = double(rc.ref_last_layer + 2) * N * C * z.a + double(rc.ref_last_layer + 1) * layer_set(in) +
                    N * C * z.a + rope + head;
-      // The CPU KL term copies the reference logits to f64 and builds d(logits) in f32;
-      // rmu_retain does the same with the hidden state.
-      m.ref_acts += rc.ref_logits ? N * V * (8 + 4) : N * C * (8 + 4);
+      // rmu_retain copies the reference's hidden state to f64 and builds d(hidden) in f32
+      // (the logits terms read the reference a chunk at a time, counted in its head).
+      if (!rc.ref_logits) m.ref_acts += N * C * (8 + 4);
     }
   }
   return m;

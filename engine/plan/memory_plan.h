@@ -24,9 +24,6 @@ struct RecipeNeeds {
   // `ref_logits` for KL / adversarial, the RMU layer for rmu_retain).
   int64_t ref_last_layer = -1;
   bool ref_logits = false;
-  // A term reads the trained model's whole [N, V] logits (kl, undial); every other term
-  // goes through the loss path, which holds LlamaModel::kLossChunkElements of them at once.
-  bool full_logits = false;
   // RMU-only recipes run the trained model up to this layer and never compute logits.
   int64_t hidden_last_layer = -1;
   int64_t passes = 1;         // forward+backward passes per micro-batch (one per term)

@@ -85,7 +85,6 @@ RecipeNeeds recipe_needs(const Recipe& r, const LlamaConfig& model) {
                   " is outside the model's ", model.n_layers, " layers");
       rmu_layer = std::max(rmu_layer, t.layer);
     }
-    if (t.type == "kl" || t.type == "undial") n.full_logits = true;
     // Terms that read the frozen original's logits every step: kl, adversarial, undial, and
     // random labels drawn from it (the engine keeps one frozen copy for all of them).
     if (t.type == "kl" || t.type == "adversarial" || t.type == "undial" ||

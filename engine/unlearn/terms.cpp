@@ -48,22 +48,6 @@ Tensor mean_weights(const LlamaModel& m, const Tensor& targets) {
   return w;
 }
 
-// Row softmax of a logits row in double.
-void softmax_row(const float* x, const double* xd, int64_t V, std::vector<double>& p) {
-  p.resize(size_t(V));
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < V; ++j) m = std::max(m, x ? double(x[j]) : xd[j]);
-  double z = 0;
-  for (int64_t j = 0; j < V; ++j) z += (p[j] = std::exp((x ? double(x[j]) : xd[j]) - m));
-  for (double& v : p) v /= z;
-}
-
-void row_probs(const Tensor& logits, int64_t i, std::vector<double>& p) {
-  const int64_t V = logits.dim(1);
-  if (logits.dtype() == DType::f32) softmax_row(logits.data<float>() + i * V, nullptr, V, p);
-  else softmax_row(nullptr, logits.data<double>() + i * V, V, p);
-}
-
 // Per-sequence sums of log p(target) over valid positions, from the last forward.
 std::vector<double> sequence_logp(const LlamaModel& m, const Tensor& targets) {
   const int64_t B = targets.dim(0), T = targets.dim(1);
@@ -223,34 +207,39 @@ Tensor draw_random_labels(const TermSpec& s, LlamaModel& ref, const UnlearnBatch
       if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(first + i), V));
     return t;
   }
-  const Tensor& logits = ref.forward_logits(b.tokens);
   Communicator& tp = ref.grid().tp_group();
-  const int64_t N = logits.dim(0), Vr = logits.dim(1), P = tp.size(), V = Vr * P;
-  // Under tp each rank holds Vr columns: whole rows are gathered a chunk at a time (about
-  // 2^20 logits per rank), never the whole [N, V].
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / Vr);
-  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-    const int64_t R = std::min(chunk, N - r0);
-    Tensor mine = logits.slice_rows(r0, r0 + R).to(DType::f64), all = mine;
-    if (P > 1) {
-      all = Tensor::empty({P * R * Vr}, DType::f64);
-      tp.all_gather(mine.reshape({R * Vr}), all);
-    }
-    const double* g = all.data<double>();
+  const int64_t Vr = ref.vocab_shard().size, P = tp.size(), V = Vr * P;
+  ref.forward_trunk(b.tokens);
+  // The reference's head in chunks; under tp each rank holds Vr columns, and whole rows are
+  // gathered a few at a time (about 2^20 logits per rank), never the whole [N, V].
+  const int64_t sub = std::max<int64_t>(1, (int64_t(1) << 20) / Vr);
+  ref.head_pass(
+      [&](int64_t c0, const Tensor& logits, Tensor*) {
+        const int64_t C = logits.dim(0);
+        for (int64_t s0 = 0; s0 < C; s0 += sub) {
+          const int64_t R = std::min(sub, C - s0), r0 = c0 + s0;
+          Tensor mine = logits.slice_rows(s0, s0 + R).to(DType::f64), all = mine;
+          if (P > 1) {
+            all = Tensor::empty({P * R * Vr}, DType::f64);
+            tp.all_gather(mine.reshape({R * Vr}), all);
+          }
+          const double* g = all.data<double>();
 #pragma omp parallel
-    {
-      std::vector<double> row(static_cast<size_t>(V)), e;
-      std::vector<int32_t> idx;
+          {
+            std::vector<double> row(static_cast<size_t>(V)), e;
+            std::vector<int32_t> idx;
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t i = r0 + r;
-        if (p[i] == ops::kIgnoreIndex) continue;
-        for (int64_t q = 0; q < P; ++q)  // rank q's block holds ids [q Vr, (q + 1) Vr)
-          std::copy_n(g + (q * R + r) * Vr, Vr, row.begin() + q * Vr);
-        p[i] = sample_row(row.data(), V, rng.uniform(uint64_t(first + i)), s.top_k, s.top_p, idx, e);
-      }
-    }
-  }
+            for (int64_t r = 0; r < R; ++r) {
+              const int64_t i = r0 + r;
+              if (p[i] == ops::kIgnoreIndex) continue;
+              for (int64_t q = 0; q < P; ++q)  // rank q's block holds ids [q Vr, (q + 1) Vr)
+                std::copy_n(g + (q * R + r) * Vr, Vr, row.begin() + q * Vr);
+              p[i] = sample_row(row.data(), V, rng.uniform(uint64_t(first + i)), s.top_k, s.top_p, idx, e);
+            }
+          }
+        }
+      },
+      false);
   return t;
 }
 
@@ -297,29 +286,8 @@ class KlTerm : public Term {
  private:
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
     // On a grid the logits are this rank's vocabulary columns and the rows this dp rank's:
-    // the vocabulary-parallel KL normalises over the global batch.
-    if (m.grid().parallel()) return kl_to_reference(m, *ref_, b.tokens, b.targets, scale, grad);
-    const Tensor ref = ref_->forward_logits(b.tokens).to(DType::f64);
-    const Tensor& logits = m.forward_logits(b.tokens);
-    const int64_t N = logits.dim(0), V = logits.dim(1), n = count_valid(b.targets);
-    if (n == 0) return 0;
-    Tensor dl = Tensor::zeros({N, V}, logits.dtype());
-    std::vector<double> p, q;
-    double kl = 0;
-    const int32_t* t = b.targets.data<int32_t>();
-    for (int64_t i = 0; i < N; ++i) {
-      if (t[i] == ops::kIgnoreIndex) continue;  // padding carries no distribution to match
-      row_probs(ref, i, q);
-      row_probs(logits, i, p);
-      for (int64_t j = 0; j < V; ++j) {
-        if (q[j] > 0) kl += q[j] * (std::log(q[j]) - std::log(std::max(p[j], 1e-300)));
-        const double g = scale * (p[j] - q[j]) / double(n);
-        if (dl.dtype() == DType::f32) dl.data<float>()[i * V + j] = float(g);
-        else dl.data<double>()[i * V + j] = g;
-      }
-    }
-    if (grad && scale != 0) m.backward_logits(dl);
-    return kl / double(n);
+    // the vocabulary-parallel KL normalises over the global batch (one process: one rank).
+    return kl_to_reference(m, *ref_, b.tokens, b.targets, scale, grad);
   }
   LlamaModel* ref_;
 };
@@ -515,34 +483,43 @@ class UndialTerm : public Term {
 
  private:
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
-    // The model's dtype, as kl_to_reference keeps it (its comment says why).
-    Tensor target = ref_.get().forward_logits(b.tokens).to(m.dtype());
-    const Tensor& logits = m.forward_logits(b.tokens);
-    const VocabShard vs = m.vocab_shard();
-    const int64_t N = logits.dim(0), Vr = logits.dim(1);
+    const int64_t N = b.targets.numel();
     const int64_t valid = count_valid_global(m, b.targets);
     if (valid == 0) return 0;
     const int32_t* t = b.targets.data<int32_t>();
     Tensor rw = Tensor::zeros({N}, DType::f64);
-    for (int64_t i = 0; i < N; ++i) {
-      if (t[i] == ops::kIgnoreIndex) continue;  // padding: no target token to lower
-      rw.data<double>()[i] = 1.0 / double(valid);
-      const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
-      if (c < 0 || c >= Vr) continue;
-      if (target.dtype() == DType::f32) target.data<float>()[i * Vr + c] -= float(spec_.gamma);
-      else target.data<double>()[i * Vr + c] -= spec_.gamma;
-    }
-    Tensor dl;
-    if (grad && scale != 0) dl = Tensor::empty(logits.shape(), logits.dtype());
-    const double kl = vocab_parallel_kl(target, logits, rw, dl.defined() ? &dl : nullptr, m.grid().tp_group());
-    if (dl.defined()) {
-      auto scale_all = [&](auto* p) {
-        for (int64_t i = 0; i < dl.numel(); ++i) p[i] = decltype(+p[0])(p[i] * scale);
-      };
-      if (dl.dtype() == DType::f32) scale_all(dl.data<float>());
-      else scale_all(dl.data<double>());
-      m.backward_logits(dl);
-    }
+    for (int64_t i = 0; i < N; ++i)
+      if (t[i] != ops::kIgnoreIndex) rw.data<double>()[i] = 1.0 / double(valid);  // padding: no token to lower
+    LlamaModel& ref = ref_.get();
+    ref.forward_trunk(b.tokens);
+    m.forward_trunk(b.tokens);
+    const VocabShard vs = m.vocab_shard();
+    // The reference's rows in the model's dtype, as kl_to_reference keeps them (its comment
+    // says why), chunk by chunk as the model's head visits them.
+    ReferenceRows q(ref);
+    double kl = 0;
+    m.head_pass(
+        [&](int64_t r0, const Tensor& logits, Tensor* dl) {
+          const int64_t R = logits.dim(0), Vr = logits.dim(1);
+          Tensor target = q.rows(r0, r0 + R, m.dtype());
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t i = r0 + r;
+            if (t[i] == ops::kIgnoreIndex) continue;
+            const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
+            if (c < 0 || c >= Vr) continue;
+            if (target.dtype() == DType::f32) target.data<float>()[r * Vr + c] -= float(spec_.gamma);
+            else target.data<double>()[r * Vr + c] -= spec_.gamma;
+          }
+          kl += vocab_parallel_kl(target, logits, rw.slice_rows(r0, r0 + R), dl, m.grid().tp_group());
+          if (dl && scale != 1.0) {
+            auto scale_all = [&](auto* p) {
+              for (int64_t k = 0; k < dl->numel(); ++k) p[k] = decltype(+p[0])(p[k] * scale);
+            };
+            if (dl->dtype() == DType::f32) scale_all(dl->data<float>());
+            else scale_all(dl->data<double>());
+          }
+        },
+        grad && scale != 0);
     return sum_over_dp(m, kl);
   }
   FrozenReference ref_;

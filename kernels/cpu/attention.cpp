@@ -207,4 +207,63 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   });
 }
 
+
+void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
+                      Tensor& o, Precision precision) {
+  const char* op = "attention_decode";
+  check_cpu(q, op, "q");
+  LETHE_CHECK(precision == Precision::f32 || q.dtype() == DType::f32, op,
+              ": the bf16 policy is emulated on f32 tensors, got ", q.describe());
+  LETHE_CHECK(q.ndim() == 4 && q.dim(1) == 1 && k_cache.ndim() == 4, op,
+              ": expected q[B,1,H,D] and a cache [B,S,KV,D], got ", q.describe(), ", ", k_cache.describe());
+  const int64_t B = q.dim(0), H = q.dim(2), D = q.dim(3), S = k_cache.dim(1), KV = k_cache.dim(2);
+  check_shape(k_cache, {B, S, KV, D}, op, "k_cache");
+  check_shape(v_cache, {B, S, KV, D}, op, "v_cache");
+  check_shape(o, q.shape(), op, "o");
+  check_dtype(k_cache, q.dtype(), op, "k_cache");
+  check_dtype(v_cache, q.dtype(), op, "v_cache");
+  LETHE_CHECK(KV > 0 && H % KV == 0, op, ": ", H, " query heads are not a multiple of ", KV, " kv heads");
+  LETHE_CHECK(n >= 1 && n <= S, op, ": ", n, " cached keys, the cache holds ", S);
+  const bool bf = precision == Precision::bf16;
+  const float scale_log2 = float(scale) * 1.4426950408889634f;
+  cpu::dispatch_float(q.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t *Q = q.data<scalar_t>(), *K = k_cache.data<scalar_t>(), *V = v_cache.data<scalar_t>();
+    scalar_t* O = o.data<scalar_t>();
+    const int64_t group = H / KV, ks = KV * D;
+#pragma omp parallel
+    {
+      std::vector<scalar_t> s(static_cast<size_t>(n));
+      std::vector<float> tile_base;
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t* qh = Q + (b * H + h) * D;
+          const scalar_t* Kb = K + b * S * ks + (h / group) * D;
+          const scalar_t* Vb = V + b * S * ks + (h / group) * D;
+          // The last row of attention_forward over n keys: the same products (bf16: unscaled,
+          // then scaled into base 2 per tile) and the same softmax.
+          cpu::gemm(false, true, 1, int(n), int(D), scalar_t(bf ? 1.0 : scale), qh, int(D), Kb, int(ks), scalar_t(0),
+                    s.data(), int(n));
+          bool done = false;
+          if constexpr (std::is_same_v<scalar_t, float>)
+            if (bf) {
+              bf16_softmax_row(s.data(), n, scale_log2, tile_base);
+              done = true;
+            }
+          if (!done) {
+            scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+            for (int64_t j = 0; j < n; ++j) m = std::max(m, s[size_t(j)]);
+            scalar_t z = 0;
+            for (int64_t j = 0; j < n; ++j) z += (s[size_t(j)] = std::exp(s[size_t(j)] - m));
+            const scalar_t inv = scalar_t(1) / z;
+            for (int64_t j = 0; j < n; ++j) s[size_t(j)] *= inv;
+          }
+          cpu::gemm(false, false, 1, int(D), int(n), scalar_t(1), s.data(), int(n), Vb, int(ks), scalar_t(0),
+                    O + (b * H + h) * D, int(D));
+        }
+    }
+  });
+}
+
 }  // namespace lethe::ops
