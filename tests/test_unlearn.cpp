@@ -18,6 +18,7 @@
 #include "engine/cli/commands.h"
 #include "engine/core/rng.h"
 #include "engine/data/token_dataset.h"
+#include "engine/eval/multiple_choice.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_loader.h"
 #include "engine/unlearn/recipe.h"
@@ -81,6 +82,7 @@ class Unlearn : public ::testing::Test {
 fs::path Unlearn::dir_;
 
 double nll(const EvalPoint& e, const char* s) { return e.splits.at(s).nll; }
+const std::string kMcTask = std::string(LETHE_SOURCE_DIR) + "/data/tasks/austen_mc.jsonl";
 
 TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   // GA+GD run until the seed study's criterion (forget NLL >= holdout NLL, checked every 5
@@ -95,7 +97,8 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   const auto res = run_unlearn(load_recipe(recipe("ga_gd", "  f: {type: nll, stream: forget, weight: -1}\n"
                                                            "  r: {type: nll, stream: retain, weight: 1}\n",
                                                   1e-3, max_steps, "stop: {forget_reaches_holdout: true}\n"),
-                                           {"eval.verbatim_prefix=24", "eval.verbatim_continuation=24"}),
+                                           {"eval.verbatim_prefix=24", "eval.verbatim_continuation=24",
+                                            "eval.mc_tasks.austen=" + kMcTask, "eval.mc_tasks.again=" + kMcTask}),
                                log);
   const EvalPoint &before = res.evals.front(), &after = res.evals.back();
   // Memorised before: the secrets are far more predictable than unseen random letters.
@@ -120,9 +123,23 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   EXPECT_EQ(res.in_run_docs.at("forget"), 2);
   EXPECT_EQ(res.final_docs.at("holdout"), 2);
   EXPECT_EQ(res.mia.at("after").members.by_attack.at("loss").size(), 2u);
+  // Named multiple-choice tasks, each scored before and after: "before" is the original
+  // model's accuracy, as scoring it directly gives.
+  const auto& mc = res.extra.at("before").mc_tasks;
+  ASSERT_EQ(mc.size(), 2u);
+  LlamaModel original(load_model((dir_ / "model").string()).config);
+  assign_weights(original, load_model((dir_ / "model").string()));
+  const McResult direct = multiple_choice_accuracy(original, kMcTask, bytes_encode);
+  EXPECT_EQ(mc.at("austen").items, direct.items);
+  EXPECT_EQ(mc.at("austen").acc, direct.acc);
+  EXPECT_EQ(mc.at("again").acc_norm, direct.acc_norm);
+  EXPECT_EQ(res.extra.at("after").mc_tasks.count("austen"), 1u);
   // The report names documents by hash only.
   std::ifstream rep(dir_ / "out_ga_gd" / "report.json");
   const std::string text((std::istreambuf_iterator<char>(rep)), {});
+  const nlohmann::json rj = nlohmann::json::parse(text);
+  EXPECT_EQ(rj.at("multiple_choice_tasks").at("austen").at("before").at("acc").get<double>(), direct.acc);
+  EXPECT_TRUE(rj.at("multiple_choice_tasks").at("again").contains("after"));
   EXPECT_EQ(text.find("SECRET-MARKER"), std::string::npos);
   EXPECT_NE(text.find("forgotten_documents_sha256"), std::string::npos);
   EXPECT_EQ(log.str().find("SECRET-MARKER"), std::string::npos);
@@ -408,6 +425,12 @@ TEST_F(Unlearn, BadRecipesAreClearErrors) {
                "terms.f.lambda': unknown key");
   expect_error(recipe("bad5", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 1), "missing.h5",
                {"data.forget=missing.h5"});
+  expect_error(recipe("bad5b", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 1),
+               "eval.mc_tasks': must be a mapping of task name to JSONL file", {"eval.mc_tasks=austen_mc.jsonl"});
+  // A missing task file is found before the first step (nothing is written).
+  expect_error(recipe("bad5c", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-3, 1), "no_such_task.jsonl",
+               {"eval.mc_tasks.qa=no_such_task.jsonl"});
+  EXPECT_FALSE(fs::exists(dir_ / "out_bad5c" / "final"));
   // A forget set tokenised with another tokenizer than the rest.
   TokenDataset other = docs({"abc def", "ghi jkl"});
   other.tokenizer = "hf:0123456789abcdef";

@@ -126,6 +126,12 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.verbatim_continuation = e.get<int64_t>("verbatim_continuation", r.verbatim_continuation);
     r.verbatim_max_docs = e.get<int64_t>("verbatim_max_docs", r.verbatim_max_docs);
     if (e.has("mc_task")) r.mc_task = e.path("mc_task");
+    if (e.has("mc_tasks")) {
+      LETHE_CHECK(e.is_map("mc_tasks"), e.where("mc_tasks"), ": must be a mapping of task name to JSONL file");
+      const ConfigNode t = e.child("mc_tasks");
+      for (const std::string& name : t.keys()) r.mc_tasks.emplace_back(name, t.path(name));
+      t.finish();
+    }
     e.finish();
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");

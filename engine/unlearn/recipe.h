@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/model/run_device.h"
@@ -41,6 +42,9 @@ struct Recipe {
   // after and for the oracle; 0 tokens disables it.
   int64_t verbatim_prefix = 0, verbatim_continuation = 0, verbatim_max_docs = 8;
   std::string mc_task;  // multiple-choice JSONL task scored before/after/oracle (optional)
+  // More named multiple-choice tasks (eval.mc_tasks: {name: file}), each scored and
+  // reported like mc_task: e.g. what should be forgotten and what must be kept.
+  std::vector<std::pair<std::string, std::string>> mc_tasks;
   bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
   double stop_mia_band = 0;                  // |AUC - 0.5| <= band
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial

@@ -239,6 +239,8 @@ void write_report(const ReportInput& in, const std::string& dir) {
                                          {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match},
                                          {"prefix", r.verbatim_prefix}, {"continuation", r.verbatim_continuation}};
     if (x.mc) j["multiple_choice"][who] = {{"items", x.mc_items}, {"acc", x.mc_acc}, {"acc_norm", x.mc_acc_norm}};
+    for (const auto& [name, s] : x.mc_tasks)
+      j["multiple_choice_tasks"][name][who] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}};
   }
   j["curve"] = json::array();
   for (const auto& e : res.evals) {
@@ -323,7 +325,7 @@ void write_report(const ReportInput& in, const std::string& dir) {
     }
   }
   const auto& ex = res.extra;
-  if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc)) {
+  if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc || !ex.at("after").mc_tasks.empty())) {
     md << "\nGeneration and task metrics (forget-document continuations: greedy, " << r.verbatim_prefix
        << "-token prefix, " << r.verbatim_continuation << " tokens):\n\n| metric | before | after |"
        << (ex.count("oracle") ? " oracle |" : "") << "\n|---|---:|---:|" << (ex.count("oracle") ? "---:|" : "") << "\n";
@@ -337,6 +339,16 @@ void write_report(const ReportInput& in, const std::string& dir) {
     row("exact match (forget continuations)", &ExtraMetrics::exact_match, &ExtraMetrics::verbatim);
     row("multiple-choice acc", &ExtraMetrics::mc_acc, &ExtraMetrics::mc);
     row("multiple-choice acc_norm", &ExtraMetrics::mc_acc_norm, &ExtraMetrics::mc);
+    for (const auto& [name, s] : ex.at("after").mc_tasks) {
+      auto acc = [&](const char* who) {
+        const auto w = ex.find(who);
+        return w != ex.end() && w->second.mc_tasks.count(name) ? f4(w->second.mc_tasks.at(name).acc) : std::string();
+      };
+      md << "| multiple-choice acc: " << name << " (" << s.items << " items) | " << acc("before") << " | "
+         << acc("after") << " |";
+      if (ex.count("oracle")) md << " " << acc("oracle") << " |";
+      md << "\n";
+    }
   }
   md << "\nModel sha256 `" << in.model_sha256 << "`, unlearned `" << in.final_sha256 << "`";
   if (!in.oracle_sha256.empty()) md << ", oracle `" << in.oracle_sha256 << "`";

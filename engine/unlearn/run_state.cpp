@@ -40,7 +40,12 @@ EvalPoint eval_from_json(const json& j) {
 json extra_to_json(const ExtraMetrics& x) {
   return {{"verbatim", x.verbatim},      {"mc", x.mc},           {"rouge_l_f1", x.rouge_l_f1},
           {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match}, {"verbatim_docs", x.verbatim_docs},
-          {"mc_acc", x.mc_acc},          {"mc_acc_norm", x.mc_acc_norm}, {"mc_items", x.mc_items}};
+          {"mc_acc", x.mc_acc},          {"mc_acc_norm", x.mc_acc_norm}, {"mc_items", x.mc_items},
+          {"mc_tasks", [&] {
+             json t = json::object();
+             for (const auto& [name, s] : x.mc_tasks) t[name] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}};
+             return t;
+           }()}};
 }
 
 ExtraMetrics extra_from_json(const json& j) {
@@ -54,6 +59,10 @@ ExtraMetrics extra_from_json(const json& j) {
   x.mc_acc = j.at("mc_acc").get<double>();
   x.mc_acc_norm = j.at("mc_acc_norm").get<double>();
   x.mc_items = j.at("mc_items").get<int64_t>();
+  if (j.contains("mc_tasks"))  // absent in run state written before eval.mc_tasks existed
+    for (auto it = j.at("mc_tasks").begin(); it != j.at("mc_tasks").end(); ++it)
+      x.mc_tasks[it.key()] = {it.value().at("items").get<int64_t>(), it.value().at("acc").get<double>(),
+                              it.value().at("acc_norm").get<double>()};
   return x;
 }
 

@@ -180,6 +180,10 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
     x.mc_acc_norm = mc.acc_norm;
     x.mc_items = mc.items;
   }
+  for (const auto& [name, path] : r.mc_tasks) {
+    const McResult mc = multiple_choice_accuracy(m, path, bytes_encode);
+    x.mc_tasks[name] = {mc.items, mc.acc, mc.acc_norm};
+  }
   return x;
 }
 
@@ -252,9 +256,13 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   }
   LETHE_CHECK(r.verbatim_prefix == 0 || decode, r.file, ": eval.verbatim_* needs to decode '",
               streams.at("forget").ds->tokenizer, "' ids, and ", r.model, " holds no tokenizer.json");
-  LETHE_CHECK(r.mc_task.empty() || byte_level, r.file,
-              ": eval.mc_task needs a byte-level model in this version (the forget set uses '",
+  LETHE_CHECK((r.mc_task.empty() && r.mc_tasks.empty()) || byte_level, r.file,
+              ": eval.mc_task(s) need a byte-level model in this version (the forget set uses '",
               streams.at("forget").ds->tokenizer, "')");
+  // The task files are read now, not after the run: a missing or malformed one must not
+  // cost the steps before the final evaluation.
+  if (!r.mc_task.empty()) load_mc_task(r.mc_task);
+  for (const auto& [name, path] : r.mc_tasks) load_mc_task(path);
   if (!decode) out << "no tokenizer.json with " << r.model << ": the zlib attack is left out" << std::endl;
   // Selection on one half of the forget and holdout documents, reporting on the other: a
   // stop rule or best checkpoint chosen on the documents the report then scores biases the

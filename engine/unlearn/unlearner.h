@@ -32,6 +32,11 @@ struct ExtraMetrics {
   int64_t verbatim_docs = 0;
   double mc_acc = 0, mc_acc_norm = 0;
   int64_t mc_items = 0;
+  struct McScore {
+    int64_t items = 0;
+    double acc = 0, acc_norm = 0;
+  };
+  std::map<std::string, McScore> mc_tasks;  // eval.mc_tasks, by name
 };
 
 // The final membership-inference suite of one model: every attack's score per document.

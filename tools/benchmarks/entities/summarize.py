@@ -6,8 +6,8 @@
 Columns: steps and stop reason, forget QA accuracy before / after / oracle (the recipe's
 eval.mc_task), forget and holdout NLL after (oracle), retain and general NLL change against
 the original model, MIA AUC of the LOSS attack after (oracle), and PrivLeak after in both
-conventions with their 95% bootstrap intervals. Retain and holdout QA are not in
-report.json: score_qa.sh scores them.
+conventions with their 95% bootstrap intervals, and the retain and holdout QA after when
+the recipe scored them (eval.mc_tasks retain_qa / holdout_qa; otherwise score_qa.sh).
 """
 import json
 import sys
@@ -25,11 +25,17 @@ def leak(j, who, conv):
     return f"{x['value']:+.1f}% [{lo:+.0f}, {hi:+.0f}]" if lo is not None else f"{x['value']:+.1f}%"
 
 
+def task_acc(j, name):
+    x = j.get("multiple_choice_tasks", {}).get(name, {}).get("after")
+    return "n/a" if x is None else f"{x['acc']:.3f}"
+
+
 def main(paths):
     print("| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
           "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
-          "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after "
+          "| retain QA after | holdout QA after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         j = json.load(open(p))
         mc = j.get("multiple_choice", {})
@@ -44,7 +50,8 @@ def main(paths):
               f"| {nll(a, 'forget')} ({nll(o, 'forget')}) | {nll(a, 'holdout')} ({nll(o, 'holdout')}) "
               f"| {pct(v.get('retain_nll_change_vs_original_percent'))} "
               f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
-              f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} |")
+              f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} "
+              f"| {task_acc(j, 'retain_qa')} | {task_acc(j, 'holdout_qa')} |")
 
 
 if __name__ == "__main__":
