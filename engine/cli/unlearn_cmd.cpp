@@ -1,9 +1,13 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
 #include "engine/cli/commands.h"
+#include "engine/io/model_loader.h"
+#include "engine/plan/host_fit.h"
+#include "engine/plan/plan_inputs.h"
 #include "engine/parallel/failure.h"
 #include "engine/parallel/stop_request.h"
 #include "engine/unlearn/progress.h"
@@ -11,6 +15,33 @@
 #include "engine/unlearn/unlearner.h"
 
 namespace lethe::cli {
+namespace {
+
+// A run that cannot fit this node's memory is refused before anything is allocated, with
+// the plan's numbers. A model or grid the plan cannot read is left to the run's own errors.
+void check_fits(const Recipe& r) {
+  plan::PlanInput in;
+  try {
+    in.model = ModelSource::peek_config(r.model);
+  } catch (const Error&) {
+    return;
+  }
+  in.tp = r.parallel.tp;
+  in.dp = r.parallel.dp;
+  in.zero1 = r.parallel.zero1;
+  in.micro_batch = std::max<int64_t>(1, r.batch_size / std::max(1, r.parallel.dp));
+  in.seq_len = r.seq_len;
+  in.precision = r.precision.value_or(Precision::f32);
+  try {
+    in.recipe = plan::recipe_needs(r, in.model);
+  } catch (const Error&) {
+    return;
+  }
+  plan::check_host_fit(in, r.file);
+}
+
+}  // namespace
+
 
 int unlearn_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
@@ -35,7 +66,9 @@ int unlearn_main(const std::vector<std::string>& args) {
   // Under mpirun an error on one rank must end every rank, not leave them in a collective.
   return run_or_abort_job([&] {
     const bool bar = progress_bar_wanted(isatty(fileno(stdout)) != 0);
-    const UnlearnResult res = run_unlearn(load_recipe(args[0], overrides), std::cout, bar);
+    const Recipe r = load_recipe(args[0], overrides);
+    check_fits(r);
+    const UnlearnResult res = run_unlearn(r, std::cout, bar);
     return res.stopped_by ? kExitStopped : 0;
   });
 }

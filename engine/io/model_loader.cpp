@@ -2,6 +2,8 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "engine/io/checkpoint.h"
 #include "engine/io/hf_model.h"
@@ -62,6 +64,32 @@ ModelSource ModelSource::open(const std::string& path) {
   }
   m.checkpoint_ = std::move(c);
   return m;
+}
+
+LlamaConfig ModelSource::peek_config(const std::string& path) {
+  const fs::path hf = fs::path(path) / "config.json";
+  if (fs::exists(hf)) {
+    std::ifstream in(hf);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      LETHE_FAIL(hf.string(), ": not valid JSON: ", e.what());
+    }
+    return llama_config_from_hf(j, hf.string());
+  }
+  const std::string latest = latest_checkpoint(path);
+  const fs::path manifest = fs::path(latest.empty() ? path : latest) / "manifest.json";
+  std::ifstream in(manifest);
+  LETHE_CHECK(in.good(), path, ": no such model (a transformers directory or a lethe checkpoint)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    LETHE_FAIL(manifest.string(), ": not valid JSON: ", e.what());
+  }
+  LETHE_CHECK(j.is_object() && j.contains("model"), manifest.string(), ": no model config");
+  return llama_config_from_json(j.at("model"), manifest.string());
 }
 
 Tensor ModelSource::read(const std::string& name) const {

@@ -25,6 +25,9 @@ class ModelSource {
   // Errors name the path: no such model, a config or header that does not describe a
   // Llama, a missing or misshapen weight. No weight is read.
   static ModelSource open(const std::string& path);
+  // The config alone (config.json, or the newest checkpoint's manifest), read without
+  // checking the weights: for sizing a run before it starts.
+  static LlamaConfig peek_config(const std::string& path);
   const std::string& path() const { return path_; }
   const LlamaConfig& config() const { return config_; }
   // Weight `name` (a llama_param_specs name) whole, in its stored dtype.

@@ -343,6 +343,8 @@ TEST_F(BadInputs, EveryCaseFailsCleanly) {
   recipe_case("recipe_min_targets", recipe, {"data.min_targets=0"}, "data.min_targets");
   recipe_case("recipe_bad_precision", recipe, {"train.precision=f16"}, "train.precision': must be bf16 or f32");
   recipe_case("recipe_cuda", recipe, {"train.device=cuda"}, "train.device': cuda: ");
+  // 2M sequences a step: terabytes of activations by the plan, refused before allocating.
+  recipe_case("recipe_does_not_fit", recipe, {"train.batch_size=2000000"}, "per process by its plan");
   recipe_case("recipe_token_beyond_vocab", recipe,
               {"data.forget=" + [&] {
                  Tokens t = valid_tokens();

@@ -2,6 +2,8 @@
 // with a frozen reference, recompute suggestions, and clear errors for bad inputs.
 #include <nlohmann/json.hpp>
 
+#include "engine/plan/host_fit.h"
+#include "engine/plan/plan_inputs.h"
 #include "tests/plan/run_util.h"
 
 namespace {
@@ -264,3 +266,37 @@ TEST_F(Plan, BadInputsGiveClearErrors) {
 }
 
 }  // namespace
+
+namespace lethe::test {
+namespace {
+
+// The CPU engine holds every tensor in f32: the f32 plan, plus the fp32 master copy under
+// the emulated bf16 policy (sharded away under ZeRO-1 with dp > 1, as the plan shards it).
+TEST(HostFit, CpuBytesAreTheF32PlanPlusTheMasterUnderBf16) {
+  plan::PlanInput in;
+  in.model = plan::resolve_model("tiny");
+  in.micro_batch = 8;
+  in.seq_len = 128;
+  in.precision = Precision::f32;
+  const plan::MemoryPlan m = plan::memory_plan(in);
+  EXPECT_DOUBLE_EQ(plan::cpu_process_bytes(in), m.total());
+  in.precision = Precision::bf16;
+  EXPECT_DOUBLE_EQ(plan::cpu_process_bytes(in), m.total() + 4.0 * double(m.params.total));
+}
+
+// The node's memory is shared by the processes launched on it.
+TEST(HostFit, LocalProcessesShareTheNode) {
+  ::unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  ::unsetenv("MPI_LOCALNRANKS");
+  ::unsetenv("SLURM_NTASKS_PER_NODE");
+  const double one = plan::host_bytes_per_process();
+  ASSERT_GT(one, 0);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4", 1);
+  const double four = plan::host_bytes_per_process();
+  ::unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  // MemAvailable moves between the two reads; a quarter within 10% of the first.
+  EXPECT_NEAR(four / one, 0.25, 0.025);
+}
+
+}  // namespace
+}  // namespace lethe::test
