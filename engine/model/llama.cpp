@@ -105,31 +105,37 @@ LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
   return {set[b], set[b + 1], set[b + 2], set[b + 3], set[b + 4], set[b + 5], set[b + 6], set[b + 7], set[b + 8]};
 }
 
+LlamaModel::Acts LlamaModel::make_acts(int64_t B, int64_t T) const {
+  const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn;
+  const DType dt = dtype_;
+  Acts a;
+  a.xn1 = Tensor::empty({N, C}, dt);
+  a.rstd1 = Tensor::empty({N}, dt);
+  a.q = Tensor::empty({B, T, H, D}, dt);
+  a.k = Tensor::empty({B, T, KV, D}, dt);
+  a.v = Tensor::empty({B, T, KV, D}, dt);
+  a.o = Tensor::empty({B, T, H, D}, dt);
+  a.lse = Tensor::empty({B, H, T}, dt);
+  a.x2 = Tensor::empty({N, C}, dt);
+  a.xn2 = Tensor::empty({N, C}, dt);
+  a.rstd2 = Tensor::empty({N}, dt);
+  a.g = Tensor::empty({N, F}, dt);
+  a.u = Tensor::empty({N, F}, dt);
+  a.a = Tensor::empty({N, F}, dt);
+  return a;
+}
+
 void LlamaModel::allocate(int64_t B, int64_t T) {
   const int64_t n_acts = cfg_.n_layers - recompute_layers_ + (recompute_layers_ > 0 ? 1 : 0);
   if (B == B_ && T == T_ && int64_t(acts_.size()) == n_acts) return;
   B_ = B;
   T_ = T;
-  const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn;
+  const int64_t N = B * T, C = cfg_.dim;
   const DType dt = dtype_;
   resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
   acts_.clear();
   acts_.resize(size_t(n_acts));
-  for (Acts& a : acts_) {
-    a.xn1 = Tensor::empty({N, C}, dt);
-    a.rstd1 = Tensor::empty({N}, dt);
-    a.q = Tensor::empty({B, T, H, D}, dt);
-    a.k = Tensor::empty({B, T, KV, D}, dt);
-    a.v = Tensor::empty({B, T, KV, D}, dt);
-    a.o = Tensor::empty({B, T, H, D}, dt);
-    a.lse = Tensor::empty({B, H, T}, dt);
-    a.x2 = Tensor::empty({N, C}, dt);
-    a.xn2 = Tensor::empty({N, C}, dt);
-    a.rstd2 = Tensor::empty({N}, dt);
-    a.g = Tensor::empty({N, F}, dt);
-    a.u = Tensor::empty({N, F}, dt);
-    a.a = Tensor::empty({N, F}, dt);
-  }
+  for (Acts& a : acts_) a = make_acts(B, T);
   tmp_ = Tensor::empty({N, C}, dt);
   xf_ = Tensor::empty({N, C}, dt);
   rstdf_ = Tensor::empty({N}, dt);
@@ -171,41 +177,51 @@ void LlamaModel::collapse_kv(const Tensor& d_exp, Tensor& d_full) const {
 }
 
 void LlamaModel::layer_forward(int64_t l, Acts& a) {
-  const LayerW w = layer(params_, l);
   const int64_t N = B_ * T_, C = cfg_.dim;
-  const Tensor x = resid_.view(l * N * C, {N, C});
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
+  layer_ops(l, a, {resid_.view(l * N * C, {N, C}), out, tmp_, kv_full_, cos_, sin_}, [&](Acts& s) {
+    ops::attention_forward(s.q, s.k, s.v, 1.0 / std::sqrt(double(cfg_.hd())), s.o, s.lse, precision_);
+  });
+}
+
+// The layer's op sequence, written once for every way the model runs it: the forward over
+// [B, T] (io.x, io.out: rows of the residual stream), and a decoding step over one new
+// position per sequence (engine/model/llama_decode.cpp), which differ only in the attention.
+void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::function<void(Acts&)>& attend) {
+  const LayerW w = layer(params_, l);
+  const int64_t N = io.x.dim(0);
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
+  Tensor tmp = io.tmp, kv_full = io.kv_full, out = io.out;
   // Every op's output is stored (bf16: rounded, as the GPU stores it in a bf16 buffer).
   auto put = [&](Tensor& t, const char* what) { store(t, {"forward", l, what}); };
 
-  ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
+  ops::rmsnorm_forward(io.x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
   put(a.xn1, "input_layernorm output");
   Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
   ops::linear_forward(a.xn1, w.wq, q);
   put(q, "self_attn.q_proj output");
   if (tpl_.kv_replicated) {
-    ops::linear_forward(a.xn1, w.wk, kv_full_);
-    expand_kv(kv_full_, a.k);
-    ops::linear_forward(a.xn1, w.wv, kv_full_);
-    expand_kv(kv_full_, a.v);
+    ops::linear_forward(a.xn1, w.wk, kv_full);
+    expand_kv(kv_full, a.k);
+    ops::linear_forward(a.xn1, w.wv, kv_full);
+    expand_kv(kv_full, a.v);
   } else {
     ops::linear_forward(a.xn1, w.wk, k);
     ops::linear_forward(a.xn1, w.wv, v);
   }
   put(a.k, "self_attn.k_proj output");
   put(a.v, "self_attn.v_proj output");
-  ops::rope_forward(a.q, cos_, sin_, a.q);
+  ops::rope_forward(a.q, io.cos, io.sin, a.q);
   put(a.q, "q after RoPE");
-  ops::rope_forward(a.k, cos_, sin_, a.k);
+  ops::rope_forward(a.k, io.cos, io.sin, a.k);
   put(a.k, "k after RoPE");
-  ops::attention_forward(a.q, a.k, a.v, 1.0 / std::sqrt(double(cfg_.hd())), a.o, a.lse, precision_);
+  attend(a);
   put(a.o, "attention output");
-  ops::linear_forward(a.o.reshape(q2), w.wo, tmp_);
-  reduce_from_tp_region(*grid_, tmp_);  // under tp, bf16 rounds the all-reduced sum once
-  put(tmp_, "self_attn.o_proj output");
-  a.x2.copy_from(x);
-  ops::add_(a.x2, tmp_);
+  ops::linear_forward(a.o.reshape(q2), w.wo, tmp);
+  reduce_from_tp_region(*grid_, tmp);  // under tp, bf16 rounds the all-reduced sum once
+  put(tmp, "self_attn.o_proj output");
+  a.x2.copy_from(io.x);
+  ops::add_(a.x2, tmp);
   put(a.x2, "residual stream after attention");
 
   ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
@@ -216,11 +232,11 @@ void LlamaModel::layer_forward(int64_t l, Acts& a) {
   put(a.u, "mlp.up_proj output");
   ops::swiglu_forward(a.g, a.u, a.a);
   put(a.a, "SwiGLU output");
-  ops::linear_forward(a.a, w.wd, tmp_);
-  reduce_from_tp_region(*grid_, tmp_);
-  put(tmp_, "mlp.down_proj output");
+  ops::linear_forward(a.a, w.wd, tmp);
+  reduce_from_tp_region(*grid_, tmp);
+  put(tmp, "mlp.down_proj output");
   out.copy_from(a.x2);
-  ops::add_(out, tmp_);
+  ops::add_(out, tmp);
   put(out, "layer output (residual stream)");
 }
 

@@ -172,6 +172,14 @@ class LlamaModel {
   LayerW layer(ParamSet& set, int64_t l);
   void allocate(int64_t B, int64_t T);
   void layer_forward(int64_t l, Acts& a);
+  Acts make_acts(int64_t B, int64_t T) const;
+  // Where a layer reads and writes besides its activations: its input and output rows of
+  // the residual stream, scratch for the projections' outputs, and the RoPE tables of the
+  // positions it runs.
+  struct LayerIO {
+    Tensor x, out, tmp, kv_full, cos, sin;
+  };
+  void layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::function<void(Acts&)>& attend);
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
   void begin(const Tensor& tokens, const char* op);
   // An op's output is stored: rounded to bf16 under Precision::bf16 (the GPU's bf16
@@ -219,6 +227,8 @@ class LlamaModel {
   // one position's activations.
   std::vector<Tensor> cache_k_, cache_v_;
   Tensor dec_cos_, dec_sin_;
+  Acts dec_acts_;                     // one position per sequence
+  Tensor dec_x_, dec_out_, dec_tmp_, dec_kv_full_;
   int64_t decode_len_ = 0, decode_B_ = 0;
   void decode_position(Tensor& x, Tensor& logits);  // x [B, C]: the new position's embedding
   bool logits_kept_ = false;  // logits_ holds the last forward's logits

@@ -1,18 +1,16 @@
 // Greedy decoding with a key/value cache: LlamaModel::decode_prefill and decode_step. The
-// new position runs the same ops as a row of the full forward (the same roundings under
-// the bf16 policy and the same tensor-parallel collectives), attending to the cached keys
-// and values through ops::attention_decode instead of recomputing the context.
+// new position runs the layer's own ops (LlamaModel::layer_ops: the same roundings under
+// the bf16 policy and the same tensor-parallel collectives as the forward), attending to
+// the cached keys and values through ops::attention_decode instead of the whole context.
 #include <cmath>
+#include <utility>
 
 #include "engine/model/llama.h"
-#include "engine/parallel/regions.h"
 #include "kernels/attention.h"
-#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
-#include "kernels/swiglu.h"
 
 namespace lethe {
 
@@ -65,68 +63,32 @@ void LlamaModel::decode_step(const Tensor& next, Tensor& logits) {
 }
 
 void LlamaModel::decode_position(Tensor& x, Tensor& logits) {
-  const int64_t B = decode_B_, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn;
-  const int64_t S = cfg_.max_seq_len, t = decode_len_, row = KV * D;
-  const DType dt = dtype_;
-  Tensor xn = Tensor::empty({B, C}, dt), rstd = Tensor::empty({B}, dt), tmp = Tensor::empty({B, C}, dt),
-         x2 = Tensor::empty({B, C}, dt), q = Tensor::empty({B, 1, H, D}, dt), k = Tensor::empty({B, 1, KV, D}, dt),
-         v = Tensor::empty({B, 1, KV, D}, dt), o = Tensor::empty({B, 1, H, D}, dt), g = Tensor::empty({B, F}, dt),
-         u = Tensor::empty({B, F}, dt), a = Tensor::empty({B, F}, dt);
-  Tensor kv_full = tpl_.kv_replicated ? Tensor::empty({B, kv_proj_dim()}, dt) : Tensor();
-  const Tensor cos = dec_cos_.slice_rows(t, t + 1), sin = dec_sin_.slice_rows(t, t + 1);
-  const Shape q2{B, q_dim()}, kv2{B, row};
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    const LayerW w = layer(params_, l);
-    auto put = [&](Tensor& tt, const char* what) { store(tt, {"forward", l, what}); };
-    ops::rmsnorm_forward(x, w.attn_norm, cfg_.norm_eps, xn, rstd);
-    put(xn, "input_layernorm output");
-    Tensor qf = q.reshape(q2), kf = k.reshape(kv2), vf = v.reshape(kv2);
-    ops::linear_forward(xn, w.wq, qf);
-    put(qf, "self_attn.q_proj output");
-    if (tpl_.kv_replicated) {
-      ops::linear_forward(xn, w.wk, kv_full);
-      expand_kv(kv_full, k);
-      ops::linear_forward(xn, w.wv, kv_full);
-      expand_kv(kv_full, v);
-    } else {
-      ops::linear_forward(xn, w.wk, kf);
-      ops::linear_forward(xn, w.wv, vf);
-    }
-    put(k, "self_attn.k_proj output");
-    put(v, "self_attn.v_proj output");
-    ops::rope_forward(q, cos, sin, q);
-    put(q, "q after RoPE");
-    ops::rope_forward(k, cos, sin, k);
-    put(k, "k after RoPE");
-    for (int64_t b = 0; b < B; ++b) {
-      cache_k_[size_t(l)].view((b * S + t) * row, {row}).copy_from(k.view(b * row, {row}));
-      cache_v_[size_t(l)].view((b * S + t) * row, {row}).copy_from(v.view(b * row, {row}));
-    }
-    ops::attention_decode(q, cache_k_[size_t(l)], cache_v_[size_t(l)], t + 1, 1.0 / std::sqrt(double(D)), o,
-                          precision_);
-    put(o, "attention output");
-    ops::linear_forward(o.reshape(q2), w.wo, tmp);
-    reduce_from_tp_region(*grid_, tmp);
-    put(tmp, "self_attn.o_proj output");
-    x2.copy_from(x);
-    ops::add_(x2, tmp);
-    put(x2, "residual stream after attention");
-    ops::rmsnorm_forward(x2, w.mlp_norm, cfg_.norm_eps, xn, rstd);
-    put(xn, "post_attention_layernorm output");
-    ops::linear_forward(xn, w.wg, g);
-    put(g, "mlp.gate_proj output");
-    ops::linear_forward(xn, w.wu, u);
-    put(u, "mlp.up_proj output");
-    ops::swiglu_forward(g, u, a);
-    put(a, "SwiGLU output");
-    ops::linear_forward(a, w.wd, tmp);
-    reduce_from_tp_region(*grid_, tmp);
-    put(tmp, "mlp.down_proj output");
-    x.copy_from(x2);
-    ops::add_(x, tmp);
-    put(x, "layer output (residual stream)");
+  const int64_t B = decode_B_, C = cfg_.dim, S = cfg_.max_seq_len, t = decode_len_;
+  const int64_t row = tpl_.kv_heads * cfg_.hd();
+  if (!dec_x_.defined() || dec_x_.dim(0) != B) {
+    dec_acts_ = make_acts(B, 1);
+    dec_x_ = Tensor::empty({B, C}, dtype_);
+    dec_out_ = Tensor::empty({B, C}, dtype_);
+    dec_tmp_ = Tensor::empty({B, C}, dtype_);
+    dec_kv_full_ = tpl_.kv_replicated ? Tensor::empty({B, kv_proj_dim()}, dtype_) : Tensor();
   }
-  ops::rmsnorm_forward(x, params_.get("model.norm.weight"), cfg_.norm_eps, xn, rstd);
+  dec_x_.copy_from(x);
+  const Tensor cos = dec_cos_.slice_rows(t, t + 1), sin = dec_sin_.slice_rows(t, t + 1);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    // The layer's ops over one position; its attention appends k and v to the cache and
+    // reads every cached position.
+    layer_ops(l, dec_acts_, {dec_x_, dec_out_, dec_tmp_, dec_kv_full_, cos, sin}, [&](Acts& a) {
+      for (int64_t b = 0; b < B; ++b) {
+        cache_k_[size_t(l)].view((b * S + t) * row, {row}).copy_from(a.k.view(b * row, {row}));
+        cache_v_[size_t(l)].view((b * S + t) * row, {row}).copy_from(a.v.view(b * row, {row}));
+      }
+      ops::attention_decode(a.q, cache_k_[size_t(l)], cache_v_[size_t(l)], t + 1, 1.0 / std::sqrt(double(cfg_.hd())),
+                            a.o, precision_);
+    });
+    std::swap(dec_x_, dec_out_);
+  }
+  Tensor& xn = dec_acts_.xn1;
+  ops::rmsnorm_forward(dec_x_, params_.get("model.norm.weight"), cfg_.norm_eps, xn, dec_acts_.rstd1);
   store(xn, {"forward", -1, "model.norm output"});
   ops::linear_forward(xn, out_weight(), logits);
   store(logits, {"forward", -1, "lm_head output (logits)"});
