@@ -111,8 +111,9 @@ class LlamaModel {
   // -sum w logp is linear in w, so this equals a forward with those weights.
   void backward(double dloss = 1.0, const Tensor* weights = nullptr);
 
-  // Logits only ([B*T, V], or this rank's [B*T, V/tp] under tensor parallelism); the caller computes its own loss and passes d(loss)/d(logits)
-  // to backward_logits, which adds into grads(). The unlearning terms (KL, NPO, ...) use this.
+  // The whole logits ([B*T, V], or this rank's [B*T, V/tp] under tensor parallelism); the
+  // caller computes its own loss and passes d(loss)/d(logits) to backward_logits, which adds
+  // into grads(). For tests and tools: the engine's terms use the chunked head below.
   const Tensor& forward_logits(const Tensor& tokens);
   void backward_logits(const Tensor& dlogits);
 
@@ -150,6 +151,7 @@ class LlamaModel {
   void decode_prefill(const Tensor& tokens, Tensor& logits);
   void decode_step(const Tensor& next, Tensor& logits);
   int64_t decode_length() const { return decode_len_; }  // positions in the cache
+
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked
   int64_t tokens_in_last_batch() const { return B_ * T_; }
 
