@@ -20,7 +20,7 @@ build: $(BUILD)/CMakeCache.txt
 
 # Trains the tiny model on a short text (step, loss, tokens/s), then shows the
 # forget/holdout gap of the pretrained benchmark model and its retrain oracle. Builds only
-# the `lethe` executable (not the tests, CUDA kernels or benchmarks).
+# the `lethe` executable (not the tests or benchmarks; the CUDA kernels when nvcc is found).
 demo: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) --parallel $(JOBS) --target lethe
 	LETHE_BIN=$(BUILD)/lethe bash tools/demo.sh

@@ -5,7 +5,10 @@ add_library(lethe_cuda STATIC
   kernels/cuda/runtime.cu kernels/cuda/arena.cu kernels/cuda/cast.cu
   kernels/cuda/embedding.cu kernels/cuda/rmsnorm.cu kernels/cuda/rope.cu kernels/cuda/swiglu.cu
   kernels/cuda/attention.cu kernels/cuda/cross_entropy.cu kernels/cuda/optim.cu kernels/cuda/linear.cu
-  kernels/cuda/numerics.cu)
+  kernels/cuda/numerics.cu kernels/cuda/elementwise.cu
+  # The memory backend, here rather than in lethe_kernels, because its converting copies
+  # launch the cast kernels; lethe_kernels (kernels/device.cpp) registers it and links this.
+  kernels/cuda/device.cu)
 # sm_80 (A100) and sm_90a (H100/H200, keeps wgmma open); the target property wins over
 # the project-wide default of 90.
 set_target_properties(lethe_cuda PROPERTIES

@@ -31,10 +31,14 @@ start=$SECONDS
 command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu_bundle: nvcc not found: the bundle needs the CUDA toolkit (no GPU needed)" >&2; exit 1; }
 export PATH="$PATH:/usr/local/cuda/bin"
 
+# Without MPI and NCCL: test_cuda_model links the model, and the bundle must not carry
+# libmpi's plugins or NCCL (hundreds of MB). One process, one GPU, needs neither.
+gen=()
 if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
-  gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
-  cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON
+  command -v ninja >/dev/null && gen=(-G Ninja)
 fi
+cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=OFF \
+  -DLETHE_NCCL=OFF >/dev/null
 nice cmake --build "$BUILD_DIR" --target lethe_gpu_tests lethe_bench_gpu --parallel "${JOBS:-2}"
 
 # The test binaries by their paths from CMake (gpu_tests.txt), the benchmark by name.

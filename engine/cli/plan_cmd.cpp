@@ -1,6 +1,7 @@
 // `lethe plan`: per-GPU memory and per-step communication of a run, before renting GPUs.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -130,7 +131,8 @@ PlanInput build_input(const Options& o) {
   if (!o.recipe.empty() && o.recipe != "train") {
     const Recipe r = load_recipe(find_config("recipes", o.recipe), {});
     in.recipe = recipe_needs(r, in.model);
-    in.micro_batch = r.batch_size;
+    // The recipe's batch is the global batch; each dp rank runs its share, as the run does.
+    in.micro_batch = std::max<int64_t>(1, r.batch_size / std::max<int64_t>(1, in.dp));
     in.seq_len = r.seq_len;
   }
   if (o.batch) in.micro_batch = o.batch;

@@ -21,6 +21,7 @@
 namespace lethe {
 
 enum class Device;
+enum class DType;
 
 class DeviceBackend {
  public:
@@ -34,6 +35,12 @@ class DeviceBackend {
   // which side each pointer is on.
   virtual void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t bytes) = 0;
   virtual void zero(void* p, size_t bytes) = 0;
+  // Converting copy of n elements between two device buffers (the bf16 policy's casts:
+  // master weights to the bf16 copy the forward reads). False when the backend has no
+  // kernel for the pair; Tensor::copy_from then converts through host memory.
+  virtual bool convert(void* /*dst*/, DType /*dst_dtype*/, const void* /*src*/, DType /*src_dtype*/, int64_t /*n*/) {
+    return false;
+  }
 };
 
 class CachingAllocator {

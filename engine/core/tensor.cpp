@@ -172,8 +172,19 @@ void Tensor::copy_from(const Tensor& src) {
   LETHE_CHECK(defined() && src.defined(), "copy_from: an undefined tensor");
   LETHE_CHECK(src.numel() == numel(), "copy_from: ", src.describe(), " into ", describe());
   if (device_ != Device::cpu || src.device_ != Device::cpu) {
-    LETHE_CHECK(src.dtype_ == dtype_, "copy_from: ", src.describe(), " into ", describe(),
-                ": a copy to or from a device keeps the dtype (convert on the CPU, or with a kernel)");
+    if (src.dtype_ != dtype_) {
+      LETHE_CHECK((src.dtype_ == DType::i32) == (dtype_ == DType::i32), "copy_from: cannot convert ",
+                  src.describe(), " to ", describe());
+      if (numel() == 0) return;
+      if (device_ != Device::cpu && src.device_ != Device::cpu &&
+          device_allocator().backend().convert(raw(), dtype_, src.raw(), src.dtype_, numel()))
+        return;
+      // No kernel for the pair, or one side on the host: convert on the host.
+      const Tensor host = src.device_ == Device::cpu ? src : src.to(Device::cpu);
+      Tensor converted = empty(shape_, dtype_);
+      converted.copy_from(host.reshape(shape_));
+      return copy_from(converted);
+    }
     if (nbytes() == 0) return;
     return device_allocator().backend().copy(raw(), device_ != Device::cpu, src.raw(), src.device_ != Device::cpu,
                                              nbytes());

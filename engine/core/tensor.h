@@ -96,12 +96,12 @@ class Tensor {
 
   Tensor clone() const;
   // Converting copy (f32 <-> f64 <-> bf16 <-> f16; i32 only to i32), on the same device
-  // (conversions run on the CPU: a device tensor converts only to its own dtype).
+  // (on a device through the backend's cast kernel, or through host memory without one).
   Tensor to(DType dtype) const;
   // The same values on another device (a copy; host <-> device through the backend).
   Tensor to(Device device) const;
   void zero_();
-  void copy_from(const Tensor& src);  // same element count; converts dtype on the CPU; any devices
+  void copy_from(const Tensor& src);  // same element count; converts dtype; any devices
 
   std::string describe() const;  // "f32[2,3] cpu"
 

@@ -39,23 +39,45 @@ std::vector<ParamSpec> llama_param_specs(const LlamaConfig& c) {
 }
 
 LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype, std::shared_ptr<ProcessGrid> grid)
-    : cfg_(cfg), dtype_(dtype), grid_(grid ? std::move(grid) : ProcessGrid::single()) {
-  cfg_.validate();
+    : LlamaModel(cfg, Precision::f32, std::move(grid), Device::cpu) {
   LETHE_CHECK(dtype == DType::f32 || dtype == DType::f64, "LlamaModel on CPU computes in f32 or f64, got ",
               dtype_name(dtype));
+  if (dtype == DType::f64) {
+    dtype_ = wdt_ = sdt_ = DType::f64;
+    params_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
+    grads_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
+  }
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid, Device device)
+    : cfg_(cfg), dtype_(DType::f32), device_(device), precision_(precision),
+      grid_(grid ? std::move(grid) : ProcessGrid::single()) {
+  cfg_.validate();
+  const bool dev = device != Device::cpu;
+  LETHE_CHECK(!dev || precision == Precision::bf16, "LlamaModel on ", device_name(device),
+              ": the device runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
+  LETHE_CHECK(!dev || grid_->tp() == 1, "LlamaModel on ", device_name(device), ": tensor parallelism (tp = ",
+              grid_->tp(), ") on a device is not supported yet (its collectives run on host memory); use tp = 1");
+  wdt_ = dev ? DType::bf16 : dtype_;
+  sdt_ = dev ? DType::f32 : dtype_;
   tpl_ = TpLayout::make(cfg_, grid_->tp(), grid_->tp_rank());
-  params_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
-  grads_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
+  params_ = ParamSet(llama_param_specs(cfg_, tpl_), wdt_, device);
+  grads_ = ParamSet(llama_param_specs(cfg_, tpl_), sdt_, device);
   inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid)
-    : LlamaModel(cfg, DType::f32, std::move(grid)) {
-  precision_ = precision;
+Tensor LlamaModel::on_device(const Tensor& t) const { return t.device() == device_ ? t : t.to(device_); }
+
+Tensor LlamaModel::as_token_weights(const Tensor& w) const {
+  // Under the bf16 policy the weights are f32 on every device: the GPU's cross-entropy
+  // reads f32, and the emulation must see the same values.
+  const DType want = precision_ == Precision::bf16 ? DType::f32 : w.dtype();
+  return on_device(w.dtype() == want ? w : w.to(want));
 }
 
 void LlamaModel::store(Tensor& t, const NumericsGuard::Site& site) {
-  if (precision_ == Precision::bf16) {
+  // On a device the op wrote its output in the storage dtype: the rounding already happened.
+  if (precision_ == Precision::bf16 && device_ == Device::cpu) {
     const int64_t changed = round_to_bf16_(t);
     if (probe_) probe_(site, t, changed);
   }
@@ -64,7 +86,10 @@ void LlamaModel::store(Tensor& t, const NumericsGuard::Site& site) {
 
 void LlamaModel::init_weights(uint64_t seed) {
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor& p = params_[i];
+    // On a device: drawn on the host in f32, one tensor at a time, and copied over (the
+    // copy rounds to bf16 as round_to_bf16_ does on the CPU).
+    Tensor& dst = params_[i];
+    Tensor p = device_ == Device::cpu ? dst : Tensor::empty(dst.shape(), DType::f32);
     const bool is_norm = p.ndim() == 1;
     // One Philox stream per parameter index: adding a layer never shifts other weights.
     Philox rng(seed, uint64_t(i));
@@ -78,7 +103,7 @@ void LlamaModel::init_weights(uint64_t seed) {
       if (sp.shard_dim == 0) return uint64_t(sp.shard_offset * cols + j);
       return uint64_t((j / cols) * gcols + sp.shard_offset + j % cols);
     };
-    if (dtype_ == DType::f32) {
+    if (p.dtype() == DType::f32) {
       float* d = p.data<float>();
 #pragma omp parallel for schedule(static)
       for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0f : float(cfg_.init_std * rng.normal(global(j)));
@@ -87,8 +112,9 @@ void LlamaModel::init_weights(uint64_t seed) {
 #pragma omp parallel for schedule(static)
       for (int64_t j = 0; j < n; ++j) d[j] = is_norm ? 1.0 : cfg_.init_std * rng.normal(global(j));
     }
+    if (device_ != Device::cpu) dst.copy_from(p);
   }
-  if (precision_ == Precision::bf16) round_to_bf16_(params_.flat());
+  if (precision_ == Precision::bf16 && device_ == Device::cpu) round_to_bf16_(params_.flat());
 }
 
 void LlamaModel::set_recompute_layers(int64_t n) {
@@ -107,21 +133,22 @@ LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
 
 LlamaModel::Acts LlamaModel::make_acts(int64_t B, int64_t T) const {
   const int64_t N = B * T, C = cfg_.dim, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd(), F = tpl_.ffn;
-  const DType dt = dtype_;
+  const DType dt = wdt_, st = sdt_;
+  const Device dev = device_;
   Acts a;
-  a.xn1 = Tensor::empty({N, C}, dt);
-  a.rstd1 = Tensor::empty({N}, dt);
-  a.q = Tensor::empty({B, T, H, D}, dt);
-  a.k = Tensor::empty({B, T, KV, D}, dt);
-  a.v = Tensor::empty({B, T, KV, D}, dt);
-  a.o = Tensor::empty({B, T, H, D}, dt);
-  a.lse = Tensor::empty({B, H, T}, dt);
-  a.x2 = Tensor::empty({N, C}, dt);
-  a.xn2 = Tensor::empty({N, C}, dt);
-  a.rstd2 = Tensor::empty({N}, dt);
-  a.g = Tensor::empty({N, F}, dt);
-  a.u = Tensor::empty({N, F}, dt);
-  a.a = Tensor::empty({N, F}, dt);
+  a.xn1 = Tensor::empty({N, C}, dt, dev);
+  a.rstd1 = Tensor::empty({N}, st, dev);
+  a.q = Tensor::empty({B, T, H, D}, dt, dev);
+  a.k = Tensor::empty({B, T, KV, D}, dt, dev);
+  a.v = Tensor::empty({B, T, KV, D}, dt, dev);
+  a.o = Tensor::empty({B, T, H, D}, dt, dev);
+  a.lse = Tensor::empty({B, H, T}, st, dev);
+  a.x2 = Tensor::empty({N, C}, dt, dev);
+  a.xn2 = Tensor::empty({N, C}, dt, dev);
+  a.rstd2 = Tensor::empty({N}, st, dev);
+  a.g = Tensor::empty({N, F}, dt, dev);
+  a.u = Tensor::empty({N, F}, dt, dev);
+  a.a = Tensor::empty({N, F}, dt, dev);
   return a;
 }
 
@@ -131,23 +158,28 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
   B_ = B;
   T_ = T;
   const int64_t N = B * T, C = cfg_.dim;
-  const DType dt = dtype_;
-  resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt);
+  const DType dt = wdt_, st = sdt_;
+  const Device dev = device_;
+  resid_ = Tensor::empty({cfg_.n_layers + 1, N, C}, dt, dev);
   acts_.clear();
   acts_.resize(size_t(n_acts));
   for (Acts& a : acts_) a = make_acts(B, T);
-  tmp_ = Tensor::empty({N, C}, dt);
-  xf_ = Tensor::empty({N, C}, dt);
-  rstdf_ = Tensor::empty({N}, dt);
+  tmp_ = Tensor::empty({N, C}, dt, dev);
+  xf_ = Tensor::empty({N, C}, dt, dev);
+  rstdf_ = Tensor::empty({N}, st, dev);
   logits_ = Tensor();  // the loss path's chunks and the whole logits are allocated on use
   chunk_ = Tensor();
   dchunk_ = Tensor();
   held_ = {-1, -1};
   logits_kept_ = false;
-  logprobs_ = Tensor::empty({N}, dt);
-  lse_ = Tensor::empty({N}, dt);
-  ops::rope_tables(inv_freq_, T, dt, cos_, sin_);
-  if (tpl_.kv_replicated) kv_full_ = Tensor::empty({N, kv_proj_dim()}, dt);
+  logprobs_ = Tensor::empty({N}, st, dev);
+  lse_ = Tensor::empty({N}, st, dev);
+  ops::rope_tables(inv_freq_, T, st, cos_, sin_);
+  if (dev != Device::cpu) {
+    cos_ = cos_.to(dev);
+    sin_ = sin_.to(dev);
+  }
+  if (tpl_.kv_replicated) kv_full_ = Tensor::empty({N, kv_proj_dim()}, dt, dev);
   dres_ = Tensor();  // backward buffers are allocated on first use
 }
 
@@ -252,10 +284,11 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   logits_kept_ = false;
   held_ = {-1, -1};
   forward_layers_ = 0;
-  tokens_ = tokens.reshape({N});
+  tokens_ = on_device(tokens.reshape({N}));
   // The GPU's cast of the master weights to the bf16 copy the forward reads: a no-op for
   // weights that init_weights or the optimizer wrote, a rounding for weights set otherwise.
-  if (precision_ == Precision::bf16) {
+  // (On a device the weights are stored in bf16.)
+  if (precision_ == Precision::bf16 && device_ == Device::cpu) {
     const int64_t changed = round_to_bf16_(params_.flat());
     if (probe_) probe_({"forward", -1, "weights"}, params_.flat(), changed);
   }
@@ -288,7 +321,7 @@ void LlamaModel::head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pa
 
 bool LlamaModel::ensure_rows(Tensor& buf, int64_t rows) const {
   if (buf.defined() && buf.dim(0) >= rows) return false;
-  buf = Tensor::empty({rows, tpl_.vocab}, dtype_);
+  buf = Tensor::empty({rows, tpl_.vocab}, wdt_, device_);
   return true;
 }
 
@@ -353,7 +386,7 @@ void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
 const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
   run_trunk(tokens, "LlamaModel::forward_logits");
   const int64_t N = B_ * T_;
-  if (!logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+  if (!logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, wdt_, device_);
   head_logits(0, N, logits_, "forward");
   logits_kept_ = true;
   return logits_;
@@ -376,23 +409,26 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
   check_dtype(targets, DType::i32, "LlamaModel::forward", "targets");
   if (weights) check_shape(*weights, {B, T}, "LlamaModel::forward", "weights");
   run_trunk(tokens, "LlamaModel::forward");
-  targets_ = targets.reshape({N});
+  targets_ = on_device(targets.reshape({N}));
   if (weights) {
-    weights_ = weights->reshape({N});
+    weights_ = as_token_weights(weights->reshape({N}));
   } else {
-    const int32_t* tg = targets_.data<int32_t>();
+    // The mean's weights are counted on the host, from the host targets.
+    const Tensor host_targets = targets.device() == Device::cpu ? targets.reshape({N}) : targets.to(Device::cpu);
+    const int32_t* tg = host_targets.data<int32_t>();
     int64_t valid = 0;
     for (int64_t i = 0; i < N; ++i) valid += tg[i] != ops::kIgnoreIndex;
     valid = grid_->dp_group().all_reduce(valid, ReduceOp::sum);  // the mean is over the global batch
     weights_ = Tensor::zeros({N}, DType::f64);
     double* w = weights_.data<double>();
     for (int64_t i = 0; i < N; ++i) w[i] = (tg[i] != ops::kIgnoreIndex && valid) ? 1.0 / double(valid) : 0.0;
+    weights_ = as_token_weights(weights_);
   }
   have_loss_ = true;
   // One chunk of N rows when the logits are kept; otherwise R rows at a time. Each chunk's
   // loss is summed in double, in chunk order: the loss is independent of the thread count.
   const int64_t R = keep_logits_ ? N : loss_chunk_rows();
-  if (keep_logits_ && !logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+  if (keep_logits_ && !logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, wdt_, device_);
   if (!keep_logits_ && ensure_rows(chunk_, R)) held_ = {-1, -1};
   double loss = 0;
   for (int64_t r0 = 0; r0 < N; r0 += R) {
@@ -484,17 +520,18 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
 
 void LlamaModel::ensure_backward_buffers() {
   const int64_t N = B_ * T_, C = cfg_.dim, F = tpl_.ffn, H = tpl_.heads, KV = tpl_.kv_heads, D = cfg_.hd();
-  const DType dt = dtype_;
+  const DType dt = wdt_;
+  const Device dev = device_;
   if (dres_.defined() && dres_.dim(0) == N) return;
-  dres_ = Tensor::empty({N, C}, dt);
-  dtmp_ = Tensor::empty({N, q_dim()}, dt);
-  dxn_ = Tensor::empty({N, C}, dt);
-  dq_ = Tensor::empty({B_, T_, H, D}, dt);
-  dk_ = Tensor::empty({B_, T_, KV, D}, dt);
-  dv_ = Tensor::empty({B_, T_, KV, D}, dt);
-  dg_ = Tensor::empty({N, F}, dt);
-  du_ = Tensor::empty({N, F}, dt);
-  da_ = Tensor::empty({N, F}, dt);
+  dres_ = Tensor::empty({N, C}, dt, dev);
+  dtmp_ = Tensor::empty({N, q_dim()}, dt, dev);
+  dxn_ = Tensor::empty({N, C}, dt, dev);
+  dq_ = Tensor::empty({B_, T_, H, D}, dt, dev);
+  dk_ = Tensor::empty({B_, T_, KV, D}, dt, dev);
+  dv_ = Tensor::empty({B_, T_, KV, D}, dt, dev);
+  dg_ = Tensor::empty({N, F}, dt, dev);
+  du_ = Tensor::empty({N, F}, dt, dev);
+  da_ = Tensor::empty({N, F}, dt, dev);
   dlogits_ = Tensor();  // whole-logits gradient: allocated on use (backward_logits under bf16)
   if (tpl_.kv_replicated) {
     dkv_full_ = Tensor::empty({N, kv_proj_dim()}, dt);
@@ -521,11 +558,11 @@ void LlamaModel::backward(double dloss, const Tensor* weights) {
   Tensor w = weights_;
   if (weights) {
     check_shape(*weights, {B_, T_}, "LlamaModel::backward", "weights");
-    w = weights->reshape({N});
+    w = as_token_weights(weights->reshape({N}));
   }
   ensure_backward_buffers();
   if (logits_kept_) {
-    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, wdt_, device_);
     if (tp_on()) vocab_parallel_cross_entropy_backward(logits_, targets_, w, lse_, vocab_shard(), dloss, dlogits_);
     else ops::cross_entropy_backward(logits_, targets_, w, lse_, dloss, dlogits_);
     backward_logits(dlogits_);
@@ -575,7 +612,7 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
   // cross-entropy (or the unlearning term that made it) writes it.
   const Tensor* dl = &dlogits;
   if (precision_ == Precision::bf16) {
-    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, dtype_);
+    if (!dlogits_.defined()) dlogits_ = Tensor::empty({N, tpl_.vocab}, wdt_, device_);
     if (&dlogits != &dlogits_) dlogits_.copy_from(dlogits);
     store(dlogits_, {"backward", -1, "gradient of the loss with respect to the logits"});
     dl = &dlogits_;

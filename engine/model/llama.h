@@ -45,10 +45,21 @@ class LlamaModel {
   explicit LlamaModel(const LlamaConfig& cfg, DType dtype = DType::f32, std::shared_ptr<ProcessGrid> grid = nullptr);
   // Precision::bf16: f32 tensors holding bf16 values, rounded where the GPU rounds;
   // Precision::f32: the same as LlamaModel(cfg, DType::f32, grid).
-  LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid = nullptr);
+  // On a device (Device::cuda) the model's tensors live in device memory and every op runs
+  // there (kernels/device_ops.h). The device runs the bf16 policy in its own dtypes:
+  // weights and activations bf16, statistics (norm rstd, attention lse, log-probs) and token
+  // weights f32, weight gradients f32. Tensor parallelism on a device is not supported yet
+  // (its collectives run on host memory): an error.
+  LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid = nullptr,
+             Device device = Device::cpu);
 
   const LlamaConfig& config() const { return cfg_; }
-  DType dtype() const { return dtype_; }  // storage: f32 under Precision::bf16
+  DType dtype() const { return dtype_; }  // compute dtype: f32 under Precision::bf16
+  Device device() const { return device_; }
+  // Storage dtypes: weights and activations (bf16 on a device, dtype() on the CPU), and
+  // statistics and weight gradients (f32 on a device, dtype() on the CPU).
+  DType storage_dtype() const { return wdt_; }
+  DType stat_dtype() const { return sdt_; }
   Precision precision() const { return precision_; }
   ParamSet& params() { return params_; }
   const ParamSet& params() const { return params_; }
@@ -141,6 +152,9 @@ class LlamaModel {
   // an error otherwise (the loss path kept no logits).
   const Tensor& logits() const;
 
+  // Tensors passed to forward, backward and decoding may be on the CPU or on the model's
+  // device; CPU inputs are copied over. Outputs (logits, logprobs) are on the model's device.
+
   // Greedy decoding with a key/value cache (engine/model/llama_decode.cpp). decode_prefill
   // runs tokens [B, T0] at positions 0..T0-1, keeps every layer's k (after RoPE) and v for
   // up to max_seq_len positions, and writes each sequence's last-position logits into
@@ -199,8 +213,15 @@ class LlamaModel {
   void backward_layers(int64_t top);
   const Tensor& out_weight() { return cfg_.tie_embeddings ? params_[0] : params_.get("lm_head.weight"); }
 
+  // Tokens, targets or token weights on the model's device (a copy when they are not);
+  // weights in the stat dtype (f32 under the bf16 policy: the GPU's cross-entropy reads f32).
+  Tensor on_device(const Tensor& t) const;
+  Tensor as_token_weights(const Tensor& w) const;
+
   LlamaConfig cfg_;
   DType dtype_;
+  Device device_ = Device::cpu;
+  DType wdt_, sdt_;  // storage dtypes: weights / activations, statistics / weight gradients
   Precision precision_ = Precision::f32;
   RoundingProbe probe_;
   std::shared_ptr<ProcessGrid> grid_;

@@ -24,11 +24,15 @@ void LlamaModel::decode_prefill(const Tensor& tokens, Tensor& logits) {
     cache_k_.assign(size_t(cfg_.n_layers), Tensor());
     cache_v_.assign(size_t(cfg_.n_layers), Tensor());
     for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-      cache_k_[size_t(l)] = Tensor::empty(cache_shape, dtype_);
-      cache_v_[size_t(l)] = Tensor::empty(cache_shape, dtype_);
+      cache_k_[size_t(l)] = Tensor::empty(cache_shape, wdt_, device_);
+      cache_v_[size_t(l)] = Tensor::empty(cache_shape, wdt_, device_);
     }
   }
-  if (!dec_cos_.defined()) ops::rope_tables(inv_freq_, S, dtype_, dec_cos_, dec_sin_);
+  if (!dec_cos_.defined()) {
+    ops::rope_tables(inv_freq_, S, sdt_, dec_cos_, dec_sin_);
+    dec_cos_ = on_device(dec_cos_);
+    dec_sin_ = on_device(dec_sin_);
+  }
   decode_len_ = 0;
   // The prefix is a forward (T0 <= max_seq_len is checked there); each layer's k and v
   // go to the cache as the layer finishes (a recomputed layer's activations are scratch).
@@ -54,9 +58,9 @@ void LlamaModel::decode_step(const Tensor& next, Tensor& logits) {
   check_shape(logits, {decode_B_, tpl_.vocab}, "LlamaModel::decode_step", "logits");
   LETHE_CHECK(decode_len_ < cfg_.max_seq_len, "LlamaModel::decode_step: the cache holds max_seq_len = ",
               cfg_.max_seq_len, " positions, all used");
-  Tensor x = Tensor::empty({decode_B_, cfg_.dim}, dtype_);
+  Tensor x = Tensor::empty({decode_B_, cfg_.dim}, wdt_, device_);
   if (tp_on()) vocab_parallel_embedding_forward(next, params_[0], vocab_shard(), x, grid_->tp_group());
-  else ops::embedding_forward(next, params_[0], x);
+  else ops::embedding_forward(on_device(next), params_[0], x);
   numerics_.check(x, {"forward", -1, "embed_tokens output"});
   decode_position(x, logits);
   ++decode_len_;
@@ -67,10 +71,10 @@ void LlamaModel::decode_position(Tensor& x, Tensor& logits) {
   const int64_t row = tpl_.kv_heads * cfg_.hd();
   if (!dec_x_.defined() || dec_x_.dim(0) != B) {
     dec_acts_ = make_acts(B, 1);
-    dec_x_ = Tensor::empty({B, C}, dtype_);
-    dec_out_ = Tensor::empty({B, C}, dtype_);
-    dec_tmp_ = Tensor::empty({B, C}, dtype_);
-    dec_kv_full_ = tpl_.kv_replicated ? Tensor::empty({B, kv_proj_dim()}, dtype_) : Tensor();
+    dec_x_ = Tensor::empty({B, C}, wdt_, device_);
+    dec_out_ = Tensor::empty({B, C}, wdt_, device_);
+    dec_tmp_ = Tensor::empty({B, C}, wdt_, device_);
+    dec_kv_full_ = tpl_.kv_replicated ? Tensor::empty({B, kv_proj_dim()}, wdt_, device_) : Tensor();
   }
   dec_x_.copy_from(x);
   const Tensor cos = dec_cos_.slice_rows(t, t + 1), sin = dec_sin_.slice_rows(t, t + 1);

@@ -2,10 +2,10 @@
 
 namespace lethe {
 
-ParamSet::ParamSet(const std::vector<ParamSpec>& specs, DType dtype) : specs_(specs) {
+ParamSet::ParamSet(const std::vector<ParamSpec>& specs, DType dtype, Device device) : specs_(specs) {
   int64_t total = 0;
   for (const auto& s : specs_) total += shape_numel(s.shape);
-  flat_ = Tensor::zeros({total}, dtype);
+  flat_ = Tensor::zeros({total}, dtype, device);
   int64_t off = 0;
   for (size_t i = 0; i < specs_.size(); ++i) {
     LETHE_CHECK(index_.emplace(specs_[i].name, i).second, "duplicate parameter name ", specs_[i].name);

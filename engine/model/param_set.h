@@ -31,7 +31,7 @@ struct ParamSpec {
 class ParamSet {
  public:
   ParamSet() = default;
-  ParamSet(const std::vector<ParamSpec>& specs, DType dtype);
+  ParamSet(const std::vector<ParamSpec>& specs, DType dtype, Device device = Device::cpu);
 
   size_t size() const { return specs_.size(); }
   const ParamSpec& spec(size_t i) const { return specs_[i]; }

@@ -23,8 +23,8 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     LETHE_CHECK(!cuda_devices().empty(), where, ": cuda: no CUDA device is visible",
                 visible ? std::string(" (CUDA_VISIBLE_DEVICES='") + visible + "')" : std::string(),
                 "; use cpu");
-    LETHE_FAIL(where, ": cuda: this version does not run the model on a GPU: the CUDA kernels are built and "
-               "tested (tools/gpu_check.sh) but no command dispatches to them yet (docs/cuda.md); use cpu");
+    LETHE_FAIL(where, ": cuda: no command runs on a GPU in this version: the model and optimizer have a device "
+               "path, but the unlearning terms, evaluation and checkpoints do not yet (docs/cuda.md); use cpu");
   }
   if (device == DeviceChoice::automatic) {
     const size_t n = cuda_devices().size();

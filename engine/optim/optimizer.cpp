@@ -33,16 +33,24 @@ Optimizer::Optimizer(ParamSet& params, const OptimConfig& cfg, Precision precisi
     : params_(params), cfg_(cfg), precision_(precision) {
   cfg_.validate();
   const DType dt = params.flat().dtype();
+  const Device dev = params.flat().device();
+  // Master weights and moments live beside the parameters, on their device.
   if (precision_ == Precision::bf16) {
-    LETHE_CHECK(dt == DType::f32, "the bf16 policy keeps f32 parameters holding bf16 values, got ", dtype_name(dt));
-    master_ = ParamSet(params.specs(), DType::f32);
+    LETHE_CHECK(dt == (dev == Device::cpu ? DType::f32 : DType::bf16), "the bf16 policy keeps ",
+                dev == Device::cpu ? "f32 parameters holding bf16 values on the CPU" : "bf16 parameters on a device",
+                ", got ", params.flat().describe());
+    master_ = ParamSet(params.specs(), DType::f32, dev);
     params_changed();
+  } else {
+    LETHE_CHECK(dev == Device::cpu, "the optimizer runs f32/f64 parameters on the CPU only, got ",
+                params.flat().describe());
   }
+  const DType state = precision_ == Precision::bf16 ? DType::f32 : dt;
   if (cfg_.type == "adamw") {
-    m_ = ParamSet(params.specs(), dt);
-    v_ = ParamSet(params.specs(), dt);
+    m_ = ParamSet(params.specs(), state, dev);
+    v_ = ParamSet(params.specs(), state, dev);
   } else if (cfg_.momentum != 0) {
-    m_ = ParamSet(params.specs(), dt);
+    m_ = ParamSet(params.specs(), state, dev);
   }
 }
 
@@ -52,8 +60,8 @@ void Optimizer::params_changed() {
 
 void Optimizer::master_changed() {
   if (precision_ != Precision::bf16) return;
-  params_.flat().copy_from(master_.flat());
-  round_to_bf16_(params_.flat());
+  params_.flat().copy_from(master_.flat());  // on a device, the copy into bf16 rounds
+  if (params_.flat().device() == Device::cpu) round_to_bf16_(params_.flat());
 }
 
 void Optimizer::set_trainable(std::vector<bool> trainable) {
@@ -82,7 +90,7 @@ double Optimizer::step(ParamSet& grads, double lr) {
     }
     if (precision_ == Precision::bf16) {  // the GPU kernel writes the bf16 copy in the same pass
       params_[i].copy_from(w[i]);
-      round_to_bf16_(params_[i]);
+      if (params_[i].device() == Device::cpu) round_to_bf16_(params_[i]);
     }
   }
   return norm;

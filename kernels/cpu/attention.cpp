@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/device_ops.h"
 
 // Blocked over query rows: a block of kBlock queries attends to keys [0, block end), so
 // the causal upper triangle is skipped block-wise and the products are GEMMs (BLAS runs
@@ -73,6 +74,8 @@ float bf16_softmax_row(float* s, int64_t n, float scale_log2, std::vector<float>
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                        Precision precision) {
+  if (DeviceOps* d = route("attention_forward", {{"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}, {"lse", &lse}}))
+    return d->attention_forward(q, k, v, scale, o, lse, precision);
   const Dims d = check(q, k, v, precision, "attention_forward");
   const bool bf = precision == Precision::bf16;
   // As the kernels: the scale and log2(e) multiply in float.
@@ -128,6 +131,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                         const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv, Precision precision) {
+  if (DeviceOps* d = route("attention_backward", {{"dout", &dout}, {"q", &q}, {"k", &k}, {"v", &v}, {"o", &o},
+                                                {"lse", &lse}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}}))
+    return d->attention_backward(dout, q, k, v, o, lse, scale, dq, dk, dv, precision);
   const Dims d = check(q, k, v, precision, "attention_backward");
   const bool bf = precision == Precision::bf16;
   check_shape(dout, q.shape(), "attention_backward", "dout");
@@ -210,6 +216,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
                       Tensor& o, Precision precision) {
+  if (DeviceOps* d = route("attention_decode", {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"o", &o}}))
+    return d->attention_decode(q, k_cache, v_cache, n, scale, o, precision);
   const char* op = "attention_decode";
   check_cpu(q, op, "q");
   LETHE_CHECK(precision == Precision::f32 || q.dtype() == DType::f32, op,

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 namespace {
@@ -32,6 +33,9 @@ std::vector<double> as_double(const Tensor& w) {
 
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
                              Tensor& lse) {
+  if (DeviceOps* d = route("cross_entropy_forward", {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
+                                                    {"logprobs", &logprobs}, {"lse", &lse}}))
+    return d->cross_entropy_forward(logits, targets, weights, logprobs, lse);
   check_args(logits, targets, weights, "cross_entropy_forward");
   const int64_t N = logits.dim(0), V = logits.dim(1);
   check_shape(logprobs, {N}, "cross_entropy_forward", "logprobs");
@@ -62,6 +66,9 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const 
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                             double dloss, Tensor& dlogits) {
+  if (DeviceOps* d = route("cross_entropy_backward", {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
+                                                     {"lse", &lse}, {"dlogits", &dlogits}}))
+    return d->cross_entropy_backward(logits, targets, weights, lse, dloss, dlogits);
   check_args(logits, targets, weights, "cross_entropy_backward");
   const int64_t N = logits.dim(0), V = logits.dim(1);
   check_shape(lse, {N}, "cross_entropy_backward", "lse");

@@ -1,10 +1,12 @@
 #include "kernels/elementwise.h"
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
 void add_(Tensor& y, const Tensor& x) {
+  if (DeviceOps* d = route("add_", {{"y", &y}, {"x", &x}})) return d->add_(y, x);
   check_cpu(y, "add_", "y");
   check_cpu(x, "add_", "x");
   check_shape(x, y.shape(), "add_", "x");

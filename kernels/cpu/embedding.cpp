@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 namespace {
@@ -14,6 +15,8 @@ void check_ids(const int32_t* ids, int64_t N, int64_t V, const char* op) {
 }  // namespace
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
+  if (DeviceOps* d = route("embedding_forward", {{"ids", &ids}, {"table", &table}, {"out", &out}}))
+    return d->embedding_forward(ids, table, out);
   check_cpu(ids, "embedding_forward", "ids");
   check_dtype(ids, DType::i32, "embedding_forward", "ids");
   const int64_t N = ids.numel(), V = table.dim(0), C = table.dim(1);
@@ -31,6 +34,8 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  if (DeviceOps* d = route("embedding_backward", {{"ids", &ids}, {"dout", &dout}, {"dtable", &dtable}}))
+    return d->embedding_backward(ids, dout, dtable);
   check_cpu(ids, "embedding_backward", "ids");
   check_dtype(ids, DType::i32, "embedding_backward", "ids");
   const int64_t N = ids.numel(), V = dtable.dim(0), C = dtable.dim(1);

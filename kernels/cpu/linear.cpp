@@ -2,10 +2,12 @@
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  if (DeviceOps* d = route("linear_forward", {{"x", &x}, {"w", &w}, {"y", &y}})) return d->linear_forward(x, w, y);
   check_cpu(x, "linear_forward", "x");
   LETHE_CHECK(x.ndim() == 2 && w.ndim() == 2, "linear_forward: x and w must be 2-D, got ", x.describe(), ", ",
               w.describe());
@@ -24,6 +26,8 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
                      Tensor* dw) {
+  if (DeviceOps* d = route("linear_backward", {{"dy", &dy}, {"x", &x}, {"w", &w}, {"dx", dx}, {"dw", dw}}))
+    return d->linear_backward(dy, x, w, dx, accumulate_dx, dw);
   check_cpu(dy, "linear_backward", "dy");
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
   check_shape(dy, {N, out}, "linear_backward", "dy");

@@ -4,10 +4,13 @@
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWArgs& a) {
+  if (DeviceOps* d = route("adamw_update", {{"p", &p}, {"g", &g}, {"m", &m}, {"v", &v}}))
+    return d->adamw_update(p, g, m, v, a);
   check_cpu(p, "adamw_update", "p");
   check_shape(g, p.shape(), "adamw_update", "g");
   check_shape(m, p.shape(), "adamw_update", "m");
@@ -33,6 +36,7 @@ void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWA
 }
 
 void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const SGDArgs& a) {
+  if (DeviceOps* d = route("sgd_update", {{"p", &p}, {"g", &g}, {"buf", &buf}})) return d->sgd_update(p, g, buf, a);
   check_cpu(p, "sgd_update", "p");
   check_shape(g, p.shape(), "sgd_update", "g");
   const bool mom = a.momentum != 0;
@@ -54,6 +58,7 @@ void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const SGDArgs& a) {
 }
 
 double sum_squares(const Tensor& x) {
+  if (DeviceOps* d = route("sum_squares", {{"x", &x}})) return d->sum_squares(x);
   check_cpu(x, "sum_squares", "x");
   const int64_t n = x.numel();
   double total = 0;
@@ -75,6 +80,7 @@ double sum_squares(const Tensor& x) {
 }
 
 void scale_(Tensor& x, double s) {
+  if (DeviceOps* d = route("scale_", {{"x", &x}})) return d->scale_(x, s);
   check_cpu(x, "scale_", "x");
   const int64_t n = x.numel();
   cpu::dispatch_float(x.dtype(), "scale_", [&](auto tag_) {

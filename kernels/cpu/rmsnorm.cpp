@@ -4,10 +4,13 @@
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  if (DeviceOps* d = route("rmsnorm_forward", {{"x", &x}, {"w", &w}, {"y", &y}, {"rstd", &rstd}}))
+    return d->rmsnorm_forward(x, w, eps, y, rstd);
   check_cpu(x, "rmsnorm_forward", "x");
   const int64_t N = x.dim(0), C = x.dim(1);
   check_shape(w, {C}, "rmsnorm_forward", "w");
@@ -31,6 +34,9 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                       bool accumulate_dx, Tensor& dw) {
+  if (DeviceOps* d = route("rmsnorm_backward",
+                           {{"dy", &dy}, {"x", &x}, {"w", &w}, {"rstd", &rstd}, {"dx", &dx}, {"dw", &dw}}))
+    return d->rmsnorm_backward(dy, x, w, rstd, dx, accumulate_dx, dw);
   check_cpu(dy, "rmsnorm_backward", "dy");
   const int64_t N = x.dim(0), C = x.dim(1);
   check_shape(dy, {N, C}, "rmsnorm_backward", "dy");

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
@@ -83,9 +84,13 @@ void rotate(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y, in
 }  // namespace
 
 void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) {
+  if (DeviceOps* d = route("rope_forward", {{"x", &x}, {"cos", &cos}, {"sin", &sin}, {"y", &y}}))
+    return d->rope_forward(x, cos, sin, y);
   rotate(x, cos, sin, y, +1, "rope_forward");
 }
 void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) {
+  if (DeviceOps* d = route("rope_backward", {{"dy", &dy}, {"cos", &cos}, {"sin", &sin}, {"dx", &dx}}))
+    return d->rope_backward(dy, cos, sin, dx);
   rotate(dy, cos, sin, dx, -1, "rope_backward");
 }
 

@@ -3,10 +3,12 @@
 #include <cmath>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_ops.h"
 
 namespace lethe::ops {
 
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) {
+  if (DeviceOps* d = route("swiglu_forward", {{"g", &g}, {"u", &u}, {"a", &a}})) return d->swiglu_forward(g, u, a);
   check_cpu(g, "swiglu_forward", "g");
   check_shape(u, g.shape(), "swiglu_forward", "u");
   check_shape(a, g.shape(), "swiglu_forward", "a");
@@ -21,6 +23,8 @@ void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) {
 }
 
 void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
+  if (DeviceOps* d = route("swiglu_backward", {{"da", &da}, {"g", &g}, {"u", &u}, {"dg", &dg}, {"du", &du}}))
+    return d->swiglu_backward(da, g, u, dg, du);
   check_cpu(da, "swiglu_backward", "da");
   check_shape(da, g.shape(), "swiglu_backward", "da");
   check_shape(dg, g.shape(), "swiglu_backward", "dg");

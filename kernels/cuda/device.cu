@@ -1,11 +1,13 @@
-// Device discovery through the CUDA runtime. A missing driver or device is not an error:
-// the caller falls back to CPU and says so.
+// Device discovery through the CUDA runtime, and the memory backend device tensors use. A
+// missing driver or device is not an error: the caller falls back to CPU and says so.
 #include <cuda_runtime.h>
 
 #include <memory>
 
 #include "engine/core/device_memory.h"
 #include "engine/core/error.h"
+#include "engine/core/tensor.h"
+#include "kernels/cuda/cast.h"
 #include "kernels/device.h"
 
 namespace lethe {
@@ -58,6 +60,20 @@ class CudaBackend : public DeviceBackend {
     cudaError_t e = cudaMemset(p, 0, bytes);
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     LETHE_CHECK(e == cudaSuccess, "cuda: zeroing ", bytes, " bytes failed: ", cudaGetErrorString(e));
+  }
+  // Unlike copy and zero this does not wait: it casts master weights into the bf16 copy
+  // inside a step, and the kernel is queued on the default stream, before any kernel that
+  // reads dst and any copy of it to the host.
+  bool convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) override {
+    if (src_dtype == DType::f32 && dst_dtype == DType::bf16) {
+      cuda::cast_f32_to_bf16(static_cast<const float*>(src), static_cast<bf16*>(dst), n);
+      return true;
+    }
+    if (src_dtype == DType::bf16 && dst_dtype == DType::f32) {
+      cuda::cast_bf16_to_f32(static_cast<const bf16*>(src), static_cast<float*>(dst), n);
+      return true;
+    }
+    return false;
   }
 };
 

@@ -157,6 +157,8 @@ TEST_F(Plan, RecipesWithAFrozenReference) {
   EXPECT_EQ(kl["micro_batch"].get<int64_t>(), 8);  // the recipe's batch and seq_len
   EXPECT_EQ(kl["seq_len"].get<int64_t>(), 128);
   EXPECT_DOUBLE_EQ(kl["bytes"]["ref_weights"].get<double>(), 2.0 * double(p));  // whole model, bf16
+  // Under dp each rank runs batch_size / dp sequences of the recipe's global batch.
+  EXPECT_EQ(plan_json({kLlama2, "--tp", "2", "--dp", "4", "--recipe", "ga_kl"})["micro_batch"].get<int64_t>(), 2);
 
   const json npo = plan_json({kLlama2, "--tp", "2", "--recipe", "npo"});  // caches reference log-probs
   EXPECT_DOUBLE_EQ(npo["bytes"]["ref_weights"].get<double>(), 0.0);

@@ -1,0 +1,499 @@
+// CudaOps: the DeviceOps of a CUDA build (kernels/device_ops.h). Each op checks its tensors
+// (on the GPU, dtypes of the bf16 policy, shapes) and launches the kernels of
+// kernels/cuda/*.h on their raw device pointers.
+//
+// Every launch goes to the legacy default stream, as the backend's copies do, so ops,
+// host <-> device copies and the caching allocator's reuse of a freed block are ordered
+// without events; only the two ops that return a number (cross_entropy_forward,
+// sum_squares) wait for the device, to copy it back.
+//
+// Where a kernel differs from the CPU op's contract (kernels/*.h):
+//   - ids and targets are on the device, so they are not range-checked as the CPU ops do
+//     (that would cost a copy and a wait per call); the batch is validated on the host
+//     when it is built. An embedding id outside [0, V) gives a NaN row and no gradient,
+//     a target outside [0, V) other than -100 a NaN log-prob, hence a NaN loss: loud, not
+//     silent.
+//   - token weights are f32 only (the CPU also takes f64); dloss and scales are applied
+//     in f32.
+//   - ops whose kernels mark their buffers __restrict__ refuse overlapping outputs that
+//     the CPU loops would tolerate (named in each error).
+//   - attention computes in bf16 only; attention_decode and sgd_update have no kernel.
+#include "kernels/cuda/device_ops.h"
+
+#include <cstdint>
+
+#include "engine/core/error.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/optim.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/cuda/swiglu.h"
+
+namespace lethe {
+namespace {
+
+constexpr const char* kPolicy =
+    "the CUDA kernels take bf16 weights and activations; f32 statistics, token weights, weight gradients and "
+    "optimizer state, docs/cuda.md";
+
+void expect_cuda(const Tensor& t, const char* op, const char* arg) {
+  LETHE_CHECK(t.defined(), op, ": ", arg, " is undefined");
+  LETHE_CHECK(t.device() == Device::cuda, op, ": ", arg, " is on ", device_name(t.device()),
+              ", expected cuda (", t.describe(), ")");
+}
+
+// On the GPU and of the dtype the kernel reads: the kernels reinterpret raw bytes, so a
+// wrong dtype would not fail, it would compute garbage.
+void expect(const Tensor& t, DType dtype, const char* op, const char* arg) {
+  expect_cuda(t, op, arg);
+  LETHE_CHECK(t.dtype() == dtype, op, ": ", arg, " is ", dtype_name(t.dtype()), ", expected ", dtype_name(dtype),
+              " (", kPolicy, ")");
+}
+
+// Checked before dim(i) is read, so a wrong rank is named with the layout it should have.
+void expect_ndim(const Tensor& t, int ndim, const char* op, const char* arg, const char* layout) {
+  LETHE_CHECK(t.ndim() == ndim, op, ": expected ", arg, layout, ", got ", t.describe());
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+bool overlap(const Tensor& a, const Tensor& b) {
+  const char* pa = ptr<const char>(a);
+  const char* pb = ptr<const char>(b);
+  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// For kernels that declare their buffers __restrict__: an output sharing memory with an
+// input is undefined behaviour there, though the CPU loop would accept it.
+void expect_disjoint(const Tensor& out, const char* out_arg, const Tensor& in, const char* in_arg, const char* op) {
+  LETHE_CHECK(!overlap(out, in), op, ": ", out_arg, " shares memory with ", in_arg,
+              "; the CUDA kernel needs separate buffers");
+}
+
+// For element-wise kernels that allow in place: the same buffer, or separate ones. A
+// shifted overlap would make the result depend on thread order.
+void expect_same_or_disjoint(const Tensor& out, const char* out_arg, const Tensor& in, const char* in_arg,
+                             const char* op) {
+  LETHE_CHECK(out.raw() == in.raw() || !overlap(out, in), op, ": ", out_arg, " partly overlaps ", in_arg,
+              "; the CUDA kernel runs in place only on the same buffer");
+}
+
+// The attention kernels load rows of q, k, v and dout as 16-byte vectors.
+void expect_aligned16(const Tensor& t, const char* op, const char* arg) {
+  LETHE_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", arg,
+              " must start on a 16-byte boundary for the CUDA kernel (a view at an odd offset?)");
+}
+
+void expect_bf16_precision(Precision precision, const char* op) {
+  LETHE_CHECK(precision == Precision::bf16, op, ": precision ", precision_name(precision),
+              " has no CUDA kernel: the CUDA attention computes in bf16 (run with precision bf16, or on the CPU)");
+}
+
+class CudaOps final : public DeviceOps {
+ public:
+  // Makes no CUDA call: see make_cuda_device_ops.
+  CudaOps() = default;
+  // Only reached when a test swaps the ops out (the registry never destroys them). The
+  // scratch tensors go back to the caching allocator by themselves.
+  ~CudaOps() override { cuda::gemm_destroy(gemm_); }
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  const char* name() const override { return "cuda"; }
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    const char* op = "embedding_forward";
+    expect(ids, DType::i32, op, "ids");
+    expect(table, DType::bf16, op, "table");
+    expect(out, DType::bf16, op, "out");
+    expect_ndim(table, 2, op, "table", "[V, C]");
+    const int64_t N = ids.numel(), V = table.dim(0), C = table.dim(1);
+    check_shape(out, {N, C}, op, "out");
+    cuda::embedding_forward(ptr<int32_t>(ids), ptr<bf16>(table), ptr<bf16>(out), N, V, C);
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    const char* op = "embedding_backward";
+    expect(ids, DType::i32, op, "ids");
+    expect(dout, DType::bf16, op, "dout");
+    expect(dtable, DType::f32, op, "dtable");
+    expect_ndim(dtable, 2, op, "dtable", "[V, C]");
+    const int64_t N = ids.numel(), V = dtable.dim(0), C = dtable.dim(1);
+    check_shape(dout, {N, C}, op, "dout");
+    // The kernel adds with atomics: dtable += scatter, the CPU contract.
+    cuda::embedding_backward(ptr<int32_t>(ids), ptr<bf16>(dout), ptr<float>(dtable), N, V, C);
+  }
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override {
+    const char* op = "rmsnorm_forward";
+    expect(x, DType::bf16, op, "x");
+    expect(w, DType::bf16, op, "w");
+    expect(y, DType::bf16, op, "y");
+    expect(rstd, DType::f32, op, "rstd");
+    expect_ndim(x, 2, op, "x", "[N, C]");
+    const int64_t N = x.dim(0), C = x.dim(1);
+    check_shape(w, {C}, op, "w");
+    check_shape(y, {N, C}, op, "y");
+    check_shape(rstd, {N}, op, "rstd");
+    expect_disjoint(y, "y", w, "w", op);
+    expect_same_or_disjoint(y, "y", x, "x", op);
+    cuda::rmsnorm_forward(ptr<bf16>(x), ptr<bf16>(w), float(eps), ptr<bf16>(y), ptr<float>(rstd), N, C);
+  }
+
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
+                        bool accumulate_dx, Tensor& dw) override {
+    const char* op = "rmsnorm_backward";
+    expect(dy, DType::bf16, op, "dy");
+    expect(x, DType::bf16, op, "x");
+    expect(w, DType::bf16, op, "w");
+    expect(rstd, DType::f32, op, "rstd");
+    expect(dx, DType::bf16, op, "dx");
+    expect(dw, DType::f32, op, "dw");
+    expect_ndim(x, 2, op, "x", "[N, C]");
+    const int64_t N = x.dim(0), C = x.dim(1);
+    check_shape(dy, {N, C}, op, "dy");
+    check_shape(w, {C}, op, "w");
+    check_shape(rstd, {N}, op, "rstd");
+    check_shape(dx, {N, C}, op, "dx");
+    check_shape(dw, {C}, op, "dw");
+    expect_disjoint(dx, "dx", dy, "dy", op);
+    expect_disjoint(dx, "dx", x, "x", op);
+    // dx overwritten or accumulated, dw += (atomics): both as the CPU contract.
+    cuda::rmsnorm_backward(ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), ptr<float>(rstd), ptr<bf16>(dx), accumulate_dx,
+                           ptr<float>(dw), N, C);
+  }
+
+  void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) override {
+    const char* op = "linear_forward";
+    expect(x, DType::bf16, op, "x");
+    expect(w, DType::bf16, op, "w");
+    expect(y, DType::bf16, op, "y");
+    expect_ndim(x, 2, op, "x", "[N, in]");
+    expect_ndim(w, 2, op, "w", "[out, in]");
+    const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
+    check_shape(w, {out, in}, op, "w");
+    check_shape(y, {N, out}, op, "y");
+    if (N == 0 || out == 0) return;
+    // A product over an empty inner dimension is zero; cuBLASLt is not asked for one.
+    if (in == 0) return y.zero_();
+    cuda::linear_forward(gemm(), ptr<bf16>(x), ptr<bf16>(w), ptr<bf16>(y), N, in, out);
+  }
+
+  void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
+                       Tensor* dw) override {
+    const char* op = "linear_backward";
+    expect(dy, DType::bf16, op, "dy");
+    expect(x, DType::bf16, op, "x");
+    expect(w, DType::bf16, op, "w");
+    if (dx) expect(*dx, DType::bf16, op, "dx");
+    if (dw) expect(*dw, DType::f32, op, "dw");
+    expect_ndim(x, 2, op, "x", "[N, in]");
+    expect_ndim(w, 2, op, "w", "[out, in]");
+    const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
+    check_shape(dy, {N, out}, op, "dy");
+    check_shape(w, {out, in}, op, "w");
+    if (dx) check_shape(*dx, {N, in}, op, "dx");
+    if (dw) check_shape(*dw, {out, in}, op, "dw");
+    // Empty rows or inputs leave nothing to write (dx is empty) or to add (dw += 0).
+    if (N == 0 || in == 0 || (!dx && !dw)) return;
+    // dx = dy W sums over `out`: when that is empty cuBLASLt is not asked for the product,
+    // and dx is cleared unless accumulating, as the CPU's beta = 0 product does.
+    if (out == 0) {
+      if (dx && !accumulate_dx) dx->zero_();
+      return;
+    }
+    // The launcher matches the contract: dx written (beta 0) or added to (beta 1), dw
+    // (fp32) += dy^T x.
+    cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), dx ? ptr<bf16>(*dx) : nullptr,
+                          accumulate_dx, dw ? ptr<float>(*dw) : nullptr, N, in, out);
+  }
+
+  void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) override {
+    rotate(x, "x", cos, sin, y, "y", true, "rope_forward");
+  }
+
+  void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) override {
+    rotate(dy, "dy", cos, sin, dx, "dx", false, "rope_backward");
+  }
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
+                         Precision precision) override {
+    const char* op = "attention_forward";
+    expect_bf16_precision(precision, op);
+    expect(q, DType::bf16, op, "q");
+    expect(k, DType::bf16, op, "k");
+    expect(v, DType::bf16, op, "v");
+    expect(o, DType::bf16, op, "o");
+    expect(lse, DType::f32, op, "lse");
+    const Dims d = attention_dims(q, k, op);
+    check_shape(v, k.shape(), op, "v");
+    check_shape(o, q.shape(), op, "o");
+    check_shape(lse, {d.B, d.H, d.T}, op, "lse");
+    if (d.B == 0 || d.T == 0) return;
+    expect_aligned16(q, op, "q");
+    expect_aligned16(k, op, "k");
+    expect_aligned16(v, op, "v");
+    cuda::attention_forward(ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), float(scale), ptr<bf16>(o), ptr<float>(lse),
+                            d.B, d.T, d.H, d.KV, d.D);
+  }
+
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                          const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          Precision precision) override {
+    const char* op = "attention_backward";
+    expect_bf16_precision(precision, op);
+    expect(dout, DType::bf16, op, "dout");
+    expect(q, DType::bf16, op, "q");
+    expect(k, DType::bf16, op, "k");
+    expect(v, DType::bf16, op, "v");
+    expect(o, DType::bf16, op, "o");
+    expect(lse, DType::f32, op, "lse");
+    expect(dq, DType::bf16, op, "dq");
+    expect(dk, DType::bf16, op, "dk");
+    expect(dv, DType::bf16, op, "dv");
+    const Dims d = attention_dims(q, k, op);
+    check_shape(v, k.shape(), op, "v");
+    check_shape(o, q.shape(), op, "o");
+    check_shape(dout, q.shape(), op, "dout");
+    check_shape(lse, {d.B, d.H, d.T}, op, "lse");
+    check_shape(dq, q.shape(), op, "dq");
+    check_shape(dk, k.shape(), op, "dk");
+    check_shape(dv, k.shape(), op, "dv");
+    if (d.B == 0 || d.T == 0) return;
+    expect_aligned16(dout, op, "dout");
+    expect_aligned16(q, op, "q");
+    expect_aligned16(k, op, "k");
+    expect_aligned16(v, op, "v");
+    void* ws = attention_workspace(cuda::attention_backward_workspace_bytes(d.B, d.T, d.H, d.D));
+    cuda::attention_backward(ptr<bf16>(dout), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o),
+                             ptr<float>(lse), float(scale), ptr<bf16>(dq), ptr<bf16>(dk), ptr<bf16>(dv), ws, d.B, d.T,
+                             d.H, d.KV, d.D);
+  }
+
+  void attention_decode(const Tensor&, const Tensor&, const Tensor&, int64_t, double, Tensor&, Precision) override {
+    LETHE_FAIL("attention_decode has no CUDA kernel yet; decode on the CPU");
+  }
+
+  void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {
+    const char* op = "swiglu_forward";
+    expect(g, DType::bf16, op, "g");
+    expect(u, DType::bf16, op, "u");
+    expect(a, DType::bf16, op, "a");
+    check_shape(u, g.shape(), op, "u");
+    check_shape(a, g.shape(), op, "a");
+    expect_same_or_disjoint(a, "a", g, "g", op);
+    expect_same_or_disjoint(a, "a", u, "u", op);
+    cuda::swiglu_forward(ptr<bf16>(g), ptr<bf16>(u), ptr<bf16>(a), g.numel());
+  }
+
+  void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override {
+    const char* op = "swiglu_backward";
+    expect(da, DType::bf16, op, "da");
+    expect(g, DType::bf16, op, "g");
+    expect(u, DType::bf16, op, "u");
+    expect(dg, DType::bf16, op, "dg");
+    expect(du, DType::bf16, op, "du");
+    check_shape(da, g.shape(), op, "da");
+    check_shape(u, g.shape(), op, "u");
+    check_shape(dg, g.shape(), op, "dg");
+    check_shape(du, g.shape(), op, "du");
+    // kernels/cuda/swiglu.h: dg and du may not alias g or u.
+    expect_disjoint(dg, "dg", g, "g", op);
+    expect_disjoint(dg, "dg", u, "u", op);
+    expect_disjoint(du, "du", g, "g", op);
+    expect_disjoint(du, "du", u, "u", op);
+    expect_disjoint(dg, "dg", du, "du", op);
+    cuda::swiglu_backward(ptr<bf16>(da), ptr<bf16>(g), ptr<bf16>(u), ptr<bf16>(dg), ptr<bf16>(du), g.numel());
+  }
+
+  double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                               Tensor& lse) override {
+    const char* op = "cross_entropy_forward";
+    const auto [N, V] = cross_entropy_dims(logits, targets, weights, op);
+    expect(logprobs, DType::f32, op, "logprobs");
+    expect(lse, DType::f32, op, "lse");
+    check_shape(logprobs, {N}, op, "logprobs");
+    check_shape(lse, {N}, op, "lse");
+    if (N == 0) return 0.0;
+    // No fused gradient (dlogits null): the backward runs later from the saved lse.
+    cuda::cross_entropy_forward(ptr<bf16>(logits), ptr<int32_t>(targets), ptr<float>(weights), ptr<float>(logprobs),
+                                ptr<float>(lse), nullptr, 0.f, N, V);
+    // -sum w_i logp_i over rows whose target is not -100, in double and a fixed order (the
+    // kernel's logprobs are already 0 on those rows, as the CPU's).
+    double* loss = reduce_scratch() + cuda::kNormPartials;
+    cuda::weighted_nll(ptr<float>(logprobs), ptr<int32_t>(targets), ptr<float>(weights), loss, N);
+    return fetch(loss);
+  }
+
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
+                              double dloss, Tensor& dlogits) override {
+    const char* op = "cross_entropy_backward";
+    const auto [N, V] = cross_entropy_dims(logits, targets, weights, op);
+    expect(lse, DType::f32, op, "lse");
+    expect(dlogits, DType::bf16, op, "dlogits");
+    check_shape(lse, {N}, op, "lse");
+    check_shape(dlogits, {N, V}, op, "dlogits");
+    expect_same_or_disjoint(dlogits, "dlogits", logits, "logits", op);
+    // Overwrites dlogits with dloss * w_i * (softmax - onehot); ignored rows get a zero
+    // weight, hence zeros (the CPU writes them directly; equal for a finite saved lse).
+    cuda::cross_entropy_backward(ptr<bf16>(logits), ptr<int32_t>(targets), ptr<float>(weights), ptr<float>(lse),
+                                 float(dloss), ptr<bf16>(dlogits), N, V);
+  }
+
+  void add_(Tensor& y, const Tensor& x) override {
+    const char* op = "add_";
+    expect_cuda(y, op, "y");
+    LETHE_CHECK(y.dtype() == DType::bf16 || y.dtype() == DType::f32, op, ": y is ", dtype_name(y.dtype()),
+                ", expected bf16 or f32 (", kPolicy, ")");
+    expect(x, y.dtype(), op, "x");
+    check_shape(x, y.shape(), op, "x");
+    expect_same_or_disjoint(y, "y", x, "x", op);
+    if (y.dtype() == DType::bf16) cuda::add_inplace(ptr<bf16>(y), ptr<bf16>(x), y.numel());
+    else cuda::add_inplace(ptr<float>(y), ptr<float>(x), y.numel());
+  }
+
+  void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override {
+    const char* op = "adamw_update";
+    expect(p, DType::f32, op, "p");
+    expect(g, DType::f32, op, "g");
+    expect(m, DType::f32, op, "m");
+    expect(v, DType::f32, op, "v");
+    check_shape(g, p.shape(), op, "g");
+    check_shape(m, p.shape(), op, "m");
+    check_shape(v, p.shape(), op, "v");
+    LETHE_CHECK(a.step >= 1, op, ": step must be >= 1, got ", a.step);
+    const int64_t n = p.numel();
+    if (n == 0) return;
+    // The caller keeps the bf16 copy (param null) and clips beforehand (grad_scale null).
+    const cuda::AdamWTensor t{ptr<float>(p), ptr<float>(g), ptr<float>(m), ptr<float>(v), nullptr, n,
+                              float(a.weight_decay)};
+    cuda::adamw_multi(&t, 1, cuda::AdamWHyper{a.lr, a.beta1, a.beta2, a.eps, a.step}, nullptr);
+  }
+
+  void sgd_update(Tensor&, const Tensor&, Tensor&, const ops::SGDArgs&) override {
+    LETHE_FAIL("sgd_update has no CUDA kernel yet; use AdamW for a model on the GPU, or train on the CPU");
+  }
+
+  double sum_squares(const Tensor& x) override {
+    const char* op = "sum_squares";
+    expect(x, DType::f32, op, "x");
+    const int64_t n = x.numel();
+    if (n == 0) return 0.0;
+    const float* tensors[1] = {ptr<float>(x)};
+    const int64_t sizes[1] = {n};
+    double* partials = reduce_scratch();
+    cuda::sum_squares_multi(tensors, sizes, 1, partials, partials + cuda::kNormPartials);
+    return fetch(partials + cuda::kNormPartials);
+  }
+
+  void scale_(Tensor& x, double s) override {
+    expect(x, DType::f32, "scale_", "x");
+    cuda::scale(ptr<float>(x), x.numel(), float(s));
+  }
+
+ private:
+  struct Dims {
+    int64_t B, T, H, KV, D;
+  };
+
+  // q[B, T, H, D], k[B, T, KV, D]: the sizes and the conditions the kernels have.
+  static Dims attention_dims(const Tensor& q, const Tensor& k, const char* op) {
+    expect_ndim(q, 4, op, "q", "[B, T, H, D]");
+    expect_ndim(k, 4, op, "k", "[B, T, KV, D]");
+    const Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
+    check_shape(k, {d.B, d.T, d.KV, d.D}, op, "k");
+    LETHE_CHECK(cuda::attention_supports_head_dim(d.D), op, ": head_dim ", d.D,
+                " has no CUDA kernel (16, 32, 64 or 128)");
+    LETHE_CHECK(d.KV > 0 && d.H % d.KV == 0, op, ": ", d.H, " query heads are not a multiple of ", d.KV,
+                " kv heads");
+    return d;
+  }
+
+  struct RowsVocab {
+    int64_t N, V;
+  };
+
+  static RowsVocab cross_entropy_dims(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                      const char* op) {
+    expect(logits, DType::bf16, op, "logits");
+    expect(targets, DType::i32, op, "targets");
+    expect(weights, DType::f32, op, "weights");
+    expect_ndim(logits, 2, op, "logits", "[N, V]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    check_shape(targets, {N}, op, "targets");
+    check_shape(weights, {N}, op, "weights");
+    return {N, V};
+  }
+
+  // x[B, T, H, D] -> y; cos, sin [>= T, D/2], row t for position t (the kernel reads
+  // rows of exactly D/2).
+  static void rotate(const Tensor& x, const char* x_arg, const Tensor& cos, const Tensor& sin, Tensor& y,
+                     const char* y_arg, bool forward, const char* op) {
+    expect(x, DType::bf16, op, x_arg);
+    expect(cos, DType::f32, op, "cos");
+    expect(sin, DType::f32, op, "sin");
+    expect(y, DType::bf16, op, y_arg);
+    expect_ndim(x, 4, op, x_arg, "[B, T, H, D]");
+    const int64_t B = x.dim(0), T = x.dim(1), H = x.dim(2), D = x.dim(3);
+    LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even and positive, got ", D);
+    check_shape(y, x.shape(), op, y_arg);
+    LETHE_CHECK(cos.ndim() == 2 && cos.dim(0) >= T && cos.dim(1) == D / 2, op, ": cos table ", cos.describe(),
+                " does not cover T=", T, ", D=", D);
+    check_shape(sin, cos.shape(), op, "sin");
+    expect_same_or_disjoint(y, y_arg, x, x_arg, op);
+    if (forward)
+      cuda::rope_forward(ptr<bf16>(x), ptr<float>(cos), ptr<float>(sin), ptr<bf16>(y), B, T, H, D);
+    else
+      cuda::rope_backward(ptr<bf16>(x), ptr<float>(cos), ptr<float>(sin), ptr<bf16>(y), B, T, H, D);
+  }
+
+  // Made at the first product, not in the constructor: gemm_create allocates its
+  // workspace on the device, and the ops are constructed at start-up, GPU or not.
+  cuda::GemmContext* gemm() {
+    if (!gemm_) gemm_ = cuda::gemm_create();
+    return gemm_;
+  }
+
+  // Kept across calls and grown when a larger problem comes: every layer's backward asks
+  // for the same size, so a step allocates it once. Replacing it is safe while a kernel
+  // still reads the old one, because the allocator hands that block out again only to
+  // work queued later on the same stream.
+  void* attention_workspace(size_t bytes) {
+    if (!attn_workspace_.defined() || attn_workspace_.nbytes() < bytes)
+      attn_workspace_ = Tensor::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, DType::f32,
+                                      Device::cuda);
+    return attn_workspace_.raw();
+  }
+
+  // kNormPartials doubles of sum_squares partials, then one result slot (also the loss of
+  // cross_entropy_forward). The host waits for each result, so one buffer serves both.
+  double* reduce_scratch() {
+    if (!reduce_.defined()) reduce_ = Tensor::empty({cuda::kNormPartials + 1}, DType::f64, Device::cuda);
+    return ptr<double>(reduce_);
+  }
+
+  // A blocking copy on the default stream: it waits for the kernels that wrote `d`.
+  static double fetch(const double* d) {
+    double h = 0;
+    cuda::copy_to_host(&h, d, sizeof(h));
+    return h;
+  }
+
+  cuda::GemmContext* gemm_ = nullptr;
+  Tensor attn_workspace_;
+  Tensor reduce_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceOps> make_cuda_device_ops() { return std::make_unique<CudaOps>(); }
+
+}  // namespace lethe

@@ -1,0 +1,201 @@
+#include "kernels/host_staged_device.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/core/error.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/linear.h"
+#include "kernels/optim.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace lethe {
+
+namespace {
+
+class HostMemory : public DeviceBackend {
+ public:
+  const char* name() const override { return "host-staged device"; }
+  void* malloc(size_t bytes) override { return std::malloc(bytes); }
+  void free(void* p) override { std::free(p); }
+  void copy(void* dst, bool, const void* src, bool, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
+};
+
+// A host copy of a device tensor for the CPU kernel: bf16 widened to f32 (exact), as the
+// emulation holds bf16 values in f32 tensors.
+Tensor in(const Tensor& t) {
+  if (!t.defined()) return Tensor();
+  Tensor h = t.to(Device::cpu);
+  return h.dtype() == DType::bf16 ? h.to(DType::f32) : h;
+}
+// Writes the kernel's result back, rounded to the device tensor's dtype.
+void out(Tensor& dev, const Tensor& host) { dev.copy_from(host); }
+
+}  // namespace
+
+class ScopedHostStagedDevice::Ops : public DeviceOps {
+ public:
+  const char* name() const override { return "host-staged device"; }
+  int64_t count = 0;
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& o) override {
+    ++count;
+    Tensor h = in(o);
+    ops::embedding_forward(in(ids), in(table), h);
+    out(o, h);
+  }
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    ++count;
+    Tensor h = in(dtable);
+    ops::embedding_backward(in(ids), in(dout), h);
+    out(dtable, h);
+  }
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override {
+    ++count;
+    Tensor hy = in(y), hr = in(rstd);
+    ops::rmsnorm_forward(in(x), in(w), eps, hy, hr);
+    out(y, hy);
+    out(rstd, hr);
+  }
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
+                        bool accumulate_dx, Tensor& dw) override {
+    ++count;
+    Tensor hdx = in(dx), hdw = in(dw);
+    ops::rmsnorm_backward(in(dy), in(x), in(w), in(rstd), hdx, accumulate_dx, hdw);
+    out(dx, hdx);
+    out(dw, hdw);
+  }
+  void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) override {
+    ++count;
+    Tensor hy = in(y);
+    ops::linear_forward(in(x), in(w), hy);
+    out(y, hy);
+  }
+  void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
+                       Tensor* dw) override {
+    ++count;
+    Tensor hdx = dx ? in(*dx) : Tensor(), hdw = dw ? in(*dw) : Tensor();
+    ops::linear_backward(in(dy), in(x), in(w), dx ? &hdx : nullptr, accumulate_dx, dw ? &hdw : nullptr);
+    if (dx) out(*dx, hdx);
+    if (dw) out(*dw, hdw);
+  }
+  void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) override {
+    ++count;
+    Tensor hy = in(y);
+    ops::rope_forward(in(x), in(cos), in(sin), hy);
+    out(y, hy);
+  }
+  void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) override {
+    ++count;
+    Tensor hdx = in(dx);
+    ops::rope_backward(in(dy), in(cos), in(sin), hdx);
+    out(dx, hdx);
+  }
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
+                         Precision precision) override {
+    ++count;
+    Tensor ho = in(o), hl = in(lse);
+    ops::attention_forward(in(q), in(k), in(v), scale, ho, hl, precision);
+    out(o, ho);
+    out(lse, hl);
+  }
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                          const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          Precision precision) override {
+    ++count;
+    Tensor hq = in(dq), hk = in(dk), hv = in(dv);
+    ops::attention_backward(in(dout), in(q), in(k), in(v), in(o), in(lse), scale, hq, hk, hv, precision);
+    out(dq, hq);
+    out(dk, hk);
+    out(dv, hv);
+  }
+  void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
+                        Tensor& o, Precision precision) override {
+    ++count;
+    Tensor ho = in(o);
+    ops::attention_decode(in(q), in(k_cache), in(v_cache), n, scale, ho, precision);
+    out(o, ho);
+  }
+  void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {
+    ++count;
+    Tensor ha = in(a);
+    ops::swiglu_forward(in(g), in(u), ha);
+    out(a, ha);
+  }
+  void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override {
+    ++count;
+    Tensor hg = in(dg), hu = in(du);
+    ops::swiglu_backward(in(da), in(g), in(u), hg, hu);
+    out(dg, hg);
+    out(du, hu);
+  }
+  double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                               Tensor& lse) override {
+    ++count;
+    Tensor hp = in(logprobs), hl = in(lse);
+    const double loss = ops::cross_entropy_forward(in(logits), in(targets), in(weights), hp, hl);
+    out(logprobs, hp);
+    out(lse, hl);
+    return loss;
+  }
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
+                              double dloss, Tensor& dlogits) override {
+    ++count;
+    Tensor hd = in(dlogits);
+    ops::cross_entropy_backward(in(logits), in(targets), in(weights), in(lse), dloss, hd);
+    out(dlogits, hd);
+  }
+  void add_(Tensor& y, const Tensor& x) override {
+    ++count;
+    Tensor hy = in(y);
+    ops::add_(hy, in(x));
+    out(y, hy);
+  }
+  void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override {
+    ++count;
+    Tensor hp = in(p), hm = in(m), hv = in(v);
+    ops::adamw_update(hp, in(g), hm, hv, a);
+    out(p, hp);
+    out(m, hm);
+    out(v, hv);
+  }
+  void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) override {
+    ++count;
+    Tensor hp = in(p), hb = in(buf);
+    ops::sgd_update(hp, in(g), hb, a);
+    out(p, hp);
+    if (buf.defined()) out(buf, hb);
+  }
+  double sum_squares(const Tensor& x) override {
+    ++count;
+    return ops::sum_squares(in(x));
+  }
+  void scale_(Tensor& x, double s) override {
+    ++count;
+    Tensor h = in(x);
+    ops::scale_(h, s);
+    out(x, h);
+  }
+};
+
+ScopedHostStagedDevice::ScopedHostStagedDevice() {
+  auto ops = std::make_unique<Ops>();
+  ops_ = ops.get();
+  prev_backend_ = swap_device_backend_for_testing(std::make_unique<HostMemory>());
+  prev_ops_ = swap_device_ops_for_testing(std::move(ops));
+}
+
+ScopedHostStagedDevice::~ScopedHostStagedDevice() {
+  swap_device_ops_for_testing(std::move(prev_ops_));
+  swap_device_backend_for_testing(std::move(prev_backend_));
+}
+
+int64_t ScopedHostStagedDevice::ops_run() const { return ops_->count; }
+
+}  // namespace lethe

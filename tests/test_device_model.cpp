@@ -1,0 +1,258 @@
+// The model's device path (kernels/device_ops.h), run on the host-staged device: device
+// memory and dtypes (bf16 weights and activations, f32 statistics and weight gradients),
+// every op routed through the device's kernels, no host access to a device tensor. The
+// stand-in's kernels are the CPU's, widened from bf16 and rounded back to the output's
+// dtype, which is exactly where the CPU emulation of the bf16 policy rounds; so the device
+// model must equal the emulated model bit for bit, and any difference is a rounding point,
+// a host loop or a dtype the two paths do not share. (A CUDA run is compared with the same
+// emulation by tests/cuda/test_cuda_model.cpp, with tolerances: different kernels.)
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+#include "engine/model/llama.h"
+#include "engine/optim/optimizer.h"
+#include "kernels/elementwise.h"
+#include "kernels/host_staged_device.h"
+#include "kernels/optim.h"
+#include "tests/test_util.h"
+
+namespace lethe {
+namespace {
+using namespace lethe::test;
+
+LlamaConfig config(bool tied) {
+  LlamaConfig c;
+  c.name = tied ? "device-tied" : "device-gqa";
+  c.vocab_size = 37;
+  c.dim = 16;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = tied ? 4 : 2;
+  c.ffn_dim = 24;
+  c.max_seq_len = 80;
+  c.tie_embeddings = tied;
+  c.init_std = 0.3;
+  return c;
+}
+
+// B = 2 sequences of 70 positions: past one 64-key attention tile.
+constexpr int64_t B = 2, T = 70, N = B * T;
+
+// Index of the first element where a (any device, any float dtype) and b differ as f32
+// values, or -1. The device holds bf16 where the emulation holds f32 tensors of bf16
+// values; widening bf16 to f32 is exact, so equal values compare equal.
+int64_t first_difference(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.numel(), b.numel());
+  const Tensor x = a.to(Device::cpu).to(DType::f32), y = b.to(Device::cpu).to(DType::f32);
+  const float *p = x.data<float>(), *q = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    if (std::memcmp(p + i, q + i, sizeof(float)) != 0) return i;
+  return -1;
+}
+
+void expect_same(const Tensor& dev, const Tensor& cpu, const std::string& what) {
+  const int64_t i = first_difference(dev, cpu);
+  if (i >= 0) {
+    const Tensor x = dev.to(Device::cpu).to(DType::f64), y = cpu.to(DType::f64);
+    ADD_FAILURE() << what << ": element " << i << " is " << x.data<double>()[i] << " on the device, "
+                  << y.data<double>()[i] << " in the emulation";
+  }
+}
+
+void expect_same_grads(LlamaModel& dev, LlamaModel& cpu, const std::string& when) {
+  for (size_t i = 0; i < cpu.grads().size(); ++i)
+    expect_same(dev.grads()[i], cpu.grads()[i], when + ": gradient of " + cpu.grads().spec(i).name);
+}
+
+struct Batch {
+  Tensor tok, tgt, w;
+};
+Batch batch(const LlamaConfig& c) {
+  Batch b{randint({B, T}, c.vocab_size, 5), randint({B, T}, c.vocab_size, 6), randn({B, T}, DType::f64, 7, 0.1)};
+  b.tgt.data<int32_t>()[3] = -100;  // a masked target
+  return b;
+}
+
+class DeviceModel : public ::testing::TestWithParam<bool> {
+ protected:
+  ScopedHostStagedDevice device_;
+};
+
+TEST_P(DeviceModel, MatchesTheEmulatedBf16ModelBitForBit) {
+  const LlamaConfig c = config(GetParam());
+  const Batch b = batch(c);
+  LlamaModel cpu(c, Precision::bf16);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda);
+  EXPECT_EQ(dev.params()[1].dtype(), DType::bf16);
+  EXPECT_EQ(dev.params()[1].device(), Device::cuda);
+  EXPECT_EQ(dev.grads()[1].dtype(), DType::f32);
+  cpu.init_weights(11);
+  dev.init_weights(11);
+  for (size_t i = 0; i < cpu.params().size(); ++i)
+    expect_same(dev.params()[i], cpu.params()[i], "initial " + cpu.params().spec(i).name);
+  // One recomputed layer and chunks of 9 rows (16 chunks, the last partial): every path of
+  // the layers and the chunked head.
+  for (LlamaModel* m : {&cpu, &dev}) {
+    m->set_recompute_layers(1);
+    m->set_loss_chunk_rows(9);
+  }
+
+  const int64_t ops_before = device_.ops_run();
+  const double l_cpu = cpu.forward(b.tok, b.tgt), l_dev = dev.forward(b.tok, b.tgt);
+  EXPECT_EQ(l_dev, l_cpu);
+  // layers x (2 norms, 7 projections, 2 RoPE, attention, SwiGLU, 2 adds) + embedding +
+  // final norm + 16 chunks x (head, cross-entropy), at least: every op ran on the device.
+  EXPECT_GE(device_.ops_run() - ops_before, c.n_layers * 15 + 2 + 16 * 2);
+  EXPECT_EQ(dev.logprobs().device(), Device::cuda);
+  expect_same(dev.logprobs(), cpu.logprobs(), "log-probs");
+  cpu.backward(0.7);
+  dev.backward(0.7);
+  expect_same_grads(dev, cpu, "mean NLL");
+
+  // Token weights given (f64 on the host; both paths read them in f32), and a backward
+  // with new weights, as WGA runs it.
+  cpu.grads().zero();
+  dev.grads().zero();
+  EXPECT_EQ(dev.forward(b.tok, b.tgt, &b.w), cpu.forward(b.tok, b.tgt, &b.w));
+  const Tensor w2 = randn({B, T}, DType::f64, 8);
+  cpu.backward(-1.0, &w2);
+  dev.backward(-1.0, &w2);
+  expect_same_grads(dev, cpu, "new weights");
+}
+
+TEST_P(DeviceModel, KeptLogitsAndTheirBackwardMatch) {
+  const LlamaConfig c = config(GetParam());
+  const Batch b = batch(c);
+  LlamaModel cpu(c, Precision::bf16);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda);
+  cpu.init_weights(12);
+  dev.init_weights(12);
+  cpu.set_keep_logits(true);
+  dev.set_keep_logits(true);
+  EXPECT_EQ(dev.forward(b.tok, b.tgt, &b.w), cpu.forward(b.tok, b.tgt, &b.w));
+  expect_same(dev.logits(), cpu.logits(), "logits");
+  cpu.backward();
+  dev.backward();
+  expect_same_grads(dev, cpu, "kept logits");
+}
+
+TEST_P(DeviceModel, CachedDecodingMatches) {
+  const LlamaConfig c = config(GetParam());
+  LlamaModel cpu(c, Precision::bf16);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda);
+  cpu.init_weights(13);
+  dev.init_weights(13);
+  const Tensor prefix = randint({B, 5}, c.vocab_size, 9);
+  Tensor lc = Tensor::empty({B, c.vocab_size}, DType::f32);
+  Tensor ld = Tensor::empty({B, c.vocab_size}, DType::bf16, Device::cuda);
+  cpu.decode_prefill(prefix, lc);
+  dev.decode_prefill(prefix, ld);
+  expect_same(ld, lc, "prefill logits");
+  for (int step = 0; step < 3; ++step) {
+    const Tensor next = randint({B}, c.vocab_size, 20 + uint64_t(step));
+    cpu.decode_step(next, lc);
+    dev.decode_step(next, ld);
+    expect_same(ld, lc, "logits of decoding step " + std::to_string(step));
+  }
+}
+
+// Training steps: forward, backward, clipping and AdamW on the fp32 master weights (on the
+// device beside the bf16 parameters), writing back the bf16 copy the next forward reads.
+TEST_P(DeviceModel, AdamWStepsMatch) {
+  const LlamaConfig c = config(GetParam());
+  const Batch b = batch(c);
+  LlamaModel cpu(c, Precision::bf16);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda);
+  cpu.init_weights(14);
+  dev.init_weights(14);
+  OptimConfig oc;
+  oc.type = "adamw";
+  oc.weight_decay = 0.1;
+  oc.grad_clip = 0.5;  // below the gradient norm: the scaling runs too
+  Optimizer ocpu(cpu.params(), oc, Precision::bf16), odev(dev.params(), oc, Precision::bf16);
+  EXPECT_EQ(odev.master().flat().device(), Device::cuda);
+  EXPECT_EQ(odev.m().flat().dtype(), DType::f32);
+  for (int step = 0; step < 3; ++step) {
+    cpu.grads().zero();
+    dev.grads().zero();
+    EXPECT_EQ(dev.forward(b.tok, b.tgt), cpu.forward(b.tok, b.tgt)) << "step " << step;
+    cpu.backward();
+    dev.backward();
+    EXPECT_EQ(odev.step(dev.grads(), 3e-2), ocpu.step(cpu.grads(), 3e-2)) << "gradient norm, step " << step;
+  }
+  expect_same(odev.master().flat(), ocpu.master().flat(), "master weights");
+  expect_same(odev.v().flat(), ocpu.v().flat(), "second moments");
+  expect_same(dev.params().flat(), cpu.params().flat(), "bf16 weights");
+}
+
+INSTANTIATE_TEST_SUITE_P(TiedAndGqa, DeviceModel, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "tied" : "gqa"; });
+
+TEST(DeviceModelErrors, HostReadsOfDeviceTensorsAreRefused) {
+  ScopedHostStagedDevice device;
+  LlamaModel dev(config(false), Precision::bf16, nullptr, Device::cuda);
+  dev.init_weights(1);
+  const Batch b = batch(config(false));
+  dev.forward(b.tok, b.tgt);
+  try {
+    (void)dev.logprobs().data<float>();
+    FAIL() << "data<float>() read a device tensor";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is on cuda"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DeviceModelErrors, AnOpOverTwoDevicesNamesBoth) {
+  ScopedHostStagedDevice device;
+  Tensor y = Tensor::zeros({4}, DType::f32, Device::cuda);
+  const Tensor x = Tensor::zeros({4}, DType::f32);
+  try {
+    ops::add_(y, x);
+    FAIL() << "add_ ran over two devices";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("add_: y is on cuda but x is on cpu"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DeviceModelErrors, NoDeviceKernelsIsAClearError) {
+  ScopedHostStagedDevice device;
+  Tensor y = Tensor::zeros({4}, DType::f32, Device::cuda);
+  auto ops = swap_device_ops_for_testing(nullptr);
+  try {
+    ops::scale_(y, 2.0);
+    ADD_FAILURE() << "scale_ ran without device kernels";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no kernels for that device"), std::string::npos) << e.what();
+  }
+  swap_device_ops_for_testing(std::move(ops));
+}
+
+TEST(DeviceModelErrors, TheDeviceRunsTheBf16PolicyOnly) {
+  ScopedHostStagedDevice device;
+  try {
+    LlamaModel m(config(true), Precision::f32, nullptr, Device::cuda);
+    FAIL() << "an f32 model was built on the device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 policy"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DeviceOptimizerOps, AdamWAndNormsMatchTheCpu) {
+  ScopedHostStagedDevice device;
+  Tensor p = randn({50}, DType::f32, 1), g = randn({50}, DType::f32, 2), m = randn({50}, DType::f32, 3, 0.1),
+         v = randn({50}, DType::f32, 4, 0.1);
+  for (int64_t i = 0; i < 50; ++i) v.data<float>()[i] = std::abs(v.data<float>()[i]);
+  Tensor dp = p.to(Device::cuda), dg = g.to(Device::cuda), dm = m.to(Device::cuda), dv = v.to(Device::cuda);
+  const ops::AdamWArgs a{1e-2, 0.9, 0.95, 1e-8, 0.1, 3};
+  ops::adamw_update(p, g, m, v, a);
+  ops::adamw_update(dp, dg, dm, dv, a);
+  expect_same(dp, p, "AdamW parameters");
+  expect_same(dm, m, "AdamW first moment");
+  expect_same(dv, v, "AdamW second moment");
+  EXPECT_EQ(ops::sum_squares(dg), ops::sum_squares(g));
+}
+
+}  // namespace
+}  // namespace lethe
