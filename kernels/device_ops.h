@@ -32,6 +32,8 @@ class DeviceOps {
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) = 0;
+  virtual void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                                        Tensor& rstd, Precision precision) = 0;
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                                 bool accumulate_dx, Tensor& dw) = 0;
   virtual void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) = 0;

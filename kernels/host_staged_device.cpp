@@ -63,6 +63,15 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     out(y, hy);
     out(rstd, hr);
   }
+  void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                                Tensor& rstd, Precision precision) override {
+    ++count;
+    Tensor hres = in(residual), hy = in(y), hr = in(rstd);
+    ops::residual_rmsnorm_forward(hres, in(delta), in(w), eps, hy, hr, precision);
+    out(residual, hres);
+    out(y, hy);
+    out(rstd, hr);
+  }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                         bool accumulate_dx, Tensor& dw) override {
     ++count;

@@ -1,11 +1,23 @@
 // RMSNorm as transformers' LlamaRMSNorm: y = w * x / sqrt(mean(x^2) + eps).
 #pragma once
+#include <cstdint>
+
+#include "engine/core/precision.h"
 #include "engine/core/tensor.h"
 
 namespace lethe::ops {
 
 // x[N, C], w[C] -> y[N, C]; rstd[N] = 1/sqrt(mean(x^2)+eps) is saved for the backward.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
+
+// The residual add fused with the norm that reads it, as the GPU runs it (one pass over the
+// residual stream instead of two): residual[N, C] += delta, stored (under Precision::bf16
+// on f32 tensors: rounded to bf16, as the GPU's bf16 stream), then y, rstd = the norm of
+// the stored residual. Returns how many residual elements the bf16 rounding changed on the
+// CPU (0 otherwise; on a device the bf16 storage rounds). The CPU twin is add_, rounding
+// and rmsnorm_forward in that order, so the fused and unfused sequences agree exactly.
+int64_t residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                                 Tensor& rstd, Precision precision = Precision::f32);
 
 // dx[N, C] = d/dx (overwritten, or added when accumulate_dx: the residual stream);
 // dw[C] += sum over rows.

@@ -8,6 +8,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/optim.h"
@@ -169,6 +170,30 @@ TEST(RMSNorm, BackwardMatchesFiniteDifferences) {
   ops::rmsnorm_backward(r, x, w, rstd, dx, false, dw);
   EXPECT_LE(scaled_err(dx, elementwise_fd(x, loss)), kFdTol);
   EXPECT_LE(scaled_err(dw, elementwise_fd(w, loss)), kFdTol);
+}
+
+// The fused residual add + norm is the unfused sequence exactly (bit for bit: the same
+// ops in the same order), and under bf16 the norm reads the rounded stream.
+TEST(RMSNorm, ResidualFusedIsAddThenStoreThenNorm) {
+  for (const Precision p : {Precision::f32, Precision::bf16}) {
+    const Tensor x0 = randn({9, 33}, DType::f32, 14), delta = randn({9, 33}, DType::f32, 15, 0.3);
+    const Tensor w = randn({33}, DType::f32, 16, 0.1, 1.0);
+    Tensor res = x0.clone(), y = Tensor::zeros({9, 33}, DType::f32), r = Tensor::zeros({9}, DType::f32);
+    const int64_t changed = ops::residual_rmsnorm_forward(res, delta, w, 1e-5, y, r, p);
+
+    Tensor ref = x0.clone(), yr = Tensor::zeros({9, 33}, DType::f32), rr = Tensor::zeros({9}, DType::f32);
+    ops::add_(ref, delta);
+    const int64_t ref_changed = p == Precision::bf16 ? round_to_bf16_(ref) : 0;
+    ops::rmsnorm_forward(ref, w, 1e-5, yr, rr);
+    EXPECT_EQ(values(res), values(ref)) << precision_name(p);
+    EXPECT_EQ(values(y), values(yr)) << precision_name(p);
+    EXPECT_EQ(values(r), values(rr)) << precision_name(p);
+    EXPECT_EQ(changed, ref_changed) << precision_name(p);
+    if (p == Precision::bf16) {
+      EXPECT_GT(changed, 0);  // random sums are rarely bf16 values: the rounding ran
+      EXPECT_EQ(count_not_bf16(res), 0);
+    }
+  }
 }
 
 // ---- rope ----------------------------------------------------------------------------

@@ -84,6 +84,11 @@ void LlamaModel::store(Tensor& t, const NumericsGuard::Site& site) {
   numerics_.check(t, site);
 }
 
+void LlamaModel::stored(const Tensor& t, const NumericsGuard::Site& site, int64_t changed) {
+  if (precision_ == Precision::bf16 && device_ == Device::cpu && probe_) probe_(site, t, changed);
+  numerics_.check(t, site);
+}
+
 void LlamaModel::init_weights(uint64_t seed) {
   for (size_t i = 0; i < params_.size(); ++i) {
     // On a device: drawn on the host in f32, one tensor at a time, and copied over (the
@@ -253,10 +258,11 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
   reduce_from_tp_region(*grid_, tmp);  // under tp, bf16 rounds the all-reduced sum once
   put(tmp, "self_attn.o_proj output");
   a.x2.copy_from(io.x);
-  ops::add_(a.x2, tmp);
-  put(a.x2, "residual stream after attention");
-
-  ops::rmsnorm_forward(a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2);
+  // The residual add and the norm that reads it: one fused op (the GPU's kernel), which
+  // stores (bf16: rounds) the stream before normalising it, as put() would.
+  const int64_t changed =
+      ops::residual_rmsnorm_forward(a.x2, tmp, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2, precision_);
+  stored(a.x2, {"forward", l, "residual stream after attention"}, changed);
   put(a.xn2, "post_attention_layernorm output");
   ops::linear_forward(a.xn2, w.wg, a.g);
   put(a.g, "mlp.gate_proj output");

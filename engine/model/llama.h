@@ -201,6 +201,8 @@ class LlamaModel {
   // An op's output is stored: rounded to bf16 under Precision::bf16 (the GPU's bf16
   // buffer), then checked for NaN / Inf.
   void store(Tensor& t, const NumericsGuard::Site& site);
+  // For an op that stored (bf16: rounded) its output itself, `changed` elements of it.
+  void stored(const Tensor& t, const NumericsGuard::Site& site, int64_t changed);
   void ensure_backward_buffers();
   // Layers, then the final norm into xf_ (the LM head's input).
   void run_trunk(const Tensor& tokens, const char* op, const std::function<void(int64_t, Acts&)>& after_layer = {});

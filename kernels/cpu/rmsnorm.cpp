@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/device_ops.h"
+#include "kernels/elementwise.h"
 
 namespace lethe::ops {
 
@@ -30,6 +31,19 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
       for (int64_t c = 0; c < C; ++c) Y[i * C + c] = W[c] * (xi[c] * r);
     }
   });
+}
+
+int64_t residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                                 Tensor& rstd, Precision precision) {
+  if (DeviceOps* d = route("residual_rmsnorm_forward",
+                           {{"residual", &residual}, {"delta", &delta}, {"w", &w}, {"y", &y}, {"rstd", &rstd}})) {
+    d->residual_rmsnorm_forward(residual, delta, w, eps, y, rstd, precision);
+    return 0;
+  }
+  add_(residual, delta);
+  const int64_t changed = precision == Precision::bf16 ? round_to_bf16_(residual) : 0;
+  rmsnorm_forward(residual, w, eps, y, rstd);
+  return changed;
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,

@@ -148,6 +148,28 @@ class CudaOps final : public DeviceOps {
     cuda::rmsnorm_forward(ptr<bf16>(x), ptr<bf16>(w), float(eps), ptr<bf16>(y), ptr<float>(rstd), N, C);
   }
 
+  void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
+                                Tensor& rstd, Precision) override {
+    // The bf16 storage is the policy here: the kernel stores the sum in bf16 and normalises it.
+    const char* op = "residual_rmsnorm_forward";
+    expect(residual, DType::bf16, op, "residual");
+    expect(delta, DType::bf16, op, "delta");
+    expect(w, DType::bf16, op, "w");
+    expect(y, DType::bf16, op, "y");
+    expect(rstd, DType::f32, op, "rstd");
+    expect_ndim(residual, 2, op, "residual", "[N, C]");
+    const int64_t N = residual.dim(0), C = residual.dim(1);
+    check_shape(delta, {N, C}, op, "delta");
+    check_shape(w, {C}, op, "w");
+    check_shape(y, {N, C}, op, "y");
+    check_shape(rstd, {N}, op, "rstd");
+    expect_disjoint(residual, "residual", delta, "delta", op);
+    expect_disjoint(y, "y", residual, "residual", op);
+    expect_disjoint(y, "y", w, "w", op);
+    cuda::residual_rmsnorm_forward(ptr<bf16>(residual), ptr<bf16>(delta), ptr<bf16>(w), float(eps), ptr<bf16>(y),
+                                   ptr<float>(rstd), N, C);
+  }
+
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                         bool accumulate_dx, Tensor& dw) override {
     const char* op = "rmsnorm_backward";
