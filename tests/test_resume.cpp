@@ -3,6 +3,7 @@
 // a checkpoint directory refuses to be reused by another run.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -46,18 +47,21 @@ class Resume : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   cli::TrainSummary train(std::vector<std::string> ov) {
     std::ostringstream log;
-    return cli::run_train((dir_ / "train.yaml").string(), ov, log);
+    auto summary = cli::run_train((dir_ / "train.yaml").string(), ov, log);
+    log_ = log.str();
+    return summary;
   }
-  std::string weights(const std::string& ckpt) {
+  std::string weights(const std::string& ckpt, const std::string& group = "weights") {
     const Checkpoint c = Checkpoint::open(ckpt);
     std::string all;
-    for (const auto& n : c.names("weights")) {
-      const Tensor t = c.read("weights", n, DType::f32);
+    for (const auto& n : c.names(group)) {
+      const Tensor t = c.read(group, n, DType::f32);
       all.append(static_cast<const char*>(t.raw()), t.nbytes());
     }
     return all;
   }
   fs::path dir_;
+  std::string log_;  // the last run's output
 };
 
 TEST_F(Resume, InterruptedRunResumesBitExactly) {
@@ -147,6 +151,40 @@ TEST_F(Resume, Bf16RunResumesBitExactlyFromItsMasterWeights) {
   // weight above 0.77, and init weights are drawn with std 0.02, so each step moves most
   // masters off the bf16 grid).
   EXPECT_GT(master_differs, n / 2) << master_differs << " of " << n;
+}
+
+// train.device=cuda served by the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1: host
+// memory as device memory, the CPU kernels behind the op boundary): the command's device
+// path (the model and optimizer in device memory, checkpoints staged out of it, a resume
+// loaded back into it) must reproduce the CPU emulation of bf16 bit for bit, which is what
+// a CUDA run is then compared against.
+TEST_F(Resume, DeviceRunEqualsTheBf16EmulationAndResumes) {
+  const std::string a = (dir_ / "a").string(), b = (dir_ / "b").string();
+  const auto cpu = train({"checkpoint.dir=" + a, "checkpoint.every=5", "train.precision=bf16"});
+  struct Env {
+    Env() { ::setenv("LETHE_TEST_HOST_STAGED_DEVICE", "1", 1); }
+    ~Env() { ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE"); }
+  } env;
+  const auto first = train({"checkpoint.dir=" + b, "checkpoint.every=5", "train.device=cuda", "train.run_steps=5"});
+  const auto rest = train({"checkpoint.dir=" + b, "checkpoint.every=5", "train.device=cuda", "train.resume=true"});
+  EXPECT_NE(log_.find("device: cuda (the host-staged test device"), std::string::npos) << log_;
+  ASSERT_EQ(cpu.losses.size(), 8u);
+  ASSERT_EQ(first.losses.size(), 5u);
+  ASSERT_EQ(rest.losses.size(), 3u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(first.losses[i], cpu.losses[i]) << i;
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rest.losses[i], cpu.losses[5 + i]) << i;
+  for (const char* step : {"/step_00000005", "/step_00000008"})
+    for (const char* group : {"weights", "optim_master", "optim_m", "optim_v"})
+      EXPECT_EQ(weights(b + step, group), weights(a + step, group)) << step << " " << group;
+  EXPECT_EQ(Checkpoint::open(b + "/step_00000008").manifest().at("precision"), "bf16");
+  // f32 is the CPU's: the device refuses it before anything is written.
+  try {
+    train({"checkpoint.dir=" + (dir_ / "c").string(), "train.device=cuda", "train.precision=f32"});
+    ADD_FAILURE() << "an f32 run on the device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda runs the bf16 policy"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "c"));
 }
 
 TEST_F(Resume, ResumeInAnotherPrecisionIsRefused) {

@@ -344,7 +344,7 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
                            std::ostream& out) {
   Batches data(c);
   const bool one_process = !grid->parallel();
-  LlamaModel model(c.model, dev.precision, grid);
+  LlamaModel model(c.model, dev.precision, grid, dev.device);
   model.init_weights(c.seed);
   if (!c.init_from.empty()) {
     const Checkpoint init = Checkpoint::open(c.init_from);
@@ -463,7 +463,10 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
                 " parameters and needs about ", need / 1e9, " GB for weights, gradients and optimizer state; this "
                 "machine has ", have / 1e9, " GB");
   }
-  const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key);
+  const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key, /*device_path=*/true);
+  LETHE_CHECK(dev.device == Device::cpu || (c.parallel.tp == 1 && c.parallel.dp == 1), c.device_key,
+              ": cuda runs one process in this version (parallel.tp = parallel.dp = 1): the collectives run on host "
+              "memory");
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
   // With checkpoints a stop signal saves and exits; without, it keeps its default action.
   if (!c.ckpt_dir.empty()) install_stop_handlers();

@@ -104,6 +104,14 @@ void CheckpointWriter::add(const std::string& group, const std::string& name, co
 void CheckpointWriter::add_slice(const std::string& group, const std::string& name, const Tensor& slice,
                                  const Shape& global_shape, const std::vector<int64_t>& offset) {
   LETHE_CHECK(!committed_ && shard_, "checkpoint ", name_, ": add after commit");
+  if (slice.device() != Device::cpu) {
+    // Staged through host memory one tensor at a time. bf16 is widened to f32, as the CPU
+    // emulation of the bf16 policy stores it, so the checkpoint of a device run is the
+    // emulated run's, in today's format.
+    Tensor host = slice.to(Device::cpu);
+    if (host.dtype() == DType::bf16) host = host.to(DType::f32);
+    return add_slice(group, name, host, global_shape, offset);
+  }
   LETHE_CHECK(slice.ndim() == int(global_shape.size()) && offset.size() == global_shape.size(), "checkpoint: slice ",
               name, " rank does not match its global shape");
   for (size_t d = 0; d < global_shape.size(); ++d)

@@ -91,9 +91,11 @@ void load_params(const Checkpoint& c, const std::string& group, ParamSet& set) {
     const Shape gs = c.global_shape(group, name);
     LETHE_CHECK(gs == set.spec(i).full_shape(), c.dir(), ": '", group, "/", name, "' has shape ", shape_str(gs),
                 ", the model expects ", shape_str(set.spec(i).full_shape()));
-    set[i].copy_from(set.spec(i).sharded()
-                         ? c.read_slice(group, name, set.spec(i).offsets(), set.spec(i).shape, set[i].dtype())
-                         : c.read(group, name, set[i].dtype()));
+    // A bf16 tensor (the weights on a device) reads the stored f32 values and converts them
+    // once, rounding to nearest as the CPU emulation does.
+    const DType dt = set[i].dtype() == DType::bf16 ? DType::f32 : set[i].dtype();
+    set[i].copy_from(set.spec(i).sharded() ? c.read_slice(group, name, set.spec(i).offsets(), set.spec(i).shape, dt)
+                                           : c.read(group, name, dt));
   }
   for (const auto& n : stored)
     LETHE_CHECK(expected.count(n), c.dir(), ": checkpoint holds '", group, "/", n, "', which this model does not have");

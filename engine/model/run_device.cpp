@@ -4,6 +4,7 @@
 
 #include "engine/core/error.h"
 #include "kernels/device.h"
+#include "kernels/host_staged_device.h"
 
 namespace lethe {
 
@@ -14,8 +15,28 @@ DeviceChoice parse_device_choice(const std::string& s, const std::string& where)
   LETHE_FAIL(where, ": must be cpu, cuda or auto, got '", s, "'");
 }
 
-RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where) {
+namespace {
+bool env_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == "1";
+}
+}  // namespace
+
+RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where,
+                             bool device_path) {
   std::string note;
+  if (device == DeviceChoice::cuda && device_path && env_set("LETHE_TEST_HOST_STAGED_DEVICE")) {
+    LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
+                ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
+    // Installed for the rest of the process: the model's tensors may outlive this call.
+    static ScopedHostStagedDevice* stand_in = new ScopedHostStagedDevice;
+    (void)stand_in;
+    RunDevice r;
+    r.device = Device::cuda;
+    r.precision = Precision::bf16;
+    r.line = "device: cuda (the host-staged test device: CPU kernels behind the device op boundary) | precision: bf16";
+    return r;
+  }
   if (device == DeviceChoice::cuda) {
     LETHE_CHECK(cuda_compiled(), where, ": cuda: this lethe was built without CUDA (nvcc was not found when it was "
                 "configured); use cpu");
@@ -23,8 +44,19 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     LETHE_CHECK(!cuda_devices().empty(), where, ": cuda: no CUDA device is visible",
                 visible ? std::string(" (CUDA_VISIBLE_DEVICES='") + visible + "')" : std::string(),
                 "; use cpu");
-    LETHE_FAIL(where, ": cuda: no command runs on a GPU in this version: the model and optimizer have a device "
-               "path, but the unlearning terms, evaluation and checkpoints do not yet (docs/cuda.md); use cpu");
+    LETHE_CHECK(device_path, where, ": cuda: only lethe train runs on a GPU in this version: the unlearning "
+                "terms, evaluation and reports are not device-aware yet (docs/cuda.md); use cpu");
+    LETHE_CHECK(env_set("LETHE_UNVERIFIED_CUDA"), where, ": cuda: lethe train's CUDA path has not yet run on a GPU "
+                "(docs/gpu-results.md); set LETHE_UNVERIFIED_CUDA=1 to run it anyway, or use cpu");
+    LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
+                ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
+    select_cuda_device(0);
+    RunDevice r;
+    r.device = Device::cuda;
+    r.precision = Precision::bf16;
+    r.line = "device: cuda (" + cuda_devices()[0].name + ", unverified) | precision: bf16" +
+             (precision ? "" : " (the GPU's default)");
+    return r;
   }
   if (device == DeviceChoice::automatic) {
     const size_t n = cuda_devices().size();

@@ -1,16 +1,24 @@
 // Where a run computes (`train.device: cpu | cuda | auto`) and in which precision
 // (`train.precision: bf16 | f32`), chosen once at start-up, before anything is allocated.
 //
-// In this version the model runs on the CPU only: the CUDA kernels (kernels/cuda) are
-// tested against their CPU references by tools/gpu_check.sh, but no model op dispatches to
-// them yet (docs/cuda.md, "The GPU engine"). So `cuda` is refused with the reason, never
-// silently run on the CPU, and `auto` picks the CPU and says so when a GPU is visible.
-// bf16 on the CPU is the exact emulation of the GPU policy (llama.h), not a faster mode.
+// The model and optimizer have a device path (kernels/device_ops.h): `lethe train` can run
+// on CUDA, in bf16, one process. It has not yet run on a GPU, so it is opt-in: `cuda`
+// needs LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU. The other
+// commands (unlearn, eval, generate) refuse `cuda` with the reason: their terms,
+// evaluation and reports are not device-aware yet. Nothing is ever silently run on the CPU
+// instead; `auto` picks the CPU and says so when a GPU is visible. bf16 on the CPU is the
+// exact emulation of the GPU policy (llama.h), not a faster mode.
+//
+// Testing hook: LETHE_TEST_HOST_STAGED_DEVICE=1 serves `cuda` with the host-staged device
+// (kernels/host_staged_device.h: host memory and the CPU kernels behind the device op
+// boundary), so the command's device path runs, and is compared with the emulation, on a
+// machine without a GPU.
 #pragma once
 #include <optional>
 #include <string>
 
 #include "engine/core/precision.h"
+#include "engine/core/tensor.h"
 
 namespace lethe {
 
@@ -20,12 +28,15 @@ enum class DeviceChoice { cpu, cuda, automatic };
 DeviceChoice parse_device_choice(const std::string& s, const std::string& where);
 
 struct RunDevice {
+  Device device = Device::cpu;
   Precision precision = Precision::f32;
   std::string line;  // what the run prints: device, and precision with its origin
 };
 
 // Resolves the device (failing, with `where` naming the key, when it cannot be served)
 // and the precision: the one asked for, else the device's default (f32 on the CPU).
-RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where);
+// `device_path`: the command can run on a device (lethe train); the others refuse cuda.
+RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where,
+                             bool device_path = false);
 
 }  // namespace lethe
