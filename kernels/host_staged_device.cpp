@@ -193,7 +193,14 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
 };
 
+namespace {
+int installed = 0;
+}  // namespace
+
+bool host_staged_device_installed() { return installed > 0; }
+
 ScopedHostStagedDevice::ScopedHostStagedDevice() {
+  ++installed;
   auto ops = std::make_unique<Ops>();
   ops_ = ops.get();
   prev_backend_ = swap_device_backend_for_testing(std::make_unique<HostMemory>());
@@ -201,6 +208,7 @@ ScopedHostStagedDevice::ScopedHostStagedDevice() {
 }
 
 ScopedHostStagedDevice::~ScopedHostStagedDevice() {
+  --installed;
   swap_device_ops_for_testing(std::move(prev_ops_));
   swap_device_backend_for_testing(std::move(prev_backend_));
 }

@@ -18,6 +18,10 @@ namespace lethe {
 // Installs the host-staged memory backend and kernels for its lifetime, restoring what was
 // registered before (the CUDA backend in a CUDA build). Every device tensor allocated while
 // it is installed must be freed before it is destroyed.
+// Whether a ScopedHostStagedDevice is installed now (the process grid then stages device
+// collectives through host memory without looking for a GPU).
+bool host_staged_device_installed();
+
 class ScopedHostStagedDevice {
  public:
   ScopedHostStagedDevice();

@@ -26,9 +26,14 @@ inline Precision parse_precision(const std::string& s, const std::string& what =
 }
 
 // Rounds every element of an f32 tensor to the nearest bf16 value (ties to even), in
-// place: the CPU twin of storing it as bf16. Returns how many elements changed.
+// place: the CPU twin of storing it as bf16. Returns how many elements changed (on a
+// device, where the rounding is a cast there and back, 0: nothing is counted).
 inline int64_t round_to_bf16_(Tensor& t) {
   check_dtype(t, DType::f32, "round_to_bf16_", "tensor");
+  if (t.device() != Device::cpu) {
+    t.copy_from(t.to(DType::bf16));
+    return 0;
+  }
   float* x = t.data<float>();
   const int64_t n = t.numel();
   int64_t changed = 0;

@@ -2,7 +2,7 @@
 // (`train.precision: bf16 | f32`), chosen once at start-up, before anything is allocated.
 //
 // The model and optimizer have a device path (kernels/device_ops.h): `lethe train` can run
-// on CUDA, in bf16, one process. It has not yet run on a GPU, so it is opt-in: `cuda`
+// on CUDA, in bf16, data parallel (tp = 1). It has not yet run on a GPU, so it is opt-in: `cuda`
 // needs LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU. The other
 // commands (unlearn, eval, generate) refuse `cuda` with the reason: their terms,
 // evaluation and reports are not device-aware yet. Nothing is ever silently run on the CPU

@@ -12,12 +12,16 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
                                    int64_t bucket_elems, Precision precision)
     : params_(params), grads_(grads), cfg_(cfg), grid_(grid), zero1_(grid.zero1()), precision_(precision) {
   cfg_.validate();
-  LETHE_CHECK(precision_ == Precision::f32 || params.flat().dtype() == DType::f32,
-              "the bf16 policy keeps f32 parameters holding bf16 values, got ", dtype_name(params.flat().dtype()));
+  const Device dev = params.flat().device();
+  LETHE_CHECK(precision_ == Precision::f32 || params.flat().dtype() == (dev == Device::cpu ? DType::f32 : DType::bf16),
+              "the bf16 policy keeps f32 parameters holding bf16 values on the CPU and bf16 parameters on a device, "
+              "got ", params.flat().describe());
   LETHE_CHECK(params.numel() == grads.numel() && params.size() == grads.size(),
               "ShardedOptimizer: parameters and gradients differ in layout");
   const int64_t P = params.numel(), dp = grid.dp(), d = grid.dp_rank();
-  const DType dt = params.flat().dtype();
+  // Gradients, shards, master and moments: the gradients' dtype (f32 under the bf16 policy
+  // on a device, where the weights are bf16), on the parameters' device.
+  const DType dt = grads.flat().dtype();
   for (size_t i = 0, off = 0; i < params.size(); off += size_t(params[i].numel()), ++i) starts_.push_back(int64_t(off));
   // The part of the flat buffer this rank updates, as [begin, end) ranges mapped to
   // consecutive positions of the shard buffers.
@@ -42,13 +46,13 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
       hi = begin;
       p = lo;
     }
-    pad_ = Tensor::zeros({padded}, dt);
-    gshard_ = Tensor::zeros({shard}, dt);
-    master_ = Tensor::zeros({shard}, dt);
+    pad_ = Tensor::zeros({padded}, dt, dev);
+    gshard_ = Tensor::zeros({shard}, dt, dev);
+    master_ = Tensor::zeros({shard}, dt, dev);
   } else {
     owned.push_back({0, P});
     // f32 updates the weights in place; bf16 keeps an fp32 master apart from them.
-    master_ = precision_ == Precision::bf16 ? Tensor::zeros({P}, dt) : params.flat();
+    master_ = precision_ == Precision::bf16 ? Tensor::zeros({P}, dt, dev) : params.flat();
     gshard_ = grads.flat();
     if (dp > 1) reducer_ = std::make_unique<GradReducer>(grads.flat(), starts_, grid.dp_group(), bucket_elems);
   }
@@ -64,10 +68,10 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
   }
   const int64_t n = master_.numel();
   if (cfg_.type == "adamw") {
-    m_ = Tensor::zeros({n}, dt);
-    v_ = Tensor::zeros({n}, dt);
+    m_ = Tensor::zeros({n}, dt, dev);
+    v_ = Tensor::zeros({n}, dt, dev);
   } else if (cfg_.momentum != 0) {
-    m_ = Tensor::zeros({n}, dt);
+    m_ = Tensor::zeros({n}, dt, dev);
   }
   params_changed();
 }
@@ -169,8 +173,8 @@ double ShardedOptimizer::step(double lr) {
     for (const Piece& p : pieces_) {
       if (frozen(p.param)) continue;
       Tensor w = params_.flat().view(starts_[p.param] + p.param_begin, {p.count});
-      w.copy_from(master_.view(p.shard_begin, {p.count}));
-      round_to_bf16_(w);
+      w.copy_from(master_.view(p.shard_begin, {p.count}));  // on a device into bf16: the copy rounds
+      if (w.dtype() == DType::f32) round_to_bf16_(w);
     }
   }
   return norm;

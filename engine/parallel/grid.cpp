@@ -4,6 +4,7 @@
 #include "engine/parallel/launcher_env.h"
 #include "engine/parallel/staged_comm.h"
 #include "kernels/device.h"
+#include "kernels/host_staged_device.h"
 #ifdef LETHE_HAVE_MPI
 #include "engine/parallel/mpi_comm.h"
 #endif
@@ -70,6 +71,14 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
     log::warn("parallel.tp=", cfg.tp, " but this node runs ", node.local_size,
               " ranks: tensor-parallel groups span nodes, and their all-reduces cross the network");
   if (device == Device::cpu || grid->world_size() == 1) return grid;
+  if (host_staged_device_installed()) {
+    // The test device (host memory behind the device op boundary): collectives of its
+    // tensors go through host copies, as ranks sharing a GPU do below.
+    grid->tp_ = make_host_staged_communicator(grid->tp_);
+    grid->dp_ = make_host_staged_communicator(grid->dp_);
+    grid->world_ = make_host_staged_communicator(grid->world_);
+    return grid;
+  }
   const int gpus = int(cuda_devices().size());
   LETHE_CHECK(gpus > 0, "device tensors across ranks need a GPU, and this rank sees none");
 #ifdef LETHE_HAVE_NCCL

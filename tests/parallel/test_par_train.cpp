@@ -10,6 +10,7 @@
 //                the one-process bf16 run (tolerance below)
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -180,6 +181,56 @@ TEST(ParallelTrain, Bf16Layouts) {
     const Checkpoint ck = Checkpoint::open(ckpt + "/step_00000003");
     EXPECT_EQ(ck.manifest()["precision"], "bf16");
     EXPECT_FALSE(ck.names("optim_master").empty());
+  }
+}
+
+// train.device=cuda served by the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1) at
+// dp=4, with ZeRO-1 and without: the device path's gradient reduction (bucketed, started
+// from the backward), sharded fp32 master and moments, and the all-gather of the updated
+// weights go through the host-staged communicator, and must give the CPU emulation's dp=4
+// run bit for bit: every loss, and every group of the final checkpoint.
+TEST(ParallelTrain, DeviceDataParallel) {
+  auto& w = *test::mpi_world_shared();
+  ASSERT_EQ(w.size(), 4);
+  auto group_bytes = [](const std::string& ck, const std::string& group) {
+    const Checkpoint c = Checkpoint::open(ck);
+    std::string all;
+    for (const auto& n : c.names(group)) {
+      const Tensor t = c.read(group, n, DType::f32);
+      all.append(static_cast<const char*>(t.raw()), t.nbytes());
+    }
+    return all;
+  };
+  for (const bool zero1 : {true, false}) {
+    const std::string tag = zero1 ? "zero1" : "allreduce";
+    const std::string cpu_ck = fs::absolute("par_train_dev_cpu_" + tag).string();
+    const std::string dev_ck = fs::absolute("par_train_dev_" + tag).string();
+    if (w.rank() == 0) {
+      fs::remove_all(cpu_ck);
+      fs::remove_all(dev_ck);
+    }
+    w.barrier();
+    std::ostringstream out;
+    const std::vector<std::string> layout{"parallel.dp=4", std::string("parallel.zero1=") + (zero1 ? "true" : "false")};
+    std::vector<std::string> a = layout;
+    a.insert(a.end(), {"train.precision=bf16", "checkpoint.dir=" + cpu_ck});
+    const auto cpu = cli::run_train(kConfig, args(a), out);
+    ::setenv("LETHE_TEST_HOST_STAGED_DEVICE", "1", 1);
+    a = layout;
+    a.insert(a.end(), {"train.device=cuda", "checkpoint.dir=" + dev_ck});
+    std::ostringstream dev_out;
+    const auto dev = cli::run_train(kConfig, args(a), dev_out);
+    ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE");
+    if (w.rank() == 0)
+      EXPECT_NE(dev_out.str().find("device: cuda (the host-staged test device"), std::string::npos) << dev_out.str();
+    ASSERT_EQ(cpu.losses.size(), 6u);
+    ASSERT_EQ(dev.losses.size(), 6u);
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ(dev.losses[i], cpu.losses[i]) << tag << " step " << i + 1;
+    if (w.rank() == 0)
+      for (const char* group : {"weights", "optim_master", "optim_m", "optim_v"})
+        EXPECT_EQ(group_bytes(dev_ck + "/step_00000006", group), group_bytes(cpu_ck + "/step_00000006", group))
+            << tag << " " << group;
+    w.barrier();
   }
 }
 
