@@ -4,7 +4,9 @@
 // backward, global grad-norm clipping and AdamW on fp32 master weights. Reports tokens/s,
 // model TFLOP/s and MFU against the card's dense bf16 peak, and causal attention
 // forward+backward TFLOP/s alone. tools/bench/torch_gpu_step.py runs the same step with
-// transformers for the ratio; tools/gpu_check.sh runs both.
+// transformers for the ratio; tools/gpu_check.sh runs both. Each case then runs the
+// engine's own step (tools/bench/engine_step.h: LlamaModel and Optimizer on CUDA, the step
+// users run) at the same shapes, and reports it beside the composed step.
 //
 //   lethe_bench_gpu [--quick] [--max-layers N] [--json out.json]
 #include <cmath>
@@ -16,6 +18,7 @@
 
 #include "engine/core/error.h"  // lethe::Error
 #include "engine/core/peak_flops.h"
+#include "tools/bench/engine_step.h"
 #include "tools/bench/gpu_step.h"  // Step, kModels
 
 namespace lethe::bench {
@@ -25,6 +28,8 @@ struct Result {
   std::string model_case;
   int64_t layers, batch, seq;
   double ms, tok_s, tflops, mfu, attn_tflops, loss, grad_norm, fwd_wmma_tflops, fwd_mma_tflops;
+  double engine_tok_s = 0, engine_mfu = 0, engine_peak_gib = 0;  // the engine's own step (0: did not run)
+  std::string engine_error;
 };
 
 int run(int argc, char** argv) {
@@ -75,9 +80,11 @@ int run(int argc, char** argv) {
                    "%s\n  {\"case\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, \"ms_per_step\": %.3f, "
                    "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, \"mfu\": %.4f, \"attention_tflops\": %.2f, "
                    "\"loss\": %.6f, \"grad_norm\": %.6g, \"attention_fwd_tflops_wmma\": %.2f, "
-                   "\"attention_fwd_tflops_mma\": %.2f}",
+                   "\"attention_fwd_tflops_mma\": %.2f, \"engine_tokens_per_s\": %.1f, \"engine_mfu\": %.4f, "
+                   "\"engine_peak_gib\": %.2f, \"engine_error\": \"%s\"}",
                    i ? "," : "", r.model_case.c_str(), (long long)r.layers, (long long)r.batch, (long long)r.seq, r.ms,
-                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm, r.fwd_wmma_tflops, r.fwd_mma_tflops);
+                   r.tok_s, r.tflops, r.mfu, r.attn_tflops, r.loss, r.grad_norm, r.fwd_wmma_tflops, r.fwd_mma_tflops,
+                   r.engine_tok_s, r.engine_mfu, r.engine_peak_gib, r.engine_error.c_str());
     }
     std::fprintf(f, "\n]}\n");
     std::fclose(f);
@@ -100,6 +107,7 @@ int run(int argc, char** argv) {
         std::printf("%-20s does not fit (%.1f GiB free)\n", name.c_str(), double(free_b) / (1 << 30));
         continue;
       }
+      {  // the composed step's arena is returned before the engine's step allocates
       Step st(model, L, batch, T);
       cuda::Arena arena(st.fixed_bytes() + size_t(L) * per_layer);
       st.build(arena);
@@ -135,7 +143,7 @@ int run(int argc, char** argv) {
       const float attn_ms = at.stop() / attn_iters;
 
       cuda::check_launch("bench");
-      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm, 0, 0};
+      Result r{name, L, batch, T, ms, 0, 0, 0, 0, last_loss, gnorm, 0, 0, 0, 0, 0, {}};
       r.tok_s = double(st.N) / (ms / 1e3);
       r.tflops = r.tok_s * st.flops_per_token() / 1e12;
       r.mfu = peak > 0 ? r.tflops * 1e12 / peak : 0;
@@ -179,6 +187,28 @@ int run(int argc, char** argv) {
       }
       cuda::gemm_destroy(st.gemm);
       cuda::synchronize();
+      }
+      const EngineResult e = engine_step(model, L, batch, T, quick ? 3 : 5);
+      Result& last = results.back();
+      if (e.error.empty()) {
+        last.engine_tok_s = e.tok_s;
+        last.engine_mfu = peak > 0 ? e.tok_s * (last.tflops * 1e12 / last.tok_s) / peak : 0;
+        last.engine_peak_gib = e.peak_gib;
+        std::printf("%-20s engine step (LlamaModel + Optimizer on CUDA): %8.2f ms/step  %9.0f tok/s  MFU %5.1f%%  "
+                    "%.2fx the composed step  loss %.4f  |g| %.3g  peak %.1f GiB\n",
+                    name.c_str(), e.ms, e.tok_s, 100 * last.engine_mfu, e.tok_s / last.tok_s, e.loss, e.grad_norm,
+                    e.peak_gib);
+        if (!std::isfinite(e.loss) || !std::isfinite(e.grad_norm)) bad = true;
+      } else {
+        std::string msg = e.error;
+        for (char& ch : msg)
+          if (ch == '"' || ch == '\\' || ch == '\n') ch = '\'';
+        last.engine_error = msg;
+        std::fprintf(stderr, "lethe_bench_gpu: %s: engine step: %s\n", name.c_str(), e.error.c_str());
+        // Not fitting beside what the composed step fits is a finding, not a failure.
+        if (e.error.find("out of memory") == std::string::npos) bad = true;
+      }
+      if (!write_json()) return 1;
     }
   }
   return bad ? 1 : 0;
