@@ -11,6 +11,8 @@
 #include <cstring>
 #include <string>
 
+#include "engine/data/token_dataset.h"
+#include "engine/eval/nll.h"
 #include "engine/model/llama.h"
 #include "engine/optim/optimizer.h"
 #include "kernels/elementwise.h"
@@ -186,6 +188,35 @@ TEST_P(DeviceModel, AdamWStepsMatch) {
   expect_same(odev.master().flat(), ocpu.master().flat(), "master weights");
   expect_same(odev.v().flat(), ocpu.v().flat(), "second moments");
   expect_same(dev.params().flat(), cpu.params().flat(), "bf16 weights");
+}
+
+// lethe eval's numbers (NLL, per-sequence NLL, top-1 from each logits chunk's argmax) from
+// the model on the device equal the emulation's: the chunks and log-probs are read back
+// through host copies.
+TEST_P(DeviceModel, EvaluationMatches) {
+  const LlamaConfig c = config(GetParam());
+  TokenDataset ds;
+  ds.tokenizer = "bytes";
+  ds.vocab_size = c.vocab_size;
+  ds.offsets = {0};
+  for (int d = 0; d < 3; ++d) {
+    for (int i = 0; i < 40 + 7 * d; ++i) ds.tokens.push_back(int32_t((i * 13 + d * 5) % c.vocab_size));
+    ds.offsets.push_back(int64_t(ds.tokens.size()));
+  }
+  ds.doc_sha256.resize(3);
+  LlamaModel cpu(c, Precision::bf16);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda);
+  cpu.init_weights(15);
+  dev.init_weights(15);
+  cpu.set_loss_chunk_rows(9);
+  dev.set_loss_chunk_rows(9);
+  const NllResult a = evaluate_nll(cpu, ds, 32, 2, 0), b = evaluate_nll(dev, ds, 32, 2, 0);
+  ASSERT_GT(a.tokens, 0);
+  EXPECT_EQ(b.nll_sum, a.nll_sum);
+  EXPECT_EQ(b.tokens, a.tokens);
+  EXPECT_EQ(b.correct, a.correct);
+  EXPECT_EQ(b.sequences, a.sequences);
+  EXPECT_EQ(b.sequence_nll, a.sequence_nll);
 }
 
 INSTANTIATE_TEST_SUITE_P(TiedAndGqa, DeviceModel, ::testing::Bool(),

@@ -208,6 +208,12 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
+Tensor to_host(const Tensor& t) {
+  if (!t.defined() || t.device() == Device::cpu) return t;
+  const Tensor h = t.to(Device::cpu);
+  return h.dtype() == DType::bf16 ? h.to(DType::f32) : h;
+}
+
 std::string Tensor::describe() const {
   if (!defined()) return "<undefined tensor>";
   return std::string(dtype_name(dtype_)) + shape_str(shape_) + " " + device_name(device_);

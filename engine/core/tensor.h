@@ -113,6 +113,11 @@ class Tensor {
   Device device_ = Device::cpu;
 };
 
+// For host code reading a result that may live on a device (evaluation, reports): the
+// tensor itself when it is on the CPU, else a host copy with bf16 widened to f32 (exact:
+// the values the CPU emulation of the bf16 policy holds in its f32 tensors).
+Tensor to_host(const Tensor& t);
+
 // Bytes of host tensor storage alive now, and the most alive at once since the last
 // reset_host_tensor_peak(): tests bound what an operation holds beyond its inputs and outputs.
 struct HostTensorBytes {

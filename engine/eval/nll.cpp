@@ -47,7 +47,8 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     // taken across them.
     const int64_t N = B * seq_len;
     std::vector<int32_t> best(size_t(N), 0);
-    auto visit = [&](int64_t r0, const Tensor& logits) {
+    auto visit = [&](int64_t r0, const Tensor& chunk) {
+      const Tensor logits = to_host(chunk);  // a model on a device: one chunk's copy
       const int64_t R = logits.dim(0), Vr = logits.dim(1);
       if (model.tp_layout().tp > 1) {
         Tensor tb = Tensor::empty({R}, DType::i32);
@@ -67,7 +68,7 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     };
     const double batch_nll = model.forward(tok, tgt, &w, visit);
     if (!real) continue;
-    const Tensor& lp = model.logprobs();
+    const Tensor lp = to_host(model.logprobs());
     const int32_t* t = tgt.data<int32_t>();
     double local_nll = 0;
     for (int64_t b = 0; b < B; ++b) {

@@ -44,9 +44,10 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     LETHE_CHECK(!cuda_devices().empty(), where, ": cuda: no CUDA device is visible",
                 visible ? std::string(" (CUDA_VISIBLE_DEVICES='") + visible + "')" : std::string(),
                 "; use cpu");
-    LETHE_CHECK(device_path, where, ": cuda: only lethe train runs on a GPU in this version: the unlearning "
-                "terms, evaluation and reports are not device-aware yet (docs/cuda.md); use cpu");
-    LETHE_CHECK(env_set("LETHE_UNVERIFIED_CUDA"), where, ": cuda: lethe train's CUDA path has not yet run on a GPU "
+    LETHE_CHECK(device_path, where, ": cuda: only lethe train and lethe eval run on a GPU in this version: the "
+                "unlearning terms, the membership-inference suite and generation are not device-aware yet "
+                "(docs/cuda.md); use cpu");
+    LETHE_CHECK(env_set("LETHE_UNVERIFIED_CUDA"), where, ": cuda: this command's CUDA path has not yet run on a GPU "
                 "(docs/gpu-results.md); set LETHE_UNVERIFIED_CUDA=1 to run it anyway, or use cpu");
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");

@@ -1,11 +1,11 @@
 // Where a run computes (`train.device: cpu | cuda | auto`) and in which precision
 // (`train.precision: bf16 | f32`), chosen once at start-up, before anything is allocated.
 //
-// The model and optimizer have a device path (kernels/device_ops.h): `lethe train` can run
-// on CUDA, in bf16, data parallel (tp = 1). It has not yet run on a GPU, so it is opt-in: `cuda`
-// needs LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU. The other
-// commands (unlearn, eval, generate) refuse `cuda` with the reason: their terms,
-// evaluation and reports are not device-aware yet. Nothing is ever silently run on the CPU
+// The model and optimizer have a device path (kernels/device_ops.h): `lethe train` (data
+// parallel, tp = 1) and `lethe eval` can run on CUDA, in bf16. It has not yet run on a GPU,
+// so it is opt-in: `cuda` needs LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible
+// GPU. `lethe unlearn` and `lethe generate` refuse `cuda` with the reason: the unlearning
+// terms, the membership-inference suite and decoding are not device-aware yet. Nothing is ever silently run on the CPU
 // instead; `auto` picks the CPU and says so when a GPU is visible. bf16 on the CPU is the
 // exact emulation of the GPU policy (llama.h), not a faster mode.
 //
@@ -35,7 +35,7 @@ struct RunDevice {
 
 // Resolves the device (failing, with `where` naming the key, when it cannot be served)
 // and the precision: the one asked for, else the device's default (f32 on the CPU).
-// `device_path`: the command can run on a device (lethe train); the others refuse cuda.
+// `device_path`: the command can run on a device (train, eval); the others refuse cuda.
 RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where,
                              bool device_path = false);
 
