@@ -1,6 +1,7 @@
 #include "engine/model/run_device.h"
 
 #include <cstdlib>
+#include <memory>
 
 #include "engine/core/error.h"
 #include "kernels/device.h"
@@ -28,9 +29,9 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
   if (device == DeviceChoice::cuda && device_path && env_set("LETHE_TEST_HOST_STAGED_DEVICE")) {
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
-    // Installed for the rest of the process: the model's tensors may outlive this call.
-    static ScopedHostStagedDevice* stand_in = new ScopedHostStagedDevice;
-    (void)stand_in;
+    // Installed for the rest of the process (the model's tensors outlive this call), and
+    // uninstalled at exit, after every run has freed its tensors.
+    static const std::unique_ptr<ScopedHostStagedDevice> stand_in = std::make_unique<ScopedHostStagedDevice>();
     RunDevice r;
     r.device = Device::cuda;
     r.precision = Precision::bf16;
