@@ -7,6 +7,9 @@
 
 #include "engine/io/hf_model.h"
 #include "engine/io/model_loader.h"
+#include "engine/optim/run_optimizer.h"
+#include "engine/parallel/grid.h"
+#include "kernels/host_staged_device.h"
 #include "tests/test_util.h"
 
 namespace lethe {
@@ -79,6 +82,40 @@ TEST_F(ModelSourceTest, LoadHoldsOneTensorAtATimeAndDigestsAsAWholeRead) {
   write_hf_model((dir_ / "hf2").string(), hf_config_from_llama(config(), "bfloat16"), tensors_, 40000);
   LlamaModel m2(src.config());
   EXPECT_NE(load_weights(m2, ModelSource::open((dir_ / "hf2").string())), sha);
+}
+
+// Under the bf16 policy the optimizer's fp32 master starts from the stored f32 weights, not
+// their bf16 rounding, whether the model rounds them at the load (on a device, served here
+// by the host-staged device) or at its first forward (the CPU emulation): both runs then
+// take the same updates.
+TEST_F(ModelSourceTest, Bf16MasterStartsFromTheStoredF32Weights) {
+  LlamaModel f32(config());
+  f32.init_weights(4);
+  std::vector<std::pair<std::string, Tensor>> w;
+  for (size_t i = 0; i < f32.params().size(); ++i) w.emplace_back(f32.params().spec(i).name, f32.params()[i]);
+  write_hf_model((dir_ / "hf32").string(), hf_config_from_llama(config(), "float32"), w, int64_t(1) << 30);
+  const ModelSource src = ModelSource::open((dir_ / "hf32").string());
+  auto check = [&](Device device) {
+    LlamaModel m(src.config(), Precision::bf16, nullptr, device);
+    auto grid = ProcessGrid::create(ParallelConfig{});
+    RunOptimizer opt(m.params(), m.grads(), OptimConfig{}, *grid, Precision::bf16);
+    load_weights(m, src, &opt);
+    int64_t rounded = 0;
+    for (size_t i = 0; i < m.params().size(); ++i) {
+      const Tensor master = to_host(opt.one->master()[i]);
+      EXPECT_EQ(test::scaled_err(master, f32.params()[i]), 0.0) << m.params().spec(i).name;
+      const Tensor p = to_host(m.params()[i]);
+      for (int64_t k = 0; k < p.numel(); ++k)
+        rounded += p.data<float>()[k] != f32.params()[i].data<float>()[k];
+    }
+    return rounded;
+  };
+  // The CPU emulation holds the stored values until its first forward rounds them.
+  EXPECT_EQ(check(Device::cpu), 0);
+  ScopedHostStagedDevice device;
+  // The device holds their bf16 rounding from the load on (init_weights draws values
+  // with more than 8 significant bits: almost every one rounds).
+  EXPECT_GT(check(Device::cuda), int64_t(f32.params().flat().numel() / 2));
 }
 
 // Opening checks every header before a weight is read: a misshapen weight is refused at

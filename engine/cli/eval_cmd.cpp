@@ -50,7 +50,7 @@ int eval_main(const std::vector<std::string>& args) {
   }
   if (!dev_opt.precision && c.manifest().contains("precision"))
     dev_opt.precision = parse_precision(c.manifest().value("precision", "f32"), c.dir() + "/manifest.json: precision");
-  const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "eval: device", /*device_path=*/true);
+  const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "eval: device");
   LlamaModel model(cfg, dev.precision, nullptr, dev.device);
   load_params(c, "weights", model.params());
   const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);

@@ -54,7 +54,7 @@ int generate_main(const std::vector<std::string>& args) {
     LETHE_CHECK(d, src, ": holds no tokenizer.json to decode '", ds.tokenizer, "' ids; pass tokenizer=PATH");
     decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
   }
-  LlamaModel model(source.config(), dev.precision);
+  LlamaModel model(source.config(), dev.precision, nullptr, dev.device);
   load_weights(model, source);
   const std::vector<int32_t> head(ds.tokens.begin() + begin, ds.tokens.begin() + begin + prefix);
   const std::vector<int32_t> out = greedy_continue(model, head, tokens);

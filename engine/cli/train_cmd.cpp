@@ -346,12 +346,14 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   const bool one_process = !grid->parallel();
   LlamaModel model(c.model, dev.precision, grid, dev.device);
   model.init_weights(c.seed);
+  std::unique_ptr<Checkpoint> init;
   if (!c.init_from.empty()) {
-    const Checkpoint init = Checkpoint::open(c.init_from);
-    load_params(init, "weights", model.params());
+    init = std::make_unique<Checkpoint>(Checkpoint::open(c.init_from));
+    load_params(*init, "weights", model.params());
   }
   model.set_recompute_layers(c.recompute_layers);
   RunOptimizer opt(model.params(), model.grads(), c.optim, *grid, dev.precision);
+  if (init) load_master_weights(*init, opt, model.params());
   const int64_t start = restore_or_check(c, model, opt, data, out);
   const int64_t end = c.run_steps > 0 ? std::min(c.steps, start + c.run_steps) : c.steps;
 
@@ -463,7 +465,7 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
                 " parameters and needs about ", need / 1e9, " GB for weights, gradients and optimizer state; this "
                 "machine has ", have / 1e9, " GB");
   }
-  const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key, /*device_path=*/true);
+  const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key);
   LETHE_CHECK(dev.device == Device::cpu || c.parallel.tp == 1, c.device_key,
               ": cuda runs data parallelism only in this version (parallel.tp = 1): the tensor-parallel embedding "
               "and loss read host memory");

@@ -59,7 +59,7 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
   // (max_seq_len positions) the key/value cache serves each new token; past it the window
   // slides, every position shifts, and the window is run afresh (a prefill) per token.
   // Logits only: no loss, so no collective over dp (each dp rank decodes its own rows).
-  Tensor logits = Tensor::empty({B, model.vocab_shard().size}, model.dtype());
+  Tensor logits = Tensor::empty({B, model.vocab_shard().size}, model.storage_dtype(), model.device());
   Tensor tp_next = Tensor::empty({B}, DType::i32), last = Tensor::empty({B}, DType::i32);
   bool cached = false;
   for (int64_t step = 0; step < max_new_tokens && n_done < B; ++step) {
@@ -76,9 +76,10 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
     }
     // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
     const bool tp = model.tp_layout().tp > 1;
-    if (tp) vocab_parallel_argmax(logits, model.vocab_shard(), tp_next, model.grid().tp_group());
+    const Tensor host = to_host(logits);  // a model on a device: B rows of logits
+    if (tp) vocab_parallel_argmax(host, model.vocab_shard(), tp_next, model.grid().tp_group());
     for (int64_t b = 0; b < B; ++b) {
-      const int32_t next = tp ? tp_next.data<int32_t>()[b] : argmax_row(logits, b);
+      const int32_t next = tp ? tp_next.data<int32_t>()[b] : argmax_row(host, b);
       // Finished rows keep growing so every row stays the same length; their tokens are
       // discarded.
       ctx[size_t(b)].push_back(next);

@@ -115,7 +115,8 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     // Min-K%++ moments from each chunk of logits as the loss path computes it (the whole
     // [N, V] logits are never held). Under tp each rank holds [R, V/tp] columns and the
     // moments come from per-rank partial sums.
-    auto visit = [&](int64_t r0, const Tensor& logits) {
+    auto visit = [&](int64_t r0, const Tensor& chunk) {
+      const Tensor logits = to_host(chunk);  // a model on a device: one chunk's copy
       const int64_t R = logits.dim(0), Vr = logits.dim(1);
       if (model.tp_layout().tp > 1) {
         Tensor tmu = Tensor::empty({R}, DType::f64), tsigma = Tensor::empty({R}, DType::f64);
@@ -134,8 +135,8 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
       }
     };
     model.forward(tok, tgt, &w, visit);
-    const Tensor& logprobs = model.logprobs();
     if (!real) continue;
+    const Tensor logprobs = to_host(model.logprobs());
     for (int64_t k = 0; k < N; ++k) {
       if (t[k] == ops::kIgnoreIndex) continue;
       float* slot = st3 + (i0 * seq_len + k) * 3;

@@ -124,9 +124,10 @@ std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const
   }
   model.forward(tok, tgt);  // unweighted: multiple_choice_accuracy's padding forwards match it
   std::vector<double> lp(static_cast<size_t>(B), 0.0);
+  const Tensor logprobs = to_host(model.logprobs());
   for (int64_t c = 0; c < B; ++c)
     for (int64_t t = 0; t < T; ++t)
-      if (tgt.data<int32_t>()[c * T + t] != ops::kIgnoreIndex) lp[size_t(c)] += as_double(model.logprobs(), c * T + t);
+      if (tgt.data<int32_t>()[c * T + t] != ops::kIgnoreIndex) lp[size_t(c)] += as_double(logprobs, c * T + t);
   return lp;
 }
 

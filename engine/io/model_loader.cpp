@@ -9,6 +9,7 @@
 #include "engine/io/hf_model.h"
 #include "engine/io/model_checkpoint.h"
 #include "engine/io/sha256.h"
+#include "engine/optim/run_optimizer.h"
 
 namespace lethe {
 namespace fs = std::filesystem;
@@ -97,7 +98,7 @@ Tensor ModelSource::read(const std::string& name) const {
   return checkpoint_->read("weights", name, checkpoint_->stored_dtype("weights", name));
 }
 
-std::string load_weights(LlamaModel& model, const ModelSource& src) {
+std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer* master) {
   ParamSet& params = model.params();
   const std::vector<ParamSpec> whole = llama_param_specs(src.config());
   LETHE_CHECK(whole.size() == params.size(), src.path(), ": holds ", whole.size(), " weights, the model has ",
@@ -110,13 +111,20 @@ std::string load_weights(LlamaModel& model, const ModelSource& src) {
     const Tensor t = src.read(s.name);
     digest_add(h, s.name, t);
     copy_block(params[i], s, t, src.path());
+    if (master && master->precision() == Precision::bf16) {
+      Tensor block = Tensor::empty(s.shape, DType::f32);
+      copy_block(block, s, t, src.path());
+      master->set_master(i, block);
+    }
   }
   return to_hex(h.final());
 }
 
 std::string weights_sha256(const ParamSet& params) {
   Sha256Stream h;
-  for (size_t i = 0; i < params.size(); ++i) digest_add(h, params.spec(i).name, params[i]);
+  // A model on a device hashes its host copy (bf16 widened to f32): the digest of the
+  // emulation holding the same values, and of the checkpoint the run saved.
+  for (size_t i = 0; i < params.size(); ++i) digest_add(h, params.spec(i).name, to_host(params[i]));
   return to_hex(h.final());
 }
 

@@ -46,6 +46,12 @@ void load_optimizer_state(const Checkpoint& ck, RunOptimizer& opt, const ParamSe
   if (bf16) load_optimizer_shard(ck, "optim_master", o, o.master(), params);
 }
 
+void load_master_weights(const Checkpoint& ck, RunOptimizer& opt, const ParamSet& params) {
+  if (opt.precision() != Precision::bf16) return;
+  if (opt.one) load_params(ck, "weights", opt.one->master());
+  else load_optimizer_shard(ck, "weights", *opt.par, opt.par->master(), params);
+}
+
 void check_resume_precision(const nlohmann::json& manifest, Precision run, const std::string& where,
                             const std::string& key) {
   const std::string saved = manifest.contains("precision") && manifest["precision"].is_string()

@@ -20,6 +20,12 @@ void add_optimizer_state(CheckpointWriter& w, RunOptimizer& opt, const ParamSet&
 // its absence is an error naming the checkpoint (`where`).
 void load_optimizer_state(const Checkpoint& ck, RunOptimizer& opt, const ParamSet& params, const std::string& where);
 
+// A fresh bf16 run started from a checkpoint's weights (train.init_from): the fp32 master
+// from the weights as stored, not from the model's bf16 rounding of them (on a device the
+// model holds that rounding from the load on; the CPU emulation only at its first forward).
+// Does nothing under f32.
+void load_master_weights(const Checkpoint& ck, RunOptimizer& opt, const ParamSet& params);
+
 // The precision recorded in a manifest ("f32" for checkpoints written before the key
 // existed); a resume in another precision is refused, naming the key that chose it.
 void check_resume_precision(const nlohmann::json& manifest, Precision run, const std::string& where,

@@ -17,13 +17,29 @@ void scale_rows(Tensor& dl, double scale) {
 }
 }  // namespace
 
+void with_host_chunk(const Tensor& logits, Tensor* dl, const std::function<void(const Tensor&, Tensor*)>& fn) {
+  if (logits.device() == Device::cpu && (!dl || dl->device() == Device::cpu)) {
+    fn(logits, dl);
+    return;
+  }
+  const Tensor host = to_host(logits);
+  if (!dl) {
+    fn(host, nullptr);
+    return;
+  }
+  Tensor dl_host = Tensor::empty(dl->shape(), host.dtype());
+  fn(host, &dl_host);
+  dl->copy_from(dl_host);
+}
+
 Tensor ReferenceRows::rows(int64_t r0, int64_t r1, DType dtype) {
   const int64_t R = r1 - r0;
   const int64_t Vr = ref_.vocab_shard().size;
-  if (!buf_.defined() || buf_.dim(0) < R) buf_ = Tensor::empty({R, Vr}, ref_.dtype());
+  if (!buf_.defined() || buf_.dim(0) < R) buf_ = Tensor::empty({R, Vr}, ref_.storage_dtype(), ref_.device());
   Tensor out = buf_.slice_rows(0, R);
   ref_.logits_rows(r0, r1, out);
-  return dtype == ref_.dtype() ? out : out.to(dtype);
+  const Tensor host = to_host(out);
+  return dtype == host.dtype() ? host : host.to(dtype);
 }
 
 double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, const Tensor& targets, double scale,
@@ -48,10 +64,12 @@ double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, con
   ReferenceRows q(ref);
   double kl = 0;
   m.head_pass(
-      [&](int64_t r0, const Tensor& logits, Tensor* dl) {
-        const int64_t r1 = r0 + logits.dim(0);
-        kl += vocab_parallel_kl(q.rows(r0, r1, m.dtype()), logits, rw.slice_rows(r0, r1), dl, g.tp_group());
-        if (dl) scale_rows(*dl, scale);
+      [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
+        with_host_chunk(chunk, dchunk, [&](const Tensor& logits, Tensor* dl) {
+          const int64_t r1 = r0 + logits.dim(0);
+          kl += vocab_parallel_kl(q.rows(r0, r1, m.dtype()), logits, rw.slice_rows(r0, r1), dl, g.tp_group());
+          if (dl) scale_rows(*dl, scale);
+        });
       },
       grad && scale != 0);
   return g.dp_group().all_reduce(kl, ReduceOp::sum);
@@ -63,7 +81,8 @@ Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& 
   Tensor out = Tensor::empty({N}, DType::i32);
   ref.forward_trunk(tokens);
   ref.head_pass(
-      [&](int64_t r0, const Tensor& logits, Tensor*) {
+      [&](int64_t r0, const Tensor& chunk, Tensor*) {
+        const Tensor logits = to_host(chunk);
         const int64_t r1 = r0 + logits.dim(0);
         Tensor o = out.slice_rows(r0, r1);
         vocab_parallel_argmax_excluding(logits, tg.slice_rows(r0, r1), ref.vocab_shard(), o, ref.grid().tp_group());
@@ -73,7 +92,7 @@ Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& 
 }
 
 void logprob_moments(LlamaModel& m, Tensor& mu, Tensor& sigma) {
-  vocab_parallel_logprob_moments(m.logits(), mu, sigma, m.grid().tp_group());
+  vocab_parallel_logprob_moments(to_host(m.logits()), mu, sigma, m.grid().tp_group());
 }
 
 }  // namespace lethe

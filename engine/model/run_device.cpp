@@ -23,10 +23,9 @@ bool env_set(const char* name) {
 }
 }  // namespace
 
-RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where,
-                             bool device_path) {
+RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where) {
   std::string note;
-  if (device == DeviceChoice::cuda && device_path && env_set("LETHE_TEST_HOST_STAGED_DEVICE")) {
+  if (device == DeviceChoice::cuda && env_set("LETHE_TEST_HOST_STAGED_DEVICE")) {
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
     // Installed for the rest of the process (the model's tensors outlive this call), and
@@ -45,9 +44,6 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     LETHE_CHECK(!cuda_devices().empty(), where, ": cuda: no CUDA device is visible",
                 visible ? std::string(" (CUDA_VISIBLE_DEVICES='") + visible + "')" : std::string(),
                 "; use cpu");
-    LETHE_CHECK(device_path, where, ": cuda: only lethe train and lethe eval run on a GPU in this version: the "
-                "unlearning terms, the membership-inference suite and generation are not device-aware yet "
-                "(docs/cuda.md); use cpu");
     LETHE_CHECK(env_set("LETHE_UNVERIFIED_CUDA"), where, ": cuda: this command's CUDA path has not yet run on a GPU "
                 "(docs/gpu-results.md); set LETHE_UNVERIFIED_CUDA=1 to run it anyway, or use cpu");
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,

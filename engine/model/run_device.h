@@ -1,12 +1,11 @@
 // Where a run computes (`train.device: cpu | cuda | auto`) and in which precision
 // (`train.precision: bf16 | f32`), chosen once at start-up, before anything is allocated.
 //
-// The model and optimizer have a device path (kernels/device_ops.h): `lethe train` (data
-// parallel, tp = 1) and `lethe eval` can run on CUDA, in bf16. It has not yet run on a GPU,
-// so it is opt-in: `cuda` needs LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible
-// GPU. `lethe unlearn` and `lethe generate` refuse `cuda` with the reason: the unlearning
-// terms, the membership-inference suite and decoding are not device-aware yet. Nothing is ever silently run on the CPU
-// instead; `auto` picks the CPU and says so when a GPU is visible. bf16 on the CPU is the
+// The model and optimizer have a device path (kernels/device_ops.h): `lethe train` and
+// `lethe unlearn` (data parallel, tp = 1), `lethe eval` and `lethe generate` can run on
+// CUDA, in bf16. It has not yet run on a GPU, so it is opt-in: `cuda` needs
+// LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU. Nothing is ever silently
+// run on the CPU instead; `auto` picks the CPU and says so when a GPU is visible. bf16 on the CPU is the
 // exact emulation of the GPU policy (llama.h), not a faster mode.
 //
 // Testing hook: LETHE_TEST_HOST_STAGED_DEVICE=1 serves `cuda` with the host-staged device
@@ -35,8 +34,6 @@ struct RunDevice {
 
 // Resolves the device (failing, with `where` naming the key, when it cannot be served)
 // and the precision: the one asked for, else the device's default (f32 on the CPU).
-// `device_path`: the command can run on a device (train, eval); the others refuse cuda.
-RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where,
-                             bool device_path = false);
+RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where);
 
 }  // namespace lethe

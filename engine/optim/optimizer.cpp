@@ -58,6 +58,11 @@ void Optimizer::params_changed() {
   if (precision_ == Precision::bf16) master_.flat().copy_from(params_.flat());
 }
 
+void Optimizer::set_master(size_t i, const Tensor& block) {
+  LETHE_CHECK(precision_ == Precision::bf16, "set_master: only the bf16 policy keeps a master copy");
+  master_[i].copy_from(block);
+}
+
 void Optimizer::master_changed() {
   if (precision_ != Precision::bf16) return;
   params_.flat().copy_from(master_.flat());  // on a device, the copy into bf16 rounds

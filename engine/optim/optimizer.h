@@ -53,6 +53,9 @@ class Optimizer {
   void params_changed();
   // After master() is overwritten: the params become the master rounded to bf16.
   void master_changed();
+  // Under bf16: parameter i's fp32 master from `block` in any dtype (a loaded f32 weight,
+  // whose bf16 rounding the model holds).
+  void set_master(size_t i, const Tensor& block);
   // Parameters with trainable[i] == false are left untouched (no decay, no moments):
   // RMU updates only a few MLP projections.
   void set_trainable(std::vector<bool> trainable);

@@ -41,6 +41,11 @@ struct RunOptimizer {
     if (one) one->params_changed();
     else par->params_changed();
   }
+  // Under bf16: parameter i's fp32 master from its local tp block at full precision.
+  void set_master(size_t i, const Tensor& block) {
+    if (one) one->set_master(i, block);
+    else par->set_master(i, block);
+  }
 
  private:
   ParamSet* grads_ = nullptr;

@@ -91,6 +91,20 @@ void ShardedOptimizer::params_changed() {
     master_.view(p.shard_begin, {p.count}).copy_from(params_.flat().view(starts_[p.param] + p.param_begin, {p.count}));
 }
 
+void ShardedOptimizer::set_master(size_t i, const Tensor& block) {
+  LETHE_CHECK(precision_ == Precision::bf16, "set_master: only the bf16 policy keeps a master copy");
+  const int64_t n = params_[i].numel();
+  LETHE_CHECK(block.numel() == n, "set_master: ", block.numel(), " values for parameter ", params_.spec(i).name,
+              " of ", n);
+  const Tensor flat = block.reshape({n});
+  if (!zero1_) {
+    master_.view(starts_[i], {n}).copy_from(flat);
+    return;
+  }
+  for (const Piece& p : pieces_)
+    if (p.param == i) master_.view(p.shard_begin, {p.count}).copy_from(flat.view(p.param_begin, {p.count}));
+}
+
 void ShardedOptimizer::start_bucket(Bucket& b) {
   const int64_t dp = grid_.dp();
   Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});

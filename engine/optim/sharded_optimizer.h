@@ -49,6 +49,9 @@ class ShardedOptimizer {
   void set_trainable(std::vector<bool> trainable);
   // After params are overwritten (a loaded checkpoint), refresh the master copy.
   void params_changed();
+  // Under bf16: this rank's part of parameter i's fp32 master from `block`, the parameter's
+  // local tp block in any dtype (a loaded f32 weight, whose bf16 rounding the model holds).
+  void set_master(size_t i, const Tensor& block);
 
   // The part of the flat buffer this rank updates: pieces of parameters.
   struct Piece {

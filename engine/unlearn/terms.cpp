@@ -53,11 +53,11 @@ std::vector<double> sequence_logp(const LlamaModel& m, const Tensor& targets) {
   const int64_t B = targets.dim(0), T = targets.dim(1);
   std::vector<double> s(size_t(B), 0.0);
   const int32_t* t = targets.data<int32_t>();
+  const Tensor lp = to_host(m.logprobs());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t k = 0; k < T; ++k)
       if (t[b * T + k] != ops::kIgnoreIndex)
-        s[size_t(b)] += m.logprobs().dtype() == DType::f32 ? double(m.logprobs().data<float>()[b * T + k])
-                                                           : m.logprobs().data<double>()[b * T + k];
+        s[size_t(b)] += lp.dtype() == DType::f32 ? double(lp.data<float>()[b * T + k]) : lp.data<double>()[b * T + k];
   return s;
 }
 
@@ -90,9 +90,9 @@ class FrozenReference {
     if (ref_ != &original) return;
     // Not owned: the grid belongs to the caller's model, which outlives its terms.
     std::shared_ptr<ProcessGrid> grid(&original.grid(), [](ProcessGrid*) {});
-    // The copy computes as the original does (bf16 policy included).
+    // The copy computes as the original does (bf16 policy included), on its device.
     own_ = original.precision() == Precision::bf16
-               ? std::make_unique<LlamaModel>(original.config(), Precision::bf16, grid)
+               ? std::make_unique<LlamaModel>(original.config(), Precision::bf16, grid, original.device())
                : std::make_unique<LlamaModel>(original.config(), original.dtype(), grid);
     for (size_t i = 0; i < original.params().size(); ++i) own_->params()[i].copy_from(original.params()[i]);
     ref_ = own_.get();
@@ -113,7 +113,7 @@ class TokenLogprobs {
     // Weight 0 everywhere: the forward's loss is not used, its log-probs are.
     const Tensor none = Tensor::zeros(b.targets.shape(), DType::f64);
     m.forward(b.tokens, b.targets, &none);
-    logp_ = m.logprobs().to(DType::f64);
+    logp_ = to_host(m.logprobs()).to(DType::f64);
   }
   double logp(int64_t i) const { return logp_.data<double>()[i]; }  // 0 at padding
   // Adds scale * d(-sum_i w_i log p_i)/dtheta into m.grads(); w [B, T] f64.
@@ -214,7 +214,8 @@ Tensor draw_random_labels(const TermSpec& s, LlamaModel& ref, const UnlearnBatch
   // gathered a few at a time (about 2^20 logits per rank), never the whole [N, V].
   const int64_t sub = std::max<int64_t>(1, (int64_t(1) << 20) / Vr);
   ref.head_pass(
-      [&](int64_t c0, const Tensor& logits, Tensor*) {
+      [&](int64_t c0, const Tensor& chunk, Tensor*) {
+        const Tensor logits = to_host(chunk);
         const int64_t C = logits.dim(0);
         for (int64_t s0 = 0; s0 < C; s0 += sub) {
           const int64_t R = std::min(sub, C - s0), r0 = c0 + s0;
@@ -499,25 +500,27 @@ class UndialTerm : public Term {
     ReferenceRows q(ref);
     double kl = 0;
     m.head_pass(
-        [&](int64_t r0, const Tensor& logits, Tensor* dl) {
-          const int64_t R = logits.dim(0), Vr = logits.dim(1);
-          Tensor target = q.rows(r0, r0 + R, m.dtype());
-          for (int64_t r = 0; r < R; ++r) {
-            const int64_t i = r0 + r;
-            if (t[i] == ops::kIgnoreIndex) continue;
-            const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
-            if (c < 0 || c >= Vr) continue;
-            if (target.dtype() == DType::f32) target.data<float>()[r * Vr + c] -= float(spec_.gamma);
-            else target.data<double>()[r * Vr + c] -= spec_.gamma;
-          }
-          kl += vocab_parallel_kl(target, logits, rw.slice_rows(r0, r0 + R), dl, m.grid().tp_group());
-          if (dl && scale != 1.0) {
-            auto scale_all = [&](auto* p) {
-              for (int64_t k = 0; k < dl->numel(); ++k) p[k] = decltype(+p[0])(p[k] * scale);
-            };
-            if (dl->dtype() == DType::f32) scale_all(dl->data<float>());
-            else scale_all(dl->data<double>());
-          }
+        [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
+          with_host_chunk(chunk, dchunk, [&](const Tensor& logits, Tensor* dl) {
+            const int64_t R = logits.dim(0), Vr = logits.dim(1);
+            Tensor target = q.rows(r0, r0 + R, m.dtype());
+            for (int64_t r = 0; r < R; ++r) {
+              const int64_t i = r0 + r;
+              if (t[i] == ops::kIgnoreIndex) continue;
+              const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
+              if (c < 0 || c >= Vr) continue;
+              if (target.dtype() == DType::f32) target.data<float>()[r * Vr + c] -= float(spec_.gamma);
+              else target.data<double>()[r * Vr + c] -= spec_.gamma;
+            }
+            kl += vocab_parallel_kl(target, logits, rw.slice_rows(r0, r0 + R), dl, m.grid().tp_group());
+            if (dl && scale != 1.0) {
+              auto scale_all = [&](auto* p) {
+                for (int64_t k = 0; k < dl->numel(); ++k) p[k] = decltype(+p[0])(p[k] * scale);
+              };
+              if (dl->dtype() == DType::f32) scale_all(dl->data<float>());
+              else scale_all(dl->data<double>());
+            }
+          });
         },
         grad && scale != 0);
     return sum_over_dp(m, kl);
@@ -552,7 +555,7 @@ class RmuTerm : public Term {
       const int64_t B = std::min(batch, s.n_sequences() - i0);
       Tensor tok = Tensor::empty({B, T}, DType::i32), tgt = Tensor::empty({B, T}, DType::i32);
       for (int64_t r = 0; r < B; ++r) s.sequence(i0 + r, tok.data<int32_t>() + r * T, tgt.data<int32_t>() + r * T);
-      const Tensor h = original.forward_hidden(tok, spec_.layer).to(DType::f64);
+      const Tensor h = to_host(original.forward_hidden(tok, spec_.layer)).to(DType::f64);
       const int64_t C = h.dim(1);
       for (int64_t i = 0; i < B * T; ++i) {
         if (tgt.data<int32_t>()[i] == ops::kIgnoreIndex) continue;
@@ -577,8 +580,10 @@ class RmuTerm : public Term {
     LETHE_CHECK(spec_.type == "rmu_retain" || !std::isnan(coef_), "term ", spec_.name(),
                 ": adaptive steering needs prepare() on the forget stream before the first step");
     Tensor target;
-    if (spec_.type == "rmu_retain") target = ref_->forward_hidden(b.tokens, spec_.layer).to(DType::f64);
-    const Tensor& h = m.forward_hidden(b.tokens, spec_.layer);
+    if (spec_.type == "rmu_retain") target = to_host(ref_->forward_hidden(b.tokens, spec_.layer)).to(DType::f64);
+    // A model on a device: its hidden rows' host copy; the gradient goes back through
+    // backward_hidden, which copies it over (bf16: rounded there, as the emulation rounds).
+    const Tensor h = to_host(m.forward_hidden(b.tokens, spec_.layer));
     const int64_t N = h.dim(0), C = h.dim(1), n = count_valid_global(m, b.targets);
     if (n == 0) return 0;
     Tensor dh = Tensor::zeros({N, C}, h.dtype());

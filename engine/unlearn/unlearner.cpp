@@ -194,8 +194,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // rank 0 prints and writes metrics and reports.
   // The device is settled before anything is allocated (a refused device writes nothing).
   const RunDevice dev = resolve_run_device(r.device, r.precision, r.device_key);
+  LETHE_CHECK(dev.device == Device::cpu || r.parallel.tp == 1, r.device_key,
+              ": cuda runs data parallelism only in this version (parallel.tp = 1): the tensor-parallel embedding "
+              "and loss read host memory");
   const Precision prec = dev.precision;
-  const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel);
+  const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel, dev.device);
   const bool lead = grid->rank() == 0;
   std::ostream null_out(nullptr);
   std::ostream& out = lead ? out_all : null_out;
@@ -215,8 +218,11 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   LETHE_CHECK(r.seq_len <= cfg.max_seq_len, r.file, ": data.seq_len ", r.seq_len, " exceeds the model's max_seq_len ",
               cfg.max_seq_len);
   check_tp(r, cfg, r.model);
-  LlamaModel model(cfg, prec, grid);
-  const std::string model_sha = load_weights(model, source);
+  LlamaModel model(cfg, prec, grid, dev.device);
+  // Before the load, so that under bf16 the fp32 master starts from the stored weights, not
+  // their bf16 rounding (load_weights), on a device as in the CPU emulation.
+  RunOptimizer opt(model.params(), model.grads(), r.optim, *grid, prec);
+  const std::string model_sha = load_weights(model, source, &opt);
 
   // Streams. Every dataset must come from the model's tokenizer family: same vocabulary
   // bound and the same tokenizer as the forget set.
@@ -288,7 +294,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   bool need_ref = false;
   for (const auto& t : r.terms) need_ref |= term_reads_reference(t);
   if (need_ref) {
-    reference = std::make_unique<LlamaModel>(cfg, prec, grid);
+    reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
     load_weights(*reference, source);
   }
   std::vector<std::unique_ptr<Term>> terms;
@@ -298,7 +304,6 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     terms.back()->prepare(model, *streams.at(spec.stream).sampler, r.batch_size);  // model is still the original
   }
 
-  RunOptimizer opt(model.params(), model.grads(), r.optim, *grid, prec);
   if (!r.trainable.empty()) {
     std::vector<bool> mask(model.params().size(), false);
     int64_t n = 0;
@@ -552,7 +557,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // eval.max_sequences per split), and the MIA suite with every attack, on the report half
   // of forget and holdout.
   if (!reference) {
-    reference = std::make_unique<LlamaModel>(cfg, prec, grid);
+    reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
     load_weights(*reference, source);
   }
   const int64_t final_n = r.eval_final_max_sequences;
@@ -567,7 +572,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     const ModelSource o = ModelSource::open(r.oracle);
     LETHE_CHECK(o.config().vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
     check_tp(r, o.config(), r.oracle);
-    LlamaModel om(o.config(), prec, grid);
+    LlamaModel om(o.config(), prec, grid, dev.device);
     oracle_sha = load_weights(om, o);
     oracle_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
     res.final_evals["oracle"] = oracle_eval;
@@ -592,8 +597,10 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     std::vector<std::pair<std::string, Tensor>> w;
     // A bf16 run's weights are bf16 values: exported as bf16 they are exact and half the size.
     const bool bf16 = prec == Precision::bf16;
-    for (size_t i = 0; i < final_params.size(); ++i)
-      w.emplace_back(final_params.spec(i).name, bf16 ? final_params[i].to(DType::bf16) : final_params[i]);
+    for (size_t i = 0; i < final_params.size(); ++i) {
+      const Tensor host = to_host(final_params[i]);  // a model on a device: one tensor at a time
+      w.emplace_back(final_params.spec(i).name, bf16 ? host.to(DType::bf16) : host);
+    }
     write_hf_model((fs::path(r.out_dir) / "hf").string(), hf_config_from_llama(cfg, bf16 ? "bfloat16" : "float32"), w,
                    int64_t(5) << 30);
   }
