@@ -135,7 +135,9 @@ TEST_F(DeviceUnlearn, EveryTermAndMetricEqualsTheBf16EmulationAndResumes) {
   ASSERT_EQ(cpu.steps_run, 2);
   HostStagedDevice env;
   std::string log;
-  const UnlearnResult dev = run("dev", {"train.device=cuda"}, &log);
+  // With half the layers recomputed in the backward: the same numbers (recomputation
+  // repeats the forward's ops on the same inputs).
+  const UnlearnResult dev = run("dev", {"train.device=cuda", "train.recompute=2"}, &log);
   EXPECT_NE(log.find("device: cuda (the host-staged test device"), std::string::npos) << log;
   ASSERT_EQ(dev.steps_run, 2);
 
@@ -164,6 +166,18 @@ TEST_F(DeviceUnlearn, EveryTermAndMetricEqualsTheBf16EmulationAndResumes) {
   EXPECT_EQ(report("res").at("unlearned_sha256"), rc.at("unlearned_sha256"));
   EXPECT_EQ(report("res").at("final_eval"), rc.at("final_eval"));
   EXPECT_EQ(weights(resumed.final_dir), weights(cpu.final_dir));
+}
+
+// train.recompute beyond the model's depth is refused, naming the key, before anything is
+// written.
+TEST_F(DeviceUnlearn, RecomputeBeyondTheModelIsRefused) {
+  try {
+    run("deep", {"train.recompute=9"});
+    ADD_FAILURE() << "recompute 9 of 4 layers";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'train.recompute': 9 layers, the model has 4"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "deep"));
 }
 
 // lethe generate on the device: greedy decoding with the key/value cache in device memory.

@@ -26,6 +26,8 @@
 #include "engine/io/optimizer_checkpoint.h"
 #include "engine/model/run_device.h"
 #include "engine/optim/run_optimizer.h"
+#include "engine/plan/device_fit.h"
+#include "kernels/device.h"
 #include "kernels/cpu/blas_kernel.h"
 #include "kernels/cross_entropy.h"
 #include "engine/parallel/failure.h"
@@ -456,8 +458,22 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
 TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
   const TrainConfig c = load_train_config(config_path, overrides);
   // Refuse a model that cannot fit before allocating it: with memory overcommit a huge
-  // allocation succeeds and the kernel kills the process when the pages are touched.
-  {
+  // allocation succeeds and the kernel kills the process when the pages are touched. On a
+  // GPU the device holds the run, by the GPU engine's plan.
+  if (const std::vector<DeviceInfo> gpus = cuda_devices(); c.device == DeviceChoice::cuda && !gpus.empty()) {
+    plan::PlanInput in;
+    in.model = c.model;
+    in.tp = c.parallel.tp;
+    in.dp = c.parallel.dp;
+    in.zero1 = c.parallel.zero1;
+    in.micro_batch = std::max<int64_t>(1, c.batch_size / (int64_t(c.parallel.dp) * c.grad_accum));
+    in.seq_len = c.seq_len;
+    in.precision = Precision::bf16;
+    in.recompute = c.recompute_layers;
+    in.recipe.grad_accum = c.grad_accum;
+    in.recipe.optimizer_states = c.optim.type == "adamw" ? 2 : c.optim.momentum != 0 ? 1 : 0;
+    plan::check_device_fit(in, config_path, gpus[0].name, double(gpus[0].memory_bytes));
+  } else {
     const double n = double(c.model.n_params());
     const double need = 16.0 * n / c.parallel.tp;  // f32 weights, grads, two AdamW moments
     const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));

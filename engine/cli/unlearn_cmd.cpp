@@ -6,10 +6,12 @@
 
 #include "engine/cli/commands.h"
 #include "engine/io/model_loader.h"
+#include "engine/plan/device_fit.h"
 #include "engine/plan/host_fit.h"
 #include "engine/plan/plan_inputs.h"
 #include "engine/parallel/failure.h"
 #include "engine/parallel/stop_request.h"
+#include "kernels/device.h"
 #include "engine/unlearn/progress.h"
 #include "engine/unlearn/terms.h"
 #include "engine/unlearn/unlearner.h"
@@ -34,7 +36,16 @@ void check_fits(const Recipe& r) {
   in.precision = r.precision.value_or(Precision::f32);
   try {
     in.recipe = plan::recipe_needs(r, in.model);
+    in.recompute = r.recompute_for(in.model.n_layers);
   } catch (const Error&) {
+    return;
+  }
+  // On a GPU the device holds the run (the host only stages one tensor at a time), in bf16.
+  if (r.device == DeviceChoice::cuda) {
+    const std::vector<DeviceInfo> gpus = cuda_devices();
+    if (gpus.empty()) return;  // the run names what is missing
+    in.precision = Precision::bf16;
+    plan::check_device_fit(in, r.file, gpus[0].name, double(gpus[0].memory_bytes));
     return;
   }
   plan::check_host_fit(in, r.file);

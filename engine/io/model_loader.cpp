@@ -117,6 +117,8 @@ std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer
       master->set_master(i, block);
     }
   }
+  // Any other copy of the weights the optimizer keeps (ZeRO's f32 shard) follows the model.
+  if (master && master->precision() != Precision::bf16) master->params_changed();
   return to_hex(h.final());
 }
 

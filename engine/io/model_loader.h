@@ -44,9 +44,11 @@ class ModelSource {
 // Reads every weight of `src` into `model` (its tensor-parallel block on a grid), one at a
 // time, converting to the model's dtype. The model's config must be src's (shapes are
 // checked). Returns the digest of the weights as stored (weights_sha256's definition).
-// With `master` (the bf16 policy's optimizer over this model) each weight also sets its fp32
-// master to the stored value: the model holds its bf16 rounding (on a device from the load
-// on, in the CPU emulation from the first forward), the updates start from the value itself.
+// With `master` (the optimizer over this model, created before the load) the optimizer's own
+// copy of the weights follows: under bf16 each weight sets its fp32 master to the stored
+// value (the model holds its bf16 rounding, on a device from the load on, in the CPU
+// emulation from the first forward; the updates start from the value itself); under f32
+// the copy ZeRO-1 keeps is refreshed from the loaded model.
 std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer* master = nullptr);
 
 // Digest of a model's current parameters: SHA-256 over (name, shape, dtype, bytes) of every

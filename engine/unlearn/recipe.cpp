@@ -5,6 +5,12 @@
 
 namespace lethe {
 
+int64_t Recipe::recompute_for(int64_t n_layers) const {
+  if (recompute_layers == kRecomputeAll) return n_layers;
+  LETHE_CHECK(recompute_layers <= n_layers, recompute_key, ": ", recompute_layers, " layers, the model has ", n_layers);
+  return recompute_layers;
+}
+
 bool Recipe::uses_stream(const std::string& s) const {
   for (const auto& t : terms)
     if (t.stream == s) return true;
@@ -92,6 +98,17 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.run_steps = t.get<int64_t>("run_steps", r.run_steps);
     if (t.has("device")) r.device = parse_device_choice(t.require<std::string>("device"), t.where("device"));
     if (t.has("precision")) r.precision = parse_precision(t.require<std::string>("precision"), t.where("precision"));
+    // recompute: true/false for all layers, or a count of layers (the first ones).
+    r.recompute_key = t.where("recompute");
+    if (t.has("recompute")) {
+      try {
+        r.recompute_layers = t.require<bool>("recompute") ? Recipe::kRecomputeAll : 0;
+      } catch (const Error&) {
+        r.recompute_layers = t.require<int64_t>("recompute");
+        LETHE_CHECK(r.recompute_layers >= 0, r.recompute_key, ": must be true, false or a layer count >= 0, got ",
+                    r.recompute_layers);
+      }
+    }
     if (t.has("trainable")) {
       const std::string v = t.require<std::string>("trainable");
       if (v != "all") {

@@ -63,6 +63,13 @@ struct Recipe {
   DeviceChoice device = DeviceChoice::automatic;
   std::optional<Precision> precision;
   std::string device_key = "train.device";
+  // train.recompute: layers whose activations the backward recomputes (the first ones);
+  // true is every layer (kRecomputeAll until the model's depth is known), false none.
+  static constexpr int64_t kRecomputeAll = -1;
+  int64_t recompute_layers = 0;
+  std::string recompute_key = "train.recompute";
+  // The layer count for a model of `n_layers`: an error naming the key beyond it.
+  int64_t recompute_for(int64_t n_layers) const;
 
   bool uses_stream(const std::string& s) const;
 };

@@ -219,6 +219,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
               cfg.max_seq_len);
   check_tp(r, cfg, r.model);
   LlamaModel model(cfg, prec, grid, dev.device);
+  model.set_recompute_layers(r.recompute_for(cfg.n_layers));
   // Before the load, so that under bf16 the fp32 master starts from the stored weights, not
   // their bf16 rounding (load_weights), on a device as in the CPU emulation.
   RunOptimizer opt(model.params(), model.grads(), r.optim, *grid, prec);

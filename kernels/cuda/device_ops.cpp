@@ -17,13 +17,15 @@
 //     in f32.
 //   - ops whose kernels mark their buffers __restrict__ refuse overlapping outputs that
 //     the CPU loops would tolerate (named in each error).
-//   - attention computes in bf16 only; attention_decode and sgd_update have no kernel.
+//   - attention and attention_decode compute in bf16 only; sgd_update has no kernel.
 #include "kernels/cuda/device_ops.h"
 
 #include <cstdint>
 
 #include "engine/core/error.h"
+#include "kernels/attention.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
@@ -35,6 +37,8 @@
 #include "kernels/cuda/swiglu.h"
 
 namespace lethe {
+static_assert(cuda::kDecodeKeyTile == ops::kAttentionKeyTile, "decode rounds P per tile of the CPU reference's keys");
+
 namespace {
 
 constexpr const char* kPolicy =
@@ -300,8 +304,26 @@ class CudaOps final : public DeviceOps {
                              d.H, d.KV, d.D);
   }
 
-  void attention_decode(const Tensor&, const Tensor&, const Tensor&, int64_t, double, Tensor&, Precision) override {
-    LETHE_FAIL("attention_decode has no CUDA kernel yet; decode on the CPU");
+  void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
+                        Tensor& o, Precision precision) override {
+    const char* op = "attention_decode";
+    expect_bf16_precision(precision, op);
+    expect(q, DType::bf16, op, "q");
+    expect(k_cache, DType::bf16, op, "k_cache");
+    expect(v_cache, DType::bf16, op, "v_cache");
+    expect(o, DType::bf16, op, "o");
+    LETHE_CHECK(q.ndim() == 4 && q.dim(1) == 1 && k_cache.ndim() == 4, op,
+                ": expected q[B,1,H,D] and a cache [B,S,KV,D], got ", q.describe(), ", ", k_cache.describe());
+    const int64_t B = q.dim(0), H = q.dim(2), D = q.dim(3), S = k_cache.dim(1), KV = k_cache.dim(2);
+    check_shape(k_cache, {B, S, KV, D}, op, "k_cache");
+    check_shape(v_cache, {B, S, KV, D}, op, "v_cache");
+    check_shape(o, q.shape(), op, "o");
+    LETHE_CHECK(KV > 0 && H % KV == 0, op, ": ", H, " query heads are not a multiple of ", KV, " kv heads");
+    LETHE_CHECK(n >= 1 && n <= S, op, ": ", n, " cached keys, the cache holds ", S);
+    LETHE_CHECK(D <= 256, op, ": head dimension ", D, " is above the kernel's 256");
+    expect_same_or_disjoint(o, "o", q, "q", op);
+    cuda::attention_decode(ptr<bf16>(q), ptr<bf16>(k_cache), ptr<bf16>(v_cache), n, float(scale), ptr<bf16>(o), B, S,
+                           H, KV, D);
   }
 
   void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {

@@ -17,6 +17,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/arena.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/embedding.h"
@@ -272,6 +273,54 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
     EXPECT_TRUE(close("dk", gdk.download(), vec(dk), kAttnBwdTol)) << name;
     EXPECT_TRUE(close("dv", gdv.download(), vec(dv), kAttnBwdTol)) << name;
   }
+}
+
+// One query row against a cache, judged per element. The GPU and the CPU reference differ in
+// the order of their fp32 sums and in exp2's last bits, which can move a probability across
+// a bf16 rounding boundary: one bf16 step of P_j at most (2^-7 relative: 7 stored mantissa
+// bits), so at most 2^-7 max_j |v_jd| in output d, as the weights sum to 1; and the GPU
+// rounds o to bf16 where the reference's o is fp32 (half a step, 2^-8 |o_d|). The fp32
+// differences themselves are far below these; 2^-6 of slack covers them.
+TEST_F(CudaOps, AttentionDecodeMatchesCpuPerElement) {
+  SCOPED_TRACE(seed_msg());
+  struct Case {
+    int64_t B, S, H, KV, D, n;
+  };
+  // One key; exactly one tile; one past it; several tiles with a ragged tail; MHA; D 256.
+  for (const Case c : {Case{2, 320, 8, 2, 128, 1}, Case{2, 320, 8, 2, 128, 64}, Case{2, 320, 8, 2, 128, 65},
+                       Case{2, 320, 8, 2, 128, 300}, Case{1, 70, 4, 4, 64, 70}, Case{3, 40, 4, 1, 16, 37},
+                       Case{1, 130, 2, 1, 256, 130}}) {
+    const std::string name = "B" + std::to_string(c.B) + " S" + std::to_string(c.S) + " H" + std::to_string(c.H) +
+                             " KV" + std::to_string(c.KV) + " D" + std::to_string(c.D) + " n" + std::to_string(c.n);
+    const size_t nq = size_t(c.B * c.H * c.D), nk = size_t(c.B * c.S * c.KV * c.D);
+    // Scores of order 3 after scaling: a peaked softmax, as trained models give.
+    const auto q = round_bf16(randn(nq, 2.f)), k = round_bf16(randn(nk, 1.5f)), v = round_bf16(randn(nk));
+    const double scale = 1.0 / std::sqrt(double(c.D));
+    const Tensor Q = host({c.B, 1, c.H, c.D}, q), K = host({c.B, c.S, c.KV, c.D}, k), Vt = host({c.B, c.S, c.KV, c.D}, v);
+    Tensor o = Tensor::empty(Q.shape(), DType::f32);
+    ops::attention_decode(Q, K, Vt, c.n, scale, o, Precision::bf16);
+    DeviceBuffer<bf16> gq(to_bf16(q)), gk(to_bf16(k)), gv(to_bf16(v)), go(nq);
+    cuda::attention_decode(gq.get(), gk.get(), gv.get(), c.n, float(scale), go.get(), c.B, c.S, c.H, c.KV, c.D);
+    const std::vector<float> g = to_f32(go.download()), r = vec(o);
+    int64_t bad = 0;
+    std::string first;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t d = 0; d < c.D; ++d) {
+          double vmax = 0;
+          for (int64_t j = 0; j < c.n; ++j)
+            vmax = std::max(vmax, double(std::abs(v[size_t(((b * c.S + j) * c.KV + h / (c.H / c.KV)) * c.D + d)])));
+          const size_t i = size_t((b * c.H + h) * c.D + d);
+          const double bound = (std::ldexp(vmax, -7) + std::ldexp(std::abs(double(r[i])), -8)) * (1 + 1.0 / 64) + 1e-6;
+          if (!(std::abs(double(g[i]) - double(r[i])) <= bound)) {
+            if (!bad++)
+              first = "b " + std::to_string(b) + " h " + std::to_string(h) + " d " + std::to_string(d) + ": gpu " +
+                      std::to_string(g[i]) + ", reference " + std::to_string(r[i]) + ", bound " + std::to_string(bound);
+          }
+        }
+    EXPECT_EQ(bad, 0) << name << ": first " << first;
+  }
+  EXPECT_THROW(cuda::attention_decode(nullptr, nullptr, nullptr, 1, 1.f, nullptr, 1, 8, 2, 2, 512), Error);
 }
 
 TEST_F(CudaOps, AttentionRejectsUnsupportedHeadDim) {

@@ -2,6 +2,7 @@
 // with a frozen reference, recompute suggestions, and clear errors for bad inputs.
 #include <nlohmann/json.hpp>
 
+#include "engine/plan/device_fit.h"
 #include "engine/plan/host_fit.h"
 #include "engine/plan/plan_inputs.h"
 #include "tests/plan/run_util.h"
@@ -298,6 +299,48 @@ TEST(HostFit, LocalProcessesShareTheNode) {
   ::unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   // MemAvailable moves between the two reads; a quarter within 10% of the first.
   EXPECT_NEAR(four / one, 0.25, 0.025);
+}
+
+// A GPU run is held against its device by the GPU engine's plan, less the headroom `lethe
+// plan` assumes; the refusal names the plan's parts and the smallest recomputation that
+// fits. Llama-2-7B GA+GD with AdamW in bf16: weights 12.6 GiB, fp32 gradients, master and
+// moments 4 x 25.1 GiB, so 113 GiB of model states before any activation.
+TEST(DeviceFit, Llama2GaGdFitsOneH200WithRecomputationAndIsRefusedWithout) {
+  plan::PlanInput in;
+  in.model = plan::resolve_model("llama2-7b");
+  in.micro_batch = 1;
+  in.seq_len = 4096;
+  in.precision = Precision::bf16;
+  in.recipe.passes = 2;  // a forget and a retain term
+  const double h200 = 150e9, h100 = 85e9;  // about what the driver reports for 141 / 80 GB
+  in.recompute = in.model.n_layers;
+  const plan::MemoryPlan all = plan::memory_plan(in);
+  EXPECT_LE(all.total(), h200 * (1 - plan::kDeviceHeadroom));
+  EXPECT_NO_THROW(plan::check_device_fit(in, "r.yaml", "NVIDIA H200", h200));
+  in.recompute = 0;
+  const plan::MemoryPlan none = plan::memory_plan(in);
+  ASSERT_GT(none.total(), h200 * (1 - plan::kDeviceHeadroom)) << "the case must not fit without recomputation";
+  const int64_t k = plan::fitting_recompute(in, h200 * (1 - plan::kDeviceHeadroom));
+  ASSERT_GT(k, 0);
+  try {
+    plan::check_device_fit(in, "r.yaml", "NVIDIA H200", h200);
+    ADD_FAILURE() << "a plan of " << none.total() / kGiB << " GiB passed";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const std::string& part : std::vector<std::string>{"r.yaml: this run needs about", "per GPU by its plan", "weights 12.55 GiB",
+                                   "NVIDIA H200 offers", "nothing was started",
+                                   "set train.recompute: " + std::to_string(k) + " (the plan then fits)"})
+      EXPECT_NE(m.find(part), std::string::npos) << part << "\n" << m;
+  }
+  // An 80 GB card cannot hold the model states at all: recomputing every layer is not
+  // enough, and the message says what all of them would need.
+  try {
+    plan::check_device_fit(in, "r.yaml", "NVIDIA H100", h100);
+    ADD_FAILURE() << "7B GA+GD on one 80 GB card passed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("recompute layers with train.recompute (all of them: "), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace
