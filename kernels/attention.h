@@ -35,4 +35,11 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
                       Tensor& o, Precision precision = Precision::f32);
 
+// attention_decode's shapes, checked (errors name `op` and the tensor), for every device.
+struct DecodeDims {
+  int64_t B, H, D, S, KV;
+};
+DecodeDims check_decode_shapes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n,
+                               const Tensor& o, const char* op);
+
 }  // namespace lethe::ops

@@ -1,7 +1,6 @@
 #include <omp.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -24,9 +23,11 @@
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
 #include "engine/io/optimizer_checkpoint.h"
+#include "engine/io/run_checkpoint.h"
 #include "engine/model/run_device.h"
 #include "engine/optim/run_optimizer.h"
 #include "engine/plan/device_fit.h"
+#include "engine/run/step_loop.h"
 #include "kernels/device.h"
 #include "kernels/cpu/blas_kernel.h"
 #include "kernels/cross_entropy.h"
@@ -248,39 +249,13 @@ void fill_manifest(json& m, const TrainConfig& c, const LlamaModel& model, const
 
 void save_checkpoint(const TrainConfig& c, LlamaModel& model, RunOptimizer& opt, const Batches& data, int64_t step,
                      double loss, std::ostream& out) {
-  ProcessGrid& g = model.grid();
-  if (opt.one) {
-    CheckpointWriter w(c.ckpt_dir, checkpoint_name(step));
-    add_params(w, "weights", model.params());
-    add_optimizer_state(w, opt, model.params(), g);
-    fill_manifest(w.manifest(), c, model, opt, data, step, loss);
-    const std::string dir = w.commit();
-    prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
-    out << "saved " << dir << std::endl;
-    return;
-  }
-  // Every rank writes its own shard: weights from dp rank 0 of each tp group, a tensor
-  // that all tp ranks hold whole from tp rank 0 only; optimizer state from every rank
-  // holding a ZeRO shard (or, without ZeRO, as the weights).
-  const bool tp0 = g.tp_rank() == 0, dp0 = g.dp_rank() == 0;
-  auto mine = [&](const ParamSpec& s) { return dp0 && (s.sharded() || tp0); };
-  const std::string tag = std::to_string(g.world().all_reduce(int64_t(g.rank() == 0 ? ::getpid() : 0), ReduceOp::max));
-  std::unique_ptr<CheckpointWriter> w;
-  if (g.rank() == 0) w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), 0, true, g.world_size(), tag);
-  g.world().barrier();
-  if (g.rank() != 0)
-    w = std::make_unique<CheckpointWriter>(c.ckpt_dir, checkpoint_name(step), g.rank(), true, g.world_size(), tag);
-  add_params(*w, "weights", model.params(), mine);
-  add_optimizer_state(*w, opt, model.params(), g);
-  w->finish_shard();
-  g.world().barrier();
-  if (g.rank() == 0) {
-    fill_manifest(w->manifest(), c, model, opt, data, step, loss);
-    const std::string dir = w->commit();
+  const std::string dir = save_checkpoint_all_ranks(
+      c.ckpt_dir, checkpoint_name(step), model, &opt, /*update_latest=*/true,
+      [&](CheckpointWriter& w) { fill_manifest(w.manifest(), c, model, opt, data, step, loss); });
+  if (model.grid().rank() == 0) {
     prune_checkpoints(c.ckpt_dir, c.ckpt_keep);
     out << "saved " << dir << std::endl;
   }
-  g.world().barrier();  // nobody reads or prunes before the rename
 }
 
 // Returns the step to start from (0 for a fresh run).
@@ -379,12 +354,9 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   // loss into NaN, to prove that a NaN stops the run before anything is written over.
   const char* nan_env = std::getenv("LETHE_TEST_INJECT_NAN_STEP");
   const int64_t nan_step = nan_env ? std::atoll(nan_env) : 0;
-  for (int64_t step = start; step < end; ++step) {
-    const auto t0 = std::chrono::steady_clock::now();
+  StepHooks hooks;
+  hooks.accumulate = [&](int64_t step) {
     data.next(step, tokens, targets);
-    maybe_raise_test_signal(long(step + 1), grid->rank());
-    model.grads().zero();
-    if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
     if (one_process && c.grad_accum == 1) {
       loss = model.forward(tokens, targets);
       if (step + 1 == nan_step) loss = NAN;
@@ -397,39 +369,39 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
       // The loss is the global batch's, the same on every rank: all stop together.
       LETHE_CHECK(std::isfinite(loss), "loss is ", loss, " at step ", step + 1, "; stopping before the update");
     }
-    const double lr = c.schedule.at(step);
-    const double gnorm = opt.step(lr);
-    // Debug mode: a bad update is named before a checkpoint could record it.
-    model.numerics().check_params(model.params(), "parameter", "after the update");
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    summary.losses.push_back(loss);
+    return loss;
+  };
+  hooks.after_update = [&](const StepInfo& s) {
+    summary.losses.push_back(s.loss);
     const int64_t ntok = c.batch_size * c.seq_len;
-    if (step > start || end - start == 1) {  // the first step pays for allocation
-      timed_seconds += dt;
+    if (s.step - 1 > start || end - start == 1) {  // the first step pays for allocation
+      timed_seconds += s.seconds;
       timed_tokens += ntok;
       if (opt.par) {
         reduce_wait += opt.par->last_comm_wait().reduce_s;
         gather_wait += opt.par->last_comm_wait().gather_s;
       }
     }
-    if (step % c.log_every == 0 || step == end - 1) {
+    if ((s.step - 1) % c.log_every == 0 || s.step == end) {
       std::snprintf(line, sizeof line, "step %5lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s",
-                    (long long)step + 1, (long long)c.steps, loss, lr, gnorm, double(ntok) / dt);
+                    (long long)s.step, (long long)c.steps, s.loss, s.lr, s.grad_norm, double(ntok) / s.seconds);
       out << line << std::endl;
     }
-    const bool last = step + 1 == end;
-    const bool saved = !c.ckpt_dir.empty() && (last || (c.ckpt_every > 0 && (step + 1) % c.ckpt_every == 0));
-    if (saved) save_checkpoint(c, model, opt, data, step + 1, loss, out);
-    // A stop signal (a time limit, a preemption): checkpoint this step and end the run,
-    // every rank after the same step.
-    if (stop_handlers_installed() && !last)
-      if (const int sig = agreed_stop_signal(*grid)) {
-        if (!saved) save_checkpoint(c, model, opt, data, step + 1, loss, out);
-        out << "stopped by " << stop_signal_name(sig) << " after step " << step + 1 << " of " << c.steps
-            << "; the checkpoint is saved: run again with train.resume=true to continue" << std::endl;
-        summary.stopped_by = sig;
-        break;
-      }
+    return false;
+  };
+  if (!c.ckpt_dir.empty())
+    hooks.checkpoint = [&](int64_t steps) { save_checkpoint(c, model, opt, data, steps, loss, out); };
+  StepLoopConfig lc;
+  lc.first = start;
+  lc.stop_at = end;
+  lc.total = c.steps;
+  lc.checkpoint_every = c.ckpt_every;
+  lc.checkpoint_at_end = true;
+  const StepLoopResult done = run_step_loop(model, opt, c.schedule, lc, hooks);
+  if (done.stopped_by) {
+    out << "stopped by " << stop_signal_name(done.stopped_by) << " after step " << done.steps_run << " of "
+        << c.steps << "; the checkpoint is saved: run again with train.resume=true to continue" << std::endl;
+    summary.stopped_by = done.stopped_by;
   }
   if (summary.losses.empty()) {
     out << "nothing to do: the run is already at step " << start << " of " << c.steps << std::endl;

@@ -13,6 +13,7 @@
 #include "engine/data/sequence_sampler.h"
 #include "engine/model/llama.h"
 #include "engine/io/checkpoint.h"
+#include "engine/io/run_checkpoint.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/run_optimizer.h"
 #include "engine/unlearn/recipe.h"
@@ -54,14 +55,6 @@ class MetricsLog {
   int fd_ = -1;
   int64_t lines_ = 0;
 };
-
-// Writes <dir>/<name> from every rank of m's grid (call it on all of them): m's weights
-// and, with opt, its optimizer moments, each rank its own shard; fill (rank 0 only) adds
-// the manifest fields and small files before rank 0 commits. In one process it is a plain
-// single-shard checkpoint. Returns the directory.
-std::string save_checkpoint_all_ranks(const std::string& dir, const std::string& name, LlamaModel& m,
-                                      RunOptimizer* opt, bool update_latest,
-                                      const std::function<void(CheckpointWriter&)>& fill);
 
 nlohmann::json eval_to_json(const EvalPoint& e);
 EvalPoint eval_from_json(const nlohmann::json& j);

@@ -4,7 +4,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,6 +27,7 @@
 #include "engine/optim/sharded_optimizer.h"
 #include "engine/parallel/stop_request.h"
 #include "engine/parallel/grid.h"
+#include "engine/run/step_loop.h"
 #include "engine/core/peak_flops.h"
 #include "engine/io/sha256.h"
 #include "engine/unlearn/progress.h"
@@ -435,19 +435,13 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     st.metrics_lines = metrics.lines();
     save_run_state(r, model, opt, st, fingerprint);
   };
-  // Testing hook for tests/test_metrics_durable.cpp: LETHE_TEST_KILL_AFTER_STEP=k sends
-  // SIGKILL to this process once step k is done (its metrics line written, its checkpoint,
-  // if any, committed), a kill -9 at a known point of the run.
-  const char* kill_env = std::getenv("LETHE_TEST_KILL_AFTER_STEP");
-  const int64_t kill_after = kill_env ? std::atoll(kill_env) : 0;
-  bool stopped = false;
   // A stop signal (a time limit, a preemption, Ctrl-C) pauses the run as train.run_steps
   // does: a run checkpoint after the current step, then the exit.
   install_stop_handlers();
-  for (int64_t step = first; step < stop_at; ++step) {
-    maybe_raise_test_signal(long(step + 1), grid->rank());
-    model.grads().zero();
-    std::map<std::string, double> term_loss;
+  StepHooks hooks;
+  std::map<std::string, double> term_loss;
+  hooks.accumulate = [&](int64_t step) {
+    term_loss.clear();
     double total = 0;
     for (int64_t a = 0; a < r.grad_accum; ++a) {
       for (auto& [name, g] : global) {
@@ -480,34 +474,31 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
         total += t->spec().weight * L / double(r.grad_accum);
       }
     }
-    const double lr = r.schedule.at(step);
-    const double gnorm = opt.step(lr);
-    if (model.numerics().enabled()) model.numerics().set_context("step " + std::to_string(step + 1));
-    // Debug mode: a bad update is named before a checkpoint or the export could record it.
-    model.numerics().check_params(model.params(), "parameter", "after the update");
-    res.steps_run = step + 1;
+    return total;
+  };
+  hooks.after_update = [&](const StepInfo& s) {
+    const int64_t step = s.step - 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     const double done = double(step + 1 - first);
     const double tps = double(tokens_per_step) * done / elapsed;
     const double mfu = peak.flops > 0 ? flops_per_step * done / elapsed / peak.flops : 0;
     const double eta = elapsed / done * double(r.steps - step - 1);
-    json jl = {{"step", step + 1}, {"loss", total}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps}};
+    json jl = {{"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm}, {"tokens_per_s", tps}};
     if (peak.flops > 0) jl["mfu"] = mfu;
     for (const auto& [n, v] : term_loss) jl["terms"][n] = v;
     metrics.write(jl.dump());
     if ((step + 1) % r.log_every == 0 || step + 1 == r.steps || step == 0) {
       std::string line = "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
-                         fmt("%.4f", total);
+                         fmt("%.4f", s.loss);
       for (const auto& [n, v] : term_loss) line += " | " + n + " " + fmt("%.4f", v);
-      line += " | lr " + fmt("%.2e", lr) + " | " + fmt("%.0f tok/s", tps);
+      line += " | lr " + fmt("%.2e", s.lr) + " | " + fmt("%.0f tok/s", tps);
       if (peak.flops > 0) line += " | MFU " + fmt("%.1f%%", 100 * mfu);
       line += " | ETA " + fmt("%.0fs", eta);
       bar.println(line);
     }
     bar.update(step + 1, "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
-                             fmt("%.4f", total) + " | ETA " + fmt("%.0fs", eta));
-    const bool last = step + 1 == r.steps;
-    if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || last) {
+                             fmt("%.4f", s.loss) + " | ETA " + fmt("%.0fs", eta));
+    if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || step + 1 == r.steps) {
       res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, step + 1));
       const EvalPoint& e = res.evals.back();
       log_eval(e, "eval");
@@ -522,20 +513,21 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       if (!why.empty()) {
         res.stop_reason = why;
         bar.println("stop: " + why + " at step " + std::to_string(step + 1));
-        stopped = true;
-        break;
+        return true;
       }
     }
-    const bool saved = !last && ((r.checkpoint_every > 0 && (step + 1) % r.checkpoint_every == 0) || step + 1 == stop_at);
-    if (saved) checkpoint(step + 1);
-    if (step + 1 == kill_after) ::raise(SIGKILL);
-    if (!last)
-      if (const int sig = agreed_stop_signal(*grid)) {  // every rank after the same step
-        if (!saved) checkpoint(step + 1);
-        res.stopped_by = sig;
-        break;
-      }
-  }
+    return false;
+  };
+  hooks.checkpoint = checkpoint;
+  StepLoopConfig lc;
+  lc.first = first;
+  lc.stop_at = stop_at;
+  lc.total = r.steps;
+  lc.checkpoint_every = r.checkpoint_every;
+  const StepLoopResult loop = run_step_loop(model, opt, r.schedule, lc, hooks);
+  res.steps_run = loop.steps_run;
+  res.stopped_by = loop.stopped_by;
+  const bool stopped = loop.ended_by_hook;
   bar.finish();
   metrics.sync();
   if (!stopped && res.steps_run < r.steps) {

@@ -214,6 +214,19 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 }
 
 
+DecodeDims check_decode_shapes(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n,
+                               const Tensor& o, const char* op) {
+  LETHE_CHECK(q.ndim() == 4 && q.dim(1) == 1 && k_cache.ndim() == 4, op,
+              ": expected q[B,1,H,D] and a cache [B,S,KV,D], got ", q.describe(), ", ", k_cache.describe());
+  const DecodeDims d{q.dim(0), q.dim(2), q.dim(3), k_cache.dim(1), k_cache.dim(2)};
+  check_shape(k_cache, {d.B, d.S, d.KV, d.D}, op, "k_cache");
+  check_shape(v_cache, {d.B, d.S, d.KV, d.D}, op, "v_cache");
+  check_shape(o, q.shape(), op, "o");
+  LETHE_CHECK(d.KV > 0 && d.H % d.KV == 0, op, ": ", d.H, " query heads are not a multiple of ", d.KV, " kv heads");
+  LETHE_CHECK(n >= 1 && n <= d.S, op, ": ", n, " cached keys, the cache holds ", d.S);
+  return d;
+}
+
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
                       Tensor& o, Precision precision) {
   if (DeviceOps* d = route("attention_decode", {{"q", &q}, {"k_cache", &k_cache}, {"v_cache", &v_cache}, {"o", &o}}))
@@ -222,16 +235,9 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   check_cpu(q, op, "q");
   LETHE_CHECK(precision == Precision::f32 || q.dtype() == DType::f32, op,
               ": the bf16 policy is emulated on f32 tensors, got ", q.describe());
-  LETHE_CHECK(q.ndim() == 4 && q.dim(1) == 1 && k_cache.ndim() == 4, op,
-              ": expected q[B,1,H,D] and a cache [B,S,KV,D], got ", q.describe(), ", ", k_cache.describe());
-  const int64_t B = q.dim(0), H = q.dim(2), D = q.dim(3), S = k_cache.dim(1), KV = k_cache.dim(2);
-  check_shape(k_cache, {B, S, KV, D}, op, "k_cache");
-  check_shape(v_cache, {B, S, KV, D}, op, "v_cache");
-  check_shape(o, q.shape(), op, "o");
+  const auto [B, H, D, S, KV] = check_decode_shapes(q, k_cache, v_cache, n, o, op);
   check_dtype(k_cache, q.dtype(), op, "k_cache");
   check_dtype(v_cache, q.dtype(), op, "v_cache");
-  LETHE_CHECK(KV > 0 && H % KV == 0, op, ": ", H, " query heads are not a multiple of ", KV, " kv heads");
-  LETHE_CHECK(n >= 1 && n <= S, op, ": ", n, " cached keys, the cache holds ", S);
   const bool bf = precision == Precision::bf16;
   const float scale_log2 = float(scale) * 1.4426950408889634f;
   cpu::dispatch_float(q.dtype(), op, [&](auto tag_) {

@@ -312,14 +312,7 @@ class CudaOps final : public DeviceOps {
     expect(k_cache, DType::bf16, op, "k_cache");
     expect(v_cache, DType::bf16, op, "v_cache");
     expect(o, DType::bf16, op, "o");
-    LETHE_CHECK(q.ndim() == 4 && q.dim(1) == 1 && k_cache.ndim() == 4, op,
-                ": expected q[B,1,H,D] and a cache [B,S,KV,D], got ", q.describe(), ", ", k_cache.describe());
-    const int64_t B = q.dim(0), H = q.dim(2), D = q.dim(3), S = k_cache.dim(1), KV = k_cache.dim(2);
-    check_shape(k_cache, {B, S, KV, D}, op, "k_cache");
-    check_shape(v_cache, {B, S, KV, D}, op, "v_cache");
-    check_shape(o, q.shape(), op, "o");
-    LETHE_CHECK(KV > 0 && H % KV == 0, op, ": ", H, " query heads are not a multiple of ", KV, " kv heads");
-    LETHE_CHECK(n >= 1 && n <= S, op, ": ", n, " cached keys, the cache holds ", S);
+    const auto [B, H, D, S, KV] = ops::check_decode_shapes(q, k_cache, v_cache, n, o, op);
     LETHE_CHECK(D <= 256, op, ": head dimension ", D, " is above the kernel's 256");
     expect_same_or_disjoint(o, "o", q, "q", op);
     cuda::attention_decode(ptr<bf16>(q), ptr<bf16>(k_cache), ptr<bf16>(v_cache), n, float(scale), ptr<bf16>(o), B, S,
