@@ -14,8 +14,10 @@
 #include "engine/data/token_dataset.h"
 #include "engine/eval/nll.h"
 #include "engine/model/llama.h"
+#include "engine/model/run_device.h"
 #include "engine/optim/optimizer.h"
 #include "kernels/elementwise.h"
+#include "kernels/device.h"
 #include "kernels/host_staged_device.h"
 #include "kernels/optim.h"
 #include "tests/test_util.h"
@@ -268,6 +270,38 @@ TEST(DeviceModelErrors, TheDeviceRunsTheBf16PolicyOnly) {
     FAIL() << "an f32 model was built on the device";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("bf16 policy"), std::string::npos) << e.what();
+  }
+}
+
+// `auto` takes a GPU only when one is visible and its path is opted into, and never for an
+// f32 run; `cuda` without a GPU is refused naming the key. (On a machine with a GPU the
+// first case checks the other branch.)
+TEST(RunDevice, AutoTakesAVisibleGpuOnlyWhenOptedIn) {
+  struct OptIn {
+    OptIn() { ::setenv("LETHE_UNVERIFIED_CUDA", "1", 1); }
+    ~OptIn() { ::unsetenv("LETHE_UNVERIFIED_CUDA"); }
+  };
+  const bool gpu = cuda_compiled() && !cuda_devices().empty();
+  {
+    OptIn opt_in;
+    const RunDevice a = resolve_run_device(DeviceChoice::automatic, std::nullopt, "train.device");
+    EXPECT_EQ(a.device, gpu ? Device::cuda : Device::cpu) << a.line;
+    EXPECT_EQ(a.precision, gpu ? Precision::bf16 : Precision::f32) << a.line;
+    if (!gpu) EXPECT_NE(a.line.find("(auto: no GPU visible)"), std::string::npos) << a.line;
+    const RunDevice f = resolve_run_device(DeviceChoice::automatic, Precision::f32, "train.device");
+    EXPECT_EQ(f.device, Device::cpu) << f.line;
+  }
+  const RunDevice plain = resolve_run_device(DeviceChoice::automatic, std::nullopt, "train.device");
+  EXPECT_EQ(plain.device, Device::cpu) << plain.line;
+  if (gpu) {
+    EXPECT_NE(plain.line.find("LETHE_UNVERIFIED_CUDA=1 uses it"), std::string::npos) << plain.line;
+    return;
+  }
+  try {
+    resolve_run_device(DeviceChoice::cuda, std::nullopt, "r.yaml: key 'train.device'");
+    ADD_FAILURE() << "cuda without a GPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("r.yaml: key 'train.device': cuda: "), std::string::npos) << e.what();
   }
 }
 

@@ -25,6 +25,11 @@ bool env_set(const char* name) {
 
 RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where) {
   std::string note;
+  // auto takes a visible GPU once its path is opted into, in the GPU's precision; an f32
+  // run stays on the CPU, which is where f32 runs.
+  if (device == DeviceChoice::automatic && env_set("LETHE_UNVERIFIED_CUDA") && cuda_compiled() &&
+      !cuda_devices().empty() && precision.value_or(Precision::bf16) == Precision::bf16)
+    device = DeviceChoice::cuda;
   if (device == DeviceChoice::cuda && env_set("LETHE_TEST_HOST_STAGED_DEVICE")) {
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
@@ -58,8 +63,11 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
   }
   if (device == DeviceChoice::automatic) {
     const size_t n = cuda_devices().size();
-    note = n ? " (auto: " + std::to_string(n) + " GPU" + (n > 1 ? "s" : "") +
-                   " visible, but this version runs the model on the CPU)"
+    note = n ? " (auto: " + std::to_string(n) + " GPU" + (n > 1 ? "s" : "") + " visible; " +
+                   (precision == Precision::f32 ? std::string("f32 runs on the CPU")
+                                                : std::string("its path has not yet run on a GPU: "
+                                                              "LETHE_UNVERIFIED_CUDA=1 uses it")) +
+                   ")"
              : " (auto: no GPU visible)";
   }
   RunDevice r;

@@ -4,9 +4,10 @@
 // The model and optimizer have a device path (kernels/device_ops.h): `lethe train` and
 // `lethe unlearn` (data parallel, tp = 1), `lethe eval` and `lethe generate` can run on
 // CUDA, in bf16. It has not yet run on a GPU, so it is opt-in: `cuda` needs
-// LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU. Nothing is ever silently
-// run on the CPU instead; `auto` picks the CPU and says so when a GPU is visible. bf16 on the CPU is the
-// exact emulation of the GPU policy (llama.h), not a faster mode.
+// LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU; with it, `auto` picks a
+// visible GPU (in bf16), without it the CPU, saying why. `cuda` is never silently run on
+// the CPU instead. bf16 on the CPU is the exact emulation of the GPU policy (llama.h), not
+// a faster mode.
 //
 // Testing hook: LETHE_TEST_HOST_STAGED_DEVICE=1 serves `cuda` with the host-staged device
 // (kernels/host_staged_device.h: host memory and the CPU kernels behind the device op
