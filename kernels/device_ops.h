@@ -20,6 +20,7 @@
 
 #include "engine/core/precision.h"
 #include "engine/core/tensor.h"
+#include "kernels/numerics.h"
 #include "kernels/optim.h"
 
 namespace lethe {
@@ -59,6 +60,7 @@ class DeviceOps {
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;
   virtual double sum_squares(const Tensor& x) = 0;
   virtual void scale_(Tensor& x, double s) = 0;
+  virtual ops::NonFiniteScan find_nonfinite(const Tensor& x) = 0;
 };
 
 // Installs the device's kernels (one set per process, like the memory backend).

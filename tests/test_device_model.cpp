@@ -287,7 +287,9 @@ TEST(RunDevice, AutoTakesAVisibleGpuOnlyWhenOptedIn) {
     const RunDevice a = resolve_run_device(DeviceChoice::automatic, std::nullopt, "train.device");
     EXPECT_EQ(a.device, gpu ? Device::cuda : Device::cpu) << a.line;
     EXPECT_EQ(a.precision, gpu ? Precision::bf16 : Precision::f32) << a.line;
-    if (!gpu) EXPECT_NE(a.line.find("(auto: no GPU visible)"), std::string::npos) << a.line;
+    if (!gpu) {
+      EXPECT_NE(a.line.find("(auto: no GPU visible)"), std::string::npos) << a.line;
+    }
     const RunDevice f = resolve_run_device(DeviceChoice::automatic, Precision::f32, "train.device");
     EXPECT_EQ(f.device, Device::cpu) << f.line;
   }

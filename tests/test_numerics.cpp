@@ -8,6 +8,7 @@
 
 #include "engine/core/bf16.h"
 #include "engine/model/llama.h"
+#include "kernels/host_staged_device.h"
 #include "tests/test_util.h"
 
 namespace lethe {
@@ -65,6 +66,44 @@ TEST(Numerics, ScanFindsFirstNonFiniteInEveryFloatType) {
   EXPECT_EQ(scan_nonfinite(Tensor::zeros({5}, DType::f32)).first, -1);
   EXPECT_EQ(index_str({3, 4}, 6), "[1, 2]");
   EXPECT_EQ(index_str({2, 3, 4}, 23), "[1, 2, 3]");
+}
+
+// On a device the scan is the device's op (in place: two numbers back), and only the first
+// bad value is copied to the host; served here by the host-staged device.
+TEST(Numerics, ScanOfADeviceTensorRunsOnTheDevice) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  ScopedHostStagedDevice device;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor t = Tensor::zeros({3, 4}, DType::f32);
+    t.data<float>()[6] = -inf;
+    t.data<float>()[9] = nan;
+    const Tensor on = t.to(dt).to(Device::cuda);
+    const int64_t ops_before = device.ops_run();
+    const NonFinite r = scan_nonfinite(on);
+    EXPECT_EQ(device.ops_run(), ops_before + 1) << dtype_name(dt);
+    EXPECT_EQ(r.count, 2) << dtype_name(dt);
+    EXPECT_EQ(r.first, 6) << dtype_name(dt);
+    EXPECT_TRUE(std::isinf(r.value) && r.value < 0) << dtype_name(dt);
+  }
+  EXPECT_EQ(scan_nonfinite(Tensor::zeros({5}, DType::bf16).to(Device::cuda)).first, -1);
+}
+
+// A bf16 model on the device names a bad parameter as the emulation does.
+TEST(Numerics, DeviceModelNamesTheSameParameter) {
+  auto message = [](Device device) {
+    LlamaModel m(small(), Precision::bf16, nullptr, device);
+    m.init_weights(7);
+    m.numerics().set_enabled(true);
+    Tensor w = to_host(m.params().get("model.layers.1.mlp.down_proj.weight"));
+    w.data<float>()[2 * 24 + 5] = std::nanf("");
+    m.params().get("model.layers.1.mlp.down_proj.weight").copy_from(w);
+    return error_of([&] { m.forward(randint({2, 8}, 31, 3), randint({2, 8}, 31, 4)); });
+  };
+  const std::string cpu = message(Device::cpu);
+  ScopedHostStagedDevice device;
+  EXPECT_EQ(message(Device::cuda), cpu);
+  EXPECT_NE(cpu.find("parameter model.layers.1.mlp.down_proj.weight [16,24] holds first nan at [2, 5]"),
+            std::string::npos) << cpu;
 }
 
 TEST(Numerics, OffByDefaultWithoutDebugMode) {

@@ -3,29 +3,13 @@
 #include <cmath>
 #include <sstream>
 
-#include "engine/core/bf16.h"
 #include "engine/core/debug_mode.h"
-#include "engine/core/f16.h"
 #include "engine/model/param_set.h"
+#include "kernels/numerics.h"
 
 namespace lethe {
 
 namespace {
-template <typename T, typename ToDouble>
-NonFinite scan(const T* d, int64_t n, ToDouble to_double) {
-  NonFinite r;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = to_double(d[i]);
-    if (!std::isfinite(v)) {
-      if (r.count++ == 0) {
-        r.first = i;
-        r.value = v;
-      }
-    }
-  }
-  return r;
-}
-
 const char* kind_of(double v) { return std::isnan(v) ? "nan" : (v > 0 ? "+inf" : "-inf"); }
 
 std::string describe_hit(const Tensor& t, const NonFinite& r) {
@@ -37,18 +21,17 @@ std::string describe_hit(const Tensor& t, const NonFinite& r) {
 }  // namespace
 
 NonFinite scan_nonfinite(const Tensor& t) {
-  // A device tensor is scanned in a host copy: the guard runs in debug mode only.
-  if (t.defined() && t.device() != Device::cpu) return scan_nonfinite(t.to(Device::cpu));
-  check_cpu(t, "scan_nonfinite", "t");
-  const int64_t n = t.numel();
-  switch (t.dtype()) {
-    case DType::f32: return scan(t.data<float>(), n, [](float v) { return double(v); });
-    case DType::f64: return scan(t.data<double>(), n, [](double v) { return v; });
-    case DType::bf16: return scan(t.data<bf16>(), n, [](bf16 v) { return double(bf16_to_float(v)); });
-    case DType::f16: return scan(t.data<f16>(), n, [](f16 v) { return double(f16_to_float(v)); });
-    case DType::i32: return {};
+  // On a device the scan runs there (ops::find_nonfinite); only the first bad value is
+  // copied back, to name it.
+  const ops::NonFiniteScan s = ops::find_nonfinite(t);
+  NonFinite r;
+  r.count = s.count;
+  r.first = s.first;
+  if (s.count) {
+    const Tensor one = to_host(t.reshape({t.numel()}).view(s.first, {1}));
+    r.value = one.dtype() == DType::f64 ? one.data<double>()[0] : double(one.to(DType::f32).data<float>()[0]);
   }
-  return {};
+  return r;
 }
 
 std::string index_str(const Shape& s, int64_t i) {

@@ -30,6 +30,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/linear.h"
+#include "kernels/cuda/numerics.h"
 #include "kernels/cuda/optim.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
@@ -434,6 +435,17 @@ class CudaOps final : public DeviceOps {
   void scale_(Tensor& x, double s) override {
     expect(x, DType::f32, "scale_", "x");
     cuda::scale(ptr<float>(x), x.numel(), float(s));
+  }
+
+  // The debug-mode guard's scan: in place, two numbers back (it waits for the device).
+  ops::NonFiniteScan find_nonfinite(const Tensor& x) override {
+    const int64_t n = x.numel();
+    if (n == 0 || x.dtype() == DType::i32) return {};
+    cuda::DeviceNonFinite r;
+    if (x.dtype() == DType::bf16) r = cuda::find_nonfinite(ptr<bf16>(x), n);
+    else if (x.dtype() == DType::f32) r = cuda::find_nonfinite(ptr<float>(x), n);
+    else LETHE_FAIL("find_nonfinite: no CUDA kernel for ", x.describe());
+    return {r.count, r.count ? r.first : -1};
   }
 
  private:
