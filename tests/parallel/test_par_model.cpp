@@ -6,11 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "engine/eval/mia.h"
+#include "engine/io/hf_model.h"
+#include "engine/io/model_loader.h"
 #include "engine/model/llama.h"
 #include "engine/model/parallel_terms.h"
 #include "engine/optim/optimizer.h"
+#include "engine/optim/run_optimizer.h"
 #include "engine/optim/sharded_optimizer.h"
 #include "engine/parallel/vocab_parallel.h"
 #include "engine/unlearn/terms.h"
@@ -280,6 +284,56 @@ TEST(ParallelOptimizer, SgdAndFrozenTensorsMatchOneProcess) {
     run_layout(tp, dp, true, 0, DType::f64, false, "sgd");
     run_layout(tp, dp, true, 0, DType::f64, false, "frozen");
   }
+}
+
+// Under bf16 on a grid, a load sets each rank's share of the fp32 master (its ZeRO pieces,
+// or its whole tp slice without ZeRO) to the stored f32 weights, not their bf16 rounding:
+// every piece equals the same block loaded into an f32 model on the same grid.
+TEST(ParallelOptimizer, Bf16MasterPiecesHoldTheStoredWeightsOnEveryLayout) {
+  auto w = test::mpi_world_shared();
+  const std::string dir = (std::filesystem::temp_directory_path() / "lethe_par_master_hf").string();
+  if (w->rank() == 0) {
+    LlamaModel src(tiny());
+    // Every entry distinct (init_weights' norms are all 1): a piece read from the wrong
+    // offset of its parameter shows.
+    float* x = src.params().flat().data<float>();
+    for (int64_t i = 0; i < src.params().flat().numel(); ++i) x[i] = 0.05f * std::sin(0.37f * float(i) + 0.1f);
+    std::vector<std::pair<std::string, Tensor>> t;
+    for (size_t i = 0; i < src.params().size(); ++i) t.emplace_back(src.params().spec(i).name, src.params()[i]);
+    std::filesystem::remove_all(dir);
+    write_hf_model(dir, hf_config_from_llama(tiny(), "float32"), t, int64_t(1) << 30);
+  }
+  w->barrier();
+  const ModelSource source = ModelSource::open(dir);
+  for (auto [tp, dp] : test::layouts())
+    for (const bool zero1 : {true, false}) {
+      auto grid = ProcessGrid::from_world(w, {tp, dp, zero1});
+      LlamaModel m(tiny(), Precision::bf16, grid), f32(tiny(), DType::f32, grid);
+      RunOptimizer opt(m.params(), m.grads(), OptimConfig{}, *grid, Precision::bf16);
+      load_weights(m, source, &opt);
+      load_weights(f32, source);
+      const std::string at = "tp" + std::to_string(tp) + " dp" + std::to_string(dp) + (zero1 ? " zero1" : "");
+      ASSERT_TRUE(opt.par) << at;
+      int64_t checked = 0;
+      for (const auto& p : opt.par->pieces()) {
+        const Tensor want = f32.params()[p.param].reshape({f32.params()[p.param].numel()}).view(p.param_begin, {p.count});
+        const Tensor got = opt.par->master().view(p.shard_begin, {p.count});
+        for (int64_t i = 0; i < p.count; ++i)
+          ASSERT_EQ(got.data<float>()[i], want.data<float>()[i]) << at << " " << m.params().spec(p.param).name;
+        checked += p.count;
+      }
+      EXPECT_GT(checked, 0) << at;
+      // The master is not the model's weights: the first forward rounds those.
+      m.forward(make_batch(0).tokens.slice_rows(0, 1), make_batch(0).targets.slice_rows(0, 1));
+      int64_t rounded = 0;
+      for (const auto& p : opt.par->pieces())
+        for (int64_t i = 0; i < p.count; ++i)
+          rounded += m.params()[p.param].reshape({m.params()[p.param].numel()}).view(p.param_begin, {p.count})
+                         .data<float>()[i] != opt.par->master().view(p.shard_begin, {p.count}).data<float>()[i];
+      EXPECT_GT(rounded, checked / 2) << at;
+    }
+  w->barrier();
+  if (w->rank() == 0) std::filesystem::remove_all(dir);
 }
 
 TEST(ParallelModelRecompute, RecomputedLayersMatchOneProcess) {
