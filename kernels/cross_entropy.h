@@ -18,4 +18,23 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                             double dloss, Tensor& dlogits);
 
+// The vocabulary-parallel pieces (Megatron-LM's vocab_parallel_cross_entropy), which
+// engine/parallel/vocab_parallel.cpp joins over the tensor-parallel group with [N]-sized
+// all-reduces. logits[N, Vr] hold ids [first, first + Vr) of a vocabulary of `vocab`;
+// targets are ids of the whole vocabulary (or kIgnoreIndex).
+//
+// rowmax[N] = max_j logits[i, j]; target_logit[N] = the target's logit where this shard
+// holds it, 0 elsewhere and on ignored rows (so the group's sum is the target's logit).
+// Both are in the logits' dtype on the CPU (f32 for bf16 logits on a device: exact).
+// targets and target_logit may both be undefined (only the maximum is wanted).
+void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab, Tensor& rowmax,
+                             Tensor& target_logit);
+// sumexp[N] (f64) = sum_j exp(logits[i, j] - rowmax[i]), the difference in rowmax's dtype
+// and the sum in double.
+void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp);
+// cross_entropy_backward over a shard: lse is the whole vocabulary's; the onehot is
+// subtracted only where this shard holds the target.
+void cross_entropy_backward_shard(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
+                                  int64_t first, int64_t vocab, double dloss, Tensor& dlogits);
+
 }  // namespace lethe::ops

@@ -30,8 +30,11 @@ class DeviceOps {
   virtual ~DeviceOps() = default;
   virtual const char* name() const = 0;
 
-  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
-  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  // The vocabulary-parallel forms (kernels/embedding.h); first = 0, vocab = V is the plain lookup.
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, int64_t first, int64_t vocab,
+                                 Tensor& out) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
+                                  Tensor& dtable) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) = 0;
   virtual void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
                                         Tensor& rstd, Precision precision) = 0;
@@ -53,8 +56,13 @@ class DeviceOps {
   virtual void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) = 0;
   virtual double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                        Tensor& logprobs, Tensor& lse) = 0;
+  // Over a vocabulary shard (kernels/cross_entropy.h); first = 0, vocab = V is the whole.
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
-                                      const Tensor& lse, double dloss, Tensor& dlogits) = 0;
+                                      const Tensor& lse, int64_t first, int64_t vocab, double dloss,
+                                      Tensor& dlogits) = 0;
+  virtual void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,
+                                       Tensor& rowmax, Tensor& target_logit) = 0;
+  virtual void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) = 0;
   virtual void add_(Tensor& y, const Tensor& x) = 0;
   virtual void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) = 0;
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;

@@ -44,16 +44,17 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   const char* name() const override { return "host-staged device"; }
   int64_t count = 0;
 
-  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& o) override {
+  void embedding_forward(const Tensor& ids, const Tensor& table, int64_t first, int64_t vocab, Tensor& o) override {
     ++count;
     Tensor h = in(o);
-    ops::embedding_forward(in(ids), in(table), h);
+    ops::embedding_forward_shard(in(ids), in(table), first, vocab, h);
     out(o, h);
   }
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+  void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
+                          Tensor& dtable) override {
     ++count;
     Tensor h = in(dtable);
-    ops::embedding_backward(in(ids), in(dout), h);
+    ops::embedding_backward_shard(in(ids), in(dout), first, vocab, h);
     out(dtable, h);
   }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override {
@@ -154,11 +155,25 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     return loss;
   }
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
-                              double dloss, Tensor& dlogits) override {
+                              int64_t first, int64_t vocab, double dloss, Tensor& dlogits) override {
     ++count;
     Tensor hd = in(dlogits);
-    ops::cross_entropy_backward(in(logits), in(targets), in(weights), in(lse), dloss, hd);
+    ops::cross_entropy_backward_shard(in(logits), in(targets), in(weights), in(lse), first, vocab, dloss, hd);
     out(dlogits, hd);
+  }
+  void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,
+                               Tensor& rowmax, Tensor& target_logit) override {
+    ++count;
+    Tensor hm = in(rowmax), ht = in(target_logit);
+    ops::cross_entropy_shard_max(in(logits), in(targets), first, vocab, hm, ht);
+    out(rowmax, hm);
+    if (target_logit.defined()) out(target_logit, ht);
+  }
+  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) override {
+    ++count;
+    Tensor hs = in(sumexp);
+    ops::cross_entropy_shard_sumexp(in(logits), in(rowmax), hs);
+    out(sumexp, hs);
   }
   void add_(Tensor& y, const Tensor& x) override {
     ++count;

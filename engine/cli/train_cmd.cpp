@@ -454,9 +454,6 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
                 "machine has ", have / 1e9, " GB");
   }
   const RunDevice dev = resolve_run_device(c.device, c.precision, c.device_key);
-  LETHE_CHECK(dev.device == Device::cpu || c.parallel.tp == 1, c.device_key,
-              ": cuda runs data parallelism only in this version (parallel.tp = 1): the tensor-parallel embedding "
-              "and loss read host memory");
   if (c.threads > 0) omp_set_num_threads(int(c.threads));
   // With checkpoints a stop signal saves and exits; without, it keeps its default action.
   if (!c.ckpt_dir.empty()) install_stop_handlers();

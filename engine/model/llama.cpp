@@ -56,11 +56,13 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_
   const bool dev = device != Device::cpu;
   LETHE_CHECK(!dev || precision == Precision::bf16, "LlamaModel on ", device_name(device),
               ": the device runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
-  LETHE_CHECK(!dev || grid_->tp() == 1, "LlamaModel on ", device_name(device), ": tensor parallelism (tp = ",
-              grid_->tp(), ") on a device is not supported yet (its collectives run on host memory); use tp = 1");
   wdt_ = dev ? DType::bf16 : dtype_;
   sdt_ = dev ? DType::f32 : dtype_;
   tpl_ = TpLayout::make(cfg_, grid_->tp(), grid_->tp_rank());
+  LETHE_CHECK(!dev || !tpl_.kv_replicated, "LlamaModel on ", device_name(device), ": tp = ", grid_->tp(),
+              " does not divide the model's ", cfg_.n_kv_heads,
+              " key/value heads, and replicating them across tp ranks runs on the CPU only; use a tp that divides ",
+              cfg_.n_kv_heads);
   params_ = ParamSet(llama_param_specs(cfg_, tpl_), wdt_, device);
   grads_ = ParamSet(llama_param_specs(cfg_, tpl_), sdt_, device);
   inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
@@ -213,6 +215,41 @@ void LlamaModel::collapse_kv(const Tensor& d_exp, Tensor& d_full) const {
   else run(d_full.data<double>(), d_exp.data<double>());
 }
 
+Tensor LlamaModel::tp_sum_buffer(const Tensor& like) {
+  if (!tp_on() || device_ == Device::cpu) return like;
+  const int64_t n = like.numel();
+  if (!red_.defined() || red_.numel() < n) red_ = Tensor::empty({n}, DType::f32, device_);
+  return red_.view(0, like.shape());
+}
+
+void LlamaModel::finish_tp_sum(Tensor& buf, Tensor& dst, bool forward) {
+  if (forward) reduce_from_tp_region(*grid_, buf);
+  else copy_to_tp_region_backward(*grid_, buf);
+  if (buf.raw() != dst.raw()) dst.copy_from(buf);  // bf16: the one rounding of the sum
+}
+
+void LlamaModel::agree_replicated_grads(std::initializer_list<Tensor*> grads) {
+  // Every tp rank holds the norm weights whole and computes their gradient from the same
+  // (all-reduced) inputs. On the CPU the results are identical; a device's RMSNorm adds
+  // dw with fp32 atomics, whose order differs between ranks, so the replicas would drift
+  // apart in the last bits step after step. Every rank takes tp rank 0's (an exact copy:
+  // the emulation, whose ranks agree already, is unchanged).
+  if (!tp_on() || device_ == Device::cpu) return;
+  for (Tensor* g : grads) grid_->tp_group().broadcast(*g, 0);
+}
+
+void LlamaModel::row_parallel_linear(const Tensor& x, const Tensor& w, Tensor& y) {
+  Tensor part = tp_sum_buffer(y);
+  ops::linear_forward(x, w, part);
+  finish_tp_sum(part, y, true);
+}
+
+Tensor LlamaModel::tp_accumulator(const Tensor& t) {
+  Tensor acc = tp_sum_buffer(t);
+  if (acc.raw() != t.raw()) acc.copy_from(t);  // widening a bf16 value is exact
+  return acc;
+}
+
 void LlamaModel::layer_forward(int64_t l, Acts& a) {
   const int64_t N = B_ * T_, C = cfg_.dim;
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
@@ -254,8 +291,7 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
   put(a.k, "k after RoPE");
   attend(a);
   put(a.o, "attention output");
-  ops::linear_forward(a.o.reshape(q2), w.wo, tmp);
-  reduce_from_tp_region(*grid_, tmp);  // under tp, bf16 rounds the all-reduced sum once
+  row_parallel_linear(a.o.reshape(q2), w.wo, tmp);
   put(tmp, "self_attn.o_proj output");
   a.x2.copy_from(io.x);
   // The residual add and the norm that reads it: one fused op (the GPU's kernel), which
@@ -270,8 +306,7 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
   put(a.u, "mlp.up_proj output");
   ops::swiglu_forward(a.g, a.u, a.a);
   put(a.a, "SwiGLU output");
-  ops::linear_forward(a.a, w.wd, tmp);
-  reduce_from_tp_region(*grid_, tmp);
+  row_parallel_linear(a.a, w.wd, tmp);
   put(tmp, "mlp.down_proj output");
   out.copy_from(a.x2);
   ops::add_(out, tmp);
@@ -290,6 +325,7 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   logits_kept_ = false;
   held_ = {-1, -1};
   forward_layers_ = 0;
+  if (device_ != Device::cpu && tokens.device() == Device::cpu) check_token_ids(tokens, op);
   tokens_ = on_device(tokens.reshape({N}));
   // The GPU's cast of the master weights to the bf16 copy the forward reads: a no-op for
   // weights that init_weights or the optimizer wrote, a rounding for weights set otherwise.
@@ -304,6 +340,14 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   if (tp_on()) vocab_parallel_embedding_forward(tokens_, params_[0], vocab_shard(), x0, grid_->tp_group());
   else ops::embedding_forward(tokens_, params_[0], x0);
   numerics_.check(x0, {"forward", -1, "embed_tokens output"});
+}
+
+void LlamaModel::check_token_ids(const Tensor& tokens, const char* op) const {
+  // The CPU lookup names a bad id itself; a device's kernel can only write a NaN row.
+  const int32_t* id = tokens.data<int32_t>();
+  for (int64_t i = 0, n = tokens.numel(); i < n; ++i)
+    LETHE_CHECK(id[i] >= 0 && id[i] < cfg_.vocab_size, op, ": token id ", id[i], " at position ", i,
+                " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
 }
 
 void LlamaModel::run_trunk(const Tensor& tokens, const char* op, const std::function<void(int64_t, Acts&)>& after_layer) {
@@ -368,6 +412,7 @@ void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
     ensure_rows(dchunk_, R);
   }
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  Tensor head_dx = tp_sum_buffer(dxn_);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t r1 = std::min(N, r0 + R);
     Tensor lg = chunk_.slice_rows(0, r1 - r0);
@@ -381,12 +426,12 @@ void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
     numerics_.check(dl, {"backward", -1, "gradient of the loss with respect to the logits",
                          "it came from the unlearning term that the model was given"});
     store(dl, {"backward", -1, "gradient of the loss with respect to the logits"});
-    Tensor dx = dxn_.slice_rows(r0, r1);
+    Tensor dx = head_dx.slice_rows(r0, r1);
     ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, &d_out_w);
   }
   if (!grad) return;
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
-  backward_from_head();
+  backward_from_head(head_dx);
 }
 
 const Tensor& LlamaModel::forward_logits(const Tensor& tokens) {
@@ -473,9 +518,10 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
   check(g.wg, "gradient of mlp.gate_proj.weight");
   put(dxn_, "gradient of the post_attention_layernorm output through mlp.gate_proj");
-  ops::linear_backward(du_, a.xn2, w.wu, &dxn_, true, &g.wu);  // bf16: fl(bf16 + f32 product), rounded
+  Tensor dxn_sum = tp_accumulator(dxn_);
+  ops::linear_backward(du_, a.xn2, w.wu, &dxn_sum, true, &g.wu);  // bf16: fl(bf16 + f32 product), rounded
   check(g.wu, "gradient of mlp.up_proj.weight");
-  copy_to_tp_region_backward(*grid_, dxn_);
+  finish_tp_sum(dxn_sum, dxn_, false);
   put(dxn_, "gradient of the post_attention_layernorm output");
   ops::rmsnorm_backward(dxn_, a.x2, w.mlp_norm, a.rstd2, dres, true, g.mlp_norm);
   check(g.mlp_norm, "gradient of post_attention_layernorm.weight");
@@ -513,14 +559,17 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   } else {
     ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
     put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
-    ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1, true, &g.wv);
+    Tensor dxn1_sum = tp_accumulator(dxn1);
+    ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1_sum, true, &g.wv);
+    finish_tp_sum(dxn1_sum, dxn1, false);
   }
   check(g.wk, "gradient of self_attn.k_proj.weight");
   check(g.wv, "gradient of self_attn.v_proj.weight");
-  copy_to_tp_region_backward(*grid_, dxn1);
+  if (tpl_.kv_replicated) copy_to_tp_region_backward(*grid_, dxn1);  // (CPU only: see the constructor)
   put(dxn1, "gradient of the input_layernorm output");
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
   check(g.attn_norm, "gradient of input_layernorm.weight");
+  agree_replicated_grads({&g.attn_norm, &g.mlp_norm});
   put(dres, "gradient of the layer input (residual stream)");
 }
 
@@ -583,6 +632,7 @@ void LlamaModel::backward(double dloss, const Tensor* weights) {
   if (ensure_rows(chunk_, R)) held_ = {-1, -1};
   ensure_rows(dchunk_, R);
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  Tensor head_dx = tp_sum_buffer(dxn_);
   const std::pair<int64_t, int64_t> kept = held_;
   const bool reuse = kept.first >= 0 && kept.first % R == 0 && kept.second == std::min(N, kept.first + R);
   std::vector<std::pair<int64_t, int64_t>> order;
@@ -599,11 +649,11 @@ void LlamaModel::backward(double dloss, const Tensor* weights) {
     if (tp_on()) vocab_parallel_cross_entropy_backward(lg, tg, wc, lse, vocab_shard(), dloss, dl);
     else ops::cross_entropy_backward(lg, tg, wc, lse, dloss, dl);
     store(dl, {"backward", -1, "gradient of the loss with respect to the logits"});
-    Tensor dx = dxn_.slice_rows(r0, r1);
+    Tensor dx = head_dx.slice_rows(r0, r1);
     ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, &d_out_w);
   }
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
-  backward_from_head();
+  backward_from_head(head_dx);
 }
 
 void LlamaModel::backward_logits(const Tensor& dlogits) {
@@ -624,18 +674,20 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
     dl = &dlogits_;
   }
   Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
-  ops::linear_backward(*dl, xf_, out_weight(), &dxn_, false, &d_out_w);
+  Tensor head_dx = tp_sum_buffer(dxn_);
+  ops::linear_backward(*dl, xf_, out_weight(), &head_dx, false, &d_out_w);
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
-  backward_from_head();
+  backward_from_head(head_dx);
 }
 
-void LlamaModel::backward_from_head() {
+void LlamaModel::backward_from_head(Tensor& head_dx) {
   const int64_t N = B_ * T_, C = cfg_.dim;
-  copy_to_tp_region_backward(*grid_, dxn_);
+  finish_tp_sum(head_dx, dxn_, false);
   store(dxn_, {"backward", -1, "gradient of the model.norm output"});
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
                         dres_, false, grads_.get("model.norm.weight"));
   numerics_.check(grads_.get("model.norm.weight"), {"backward", -1, "gradient of model.norm.weight"});
+  agree_replicated_grads({&grads_.get("model.norm.weight")});
   store(dres_, {"backward", -1, "gradient of the final residual stream"});
   backward_layers(cfg_.n_layers - 1);
 }

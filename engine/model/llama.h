@@ -20,6 +20,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -198,6 +199,7 @@ class LlamaModel {
   void layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::function<void(Acts&)>& attend);
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
   void begin(const Tensor& tokens, const char* op);
+  void check_token_ids(const Tensor& tokens, const char* op) const;  // host tokens
   // An op's output is stored: rounded to bf16 under Precision::bf16 (the GPU's bf16
   // buffer), then checked for NaN / Inf.
   void store(Tensor& t, const NumericsGuard::Site& site);
@@ -208,8 +210,24 @@ class LlamaModel {
   void run_trunk(const Tensor& tokens, const char* op, const std::function<void(int64_t, Acts&)>& after_layer = {});
   // logits rows [r0, r1) = xf_ rows x out_weight()^T into `out`, stored (bf16: rounded).
   void head_logits(int64_t r0, int64_t r1, Tensor& out, const char* pass);
-  // From d(loss)/d(xf_) in dxn_ (the LM head's input gradient) down to the embedding.
-  void backward_from_head();
+  // From d(loss)/d(xf_) (the LM head's input gradient, in head_dx = tp_sum_buffer(dxn_))
+  // down to the embedding.
+  void backward_from_head(Tensor& head_dx);
+  // Tensor-parallel sums under the bf16 policy round once, after the all-reduce: the
+  // emulation forms each in its f32 tensors, and on a device the partials go to an f32
+  // buffer (red_), are all-reduced in f32 and rounded into the bf16 destination (the
+  // policy's fp32 reductions). tp_sum_buffer(t): where a sum shaped like t is formed (t
+  // itself on the CPU or without tp); tp_accumulator(t): the same, holding t's value, for a
+  // product added to t; finish_tp_sum: the all-reduce (forward: a row-parallel output,
+  // backward: a column-parallel input's gradient), then the copy into dst when distinct.
+  Tensor tp_sum_buffer(const Tensor& like);
+  Tensor tp_accumulator(const Tensor& t);
+  void finish_tp_sum(Tensor& buf, Tensor& dst, bool forward);
+  // On a device under tp: the replicated norm weights' gradients made identical across
+  // the tp group (rank 0's), before the data-parallel reduction reads them.
+  void agree_replicated_grads(std::initializer_list<Tensor*> grads);
+  // y = x w^T summed over the tp group (a row-parallel linear).
+  void row_parallel_linear(const Tensor& x, const Tensor& w, Tensor& y);
   // buf holds at least `rows` rows of [., V/tp] logits; true when it was (re)allocated.
   bool ensure_rows(Tensor& buf, int64_t rows) const;
   void backward_layers(int64_t top);
@@ -260,6 +278,7 @@ class LlamaModel {
   // Backward scratch.
   Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
   Tensor kv_full_, dkv_full_, dw_kv_;  // replicated k/v only
+  Tensor red_;                         // f32 scratch of the tp sums on a device
   bool have_forward_ = false;  // a full forward (logits) is stored
   bool have_loss_ = false;     // ...with targets and weights, for backward()
   int64_t forward_layers_ = 0; // layers run by the last forward

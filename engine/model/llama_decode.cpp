@@ -59,7 +59,8 @@ void LlamaModel::decode_step(const Tensor& next, Tensor& logits) {
   LETHE_CHECK(decode_len_ < cfg_.max_seq_len, "LlamaModel::decode_step: the cache holds max_seq_len = ",
               cfg_.max_seq_len, " positions, all used");
   Tensor x = Tensor::empty({decode_B_, cfg_.dim}, wdt_, device_);
-  if (tp_on()) vocab_parallel_embedding_forward(next, params_[0], vocab_shard(), x, grid_->tp_group());
+  if (device_ != Device::cpu && next.device() == Device::cpu) check_token_ids(next, "LlamaModel::decode_step");
+  if (tp_on()) vocab_parallel_embedding_forward(on_device(next), params_[0], vocab_shard(), x, grid_->tp_group());
   else ops::embedding_forward(on_device(next), params_[0], x);
   numerics_.check(x, {"forward", -1, "embed_tokens output"});
   decode_position(x, logits);

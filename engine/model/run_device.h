@@ -2,7 +2,7 @@
 // (`train.precision: bf16 | f32`), chosen once at start-up, before anything is allocated.
 //
 // The model and optimizer have a device path (kernels/device_ops.h): `lethe train` and
-// `lethe unlearn` (data parallel, tp = 1), `lethe eval` and `lethe generate` can run on
+// `lethe unlearn` (tp x dp, with a tp that divides n_kv_heads), `lethe eval` and `lethe generate` can run on
 // CUDA, in bf16. It has not yet run on a GPU, so it is opt-in: `cuda` needs
 // LETHE_UNVERIFIED_CUDA=1 besides a CUDA build and a visible GPU; with it, `auto` picks a
 // visible GPU (in bf16), without it the CPU, saying why. `cuda` is never silently run on

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
 
 namespace lethe {
 namespace {
@@ -70,137 +71,127 @@ void row_lse(const T* X, int64_t N, int64_t Vr, std::vector<double>& lse, Commun
 void vocab_parallel_embedding_forward(const Tensor& ids, const Tensor& table, const VocabShard& vs, Tensor& out,
                                       Communicator& tp) {
   const char* op = "vocab_parallel_embedding_forward";
-  check_dtype(ids, DType::i32, op, "ids");
-  LETHE_CHECK(ids.ndim() == 1 && table.ndim() == 2 && table.dim(0) == vs.size, op, ": ids ", ids.describe(),
-              ", table ", table.describe(), " do not match the shard of ", vs.size, " rows");
-  const int64_t N = ids.dim(0), C = table.dim(1);
-  check_shape(out, {N, C}, op, "out");
-  LETHE_CHECK(out.dtype() == table.dtype(), op, ": out and table dtypes differ");
-  const int32_t* id = ids.data<int32_t>();
-  for (int64_t i = 0; i < N; ++i)
-    LETHE_CHECK(id[i] >= 0 && id[i] < vs.vocab, op, ": token id ", id[i], " at position ", i,
-                " is outside the vocabulary [0, ", vs.vocab, ")");
-  dispatch(table, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* W = table.data<T>();
-    T* Y = out.data<T>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t r = int64_t(id[i]) - vs.start;
-      for (int64_t c = 0; c < C; ++c) Y[i * C + c] = (r >= 0 && r < vs.size) ? W[r * C + c] : T(0);
-    }
-  });
-  tp.all_reduce(out, ReduceOp::sum);  // exactly one rank contributes each row: x + 0 is exact
+  LETHE_CHECK(table.ndim() == 2 && table.dim(0) == vs.size, op, ": table ", table.describe(),
+              " does not match the shard of ", vs.size, " rows");
+  ops::embedding_forward_shard(ids, table, vs.start, vs.vocab, out);
+  // Exactly one rank contributes each row, so the sum is exact in any dtype; a bf16
+  // activation travels in f32 because the collectives reduce f32 (widening is exact).
+  if (out.dtype() == DType::bf16) {
+    Tensor wide = out.to(DType::f32);
+    tp.all_reduce(wide, ReduceOp::sum);
+    out.copy_from(wide);
+  } else {
+    tp.all_reduce(out, ReduceOp::sum);
+  }
 }
 
 void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, const VocabShard& vs, Tensor& dtable) {
-  const char* op = "vocab_parallel_embedding_backward";
-  const int64_t N = ids.dim(0), C = dtable.dim(1);
-  check_shape(dout, {N, C}, op, "dout");
-  LETHE_CHECK(dtable.dim(0) == vs.size && dout.dtype() == dtable.dtype(), op, ": dtable ", dtable.describe(),
-              " does not match the shard");
-  const int32_t* id = ids.data<int32_t>();
-  dispatch(dtable, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* D = dout.data<T>();
-    T* G = dtable.data<T>();
-    // Serial over positions: repeated ids add in position order, as the one-rank kernel does.
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t r = int64_t(id[i]) - vs.start;
-      if (r < 0 || r >= vs.size) continue;
-      for (int64_t c = 0; c < C; ++c) G[r * C + c] += D[i * C + c];
-    }
-  });
+  LETHE_CHECK(dtable.ndim() == 2 && dtable.dim(0) == vs.size, "vocab_parallel_embedding_backward: dtable ",
+              dtable.describe(), " does not match the shard of ", vs.size, " rows");
+  ops::embedding_backward_shard(ids, dout, vs.start, vs.vocab, dtable);
 }
+
+namespace {
+
+Tensor on_host(const Tensor& t) { return t.device() == Device::cpu ? t : t.to(Device::cpu); }
+
+// The row statistics of the cross-entropy over the whole vocabulary, from each rank's
+// shard (ops::cross_entropy_shard_*) and three [N]-sized all-reduces: the maximum (in the
+// statistic dtype T: the logits' on the CPU, f32 for bf16 logits, so that a one-rank
+// group reproduces ops::cross_entropy_forward bit for bit), the sum of exp(x - max) in
+// double, and the target's logit (from the rank holding it; others add exact zeros).
+// lse = T(max + log(sum)); the target's log-probability is (its logit - lse) in T, 0 where
+// ignored. The logits may live on a device: only the [N] statistics come to the host.
+struct RowStats {
+  std::vector<double> lse, logp;
+};
+
+template <typename T>
+RowStats row_stats(const Tensor& logits, const Tensor* targets, const VocabShard& vs, Communicator& tp) {
+  const int64_t N = logits.dim(0);
+  const DType st = dtype_of<T>::value;
+  const Device dev = logits.device();
+  Tensor mx = Tensor::empty({N}, st, dev), se = Tensor::empty({N}, DType::f64, dev);
+  Tensor z = targets ? Tensor::empty({N}, st, dev) : Tensor();
+  ops::cross_entropy_shard_max(logits, targets ? *targets : Tensor(), vs.start, vs.vocab, mx, z);
+  tp.all_reduce(mx, ReduceOp::max);
+  ops::cross_entropy_shard_sumexp(logits, mx, se);
+  tp.all_reduce(se, ReduceOp::sum);
+  if (targets) tp.all_reduce(z, ReduceOp::sum);
+  const Tensor hm = on_host(mx), hs = on_host(se);
+  const T* m = hm.data<T>();
+  const double* s = hs.data<double>();
+  RowStats r;
+  r.lse.resize(size_t(N));
+  for (int64_t i = 0; i < N; ++i) r.lse[size_t(i)] = double(T(double(m[i]) + std::log(s[i])));
+  if (targets) {
+    const Tensor hz = on_host(z), ht = on_host(*targets);
+    const T* zt = hz.data<T>();
+    const int32_t* tg = ht.data<int32_t>();
+    r.logp.resize(size_t(N));
+    for (int64_t i = 0; i < N; ++i)
+      r.logp[size_t(i)] = tg[i] == ops::kIgnoreIndex ? 0.0 : double(zt[i] - T(r.lse[size_t(i)]));
+  }
+  return r;
+}
+
+RowStats row_stats_any(const Tensor& logits, const Tensor* targets, const VocabShard& vs, Communicator& tp,
+                       const char* op) {
+  LETHE_CHECK(logits.ndim() == 2 && logits.dim(1) == vs.size && vs.start >= 0 && vs.start + vs.size <= vs.vocab, op,
+              ": logits ", logits.describe(), " do not match the shard [", vs.start, ", ", vs.start + vs.size, ") of ",
+              vs.vocab);
+  if (targets && targets->device() == Device::cpu) check_targets(*targets, logits.dim(0), vs.vocab, op);
+  if (logits.dtype() == DType::f64) return row_stats<double>(logits, targets, vs, tp);
+  LETHE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::bf16, op,
+              ": expected f32, f64 or bf16 logits, got ", logits.describe());
+  return row_stats<float>(logits, targets, vs, tp);
+}
+
+// Writes host values into `t` (host or device, f32 or f64).
+void put_rows(const std::vector<double>& v, Tensor& t) {
+  Tensor h = Tensor::from<double>({int64_t(v.size())}, v);
+  if (t.dtype() != DType::f64) h = h.to(t.dtype());
+  t.copy_from(h);
+}
+
+}  // namespace
 
 void vocab_parallel_logsumexp(const Tensor& logits, Tensor& lse, Communicator& tp) {
-  check_logits(logits, nullptr, "vocab_parallel_logsumexp");
-  const int64_t N = logits.dim(0), Vr = logits.dim(1);
-  check_shape(lse, {N}, "vocab_parallel_logsumexp", "lse");
-  dispatch(logits, "vocab_parallel_logsumexp", [&](auto tag) {
-    using T = decltype(tag);
-    std::vector<double> l;
-    row_lse(logits.data<T>(), N, Vr, l, tp);
-    for (int64_t i = 0; i < N; ++i) {
-      if (lse.dtype() == DType::f64) lse.data<double>()[i] = l[size_t(i)];
-      else lse.data<float>()[i] = float(l[size_t(i)]);
-    }
-  });
-}
-
-void vocab_parallel_target_logprobs(const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                                    const VocabShard& vs, Tensor& logp, Communicator& tp) {
-  const char* op = "vocab_parallel_target_logprobs";
-  check_logits(logits, &vs, op);
-  const int64_t N = logits.dim(0), Vr = vs.size;
-  check_targets(targets, N, vs.vocab, op);
-  check_shape(lse, {N}, op, "lse");
-  check_shape(logp, {N}, op, "logp");
-  const int32_t* tg = targets.data<int32_t>();
-  dispatch(logits, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = logits.data<T>();
-    // The target's logit, from the rank that holds it (others add exact zeros).
-    Tensor z = Tensor::zeros({N}, dtype_of<T>::value);
-    T* zt = z.data<T>();
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t r = int64_t(tg[i]) - vs.start;
-      if (tg[i] != ops::kIgnoreIndex && r >= 0 && r < Vr) zt[i] = X[i * Vr + r];
-    }
-    tp.all_reduce(z, ReduceOp::sum);
-    const std::vector<double> l = as_double(lse);
-    for (int64_t i = 0; i < N; ++i) {
-      const double v = tg[i] == ops::kIgnoreIndex ? 0.0 : double(zt[i] - T(l[size_t(i)]));
-      if (logp.dtype() == DType::f64) logp.data<double>()[i] = v;
-      else logp.data<float>()[i] = float(v);
-    }
-  });
+  const char* op = "vocab_parallel_logsumexp";
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  check_shape(lse, {logits.dim(0)}, op, "lse");
+  // Only the maximum and the sum are wanted: any shard placement gives the same lse.
+  const VocabShard whole{0, logits.dim(1), logits.dim(1)};
+  put_rows(row_stats_any(logits, nullptr, whole, tp, op).lse, lse);
 }
 
 double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                             const VocabShard& vs, Tensor& logprobs, Tensor& lse, Communicator& tp) {
   const char* op = "vocab_parallel_cross_entropy_forward";
-  check_logits(logits, &vs, op);
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   const int64_t N = logits.dim(0);
+  check_shape(targets, {N}, op, "targets");
+  check_dtype(targets, DType::i32, op, "targets");
   check_shape(weights, {N}, op, "weights");
-  vocab_parallel_logsumexp(logits, lse, tp);
-  vocab_parallel_target_logprobs(logits, targets, lse, vs, logprobs, tp);
-  const std::vector<double> w = as_double(weights), lp = as_double(logprobs);
-  const int32_t* tg = targets.data<int32_t>();
+  check_shape(logprobs, {N}, op, "logprobs");
+  check_shape(lse, {N}, op, "lse");
+  const RowStats r = row_stats_any(logits, &targets, vs, tp, op);
+  put_rows(r.lse, lse);
+  put_rows(r.logp, logprobs);
+  const std::vector<double> w = as_double(on_host(weights));
+  const Tensor ht = on_host(targets);
+  const int32_t* tg = ht.data<int32_t>();
   double loss = 0;
   for (int64_t i = 0; i < N; ++i)  // serial: independent of the thread count
-    if (tg[i] != ops::kIgnoreIndex) loss -= w[size_t(i)] * lp[size_t(i)];
+    if (tg[i] != ops::kIgnoreIndex) loss -= w[size_t(i)] * r.logp[size_t(i)];
   return loss;
 }
 
 void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                            const Tensor& lse, const VocabShard& vs, double dloss, Tensor& dlogits) {
-  const char* op = "vocab_parallel_cross_entropy_backward";
-  check_logits(logits, &vs, op);
-  const int64_t N = logits.dim(0), Vr = vs.size;
-  check_targets(targets, N, vs.vocab, op);
-  check_shape(dlogits, {N, Vr}, op, "dlogits");
-  const std::vector<double> w = as_double(weights);
-  const int32_t* tg = targets.data<int32_t>();
-  dispatch(logits, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = logits.data<T>();
-    const T* L = lse.data<T>();
-    T* G = dlogits.data<T>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      T* g = G + i * Vr;
-      if (tg[i] == ops::kIgnoreIndex || w[size_t(i)] == 0.0) {
-        for (int64_t j = 0; j < Vr; ++j) g[j] = 0;
-        continue;
-      }
-      const T a = T(dloss * w[size_t(i)]);
-      const T* x = X + i * Vr;
-      for (int64_t j = 0; j < Vr; ++j) g[j] = a * std::exp(x[j] - L[i]);
-      const int64_t r = int64_t(tg[i]) - vs.start;
-      if (r >= 0 && r < Vr) g[r] -= a;
-    }
-  });
+  LETHE_CHECK(logits.ndim() == 2 && logits.dim(1) == vs.size, "vocab_parallel_cross_entropy_backward: logits ",
+              logits.describe(), " do not match the shard of ", vs.size, " ids");
+  ops::cross_entropy_backward_shard(logits, targets, weights, lse, vs.start, vs.vocab, dloss, dlogits);
 }
 
 double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,

@@ -5,7 +5,11 @@
 // [N]-sized all-reduces; the full [N, V] logits are never gathered.
 //
 // The same functions run with a one-rank group (vocab_start 0, Vr = V) and then equal the
-// single-process kernels. Logits are f32 or f64; sums accumulate in double.
+// single-process kernels. Logits are f32 or f64; sums accumulate in double. The embedding
+// and the cross-entropy also take device tensors (bf16 activations and logits): their
+// per-shard work runs as ops (kernels/embedding.h, kernels/cross_entropy.h) on the
+// device, and only [N]-sized statistics visit the host. KL, the moments and the argmax
+// read host tensors (the terms give them host copies of a chunk).
 #pragma once
 #include <cstdint>
 
@@ -30,11 +34,6 @@ void vocab_parallel_embedding_backward(const Tensor& ids, const Tensor& dout, co
 // lse[N] = log sum_v exp(logits[., v]) over the whole vocabulary (max all-reduce, then a
 // sum all-reduce of exp(x - max)).
 void vocab_parallel_logsumexp(const Tensor& logits, Tensor& lse, Communicator& tp);
-
-// logp[N] = logit of the target - lse, 0 where the target is ops::kIgnoreIndex. The owner
-// of each target contributes its logit; one sum all-reduce.
-void vocab_parallel_target_logprobs(const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                                    const VocabShard& vs, Tensor& logp, Communicator& tp);
 
 // Weighted cross-entropy as ops::cross_entropy_forward: loss = -sum_i w_i logp_i, the same
 // on every rank of the group. Fills logprobs[N] and lse[N] (for the backward).

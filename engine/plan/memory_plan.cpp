@@ -157,6 +157,9 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
   const bool rep_kv = kv_replicated(c, in.tp);
   if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
+  // Under bf16 with tp, each tp sum (row-parallel outputs, column-parallel input
+  // gradients) is formed and all-reduced in an fp32 [N, C] buffer, then rounded once.
+  if (bf16 && in.tp > 1) m.act_head += N * C * 4;
   const double R = logits_rows(N, V);
   if (has_logits(in)) {
     // xf_ [N, C], rstdf_, logits [R, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
@@ -210,26 +213,27 @@ std::vector<Collective> collectives(const PlanInput& in) {
     const double ring = 2.0 * double(in.tp - 1) / double(in.tp);
     const int64_t passes = in.recipe.passes * micro;
     // Row-parallel o_proj and down_proj: one all-reduce each in the forward; their
-    // column-parallel partners' input gradients: one each in the backward.
-    out.push_back({"tp", "all-reduce", "o/down outputs, forward (2 per layer)", 2 * L * passes, N * C * z.a, ring});
+    // column-parallel partners' input gradients: one each in the backward. Every tp sum
+    // travels in fp32 (the policy's fp32 reductions: a bf16 sum rounds once, after it).
+    out.push_back({"tp", "all-reduce", "o/down outputs, forward (2 per layer)", 2 * L * passes, N * C * 4, ring});
     out.push_back({"tp", "all-reduce", "q/k/v and gate/up input grads, backward (2 per layer)", 2 * L * passes,
-                   N * C * z.a, ring});
+                   N * C * 4, ring});
     if (r > 0)
-      out.push_back({"tp", "all-reduce", "recomputed forward (2 per recomputed layer)", 2 * r * passes, N * C * z.a,
+      out.push_back({"tp", "all-reduce", "recomputed forward (2 per recomputed layer)", 2 * r * passes, N * C * 4,
                      ring});
     if (kv_replicated(in.model, in.tp))
       out.push_back({"tp", "all-reduce", "replicated k/v weight grads, backward (2 per layer)", 2 * L * passes,
                      double(in.model.kv_dim()) * C * z.g, ring});
-    out.push_back({"tp", "all-reduce", "vocab-parallel embedding, forward", passes, N * C * z.a, ring});
+    out.push_back({"tp", "all-reduce", "vocab-parallel embedding, forward", passes, N * C * 4, ring});
     if (has_logits(in)) {
-      out.push_back({"tp", "all-reduce", "lm_head input grad, backward", passes, N * C * z.a, ring});
+      out.push_back({"tp", "all-reduce", "lm_head input grad, backward", passes, N * C * 4, ring});
       out.push_back({"tp", "all-reduce", "vocab-parallel cross-entropy (max, sum exp, target logit; fp32)",
                      3 * passes, N * 4, ring});
     }
     if (in.recipe.ref_forwards > 0) {
       const int64_t ref_l = in.recipe.ref_last_layer + 1, f = in.recipe.ref_forwards * micro;
       out.push_back({"tp", "all-reduce", "frozen reference forward (2 per layer + embedding)", (2 * ref_l + 1) * f,
-                     N * C * z.a, ring});
+                     N * C * 4, ring});
     }
   }
   if (in.dp > 1) {

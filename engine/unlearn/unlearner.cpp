@@ -194,9 +194,6 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // rank 0 prints and writes metrics and reports.
   // The device is settled before anything is allocated (a refused device writes nothing).
   const RunDevice dev = resolve_run_device(r.device, r.precision, r.device_key);
-  LETHE_CHECK(dev.device == Device::cpu || r.parallel.tp == 1, r.device_key,
-              ": cuda runs data parallelism only in this version (parallel.tp = 1): the tensor-parallel embedding "
-              "and loss read host memory");
   const Precision prec = dev.precision;
   const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel, dev.device);
   const bool lead = grid->rank() == 0;

@@ -9,19 +9,28 @@
 
 namespace lethe::ops {
 namespace {
-void check_args(const Tensor& logits, const Tensor& targets, const Tensor& weights, const char* op) {
+void check_logits(const Tensor& logits, int64_t first, int64_t vocab, const char* op) {
   check_cpu(logits, op, "logits");
   LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, V], got ", logits.describe());
-  const int64_t N = logits.dim(0), V = logits.dim(1);
+  LETHE_CHECK(first >= 0 && first + logits.dim(1) <= vocab, op, ": logits ", logits.describe(), " from id ", first,
+              " do not fit the vocabulary of ", vocab);
+}
+void check_targets(const Tensor& targets, int64_t N, int64_t V, const char* op) {
   check_shape(targets, {N}, op, "targets");
   check_dtype(targets, DType::i32, op, "targets");
-  check_shape(weights, {N}, op, "weights");
-  LETHE_CHECK(weights.dtype() == DType::f32 || weights.dtype() == DType::f64, op, ": weights must be f32 or f64, got ",
-              weights.describe());
   const int32_t* t = targets.data<int32_t>();
   for (int64_t i = 0; i < N; ++i)
     LETHE_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < V), op, ": target ", t[i], " at position ", i,
                 " is outside the vocabulary [0, ", V, ")");
+}
+void check_args(const Tensor& logits, const Tensor& targets, const Tensor& weights, const char* op,
+                int64_t first = 0, int64_t vocab = -1) {
+  check_logits(logits, first, vocab < 0 ? (logits.ndim() == 2 ? logits.dim(1) : 0) : vocab, op);
+  const int64_t N = logits.dim(0), V = vocab < 0 ? logits.dim(1) : vocab;
+  check_targets(targets, N, V, op);
+  check_shape(weights, {N}, op, "weights");
+  LETHE_CHECK(weights.dtype() == DType::f32 || weights.dtype() == DType::f64, op, ": weights must be f32 or f64, got ",
+              weights.describe());
 }
 std::vector<double> as_double(const Tensor& w) {
   std::vector<double> out(size_t(w.numel()));
@@ -66,14 +75,21 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const 
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                             double dloss, Tensor& dlogits) {
-  if (DeviceOps* d = route("cross_entropy_backward", {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
-                                                     {"lse", &lse}, {"dlogits", &dlogits}}))
-    return d->cross_entropy_backward(logits, targets, weights, lse, dloss, dlogits);
-  check_args(logits, targets, weights, "cross_entropy_backward");
-  const int64_t N = logits.dim(0), V = logits.dim(1);
-  check_shape(lse, {N}, "cross_entropy_backward", "lse");
-  check_shape(dlogits, {N, V}, "cross_entropy_backward", "dlogits");
-  cpu::dispatch_float(logits.dtype(), "cross_entropy_backward", [&](auto tag_) {
+  cross_entropy_backward_shard(logits, targets, weights, lse, 0, logits.ndim() == 2 ? logits.dim(1) : 0, dloss,
+                               dlogits);
+}
+
+void cross_entropy_backward_shard(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
+                                  int64_t first, int64_t vocab, double dloss, Tensor& dlogits) {
+  const char* op = "cross_entropy_backward";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"targets", &targets}, {"weights", &weights}, {"lse", &lse},
+                                {"dlogits", &dlogits}}))
+    return d->cross_entropy_backward(logits, targets, weights, lse, first, vocab, dloss, dlogits);
+  check_args(logits, targets, weights, op, first, vocab);
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(lse, {N}, op, "lse");
+  check_shape(dlogits, {N, Vr}, op, "dlogits");
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
     using scalar_t = decltype(tag_);
     const scalar_t *X = logits.data<scalar_t>(), *LSE = lse.data<scalar_t>();
     const int32_t* tg = targets.data<int32_t>();
@@ -81,15 +97,75 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
     scalar_t* G = dlogits.data<scalar_t>();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
-      scalar_t* g = G + i * V;
+      scalar_t* g = G + i * Vr;
       if (tg[i] == kIgnoreIndex || w[i] == 0.0) {
-        for (int64_t j = 0; j < V; ++j) g[j] = 0;
+        for (int64_t j = 0; j < Vr; ++j) g[j] = 0;
         continue;
       }
       const scalar_t a = scalar_t(dloss * double(w[i]));
-      const scalar_t *x = X + i * V;
-      for (int64_t j = 0; j < V; ++j) g[j] = a * std::exp(x[j] - LSE[i]);
-      g[tg[i]] -= a;
+      const scalar_t* x = X + i * Vr;
+      for (int64_t j = 0; j < Vr; ++j) g[j] = a * std::exp(x[j] - LSE[i]);
+      const int64_t r = int64_t(tg[i]) - first;
+      if (r >= 0 && r < Vr) g[r] -= a;
+    }
+  });
+}
+
+void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab, Tensor& rowmax,
+                             Tensor& target_logit) {
+  const char* op = "cross_entropy_shard_max";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"targets", &targets}, {"rowmax", &rowmax},
+                                {"target_logit", &target_logit}}))
+    return d->cross_entropy_shard_max(logits, targets, first, vocab, rowmax, target_logit);
+  check_logits(logits, first, vocab, op);
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  LETHE_CHECK(targets.defined() == target_logit.defined(), op, ": targets and target_logit go together");
+  check_shape(rowmax, {N}, op, "rowmax");
+  check_dtype(rowmax, logits.dtype(), op, "rowmax");
+  if (targets.defined()) {
+    check_targets(targets, N, vocab, op);
+    check_shape(target_logit, {N}, op, "target_logit");
+    check_dtype(target_logit, logits.dtype(), op, "target_logit");
+  }
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t* X = logits.data<scalar_t>();
+    scalar_t* M = rowmax.data<scalar_t>();
+    const int32_t* tg = targets.defined() ? targets.data<int32_t>() : nullptr;
+    scalar_t* Z = tg ? target_logit.data<scalar_t>() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const scalar_t* x = X + i * Vr;
+      scalar_t m = -std::numeric_limits<scalar_t>::infinity();
+      for (int64_t j = 0; j < Vr; ++j) m = std::max(m, x[j]);
+      M[i] = m;
+      if (!tg) continue;
+      const int64_t r = int64_t(tg[i]) - first;
+      Z[i] = (tg[i] != kIgnoreIndex && r >= 0 && r < Vr) ? x[r] : scalar_t(0);
+    }
+  });
+}
+
+void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) {
+  const char* op = "cross_entropy_shard_sumexp";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"rowmax", &rowmax}, {"sumexp", &sumexp}}))
+    return d->cross_entropy_shard_sumexp(logits, rowmax, sumexp);
+  check_cpu(logits, op, "logits");
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(rowmax, {N}, op, "rowmax");
+  check_dtype(rowmax, logits.dtype(), op, "rowmax");
+  check_shape(sumexp, {N}, op, "sumexp");
+  check_dtype(sumexp, DType::f64, op, "sumexp");
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t *X = logits.data<scalar_t>(), *M = rowmax.data<scalar_t>();
+    double* S = sumexp.data<double>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - M[i]));
+      S[i] = acc;
     }
   });
 }

@@ -42,17 +42,51 @@ __global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   }
 }
 
+// Over a shard of ids [first, first + V) of `vocab`: the onehot only where the shard holds
+// the target (first = 0, V = vocab: the whole vocabulary).
 __global__ void ce_bwd(const __nv_bfloat16* logits, const int32_t* __restrict__ targets,
                        const float* __restrict__ weights, const float* __restrict__ lse_in, float dloss,
-                       __nv_bfloat16* dlogits, int64_t V) {
+                       __nv_bfloat16* dlogits, int64_t first, int64_t V, int64_t vocab) {
   const int64_t row = blockIdx.x;
   const int32_t t = targets[row];
-  const bool valid = t != kIgnoreIndex && t >= 0 && t < V;
+  const bool valid = t != kIgnoreIndex && t >= 0 && t < vocab;
+  const int64_t r = int64_t(t) - first;
   const float a = valid ? dloss * weights[row] : 0.f, lse = lse_in[row];
   const __nv_bfloat16* x = logits + row * V;
   __nv_bfloat16* g = dlogits + row * V;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
-    g[j] = to_bf(a * (__expf(to_f(x[j]) - lse) - (j == t ? 1.f : 0.f)));
+    g[j] = to_bf(a * (__expf(to_f(x[j]) - lse) - (j == r ? 1.f : 0.f)));
+}
+
+// The vocabulary-parallel statistics of one row: its maximum and the target's logit where
+// this shard holds it (0 elsewhere, so the group's sum is the logit).
+__global__ void shard_max_rows(const __nv_bfloat16* __restrict__ logits, const int32_t* __restrict__ targets,
+                               float* __restrict__ rowmax, float* __restrict__ target_logit, int64_t first, int64_t V) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16* x = logits + row * V;
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, to_f(x[j]));
+  m = block_max(m, scratch);
+  if (threadIdx.x != 0) return;
+  rowmax[row] = m;
+  if (!targets) return;
+  const int32_t t = targets[row];
+  const int64_t r = int64_t(t) - first;
+  target_logit[row] = (t != kIgnoreIndex && r >= 0 && r < V) ? to_f(x[r]) : 0.f;
+}
+
+// sum_j exp(x_j - max) in double, the difference in f32 (the CPU twin's arithmetic).
+__global__ void shard_sumexp_rows(const __nv_bfloat16* __restrict__ logits, const float* __restrict__ rowmax,
+                                  double* __restrict__ sumexp, int64_t V) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16* x = logits + row * V;
+  const float m = rowmax[row];
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += exp(double(to_f(x[j]) - m));
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) sumexp[row] = s;
 }
 
 __global__ void nll_sum(const float* __restrict__ logprobs, const int32_t* __restrict__ targets,
@@ -125,10 +159,26 @@ void cross_entropy_forward(const bf16* logits, const int32_t* targets, const flo
 }
 
 void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* weights, const float* lse,
-                            float dloss, bf16* dlogits, int64_t N, int64_t V, Stream s) {
+                            float dloss, bf16* dlogits, int64_t N, int64_t first, int64_t V, int64_t vocab,
+                            Stream s) {
   if (N <= 0) return;
-  ce_bwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, lse, dloss, dev(dlogits), V);
+  ce_bwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, lse, dloss, dev(dlogits), first,
+                                                     V, vocab);
   check_launch("cross_entropy_backward");
+}
+
+void cross_entropy_shard_max(const bf16* logits, const int32_t* targets, float* rowmax, float* target_logit,
+                             int64_t N, int64_t first, int64_t V, Stream s) {
+  if (N <= 0) return;
+  shard_max_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, rowmax, target_logit, first, V);
+  check_launch("cross_entropy_shard_max");
+}
+
+void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, int64_t N, int64_t V,
+                                Stream s) {
+  if (N <= 0) return;
+  shard_sumexp_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, V);
+  check_launch("cross_entropy_shard_sumexp");
 }
 
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,

@@ -22,8 +22,17 @@ void cross_entropy_forward(const bf16* logits, const int32_t* targets, const flo
                            float* lse, bf16* dlogits, float dloss, int64_t N, int64_t V, Stream s = nullptr);
 
 // The unfused backward from the saved lse (dlogits may alias logits).
+// logits[N, V] hold ids [first, first + V) of `vocab` (first = 0, V = vocab: the whole).
 void cross_entropy_backward(const bf16* logits, const int32_t* targets, const float* weights, const float* lse,
-                            float dloss, bf16* dlogits, int64_t N, int64_t V, Stream s = nullptr);
+                            float dloss, bf16* dlogits, int64_t N, int64_t first, int64_t V, int64_t vocab,
+                            Stream s = nullptr);
+
+// The vocabulary-parallel row statistics (kernels/cross_entropy.h, cross_entropy_shard_*):
+// rowmax[N] and target_logit[N] (both null-able together with targets), sumexp[N] in double.
+void cross_entropy_shard_max(const bf16* logits, const int32_t* targets, float* rowmax, float* target_logit,
+                             int64_t N, int64_t first, int64_t V, Stream s = nullptr);
+void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, int64_t N, int64_t V,
+                                Stream s = nullptr);
 
 // *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
 // fixed order: the same value every run.

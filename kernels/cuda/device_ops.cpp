@@ -60,6 +60,12 @@ void expect(const Tensor& t, DType dtype, const char* op, const char* arg) {
               " (", kPolicy, ")");
 }
 
+void expect_bf16_or_f32(const Tensor& t, const char* op, const char* arg) {
+  expect_cuda(t, op, arg);
+  LETHE_CHECK(t.dtype() == DType::bf16 || t.dtype() == DType::f32, op, ": ", arg, " is ", dtype_name(t.dtype()),
+              ", expected bf16 or f32 (", kPolicy, ")");
+}
+
 // Checked before dim(i) is read, so a wrong rank is named with the layout it should have.
 void expect_ndim(const Tensor& t, int ndim, const char* op, const char* arg, const char* layout) {
   LETHE_CHECK(t.ndim() == ndim, op, ": expected ", arg, layout, ", got ", t.describe());
@@ -114,27 +120,31 @@ class CudaOps final : public DeviceOps {
 
   const char* name() const override { return "cuda"; }
 
-  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+  void embedding_forward(const Tensor& ids, const Tensor& table, int64_t first, int64_t vocab,
+                         Tensor& out) override {
     const char* op = "embedding_forward";
     expect(ids, DType::i32, op, "ids");
     expect(table, DType::bf16, op, "table");
     expect(out, DType::bf16, op, "out");
     expect_ndim(table, 2, op, "table", "[V, C]");
-    const int64_t N = ids.numel(), V = table.dim(0), C = table.dim(1);
+    const int64_t N = ids.numel(), Vr = table.dim(0), C = table.dim(1);
+    check_vocab_shard(first, Vr, vocab, op);
     check_shape(out, {N, C}, op, "out");
-    cuda::embedding_forward(ptr<int32_t>(ids), ptr<bf16>(table), ptr<bf16>(out), N, V, C);
+    cuda::embedding_forward(ptr<int32_t>(ids), ptr<bf16>(table), ptr<bf16>(out), N, first, Vr, vocab, C);
   }
 
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+  void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
+                          Tensor& dtable) override {
     const char* op = "embedding_backward";
     expect(ids, DType::i32, op, "ids");
     expect(dout, DType::bf16, op, "dout");
     expect(dtable, DType::f32, op, "dtable");
     expect_ndim(dtable, 2, op, "dtable", "[V, C]");
-    const int64_t N = ids.numel(), V = dtable.dim(0), C = dtable.dim(1);
+    const int64_t N = ids.numel(), Vr = dtable.dim(0), C = dtable.dim(1);
+    check_vocab_shard(first, Vr, vocab, op);
     check_shape(dout, {N, C}, op, "dout");
     // The kernel adds with atomics: dtable += scatter, the CPU contract.
-    cuda::embedding_backward(ptr<int32_t>(ids), ptr<bf16>(dout), ptr<float>(dtable), N, V, C);
+    cuda::embedding_backward(ptr<int32_t>(ids), ptr<bf16>(dout), ptr<float>(dtable), N, first, Vr, vocab, C);
   }
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override {
@@ -202,7 +212,8 @@ class CudaOps final : public DeviceOps {
     const char* op = "linear_forward";
     expect(x, DType::bf16, op, "x");
     expect(w, DType::bf16, op, "w");
-    expect(y, DType::bf16, op, "y");
+    // y is bf16, or f32 for a partial sum that a tensor-parallel all-reduce completes.
+    expect_bf16_or_f32(y, op, "y");
     expect_ndim(x, 2, op, "x", "[N, in]");
     expect_ndim(w, 2, op, "w", "[out, in]");
     const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
@@ -211,7 +222,11 @@ class CudaOps final : public DeviceOps {
     if (N == 0 || out == 0) return;
     // A product over an empty inner dimension is zero; cuBLASLt is not asked for one.
     if (in == 0) return y.zero_();
-    cuda::linear_forward(gemm(), ptr<bf16>(x), ptr<bf16>(w), ptr<bf16>(y), N, in, out);
+    if (y.dtype() == DType::f32)
+      cuda::gemm_bf16(gemm(), false, true, N, out, in, 1.f, ptr<bf16>(x), in, ptr<bf16>(w), in, 0.f, ptr<float>(y),
+                      true, out);
+    else
+      cuda::linear_forward(gemm(), ptr<bf16>(x), ptr<bf16>(w), ptr<bf16>(y), N, in, out);
   }
 
   void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
@@ -220,7 +235,7 @@ class CudaOps final : public DeviceOps {
     expect(dy, DType::bf16, op, "dy");
     expect(x, DType::bf16, op, "x");
     expect(w, DType::bf16, op, "w");
-    if (dx) expect(*dx, DType::bf16, op, "dx");
+    if (dx) expect_bf16_or_f32(*dx, op, "dx");  // f32: a tensor-parallel partial sum
     if (dw) expect(*dw, DType::f32, op, "dw");
     expect_ndim(x, 2, op, "x", "[N, in]");
     expect_ndim(w, 2, op, "w", "[out, in]");
@@ -239,6 +254,13 @@ class CudaOps final : public DeviceOps {
     }
     // The launcher matches the contract: dx written (beta 0) or added to (beta 1), dw
     // (fp32) += dy^T x.
+    if (dx && dx->dtype() == DType::f32) {
+      cuda::gemm_bf16(gemm(), false, false, N, in, out, 1.f, ptr<bf16>(dy), out, ptr<bf16>(w), in,
+                      accumulate_dx ? 1.f : 0.f, ptr<float>(*dx), true, in);
+      cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), nullptr, false,
+                            dw ? ptr<float>(*dw) : nullptr, N, in, out);
+      return;
+    }
     cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), dx ? ptr<bf16>(*dx) : nullptr,
                           accumulate_dx, dw ? ptr<float>(*dw) : nullptr, N, in, out);
   }
@@ -372,9 +394,10 @@ class CudaOps final : public DeviceOps {
   }
 
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
-                              double dloss, Tensor& dlogits) override {
+                              int64_t first, int64_t vocab, double dloss, Tensor& dlogits) override {
     const char* op = "cross_entropy_backward";
     const auto [N, V] = cross_entropy_dims(logits, targets, weights, op);
+    check_vocab_shard(first, V, vocab, op);
     expect(lse, DType::f32, op, "lse");
     expect(dlogits, DType::bf16, op, "dlogits");
     check_shape(lse, {N}, op, "lse");
@@ -383,7 +406,40 @@ class CudaOps final : public DeviceOps {
     // Overwrites dlogits with dloss * w_i * (softmax - onehot); ignored rows get a zero
     // weight, hence zeros (the CPU writes them directly; equal for a finite saved lse).
     cuda::cross_entropy_backward(ptr<bf16>(logits), ptr<int32_t>(targets), ptr<float>(weights), ptr<float>(lse),
-                                 float(dloss), ptr<bf16>(dlogits), N, V);
+                                 float(dloss), ptr<bf16>(dlogits), N, first, V, vocab);
+  }
+
+  void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,
+                               Tensor& rowmax, Tensor& target_logit) override {
+    const char* op = "cross_entropy_shard_max";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    check_vocab_shard(first, V, vocab, op);
+    expect(rowmax, DType::f32, op, "rowmax");
+    check_shape(rowmax, {N}, op, "rowmax");
+    LETHE_CHECK(targets.defined() == target_logit.defined(), op, ": targets and target_logit go together");
+    if (targets.defined()) {
+      expect(targets, DType::i32, op, "targets");
+      expect(target_logit, DType::f32, op, "target_logit");
+      check_shape(targets, {N}, op, "targets");
+      check_shape(target_logit, {N}, op, "target_logit");
+    }
+    cuda::cross_entropy_shard_max(ptr<bf16>(logits), targets.defined() ? ptr<int32_t>(targets) : nullptr,
+                                  ptr<float>(rowmax), target_logit.defined() ? ptr<float>(target_logit) : nullptr, N,
+                                  first, V);
+  }
+
+  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) override {
+    const char* op = "cross_entropy_shard_sumexp";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect(rowmax, DType::f32, op, "rowmax");
+    expect(sumexp, DType::f64, op, "sumexp");
+    check_shape(rowmax, {N}, op, "rowmax");
+    check_shape(sumexp, {N}, op, "sumexp");
+    cuda::cross_entropy_shard_sumexp(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(sumexp), N, V);
   }
 
   void add_(Tensor& y, const Tensor& x) override {
@@ -464,6 +520,11 @@ class CudaOps final : public DeviceOps {
     LETHE_CHECK(d.KV > 0 && d.H % d.KV == 0, op, ": ", d.H, " query heads are not a multiple of ", d.KV,
                 " kv heads");
     return d;
+  }
+
+  static void check_vocab_shard(int64_t first, int64_t rows, int64_t vocab, const char* op) {
+    LETHE_CHECK(first >= 0 && first + rows <= vocab, op, ": ", rows, " rows from id ", first,
+                " do not fit the vocabulary of ", vocab);
   }
 
   struct RowsVocab {

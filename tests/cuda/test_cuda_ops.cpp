@@ -72,14 +72,14 @@ TEST_F(CudaOps, EmbeddingForwardCopiesRowsAndBackwardScattersRepeatedIds) {
   const auto dout = round_bf16(randn(size_t(N * C)));
   DeviceBuffer<bf16> dtable(to_bf16(table)), dd(to_bf16(dout)), out(size_t(N * C));
   DeviceBuffer<int32_t> did(ids);
-  cuda::embedding_forward(did.get(), dtable.get(), out.get(), N, V, C);
+  cuda::embedding_forward(did.get(), dtable.get(), out.get(), N, 0, V, V, C);
   Tensor ref = Tensor::empty({N, C}, DType::f32);
   ops::embedding_forward(Tensor::from<int32_t>({N}, ids), host({V, C}, table), ref);
   EXPECT_TRUE(close("out", out.download(), vec(ref), 0.0));
 
   const auto g0 = randn(size_t(V * C));  // backward adds into an existing gradient
   DeviceBuffer<float> dg(g0);
-  cuda::embedding_backward(did.get(), dd.get(), dg.get(), N, V, C);
+  cuda::embedding_backward(did.get(), dd.get(), dg.get(), N, 0, V, V, C);
   Tensor gref = host({V, C}, g0);
   ops::embedding_backward(Tensor::from<int32_t>({N}, ids), host({N, C}, dout), gref);
   EXPECT_TRUE(close("dtable", dg.download(), vec(gref), 1e-5));
@@ -89,12 +89,35 @@ TEST_F(CudaOps, EmbeddingIdOutsideVocabularyGivesNaNRow) {
   const int64_t V = 8, C = 16;
   DeviceBuffer<bf16> table(to_bf16(std::vector<float>(size_t(V * C), 1.f))), out(size_t(2 * C));
   DeviceBuffer<int32_t> ids(std::vector<int32_t>{3, 99});
-  cuda::embedding_forward(ids.get(), table.get(), out.get(), 2, V, C);
+  cuda::embedding_forward(ids.get(), table.get(), out.get(), 2, 0, V, V, C);
   const auto o = to_f32(out.download());
   for (int64_t c = 0; c < C; ++c) {
     EXPECT_EQ(o[size_t(c)], 1.f);
     EXPECT_TRUE(std::isnan(o[size_t(C + c)]));
   }
+}
+
+// A shard of the table (tensor parallelism): ids another shard holds give zero rows and
+// no gradient, exactly as the CPU twin (copies and single adds: exact up to the f32 atomics'
+// order, bounded like the whole-table test).
+TEST_F(CudaOps, EmbeddingShardMatchesCpuTwin) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 257, V = 60, first = 20, Vr = 25, C = 64;
+  const auto table = round_bf16(randn(size_t(Vr * C)));
+  const auto ids = randint(size_t(N), int32_t(V));
+  const auto dout = round_bf16(randn(size_t(N * C)));
+  DeviceBuffer<bf16> dtable(to_bf16(table)), dd(to_bf16(dout)), out(size_t(N * C));
+  DeviceBuffer<int32_t> did(ids);
+  cuda::embedding_forward(did.get(), dtable.get(), out.get(), N, first, Vr, V, C);
+  Tensor ref = Tensor::empty({N, C}, DType::f32);
+  ops::embedding_forward_shard(Tensor::from<int32_t>({N}, ids), host({Vr, C}, table), first, V, ref);
+  EXPECT_TRUE(close("out", out.download(), vec(ref), 0.0));
+  const auto g0 = randn(size_t(Vr * C));
+  DeviceBuffer<float> dg(g0);
+  cuda::embedding_backward(did.get(), dd.get(), dg.get(), N, first, Vr, V, C);
+  Tensor gref = host({Vr, C}, g0);
+  ops::embedding_backward_shard(Tensor::from<int32_t>({N}, ids), host({N, C}, dout), first, V, gref);
+  EXPECT_TRUE(close("dtable", dg.download(), vec(gref), 1e-5));
 }
 
 // ---- rmsnorm -----------------------------------------------------------------------
@@ -359,8 +382,44 @@ TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
   EXPECT_TRUE(close("dlogits (in place)", inplace.download(), vec(dl), kBf16Tol));
   EXPECT_TRUE(close("logprobs (in place)", glp2.download(), vec(lp), kF32Tol));
   // Unfused backward from the saved lse.
-  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, V);
+  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, 0, V, V);
   EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+}
+
+// The vocabulary-parallel pieces over a shard [first, first + Vr) against their CPU twins:
+// the maximum and the target's logit are exact (a max and a copy of bf16 values), the sum
+// of exp in double differs from the CPU's only in the order of the additions and the
+// device's exp (relative 1e-12 covers both); the backward as the whole-vocabulary one.
+TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 37, V = 300, first = 100, Vr = 120;
+  const auto logits = round_bf16(randn(size_t(N * Vr), 3.0f));
+  auto targets = randint(size_t(N), int32_t(V));
+  targets[3] = ops::kIgnoreIndex;
+  targets[5] = int32_t(first);  // the shard's first and last ids
+  targets[6] = int32_t(first + Vr - 1);
+  std::vector<float> w(size_t(N), 0.5f);
+  const Tensor L = host({N, Vr}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
+  Tensor mx = Tensor::empty({N}, DType::f32), z = mx.clone(), se = Tensor::empty({N}, DType::f64);
+  ops::cross_entropy_shard_max(L, TG, first, V, mx, z);
+  ops::cross_entropy_shard_sumexp(L, mx, se);
+  Tensor lse = Tensor::empty({N}, DType::f32), dl = Tensor::empty({N, Vr}, DType::f32);
+  for (int64_t i = 0; i < N; ++i) lse.data<float>()[i] = mx.data<float>()[i] + 1.5f;  // any whole-vocabulary lse
+  ops::cross_entropy_backward_shard(L, TG, W, lse, first, V, 0.75, dl);
+
+  DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * Vr));
+  DeviceBuffer<int32_t> gt(targets);
+  DeviceBuffer<float> gw(w), gmx(static_cast<size_t>(N)), gz(static_cast<size_t>(N)), glse(vec(lse));
+  DeviceBuffer<double> gse(static_cast<size_t>(N));
+  cuda::cross_entropy_shard_max(gl.get(), gt.get(), gmx.get(), gz.get(), N, first, Vr);
+  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), N, Vr);
+  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 0.75f, gdl.get(), N, first, Vr, V);
+  EXPECT_TRUE(close("rowmax", gmx.download(), vec(mx), 0.0));
+  EXPECT_TRUE(close("target_logit", gz.download(), vec(z), 0.0));
+  const auto s = gse.download();
+  for (int64_t i = 0; i < N; ++i)
+    EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
+  EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
 }
 
 // Straight from the definitions, in double.

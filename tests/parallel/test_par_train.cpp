@@ -185,11 +185,13 @@ TEST(ParallelTrain, Bf16Layouts) {
 }
 
 // train.device=cuda served by the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1) at
-// dp=4, with ZeRO-1 and without: the device path's gradient reduction (bucketed, started
-// from the backward), sharded fp32 master and moments, and the all-gather of the updated
-// weights go through the host-staged communicator, and must give the CPU emulation's dp=4
-// run bit for bit: every loss, and every group of the final checkpoint.
-TEST(ParallelTrain, DeviceDataParallel) {
+// dp=4 with ZeRO-1 and without, and at tp=2 x dp=2: the device path's gradient reduction
+// (bucketed, started from the backward), sharded fp32 master and moments, the all-gather
+// of the updated weights, and under tp the vocabulary-parallel embedding and loss and the
+// f32 tensor-parallel sums go through the host-staged communicator, and must give the CPU
+// emulation's run at the same layout bit for bit: every loss, and every group of the final
+// checkpoint. tp=4 does not divide the model's two key/value heads: refused on a device.
+TEST(ParallelTrain, DeviceLayouts) {
   auto& w = *test::mpi_world_shared();
   ASSERT_EQ(w.size(), 4);
   auto group_bytes = [](const std::string& ck, const std::string& group) {
@@ -201,8 +203,11 @@ TEST(ParallelTrain, DeviceDataParallel) {
     }
     return all;
   };
-  for (const bool zero1 : {true, false}) {
-    const std::string tag = zero1 ? "zero1" : "allreduce";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> layouts{
+      {"zero1", {"parallel.dp=4", "parallel.zero1=true"}},
+      {"allreduce", {"parallel.dp=4", "parallel.zero1=false"}},
+      {"tp2dp2", {"parallel.tp=2", "parallel.dp=2", "parallel.zero1=true"}}};
+  for (const auto& [tag, layout] : layouts) {
     const std::string cpu_ck = fs::absolute("par_train_dev_cpu_" + tag).string();
     const std::string dev_ck = fs::absolute("par_train_dev_" + tag).string();
     if (w.rank() == 0) {
@@ -211,7 +216,6 @@ TEST(ParallelTrain, DeviceDataParallel) {
     }
     w.barrier();
     std::ostringstream out;
-    const std::vector<std::string> layout{"parallel.dp=4", std::string("parallel.zero1=") + (zero1 ? "true" : "false")};
     std::vector<std::string> a = layout;
     a.insert(a.end(), {"train.precision=bf16", "checkpoint.dir=" + cpu_ck});
     const auto cpu = cli::run_train(kConfig, args(a), out);
@@ -221,17 +225,29 @@ TEST(ParallelTrain, DeviceDataParallel) {
     std::ostringstream dev_out;
     const auto dev = cli::run_train(kConfig, args(a), dev_out);
     ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE");
-    if (w.rank() == 0)
+    if (w.rank() == 0) {
       EXPECT_NE(dev_out.str().find("device: cuda (the host-staged test device"), std::string::npos) << dev_out.str();
+    }
     ASSERT_EQ(cpu.losses.size(), 6u);
     ASSERT_EQ(dev.losses.size(), 6u);
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(dev.losses[i], cpu.losses[i]) << tag << " step " << i + 1;
-    if (w.rank() == 0)
+    if (w.rank() == 0) {
       for (const char* group : {"weights", "optim_master", "optim_m", "optim_v"})
         EXPECT_EQ(group_bytes(dev_ck + "/step_00000006", group), group_bytes(cpu_ck + "/step_00000006", group))
             << tag << " " << group;
+    }
     w.barrier();
   }
+  ::setenv("LETHE_TEST_HOST_STAGED_DEVICE", "1", 1);
+  std::ostringstream out;
+  try {
+    cli::run_train(kConfig, args({"parallel.tp=4", "train.device=cuda"}), out);
+    ADD_FAILURE() << "tp=4 on a device with two key/value heads was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not divide the model's 2 key/value heads"), std::string::npos)
+        << e.what();
+  }
+  ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE");
 }
 
 TEST(ParallelTrain, LayoutErrorsAreClear) {

@@ -14,8 +14,9 @@
 //                  dp=2: the same per-step losses as the uninterrupted run (1e-12 relative)
 //   ResumeOne      a second run paused at tp=2 x dp=2, continued by one process: the
 //                  one-process losses and evaluations within 1e-5 relative
-//   DeviceDataParallel  both recipes at dp=2 on the host-staged device against the CPU
-//                  emulation of bf16 at dp=2: the same report and metrics, bit for bit
+//   DeviceLayouts  both recipes at dp=2 and at tp=2 on the host-staged device against the
+//                  CPU emulation of bf16 at the same layout: the same report and metrics, bit
+//                  for bit
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -260,18 +261,22 @@ TEST(ParallelUnlearn, Layouts) {
   }
 }
 
-// dp=2 on the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1) against the CPU
-// emulation of bf16 at the same layout: the device path's gradient reduction, sharded
-// master, terms, evaluation split over dp, verbatim decoding and multiple choice give the
-// same report and metrics, bit for bit.
-TEST(ParallelUnlearn, DeviceDataParallel) {
+// dp=2 and tp=2 on the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1) against the
+// CPU emulation of bf16 at the same layout: the device path's gradient reduction, sharded
+// master, terms, evaluation split over dp, verbatim decoding and multiple choice, and under
+// tp its vocabulary-parallel embedding and cross-entropy (device ops and [N]-sized
+// all-reduces) and its f32 tensor-parallel sums, give the same report and metrics, bit for
+// bit.
+TEST(ParallelUnlearn, DeviceLayouts) {
   auto& w = *test::mpi_world_shared();
-  if (w.size() != 2) GTEST_SKIP() << "runs at dp=2";
+  if (w.size() != 2) GTEST_SKIP() << "runs on two ranks";
+  for (const std::string layout : {"parallel.dp=2", "parallel.tp=2"})
   for (const auto& name : kRecipes) {
-    const std::string cpu = name + "_dev_cpu", dev = name + "_dev_cuda";
-    run(name, cpu, {"parallel.dp=2", "train.precision=bf16"});
+    const std::string tag = layout.substr(layout.find('.') + 1, 2);
+    const std::string cpu = name + "_dev_cpu_" + tag, dev = name + "_dev_cuda_" + tag;
+    run(name, cpu, {layout, "train.precision=bf16"});
     ::setenv("LETHE_TEST_HOST_STAGED_DEVICE", "1", 1);
-    const UnlearnResult d = run(name, dev, {"parallel.dp=2", "train.device=cuda"});
+    const UnlearnResult d = run(name, dev, {layout, "train.device=cuda"});
     ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE");
     EXPECT_EQ(d.steps_run, 4);
     if (w.rank() != 0) continue;
@@ -290,8 +295,8 @@ TEST(ParallelUnlearn, DeviceDataParallel) {
       }
       return lines;
     };
-    EXPECT_EQ(report(dev), report(cpu)) << name;
-    EXPECT_EQ(metrics(dev), metrics(cpu)) << name;
+    EXPECT_EQ(report(dev), report(cpu)) << name << " " << layout;
+    EXPECT_EQ(metrics(dev), metrics(cpu)) << name << " " << layout;
   }
 }
 

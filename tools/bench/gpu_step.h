@@ -187,7 +187,7 @@ struct Step {
     const float eps = 1e-5f, scale = 1.f / std::sqrt(float(D));
     const int64_t C = m.C;
     cuda::fill_bytes(grad, 0, size_t(n_params) * 4);
-    cuda::embedding_forward(ids, W(emb), saved[0].res, N, m.V, C);
+    cuda::embedding_forward(ids, W(emb), saved[0].res, N, 0, m.V, m.V, C);
     cuda::rmsnorm_forward(saved[0].res, W(layers[0].n1), eps, saved[0].n1, saved[0].rstd1, N, C);
     for (int64_t l = 0; l < L; ++l) {
       const Layer& y = layers[size_t(l)];
@@ -238,7 +238,7 @@ struct Step {
       cuda::linear_backward(gemm, dv, s.n1, W(y.wv), dn, true, G(y.wv), N, C, KV_D());
       cuda::rmsnorm_backward(dn, s.res, W(y.n1), s.rstd1, dr, true, G(y.n1), N, C);
     }
-    cuda::embedding_backward(ids, dr, G(emb), N, m.V, C);
+    cuda::embedding_backward(ids, dr, G(emb), N, 0, m.V, m.V, C);
   }
 
   void optimizer_step(int64_t step) {

@@ -8,6 +8,11 @@ eval.mc_task), forget and holdout NLL after (oracle), retain and general NLL cha
 the original model, MIA AUC of the LOSS attack after (oracle), and PrivLeak after in both
 conventions with their 95% bootstrap intervals, and the retain and holdout QA after when
 the recipe scored them (eval.mc_tasks retain_qa / holdout_qa; otherwise score_qa.sh).
+
+With --spread (runs of one recipe over several seeds of the model/oracle pair, seeds.sh),
+a second table follows: the mean, sample standard deviation and range over the runs of
+each headline number, so a difference between recipes can be set against the spread
+between seeds.
 """
 import json
 import sys
@@ -28,6 +33,44 @@ def leak(j, who, conv):
 def task_acc(j, name):
     x = j.get("multiple_choice_tasks", {}).get(name, {}).get("after")
     return "n/a" if x is None else f"{x['acc']:.3f}"
+
+
+def headline(j):
+    """The numbers the spread table summarises; None where a report lacks one."""
+    mc = j.get("multiple_choice", {})
+    v = j.get("verdict", {})
+    mia = j.get("mia", {})
+    leak_muse = j.get("privleak", {}).get("after", {}).get("muse_min_k_40", {}) or {}
+    tasks = j.get("multiple_choice_tasks", {})
+    return {
+        "steps run": j.get("steps_run"),
+        "forget QA after": mc.get("after", {}).get("acc"),
+        "forget QA oracle": mc.get("oracle", {}).get("acc"),
+        "retain NLL vs original (%)": v.get("retain_nll_change_vs_original_percent"),
+        "general NLL vs original (%)": v.get("general_nll_change_vs_original_percent"),
+        "MIA AUC loss after": mia.get("after", {}).get("loss", {}).get("auc"),
+        "MIA AUC loss oracle": mia.get("oracle", {}).get("loss", {}).get("auc"),
+        "PrivLeak MUSE after (%)": leak_muse.get("value"),
+        "retain QA after": tasks.get("retain_qa", {}).get("after", {}).get("acc"),
+        "holdout QA after": tasks.get("holdout_qa", {}).get("after", {}).get("acc"),
+    }
+
+
+def spread(reports):
+    rows = [headline(j) for j in reports]
+    print()
+    print(f"Over {len(rows)} runs (mean, sample standard deviation, min .. max):")
+    print()
+    print("| number | mean | sd | range |")
+    print("|---|---:|---:|---|")
+    for key in rows[0]:
+        xs = [r[key] for r in rows if r[key] is not None]
+        if not xs:
+            print(f"| {key} | n/a | n/a | n/a |")
+            continue
+        m = sum(xs) / len(xs)
+        sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else float("nan")
+        print(f"| {key} | {m:.3f} | {sd:.3f} | {min(xs):.3f} .. {max(xs):.3f} |")
 
 
 def main(paths):
@@ -55,7 +98,12 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    with_spread = "--spread" in args
+    args = [a for a in args if a != "--spread"]
+    if not args:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    main(sys.argv[1:])
+    main(args)
+    if with_spread:
+        spread([json.load(open(p)) for p in args])
