@@ -37,4 +37,13 @@ void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tens
 void cross_entropy_backward_shard(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                                   int64_t first, int64_t vocab, double dloss, Tensor& dlogits);
 
+// KL(q || p) over a shard of the vocabulary, q = softmax(ref_logits), p = softmax(logits),
+// both [N, Vr] of one dtype, given the whole vocabulary's log-sum-exps lse_q, lse_p [N]
+// (f64). kl[N] (f64) = sum over this shard's columns of q (log q - log p), in double (an
+// underflowed q adds nothing); dlogits (optional, the logits' dtype) = grad_scale * w_i *
+// (p - q), formed in double and stored once. Rows whose row_weight [N] (f64) is 0 get kl 0
+// and a zero gradient row.
+void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
+              const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits);
+
 }  // namespace lethe::ops

@@ -175,6 +175,15 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::cross_entropy_shard_sumexp(in(logits), in(rowmax), hs);
     out(sumexp, hs);
   }
+  void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
+                const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {
+    ++count;
+    Tensor hk = in(kl), hd = dlogits ? in(*dlogits) : Tensor();
+    ops::kl_shard(in(ref_logits), in(logits), in(lse_q), in(lse_p), in(row_weight), grad_scale, hk,
+                  dlogits ? &hd : nullptr);
+    out(kl, hk);
+    if (dlogits) out(*dlogits, hd);
+  }
   void add_(Tensor& y, const Tensor& x) override {
     ++count;
     Tensor hy = in(y);

@@ -5,17 +5,6 @@
 
 namespace lethe {
 
-namespace {
-// Scales d(logits) in place (the term's weight in the step).
-void scale_rows(Tensor& dl, double scale) {
-  if (scale == 1.0) return;
-  auto scale_all = [&](auto* p) {
-    for (int64_t i = 0; i < dl.numel(); ++i) p[i] = decltype(+p[0])(p[i] * scale);
-  };
-  if (dl.dtype() == DType::f32) scale_all(dl.data<float>());
-  else scale_all(dl.data<double>());
-}
-}  // namespace
 
 void with_host_chunk(const Tensor& logits, Tensor* dl, const std::function<void(const Tensor&, Tensor*)>& fn) {
   if (logits.device() == Device::cpu && (!dl || dl->device() == Device::cpu)) {
@@ -32,14 +21,25 @@ void with_host_chunk(const Tensor& logits, Tensor* dl, const std::function<void(
   dl->copy_from(dl_host);
 }
 
-Tensor ReferenceRows::rows(int64_t r0, int64_t r1, DType dtype) {
+Tensor ReferenceRows::computed(int64_t r0, int64_t r1) {
   const int64_t R = r1 - r0;
   const int64_t Vr = ref_.vocab_shard().size;
   if (!buf_.defined() || buf_.dim(0) < R) buf_ = Tensor::empty({R, Vr}, ref_.storage_dtype(), ref_.device());
   Tensor out = buf_.slice_rows(0, R);
   ref_.logits_rows(r0, r1, out);
-  const Tensor host = to_host(out);
+  return out;
+}
+
+Tensor ReferenceRows::rows(int64_t r0, int64_t r1, DType dtype) {
+  const Tensor host = to_host(computed(r0, r1));
   return dtype == host.dtype() ? host : host.to(dtype);
+}
+
+Tensor ReferenceRows::rows_like(int64_t r0, int64_t r1, const Tensor& chunk) {
+  if (chunk.device() == Device::cpu) return rows(r0, r1, chunk.dtype());
+  LETHE_CHECK(ref_.device() == chunk.device(), "the reference model is on ", device_name(ref_.device()),
+              ", the model's logits on ", device_name(chunk.device()));
+  return computed(r0, r1);
 }
 
 double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, const Tensor& targets, double scale,
@@ -65,11 +65,10 @@ double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, con
   double kl = 0;
   m.head_pass(
       [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
-        with_host_chunk(chunk, dchunk, [&](const Tensor& logits, Tensor* dl) {
-          const int64_t r1 = r0 + logits.dim(0);
-          kl += vocab_parallel_kl(q.rows(r0, r1, m.dtype()), logits, rw.slice_rows(r0, r1), dl, g.tp_group());
-          if (dl) scale_rows(*dl, scale);
-        });
+        // On a device the chunk, the reference's rows and the gradient stay there
+        // (ops::kl_shard); only [R] statistics visit the host.
+        const int64_t r1 = r0 + chunk.dim(0);
+        kl += vocab_parallel_kl(q.rows_like(r0, r1, chunk), chunk, rw.slice_rows(r0, r1), dchunk, g.tp_group(), scale);
       },
       grad && scale != 0);
   return g.dp_group().all_reduce(kl, ReduceOp::sum);

@@ -24,8 +24,12 @@ class ReferenceRows {
  public:
   explicit ReferenceRows(LlamaModel& ref) : ref_(ref) {}
   Tensor rows(int64_t r0, int64_t r1, DType dtype);
+  // The rows beside the model's chunk of logits: on the device, the reference's own
+  // buffer (no copy); on the CPU, a host copy in the chunk's dtype.
+  Tensor rows_like(int64_t r0, int64_t r1, const Tensor& chunk);
 
  private:
+  Tensor computed(int64_t r0, int64_t r1);  // into buf_, on the reference's device
   LlamaModel& ref_;
   Tensor buf_;
 };

@@ -40,32 +40,6 @@ std::vector<double> as_double(const Tensor& w) {
   return std::vector<double>(d.data<double>(), d.data<double>() + d.numel());
 }
 
-// Row-wise max and sum of exp(x - max) across the group; the max travels in the logits'
-// dtype so that a one-rank group reproduces ops::cross_entropy_forward bit for bit.
-template <typename T>
-void row_lse(const T* X, int64_t N, int64_t Vr, std::vector<double>& lse, Communicator& tp) {
-  Tensor mx = Tensor::empty({N}, dtype_of<T>::value);
-  T* m = mx.data<T>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    T v = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < Vr; ++j) v = std::max(v, X[i * Vr + j]);
-    m[i] = v;
-  }
-  tp.all_reduce(mx, ReduceOp::max);
-  Tensor se = Tensor::empty({N}, DType::f64);
-  double* s = se.data<double>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    double acc = 0;
-    for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - m[i]));
-    s[i] = acc;
-  }
-  tp.all_reduce(se, ReduceOp::sum);
-  lse.resize(size_t(N));
-  for (int64_t i = 0; i < N; ++i) lse[size_t(i)] = double(T(double(m[i]) + std::log(s[i])));
-}
-
 }  // namespace
 
 void vocab_parallel_embedding_forward(const Tensor& ids, const Tensor& table, const VocabShard& vs, Tensor& out,
@@ -195,46 +169,27 @@ void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& t
 }
 
 double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
-                         Communicator& tp) {
+                         Communicator& tp, double grad_scale) {
   const char* op = "vocab_parallel_kl";
-  check_logits(logits, nullptr, op);
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   const int64_t N = logits.dim(0), Vr = logits.dim(1);
   check_shape(ref_logits, {N, Vr}, op, "ref_logits");
   check_shape(row_weight, {N}, op, "row_weight");
   if (dlogits) check_shape(*dlogits, {N, Vr}, op, "dlogits");
-  const std::vector<double> w = as_double(row_weight);
-  std::vector<double> lq, lp;
+  // Only the maximum and the sum are wanted from the statistics: any shard placement
+  // gives the same log-sum-exps.
+  const VocabShard whole{0, Vr, Vr};
+  const std::vector<double> lq = row_stats_any(ref_logits, nullptr, whole, tp, op).lse;
+  const std::vector<double> lp = row_stats_any(logits, nullptr, whole, tp, op).lse;
+  const Device dev = logits.device();
+  auto rows = [&](const std::vector<double>& v) { return Tensor::from<double>({N}, v).to(dev); };
+  const Tensor w = row_weight.dtype() == DType::f64 ? row_weight.to(dev) : row_weight.to(DType::f64).to(dev);
+  Tensor kl = Tensor::empty({N}, DType::f64, dev);
+  ops::kl_shard(ref_logits, logits, rows(lq), rows(lp), w, grad_scale, kl, dlogits);
+  tp.all_reduce(kl, ReduceOp::sum);
+  const Tensor hk = on_host(kl), hw = on_host(w);
   double total = 0;
-  auto run = [&](auto tq, auto tp_) {
-    using Q = decltype(tq);
-    using P = decltype(tp_);
-    const Q* R = ref_logits.data<Q>();
-    const P* X = logits.data<P>();
-    row_lse(R, N, Vr, lq, tp);
-    row_lse(X, N, Vr, lp, tp);
-    Tensor part = Tensor::zeros({N}, DType::f64);
-    double* kl = part.data<double>();
-    P* G = dlogits ? dlogits->data<P>() : nullptr;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      if (w[size_t(i)] == 0.0) {
-        if (G) for (int64_t j = 0; j < Vr; ++j) G[i * Vr + j] = P(0);
-        continue;
-      }
-      double s = 0;
-      for (int64_t j = 0; j < Vr; ++j) {
-        const double lqj = double(R[i * Vr + j]) - lq[size_t(i)], lpj = double(X[i * Vr + j]) - lp[size_t(i)];
-        const double q = std::exp(lqj), p = std::exp(lpj);
-        if (q > 0) s += q * (lqj - lpj);
-        if (G) G[i * Vr + j] = P(w[size_t(i)] * (p - q));
-      }
-      kl[i] = s;
-    }
-    tp.all_reduce(part, ReduceOp::sum);
-    for (int64_t i = 0; i < N; ++i) total += w[size_t(i)] * kl[i];
-  };
-  LETHE_CHECK(!dlogits || dlogits->dtype() == logits.dtype(), op, ": dlogits must have the logits' dtype");
-  dispatch(ref_logits, op, [&](auto tq) { dispatch(logits, op, [&](auto tp_) { run(tq, tp_); }); });
+  for (int64_t i = 0; i < N; ++i) total += hw.data<double>()[i] * hk.data<double>()[i];
   return total;
 }
 
@@ -249,8 +204,7 @@ void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& si
   dispatch(logits, op, [&](auto tag) {
     using T = decltype(tag);
     const T* X = logits.data<T>();
-    std::vector<double> lse;
-    row_lse(X, N, Vr, lse, tp);
+    const std::vector<double> lse = row_stats_any(logits, nullptr, VocabShard{0, Vr, Vr}, tp, op).lse;
     double* m = mu.data<double>();
     double* s = sigma.data<double>();
 #pragma omp parallel for schedule(static)

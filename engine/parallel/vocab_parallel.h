@@ -5,10 +5,10 @@
 // [N]-sized all-reduces; the full [N, V] logits are never gathered.
 //
 // The same functions run with a one-rank group (vocab_start 0, Vr = V) and then equal the
-// single-process kernels. Logits are f32 or f64; sums accumulate in double. The embedding
-// and the cross-entropy also take device tensors (bf16 activations and logits): their
+// single-process kernels. Logits are f32 or f64; sums accumulate in double. The embedding,
+// the cross-entropy and KL also take device tensors (bf16 activations and logits): their
 // per-shard work runs as ops (kernels/embedding.h, kernels/cross_entropy.h) on the
-// device, and only [N]-sized statistics visit the host. KL, the moments and the argmax
+// device, and only [N]-sized statistics visit the host. The moments and the argmax
 // read host tensors (the terms give them host copies of a chunk).
 #pragma once
 #include <cstdint>
@@ -46,10 +46,12 @@ void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& t
 
 // KL(q || p) per row, q = softmax(ref_logits), p = softmax(logits), both sharded alike.
 // Returns sum_i row_weight_i * KL_i (rows with weight 0 skipped); when dlogits is given it
-// receives d/dlogits of that sum: row_weight_i * (p - q) on this rank's columns (0 on
-// skipped rows). row_weight[N] is f64.
+// receives grad_scale times d/dlogits of that sum: grad_scale * row_weight_i * (p - q) on
+// this rank's columns (0 on skipped rows), rounded once. row_weight[N] is f64 on the host.
+// The logits (and dlogits) may be on a device: the per-shard work runs as ops
+// (ops::cross_entropy_shard_*, ops::kl_shard) and only [N] statistics visit the host.
 double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
-                         Communicator& tp);
+                         Communicator& tp, double grad_scale = 1.0);
 
 // Min-K%++ moments of log p(z) under z ~ p = softmax(logits): mu[N] = sum_z p log p,
 // sigma[N] = sqrt(sum_z p (log p - mu)^2) (two passes, as eval/mia does). f64 outputs.

@@ -1,7 +1,9 @@
 #include "kernels/cross_entropy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/dispatch.h"
@@ -166,6 +168,52 @@ void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tens
       double acc = 0;
       for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - M[i]));
       S[i] = acc;
+    }
+  });
+}
+
+void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
+              const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) {
+  const char* op = "kl_shard";
+  if (DeviceOps* d = route(op, {{"ref_logits", &ref_logits}, {"logits", &logits}, {"lse_q", &lse_q},
+                                {"lse_p", &lse_p}, {"row_weight", &row_weight}, {"kl", &kl}, {"dlogits", dlogits}}))
+    return d->kl_shard(ref_logits, logits, lse_q, lse_p, row_weight, grad_scale, kl, dlogits);
+  check_cpu(logits, op, "logits");
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(ref_logits, {N, Vr}, op, "ref_logits");
+  check_dtype(ref_logits, logits.dtype(), op, "ref_logits");
+  for (const auto& [t, name] : {std::pair{&lse_q, "lse_q"}, {&lse_p, "lse_p"}, {&row_weight, "row_weight"},
+                                {&kl, "kl"}}) {
+    check_shape(*t, {N}, op, name);
+    check_dtype(*t, DType::f64, op, name);
+  }
+  if (dlogits) {
+    check_shape(*dlogits, {N, Vr}, op, "dlogits");
+    check_dtype(*dlogits, logits.dtype(), op, "dlogits");
+  }
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t *R = ref_logits.data<scalar_t>(), *X = logits.data<scalar_t>();
+    const double *LQ = lse_q.data<double>(), *LP = lse_p.data<double>(), *W = row_weight.data<double>();
+    double* K = kl.data<double>();
+    scalar_t* G = dlogits ? dlogits->data<scalar_t>() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      K[i] = 0;
+      if (W[i] == 0.0) {
+        if (G) std::fill(G + i * Vr, G + (i + 1) * Vr, scalar_t(0));
+        continue;
+      }
+      const double a = grad_scale * W[i];
+      double s = 0;
+      for (int64_t j = 0; j < Vr; ++j) {
+        const double lq = double(R[i * Vr + j]) - LQ[i], lp = double(X[i * Vr + j]) - LP[i];
+        const double q = std::exp(lq), p = std::exp(lp);
+        if (q > 0) s += q * (lq - lp);
+        if (G) G[i * Vr + j] = scalar_t(a * (p - q));
+      }
+      K[i] = s;
     }
   });
 }

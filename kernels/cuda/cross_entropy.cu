@@ -89,6 +89,36 @@ __global__ void shard_sumexp_rows(const __nv_bfloat16* __restrict__ logits, cons
   if (threadIdx.x == 0) sumexp[row] = s;
 }
 
+// KL(q || p) over a shard given the whole vocabulary's log-sum-exps (the CPU twin's
+// arithmetic: differences, exps and the row sum in double; the gradient formed in double
+// and stored through f32, as the CPU twin's f32 result is stored in bf16).
+__global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_bfloat16* __restrict__ logits,
+                              const double* __restrict__ lse_q, const double* __restrict__ lse_p,
+                              const double* __restrict__ row_weight, double grad_scale, double* __restrict__ kl,
+                              __nv_bfloat16* dlogits, int64_t V) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const double w = row_weight[row];
+  __nv_bfloat16* g = dlogits ? dlogits + row * V : nullptr;
+  if (w == 0.0) {
+    if (g)
+      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
+    if (threadIdx.x == 0) kl[row] = 0.0;
+    return;
+  }
+  const __nv_bfloat16 *x = logits + row * V, *r = ref + row * V;
+  const double lsq = lse_q[row], lsp = lse_p[row], a = grad_scale * w;
+  double acc = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const double lq = double(to_f(r[j])) - lsq, lp = double(to_f(x[j])) - lsp;
+    const double q = exp(lq), p = exp(lp);
+    if (q > 0) acc += q * (lq - lp);
+    if (g) g[j] = to_bf(float(a * (p - q)));
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) kl[row] = acc;
+}
+
 __global__ void nll_sum(const float* __restrict__ logprobs, const int32_t* __restrict__ targets,
                         const float* __restrict__ weights, double* loss, int64_t N) {
   __shared__ double scratch[32];
@@ -179,6 +209,14 @@ void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double*
   if (N <= 0) return;
   shard_sumexp_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, V);
   check_launch("cross_entropy_shard_sumexp");
+}
+
+void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,
+              const double* row_weight, double grad_scale, double* kl, bf16* dlogits, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  kl_shard_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(ref_logits), dev(logits), lse_q, lse_p, row_weight,
+                                                            grad_scale, kl, dlogits ? dev(dlogits) : nullptr, V);
+  check_launch("kl_shard");
 }
 
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,

@@ -36,6 +36,12 @@ void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double*
 
 // *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
 // fixed order: the same value every run.
+// kernels/cross_entropy.h's kl_shard: kl[N] (double) and, when dlogits is given,
+// bf16(grad_scale * w * (p - q)); lse_q, lse_p, row_weight [N] double.
+void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,
+              const double* row_weight, double grad_scale, double* kl, bf16* dlogits, int64_t N, int64_t V,
+              Stream s = nullptr);
+
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
                   Stream s = nullptr);
 

@@ -21,6 +21,7 @@
 #include "kernels/cuda/device_ops.h"
 
 #include <cstdint>
+#include <utility>
 
 #include "engine/core/error.h"
 #include "kernels/attention.h"
@@ -440,6 +441,32 @@ class CudaOps final : public DeviceOps {
     check_shape(rowmax, {N}, op, "rowmax");
     check_shape(sumexp, {N}, op, "sumexp");
     cuda::cross_entropy_shard_sumexp(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(sumexp), N, V);
+  }
+
+  void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
+                const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {
+    const char* op = "kl_shard";
+    expect(logits, DType::bf16, op, "logits");
+    expect(ref_logits, DType::bf16, op, "ref_logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    check_shape(ref_logits, {N, V}, op, "ref_logits");
+    for (const auto& [t, name] : {std::pair{&lse_q, "lse_q"}, {&lse_p, "lse_p"}, {&row_weight, "row_weight"},
+                                  {&kl, "kl"}}) {
+      expect(*t, DType::f64, op, name);
+      check_shape(*t, {N}, op, name);
+    }
+    if (dlogits) {
+      expect(*dlogits, DType::bf16, op, "dlogits");
+      check_shape(*dlogits, {N, V}, op, "dlogits");
+      // Each element is read before it is written by the same thread: aliasing the logits
+      // is safe, aliasing the reference is not.
+      expect_same_or_disjoint(*dlogits, "dlogits", logits, "logits", op);
+      expect_disjoint(*dlogits, "dlogits", ref_logits, "ref_logits", op);
+    }
+    cuda::kl_shard(ptr<bf16>(ref_logits), ptr<bf16>(logits), ptr<double>(lse_q), ptr<double>(lse_p),
+                   ptr<double>(row_weight), grad_scale, ptr<double>(kl), dlogits ? ptr<bf16>(*dlogits) : nullptr, N,
+                   V);
   }
 
   void add_(Tensor& y, const Tensor& x) override {

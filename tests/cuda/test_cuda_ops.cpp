@@ -422,6 +422,33 @@ TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
 }
 
+// KL over a shard against its CPU twin, given the same log-sum-exps: the per-row sum in
+// double differs in the order of its additions and the device's exp (1 ulp), bounded by
+// 1e-10 absolute for these rows (each |term| < 30, V = 200 terms); the gradient is the same
+// double value stored through f32 into bf16, within the bf16 tolerance the other ops use.
+TEST_F(CudaOps, KlShardMatchesCpuTwin) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 23, V = 200;
+  const auto ref = round_bf16(randn(size_t(N * V), 2.0f)), logits = round_bf16(randn(size_t(N * V), 2.0f));
+  std::vector<double> lq(size_t(N)), lp(size_t(N)), w(size_t(N), 0.25);
+  w[4] = 0.0;  // a skipped row
+  for (int64_t i = 0; i < N; ++i) {
+    lq[size_t(i)] = 4.0 + 0.01 * double(i);  // any log-sum-exps: the op takes them as given
+    lp[size_t(i)] = 4.5 - 0.01 * double(i);
+  }
+  const Tensor R = host({N, V}, ref), X = host({N, V}, logits);
+  Tensor kl = Tensor::empty({N}, DType::f64), dl = Tensor::empty({N, V}, DType::f32);
+  ops::kl_shard(R, X, Tensor::from<double>({N}, lq), Tensor::from<double>({N}, lp), Tensor::from<double>({N}, w), 0.5,
+                kl, &dl);
+  DeviceBuffer<bf16> gr(to_bf16(ref)), gx(to_bf16(logits)), gdl(static_cast<size_t>(N * V));
+  DeviceBuffer<double> glq(lq), glp(lp), gw(w), gkl(static_cast<size_t>(N));
+  cuda::kl_shard(gr.get(), gx.get(), glq.get(), glp.get(), gw.get(), 0.5, gkl.get(), gdl.get(), N, V);
+  const auto k = gkl.download();
+  for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(k[size_t(i)], kl.data<double>()[i], 1e-10) << "row " << i;
+  EXPECT_EQ(k[4], 0.0);
+  EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
+}
+
 // Straight from the definitions, in double.
 void ref_softmax_log(const float* x, int64_t V, std::vector<double>& lp) {
   double m = -INFINITY, s = 0;
