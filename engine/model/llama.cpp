@@ -5,6 +5,7 @@
 #include <string>
 #include <tuple>
 
+#include "engine/core/debug_mode.h"
 #include "engine/core/rng.h"
 #include "engine/parallel/regions.h"
 #include "kernels/attention.h"
@@ -336,10 +337,36 @@ void LlamaModel::begin(const Tensor& tokens, const char* op) {
   }
   numerics_.check_params(params_, "parameter",
                          "before the forward (it was loaded that way or written by the last update)");
+  if (debug_mode() && tp_on()) check_replicas_agree();
   Tensor x0 = resid_.view(0, {N, C});
   if (tp_on()) vocab_parallel_embedding_forward(tokens_, params_[0], vocab_shard(), x0, grid_->tp_group());
   else ops::embedding_forward(tokens_, params_[0], x0);
   numerics_.check(x0, {"forward", -1, "embed_tokens output"});
+}
+
+void LlamaModel::check_replicas_agree() {
+  // Every rank compares its copy of each replicated parameter with tp rank 0's, and the
+  // group agrees on the verdict, so every rank stops with the same error (none waits in a
+  // collective that the others left).
+  Communicator& tp = grid_->tp_group();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (params_.spec(i).sharded()) continue;
+    const Tensor mine = to_host(params_[i]);
+    Tensor first = params_[i].clone();
+    tp.broadcast(first, 0);
+    const Tensor theirs = to_host(first);
+    const int64_t n = mine.numel();
+    int64_t at = -1;
+    for (int64_t j = 0; j < n && at < 0; ++j)
+      if (std::memcmp(static_cast<const char*>(mine.raw()) + j * dtype_size(mine.dtype()),
+                      static_cast<const char*>(theirs.raw()) + j * dtype_size(mine.dtype()), dtype_size(mine.dtype())))
+        at = j;
+    const int64_t worst = tp.all_reduce(at >= 0 ? int64_t(grid_->tp_rank()) : int64_t(-1), ReduceOp::max);
+    LETHE_CHECK(worst < 0, params_.spec(i).name, ": tensor-parallel rank ", worst,
+                " holds a copy that differs from tp rank 0's (every tp rank must hold this replicated weight "
+                "whole and equal; checked in debug mode before each forward)",
+                at >= 0 ? " - this rank's first differing element is " + std::to_string(at) : std::string());
+  }
 }
 
 void LlamaModel::check_token_ids(const Tensor& tokens, const char* op) const {

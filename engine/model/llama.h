@@ -200,6 +200,8 @@ class LlamaModel {
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
   void begin(const Tensor& tokens, const char* op);
   void check_token_ids(const Tensor& tokens, const char* op) const;  // host tokens
+  // Debug mode under tp: the replicated parameters (the norms) equal on every tp rank.
+  void check_replicas_agree();
   // An op's output is stored: rounded to bf16 under Precision::bf16 (the GPU's bf16
   // buffer), then checked for NaN / Inf.
   void store(Tensor& t, const NumericsGuard::Site& site);

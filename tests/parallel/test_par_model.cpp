@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "engine/core/debug_mode.h"
 #include "engine/eval/mia.h"
 #include "engine/io/hf_model.h"
 #include "engine/io/model_loader.h"
@@ -355,6 +356,30 @@ TEST(ParallelModelConfig, LayoutErrorsNameTheDimension) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("ffn_dim % tp == 0"), std::string::npos) << e.what();
   }
+}
+
+// Debug mode under tp: a replicated weight (a norm) that differs on one tp rank, the drift
+// that a device's fp32 atomics would cause if the ranks did not agree on the gradients,
+// stops every rank at the next forward with the same error naming the weight and the rank.
+TEST(ParallelModelDebug, ReplicaDriftStopsEveryRank) {
+  const int tp = test::mpi_world_shared()->size();
+  if (tp < 2) GTEST_SKIP() << "needs a tp group";
+  auto grid = ProcessGrid::from_world(test::mpi_world_shared(), {tp, 1});
+  LlamaModel par(tiny(), DType::f32, grid);
+  par.init_weights(7);
+  const Batch b = make_batch(0);
+  set_debug_mode(true);
+  EXPECT_NO_THROW(par.forward(b.tokens, b.targets));
+  const std::string name = "model.layers.1.post_attention_layernorm.weight";
+  if (grid->tp_rank() == tp - 1) par.params().get(name).data<float>()[3] += 1e-3f;
+  try {
+    par.forward(b.tokens, b.targets);
+    ADD_FAILURE() << "a drifted replica passed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(name + ": tensor-parallel rank " + std::to_string(tp - 1)), std::string::npos)
+        << e.what();
+  }
+  set_debug_mode(false);
 }
 
 }  // namespace
