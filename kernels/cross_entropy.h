@@ -30,8 +30,17 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
 void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab, Tensor& rowmax,
                              Tensor& target_logit);
 // sumexp[N] (f64) = sum_j exp(logits[i, j] - rowmax[i]), the difference in rowmax's dtype
-// and the sum in double.
-void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp);
+// (the cross-entropy's arithmetic) or, with difference_in_double, in double (the Min-K%++
+// moments'), and the sum in double.
+void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
+                                bool difference_in_double = false);
+// The Min-K%++ moments of log p under p = softmax(row) over a shard, from the whole row's
+// maximum m (rowmax, as cross_entropy_shard_max gives it) and s = sum exp(x - m) in double
+// (sumexp with difference_in_double): with lse = m + log s and l_j = x_j - lse, out[N]
+// (f64) = sum_j exp(x_j - m) / s * l_j, or, given center[N] (f64), sum_j exp(x_j - m) / s *
+// (l_j - center)^2. All in double, each row's sum in column order.
+void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
+                          Tensor& out);
 // cross_entropy_backward over a shard: lse is the whole vocabulary's; the onehot is
 // subtracted only where this shard holds the target.
 void cross_entropy_backward_shard(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,

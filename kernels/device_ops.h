@@ -62,7 +62,10 @@ class DeviceOps {
                                       Tensor& dlogits) = 0;
   virtual void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,
                                        Tensor& rowmax, Tensor& target_logit) = 0;
-  virtual void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) = 0;
+  virtual void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
+                                          bool difference_in_double) = 0;
+  virtual void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp,
+                                    const Tensor& center, Tensor& out) = 0;
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
   virtual void add_(Tensor& y, const Tensor& x) = 0;

@@ -169,11 +169,19 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     out(rowmax, hm);
     if (target_logit.defined()) out(target_logit, ht);
   }
-  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) override {
+  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
+                                  bool difference_in_double) override {
     ++count;
     Tensor hs = in(sumexp);
-    ops::cross_entropy_shard_sumexp(in(logits), in(rowmax), hs);
+    ops::cross_entropy_shard_sumexp(in(logits), in(rowmax), hs, difference_in_double);
     out(sumexp, hs);
+  }
+  void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
+                            Tensor& o) override {
+    ++count;
+    Tensor ho = in(o);
+    ops::softmax_moment_shard(in(logits), in(rowmax), in(sumexp), in(center), ho);
+    out(o, ho);
   }
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {

@@ -10,7 +10,9 @@
 #include "engine/core/rng.h"
 #include "engine/eval/mia.h"
 #include "engine/eval/mia_stats.h"
+#include "engine/parallel/vocab_parallel.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/host_staged_device.h"
 #include "tests/test_util.h"
 
 namespace lethe {
@@ -250,6 +252,32 @@ TEST(MiaStats, LogitMomentsByHand) {
   logit_moments(uniform, 4, mu, sigma);
   EXPECT_NEAR(mu, -std::log(4.0), 1e-14);
   EXPECT_LT(sigma, 1e-12);
+}
+
+// The moments of a chunk of logits (vocab_parallel_logprob_moments, which the MIA suite
+// runs on each chunk where it lives) are logit_moments' arithmetic for one rank, bit for
+// bit, in f32 and f64; on the host-staged device the bf16 chunk's moments equal those of
+// its f32 widening (the emulation's logits), bit for bit.
+TEST(MiaStats, ChunkMomentsAreLogitMomentsBitForBit) {
+  auto one = make_local_communicator();
+  const int64_t R = 7, V = 300;
+  auto check = [&](const Tensor& logits, const Tensor& rows) {
+    Tensor mu = Tensor::empty({R}, DType::f64), sigma = Tensor::empty({R}, DType::f64);
+    vocab_parallel_logprob_moments(logits, mu, sigma, *one);
+    for (int64_t i = 0; i < R; ++i) {
+      double m = 0, sd = 0;
+      if (rows.dtype() == DType::f32) logit_moments(rows.data<float>() + i * V, V, m, sd);
+      else logit_moments(rows.data<double>() + i * V, V, m, sd);
+      EXPECT_EQ(mu.data<double>()[i], m) << logits.describe() << " row " << i;
+      EXPECT_EQ(sigma.data<double>()[i], sd) << logits.describe() << " row " << i;
+    }
+  };
+  const Tensor f32 = test::randn({R, V}, DType::f32, 11, 3.0), f64 = test::randn({R, V}, DType::f64, 12, 3.0);
+  check(f32, f32);
+  check(f64, f64);
+  ScopedHostStagedDevice device;
+  const Tensor bf16 = f32.to(DType::bf16).to(Device::cuda);
+  check(bf16, bf16.to(Device::cpu).to(DType::f32));
 }
 
 LlamaConfig tiny_byte_model() {

@@ -113,26 +113,15 @@ std::vector<DocTokenStats> collect_doc_stats(LlamaModel& model, const TokenDatas
     const int64_t N = B * seq_len;
     std::vector<double> mu(static_cast<size_t>(N)), sigma(static_cast<size_t>(N));
     // Min-K%++ moments from each chunk of logits as the loss path computes it (the whole
-    // [N, V] logits are never held). Under tp each rank holds [R, V/tp] columns and the
-    // moments come from per-rank partial sums.
+    // [N, V] logits are never held), where the chunk lives (a device's stays there). Under
+    // tp each rank holds [R, V/tp] columns and the moments come from per-rank partial sums;
+    // one rank's are logit_moments' arithmetic, bit for bit.
     auto visit = [&](int64_t r0, const Tensor& chunk) {
-      const Tensor logits = to_host(chunk);  // a model on a device: one chunk's copy
-      const int64_t R = logits.dim(0), Vr = logits.dim(1);
-      if (model.tp_layout().tp > 1) {
-        Tensor tmu = Tensor::empty({R}, DType::f64), tsigma = Tensor::empty({R}, DType::f64);
-        vocab_parallel_logprob_moments(logits, tmu, tsigma, model.grid().tp_group());
-        std::copy(tmu.data<double>(), tmu.data<double>() + R, mu.begin() + r0);
-        std::copy(tsigma.data<double>(), tsigma.data<double>() + R, sigma.begin() + r0);
-        return;
-      }
-#pragma omp parallel for schedule(static)
-      for (int64_t k = 0; k < R; ++k) {
-        if (t[r0 + k] == ops::kIgnoreIndex) continue;
-        if (logits.dtype() == DType::f32)
-          moments(logits.data<float>() + k * Vr, Vr, mu[size_t(r0 + k)], sigma[size_t(r0 + k)]);
-        else
-          moments(logits.data<double>() + k * Vr, Vr, mu[size_t(r0 + k)], sigma[size_t(r0 + k)]);
-      }
+      const int64_t R = chunk.dim(0);
+      Tensor tmu = Tensor::empty({R}, DType::f64), tsigma = Tensor::empty({R}, DType::f64);
+      vocab_parallel_logprob_moments(chunk, tmu, tsigma, model.grid().tp_group());
+      std::copy(tmu.data<double>(), tmu.data<double>() + R, mu.begin() + r0);
+      std::copy(tsigma.data<double>(), tsigma.data<double>() + R, sigma.begin() + r0);
     };
     model.forward(tok, tgt, &w, visit);
     if (!real) continue;

@@ -91,7 +91,7 @@ Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& 
 }
 
 void logprob_moments(LlamaModel& m, Tensor& mu, Tensor& sigma) {
-  vocab_parallel_logprob_moments(to_host(m.logits()), mu, sigma, m.grid().tp_group());
+  vocab_parallel_logprob_moments(m.logits(), mu, sigma, m.grid().tp_group());
 }
 
 }  // namespace lethe

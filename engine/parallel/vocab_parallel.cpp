@@ -195,41 +195,34 @@ double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const T
 
 void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& sigma, Communicator& tp) {
   const char* op = "vocab_parallel_logprob_moments";
-  check_logits(logits, nullptr, op);
-  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  const int64_t N = logits.dim(0);
   check_shape(mu, {N}, op, "mu");
   check_shape(sigma, {N}, op, "sigma");
   check_dtype(mu, DType::f64, op, "mu");
   check_dtype(sigma, DType::f64, op, "sigma");
-  dispatch(logits, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = logits.data<T>();
-    const std::vector<double> lse = row_stats_any(logits, nullptr, VocabShard{0, Vr, Vr}, tp, op).lse;
-    double* m = mu.data<double>();
-    double* s = sigma.data<double>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      double acc = 0;
-      for (int64_t j = 0; j < Vr; ++j) {
-        const double l = double(X[i * Vr + j]) - lse[size_t(i)];
-        acc += std::exp(l) * l;
-      }
-      m[i] = acc;
-    }
-    tp.all_reduce(mu, ReduceOp::sum);
-    // Second pass around the mean: E[lp^2] - mu^2 cancels for peaked distributions.
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < N; ++i) {
-      double acc = 0;
-      for (int64_t j = 0; j < Vr; ++j) {
-        const double l = double(X[i * Vr + j]) - lse[size_t(i)], d = l - m[i];
-        acc += std::exp(l) * d * d;
-      }
-      s[i] = acc;
-    }
-    tp.all_reduce(sigma, ReduceOp::sum);
-    for (int64_t i = 0; i < N; ++i) s[i] = std::sqrt(std::max(s[i], 0.0));
-  });
+  // eval/mia's one-row arithmetic, over the group: the maximum, s = sum exp(x - max) (the
+  // difference in double), then the mean of log p and, in a second pass around it, the
+  // variance (E[lp^2] - mu^2 cancels for peaked distributions). On a device the logits
+  // stay there; the [N] statistics are all-reduced there and read back at the end.
+  const Device dev = logits.device();
+  const DType st = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor mx = Tensor::empty({N}, st, dev), se = Tensor::empty({N}, DType::f64, dev);
+  Tensor m = Tensor::empty({N}, DType::f64, dev), v = Tensor::empty({N}, DType::f64, dev);
+  Tensor no_targets, no_target_logit;
+  ops::cross_entropy_shard_max(logits, no_targets, 0, logits.dim(1), mx, no_target_logit);
+  tp.all_reduce(mx, ReduceOp::max);
+  ops::cross_entropy_shard_sumexp(logits, mx, se, true);
+  tp.all_reduce(se, ReduceOp::sum);
+  ops::softmax_moment_shard(logits, mx, se, Tensor(), m);
+  tp.all_reduce(m, ReduceOp::sum);
+  ops::softmax_moment_shard(logits, mx, se, m, v);
+  tp.all_reduce(v, ReduceOp::sum);
+  mu.copy_from(m);
+  const Tensor hv = on_host(v);
+  Tensor hs = Tensor::empty({N}, DType::f64);
+  for (int64_t i = 0; i < N; ++i) hs.data<double>()[i] = std::sqrt(std::max(hv.data<double>()[i], 0.0));
+  sigma.copy_from(hs);
 }
 
 namespace {

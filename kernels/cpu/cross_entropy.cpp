@@ -40,6 +40,17 @@ std::vector<double> as_double(const Tensor& w) {
   else std::copy(w.data<float>(), w.data<float>() + w.numel(), out.begin());
   return out;
 }
+// logits[N, Vr], rowmax[N] in the logits' dtype, sumexp[N] f64; returns N.
+int64_t check_row_stats(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const char* op) {
+  check_cpu(logits, op, "logits");
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  const int64_t N = logits.dim(0);
+  check_shape(rowmax, {N}, op, "rowmax");
+  check_dtype(rowmax, logits.dtype(), op, "rowmax");
+  check_shape(sumexp, {N}, op, "sumexp");
+  check_dtype(sumexp, DType::f64, op, "sumexp");
+  return N;
+}
 }  // namespace
 
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
@@ -148,17 +159,12 @@ void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_
   });
 }
 
-void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) {
+void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp, bool difference_in_double) {
   const char* op = "cross_entropy_shard_sumexp";
   if (DeviceOps* d = route(op, {{"logits", &logits}, {"rowmax", &rowmax}, {"sumexp", &sumexp}}))
-    return d->cross_entropy_shard_sumexp(logits, rowmax, sumexp);
-  check_cpu(logits, op, "logits");
-  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
-  const int64_t N = logits.dim(0), Vr = logits.dim(1);
-  check_shape(rowmax, {N}, op, "rowmax");
-  check_dtype(rowmax, logits.dtype(), op, "rowmax");
-  check_shape(sumexp, {N}, op, "sumexp");
-  check_dtype(sumexp, DType::f64, op, "sumexp");
+    return d->cross_entropy_shard_sumexp(logits, rowmax, sumexp, difference_in_double);
+  const int64_t N = check_row_stats(logits, rowmax, sumexp, op);
+  const int64_t Vr = logits.dim(1);
   cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
     using scalar_t = decltype(tag_);
     const scalar_t *X = logits.data<scalar_t>(), *M = rowmax.data<scalar_t>();
@@ -166,8 +172,45 @@ void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tens
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
       double acc = 0;
-      for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - M[i]));
+      if (difference_in_double)
+        for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j]) - double(M[i]));
+      else
+        for (int64_t j = 0; j < Vr; ++j) acc += std::exp(double(X[i * Vr + j] - M[i]));
       S[i] = acc;
+    }
+  });
+}
+
+void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
+                          Tensor& out) {
+  const char* op = "softmax_moment_shard";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"rowmax", &rowmax}, {"sumexp", &sumexp}, {"center", &center},
+                                {"out", &out}}))
+    return d->softmax_moment_shard(logits, rowmax, sumexp, center, out);
+  const int64_t N = check_row_stats(logits, rowmax, sumexp, op);
+  const int64_t Vr = logits.dim(1);
+  check_shape(out, {N}, op, "out");
+  check_dtype(out, DType::f64, op, "out");
+  if (center.defined()) {
+    check_shape(center, {N}, op, "center");
+    check_dtype(center, DType::f64, op, "center");
+  }
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t *X = logits.data<scalar_t>(), *M = rowmax.data<scalar_t>();
+    const double* S = sumexp.data<double>();
+    const double* C = center.defined() ? center.data<double>() : nullptr;
+    double* O = out.data<double>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const double m = double(M[i]), s = S[i], lse = m + std::log(s);
+      double acc = 0;
+      for (int64_t j = 0; j < Vr; ++j) {
+        const double x = double(X[i * Vr + j]), p = std::exp(x - m);
+        const double l = x - lse;
+        acc += C ? p / s * (l - C[i]) * (l - C[i]) : p / s * l;
+      }
+      O[i] = acc;
     }
   });
 }

@@ -76,17 +76,36 @@ __global__ void shard_max_rows(const __nv_bfloat16* __restrict__ logits, const i
   target_logit[row] = (t != kIgnoreIndex && r >= 0 && r < V) ? to_f(x[r]) : 0.f;
 }
 
-// sum_j exp(x_j - max) in double, the difference in f32 (the CPU twin's arithmetic).
+// sum_j exp(x_j - max) in double, the difference in f32 or in double (the CPU twin's
+// arithmetic either way).
 __global__ void shard_sumexp_rows(const __nv_bfloat16* __restrict__ logits, const float* __restrict__ rowmax,
-                                  double* __restrict__ sumexp, int64_t V) {
+                                  double* __restrict__ sumexp, bool difference_in_double, int64_t V) {
   __shared__ double scratch[32];
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* x = logits + row * V;
   const float m = rowmax[row];
   double s = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += exp(double(to_f(x[j]) - m));
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+    s += exp(difference_in_double ? double(to_f(x[j])) - double(m) : double(to_f(x[j]) - m));
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) sumexp[row] = s;
+}
+
+// The Min-K%++ moment of one row over a shard (kernels/cross_entropy.h), in double.
+__global__ void moment_rows(const __nv_bfloat16* __restrict__ logits, const float* __restrict__ rowmax,
+                            const double* __restrict__ sumexp, const double* __restrict__ center,
+                            double* __restrict__ out, int64_t V) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16* x = logits + row * V;
+  const double m = double(rowmax[row]), s = sumexp[row], lse = m + log(s);
+  double acc = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const double xj = double(to_f(x[j])), p = exp(xj - m), l = xj - lse;
+    acc += center ? p / s * (l - center[row]) * (l - center[row]) : p / s * l;
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) out[row] = acc;
 }
 
 // KL(q || p) over a shard given the whole vocabulary's log-sum-exps (the CPU twin's
@@ -204,11 +223,18 @@ void cross_entropy_shard_max(const bf16* logits, const int32_t* targets, float* 
   check_launch("cross_entropy_shard_max");
 }
 
-void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, int64_t N, int64_t V,
-                                Stream s) {
+void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, bool difference_in_double,
+                                int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
-  shard_sumexp_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, V);
+  shard_sumexp_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, difference_in_double, V);
   check_launch("cross_entropy_shard_sumexp");
+}
+
+void softmax_moment_shard(const bf16* logits, const float* rowmax, const double* sumexp, const double* center,
+                          double* out, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  moment_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, center, out, V);
+  check_launch("softmax_moment_shard");
 }
 
 void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,

@@ -31,8 +31,11 @@ void cross_entropy_backward(const bf16* logits, const int32_t* targets, const fl
 // rowmax[N] and target_logit[N] (both null-able together with targets), sumexp[N] in double.
 void cross_entropy_shard_max(const bf16* logits, const int32_t* targets, float* rowmax, float* target_logit,
                              int64_t N, int64_t first, int64_t V, Stream s = nullptr);
-void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, int64_t N, int64_t V,
-                                Stream s = nullptr);
+void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, bool difference_in_double,
+                                int64_t N, int64_t V, Stream s = nullptr);
+// The Min-K%++ moment over a shard (kernels/cross_entropy.h); center null: the mean.
+void softmax_moment_shard(const bf16* logits, const float* rowmax, const double* sumexp, const double* center,
+                          double* out, int64_t N, int64_t V, Stream s = nullptr);
 
 // *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
 // fixed order: the same value every run.

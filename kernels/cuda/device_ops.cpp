@@ -431,7 +431,8 @@ class CudaOps final : public DeviceOps {
                                   first, V);
   }
 
-  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp) override {
+  void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
+                                  bool difference_in_double) override {
     const char* op = "cross_entropy_shard_sumexp";
     expect(logits, DType::bf16, op, "logits");
     expect_ndim(logits, 2, op, "logits", "[N, Vr]");
@@ -440,7 +441,28 @@ class CudaOps final : public DeviceOps {
     expect(sumexp, DType::f64, op, "sumexp");
     check_shape(rowmax, {N}, op, "rowmax");
     check_shape(sumexp, {N}, op, "sumexp");
-    cuda::cross_entropy_shard_sumexp(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(sumexp), N, V);
+    cuda::cross_entropy_shard_sumexp(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(sumexp),
+                                     difference_in_double, N, V);
+  }
+
+  void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
+                            Tensor& out) override {
+    const char* op = "softmax_moment_shard";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect(rowmax, DType::f32, op, "rowmax");
+    expect(sumexp, DType::f64, op, "sumexp");
+    expect(out, DType::f64, op, "out");
+    check_shape(rowmax, {N}, op, "rowmax");
+    check_shape(sumexp, {N}, op, "sumexp");
+    check_shape(out, {N}, op, "out");
+    if (center.defined()) {
+      expect(center, DType::f64, op, "center");
+      check_shape(center, {N}, op, "center");
+    }
+    cuda::softmax_moment_shard(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(sumexp),
+                               center.defined() ? ptr<double>(center) : nullptr, ptr<double>(out), N, V);
   }
 
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,

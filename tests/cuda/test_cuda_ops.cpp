@@ -412,7 +412,7 @@ TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   DeviceBuffer<float> gw(w), gmx(static_cast<size_t>(N)), gz(static_cast<size_t>(N)), glse(vec(lse));
   DeviceBuffer<double> gse(static_cast<size_t>(N));
   cuda::cross_entropy_shard_max(gl.get(), gt.get(), gmx.get(), gz.get(), N, first, Vr);
-  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), N, Vr);
+  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), false, N, Vr);
   cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 0.75f, gdl.get(), N, first, Vr, V);
   EXPECT_TRUE(close("rowmax", gmx.download(), vec(mx), 0.0));
   EXPECT_TRUE(close("target_logit", gz.download(), vec(z), 0.0));
@@ -430,7 +430,7 @@ TEST_F(CudaOps, KlShardMatchesCpuTwin) {
   SCOPED_TRACE(seed_msg());
   const int64_t N = 23, V = 200;
   const auto ref = round_bf16(randn(size_t(N * V), 2.0f)), logits = round_bf16(randn(size_t(N * V), 2.0f));
-  std::vector<double> lq(size_t(N)), lp(size_t(N)), w(size_t(N), 0.25);
+  std::vector<double> lq(static_cast<size_t>(N)), lp(static_cast<size_t>(N)), w(static_cast<size_t>(N), 0.25);
   w[4] = 0.0;  // a skipped row
   for (int64_t i = 0; i < N; ++i) {
     lq[size_t(i)] = 4.0 + 0.01 * double(i);  // any log-sum-exps: the op takes them as given
@@ -447,6 +447,38 @@ TEST_F(CudaOps, KlShardMatchesCpuTwin) {
   for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(k[size_t(i)], kl.data<double>()[i], 1e-10) << "row " << i;
   EXPECT_EQ(k[4], 0.0);
   EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
+}
+
+// The Min-K%++ pieces (sum of exp with the difference in double, the mean and the centred
+// second moment) against their CPU twins: the same double arithmetic per element, summed
+// in another order and through the device's exp (1 ulp): relative 1e-12 of each row's sum
+// of |terms| (bounded by the moment's own scale: |l| < 40 here).
+TEST_F(CudaOps, SoftmaxMomentsMatchCpuTwins) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 19, V = 500;
+  const auto logits = round_bf16(randn(size_t(N * V), 4.0f));
+  const Tensor L = host({N, V}, logits);
+  Tensor mx = Tensor::empty({N}, DType::f32), se = Tensor::empty({N}, DType::f64);
+  Tensor mu = Tensor::empty({N}, DType::f64), var = mu.clone(), none;
+  ops::cross_entropy_shard_max(L, none, 0, V, mx, none);
+  ops::cross_entropy_shard_sumexp(L, mx, se, true);
+  ops::softmax_moment_shard(L, mx, se, none, mu);
+  ops::softmax_moment_shard(L, mx, se, mu, var);
+  DeviceBuffer<bf16> gl(to_bf16(logits));
+  DeviceBuffer<float> gmx(vec(mx));
+  DeviceBuffer<double> gse(static_cast<size_t>(N)), gmu(static_cast<size_t>(N)), gvar(static_cast<size_t>(N));
+  DeviceBuffer<double> cpu_se(std::vector<double>(se.data<double>(), se.data<double>() + N));
+  DeviceBuffer<double> cpu_mu(std::vector<double>(mu.data<double>(), mu.data<double>() + N));
+  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), true, N, V);
+  // The moments from the CPU's sum and mean, so each kernel is judged on its own.
+  cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), nullptr, gmu.get(), N, V);
+  cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), cpu_mu.get(), gvar.get(), N, V);
+  const auto s = gse.download(), m = gmu.download(), v = gvar.download();
+  for (int64_t i = 0; i < N; ++i) {
+    EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
+    EXPECT_NEAR(m[size_t(i)], mu.data<double>()[i], 40e-12) << "row " << i;
+    EXPECT_NEAR(v[size_t(i)], var.data<double>()[i], 1600e-12) << "row " << i;
+  }
 }
 
 // Straight from the definitions, in double.
