@@ -46,6 +46,13 @@ void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tens
 void cross_entropy_backward_shard(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                                   int64_t first, int64_t vocab, double dloss, Tensor& dlogits);
 
+// The most likely id of each row over a shard, for greedy decoding, accuracy and the
+// adversarial labels: best[N] (the logits' dtype on the CPU, f32 on a device) = the row's
+// largest logit and arg[N] (i32) = the global id of its first occurrence, skipping the id
+// exclude[i] (a whole-vocabulary id; exclude may be undefined). A row with nothing left
+// (or only NaN) gets -inf and -1.
+void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg);
+
 // KL(q || p) over a shard of the vocabulary, q = softmax(ref_logits), p = softmax(logits),
 // both [N, Vr] of one dtype, given the whole vocabulary's log-sum-exps lse_q, lse_p [N]
 // (f64). kl[N] (f64) = sum over this shard's columns of q (log q - log p), in double (an

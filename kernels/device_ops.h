@@ -66,6 +66,8 @@ class DeviceOps {
                                           bool difference_in_double) = 0;
   virtual void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp,
                                     const Tensor& center, Tensor& out) = 0;
+  virtual void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best,
+                            Tensor& arg) = 0;
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
   virtual void add_(Tensor& y, const Tensor& x) = 0;

@@ -183,6 +183,13 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::softmax_moment_shard(in(logits), in(rowmax), in(sumexp), in(center), ho);
     out(o, ho);
   }
+  void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) override {
+    ++count;
+    Tensor hb = in(best), ha = in(arg);
+    ops::argmax_shard(in(logits), in(exclude), first, hb, ha);
+    out(best, hb);
+    out(arg, ha);
+  }
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {
     ++count;

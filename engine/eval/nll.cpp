@@ -47,24 +47,12 @@ NllResult evaluate_nll(LlamaModel& model, const TokenDataset& ds, int64_t seq_le
     // taken across them.
     const int64_t N = B * seq_len;
     std::vector<int32_t> best(size_t(N), 0);
+    // The chunk stays where it lives (ops::argmax_shard); only [R] ids come back.
     auto visit = [&](int64_t r0, const Tensor& chunk) {
-      const Tensor logits = to_host(chunk);  // a model on a device: one chunk's copy
-      const int64_t R = logits.dim(0), Vr = logits.dim(1);
-      if (model.tp_layout().tp > 1) {
-        Tensor tb = Tensor::empty({R}, DType::i32);
-        vocab_parallel_argmax(logits, model.vocab_shard(), tb, model.grid().tp_group());
-        std::copy(tb.data<int32_t>(), tb.data<int32_t>() + R, best.begin() + r0);
-        return;
-      }
-      for (int64_t k = 0; k < R; ++k) {
-        if (logits.dtype() == DType::f32) {
-          const float* row = logits.data<float>() + k * Vr;
-          best[size_t(r0 + k)] = int32_t(std::max_element(row, row + Vr) - row);
-        } else {
-          const double* row = logits.data<double>() + k * Vr;
-          best[size_t(r0 + k)] = int32_t(std::max_element(row, row + Vr) - row);
-        }
-      }
+      const int64_t R = chunk.dim(0);
+      Tensor tb = Tensor::empty({R}, DType::i32);
+      vocab_parallel_argmax(chunk, model.vocab_shard(), tb, model.grid().tp_group());
+      std::copy(tb.data<int32_t>(), tb.data<int32_t>() + R, best.begin() + r0);
     };
     const double batch_nll = model.forward(tok, tgt, &w, visit);
     if (!real) continue;

@@ -81,10 +81,9 @@ Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& 
   ref.forward_trunk(tokens);
   ref.head_pass(
       [&](int64_t r0, const Tensor& chunk, Tensor*) {
-        const Tensor logits = to_host(chunk);
-        const int64_t r1 = r0 + logits.dim(0);
+        const int64_t r1 = r0 + chunk.dim(0);
         Tensor o = out.slice_rows(r0, r1);
-        vocab_parallel_argmax_excluding(logits, tg.slice_rows(r0, r1), ref.vocab_shard(), o, ref.grid().tp_group());
+        vocab_parallel_argmax_excluding(chunk, tg.slice_rows(r0, r1), ref.vocab_shard(), o, ref.grid().tp_group());
       },
       false);
   return out.reshape(targets.shape());

@@ -18,7 +18,6 @@ void dispatch(const Tensor& t, const char* op, F&& f) {
 }
 
 void check_logits(const Tensor& logits, const VocabShard* vs, const char* op) {
-  check_cpu(logits, op, "logits");
   LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   if (vs)
     LETHE_CHECK(logits.dim(1) == vs->size && vs->start >= 0 && vs->start + vs->size <= vs->vocab, op,
@@ -227,36 +226,33 @@ void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& si
 
 namespace {
 // Row argmax over the whole vocabulary, skipping each row's `skip` id (none when skip is
-// null); rows whose skip id is kIgnoreIndex get kIgnoreIndex.
-void argmax_rows(const Tensor& logits, const int32_t* tg, const VocabShard& vs, Tensor& out, Communicator& tp,
+// undefined); rows whose skip id is kIgnoreIndex get kIgnoreIndex. Each shard's first
+// maximum comes from ops::argmax_shard (on the logits' device); among the ranks holding
+// the group's maximum the smallest id wins (a max all-reduce of -id), on the host.
+void argmax_rows(const Tensor& logits, const Tensor& skip, const VocabShard& vs, Tensor& out, Communicator& tp,
                  const char* op) {
-  const int64_t N = logits.dim(0), Vr = vs.size;
+  const int64_t N = logits.dim(0);
   check_shape(out, {N}, op, "out");
   check_dtype(out, DType::i32, op, "out");
-  Tensor best = Tensor::empty({N}, DType::f64), neg_idx = Tensor::empty({N}, DType::f64);
-  double* bv = best.data<double>();
-  double* ni = neg_idx.data<double>();
-  dispatch(logits, op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = logits.data<T>();
-    for (int64_t i = 0; i < N; ++i) {
-      bv[i] = -std::numeric_limits<double>::infinity();
-      int64_t arg = -1;
-      for (int64_t j = 0; j < Vr; ++j) {
-        if (tg && vs.start + j == tg[i]) continue;
-        if (double(X[i * Vr + j]) > bv[i]) bv[i] = double(X[i * Vr + j]), arg = vs.start + j;
-      }
-      ni[i] = arg < 0 ? -double(vs.vocab) : -double(arg);
-    }
-  });
-  Tensor global = best.clone();
+  const Device dev = logits.device();
+  const DType st = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor best = Tensor::empty({N}, st, dev), arg = Tensor::empty({N}, DType::i32, dev);
+  ops::argmax_shard(logits, skip.defined() && skip.device() != dev ? skip.to(dev) : skip, vs.start, best, arg);
+  Tensor bv = on_host(best).to(DType::f64);
+  const Tensor ha = on_host(arg);
+  Tensor global = bv.clone();
   tp.all_reduce(global, ReduceOp::max);
-  // Among the ranks holding the maximum, the smallest id wins: max of -id.
-  for (int64_t i = 0; i < N; ++i)
-    if (bv[i] != global.data<double>()[i]) ni[i] = -double(vs.vocab);
+  Tensor neg_idx = Tensor::empty({N}, DType::f64);
+  double* ni = neg_idx.data<double>();
+  for (int64_t i = 0; i < N; ++i) {
+    const int32_t a = ha.data<int32_t>()[i];
+    ni[i] = (a < 0 || bv.data<double>()[i] != global.data<double>()[i]) ? -double(vs.vocab) : -double(a);
+  }
   tp.all_reduce(neg_idx, ReduceOp::max);
+  const Tensor hs = skip.defined() ? on_host(skip) : Tensor();
   for (int64_t i = 0; i < N; ++i)
-    out.data<int32_t>()[i] = (tg && tg[i] == ops::kIgnoreIndex) ? ops::kIgnoreIndex : int32_t(-ni[i]);
+    out.data<int32_t>()[i] =
+        (hs.defined() && hs.data<int32_t>()[i] == ops::kIgnoreIndex) ? ops::kIgnoreIndex : int32_t(-ni[i]);
 }
 }  // namespace
 
@@ -265,12 +261,12 @@ void vocab_parallel_argmax_excluding(const Tensor& logits, const Tensor& targets
   const char* op = "vocab_parallel_argmax_excluding";
   check_logits(logits, &vs, op);
   check_targets(targets, logits.dim(0), vs.vocab, op);
-  argmax_rows(logits, targets.data<int32_t>(), vs, out, tp, op);
+  argmax_rows(logits, targets, vs, out, tp, op);
 }
 
 void vocab_parallel_argmax(const Tensor& logits, const VocabShard& vs, Tensor& out, Communicator& tp) {
   check_logits(logits, &vs, "vocab_parallel_argmax");
-  argmax_rows(logits, nullptr, vs, out, tp, "vocab_parallel_argmax");
+  argmax_rows(logits, Tensor(), vs, out, tp, "vocab_parallel_argmax");
 }
 
 }  // namespace lethe

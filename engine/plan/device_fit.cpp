@@ -38,7 +38,8 @@ void check_device_fit(const PlanInput& in, const std::string& what, const std::s
     fix << (r >= 0 ? ", set train.recompute: " + std::to_string(r) + " (the plan then fits)"
                    : ", recompute layers with train.recompute (all of them: " + gib(memory_plan(all).total()) + ")");
   }
-  fix << ", or split the model over more GPUs with parallel.dp (ZeRO-1 shards the optimizer state)";
+  fix << ", or split the model over more GPUs with parallel.tp (weights, gradients and activations) or "
+         "parallel.dp (ZeRO-1 shards the optimizer state)";
   LETHE_FAIL(what, ": this run needs about ", gib(m.total()), " per GPU by its plan (", parts.str(), "), and ", device,
              " offers ", gib(usable), " (", gib(device_bytes), " less ", int(kDeviceHeadroom * 100),
              "% for workspaces and the CUDA context); nothing was started. ", fix.str(),

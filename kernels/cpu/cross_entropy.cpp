@@ -215,6 +215,40 @@ void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tens
   });
 }
 
+void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) {
+  const char* op = "argmax_shard";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"exclude", &exclude}, {"best", &best}, {"arg", &arg}}))
+    return d->argmax_shard(logits, exclude, first, best, arg);
+  check_cpu(logits, op, "logits");
+  LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
+  const int64_t N = logits.dim(0), Vr = logits.dim(1);
+  check_shape(best, {N}, op, "best");
+  check_dtype(best, logits.dtype(), op, "best");
+  check_shape(arg, {N}, op, "arg");
+  check_dtype(arg, DType::i32, op, "arg");
+  if (exclude.defined()) {
+    check_shape(exclude, {N}, op, "exclude");
+    check_dtype(exclude, DType::i32, op, "exclude");
+  }
+  cpu::dispatch_float(logits.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t* X = logits.data<scalar_t>();
+    const int32_t* ex = exclude.defined() ? exclude.data<int32_t>() : nullptr;
+    scalar_t* B = best.data<scalar_t>();
+    int32_t* A = arg.data<int32_t>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      scalar_t v = -std::numeric_limits<scalar_t>::infinity();
+      int64_t a = -1;
+      const int64_t skip = ex ? int64_t(ex[i]) - first : -1;
+      for (int64_t j = 0; j < Vr; ++j)
+        if (j != skip && X[i * Vr + j] > v) v = X[i * Vr + j], a = first + j;
+      B[i] = v;
+      A[i] = int32_t(a);
+    }
+  });
+}
+
 void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
               const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) {
   const char* op = "kl_shard";

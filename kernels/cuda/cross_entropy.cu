@@ -108,6 +108,36 @@ __global__ void moment_rows(const __nv_bfloat16* __restrict__ logits, const floa
   if (threadIdx.x == 0) out[row] = acc;
 }
 
+// The row's largest logit and the first column holding it, skipping one global id.
+// Candidates merge as (larger value, then smaller column): the CPU's first-max scan.
+__device__ __forceinline__ void better(float& v, int64_t& j, float ov, int64_t oj) {
+  if (ov > v || (ov == v && oj < j)) v = ov, j = oj;
+}
+__global__ void argmax_rows(const __nv_bfloat16* __restrict__ logits, const int32_t* __restrict__ exclude,
+                            int64_t first, float* __restrict__ best, int32_t* __restrict__ arg, int64_t V) {
+  __shared__ float sv[32];
+  __shared__ int64_t sj[32];
+  const int64_t row = blockIdx.x, none = INT64_MAX;
+  const __nv_bfloat16* x = logits + row * V;
+  const int64_t skip = exclude ? int64_t(exclude[row]) - first : -1;
+  float v = -INFINITY;
+  int64_t j = none;
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x)
+    if (c != skip && to_f(x[c]) > v) v = to_f(x[c]), j = c;
+  for (int o = 16; o > 0; o >>= 1) better(v, j, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, j, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  if (lane == 0) sv[warp] = v, sj[warp] = j;
+  __syncthreads();
+  if (warp != 0) return;
+  v = lane < nw ? sv[lane] : -INFINITY;
+  j = lane < nw ? sj[lane] : none;
+  for (int o = 16; o > 0; o >>= 1) better(v, j, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, j, o));
+  if (lane == 0) {
+    best[row] = j == none ? -INFINITY : v;
+    arg[row] = j == none ? -1 : int32_t(first + j);
+  }
+}
+
 // KL(q || p) over a shard given the whole vocabulary's log-sum-exps (the CPU twin's
 // arithmetic: differences, exps and the row sum in double; the gradient formed in double
 // and stored through f32, as the CPU twin's f32 result is stored in bf16).
@@ -235,6 +265,13 @@ void softmax_moment_shard(const bf16* logits, const float* rowmax, const double*
   if (N <= 0) return;
   moment_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, center, out, V);
   check_launch("softmax_moment_shard");
+}
+
+void argmax_shard(const bf16* logits, const int32_t* exclude, int64_t first, float* best, int32_t* arg, int64_t N,
+                  int64_t V, Stream s) {
+  if (N <= 0) return;
+  argmax_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), exclude, first, best, arg, V);
+  check_launch("argmax_shard");
 }
 
 void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,

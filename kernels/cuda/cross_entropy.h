@@ -39,6 +39,10 @@ void softmax_moment_shard(const bf16* logits, const float* rowmax, const double*
 
 // *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
 // fixed order: the same value every run.
+// kernels/cross_entropy.h's argmax_shard (exclude may be null).
+void argmax_shard(const bf16* logits, const int32_t* exclude, int64_t first, float* best, int32_t* arg, int64_t N,
+                  int64_t V, Stream s = nullptr);
+
 // kernels/cross_entropy.h's kl_shard: kl[N] (double) and, when dlogits is given,
 // bf16(grad_scale * w * (p - q)); lse_q, lse_p, row_weight [N] double.
 void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,

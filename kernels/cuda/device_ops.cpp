@@ -465,6 +465,23 @@ class CudaOps final : public DeviceOps {
                                center.defined() ? ptr<double>(center) : nullptr, ptr<double>(out), N, V);
   }
 
+  void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) override {
+    const char* op = "argmax_shard";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect(best, DType::f32, op, "best");
+    expect(arg, DType::i32, op, "arg");
+    check_shape(best, {N}, op, "best");
+    check_shape(arg, {N}, op, "arg");
+    if (exclude.defined()) {
+      expect(exclude, DType::i32, op, "exclude");
+      check_shape(exclude, {N}, op, "exclude");
+    }
+    cuda::argmax_shard(ptr<bf16>(logits), exclude.defined() ? ptr<int32_t>(exclude) : nullptr, first,
+                       ptr<float>(best), ptr<int32_t>(arg), N, V);
+  }
+
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {
     const char* op = "kl_shard";

@@ -422,6 +422,37 @@ TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
 }
 
+// The first maximum of each row over a shard, skipping one id, against the CPU twin: a
+// comparison of bf16 values, exact. Ties (a row of equal values, a repeated maximum) take
+// the first column; the excluded id's column is never chosen.
+TEST_F(CudaOps, ArgmaxShardMatchesCpuTwinWithTies) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 9, V = 700, first = 1000;
+  auto logits = round_bf16(randn(size_t(N * V)));
+  for (int64_t j = 0; j < V; ++j) logits[size_t(2 * V + j)] = 0.5f;  // all tied
+  logits[size_t(3 * V + 10)] = logits[size_t(3 * V + 600)] = 9.f;   // a repeated maximum
+  logits[size_t(4 * V + 5)] = 9.f;                                  // the maximum, excluded
+  std::vector<int32_t> exclude(static_cast<size_t>(N), -100);
+  exclude[4] = int32_t(first + 5);
+  exclude[2] = int32_t(first);  // the tied row's first column is excluded: the second wins
+  const Tensor L = host({N, V}, logits), E = Tensor::from<int32_t>({N}, exclude);
+  Tensor best = Tensor::empty({N}, DType::f32), arg = Tensor::empty({N}, DType::i32);
+  ops::argmax_shard(L, E, first, best, arg);
+  EXPECT_EQ(arg.data<int32_t>()[2], first + 1);
+  EXPECT_EQ(arg.data<int32_t>()[3], first + 10);
+  EXPECT_NE(arg.data<int32_t>()[4], first + 5);
+  DeviceBuffer<bf16> gl(to_bf16(logits));
+  DeviceBuffer<int32_t> ge(exclude), garg(static_cast<size_t>(N));
+  DeviceBuffer<float> gbest(static_cast<size_t>(N));
+  cuda::argmax_shard(gl.get(), ge.get(), first, gbest.get(), garg.get(), N, V);
+  const auto a = garg.download();
+  const auto b = gbest.download();
+  for (int64_t i = 0; i < N; ++i) {
+    EXPECT_EQ(a[size_t(i)], arg.data<int32_t>()[i]) << "row " << i;
+    EXPECT_EQ(b[size_t(i)], best.data<float>()[i]) << "row " << i;
+  }
+}
+
 // KL over a shard against its CPU twin, given the same log-sum-exps: the per-row sum in
 // double differs in the order of its additions and the device's exp (1 ulp), bounded by
 // 1e-10 absolute for these rows (each |term| < 30, V = 200 terms); the gradient is the same
