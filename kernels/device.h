@@ -17,4 +17,15 @@ std::vector<DeviceInfo> cuda_devices();    // empty without a driver or a device
 // has no device to select (an error).
 void select_cuda_device(int index);
 
+// The CUDA attention kernels this process uses (kernels/cuda/attention.h), by name:
+// forward "wmma" (the default) or "mma"; backward "wmma" (the default), "mma" or
+// "mma_deterministic". The mma kernels are opt-in until they pass the GPU tests on
+// hardware. An unknown name fails, naming where it came from (`forward_from`,
+// `backward_from`) and the choices; a build without CUDA checks the names and has nothing
+// to select.
+void select_cuda_attention_kernels(const std::string& forward, const std::string& forward_from,
+                                   const std::string& backward, const std::string& backward_from);
+// "forward <name>, backward <name>": the kernels selected now.
+std::string cuda_attention_kernels();
+
 }  // namespace lethe

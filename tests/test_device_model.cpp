@@ -307,6 +307,31 @@ TEST(RunDevice, AutoTakesAVisibleGpuOnlyWhenOptedIn) {
   }
 }
 
+// The attention kernels are picked by name (LETHE_ATTENTION_FORWARD / _BACKWARD at start-up);
+// a wrong name is refused naming where it came from and the choices, in any build.
+TEST(RunDevice, AttentionKernelNamesAreChecked) {
+  EXPECT_EQ(cuda_attention_kernels(), "forward wmma, backward wmma");  // the defaults
+  select_cuda_attention_kernels("mma", "F", "mma_deterministic", "B");
+  EXPECT_EQ(cuda_attention_kernels(), "forward mma, backward mma_deterministic");
+  select_cuda_attention_kernels("wmma", "F", "mma", "B");
+  EXPECT_EQ(cuda_attention_kernels(), "forward wmma, backward mma");
+  struct Bad {
+    const char *fwd, *bwd, *expect;
+  };
+  for (const Bad b : {Bad{"flash", "wmma", "F: the attention forward kernel must be wmma or mma, got 'flash'"},
+                      Bad{"wmma", "mma_det", "B: the attention backward kernel must be wmma, mma or mma_deterministic, "
+                                             "got 'mma_det'"}}) {
+    try {
+      select_cuda_attention_kernels(b.fwd, "F", b.bwd, "B");
+      ADD_FAILURE() << "accepted " << b.fwd << " / " << b.bwd;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(b.expect), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(cuda_attention_kernels(), "forward wmma, backward mma");  // a refused name changes nothing
+  select_cuda_attention_kernels("wmma", "F", "wmma", "B");
+}
+
 TEST(DeviceOptimizerOps, AdamWAndNormsMatchTheCpu) {
   ScopedHostStagedDevice device;
   Tensor p = randn({50}, DType::f32, 1), g = randn({50}, DType::f32, 2), m = randn({50}, DType::f32, 3, 0.1),

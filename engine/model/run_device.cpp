@@ -21,6 +21,16 @@ bool env_set(const char* name) {
   const char* v = std::getenv(name);
   return v && std::string(v) == "1";
 }
+
+// LETHE_ATTENTION_FORWARD / LETHE_ATTENTION_BACKWARD pick the CUDA attention kernels;
+// returns what the run line says about them.
+std::string select_attention_from_env(const std::string& where) {
+  const char* f = std::getenv("LETHE_ATTENTION_FORWARD");
+  const char* b = std::getenv("LETHE_ATTENTION_BACKWARD");
+  const std::string fwd = f && *f ? f : "wmma", bwd = b && *b ? b : "wmma";
+  select_cuda_attention_kernels(fwd, where + ": LETHE_ATTENTION_FORWARD", bwd, where + ": LETHE_ATTENTION_BACKWARD");
+  return " | attention: " + cuda_attention_kernels();
+}
 }  // namespace
 
 RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> precision, const std::string& where) {
@@ -39,7 +49,10 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     RunDevice r;
     r.device = Device::cuda;
     r.precision = Precision::bf16;
-    r.line = "device: cuda (the host-staged test device: CPU kernels behind the device op boundary) | precision: bf16";
+    // The CUDA kernels are chosen (and the names checked) as on a GPU, though the CPU's run.
+    const std::string attention = select_attention_from_env(where);
+    r.line = "device: cuda (the host-staged test device: CPU kernels behind the device op boundary) | precision: bf16" +
+             attention + " (not used: the CPU's attention runs)";
     return r;
   }
   if (device == DeviceChoice::cuda) {
@@ -53,12 +66,13 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
                 "(docs/gpu-results.md); set LETHE_UNVERIFIED_CUDA=1 to run it anyway, or use cpu");
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
+    const std::string attention = select_attention_from_env(where);
     select_cuda_device(0);
     RunDevice r;
     r.device = Device::cuda;
     r.precision = Precision::bf16;
     r.line = "device: cuda (" + cuda_devices()[0].name + ", unverified) | precision: bf16" +
-             (precision ? "" : " (the GPU's default)");
+             (precision ? "" : " (the GPU's default)") + attention;
     return r;
   }
   if (device == DeviceChoice::automatic) {

@@ -2,12 +2,14 @@
 
 #include <mma.h>
 
+#include "kernels/cuda/attention_mma.h"
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lethe::cuda {
 namespace {
 using namespace nvcuda;
+using detail::with_head_dim;
 using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
 using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
@@ -176,163 +178,6 @@ __global__ void __launch_bounds__(kThreads) flash_fwd(const __nv_bfloat16* __res
     __nv_bfloat16* orow = o + (int64_t(b) * T + qi) * qstride + int64_t(h) * D;
     for (int c = lane; c < D; c += 32) orow[c] = to_bf(Os[r * Ld<D>::f + c] * inv);
     if (lane == 0) lse[(int64_t(b) * H + h) * T + qi] = row_m[r] * kLn2 + logf(l);
-  }
-}
-
-// ---- forward, register-resident variant ----------------------------------------------
-// FlashAttention-2's layout with mma.sync m16n8k16: each warp keeps its 16 rows of Q, the
-// scores, the probabilities and the output accumulator in registers; only K and V pass
-// through shared memory. Fragment layouts (PTX ISA, m16n8k16 bf16): lane = 4 g + t;
-// A: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..);
-// B (k x n): b0 (k 2t..2t+1, n g), b1 (k 2t+8..2t+9, n g); C: c0,c1 (g, 2t..), c2,c3 (g+8, 2t..).
-__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-__device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-  return uint32_t(__bfloat16_as_ushort(lo)) | (uint32_t(__bfloat16_as_ushort(hi)) << 16);
-}
-__device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-template <int D>
-struct MmaSmem {
-  static constexpr size_t q = 0;
-  static constexpr size_t k = q + size_t(kBr) * Ld<D>::h * 2;
-  static constexpr size_t v = k + size_t(kBc) * Ld<D>::h * 2;
-  static constexpr size_t bytes = v + size_t(kBc) * Ld<D>::h * 2;
-};
-
-template <int D>
-__global__ void __launch_bounds__(kThreads) flash_fwd_mma(const __nv_bfloat16* __restrict__ q,
-                                                          const __nv_bfloat16* __restrict__ k,
-                                                          const __nv_bfloat16* __restrict__ v, float scale_log2,
-                                                          __nv_bfloat16* __restrict__ o, float* __restrict__ lse,
-                                                          int64_t T, int H, int KV) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  using S = MmaSmem<D>;
-  constexpr int ld = Ld<D>::h;
-  auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem + S::q);
-  auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem + S::k);
-  auto* Vs = reinterpret_cast<__nv_bfloat16*>(smem + S::v);
-  const int qb = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t q0 = int64_t(qb) * kBr;
-  const int64_t qstride = int64_t(H) * D, kstride = int64_t(KV) * D;
-  const __nv_bfloat16* qbase = q + int64_t(b) * T * qstride + int64_t(h) * D;
-  const __nv_bfloat16* kbase = k + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const __nv_bfloat16* vbase = v + int64_t(b) * T * kstride + int64_t(kvh) * D;
-  const int r0 = warp * 16;
-
-  load_rows<D>(Qs, qbase, qstride, q0, kBr, T);
-  __syncthreads();
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const __nv_bfloat16* p = Qs + (r0 + g) * ld + kk * 16 + 2 * t;
-    qf[kk][0] = ld32(p);
-    qf[kk][1] = ld32(p + 8 * ld);
-    qf[kk][2] = ld32(p + 8);
-    qf[kk][3] = ld32(p + 8 * ld + 8);
-  }
-  float acc[D / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < D / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // rows g and g + 8
-  const int64_t qrow[2] = {q0 + r0 + g, q0 + r0 + g + 8};
-
-  const int64_t n_tiles = min((T + kBc - 1) / kBc, (q0 + kBr - 1) / kBc + 1);
-  for (int64_t kt = 0; kt < n_tiles; ++kt) {
-    const int64_t k0 = kt * kBc;
-    __syncthreads();
-    load_rows<D>(Ks, kbase, kstride, k0, kBc, T);
-    load_rows<D>(Vs, vbase, kstride, k0, kBc, T);
-    __syncthreads();
-
-    float sc[kBc / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt) {
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const __nv_bfloat16* p = Ks + (nt * 8 + g) * ld + kk * 16 + 2 * t;
-        mma16816(sc[nt], qf[kk], ld32(p), ld32(p + 8));
-      }
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
-        const int ri = e >> 1;
-        const float x = (kj <= qrow[ri] && kj < T) ? sc[nt][e] * scale_log2 : -INFINITY;
-        sc[nt][e] = x;
-        mx[ri] = fmaxf(mx[ri], x);
-      }
-    float alpha[2], base[2];
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 1));
-      mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 2));
-      const float m_new = fmaxf(m_run[ri], mx[ri]);
-      base[ri] = m_new == -INFINITY ? 0.f : m_new;  // a row with no visible key yet
-      alpha[ri] = exp2f(m_run[ri] - base[ri]);
-      m_run[ri] = m_new;
-    }
-    float rs[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(sc[nt][e] - base[e >> 1]);
-        sc[nt][e] = p;
-        rs[e >> 1] += p;
-      }
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      rs[ri] += __shfl_xor_sync(0xffffffffu, rs[ri], 1);
-      rs[ri] += __shfl_xor_sync(0xffffffffu, rs[ri], 2);
-      l_run[ri] = l_run[ri] * alpha[ri] + rs[ri];
-    }
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      acc[dt][0] *= alpha[0], acc[dt][1] *= alpha[0];
-      acc[dt][2] *= alpha[1], acc[dt][3] *= alpha[1];
-    }
-    // O += P V: the score accumulators of two adjacent 8-key tiles are exactly the A
-    // fragment of one 16-key step.
-#pragma unroll
-    for (int j = 0; j < kBc / 16; ++j) {
-      const uint32_t a[4] = {pack2(sc[2 * j][0], sc[2 * j][1]), pack2(sc[2 * j][2], sc[2 * j][3]),
-                             pack2(sc[2 * j + 1][0], sc[2 * j + 1][1]), pack2(sc[2 * j + 1][2], sc[2 * j + 1][3])};
-      const __nv_bfloat16* vr = Vs + (j * 16 + 2 * t) * ld + g;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const __nv_bfloat16* p = vr + dt * 8;
-        mma16816(acc[dt], a, pack2(p[0], p[ld]), pack2(p[8 * ld], p[9 * ld]));
-      }
-    }
-  }
-
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    const int64_t qi = qrow[ri];
-    if (qi >= T) continue;
-    const float inv = 1.f / l_run[ri];
-    __nv_bfloat16* orow = o + (int64_t(b) * T + qi) * qstride + int64_t(h) * D;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<__nv_bfloat162*>(orow + dt * 8 + 2 * t) =
-          __floats2bfloat162_rn(acc[dt][2 * ri] * inv, acc[dt][2 * ri + 1] * inv);
-    if (t == 0) lse[(int64_t(b) * H + h) * T + qi] = m_run[ri] * kLn2 + logf(l_run[ri]);
   }
 }
 
@@ -522,9 +367,6 @@ void set_smem_limits() {
   LETHE_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(BwdSmem<D>::bytes)),
                    "attention");
-  LETHE_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(MmaSmem<D>::bytes)),
-                   "attention");
   done = true;
 }
 
@@ -534,22 +376,25 @@ void check_dims(int64_t T, int64_t H, int64_t KV, int64_t D, const char* op) {
   LETHE_CHECK(T > 0 && T < (int64_t(1) << 31), op, ": sequence length ", T, " out of range");
 }
 
-template <typename F>
-void with_head_dim(int64_t D, F&& f) {
-  switch (D) {
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    case 32: f(std::integral_constant<int, 32>{}); break;
-    case 64: f(std::integral_constant<int, 64>{}); break;
-    case 128: f(std::integral_constant<int, 128>{}); break;
-    default: LETHE_FAIL("attention: head_dim ", D, " has no CUDA kernel");
-  }
-}
-
 AttentionForwardKernel g_forward_kernel = AttentionForwardKernel::wmma;
+AttentionBackwardKernel g_backward_kernel = AttentionBackwardKernel::wmma;
 }  // namespace
 
 void set_attention_forward_kernel(AttentionForwardKernel k) { g_forward_kernel = k; }
 AttentionForwardKernel attention_forward_kernel() { return g_forward_kernel; }
+void set_attention_backward_kernel(AttentionBackwardKernel k) { g_backward_kernel = k; }
+AttentionBackwardKernel attention_backward_kernel() { return g_backward_kernel; }
+
+const char* attention_kernel_name(AttentionForwardKernel k) {
+  return k == AttentionForwardKernel::mma ? "mma" : "wmma";
+}
+const char* attention_kernel_name(AttentionBackwardKernel k) {
+  switch (k) {
+    case AttentionBackwardKernel::mma: return "mma";
+    case AttentionBackwardKernel::mma_deterministic: return "mma_deterministic";
+    default: return "wmma";
+  }
+}
 
 bool attention_supports_head_dim(int64_t D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 
@@ -557,16 +402,16 @@ void attention_forward(const bf16* q, const bf16* k, const bf16* v, float scale,
                        int64_t T, int64_t H, int64_t KV, int64_t D, Stream s) {
   if (B == 0) return;
   check_dims(T, H, KV, D, "attention_forward");
+  if (g_forward_kernel == AttentionForwardKernel::mma) {
+    detail::attention_forward_mma(q, k, v, scale, o, lse, B, T, H, KV, D, s);
+    return;
+  }
   with_head_dim(D, [&](auto d) {
     constexpr int kD = decltype(d)::value;
     set_smem_limits<kD>();
     const dim3 grid(unsigned((T + kBr - 1) / kBr), unsigned(H), unsigned(B));
-    if (g_forward_kernel == AttentionForwardKernel::mma)
-      flash_fwd_mma<kD><<<grid, kThreads, MmaSmem<kD>::bytes, as_stream(s)>>>(
-          dev(q), dev(k), dev(v), scale * kLog2e, dev(o), lse, T, int(H), int(KV));
-    else
-      flash_fwd<kD><<<grid, kThreads, FwdSmem<kD>::bytes, as_stream(s)>>>(
-          dev(q), dev(k), dev(v), scale * kLog2e, dev(o), lse, T, int(H), int(KV));
+    flash_fwd<kD><<<grid, kThreads, FwdSmem<kD>::bytes, as_stream(s)>>>(dev(q), dev(k), dev(v), scale * kLog2e,
+                                                                       dev(o), lse, T, int(H), int(KV));
   });
   check_launch("attention_forward");
 }
@@ -584,11 +429,17 @@ void attention_backward(const bf16* dout, const bf16* q, const bf16* k, const bf
   const size_t dq_bytes = size_t(B * T * H * D) * sizeof(float);
   float* dq_acc = static_cast<float*>(workspace);
   float* delta = reinterpret_cast<float*>(static_cast<char*>(workspace) + (dq_bytes + 255) / 256 * 256);
-  fill_bytes(dq_acc, 0, dq_bytes, s);
+  if (g_backward_kernel != AttentionBackwardKernel::mma_deterministic) fill_bytes(dq_acc, 0, dq_bytes, s);
   const int64_t rows = B * T * H;
   delta_kernel<<<grid_for(rows * 32, 256, int64_t(1) << 30), 256, 0, as_stream(s)>>>(dev(dout), dev(o), delta, rows,
                                                                                    T, int(H), int(D));
   check_launch("attention_backward");
+  if (g_backward_kernel != AttentionBackwardKernel::wmma) {
+    detail::attention_backward_mma(dout, q, k, v, lse, delta, scale, dq_acc, dq, dk, dv,
+                                   g_backward_kernel == AttentionBackwardKernel::mma_deterministic, B, T, H, KV, D,
+                                   s);
+    return;
+  }
   with_head_dim(D, [&](auto d) {
     constexpr int kD = decltype(d)::value;
     set_smem_limits<kD>();

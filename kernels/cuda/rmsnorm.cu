@@ -6,7 +6,29 @@ namespace lethe::cuda {
 namespace {
 constexpr int kThreads = 256;
 
-template <bool kResidual>
+// Rows are walked kVec elements per thread per step: 8 (16-byte loads and stores) when C
+// is a multiple of 8 and every pointer 16-byte aligned, else 1. Each thread owns the same
+// elements in every pass over its row, whatever kVec.
+template <int kVec>
+struct Vec {
+  __nv_bfloat16 v[kVec];
+};
+template <int kVec>
+__device__ __forceinline__ Vec<kVec> ld(const __nv_bfloat16* p) {
+  if constexpr (kVec == 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    return *reinterpret_cast<const Vec<8>*>(&raw);
+  } else {
+    return Vec<kVec>{{*p}};
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void st(__nv_bfloat16* p, const Vec<kVec>& x) {
+  if constexpr (kVec == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
+  else *p = x.v[0];
+}
+
+template <bool kResidual, int kVec>
 __global__ void rms_fwd(__nv_bfloat16* x, const __nv_bfloat16* __restrict__ delta,
                         const __nv_bfloat16* __restrict__ w, float eps, __nv_bfloat16* __restrict__ y,
                         float* __restrict__ rstd, int64_t C) {
@@ -14,26 +36,33 @@ __global__ void rms_fwd(__nv_bfloat16* x, const __nv_bfloat16* __restrict__ delt
   const int64_t row = blockIdx.x;
   __nv_bfloat16* xr = x + row * C;
   float ss = 0.f;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float v;
+  for (int64_t c = threadIdx.x * int64_t(kVec); c < C; c += int64_t(blockDim.x) * kVec) {
+    Vec<kVec> xv = ld<kVec>(xr + c);
     if constexpr (kResidual) {
-      const __nv_bfloat16 sum = to_bf(to_f(xr[c]) + to_f(delta[row * C + c]));
-      xr[c] = sum;
-      v = to_f(sum);
-    } else {
-      v = to_f(xr[c]);
+      const Vec<kVec> dv = ld<kVec>(delta + row * C + c);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) xv.v[j] = to_bf(to_f(xv.v[j]) + to_f(dv.v[j]));
+      st<kVec>(xr + c, xv);
     }
-    ss += v * v;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) ss += to_f(xv.v[j]) * to_f(xv.v[j]);
   }
   ss = block_sum(ss, scratch);
   const float r = rsqrtf(ss / float(C) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
   // Each thread rereads only the elements it wrote itself: no barrier needed.
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[row * C + c] = to_bf(to_f(w[c]) * (to_f(xr[c]) * r));
+  for (int64_t c = threadIdx.x * int64_t(kVec); c < C; c += int64_t(blockDim.x) * kVec) {
+    const Vec<kVec> xv = ld<kVec>(xr + c), wv = ld<kVec>(w + c);
+    Vec<kVec> yv;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) yv.v[j] = to_bf(to_f(wv.v[j]) * (to_f(xv.v[j]) * r));
+    st<kVec>(y + row * C + c, yv);
+  }
 }
 
 // A block walks `rows_per_block` rows and keeps its share of dw in shared memory, so dw
 // sees one atomic per channel per block rather than per row.
+template <int kVec>
 __global__ void rms_bwd(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat16* __restrict__ x,
                         const __nv_bfloat16* __restrict__ w, const float* __restrict__ rstd,
                         __nv_bfloat16* __restrict__ dx, bool accumulate, float* __restrict__ dw, int64_t N,
@@ -41,40 +70,69 @@ __global__ void rms_bwd(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat1
   extern __shared__ float dw_part[];
   __shared__ float scratch[32];
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dw_part[c] = 0.f;
+  __syncthreads();  // a thread's dw_part elements below are not the ones it zeroed
   const int64_t r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
   for (int64_t row = r0; row < r1; ++row) {
     const __nv_bfloat16 *g = dy + row * C, *xr = x + row * C;
     const float r = rstd[row];
     float dot = 0.f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float gv = to_f(g[c]), xv = to_f(xr[c]);
-      dot += to_f(w[c]) * gv * xv;
-      dw_part[c] += gv * xv * r;
+    for (int64_t c = threadIdx.x * int64_t(kVec); c < C; c += int64_t(blockDim.x) * kVec) {
+      const Vec<kVec> gv = ld<kVec>(g + c), xv = ld<kVec>(xr + c), wv = ld<kVec>(w + c);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const float gf = to_f(gv.v[j]), xf = to_f(xv.v[j]);
+        dot += to_f(wv.v[j]) * gf * xf;
+        dw_part[c + j] += gf * xf * r;
+      }
     }
     dot = block_sum(dot, scratch);
     const float k = r * r * r * dot / float(C);
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      float v = r * to_f(w[c]) * to_f(g[c]) - k * to_f(xr[c]);
-      if (accumulate) v += to_f(dx[row * C + c]);
-      dx[row * C + c] = to_bf(v);
+    for (int64_t c = threadIdx.x * int64_t(kVec); c < C; c += int64_t(blockDim.x) * kVec) {
+      const Vec<kVec> gv = ld<kVec>(g + c), xv = ld<kVec>(xr + c), wv = ld<kVec>(w + c);
+      Vec<kVec> acc{};
+      if (accumulate) acc = ld<kVec>(dx + row * C + c);
+      Vec<kVec> out;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        float v = r * to_f(wv.v[j]) * to_f(gv.v[j]) - k * to_f(xv.v[j]);
+        if (accumulate) v += to_f(acc.v[j]);
+        out.v[j] = to_bf(v);
+      }
+      st<kVec>(dx + row * C + c, out);
     }
   }
+  __syncthreads();  // the channels a thread adds are not all ones it accumulated
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(dw + c, dw_part[c]);
+}
+
+bool vec8(int64_t C, std::initializer_list<const void*> ps) {
+  if (C % 8) return false;
+  for (const void* p : ps)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
 }
 }  // namespace
 
 void rmsnorm_forward(const bf16* x, const bf16* w, float eps, bf16* y, float* rstd, int64_t N, int64_t C,
                      Stream s) {
   if (N <= 0) return;
-  rms_fwd<false><<<unsigned(N), kThreads, 0, as_stream(s)>>>(const_cast<__nv_bfloat16*>(dev(x)), nullptr, dev(w),
-                                                              eps, dev(y), rstd, C);
+  auto* xm = const_cast<__nv_bfloat16*>(dev(x));
+  if (vec8(C, {x, w, y}))
+    rms_fwd<false, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(xm, nullptr, dev(w), eps, dev(y), rstd, C);
+  else
+    rms_fwd<false, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(xm, nullptr, dev(w), eps, dev(y), rstd, C);
   check_launch("rmsnorm_forward");
 }
 
 void residual_rmsnorm_forward(bf16* residual, const bf16* delta, const bf16* w, float eps, bf16* y, float* rstd,
                               int64_t N, int64_t C, Stream s) {
   if (N <= 0) return;
-  rms_fwd<true><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(residual), dev(delta), dev(w), eps, dev(y), rstd, C);
+  if (vec8(C, {residual, delta, w, y}))
+    rms_fwd<true, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(residual), dev(delta), dev(w), eps, dev(y),
+                                                                  rstd, C);
+  else
+    rms_fwd<true, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(residual), dev(delta), dev(w), eps, dev(y),
+                                                                  rstd, C);
   check_launch("residual_rmsnorm_forward");
 }
 
@@ -83,13 +141,20 @@ void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float*
   if (N <= 0) return;
   const size_t smem = size_t(C) * sizeof(float);
   LETHE_CHECK(smem <= 96 * 1024, "rmsnorm_backward: C=", C, " is wider than the kernel's shared dw buffer");
+  const bool v8 = vec8(C, {dy, x, w, dx});
   if (smem > 48 * 1024)
-    LETHE_CUDA_CHECK(cudaFuncSetAttribute(rms_bwd, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+    LETHE_CUDA_CHECK(cudaFuncSetAttribute(v8 ? rms_bwd<8> : rms_bwd<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(smem)),
                      "rmsnorm_backward");
   // About four blocks per multiprocessor keeps every SM busy; more only adds atomics.
   const int64_t blocks = std::min<int64_t>(N, 528), rows = (N + blocks - 1) / blocks;
-  rms_bwd<<<unsigned((N + rows - 1) / rows), kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx),
-                                                                            accumulate_dx, dw, N, C, rows);
+  const unsigned grid = unsigned((N + rows - 1) / rows);
+  if (v8)
+    rms_bwd<8><<<grid, kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx), accumulate_dx, dw, N,
+                                                      C, rows);
+  else
+    rms_bwd<1><<<grid, kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx), accumulate_dx, dw, N,
+                                                      C, rows);
   check_launch("rmsnorm_backward");
 }
 

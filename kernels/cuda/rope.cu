@@ -4,15 +4,15 @@
 
 namespace lethe::cuda {
 namespace {
-// One thread per rotated pair; it reads both halves before writing, so y may alias x.
+// A block per token (b, t), its threads laid out (pair i, head): the position comes from
+// the block index once, cos/sin are read once per thread for every head, and no thread
+// divides. Each thread reads both halves before writing, so y may alias x.
 __global__ void rotate(const __nv_bfloat16* x, const float* __restrict__ cos, const float* __restrict__ sin,
-                       __nv_bfloat16* y, int64_t T, int64_t H, int64_t half, float sign, int64_t n_pairs) {
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < n_pairs;
-       p += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = p % half, row = p / half;  // row = (b*T + t)*H + h
-    const int64_t t = (row / H) % T;
-    const int64_t o = row * 2 * half + i;
-    const float c = cos[t * half + i], s = sign * sin[t * half + i];
+                       __nv_bfloat16* y, int T, int H, int half, float sign) {
+  const int t = int(blockIdx.x % unsigned(T)), i = threadIdx.x;
+  const float c = cos[int64_t(t) * half + i], s = sign * sin[int64_t(t) * half + i];
+  for (int h = threadIdx.y; h < H; h += blockDim.y) {
+    const int64_t o = (int64_t(blockIdx.x) * H + h) * 2 * half + i;
     const float x1 = to_f(x[o]), x2 = to_f(x[o + half]);
     y[o] = to_bf(x1 * c - x2 * s);
     y[o + half] = to_bf(x2 * c + x1 * s);
@@ -21,9 +21,13 @@ __global__ void rotate(const __nv_bfloat16* x, const float* __restrict__ cos, co
 void launch(const bf16* x, const float* cos, const float* sin, bf16* y, int64_t B, int64_t T, int64_t H, int64_t D,
             float sign, Stream s, const char* op) {
   LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even, got ", D);
-  const int64_t n = B * T * H * (D / 2);
-  if (n <= 0) return;
-  rotate<<<grid_for(n, 256), 256, 0, as_stream(s)>>>(dev(x), cos, sin, dev(y), T, H, D / 2, sign, n);
+  LETHE_CHECK(D <= 2048, op, ": head_dim ", D, " exceeds the kernel's 1024 pairs per token");
+  LETHE_CHECK(B * T < (int64_t(1) << 31) && H < (int64_t(1) << 31), op, ": ", B * T, " tokens x ", H,
+              " heads is beyond the kernel's grid");
+  if (B * T * H <= 0) return;
+  const int half = int(D / 2);
+  const dim3 block(unsigned(half), unsigned(std::max(1, std::min<int>(int(H), 256 / half))));
+  rotate<<<unsigned(B * T), block, 0, as_stream(s)>>>(dev(x), cos, sin, dev(y), int(T), int(H), half, sign);
   check_launch(op);
 }
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -123,7 +124,8 @@ TEST_F(CudaOps, EmbeddingShardMatchesCpuTwin) {
 // ---- rmsnorm -----------------------------------------------------------------------
 TEST_F(CudaOps, RmsNormForwardMatchesCpu) {
   SCOPED_TRACE(seed_msg());
-  for (int64_t C : {64, 1000, 4096}) {
+  // 16-byte loads where C is a multiple of 8, one element at a time otherwise (1001).
+  for (int64_t C : {64, 1000, 1001, 4096}) {
     const int64_t N = 67;
     const auto x = round_bf16(randn(size_t(N * C), 2.f)), w = round_bf16(randn(size_t(C), 0.2f, 1.f));
     DeviceBuffer<bf16> dx(to_bf16(x)), dw(to_bf16(w)), y(size_t(N * C));
@@ -156,8 +158,8 @@ TEST_F(CudaOps, ResidualRmsNormAddsThenNormalises) {
 
 TEST_F(CudaOps, RmsNormBackwardMatchesCpu) {
   SCOPED_TRACE(seed_msg());
-  for (bool acc : {false, true}) {
-    const int64_t N = 1000, C = 768;
+  for (const auto& [acc, C] : {std::pair<bool, int64_t>{false, 768}, {true, 768}, {false, 770}, {true, 770}}) {
+    const int64_t N = 1000;
     const auto x = round_bf16(randn(size_t(N * C))), w = round_bf16(randn(size_t(C), 0.2f, 1.f)),
                dy = round_bf16(randn(size_t(N * C))), dx0 = round_bf16(randn(size_t(N * C))),
                dw0 = randn(static_cast<size_t>(C));
@@ -169,19 +171,26 @@ TEST_F(CudaOps, RmsNormBackwardMatchesCpu) {
     cuda::rmsnorm_backward(ddy.get(), dx_in.get(), dwt.get(), drstd.get(), ddx.get(), acc, ddw.get(), N, C);
     Tensor dxr = host({N, C}, dx0), dwr = host({C}, dw0);
     ops::rmsnorm_backward(host({N, C}, dy), host({N, C}, x), host({C}, w), rr, dxr, acc, dwr);
-    EXPECT_TRUE(close("dx", ddx.download(), vec(dxr), kBf16Tol)) << "accumulate=" << acc;
-    EXPECT_TRUE(close("dw", ddw.download(), vec(dwr), kSumTol)) << "accumulate=" << acc;
+    EXPECT_TRUE(close("dx", ddx.download(), vec(dxr), kBf16Tol)) << "accumulate=" << acc << " C=" << C;
+    EXPECT_TRUE(close("dw", ddw.download(), vec(dwr), kSumTol)) << "accumulate=" << acc << " C=" << C;
   }
 }
 
 // ---- rope --------------------------------------------------------------------------
 TEST_F(CudaOps, RopeForwardAndBackwardMatchCpuWithEveryScaling) {
   SCOPED_TRACE(seed_msg());
-  const int64_t B = 2, T = 37, H = 3, D = 64;
+  const int64_t B = 2, T = 37;
   ops::RopeScaling none, linear, llama3;
   linear.type = "linear", linear.factor = 4;
   llama3.type = "llama3", llama3.factor = 8, llama3.original_max_position_embeddings = 16;
+  // A block per token with (pair, head) threads: fewer heads than the block has rows
+  // (D 16), more (H 40 at D 128).
+  struct Shape {
+    int64_t H, D;
+  };
+  for (const Shape shape : {Shape{3, 64}, Shape{5, 16}, Shape{40, 128}})
   for (const auto* sc : {&none, &linear, &llama3}) {
+    const int64_t H = shape.H, D = shape.D;
     Tensor cos, sin;
     ops::rope_tables(ops::rope_inv_freq(D, 10000, *sc), T + 5, DType::f32, cos, sin);
     const auto x = round_bf16(randn(size_t(B * T * H * D)));
@@ -203,7 +212,9 @@ TEST_F(CudaOps, RopeForwardAndBackwardMatchCpuWithEveryScaling) {
 // ---- swiglu ------------------------------------------------------------------------
 TEST_F(CudaOps, SwigluForwardAndBackwardMatchCpu) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 77, F = 352;
+  // 16-byte loads (F = 352) and one element at a time (F = 351).
+  for (const int64_t F : {352, 351}) {
+  const int64_t N = 77;
   const auto g = round_bf16(randn(size_t(N * F), 3.f)), u = round_bf16(randn(size_t(N * F))),
              da = round_bf16(randn(size_t(N * F)));
   DeviceBuffer<bf16> dg(to_bf16(g)), du(to_bf16(u)), dda(to_bf16(da)), a(g.size()), gg(g.size()), gu(g.size());
@@ -212,9 +223,10 @@ TEST_F(CudaOps, SwigluForwardAndBackwardMatchCpu) {
   Tensor ar = Tensor::empty({N, F}, DType::f32), dgr = ar.clone(), dur = ar.clone();
   ops::swiglu_forward(host({N, F}, g), host({N, F}, u), ar);
   ops::swiglu_backward(host({N, F}, da), host({N, F}, g), host({N, F}, u), dgr, dur);
-  EXPECT_TRUE(close("a", a.download(), vec(ar), kBf16Tol));
-  EXPECT_TRUE(close("dg", gg.download(), vec(dgr), kBf16Tol));
-  EXPECT_TRUE(close("du", gu.download(), vec(dur), kBf16Tol));
+  EXPECT_TRUE(close("a", a.download(), vec(ar), kBf16Tol)) << "F=" << F;
+  EXPECT_TRUE(close("dg", gg.download(), vec(dgr), kBf16Tol)) << "F=" << F;
+  EXPECT_TRUE(close("du", gu.download(), vec(dur), kBf16Tol)) << "F=" << F;
+  }
 }
 
 // ---- linear (cuBLASLt) -------------------------------------------------------------
@@ -255,9 +267,12 @@ struct AttnCase {
 TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
   SCOPED_TRACE(seed_msg());
   // Tiny model's head_dim 16, lengths that are not multiples of the 64-row tiles, MHA
-  // and GQA groups of 2 and 4, the 7B head_dim 128.
+  // and GQA groups of 2 and 4, the 7B head_dim 128; for the mma kernels' 128-row query
+  // (forward) and key (backward) blocks: one past a block, and several blocks with a
+  // ragged tail.
   for (const AttnCase c : {AttnCase{2, 100, 4, 2, 16}, AttnCase{1, 64, 2, 1, 32}, AttnCase{1, 130, 4, 4, 64},
-                           AttnCase{1, 200, 8, 2, 128}, AttnCase{2, 17, 4, 1, 128}}) {
+                           AttnCase{1, 200, 8, 2, 128}, AttnCase{2, 17, 4, 1, 128}, AttnCase{1, 129, 2, 2, 64},
+                           AttnCase{1, 300, 4, 1, 128}}) {
     const std::string name = "B" + std::to_string(c.B) + " T" + std::to_string(c.T) + " H" + std::to_string(c.H) +
                              " KV" + std::to_string(c.KV) + " D" + std::to_string(c.D);
     const size_t nq = size_t(c.B * c.T * c.H * c.D), nk = size_t(c.B * c.T * c.KV * c.D);
@@ -295,6 +310,25 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
     EXPECT_TRUE(close("dq", gdq.download(), vec(dq), kAttnBwdTol)) << name;
     EXPECT_TRUE(close("dk", gdk.download(), vec(dk), kAttnBwdTol)) << name;
     EXPECT_TRUE(close("dv", gdv.download(), vec(dv), kAttnBwdTol)) << name;
+    // The FlashAttention-2-structured backward kernels on the same inputs; the
+    // deterministic one twice, which must agree bit for bit.
+    for (const auto kind : {cuda::AttentionBackwardKernel::mma, cuda::AttentionBackwardKernel::mma_deterministic}) {
+      const std::string variant = std::string(" (") + cuda::attention_kernel_name(kind) + " backward)";
+      std::vector<bf16> first_dq;
+      for (int run = 0; run < (kind == cuda::AttentionBackwardKernel::mma_deterministic ? 2 : 1); ++run) {
+        DeviceBuffer<bf16> gdq2(nq), gdk2(nk), gdv2(nk);
+        cuda::set_attention_backward_kernel(kind);
+        cuda::attention_backward(gdo.get(), gq.get(), gk.get(), gv.get(), go.get(), glse.get(), float(scale),
+                                 gdq2.get(), gdk2.get(), gdv2.get(), ws.get(), c.B, c.T, c.H, c.KV, c.D);
+        cuda::set_attention_backward_kernel(cuda::AttentionBackwardKernel::wmma);
+        const std::vector<bf16> dq2 = gdq2.download();
+        EXPECT_TRUE(close(("dq" + variant).c_str(), dq2, vec(dq), kAttnBwdTol)) << name;
+        EXPECT_TRUE(close(("dk" + variant).c_str(), gdk2.download(), vec(dk), kAttnBwdTol)) << name;
+        EXPECT_TRUE(close(("dv" + variant).c_str(), gdv2.download(), vec(dv), kAttnBwdTol)) << name;
+        if (run == 0) first_dq = dq2;
+        else EXPECT_EQ(0, std::memcmp(first_dq.data(), dq2.data(), dq2.size() * sizeof(bf16))) << name << variant;
+      }
+    }
   }
 }
 
