@@ -6,27 +6,10 @@
 
 #include "engine/eval/rouge.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/numerics.h"
 
 namespace lethe {
 namespace {
-
-// The first maximum wins: std::max_element would do the same, but spelling it out keeps
-// the tie rule independent of any library's scan order and lets NaN be caught.
-template <typename T>
-int32_t argmax_first(const T* row, int64_t V) {
-  int64_t best = 0;
-  for (int64_t v = 0; v < V; ++v) {
-    LETHE_CHECK(!std::isnan(row[v]), "greedy decoding: logit of token ", v, " is NaN");
-    if (row[v] > row[best]) best = v;
-  }
-  return int32_t(best);
-}
-
-int32_t argmax_row(const Tensor& logits, int64_t r) {
-  const int64_t V = logits.dim(1);
-  if (logits.dtype() == DType::f32) return argmax_first(logits.data<float>() + r * V, V);
-  return argmax_first(logits.data<double>() + r * V, V);
-}
 
 void check_ids(const std::vector<int32_t>& ids, int64_t V, const char* what) {
   for (size_t i = 0; i < ids.size(); ++i)
@@ -60,7 +43,7 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
   // slides, every position shifts, and the window is run afresh (a prefill) per token.
   // Logits only: no loss, so no collective over dp (each dp rank decodes its own rows).
   Tensor logits = Tensor::empty({B, model.vocab_shard().size}, model.storage_dtype(), model.device());
-  Tensor tp_next = Tensor::empty({B}, DType::i32), last = Tensor::empty({B}, DType::i32);
+  Tensor next_ids = Tensor::empty({B}, DType::i32), last = Tensor::empty({B}, DType::i32);
   bool cached = false;
   for (int64_t step = 0; step < max_new_tokens && n_done < B; ++step) {
     const int64_t len = int64_t(ctx[0].size()), T = std::min(len, max_T);
@@ -74,12 +57,19 @@ std::vector<std::vector<int32_t>> greedy_continue_batch(LlamaModel& model,
       model.decode_prefill(tok, logits);
       cached = true;
     }
-    // Under tp each rank holds a slice of the vocabulary: the argmax is taken across them.
-    const bool tp = model.tp_layout().tp > 1;
-    const Tensor host = to_host(logits);  // a model on a device: B rows of logits
-    if (tp) vocab_parallel_argmax(host, model.vocab_shard(), tp_next, model.grid().tp_group());
+    // The next ids from the logits where they live: each rank's first maximum of its
+    // vocabulary slice, the smallest id among the ranks holding the row's maximum; only
+    // [B] values reach the host. A non-finite logit stops every tp rank alike.
+    const ops::NonFiniteScan bad = ops::find_nonfinite(logits);
+    if (model.grid().tp_group().all_reduce(bad.count, ReduceOp::sum) > 0) {
+      const int64_t Vr = logits.dim(1);
+      LETHE_CHECK(bad.count == 0, "greedy decoding: the logit of token ", model.vocab_shard().start + bad.first % Vr,
+                  " in row ", bad.first / Vr, " is not finite (", bad.count, " non-finite logits in this step)");
+      LETHE_FAIL("greedy decoding: another tensor-parallel rank's logits are not finite");
+    }
+    vocab_parallel_argmax(logits, model.vocab_shard(), next_ids, model.grid().tp_group());
     for (int64_t b = 0; b < B; ++b) {
-      const int32_t next = tp ? tp_next.data<int32_t>()[b] : argmax_row(host, b);
+      const int32_t next = next_ids.data<int32_t>()[b];
       // Finished rows keep growing so every row stays the same length; their tokens are
       // discarded.
       ctx[size_t(b)].push_back(next);
