@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "engine/core/debug_mode.h"
 #include "engine/core/error.h"
 #include "kernels/device.h"
 #include "kernels/host_staged_device.h"
@@ -29,7 +30,13 @@ std::string select_attention_from_env(const std::string& where) {
   const char* b = std::getenv("LETHE_ATTENTION_BACKWARD");
   const std::string fwd = f && *f ? f : "wmma", bwd = b && *b ? b : "wmma";
   select_cuda_attention_kernels(fwd, where + ": LETHE_ATTENTION_FORWARD", bwd, where + ": LETHE_ATTENTION_BACKWARD");
-  return " | attention: " + cuda_attention_kernels();
+  std::string line = " | attention: " + cuda_attention_kernels();
+  // Debug mode's other gradients add in a fixed order on the GPU; attention's dq does only
+  // with the deterministic kernel, which is opt-in until it has run on hardware.
+  if (debug_mode() && bwd != "mma_deterministic")
+    line += " (debug mode: attention dq still adds with atomics; LETHE_ATTENTION_BACKWARD=mma_deterministic "
+            "makes it bitwise repeatable)";
+  return line;
 }
 }  // namespace
 

@@ -1,5 +1,6 @@
 #include "kernels/cuda/rmsnorm.h"
 
+#include "engine/core/debug_mode.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lethe::cuda {
@@ -62,15 +63,17 @@ __global__ void rms_fwd(__nv_bfloat16* x, const __nv_bfloat16* __restrict__ delt
 
 // A block walks `rows_per_block` rows and keeps its share of dw in shared memory, so dw
 // sees one atomic per channel per block rather than per row.
-template <int kVec>
+template <int kVec, bool kDw>
 __global__ void rms_bwd(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat16* __restrict__ x,
                         const __nv_bfloat16* __restrict__ w, const float* __restrict__ rstd,
                         __nv_bfloat16* __restrict__ dx, bool accumulate, float* __restrict__ dw, int64_t N,
                         int64_t C, int64_t rows_per_block) {
   extern __shared__ float dw_part[];
   __shared__ float scratch[32];
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dw_part[c] = 0.f;
-  __syncthreads();  // a thread's dw_part elements below are not the ones it zeroed
+  if constexpr (kDw) {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dw_part[c] = 0.f;
+    __syncthreads();  // a thread's dw_part elements below are not the ones it zeroed
+  }
   const int64_t r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
   for (int64_t row = r0; row < r1; ++row) {
     const __nv_bfloat16 *g = dy + row * C, *xr = x + row * C;
@@ -82,7 +85,7 @@ __global__ void rms_bwd(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat1
       for (int j = 0; j < kVec; ++j) {
         const float gf = to_f(gv.v[j]), xf = to_f(xv.v[j]);
         dot += to_f(wv.v[j]) * gf * xf;
-        dw_part[c + j] += gf * xf * r;
+        if constexpr (kDw) dw_part[c + j] += gf * xf * r;
       }
     }
     dot = block_sum(dot, scratch);
@@ -101,8 +104,21 @@ __global__ void rms_bwd(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat1
       st<kVec>(dx + row * C + c, out);
     }
   }
-  __syncthreads();  // the channels a thread adds are not all ones it accumulated
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(dw + c, dw_part[c]);
+  if constexpr (kDw) {
+    __syncthreads();  // the channels a thread adds are not all ones it accumulated
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(dw + c, dw_part[c]);
+  }
+}
+
+// Debug mode: dw without atomics, a thread per channel summing the rows in order, so two
+// runs agree bit for bit. Slow: for debug mode.
+__global__ void rms_dw_ordered(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat16* __restrict__ x,
+                               const float* __restrict__ rstd, float* __restrict__ dw, int64_t N, int64_t C) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int64_t row = 0; row < N; ++row) s += to_f(dy[row * C + c]) * to_f(x[row * C + c]) * rstd[row];
+  dw[c] += s;
 }
 
 bool vec8(int64_t C, std::initializer_list<const void*> ps) {
@@ -139,22 +155,21 @@ void residual_rmsnorm_forward(bf16* residual, const bf16* delta, const bf16* w, 
 void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx, bool accumulate_dx,
                       float* dw, int64_t N, int64_t C, Stream s) {
   if (N <= 0) return;
-  const size_t smem = size_t(C) * sizeof(float);
+  // Debug mode leaves dw to the ordered kernel: the row kernel then needs no shared dw.
+  const bool ordered = debug_mode();
+  const size_t smem = ordered ? 0 : size_t(C) * sizeof(float);
   LETHE_CHECK(smem <= 96 * 1024, "rmsnorm_backward: C=", C, " is wider than the kernel's shared dw buffer");
   const bool v8 = vec8(C, {dy, x, w, dx});
+  auto* kernel = ordered ? (v8 ? rms_bwd<8, false> : rms_bwd<1, false>) : (v8 ? rms_bwd<8, true> : rms_bwd<1, true>);
   if (smem > 48 * 1024)
-    LETHE_CUDA_CHECK(cudaFuncSetAttribute(v8 ? rms_bwd<8> : rms_bwd<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(smem)),
+    LETHE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                      "rmsnorm_backward");
   // About four blocks per multiprocessor keeps every SM busy; more only adds atomics.
   const int64_t blocks = std::min<int64_t>(N, 528), rows = (N + blocks - 1) / blocks;
-  const unsigned grid = unsigned((N + rows - 1) / rows);
-  if (v8)
-    rms_bwd<8><<<grid, kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx), accumulate_dx, dw, N,
-                                                      C, rows);
-  else
-    rms_bwd<1><<<grid, kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx), accumulate_dx, dw, N,
-                                                      C, rows);
+  kernel<<<unsigned((N + rows - 1) / rows), kThreads, smem, as_stream(s)>>>(dev(dy), dev(x), dev(w), rstd, dev(dx),
+                                                                           accumulate_dx, dw, N, C, rows);
+  if (ordered)
+    rms_dw_ordered<<<unsigned((C + 31) / 32), 32, 0, as_stream(s)>>>(dev(dy), dev(x), rstd, dw, N, C);
   check_launch("rmsnorm_backward");
 }
 

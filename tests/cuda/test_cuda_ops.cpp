@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/core/debug_mode.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/arena.h"
@@ -119,6 +120,59 @@ TEST_F(CudaOps, EmbeddingShardMatchesCpuTwin) {
   Tensor gref = host({Vr, C}, g0);
   ops::embedding_backward_shard(Tensor::from<int32_t>({N}, ids), host({N, C}, dout), first, V, gref);
   EXPECT_TRUE(close("dtable", dg.download(), vec(gref), 1e-5));
+}
+
+// Debug mode (LETHE_DEBUG=1) trades the float atomics of the embedding gradient and of
+// RMSNorm's dw for kernels that add in a fixed order: two runs agree bit for bit, and the
+// embedding gradient equals the CPU twin's exactly (both add each f32 value in token order).
+TEST_F(CudaOps, DebugModeGradientsAreBitwiseRepeatable) {
+  SCOPED_TRACE(seed_msg());
+  struct DebugOn {
+    DebugOn() { set_debug_mode(true); }
+    ~DebugOn() { set_debug_mode(false); }
+  } debug;
+  {
+    const int64_t N = 300, V = 7, first = 2, Vr = 4, C = 96;  // few ids: many repeats per row
+    const auto ids = randint(size_t(N), int32_t(V));
+    const auto dout = round_bf16(randn(size_t(N * C)));
+    const auto g0 = randn(size_t(Vr * C));
+    DeviceBuffer<bf16> dd(to_bf16(dout));
+    DeviceBuffer<int32_t> did(ids);
+    std::vector<float> runs[2];
+    for (auto& r : runs) {
+      DeviceBuffer<float> dg(g0);
+      cuda::embedding_backward(did.get(), dd.get(), dg.get(), N, first, Vr, V, C);
+      r = dg.download();
+    }
+    Tensor gref = host({Vr, C}, g0);
+    ops::embedding_backward_shard(Tensor::from<int32_t>({N}, ids), host({N, C}, dout), first, V, gref);
+    EXPECT_EQ(runs[0], runs[1]);
+    EXPECT_EQ(runs[0], vec(gref));
+  }
+  for (const int64_t C : {768, 770}) {
+    const int64_t N = 1000;
+    const auto x = round_bf16(randn(size_t(N * C))), w = round_bf16(randn(size_t(C), 0.2f, 1.f)),
+               dy = round_bf16(randn(size_t(N * C))), dw0 = randn(static_cast<size_t>(C));
+    Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
+    ops::rmsnorm_forward(host({N, C}, x), host({C}, w), 1e-5, yr, rr);
+    DeviceBuffer<bf16> dx_in(to_bf16(x)), dwt(to_bf16(w)), ddy(to_bf16(dy));
+    DeviceBuffer<float> drstd(vec(rr));
+    std::vector<float> dws[2];
+    std::vector<bf16> dxs[2];
+    for (int i = 0; i < 2; ++i) {
+      DeviceBuffer<bf16> ddx(static_cast<size_t>(N * C));
+      DeviceBuffer<float> ddw(dw0);
+      cuda::rmsnorm_backward(ddy.get(), dx_in.get(), dwt.get(), drstd.get(), ddx.get(), false, ddw.get(), N, C);
+      dws[i] = ddw.download();
+      dxs[i] = ddx.download();
+    }
+    Tensor dxr = Tensor::empty({N, C}, DType::f32), dwr = host({C}, dw0);
+    ops::rmsnorm_backward(host({N, C}, dy), host({N, C}, x), host({C}, w), rr, dxr, false, dwr);
+    EXPECT_EQ(dws[0], dws[1]) << "C=" << C;
+    EXPECT_EQ(0, std::memcmp(dxs[0].data(), dxs[1].data(), dxs[0].size() * sizeof(bf16))) << "C=" << C;
+    EXPECT_TRUE(close("dx (debug mode)", dxs[0], vec(dxr), kBf16Tol)) << "C=" << C;
+    EXPECT_TRUE(close("dw (debug mode)", dws[0], vec(dwr), kSumTol)) << "C=" << C;
+  }
 }
 
 // ---- rmsnorm -----------------------------------------------------------------------
