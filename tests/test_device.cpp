@@ -8,7 +8,9 @@ namespace {
 
 TEST(Device, QueryNeverFails) {
   const auto devs = lethe::cuda_devices();
-  if (!lethe::cuda_compiled()) EXPECT_TRUE(devs.empty());
+  if (!lethe::cuda_compiled()) {
+    EXPECT_TRUE(devs.empty());
+  }
 }
 
 TEST(Device, VisibleGpusReportNameAndMemory) {

@@ -23,6 +23,7 @@
 #include "engine/io/checkpoint.h"
 #include "engine/unlearn/recipe.h"
 #include "engine/unlearn/unlearner.h"
+#include "tests/run_files.h"
 #include "tests/unlearn_data.h"
 
 namespace lethe {
@@ -94,22 +95,8 @@ class DeviceUnlearn : public ::testing::Test {
     if (log_out) *log_out = log.str();
     return r;
   }
-  static json report(const std::string& out) {
-    std::ifstream in(dir_ / out / "report.json");
-    return json::parse(in);
-  }
-  // metrics.jsonl without the wall-clock fields (tokens/s, MFU).
-  static std::vector<json> metrics(const std::string& out) {
-    std::vector<json> lines;
-    std::ifstream in(dir_ / out / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      json j = json::parse(line);
-      j.erase("tokens_per_s");
-      j.erase("mfu");
-      lines.push_back(j);
-    }
-    return lines;
-  }
+  static json report(const std::string& out) { return test::read_json(dir_ / out / "report.json"); }
+  static std::vector<json> metrics(const std::string& out) { return test::metrics_without_wall_clock(dir_ / out); }
   static std::string bytes(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     std::ostringstream s;

@@ -8,9 +8,10 @@
 #   BUILD_DIR=build-x BUNDLE_DIR=b JOBS=4 bash tools/gpu_bundle.sh
 #
 # What goes in: every binary of tests/cuda (the CMake target lethe_gpu_tests; the paths are
-# listed in <build>/gpu_tests.txt) and lethe_bench_gpu, stripped, plus the shared
-# libraries they load except the C runtime, the CUDA driver and cuBLAS: OpenBLAS,
-# libgfortran, libgomp, libstdc++, the CUDA runtime. None needs HDF5, yaml-cpp or MPI.
+# listed in <build>/gpu_tests.txt) and the benchmarks lethe_bench_gpu and
+# lethe_bench_attention, stripped, plus the shared libraries they load except the C
+# runtime, the CUDA driver and cuBLAS: OpenBLAS, libgfortran, libgomp, libstdc++, the CUDA
+# runtime. None needs HDF5, yaml-cpp or MPI.
 # Everything travels xz-compressed (a fifth of the size; OpenBLAS alone is ~36 MB with
 # kernels for every x86 generation); gpu_check.sh unpacks it into a temporary directory
 # (by hand: xz -dk gpu_bundle/*.xz, then run with LD_LIBRARY_PATH=gpu_bundle).
@@ -39,14 +40,17 @@ if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
 fi
 cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=OFF \
   -DLETHE_NCCL=OFF >/dev/null
-nice cmake --build "$BUILD_DIR" --target lethe_gpu_tests lethe_bench_gpu --parallel "${JOBS:-2}"
+BENCHES=(lethe_bench_gpu lethe_bench_attention)
+nice cmake --build "$BUILD_DIR" --target lethe_gpu_tests "${BENCHES[@]}" --parallel "${JOBS:-2}"
 
-# The test binaries by their paths from CMake (gpu_tests.txt), the benchmark by name.
+# The test binaries by their paths from CMake (gpu_tests.txt), the benchmarks by name.
 mapfile -t BINS < <(grep -v '^$' "$BUILD_DIR/gpu_tests.txt" 2>/dev/null || true)
 [ "${#BINS[@]}" -gt 0 ] || { echo "gpu_bundle: $BUILD_DIR/gpu_tests.txt lists no GPU tests (is LETHE_CUDA on?)" >&2; exit 1; }
-bench="$(find "$BUILD_DIR" -type f -name lethe_bench_gpu -perm -u+x | head -1)"
-[ -n "$bench" ] || { echo "gpu_bundle: lethe_bench_gpu was not built in $BUILD_DIR" >&2; exit 1; }
-BINS+=("$bench")
+for b in "${BENCHES[@]}"; do
+  bench="$(find "$BUILD_DIR" -type f -name "$b" -perm -u+x | head -1)"
+  [ -n "$bench" ] || { echo "gpu_bundle: $b was not built in $BUILD_DIR" >&2; exit 1; }
+  BINS+=("$bench")
+done
 
 rm -rf "$BUNDLE_DIR"
 mkdir -p "$BUNDLE_DIR"

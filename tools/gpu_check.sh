@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check in one command: the device, every GPU test binary, the forget+retain step
-# benchmark against transformers, and a summary; at most 540 s in all on one H100/H200,
-# everything it finds left in OUTDIR as two files.
+# The GPU check in one command: the device, every GPU test binary, the benchmarks (attention
+# alone against torch's SDPA flash backend, the engine's forget+retain step against
+# transformers, where the step's time goes by op family), and a summary; at most 540 s in
+# all on one H100/H200, everything it finds left in OUTDIR as two files.
 #
 # 1. On the build machine (CUDA 13 toolkit, no GPU needed), from the repository root:
 #        bash tools/gpu_bundle.sh
@@ -16,7 +17,7 @@
 #
 # OUTDIR (required; created if missing) receives exactly two files:
 #   summary.txt        the device, the peak assumed, per-binary test counts and failures,
-#                      the benchmark table, what was skipped and why, the time used
+#                      the benchmark tables, what was skipped and why, the time used
 #   gpu_check.tar.gz   every log and JSON file (and summary.txt again)
 # Intermediate files live in a temporary directory that is removed at the end.
 #
@@ -27,17 +28,17 @@
 # the summary table. The bundle's libraries (libstdc++, libgomp, OpenBLAS, the CUDA
 # runtime) are put on LD_LIBRARY_PATH for lethe's binaries only, never for python3.
 #
-#   GPU_CHECK_QUICK=1      one benchmark case instead of four
+#   GPU_CHECK_QUICK=1      one case per benchmark: the step at T=2048, attention at T=4096
 #   GPU_CHECK_SANITIZE=1   also compute-sanitizer: memcheck over the op, numerics and step
 #                          tests, racecheck and synccheck over the attention tests (the
-#                          benchmark then runs its quick case, to stay within the cap)
+#                          benchmarks then run their quick cases, to stay within the cap)
 #   GPU_CHECK_BUDGET_S=N   the time cap in seconds (default 540)
 #
 # The tests run as binaries, not through ctest: CTest's files name paths on the build
 # machine. Every stage's time limit comes from what is left of the cap, so the check ends
 # within it even when something hangs; killed (SIGTERM, SIGINT), it still writes OUTDIR.
 #
-# Exit status: 0 all passed; 1 a test, the benchmark or a sanitizer found a failure;
+# Exit status: 0 all passed; 1 a test, a lethe benchmark or a sanitizer found a failure;
 # 2 no GPU; 3 no bundle or a broken one; 4 usage (no OUTDIR).
 set -uo pipefail
 SECONDS=0
@@ -112,26 +113,11 @@ for path in sorted(glob.glob(os.path.join(res, "isolated_*.txt"))):
     ran = sum(l.startswith(("PASS ", "FAIL ")) for l in lines)
     cut = " (then the time budget was spent)" if any("time budget" in l for l in lines) else ""
     print(f"  run alone ({os.path.basename(path)[9:-4]}): {ran} run, failing: {', '.join(alone) or 'none'}{cut}")
-L, T = load(os.path.join(res, "bench_lethe.json")), load(os.path.join(res, "bench_torch.json"))
-if L:
-    print(f"\nbenchmark on {L.get('device')}: peak assumed {L.get('peak_tflops', 0):.0f} TFLOP/s dense bf16"
-          f" ({L.get('peak_source', 'n/a')})")
-    tor = {r["case"]: r for r in (T or {}).get("results", [])}
-    print(f"{'case':20} {'layers':>6} {'lethe tok/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'attn f+b':>8} "
-          f"{'fwd wmma/mma':>13} {'torch tok/s':>12} {'ratio':>6}")
-    for r in L.get("results", []):
-        o = tor.get(r["case"], {})
-        tt = o.get("tokens_per_s")
-        ratio = f"{r['tokens_per_s'] / tt:6.2f}" if tt else "   n/a"
-        mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else "   n/a"
-        tts = f"{tt:12.0f}" if tt else f"{o.get('error', 'n/a')[:12]:>12}"
-        fwd = f"{r.get('attention_fwd_tflops_wmma', 0):6.0f}/{r.get('attention_fwd_tflops_mma', 0):<6.0f}"
-        print(f"{r['case']:20} {r['layers']:6d} {r['tokens_per_s']:12.0f} {r['model_tflops']:8.1f} {mfu:>6} "
-              f"{r.get('attention_tflops', 0):8.1f} {fwd:>13} {tts} {ratio}")
-    print("(attention columns in TFLOP/s: forward+backward, and forward alone per forward kernel)")
 PY
+      timeout 10 python3 "$ROOT/tools/bench/gpu_bench_summary.py" "$RES" 2>&1 \
+        || echo "(benchmark tables failed: see the JSON files in the archive)"
     else
-      echo; echo "(python3 not found: no per-test table; see the logs in the archive)"
+      echo; echo "(python3 not found: no per-test or benchmark tables; see the logs in the archive)"
     fi
     echo
     case "$rc" in
@@ -219,15 +205,18 @@ else
       log "gpu_check: $t does not start: $(grep -m1 -iE 'error|not found' "$RES/list_$t.txt")"
     fi
   done
-  if [ -x "$LIB/lethe_bench_gpu" ]; then  # an unknown flag: usage, once its libraries load
-    LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/lethe_bench_gpu" --check-start >"$WORK/start.txt" 2>&1
+  BENCHES=()
+  for b in lethe_bench_gpu lethe_bench_attention; do  # an unknown flag: usage, once its libraries load
+    [ -x "$LIB/$b" ] || continue
+    BENCHES+=("$b")
+    LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/$b" --check-start >"$WORK/start.txt" 2>&1
     if grep -q "error while loading" "$WORK/start.txt"; then
       bundle_ok=0
-      log "gpu_check: lethe_bench_gpu does not start: $(head -1 "$WORK/start.txt")"
+      log "gpu_check: $b does not start: $(head -1 "$WORK/start.txt")"
     fi
-  fi
+  done
   if [ "$bundle_ok" -eq 1 ]; then
-    stage "bundle" "ok: ${TESTS[*]}$([ -x "$LIB/lethe_bench_gpu" ] && echo ' lethe_bench_gpu')"
+    stage "bundle" "ok: ${TESTS[*]} ${BENCHES[*]}"
   else
     stage "bundle" "BROKEN: see console.log"
   fi
@@ -280,7 +269,7 @@ LT_DIR="$(find_cublaslt)"
 if [ -n "$LT_DIR" ]; then
   stage "cuBLASLt" "$LT_DIR"
 else
-  stage "cuBLASLt" "NOT FOUND (libcublasLt.so.13): the GEMM tests fail, the benchmark is skipped"
+  stage "cuBLASLt" "NOT FOUND (libcublasLt.so.13): the GEMM tests fail, the step benchmark is skipped"
 fi
 log "cuBLASLt: ${LT_DIR:-not found}"
 # For lethe's binaries only (python3 and nvidia-smi keep the machine's own libraries).
@@ -289,14 +278,14 @@ LETHE_ENV=(env "LD_LIBRARY_PATH=$LIB${LT_DIR:+:$LT_DIR}${LD_LIBRARY_PATH:+:$LD_L
 
 # ---- tests: every test binary of the bundle --------------------------------------------
 # Cheap ones first; the 7B-width block last. The tests get at most 240 s together.
-order=(test_cuda_device test_cuda_numerics test_cuda_ops test_cuda_step test_cuda_layer)
+order=(test_cuda_device test_cuda_numerics test_cuda_ops test_cuda_model test_cuda_layer)
 mapfile -t RUN < <({ for t in "${order[@]}"; do printf '%s\n' "$t"; done; printf '%s\n' "${TESTS[@]}"; } \
   | awk -v have=" ${TESTS[*]} " 'index(have, " " $0 " ") && !seen[$0]++')
 tests_deadline=$(( SECONDS + 240 ))
 declare -A RC RAN  # the check's verdict, and the binary's own exit status
 for t in "${RUN[@]}"; do
   want=150
-  case "$t" in test_cuda_device) want=30 ;; test_cuda_numerics|test_cuda_step) want=60 ;; esac
+  case "$t" in test_cuda_device) want=30 ;; test_cuda_numerics) want=60 ;; esac
   s=$(cap "$want" "$tests_deadline")
   if (( s < 10 )); then stage "test $t" "NOT RUN: time budget spent"; fail; continue; fi
   say "$t (limit ${s} s)"
@@ -351,7 +340,8 @@ if [ -n "${GPU_CHECK_SANITIZE:-}" ]; then
     stage "sanitizer" "SKIPPED: compute-sanitizer not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda/bin)"
   else
     # tool, binary, gtest filter, seconds wanted. Racecheck and synccheck only over the
-    # attention kernels (the ones with shared-memory tiles and block barriers).
+    # attention kernels (the ones with shared-memory tiles and block barriers); the whole
+    # model's step under memcheck is test_cuda_model.
     san_deadline=$(( SECONDS + 200 ))
     while read -r tool bin filter want; do
       [ -x "$LIB/$bin" ] || continue
@@ -374,56 +364,98 @@ if [ -n "${GPU_CHECK_SANITIZE:-}" ]; then
     done <<'EOF'
 memcheck test_cuda_ops CudaOps.* 100
 memcheck test_cuda_numerics * 30
-memcheck test_cuda_step * 40
+memcheck test_cuda_model * 60
 racecheck test_cuda_ops CudaOps.*Attention* 90
 synccheck test_cuda_ops CudaOps.*Attention* 60
 EOF
   fi
 fi
 
-# ---- benchmark --------------------------------------------------------------------------
-if [ ! -x "$LIB/lethe_bench_gpu" ]; then
-  stage "benchmark lethe" "SKIPPED: no lethe_bench_gpu in the bundle"
-elif [ -z "$LT_DIR" ]; then
-  stage "benchmark lethe" "SKIPPED: no libcublasLt.so.13 on this machine"
-else
-  s=$(cap "$([ ${#quick[@]} -gt 0 ] && echo 90 || echo 150)")
-  if (( s < 20 )); then stage "benchmark lethe" "NOT RUN: time budget spent"
-  else
-    say "benchmark: lethe forget+retain step (limit ${s} s)"
-    t0=$SECONDS
-    run "$s" "$RES/bench_lethe.log" "${LETHE_ENV[@]}" "$LIB/lethe_bench_gpu" "${quick[@]}" --json "$RES/bench_lethe.json"
-    rc=$?
-    case "$rc" in
-      0) st="ok" ;;
-      124|137) st="TIMED OUT (limit ${s} s; the cases done are in the table)"; fail ;;
-      *) st="FAILED: exit $rc: $(grep -m1 -iE 'error|fail|lethe_bench_gpu:' "$RES/bench_lethe.log" | head -c 200)"; fail ;;
-    esac
-    dev="$(grep -m1 '^device ' "$RES/bench_lethe.log")"
-    stage "benchmark lethe" "$st${dev:+; $dev} ($(( SECONDS - t0 )) s)"
-  fi
+# ---- benchmarks -------------------------------------------------------------------------
+# Attention first: both of its stages are short and bounded, where the transformers step
+# takes whatever is left. The python peers run with the machine's own libraries.
 
-  # The same step in transformers, with the machine's own libraries.
-  s=$(cap 200)
-  if (( s < 30 )); then stage "benchmark transformers" "NOT RUN: time budget spent"
-  elif ! command -v python3 >/dev/null 2>&1; then stage "benchmark transformers" "SKIPPED: python3 not found"
-  elif ! run "$s" "$RES/torch_import.log" python3 -c 'import torch, transformers
-assert torch.cuda.is_available(), "torch.cuda.is_available() is False (torch " + torch.__version__ + ")"'; then
-    stage "benchmark transformers" "SKIPPED: import failed: $(grep -v '^\s*$' "$RES/torch_import.log" | tail -1 | head -c 300)"
+# Whether python3 imports the modules named and torch sees a GPU; if not, why in PEER_WHY.
+peer_ready() {
+  local log=$1 s
+  shift
+  PEER_WHY=""
+  if ! command -v python3 >/dev/null 2>&1; then PEER_WHY="SKIPPED: python3 not found"; return 1; fi
+  s=$(cap 60)
+  if (( s < 15 )); then PEER_WHY="NOT RUN: time budget spent"; return 1; fi
+  if ! run "$s" "$log" python3 -c "import $*
+import torch
+assert torch.cuda.is_available(), 'torch.cuda.is_available() is False (torch ' + torch.__version__ + ')'"; then
+    PEER_WHY="SKIPPED: import failed: $(grep -v '^\s*$' "$log" | tail -1 | head -c 300)"
+    return 1
+  fi
+}
+# bench NAME WANT LOG COMMAND...: a lethe benchmark as a stage; a failure fails the check.
+bench() {
+  local name=$1 want=$2 log=$3 s rc st dev t0
+  shift 3
+  s=$(cap "$want")
+  if (( s < 20 )); then stage "$name" "NOT RUN: time budget spent"; return; fi
+  say "$name (limit ${s} s)"
+  t0=$SECONDS
+  run "$s" "$log" "${LETHE_ENV[@]}" "$@"
+  rc=$?
+  case "$rc" in
+    0) st="ok" ;;
+    124|137) st="TIMED OUT (limit ${s} s; what was measured is in the tables)"; fail ;;
+    *) st="FAILED: exit $rc: $(grep -m1 -iE 'error|fail|lethe_bench_[a-z]*:' "$log" | head -c 200)"; fail ;;
+  esac
+  dev="$(grep -m1 '^device ' "$log")"
+  stage "$name" "$st${dev:+; $dev} ($(( SECONDS - t0 )) s)"
+}
+# peer NAME WANT LOG COMMAND...: a python peer as a stage; its failure leaves no ratio but
+# fails nothing.
+peer() {
+  local name=$1 want=$2 log=$3 s rc st t0
+  shift 3
+  s=$(cap "$want")
+  if (( s < 30 )); then stage "$name" "NOT RUN: time budget spent"; return; fi
+  say "$name (limit ${s} s)"
+  t0=$SECONDS
+  run "$s" "$log" env PYTHONUNBUFFERED=1 "$@"
+  rc=$?
+  case "$rc" in
+    0) st="ok" ;;
+    124|137) st="TIMED OUT (limit ${s} s): no comparison for the rest" ;;
+    *) st="FAILED: exit $rc: $(grep -v '^\s*$' "$log" | tail -1 | head -c 200)" ;;
+  esac
+  stage "$name" "$st ($(( SECONDS - t0 )) s)"
+}
+
+# Attention alone needs no cuBLASLt (no matrix product outside its kernels).
+if [ ! -x "$LIB/lethe_bench_attention" ]; then
+  stage "benchmark attention lethe" "SKIPPED: no lethe_bench_attention in the bundle"
+else
+  bench "benchmark attention lethe" "$([ ${#quick[@]} -gt 0 ] && echo 40 || echo 75)" "$RES/bench_attention.log" \
+    "$LIB/lethe_bench_attention" "${quick[@]}" --json "$RES/bench_attention.json"
+  if peer_ready "$RES/torch_import.log" torch; then
+    peer "benchmark attention SDPA flash" "$([ ${#quick[@]} -gt 0 ] && echo 45 || echo 75)" \
+      "$RES/sdpa_attention.log" python3 "$ROOT/tools/bench/torch_attention.py" "${quick[@]}" \
+      --json "$RES/sdpa_attention.json"
   else
-    s=$(cap 200)
-    say "benchmark: transformers LlamaForCausalLM, same step (limit ${s} s)"
-    t0=$SECONDS
+    stage "benchmark attention SDPA flash" "$PEER_WHY"
+  fi
+fi
+
+if [ ! -x "$LIB/lethe_bench_gpu" ]; then
+  stage "benchmark step lethe" "SKIPPED: no lethe_bench_gpu in the bundle"
+elif [ -z "$LT_DIR" ]; then
+  stage "benchmark step lethe" "SKIPPED: no libcublasLt.so.13 on this machine"
+else
+  bench "benchmark step lethe" "$([ ${#quick[@]} -gt 0 ] && echo 90 || echo 150)" "$RES/bench_lethe.log" \
+    "$LIB/lethe_bench_gpu" "${quick[@]}" --json "$RES/bench_lethe.json"
+  # The same step in transformers, on the cases and layer counts lethe ran.
+  if peer_ready "$RES/transformers_import.log" torch, transformers; then
     match=(); [ -s "$RES/bench_lethe.json" ] && match=(--match "$RES/bench_lethe.json")
-    run "$s" "$RES/bench_torch.log" env PYTHONUNBUFFERED=1 python3 "$ROOT/tools/bench/torch_gpu_step.py" \
+    peer "benchmark step transformers" 200 "$RES/bench_torch.log" python3 "$ROOT/tools/bench/torch_gpu_step.py" \
       "${quick[@]}" "${match[@]}" --json "$RES/bench_torch.json"
-    rc=$?
-    case "$rc" in
-      0) st="ok" ;;
-      124|137) st="TIMED OUT (limit ${s} s): no comparison" ;;
-      *) st="FAILED: exit $rc: $(grep -v '^\s*$' "$RES/bench_torch.log" | tail -1 | head -c 200)" ;;
-    esac
-    stage "benchmark transformers" "$st ($(( SECONDS - t0 )) s)"
+  else
+    stage "benchmark step transformers" "$PEER_WHY"
   fi
 fi
 

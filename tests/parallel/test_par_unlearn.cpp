@@ -35,6 +35,7 @@
 #include "engine/unlearn/recipe.h"
 #include "engine/unlearn/unlearner.h"
 #include "par_test_util.h"
+#include "tests/run_files.h"
 #include "tests/unlearn_data.h"
 
 namespace lethe {
@@ -280,21 +281,8 @@ TEST(ParallelUnlearn, DeviceLayouts) {
     ::unsetenv("LETHE_TEST_HOST_STAGED_DEVICE");
     EXPECT_EQ(d.steps_run, 4);
     if (w.rank() != 0) continue;
-    auto report = [&](const std::string& out) {
-      std::ifstream in(kDir / out / "report.json");
-      return json::parse(in);
-    };
-    auto metrics = [&](const std::string& out) {
-      std::vector<json> lines;
-      std::ifstream in(kDir / out / "metrics.jsonl");
-      for (std::string line; std::getline(in, line);) {
-        json j = json::parse(line);
-        j.erase("tokens_per_s");
-        j.erase("mfu");
-        lines.push_back(j);
-      }
-      return lines;
-    };
+    auto report = [&](const std::string& out) { return test::read_json(kDir / out / "report.json"); };
+    auto metrics = [&](const std::string& out) { return test::metrics_without_wall_clock(kDir / out); };
     EXPECT_EQ(report(dev), report(cpu)) << name << " " << layout;
     EXPECT_EQ(metrics(dev), metrics(cpu)) << name << " " << layout;
   }

@@ -84,7 +84,8 @@ def main():
         return 2
     if args.match:
         with open(args.match) as f:
-            cases = [(r["case"], r["layers"], r["batch"], r["seq"]) for r in json.load(f)["results"]]
+            # A case lethe could not fit one layer of has nothing to compare with.
+            cases = [(r["case"], r["layers"], r["batch"], r["seq"]) for r in json.load(f)["results"] if r["layers"] > 0]
     else:
         seqs = [2048] if args.quick else [2048, 4096]
         models = ["llama2-7b"] if args.quick else list(PRESETS)
