@@ -62,4 +62,10 @@ void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Te
 void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
               const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits);
 
+// UNDIAL's target rows: adds `value` to x[i, targets[i] - first] for each row whose target
+// (a whole-vocabulary id, i32 [N]) falls in this shard [first, first + Vr) of x [N, Vr];
+// kIgnoreIndex and other shards' ids change nothing. In x's arithmetic, stored in x's
+// dtype (f32: fl(x + fl(value)); bf16 on a device: rounded to bf16).
+void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value);
+
 }  // namespace lethe::ops

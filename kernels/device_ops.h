@@ -70,6 +70,7 @@ class DeviceOps {
                             Tensor& arg) = 0;
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
+  virtual void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) = 0;
   virtual void add_(Tensor& y, const Tensor& x) = 0;
   virtual void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) = 0;
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;

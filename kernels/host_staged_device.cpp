@@ -199,6 +199,12 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     out(kl, hk);
     if (dlogits) out(*dlogits, hd);
   }
+  void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override {
+    ++count;
+    Tensor hx = in(x);
+    ops::add_at_targets_(hx, in(targets), first, value);
+    out(x, hx);
+  }
   void add_(Tensor& y, const Tensor& x) override {
     ++count;
     Tensor hy = in(y);

@@ -147,6 +147,9 @@ void TimedDeviceOps::argmax_shard(const Tensor& logits, const Tensor& exclude, i
                                   Tensor& arg) {
   timed(OpFamily::loss, [&] { inner_->argmax_shard(logits, exclude, first, best, arg); });
 }
+void TimedDeviceOps::add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) {
+  timed(OpFamily::loss, [&] { inner_->add_at_targets_(x, targets, first, value); });
+}
 void TimedDeviceOps::kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q,
                               const Tensor& lse_p, const Tensor& row_weight, double grad_scale, Tensor& kl,
                               Tensor* dlogits) {

@@ -96,6 +96,7 @@ class TimedDeviceOps : public DeviceOps {
   void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
                             Tensor& out) override;
   void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) override;
+  void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override;
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override;
   void add_(Tensor& y, const Tensor& x) override;

@@ -412,5 +412,29 @@ TEST(Reductions, SumSquaresAndScale) {
   EXPECT_NEAR(ops::sum_squares(x), ref / 4, 1e-9 * ref);
 }
 
+// UNDIAL's lowering on a shard [first, first + Vr): only rows whose target falls in it
+// change, by exactly fl(x + fl(value)) in the tensor's own arithmetic.
+TEST(CrossEntropyShard, AddAtTargetsTouchesOnlyThisShardsTargets) {
+  const int64_t N = 5, Vr = 4, first = 10;
+  const std::vector<int32_t> t = {11, ops::kIgnoreIndex, 9, 13, 14};  // in, ignored, before, last, after
+  for (const DType dt : {DType::f32, DType::f64}) {
+    Tensor x = randn({N, Vr}, dt, 7), before = x.clone();
+    ops::add_at_targets_(x, Tensor::from<int32_t>({N}, t), first, -2.5);
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = 0; c < Vr; ++c) {
+        const bool hit = (i == 0 && c == 1) || (i == 3 && c == 3);
+        if (dt == DType::f32) {
+          const float b = before.data<float>()[i * Vr + c];
+          EXPECT_EQ(x.data<float>()[i * Vr + c], hit ? b + -2.5f : b) << i << "," << c;
+        } else {
+          const double b = before.data<double>()[i * Vr + c];
+          EXPECT_EQ(x.data<double>()[i * Vr + c], hit ? b - 2.5 : b) << i << "," << c;
+        }
+      }
+  }
+  Tensor x = Tensor::zeros({N, Vr}, DType::f32);
+  EXPECT_THROW(ops::add_at_targets_(x, Tensor::from<int32_t>({N - 1}, {11, 11, 11, 11}), first, 1.0), Error);
+}
+
 }  // namespace
 }  // namespace lethe

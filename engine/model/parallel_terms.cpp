@@ -5,22 +5,6 @@
 
 namespace lethe {
 
-
-void with_host_chunk(const Tensor& logits, Tensor* dl, const std::function<void(const Tensor&, Tensor*)>& fn) {
-  if (logits.device() == Device::cpu && (!dl || dl->device() == Device::cpu)) {
-    fn(logits, dl);
-    return;
-  }
-  const Tensor host = to_host(logits);
-  if (!dl) {
-    fn(host, nullptr);
-    return;
-  }
-  Tensor dl_host = Tensor::empty(dl->shape(), host.dtype());
-  fn(host, &dl_host);
-  dl->copy_from(dl_host);
-}
-
 Tensor ReferenceRows::computed(int64_t r0, int64_t r1) {
   const int64_t R = r1 - r0;
   const int64_t Vr = ref_.vocab_shard().size;

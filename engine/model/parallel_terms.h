@@ -3,19 +3,10 @@
 // terms and the Min-K%++ statistics go through the vocabulary-parallel ops here instead of
 // looping over a logits row; a one-process model is the one-rank case.
 #pragma once
-#include <functional>
-
 #include "engine/core/tensor.h"
 #include "engine/model/llama.h"
 
 namespace lethe {
-
-// Runs fn on the host form of one head_pass chunk, for terms that compute on the host: the
-// logits as the CPU emulation of the bf16 policy holds them (to_host: bf16 widened to f32)
-// and, with dl, a host f32 buffer for d(logits) that is then copied into the model's (a
-// device's bf16 buffer rounds it there, where the emulation's store rounds it). A model on
-// the CPU hands fn its own tensors: no copy.
-void with_host_chunk(const Tensor& logits, Tensor* dl, const std::function<void(const Tensor&, Tensor*)>& fn);
 
 // A frozen reference's logits rows, chunk by chunk, after its forward_trunk: the rows its
 // partner's head_pass visits, on the host in the partner's compute dtype. One buffer of the

@@ -495,32 +495,21 @@ class UndialTerm : public Term {
     ref.forward_trunk(b.tokens);
     m.forward_trunk(b.tokens);
     const VocabShard vs = m.vocab_shard();
-    // The reference's rows in the model's dtype, as kl_to_reference keeps them (its comment
-    // says why), chunk by chunk as the model's head visits them.
+    // The target rows are the reference's rows in the model's dtype (as kl_to_reference
+    // keeps them; its comment says why) with the true token's logit lowered where it lives
+    // (ops::add_at_targets_: on a device, in the reference's own bf16 buffer, so the
+    // lowered logit is rounded to bf16; the emulation rounds it there too).
+    const Tensor tg = b.targets.reshape({N}).to(m.device());
+    const bool round_bf16 = m.precision() == Precision::bf16 && m.device() == Device::cpu;
     ReferenceRows q(ref);
     double kl = 0;
     m.head_pass(
         [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
-          with_host_chunk(chunk, dchunk, [&](const Tensor& logits, Tensor* dl) {
-            const int64_t R = logits.dim(0), Vr = logits.dim(1);
-            Tensor target = q.rows(r0, r0 + R, m.dtype());
-            for (int64_t r = 0; r < R; ++r) {
-              const int64_t i = r0 + r;
-              if (t[i] == ops::kIgnoreIndex) continue;
-              const int64_t c = int64_t(t[i]) - vs.start;  // the rank holding the column lowers it
-              if (c < 0 || c >= Vr) continue;
-              if (target.dtype() == DType::f32) target.data<float>()[r * Vr + c] -= float(spec_.gamma);
-              else target.data<double>()[r * Vr + c] -= spec_.gamma;
-            }
-            kl += vocab_parallel_kl(target, logits, rw.slice_rows(r0, r0 + R), dl, m.grid().tp_group());
-            if (dl && scale != 1.0) {
-              auto scale_all = [&](auto* p) {
-                for (int64_t k = 0; k < dl->numel(); ++k) p[k] = decltype(+p[0])(p[k] * scale);
-              };
-              if (dl->dtype() == DType::f32) scale_all(dl->data<float>());
-              else scale_all(dl->data<double>());
-            }
-          });
+          const int64_t r1 = r0 + chunk.dim(0);
+          Tensor target = q.rows_like(r0, r1, chunk);
+          ops::add_at_targets_(target, tg.slice_rows(r0, r1), vs.start, -spec_.gamma);
+          if (round_bf16 && target.dtype() == DType::f32) round_to_bf16_(target);
+          kl += vocab_parallel_kl(target, chunk, rw.slice_rows(r0, r1), dchunk, m.grid().tp_group(), scale);
         },
         grad && scale != 0);
     return sum_over_dp(m, kl);

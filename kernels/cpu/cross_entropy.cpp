@@ -295,4 +295,23 @@ void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_
   });
 }
 
+void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) {
+  const char* op = "add_at_targets_";
+  if (DeviceOps* d = route(op, {{"x", &x}, {"targets", &targets}})) return d->add_at_targets_(x, targets, first, value);
+  check_cpu(x, op, "x");
+  LETHE_CHECK(x.ndim() == 2, op, ": expected x[N, Vr], got ", x.describe());
+  const int64_t N = x.dim(0), Vr = x.dim(1);
+  check_shape(targets, {N}, op, "targets");
+  check_dtype(targets, DType::i32, op, "targets");
+  const int32_t* t = targets.data<int32_t>();
+  cpu::dispatch_float(x.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    scalar_t* X = x.data<scalar_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t c = int64_t(t[i]) - first;
+      if (t[i] != kIgnoreIndex && c >= 0 && c < Vr) X[i * Vr + c] = scalar_t(X[i * Vr + c] + scalar_t(value));
+    }
+  });
+}
+
 }  // namespace lethe::ops

@@ -168,6 +168,14 @@ __global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_
   if (threadIdx.x == 0) kl[row] = acc;
 }
 
+__global__ void add_at_targets_rows(__nv_bfloat16* __restrict__ x, const int32_t* __restrict__ targets,
+                                   int64_t first, float value, int64_t N, int64_t V) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = int64_t(targets[i]) - first;
+    if (targets[i] != kIgnoreIndex && c >= 0 && c < V) x[i * V + c] = to_bf(to_f(x[i * V + c]) + value);
+  }
+}
+
 __global__ void nll_sum(const float* __restrict__ logprobs, const int32_t* __restrict__ targets,
                         const float* __restrict__ weights, double* loss, int64_t N) {
   __shared__ double scratch[32];
@@ -286,6 +294,12 @@ void weighted_nll(const float* logprobs, const int32_t* targets, const float* we
                   Stream s) {
   nll_sum<<<1, 1024, 0, as_stream(s)>>>(logprobs, targets, weights, loss, N);
   check_launch("weighted_nll");
+}
+
+void add_at_targets(bf16* x, const int32_t* targets, int64_t first, float value, int64_t N, int64_t V, Stream s) {
+  if (N <= 0) return;
+  add_at_targets_rows<<<grid_for(N, 256), 256, 0, as_stream(s)>>>(dev(x), targets, first, value, N, V);
+  check_launch("add_at_targets_");
 }
 
 void kl_to_reference(const bf16* logits, const bf16* ref_logits, const float* row_scale, float* kl, bf16* dlogits,

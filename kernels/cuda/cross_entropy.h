@@ -49,6 +49,11 @@ void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, c
               const double* row_weight, double grad_scale, double* kl, bf16* dlogits, int64_t N, int64_t V,
               Stream s = nullptr);
 
+// kernels/cross_entropy.h's add_at_targets_ on bf16 x [N, V] (a shard from `first`):
+// x[i, targets[i] - first] = bf16(x + value) where the target falls in the shard.
+void add_at_targets(bf16* x, const int32_t* targets, int64_t first, float value, int64_t N, int64_t V,
+                    Stream s = nullptr);
+
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
                   Stream s = nullptr);
 

@@ -508,6 +508,15 @@ class CudaOps final : public DeviceOps {
                    V);
   }
 
+  void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override {
+    const char* op = "add_at_targets_";
+    expect(x, DType::bf16, op, "x");
+    expect_ndim(x, 2, op, "x", "[N, Vr]");
+    expect(targets, DType::i32, op, "targets");
+    check_shape(targets, {x.dim(0)}, op, "targets");
+    cuda::add_at_targets(ptr<bf16>(x), ptr<int32_t>(targets), first, float(value), x.dim(0), x.dim(1));
+  }
+
   void add_(Tensor& y, const Tensor& x) override {
     const char* op = "add_";
     expect_cuda(y, op, "y");

@@ -568,6 +568,22 @@ TEST_F(CudaOps, KlShardMatchesCpuTwin) {
   EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
 }
 
+// UNDIAL's lowering on a bf16 shard: bf16(x + value) at each target in the shard, exactly
+// the CPU twin's f32 result rounded once.
+TEST_F(CudaOps, AddAtTargetsMatchesCpuTwinRounded) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 300, V = 60, first = 20, Vr = 25;
+  const auto x = round_bf16(randn(size_t(N * Vr), 3.0f));
+  auto t = randint(size_t(N), int32_t(V));
+  t[0] = ops::kIgnoreIndex;
+  DeviceBuffer<bf16> gx(to_bf16(x));
+  DeviceBuffer<int32_t> gt(t);
+  cuda::add_at_targets(gx.get(), gt.get(), first, -2.0f, N, Vr);
+  Tensor ref = host({N, Vr}, x);
+  ops::add_at_targets_(ref, Tensor::from<int32_t>({N}, t), first, -2.0);
+  EXPECT_TRUE(close("x", gx.download(), round_bf16(vec(ref)), 0.0));
+}
+
 // The Min-K%++ pieces (sum of exp with the difference in double, the mean and the centred
 // second moment) against their CPU twins: the same double arithmetic per element, summed
 // in another order and through the device's exp (1 ulp): relative 1e-12 of each row's sum
