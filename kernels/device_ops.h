@@ -36,8 +36,8 @@ class DeviceOps {
   virtual void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
                                   Tensor& dtable) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) = 0;
-  virtual void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
-                                        Tensor& rstd, Precision precision) = 0;
+  virtual void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
+                                        Tensor& y, Tensor& rstd, Precision precision) = 0;
   virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                                 bool accumulate_dx, Tensor& dw) = 0;
   virtual void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) = 0;
@@ -71,7 +71,7 @@ class DeviceOps {
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
   virtual void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) = 0;
-  virtual void add_(Tensor& y, const Tensor& x) = 0;
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) = 0;
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;
   virtual double sum_squares(const Tensor& x) = 0;

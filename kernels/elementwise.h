@@ -4,7 +4,10 @@
 
 namespace lethe::ops {
 
-// y += x (same shape and dtype): the residual stream's add.
-void add_(Tensor& y, const Tensor& x);
+// out = a + b (same shape and dtype; out may be a or b itself): the residual stream's add,
+// written where the next op reads it, so the stream is never copied first.
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+// y += x.
+inline void add_(Tensor& y, const Tensor& x) { add(y, x, y); }
 
 }  // namespace lethe::ops

@@ -64,12 +64,12 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     out(y, hy);
     out(rstd, hr);
   }
-  void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
-                                Tensor& rstd, Precision precision) override {
+  void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
+                                Tensor& y, Tensor& rstd, Precision precision) override {
     ++count;
-    Tensor hres = in(residual), hy = in(y), hr = in(rstd);
-    ops::residual_rmsnorm_forward(hres, in(delta), in(w), eps, hy, hr, precision);
-    out(residual, hres);
+    Tensor hsum = in(sum), hy = in(y), hr = in(rstd);
+    ops::residual_rmsnorm_forward(in(x), in(delta), hsum, in(w), eps, hy, hr, precision);
+    out(sum, hsum);
     out(y, hy);
     out(rstd, hr);
   }
@@ -205,11 +205,11 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::add_at_targets_(hx, in(targets), first, value);
     out(x, hx);
   }
-  void add_(Tensor& y, const Tensor& x) override {
+  void add(const Tensor& a, const Tensor& b, Tensor& o) override {
     ++count;
-    Tensor hy = in(y);
-    ops::add_(hy, in(x));
-    out(y, hy);
+    Tensor ho = in(o);
+    ops::add(in(a), in(b), ho);
+    out(o, ho);
   }
   void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override {
     ++count;

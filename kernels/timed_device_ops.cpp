@@ -79,9 +79,9 @@ void TimedDeviceOps::embedding_backward(const Tensor& ids, const Tensor& dout, i
 void TimedDeviceOps::rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
   timed(OpFamily::norm, [&] { inner_->rmsnorm_forward(x, w, eps, y, rstd); });
 }
-void TimedDeviceOps::residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps,
-                                              Tensor& y, Tensor& rstd, Precision precision) {
-  timed(OpFamily::norm, [&] { inner_->residual_rmsnorm_forward(residual, delta, w, eps, y, rstd, precision); });
+void TimedDeviceOps::residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w,
+                                              double eps, Tensor& y, Tensor& rstd, Precision precision) {
+  timed(OpFamily::norm, [&] { inner_->residual_rmsnorm_forward(x, delta, sum, w, eps, y, rstd, precision); });
 }
 void TimedDeviceOps::rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                                       Tensor& dx, bool accumulate_dx, Tensor& dw) {
@@ -156,8 +156,8 @@ void TimedDeviceOps::kl_shard(const Tensor& ref_logits, const Tensor& logits, co
   timed(OpFamily::loss,
         [&] { inner_->kl_shard(ref_logits, logits, lse_q, lse_p, row_weight, grad_scale, kl, dlogits); });
 }
-void TimedDeviceOps::add_(Tensor& y, const Tensor& x) {
-  timed(OpFamily::elementwise, [&] { inner_->add_(y, x); });
+void TimedDeviceOps::add(const Tensor& a, const Tensor& b, Tensor& out) {
+  timed(OpFamily::elementwise, [&] { inner_->add(a, b, out); });
 }
 void TimedDeviceOps::adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) {
   timed(OpFamily::optimizer, [&] { inner_->adamw_update(p, g, m, v, a); });

@@ -67,8 +67,8 @@ class TimedDeviceOps : public DeviceOps {
   void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
                           Tensor& dtable) override;
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override;
-  void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
-                                Tensor& rstd, Precision precision) override;
+  void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
+                                Tensor& y, Tensor& rstd, Precision precision) override;
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                         bool accumulate_dx, Tensor& dw) override;
   void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) override;
@@ -99,7 +99,7 @@ class TimedDeviceOps : public DeviceOps {
   void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override;
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override;
-  void add_(Tensor& y, const Tensor& x) override;
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override;
   void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) override;
   double sum_squares(const Tensor& x) override;

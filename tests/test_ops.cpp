@@ -173,13 +173,19 @@ TEST(RMSNorm, BackwardMatchesFiniteDifferences) {
 }
 
 // The fused residual add + norm is the unfused sequence exactly (bit for bit: the same
-// ops in the same order), and under bf16 the norm reads the rounded stream.
+// ops in the same order), and under bf16 the norm reads the rounded stream; the sum goes
+// to its own tensor or over x, alike.
 TEST(RMSNorm, ResidualFusedIsAddThenStoreThenNorm) {
   for (const Precision p : {Precision::f32, Precision::bf16}) {
     const Tensor x0 = randn({9, 33}, DType::f32, 14), delta = randn({9, 33}, DType::f32, 15, 0.3);
     const Tensor w = randn({33}, DType::f32, 16, 0.1, 1.0);
-    Tensor res = x0.clone(), y = Tensor::zeros({9, 33}, DType::f32), r = Tensor::zeros({9}, DType::f32);
-    const int64_t changed = ops::residual_rmsnorm_forward(res, delta, w, 1e-5, y, r, p);
+    Tensor res = Tensor::zeros({9, 33}, DType::f32), y = Tensor::zeros({9, 33}, DType::f32),
+           r = Tensor::zeros({9}, DType::f32);
+    const int64_t changed = ops::residual_rmsnorm_forward(x0, delta, res, w, 1e-5, y, r, p);
+    Tensor in_place = x0.clone(), y2 = Tensor::zeros({9, 33}, DType::f32), r2 = Tensor::zeros({9}, DType::f32);
+    EXPECT_EQ(ops::residual_rmsnorm_forward(in_place, delta, in_place, w, 1e-5, y2, r2, p), changed);
+    EXPECT_EQ(values(in_place), values(res)) << precision_name(p);
+    EXPECT_EQ(values(y2), values(y)) << precision_name(p);
 
     Tensor ref = x0.clone(), yr = Tensor::zeros({9, 33}, DType::f32), rr = Tensor::zeros({9}, DType::f32);
     ops::add_(ref, delta);

@@ -294,11 +294,11 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
   put(a.o, "attention output");
   row_parallel_linear(a.o.reshape(q2), w.wo, tmp);
   put(tmp, "self_attn.o_proj output");
-  a.x2.copy_from(io.x);
   // The residual add and the norm that reads it: one fused op (the GPU's kernel), which
-  // stores (bf16: rounds) the stream before normalising it, as put() would.
+  // writes the stream where the backward keeps it and stores (bf16: rounds) it before
+  // normalising it, as put() would.
   const int64_t changed =
-      ops::residual_rmsnorm_forward(a.x2, tmp, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2, precision_);
+      ops::residual_rmsnorm_forward(io.x, tmp, a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2, precision_);
   stored(a.x2, {"forward", l, "residual stream after attention"}, changed);
   put(a.xn2, "post_attention_layernorm output");
   ops::linear_forward(a.xn2, w.wg, a.g);
@@ -309,8 +309,7 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
   put(a.a, "SwiGLU output");
   row_parallel_linear(a.a, w.wd, tmp);
   put(tmp, "mlp.down_proj output");
-  out.copy_from(a.x2);
-  ops::add_(out, tmp);
+  ops::add(a.x2, tmp, out);
   put(out, "layer output (residual stream)");
 }
 

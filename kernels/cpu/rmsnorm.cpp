@@ -33,16 +33,20 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   });
 }
 
-int64_t residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
-                                 Tensor& rstd, Precision precision) {
-  if (DeviceOps* d = route("residual_rmsnorm_forward",
-                           {{"residual", &residual}, {"delta", &delta}, {"w", &w}, {"y", &y}, {"rstd", &rstd}})) {
-    d->residual_rmsnorm_forward(residual, delta, w, eps, y, rstd, precision);
+int64_t residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
+                                 Tensor& y, Tensor& rstd, Precision precision) {
+  if (DeviceOps* d = route("residual_rmsnorm_forward", {{"x", &x},
+                                                        {"delta", &delta},
+                                                        {"sum", &sum},
+                                                        {"w", &w},
+                                                        {"y", &y},
+                                                        {"rstd", &rstd}})) {
+    d->residual_rmsnorm_forward(x, delta, sum, w, eps, y, rstd, precision);
     return 0;
   }
-  add_(residual, delta);
-  const int64_t changed = precision == Precision::bf16 ? round_to_bf16_(residual) : 0;
-  rmsnorm_forward(residual, w, eps, y, rstd);
+  add(x, delta, sum);
+  const int64_t changed = precision == Precision::bf16 ? round_to_bf16_(sum) : 0;
+  rmsnorm_forward(sum, w, eps, y, rstd);
   return changed;
 }
 

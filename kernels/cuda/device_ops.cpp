@@ -164,26 +164,31 @@ class CudaOps final : public DeviceOps {
     cuda::rmsnorm_forward(ptr<bf16>(x), ptr<bf16>(w), float(eps), ptr<bf16>(y), ptr<float>(rstd), N, C);
   }
 
-  void residual_rmsnorm_forward(Tensor& residual, const Tensor& delta, const Tensor& w, double eps, Tensor& y,
-                                Tensor& rstd, Precision) override {
+  void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
+                                Tensor& y, Tensor& rstd, Precision) override {
     // The bf16 storage is the policy here: the kernel stores the sum in bf16 and normalises it.
     const char* op = "residual_rmsnorm_forward";
-    expect(residual, DType::bf16, op, "residual");
+    expect(x, DType::bf16, op, "x");
     expect(delta, DType::bf16, op, "delta");
+    expect(sum, DType::bf16, op, "sum");
     expect(w, DType::bf16, op, "w");
     expect(y, DType::bf16, op, "y");
     expect(rstd, DType::f32, op, "rstd");
-    expect_ndim(residual, 2, op, "residual", "[N, C]");
-    const int64_t N = residual.dim(0), C = residual.dim(1);
+    expect_ndim(x, 2, op, "x", "[N, C]");
+    const int64_t N = x.dim(0), C = x.dim(1);
     check_shape(delta, {N, C}, op, "delta");
+    check_shape(sum, {N, C}, op, "sum");
     check_shape(w, {C}, op, "w");
     check_shape(y, {N, C}, op, "y");
     check_shape(rstd, {N}, op, "rstd");
-    expect_disjoint(residual, "residual", delta, "delta", op);
-    expect_disjoint(y, "y", residual, "residual", op);
+    // Each thread reads its elements of x and delta before writing them to sum.
+    expect_same_or_disjoint(sum, "sum", x, "x", op);
+    expect_disjoint(sum, "sum", delta, "delta", op);
+    expect_disjoint(y, "y", sum, "sum", op);
+    expect_disjoint(y, "y", x, "x", op);
     expect_disjoint(y, "y", w, "w", op);
-    cuda::residual_rmsnorm_forward(ptr<bf16>(residual), ptr<bf16>(delta), ptr<bf16>(w), float(eps), ptr<bf16>(y),
-                                   ptr<float>(rstd), N, C);
+    cuda::residual_rmsnorm_forward(ptr<bf16>(x), ptr<bf16>(delta), ptr<bf16>(sum), ptr<bf16>(w), float(eps),
+                                   ptr<bf16>(y), ptr<float>(rstd), N, C);
   }
 
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
@@ -517,16 +522,19 @@ class CudaOps final : public DeviceOps {
     cuda::add_at_targets(ptr<bf16>(x), ptr<int32_t>(targets), first, float(value), x.dim(0), x.dim(1));
   }
 
-  void add_(Tensor& y, const Tensor& x) override {
-    const char* op = "add_";
-    expect_cuda(y, op, "y");
-    LETHE_CHECK(y.dtype() == DType::bf16 || y.dtype() == DType::f32, op, ": y is ", dtype_name(y.dtype()),
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    const char* op = "add";
+    expect_cuda(out, op, "out");
+    LETHE_CHECK(out.dtype() == DType::bf16 || out.dtype() == DType::f32, op, ": out is ", dtype_name(out.dtype()),
                 ", expected bf16 or f32 (", kPolicy, ")");
-    expect(x, y.dtype(), op, "x");
-    check_shape(x, y.shape(), op, "x");
-    expect_same_or_disjoint(y, "y", x, "x", op);
-    if (y.dtype() == DType::bf16) cuda::add_inplace(ptr<bf16>(y), ptr<bf16>(x), y.numel());
-    else cuda::add_inplace(ptr<float>(y), ptr<float>(x), y.numel());
+    expect(a, out.dtype(), op, "a");
+    expect(b, out.dtype(), op, "b");
+    check_shape(a, out.shape(), op, "a");
+    check_shape(b, out.shape(), op, "b");
+    expect_same_or_disjoint(out, "out", a, "a", op);
+    expect_same_or_disjoint(out, "out", b, "b", op);
+    if (out.dtype() == DType::bf16) cuda::add(ptr<bf16>(a), ptr<bf16>(b), ptr<bf16>(out), out.numel());
+    else cuda::add(ptr<float>(a), ptr<float>(b), ptr<float>(out), out.numel());
   }
 
   void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override {

@@ -16,29 +16,30 @@ __device__ __forceinline__ uint16_t round_to_bf16_bits(float f) {
 }
 __device__ __forceinline__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
 
-// No __restrict__: y may alias x, and each element is read before it is written by the
-// same thread.
-__global__ void add_bf16(uint16_t* y, const uint16_t* x, int64_t n) {
+// No __restrict__: out may be a or b, and each element is read before it is written by
+// the same thread.
+__global__ void add_bf16(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = round_to_bf16_bits(bf16_bits_to_float(y[i]) + bf16_bits_to_float(x[i]));
+    out[i] = round_to_bf16_bits(bf16_bits_to_float(a[i]) + bf16_bits_to_float(b[i]));
 }
-__global__ void add_f32(float* y, const float* x, int64_t n) {
+__global__ void add_f32(const float* a, const float* b, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] += x[i];
+    out[i] = a[i] + b[i];
 }
 }  // namespace
 
-void add_inplace(bf16* y, const bf16* x, int64_t n, Stream s) {
+void add(const bf16* a, const bf16* b, bf16* out, int64_t n, Stream s) {
   if (n <= 0) return;
-  add_bf16<<<grid_for(n, kThreads), kThreads, 0, as_stream(s)>>>(reinterpret_cast<uint16_t*>(y),
-                                                                 reinterpret_cast<const uint16_t*>(x), n);
-  check_launch("add_inplace");
+  add_bf16<<<grid_for(n, kThreads), kThreads, 0, as_stream(s)>>>(reinterpret_cast<const uint16_t*>(a),
+                                                                 reinterpret_cast<const uint16_t*>(b),
+                                                                 reinterpret_cast<uint16_t*>(out), n);
+  check_launch("add");
 }
 
-void add_inplace(float* y, const float* x, int64_t n, Stream s) {
+void add(const float* a, const float* b, float* out, int64_t n, Stream s) {
   if (n <= 0) return;
-  add_f32<<<grid_for(n, kThreads), kThreads, 0, as_stream(s)>>>(y, x, n);
-  check_launch("add_inplace");
+  add_f32<<<grid_for(n, kThreads), kThreads, 0, as_stream(s)>>>(a, b, out, n);
+  check_launch("add");
 }
 
 }  // namespace lethe::cuda

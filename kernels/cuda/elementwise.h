@@ -8,7 +8,7 @@ namespace lethe::cuda {
 // y += x over n elements; y may alias x. The bf16 sum is taken in fp32 and rounded once
 // to nearest even, bit for bit as engine/core/bf16.h's float_to_bf16 (NaN included), so
 // the GPU and the CPU twin of a bf16 model store the same residual stream.
-void add_inplace(bf16* y, const bf16* x, int64_t n, Stream s = nullptr);
-void add_inplace(float* y, const float* x, int64_t n, Stream s = nullptr);
+void add(const bf16* a, const bf16* b, bf16* out, int64_t n, Stream s = nullptr);
+void add(const float* a, const float* b, float* out, int64_t n, Stream s = nullptr);
 
 }  // namespace lethe::cuda

@@ -29,21 +29,23 @@ __device__ __forceinline__ void st(__nv_bfloat16* p, const Vec<kVec>& x) {
   else *p = x.v[0];
 }
 
+// x, and with kResidual the stream's new value x + delta into `sum` (which may be x: no
+// __restrict__ on the two), then y = rmsnorm of it.
 template <bool kResidual, int kVec>
-__global__ void rms_fwd(__nv_bfloat16* x, const __nv_bfloat16* __restrict__ delta,
+__global__ void rms_fwd(const __nv_bfloat16* x, const __nv_bfloat16* __restrict__ delta, __nv_bfloat16* sum,
                         const __nv_bfloat16* __restrict__ w, float eps, __nv_bfloat16* __restrict__ y,
                         float* __restrict__ rstd, int64_t C) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
-  __nv_bfloat16* xr = x + row * C;
+  const __nv_bfloat16* xr = kResidual ? sum + row * C : x + row * C;  // what the norm reads
   float ss = 0.f;
   for (int64_t c = threadIdx.x * int64_t(kVec); c < C; c += int64_t(blockDim.x) * kVec) {
-    Vec<kVec> xv = ld<kVec>(xr + c);
+    Vec<kVec> xv = ld<kVec>(x + row * C + c);
     if constexpr (kResidual) {
       const Vec<kVec> dv = ld<kVec>(delta + row * C + c);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) xv.v[j] = to_bf(to_f(xv.v[j]) + to_f(dv.v[j]));
-      st<kVec>(xr + c, xv);
+      st<kVec>(sum + row * C + c, xv);
     }
 #pragma unroll
     for (int j = 0; j < kVec; ++j) ss += to_f(xv.v[j]) * to_f(xv.v[j]);
@@ -132,22 +134,23 @@ bool vec8(int64_t C, std::initializer_list<const void*> ps) {
 void rmsnorm_forward(const bf16* x, const bf16* w, float eps, bf16* y, float* rstd, int64_t N, int64_t C,
                      Stream s) {
   if (N <= 0) return;
-  auto* xm = const_cast<__nv_bfloat16*>(dev(x));
   if (vec8(C, {x, w, y}))
-    rms_fwd<false, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(xm, nullptr, dev(w), eps, dev(y), rstd, C);
+    rms_fwd<false, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(x), nullptr, nullptr, dev(w), eps, dev(y), rstd,
+                                                                   C);
   else
-    rms_fwd<false, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(xm, nullptr, dev(w), eps, dev(y), rstd, C);
+    rms_fwd<false, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(x), nullptr, nullptr, dev(w), eps, dev(y), rstd,
+                                                                   C);
   check_launch("rmsnorm_forward");
 }
 
-void residual_rmsnorm_forward(bf16* residual, const bf16* delta, const bf16* w, float eps, bf16* y, float* rstd,
-                              int64_t N, int64_t C, Stream s) {
+void residual_rmsnorm_forward(const bf16* x, const bf16* delta, bf16* sum, const bf16* w, float eps, bf16* y,
+                              float* rstd, int64_t N, int64_t C, Stream s) {
   if (N <= 0) return;
-  if (vec8(C, {residual, delta, w, y}))
-    rms_fwd<true, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(residual), dev(delta), dev(w), eps, dev(y),
+  if (vec8(C, {x, delta, sum, w, y}))
+    rms_fwd<true, 8><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(x), dev(delta), dev(sum), dev(w), eps, dev(y),
                                                                   rstd, C);
   else
-    rms_fwd<true, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(residual), dev(delta), dev(w), eps, dev(y),
+    rms_fwd<true, 1><<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(x), dev(delta), dev(sum), dev(w), eps, dev(y),
                                                                   rstd, C);
   check_launch("residual_rmsnorm_forward");
 }

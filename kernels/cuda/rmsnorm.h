@@ -9,9 +9,10 @@ namespace lethe::cuda {
 void rmsnorm_forward(const bf16* x, const bf16* w, float eps, bf16* y, float* rstd, int64_t N, int64_t C,
                      Stream s = nullptr);
 
-// residual += delta (rounded to bf16, as the unfused pair would), then y = rmsnorm(residual).
-void residual_rmsnorm_forward(bf16* residual, const bf16* delta, const bf16* w, float eps, bf16* y, float* rstd,
-                              int64_t N, int64_t C, Stream s = nullptr);
+// sum = x + delta (rounded to bf16, as the unfused pair would; sum may be x itself), then
+// y = rmsnorm(sum).
+void residual_rmsnorm_forward(const bf16* x, const bf16* delta, bf16* sum, const bf16* w, float eps, bf16* y,
+                              float* rstd, int64_t N, int64_t C, Stream s = nullptr);
 
 // dx (overwritten, or added to when accumulate_dx: the residual stream's gradient);
 // dw[C] fp32 += sum over rows (atomics across blocks: last bits may vary run to run).

@@ -127,15 +127,15 @@ TEST_F(CudaLayer, SevenBWidthBlockForwardAndBackwardMatchCpu) {
   cuda::rope_forward(gk.get(), dcos.get(), dsin.get(), gk.get(), B, T, KV, D);
   cuda::attention_forward(gq.get(), gk.get(), gv.get(), scale, go.get(), glse.get(), B, T, H, KV, D);
   cuda::linear_forward(ctx, go.get(), dWO.get(), gtmp.get(), N, HD, C);
-  cuda::copy_device(gmid.get(), dX.get(), size_t(N * C) * 2);
-  cuda::residual_rmsnorm_forward(gmid.get(), gtmp.get(), dN2.get(), eps, gh2.get(), gr2.get(), N, C);
+  cuda::residual_rmsnorm_forward(dX.get(), gtmp.get(), gmid.get(), dN2.get(), eps, gh2.get(), gr2.get(), N, C);
   cuda::linear_forward(ctx, gh2.get(), dWG.get(), gg.get(), N, C, F);
   cuda::linear_forward(ctx, gh2.get(), dWU.get(), gu.get(), N, C, F);
   cuda::swiglu_forward(gg.get(), gu.get(), gact.get(), N * F);
   cuda::linear_forward(ctx, gact.get(), dWD.get(), gtmp.get(), N, F, C);
+  // The fused add-and-norm does the final residual add in place; its normalised output is
+  // unused.
   cuda::copy_device(gy.get(), gmid.get(), size_t(N * C) * 2);
-  // The fused add-and-norm does the final residual add; its normalised output is unused.
-  cuda::residual_rmsnorm_forward(gy.get(), gtmp.get(), dN2.get(), eps, gnorm_unused.get(), gr3.get(), N, C);
+  cuda::residual_rmsnorm_forward(gy.get(), gtmp.get(), gy.get(), dN2.get(), eps, gnorm_unused.get(), gr3.get(), N, C);
   expect_close("y", gy.download(), vec(y));
   expect_close("lse", glse.download(), vec(lse));
 

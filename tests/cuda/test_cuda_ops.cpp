@@ -197,13 +197,18 @@ TEST_F(CudaOps, ResidualRmsNormAddsThenNormalises) {
   const int64_t N = 45, C = 512;
   const auto res = round_bf16(randn(size_t(N * C))), delta = round_bf16(randn(size_t(N * C))),
              w = round_bf16(randn(size_t(C), 0.2f, 1.f));
-  DeviceBuffer<bf16> dres(to_bf16(res)), dd(to_bf16(delta)), dw(to_bf16(w)), y(size_t(N * C));
+  DeviceBuffer<bf16> dres(to_bf16(res)), dd(to_bf16(delta)), dw(to_bf16(w)), y(size_t(N * C)),
+      dsum(size_t(N * C));
   DeviceBuffer<float> rstd(static_cast<size_t>(N));
-  cuda::residual_rmsnorm_forward(dres.get(), dd.get(), dw.get(), 1e-6f, y.get(), rstd.get(), N, C);
+  // Into a separate sum, then in place over x.
+  cuda::residual_rmsnorm_forward(dres.get(), dd.get(), dsum.get(), dw.get(), 1e-6f, y.get(), rstd.get(), N, C);
   std::vector<float> sum(res.size());
   for (size_t i = 0; i < sum.size(); ++i) sum[i] = res[i] + delta[i];
   const auto sum_b = round_bf16(sum);
-  EXPECT_TRUE(close("residual", dres.download(), sum_b, 0.0));
+  EXPECT_TRUE(close("sum", dsum.download(), sum_b, 0.0));
+  EXPECT_TRUE(close("x untouched", dres.download(), res, 0.0));
+  cuda::residual_rmsnorm_forward(dres.get(), dd.get(), dres.get(), dw.get(), 1e-6f, y.get(), rstd.get(), N, C);
+  EXPECT_TRUE(close("residual in place", dres.download(), sum_b, 0.0));
   Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
   ops::rmsnorm_forward(host({N, C}, sum_b), host({C}, w), 1e-6, yr, rr);
   EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol));
