@@ -296,6 +296,7 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(q, op, "q");
     expect_aligned16(k, op, "k");
     expect_aligned16(v, op, "v");
+    expect_aligned16(o, op, "o");  // the mma kernel stores o 16 bytes at a time
     cuda::attention_forward(ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), float(scale), ptr<bf16>(o), ptr<float>(lse),
                             d.B, d.T, d.H, d.KV, d.D);
   }
@@ -327,6 +328,10 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(q, op, "q");
     expect_aligned16(k, op, "k");
     expect_aligned16(v, op, "v");
+    // The mma kernels store dk, dv and (deterministic) dq in pairs of bf16.
+    expect_aligned16(dq, op, "dq");
+    expect_aligned16(dk, op, "dk");
+    expect_aligned16(dv, op, "dv");
     void* ws = attention_workspace(cuda::attention_backward_workspace_bytes(d.B, d.T, d.H, d.D));
     cuda::attention_backward(ptr<bf16>(dout), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o),
                              ptr<float>(lse), float(scale), ptr<bf16>(dq), ptr<bf16>(dk), ptr<bf16>(dv), ws, d.B, d.T,
