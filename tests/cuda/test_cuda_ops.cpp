@@ -352,7 +352,9 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
     DeviceBuffer<char> ws(cuda::attention_backward_workspace_bytes(c.B, c.T, c.H, c.D));
     cuda::attention_forward(gq.get(), gk.get(), gv.get(), float(scale), go.get(), glse.get(), c.B, c.T, c.H, c.KV,
                             c.D);
+    const size_t D = size_t(c.D);  // a row: one head's vector at one position
     EXPECT_TRUE(close("o", go.download(), vec(o), kAttnFwdTol)) << name;
+    EXPECT_TRUE(close_rows("o per row", go.download(), vec(o), D, kAttnFwdTol)) << name;
     EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol)) << name;
     {  // the register-resident forward on the same inputs
       DeviceBuffer<bf16> go2(nq);
@@ -362,6 +364,7 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
                               c.KV, c.D);
       cuda::set_attention_forward_kernel(cuda::AttentionForwardKernel::wmma);
       EXPECT_TRUE(close("o (mma forward)", go2.download(), vec(o), kAttnFwdTol)) << name;
+      EXPECT_TRUE(close_rows("o per row (mma forward)", go2.download(), vec(o), D, kAttnFwdTol)) << name;
       EXPECT_TRUE(close("lse (mma forward)", glse2.download(), vec(lse), kF32Tol)) << name;
     }
     cuda::attention_backward(gdo.get(), gq.get(), gk.get(), gv.get(), go.get(), glse.get(), float(scale), gdq.get(),
@@ -369,6 +372,9 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
     EXPECT_TRUE(close("dq", gdq.download(), vec(dq), kAttnBwdTol)) << name;
     EXPECT_TRUE(close("dk", gdk.download(), vec(dk), kAttnBwdTol)) << name;
     EXPECT_TRUE(close("dv", gdv.download(), vec(dv), kAttnBwdTol)) << name;
+    EXPECT_TRUE(close_rows("dq per row", gdq.download(), vec(dq), D, kAttnBwdTol)) << name;
+    EXPECT_TRUE(close_rows("dk per row", gdk.download(), vec(dk), D, kAttnBwdTol)) << name;
+    EXPECT_TRUE(close_rows("dv per row", gdv.download(), vec(dv), D, kAttnBwdTol)) << name;
     // The FlashAttention-2-structured backward kernels on the same inputs; the
     // deterministic one twice, which must agree bit for bit.
     for (const auto kind : {cuda::AttentionBackwardKernel::mma, cuda::AttentionBackwardKernel::mma_deterministic}) {
@@ -384,6 +390,9 @@ TEST_F(CudaOps, FlashAttentionForwardAndBackwardMatchCpu) {
         EXPECT_TRUE(close(("dq" + variant).c_str(), dq2, vec(dq), kAttnBwdTol)) << name;
         EXPECT_TRUE(close(("dk" + variant).c_str(), gdk2.download(), vec(dk), kAttnBwdTol)) << name;
         EXPECT_TRUE(close(("dv" + variant).c_str(), gdv2.download(), vec(dv), kAttnBwdTol)) << name;
+        EXPECT_TRUE(close_rows(("dq per row" + variant).c_str(), dq2, vec(dq), D, kAttnBwdTol)) << name;
+        EXPECT_TRUE(close_rows(("dk per row" + variant).c_str(), gdk2.download(), vec(dk), D, kAttnBwdTol)) << name;
+        EXPECT_TRUE(close_rows(("dv per row" + variant).c_str(), gdv2.download(), vec(dv), D, kAttnBwdTol)) << name;
         if (run == 0) first_dq = dq2;
         else EXPECT_EQ(0, std::memcmp(first_dq.data(), dq2.data(), dq2.size() * sizeof(bf16))) << name << variant;
       }
