@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "engine/core/error.h"
 #include "kernels/cuda/runtime.h"
@@ -96,6 +97,34 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum v, float* scratch) {
   r = warp_merge(r);
   __syncthreads();
   return r;
+}
+
+// kVec bf16 values loaded and stored together: 8 is one 16-byte access (the pointer must
+// be 16-byte aligned), 1 a plain one; row kernels pick 8 when every pointer and the row
+// length allow it (aligned16).
+template <int kVec>
+struct Vec {
+  __nv_bfloat16 v[kVec];
+};
+template <int kVec>
+__device__ __forceinline__ Vec<kVec> ld(const __nv_bfloat16* p) {
+  if constexpr (kVec == 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    return *reinterpret_cast<const Vec<8>*>(&raw);
+  } else {
+    return Vec<kVec>{{*p}};
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void st(__nv_bfloat16* p, const Vec<kVec>& x) {
+  if constexpr (kVec == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
+  else *p = x.v[0];
+}
+// Every non-null pointer 16-byte aligned.
+inline bool aligned16(std::initializer_list<const void*> ps) {
+  for (const void* p : ps)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
 }
 
 inline unsigned grid_for(int64_t n, int threads, int64_t cap = 1 << 16) {

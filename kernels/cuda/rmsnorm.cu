@@ -10,24 +10,6 @@ constexpr int kThreads = 256;
 // Rows are walked kVec elements per thread per step: 8 (16-byte loads and stores) when C
 // is a multiple of 8 and every pointer 16-byte aligned, else 1. Each thread owns the same
 // elements in every pass over its row, whatever kVec.
-template <int kVec>
-struct Vec {
-  __nv_bfloat16 v[kVec];
-};
-template <int kVec>
-__device__ __forceinline__ Vec<kVec> ld(const __nv_bfloat16* p) {
-  if constexpr (kVec == 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    return *reinterpret_cast<const Vec<8>*>(&raw);
-  } else {
-    return Vec<kVec>{{*p}};
-  }
-}
-template <int kVec>
-__device__ __forceinline__ void st(__nv_bfloat16* p, const Vec<kVec>& x) {
-  if constexpr (kVec == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
-  else *p = x.v[0];
-}
 
 // x, and with kResidual the stream's new value x + delta into `sum` (which may be x: no
 // __restrict__ on the two), then y = rmsnorm of it.
@@ -123,12 +105,7 @@ __global__ void rms_dw_ordered(const __nv_bfloat16* __restrict__ dy, const __nv_
   dw[c] += s;
 }
 
-bool vec8(int64_t C, std::initializer_list<const void*> ps) {
-  if (C % 8) return false;
-  for (const void* p : ps)
-    if (p && reinterpret_cast<uintptr_t>(p) % 16) return false;
-  return true;
-}
+bool vec8(int64_t C, std::initializer_list<const void*> ps) { return C % 8 == 0 && aligned16(ps); }
 }  // namespace
 
 void rmsnorm_forward(const bf16* x, const bf16* w, float eps, bf16* y, float* rstd, int64_t N, int64_t C,

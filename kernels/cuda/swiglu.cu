@@ -6,16 +6,6 @@ namespace lethe::cuda {
 namespace {
 // Eight elements per step (16-byte loads and stores) when every pointer allows it; the
 // elementwise math is the same either way.
-struct Bf16x8 {
-  __nv_bfloat16 v[8];
-};
-__device__ __forceinline__ Bf16x8 load8(const __nv_bfloat16* p) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  return *reinterpret_cast<const Bf16x8*>(&raw);
-}
-__device__ __forceinline__ void store8(__nv_bfloat16* p, const Bf16x8& x) {
-  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
-}
 
 __device__ __forceinline__ float silu_mul(float x, float up) { return x / (1.f + __expf(-x)) * up; }
 __device__ __forceinline__ void silu_mul_grad(float x, float up, float d, float& dg, float& du) {
@@ -30,11 +20,11 @@ __global__ void swiglu_fwd(const __nv_bfloat16* __restrict__ g, const __nv_bfloa
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
        i += int64_t(gridDim.x) * blockDim.x * kVec) {
     if constexpr (kVec == 8) {
-      const Bf16x8 gx = load8(g + i), ux = load8(u + i);
-      Bf16x8 ax;
+      const Vec<8> gx = ld<8>(g + i), ux = ld<8>(u + i);
+      Vec<8> ax;
 #pragma unroll
       for (int j = 0; j < 8; ++j) ax.v[j] = to_bf(silu_mul(to_f(gx.v[j]), to_f(ux.v[j])));
-      store8(a + i, ax);
+      st<8>(a + i, ax);
     } else {
       a[i] = to_bf(silu_mul(to_f(g[i]), to_f(u[i])));
     }
@@ -47,8 +37,8 @@ __global__ void swiglu_bwd(const __nv_bfloat16* __restrict__ da, const __nv_bflo
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
        i += int64_t(gridDim.x) * blockDim.x * kVec) {
     if constexpr (kVec == 8) {
-      const Bf16x8 dx = load8(da + i), gx = load8(g + i), ux = load8(u + i);
-      Bf16x8 dgx, dux;
+      const Vec<8> dx = ld<8>(da + i), gx = ld<8>(g + i), ux = ld<8>(u + i);
+      Vec<8> dgx, dux;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float a, b;
@@ -56,8 +46,8 @@ __global__ void swiglu_bwd(const __nv_bfloat16* __restrict__ da, const __nv_bflo
         dgx.v[j] = to_bf(a);
         dux.v[j] = to_bf(b);
       }
-      store8(dg + i, dgx);
-      store8(du + i, dux);
+      st<8>(dg + i, dgx);
+      st<8>(du + i, dux);
     } else {
       float a, b;
       silu_mul_grad(to_f(g[i]), to_f(u[i]), to_f(da[i]), a, b);
@@ -67,11 +57,6 @@ __global__ void swiglu_bwd(const __nv_bfloat16* __restrict__ da, const __nv_bflo
   }
 }
 
-bool aligned16(std::initializer_list<const void*> ps) {
-  for (const void* p : ps)
-    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
-  return true;
-}
 }  // namespace
 
 void swiglu_forward(const bf16* g, const bf16* u, bf16* a, int64_t n, Stream s) {
