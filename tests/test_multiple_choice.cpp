@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/eval/multiple_choice.h"
+#include "engine/eval/truth_ratio.h"
 #include "engine/io/model_config_yaml.h"
 #include "kernels/cross_entropy.h"
 #include "tests/test_util.h"
@@ -85,6 +86,7 @@ TEST(MultipleChoice, AccuracyFromKnownScores) {
   m.init_weights(21);
   std::vector<std::string> lines;
   int64_t expect_acc = 0, expect_norm = 0, disagree = 0;
+  std::vector<double> expect_tr, tr_tol;
   for (uint64_t seed = 0; lines.size() < 12 && seed < 200; ++seed) {
     const std::string q = "Question " + std::to_string(seed) + ": " + letters(20, 1000 + seed) + "?";
     std::vector<std::string> choices;
@@ -110,6 +112,18 @@ TEST(MultipleChoice, AccuracyFromKnownScores) {
     }
     expect_acc += answer == pred;
     expect_norm += answer == pred_norm;
+    // Truth ratio from the direct scores: a choice of len letters is len + 1 byte tokens
+    // (the leading space). log R moves by at most the true answer's per-token error plus the
+    // wrong choices' mean of theirs, each lp_tol / tokens: R's relative tolerance is twice
+    // the largest.
+    std::vector<int64_t> tokens;
+    double worst = 0;
+    for (size_t c = 0; c < 4; ++c) {
+      tokens.push_back(int64_t(choices[c].size()) + 1);
+      worst = std::max(worst, lp_tol(lp[c]) / double(tokens.back()));
+    }
+    expect_tr.push_back(truth_ratio(lp, tokens, answer));
+    tr_tol.push_back(2 * worst * 1.01);  // 1.01: exp's curvature over so small a step
     lines.push_back(json{{"question", q}, {"choices", choices}, {"answer", answer}}.dump());
     // choice_logprobs (batched over choices) agrees with the direct computation.
     McItem it{q, choices, answer, 0};
@@ -125,6 +139,9 @@ TEST(MultipleChoice, AccuracyFromKnownScores) {
   EXPECT_DOUBLE_EQ(r.acc, double(expect_acc) / 12);
   EXPECT_DOUBLE_EQ(r.acc_norm, double(expect_norm) / 12);
   EXPECT_NE(r.acc, r.acc_norm);
+  ASSERT_EQ(r.truth_ratios.size(), 12u);
+  for (size_t k = 0; k < 12; ++k)
+    EXPECT_NEAR(r.truth_ratios[k], expect_tr[k], tr_tol[k] * expect_tr[k]) << "item " << k;
   fs::remove(path);
 }
 

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "engine/eval/ks_test.h"
 #include "engine/unlearn/report.h"
 
 namespace lethe {
@@ -66,6 +67,15 @@ TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
   res.mia["oracle"] = suite(0.0);
   res.mia_auc_after = {{"loss", 0.5}, {"min_k_40", 0.5}};
   res.mia_auc_oracle = res.mia_auc_after;
+  // Forget QA: the original prefers the truth (R < 1), the oracle cannot tell (R near 1).
+  for (const char* who : {"before", "after", "oracle"}) {
+    ExtraMetrics& x = res.extra[who];
+    x.mc = true;
+    x.mc_items = 10;
+    for (int i = 0; i < 10; ++i)
+      x.mc_truth_ratios.push_back(std::string(who) == "before" ? 0.1 + 0.01 * i : 0.8 + 0.05 * i);
+  }
+  res.extra["after"].mc_truth_ratios[0] = 0.2;  // one item still known
   ReportInput in;
   in.recipe = &r;
   in.result = &res;
@@ -73,6 +83,7 @@ TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
 
   const std::string md = slurp(dir / "report.md");
   EXPECT_EQ(md.find("**Verdict against the retrain oracle: target met**"), md.find('\n') + 2) << md;
+  EXPECT_NE(md.find("| forget quality (KS p-value vs the oracle): multiple choice |"), std::string::npos) << md;
   EXPECT_NE(md.find("NLL over whole splits"), std::string::npos) << md;
   EXPECT_NE(md.find("the first 96 chunks"), std::string::npos) << md;
 
@@ -86,6 +97,17 @@ TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
   EXPECT_TRUE(j["verdict"]["met"].get<bool>());
   EXPECT_DOUBLE_EQ(j["after"]["forget"]["nll"].get<double>(), 1.31);  // the whole-split evaluation
   EXPECT_TRUE(j["mia"]["after"]["loss"].contains("tpr_at_1_fpr"));
+  // Forget quality: the KS p-value of each model's truth ratios against the oracle's.
+  const auto& mc = j["multiple_choice"];
+  for (const char* who : {"before", "after"}) {
+    const KsResult ks = ks_two_sample(res.extra[who].mc_truth_ratios, res.extra["oracle"].mc_truth_ratios);
+    EXPECT_DOUBLE_EQ(mc[who]["forget_quality"]["p_value"].get<double>(), ks.p_value) << who;
+    EXPECT_DOUBLE_EQ(mc[who]["forget_quality"]["ks_statistic"].get<double>(), ks.statistic) << who;
+  }
+  EXPECT_LT(mc["before"]["forget_quality"]["p_value"].get<double>(), 1e-4);  // fully separated: 2 / C(20, 10)
+  EXPECT_GT(mc["after"]["forget_quality"]["p_value"].get<double>(), 0.9);
+  EXPECT_FALSE(mc["oracle"].contains("forget_quality"));
+  EXPECT_NEAR(mc["before"]["truth_ratio"]["true_better"].get<double>(), 1 - 0.145, 1e-12);
 
   const std::string svg = slurp(dir / "curves.svg");
   size_t dashed = 0;

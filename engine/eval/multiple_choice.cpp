@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/eval/truth_ratio.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -84,7 +85,8 @@ std::vector<McItem> load_mc_task(const std::string& jsonl_path) {
   return items;
 }
 
-std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const TextEncoder& encode) {
+std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const TextEncoder& encode,
+                                   std::vector<int64_t>* tokens) {
   const int64_t V = model.config().vocab_size, max_T = model.config().max_seq_len;
   const std::string context = item.question + "\nAnswer:";
   const std::vector<int32_t> ctx = encode(context);
@@ -95,11 +97,13 @@ std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const
   const int64_t B = int64_t(item.choices.size());
   std::vector<std::vector<int32_t>> inputs(static_cast<size_t>(B)), targets(static_cast<size_t>(B));
   int64_t T = 0;
+  if (tokens) tokens->assign(size_t(B), 0);
   for (int64_t c = 0; c < B; ++c) {
     std::vector<int32_t> whole = encode(context + " " + item.choices[size_t(c)]);
     LETHE_CHECK(whole.size() > ctx.size(), "multiple choice (line ", item.line, "): choice ", c,
                 " encodes to no tokens after the context");
     const int64_t n_cont = int64_t(whole.size() - ctx.size());
+    if (tokens) (*tokens)[size_t(c)] = n_cont;
     LETHE_CHECK(n_cont <= max_T, "multiple choice (line ", item.line, "): choice ", c, " is ", n_cont,
                 " tokens, longer than the model's max_seq_len ", max_T);
     for (size_t i = 0; i < whole.size(); ++i)
@@ -140,6 +144,8 @@ McResult multiple_choice_accuracy(LlamaModel& model, const std::string& jsonl_pa
   const int dp = model.grid().dp(), dp_rank = model.grid().dp_rank();
   const size_t rounds = (items.size() + size_t(dp) - 1) / size_t(dp);
   int64_t correct = 0, correct_norm = 0;
+  // Each rank's truth ratios in their items' slots, zero elsewhere: summed over dp below.
+  Tensor ratios = Tensor::zeros({int64_t(items.size())}, DType::f64);
   for (size_t round = 0; round < rounds; ++round) {
     const size_t i = round * size_t(dp) + size_t(dp_rank);
     if (i >= items.size()) {
@@ -150,8 +156,9 @@ McResult multiple_choice_accuracy(LlamaModel& model, const std::string& jsonl_pa
     }
     const McItem& it = items[i];
     std::vector<double> lp;
+    std::vector<int64_t> tokens;
     try {
-      lp = choice_logprobs(model, it, encode);
+      lp = choice_logprobs(model, it, encode, &tokens);
     } catch (const Error& e) {
       LETHE_FAIL(jsonl_path, ": ", e.what());
     }
@@ -159,12 +166,16 @@ McResult multiple_choice_accuracy(LlamaModel& model, const std::string& jsonl_pa
     for (size_t c = 0; c < lp.size(); ++c) norm[c] = lp[c] / double(utf8_chars(it.choices[c]));
     correct += argmax_first(lp) == it.answer;
     correct_norm += argmax_first(norm) == it.answer;
+    if (lp.size() > 1) ratios.data<double>()[i] = truth_ratio(lp, tokens, it.answer);
   }
   if (dp > 1) {
     correct = model.grid().dp_group().all_reduce(correct, ReduceOp::sum);
     correct_norm = model.grid().dp_group().all_reduce(correct_norm, ReduceOp::sum);
+    model.grid().dp_group().all_reduce(ratios, ReduceOp::sum);
   }
   McResult r;
+  for (size_t i = 0; i < items.size(); ++i)
+    if (items[i].choices.size() > 1) r.truth_ratios.push_back(ratios.data<double>()[i]);
   r.items = int64_t(items.size());
   r.acc = double(correct) / double(r.items);
   r.acc_norm = double(correct_norm) / double(r.items);

@@ -37,12 +37,17 @@ std::vector<McItem> load_mc_task(const std::string& jsonl_path);
 // encode(context).size(), so BPE merges across the boundary match how the text is read.
 // A context longer than the model's max_seq_len is cut from the left (the question's end
 // and the continuation are kept); a continuation longer than max_seq_len is an error.
-std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const TextEncoder& encode);
+// `tokens`, when given, receives each continuation's token count.
+std::vector<double> choice_logprobs(LlamaModel& model, const McItem& item, const TextEncoder& encode,
+                                   std::vector<int64_t>* tokens = nullptr);
 
 struct McResult {
   int64_t items = 0;
   double acc = 0;       // argmax of the summed log-likelihood == answer
   double acc_norm = 0;  // argmax of the log-likelihood divided by the choice's length
+  // TOFU's truth ratio of each item with two or more choices, in file order
+  // (engine/eval/truth_ratio.h); items with one choice have none.
+  std::vector<double> truth_ratios;
 };
 
 // acc_norm divides by the length of the choice text without its leading space, counted in

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/eval/ks_test.h"
 #include "engine/eval/mia_stats.h"
+#include "engine/eval/truth_ratio.h"
 
 namespace lethe {
 namespace fs = std::filesystem;
@@ -41,6 +43,28 @@ std::string interval_md(const Interval& i, bool percent) {
     return std::string(b);
   };
   return f(i.value) + " [" + f(i.lo) + ", " + f(i.hi) + "]";
+}
+
+// TOFU's task metrics of one model's per-item truth ratios: both aggregates, and where the
+// oracle's ratios on the same items are given, forget quality (the KS test's p-value).
+json truth_json(const std::vector<double>& mine, const std::vector<double>* oracle) {
+  json j = json::object();
+  if (mine.empty()) return j;
+  auto num = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
+  const TruthRatioSummary t = summarize_truth_ratios(mine);
+  j["truth_ratio"] = {{"true_better", num(t.true_better)}, {"closer_to_1", num(t.closer_to_1)}};
+  if (oracle && oracle->size() == mine.size()) {
+    const KsResult ks = ks_two_sample(mine, *oracle);
+    j["forget_quality"] = {{"ks_statistic", ks.statistic}, {"p_value", ks.p_value}, {"exact", ks.exact}};
+  }
+  return j;
+}
+
+// Forget quality as a p-value: three significant digits, small ones in exponent form.
+std::string p3(double p) {
+  char b[32];
+  std::snprintf(b, sizeof b, p >= 1e-3 ? "%.3f" : "%.2e", p);
+  return b;
 }
 
 double rel_change(double after, double before) { return before != 0 ? (after - before) / before * 100 : NAN; }
@@ -238,10 +262,26 @@ void write_report(const ReportInput& in, const std::string& dir) {
       j["verbatim_memorisation"][who] = {{"docs", x.verbatim_docs}, {"rouge_l_f1", x.rouge_l_f1},
                                          {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match},
                                          {"prefix", r.verbatim_prefix}, {"continuation", r.verbatim_continuation}};
-    if (x.mc) j["multiple_choice"][who] = {{"items", x.mc_items}, {"acc", x.mc_acc}, {"acc_norm", x.mc_acc_norm}};
-    for (const auto& [name, s] : x.mc_tasks)
+    const auto oracle = res.extra.find("oracle");
+    const bool vs_oracle = who != "oracle" && oracle != res.extra.end();
+    if (x.mc) {
+      j["multiple_choice"][who] = {{"items", x.mc_items}, {"acc", x.mc_acc}, {"acc_norm", x.mc_acc_norm}};
+      j["multiple_choice"][who].update(truth_json(x.mc_truth_ratios, vs_oracle ? &oracle->second.mc_truth_ratios : nullptr));
+    }
+    for (const auto& [name, s] : x.mc_tasks) {
       j["multiple_choice_tasks"][name][who] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}};
+      const std::vector<double>* o = vs_oracle && oracle->second.mc_tasks.count(name)
+                                         ? &oracle->second.mc_tasks.at(name).truth_ratios
+                                         : nullptr;
+      j["multiple_choice_tasks"][name][who].update(truth_json(s.truth_ratios, o));
+    }
   }
+  if (j.contains("multiple_choice") || j.contains("multiple_choice_tasks"))
+    j["multiple_choice_definitions"] = {
+        {"truth_ratio", "TOFU's R per item: geometric-mean per-token probability of the wrong choices over the true "
+                        "answer's; true_better = mean max(0, 1 - R), closer_to_1 = mean min(R, 1/R)"},
+        {"forget_quality", "TOFU's forget quality: two-sample Kolmogorov-Smirnov test of this model's per-item R "
+                           "against the oracle's on the same items; p_value near 1 = indistinguishable"}};
   j["curve"] = json::array();
   for (const auto& e : res.evals) {
     json p = split_json(e);
@@ -349,6 +389,28 @@ void write_report(const ReportInput& in, const std::string& dir) {
       if (ex.count("oracle")) md << " " << acc("oracle") << " |";
       md << "\n";
     }
+    // TOFU's truth ratio and forget quality, per task, from the report's JSON.
+    auto truth_rows = [&](const std::string& label, const json& by_who) {
+      if (!by_who.contains("after") || !by_who["after"].contains("truth_ratio")) return;
+      auto cell = [&](const char* who, const char* group, const char* key, bool p) -> std::string {
+        if (!by_who.contains(who) || !by_who[who].contains(group) || by_who[who][group][key].is_null()) return "";
+        return p ? p3(by_who[who][group][key].get<double>()) : f4(by_who[who][group][key].get<double>());
+      };
+      for (const auto& [key, what] : {std::pair{"closer_to_1", "truth ratio, min(R, 1/R)"},
+                                      std::pair{"true_better", "truth ratio, max(0, 1 - R)"}}) {
+        md << "| " << what << ": " << label << " | " << cell("before", "truth_ratio", key, false) << " | "
+           << cell("after", "truth_ratio", key, false) << " |";
+        if (ex.count("oracle")) md << " " << cell("oracle", "truth_ratio", key, false) << " |";
+        md << "\n";
+      }
+      if (by_who["after"].contains("forget_quality"))
+        md << "| forget quality (KS p-value vs the oracle): " << label << " | "
+           << cell("before", "forget_quality", "p_value", true) << " | " << cell("after", "forget_quality", "p_value", true)
+           << " |" << (ex.count("oracle") ? " 1 |" : "") << "\n";
+    };
+    if (j.contains("multiple_choice")) truth_rows("multiple choice", j["multiple_choice"]);
+    if (j.contains("multiple_choice_tasks"))
+      for (const auto& [name, by_who] : j["multiple_choice_tasks"].items()) truth_rows(name, by_who);
   }
   md << "\nModel sha256 `" << in.model_sha256 << "`, unlearned `" << in.final_sha256 << "`";
   if (!in.oracle_sha256.empty()) md << ", oracle `" << in.oracle_sha256 << "`";

@@ -42,9 +42,11 @@ json extra_to_json(const ExtraMetrics& x) {
   return {{"verbatim", x.verbatim},      {"mc", x.mc},           {"rouge_l_f1", x.rouge_l_f1},
           {"rouge_l_recall", x.rouge_l_recall}, {"exact_match", x.exact_match}, {"verbatim_docs", x.verbatim_docs},
           {"mc_acc", x.mc_acc},          {"mc_acc_norm", x.mc_acc_norm}, {"mc_items", x.mc_items},
+          {"mc_truth_ratios", x.mc_truth_ratios},
           {"mc_tasks", [&] {
              json t = json::object();
-             for (const auto& [name, s] : x.mc_tasks) t[name] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}};
+             for (const auto& [name, s] : x.mc_tasks)
+               t[name] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}, {"truth_ratios", s.truth_ratios}};
              return t;
            }()}};
 }
@@ -60,10 +62,16 @@ ExtraMetrics extra_from_json(const json& j) {
   x.mc_acc = j.at("mc_acc").get<double>();
   x.mc_acc_norm = j.at("mc_acc_norm").get<double>();
   x.mc_items = j.at("mc_items").get<int64_t>();
+  // Truth ratios are absent in run state written before they were measured: the resumed
+  // report then has none for the models scored before the pause.
+  if (j.contains("mc_truth_ratios")) x.mc_truth_ratios = j.at("mc_truth_ratios").get<std::vector<double>>();
   if (j.contains("mc_tasks"))  // absent in run state written before eval.mc_tasks existed
-    for (auto it = j.at("mc_tasks").begin(); it != j.at("mc_tasks").end(); ++it)
-      x.mc_tasks[it.key()] = {it.value().at("items").get<int64_t>(), it.value().at("acc").get<double>(),
-                              it.value().at("acc_norm").get<double>()};
+    for (auto it = j.at("mc_tasks").begin(); it != j.at("mc_tasks").end(); ++it) {
+      const json& t = it.value();
+      x.mc_tasks[it.key()] = {t.at("items").get<int64_t>(), t.at("acc").get<double>(), t.at("acc_norm").get<double>(),
+                              t.contains("truth_ratios") ? t.at("truth_ratios").get<std::vector<double>>()
+                                                         : std::vector<double>{}};
+    }
   return x;
 }
 

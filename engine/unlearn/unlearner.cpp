@@ -179,10 +179,11 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
     x.mc_acc = mc.acc;
     x.mc_acc_norm = mc.acc_norm;
     x.mc_items = mc.items;
+    x.mc_truth_ratios = mc.truth_ratios;
   }
   for (const auto& [name, path] : r.mc_tasks) {
     const McResult mc = multiple_choice_accuracy(m, path, bytes_encode);
-    x.mc_tasks[name] = {mc.items, mc.acc, mc.acc_norm};
+    x.mc_tasks[name] = {mc.items, mc.acc, mc.acc_norm, mc.truth_ratios};
   }
   return x;
 }

@@ -32,9 +32,11 @@ struct ExtraMetrics {
   int64_t verbatim_docs = 0;
   double mc_acc = 0, mc_acc_norm = 0;
   int64_t mc_items = 0;
+  std::vector<double> mc_truth_ratios;  // per item (TOFU's truth ratio, engine/eval/truth_ratio.h)
   struct McScore {
     int64_t items = 0;
     double acc = 0, acc_norm = 0;
+    std::vector<double> truth_ratios;
   };
   std::map<std::string, McScore> mc_tasks;  // eval.mc_tasks, by name
 };

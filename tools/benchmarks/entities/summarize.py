@@ -6,8 +6,11 @@
 Columns: steps and stop reason, forget QA accuracy before / after / oracle (the recipe's
 eval.mc_task), forget and holdout NLL after (oracle), retain and general NLL change against
 the original model, MIA AUC of the LOSS attack after (oracle), and PrivLeak after in both
-conventions with their 95% bootstrap intervals, and the retain and holdout QA after when
-the recipe scored them (eval.mc_tasks retain_qa / holdout_qa; otherwise score_qa.sh).
+conventions with their 95% bootstrap intervals, TOFU's forget quality of the forget QA
+before / after (the KS test's p-value of the per-question truth ratios against the
+oracle's; n/a in reports written before it was measured), and the retain and holdout QA
+after when the recipe scored them (eval.mc_tasks retain_qa / holdout_qa; otherwise
+score_qa.sh).
 
 With --spread (runs of one recipe over several seeds of the model/oracle pair, seeds.sh),
 a second table follows: the mean, sample standard deviation and range over the runs of
@@ -35,6 +38,15 @@ def task_acc(j, name):
     return "n/a" if x is None else f"{x['acc']:.3f}"
 
 
+def forget_quality(j, who):
+    x = j.get("multiple_choice", {}).get(who, {}).get("forget_quality")
+    return None if x is None else x["p_value"]
+
+
+def fq(p):
+    return "n/a" if p is None else (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
+
+
 def headline(j):
     """The numbers the spread table summarises; None where a report lacks one."""
     mc = j.get("multiple_choice", {})
@@ -51,6 +63,7 @@ def headline(j):
         "MIA AUC loss after": mia.get("after", {}).get("loss", {}).get("auc"),
         "MIA AUC loss oracle": mia.get("oracle", {}).get("loss", {}).get("auc"),
         "PrivLeak MUSE after (%)": leak_muse.get("value"),
+        "forget quality after (KS p)": forget_quality(j, "after"),
         "retain QA after": tasks.get("retain_qa", {}).get("after", {}).get("acc"),
         "holdout QA after": tasks.get("holdout_qa", {}).get("after", {}).get("acc"),
     }
@@ -77,8 +90,8 @@ def main(paths):
     print("| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
           "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
           "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after "
-          "| retain QA after | holdout QA after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| forget quality before / after | retain QA after | holdout QA after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         j = json.load(open(p))
         mc = j.get("multiple_choice", {})
@@ -94,6 +107,7 @@ def main(paths):
               f"| {pct(v.get('retain_nll_change_vs_original_percent'))} "
               f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
               f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} "
+              f"| {fq(forget_quality(j, 'before'))} / {fq(forget_quality(j, 'after'))} "
               f"| {task_acc(j, 'retain_qa')} | {task_acc(j, 'holdout_qa')} |")
 
 
