@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "engine/cli/commands.h"
 #include "engine/core/rng.h"
 #include "engine/data/token_dataset.h"
+#include "engine/eval/exposure.h"
 #include "engine/eval/multiple_choice.h"
 #include "engine/eval/nll.h"
 #include "engine/io/model_loader.h"
@@ -94,11 +96,23 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   // below measured against its own starting point.
   std::ostringstream log;
   const int max_steps = 80;
+  // Canaries: the 4 letters after each document's first 20 (26^4 candidates).
+  for (const auto& [file, base] : {std::pair{"forget_canaries.jsonl", 0}, std::pair{"holdout_canaries.jsonl", 100}}) {
+    std::ofstream out(dir_ / file);
+    for (int i = 0; i < 4; ++i) {
+      const std::string text = "SECRET-MARKER-" + letters(uint64_t(base + i), 120);
+      out << nlohmann::json{{"prefix", text.substr(0, 34)}, {"secret", text.substr(34, 4)},
+                            {"alphabet", "abcdefghijklmnopqrstuvwxyz"}}.dump()
+          << "\n";
+    }
+  }
   const auto res = run_unlearn(load_recipe(recipe("ga_gd", "  f: {type: nll, stream: forget, weight: -1}\n"
                                                            "  r: {type: nll, stream: retain, weight: 1}\n",
                                                   1e-3, max_steps, "stop: {forget_reaches_holdout: true}\n"),
                                            {"eval.verbatim_prefix=24", "eval.verbatim_continuation=24",
-                                            "eval.mc_tasks.austen=" + kMcTask, "eval.mc_tasks.again=" + kMcTask}),
+                                            "eval.mc_tasks.austen=" + kMcTask, "eval.mc_tasks.again=" + kMcTask,
+                                            "eval.canaries.forget=" + (dir_ / "forget_canaries.jsonl").string(),
+                                            "eval.canaries.holdout=" + (dir_ / "holdout_canaries.jsonl").string()}),
                                log);
   const EvalPoint &before = res.evals.front(), &after = res.evals.back();
   // Memorised before: the secrets are far more predictable than unseen random letters.
@@ -134,6 +148,24 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   EXPECT_EQ(mc.at("austen").acc, direct.acc);
   EXPECT_EQ(mc.at("again").acc_norm, direct.acc_norm);
   EXPECT_EQ(res.extra.at("after").mc_tasks.count("austen"), 1u);
+  // Canary exposure: "before" is the original model's, as scoring it directly gives.
+  const auto& can = res.extra.at("before").canaries;
+  ASSERT_EQ(can.size(), 2u);
+  ASSERT_EQ(can.at("forget").exposures.size(), 4u);
+  EXPECT_NEAR(can.at("forget").log2_space_max, 4 * std::log2(26.0), 1e-12);
+  for (const char* set : {"forget", "holdout"}) {
+    const uint64_t seed = 1 * 1000003 + std::hash<std::string>{}(set);  // train.seed 1, as the run seeds it
+    const ExposureSetResult direct_exp =
+        canary_set_exposure(original, (dir_ / (std::string(set) + "_canaries.jsonl")).string(), bytes_encode, seed);
+    EXPECT_EQ(can.at(set).exposures, direct_exp.exposures) << set;
+  }
+  // The memorised secrets rank near the top of 26^4 = 2^18.8 before (every one first, here)
+  // and unseen ones about the middle (1.4 bits on average); the run, stopped where forget
+  // NLL reaches holdout NLL, takes most of that away. 8 bits = a rank 256 times lower.
+  const double fb = can.at("forget").mean, hb = can.at("holdout").mean;
+  const double fa = res.extra.at("after").canaries.at("forget").mean;
+  EXPECT_GT(fb, hb + 8) << "before: forget " << fb << " bits, holdout " << hb;
+  EXPECT_LT(fa, fb - 8) << "forget canaries: " << fb << " bits before, " << fa << " after";
   // The report names documents by hash only.
   std::ifstream rep(dir_ / "out_ga_gd" / "report.json");
   const std::string text((std::istreambuf_iterator<char>(rep)), {});

@@ -149,6 +149,12 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       for (const std::string& name : t.keys()) r.mc_tasks.emplace_back(name, t.path(name));
       t.finish();
     }
+    if (e.has("canaries")) {
+      LETHE_CHECK(e.is_map("canaries"), e.where("canaries"), ": must be a mapping of set name to JSONL file");
+      const ConfigNode t = e.child("canaries");
+      for (const std::string& name : t.keys()) r.canaries.emplace_back(name, t.path(name));
+      t.finish();
+    }
     e.finish();
     LETHE_CHECK(r.eval_every >= 0, e.where("every"), ": must be >= 0");
     LETHE_CHECK(r.eval_max_sequences >= 0, e.where("max_sequences"), ": must be >= 0 (0 = all)");

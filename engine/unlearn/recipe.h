@@ -45,6 +45,9 @@ struct Recipe {
   // More named multiple-choice tasks (eval.mc_tasks: {name: file}), each scored and
   // reported like mc_task: e.g. what should be forgotten and what must be kept.
   std::vector<std::pair<std::string, std::string>> mc_tasks;
+  // Canary files (eval.canaries: {name: file}, engine/eval/exposure.h): the exposure of
+  // each set's secrets, before/after/oracle.
+  std::vector<std::pair<std::string, std::string>> canaries;
   bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
   double stop_mia_band = 0;                  // |AUC - 0.5| <= band
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial

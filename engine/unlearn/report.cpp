@@ -275,6 +275,10 @@ void write_report(const ReportInput& in, const std::string& dir) {
                                          : nullptr;
       j["multiple_choice_tasks"][name][who].update(truth_json(s.truth_ratios, o));
     }
+    for (const auto& [name, s] : x.canaries)
+      j["canary_exposure"][name][who] = {{"canaries", s.exposures.size()}, {"mean_bits", s.mean},
+                                         {"max_possible_bits", s.log2_space_max}, {"ranked_exactly", s.exact},
+                                         {"per_canary_bits", s.exposures}};
   }
   if (j.contains("multiple_choice") || j.contains("multiple_choice_tasks"))
     j["multiple_choice_definitions"] = {
@@ -365,7 +369,8 @@ void write_report(const ReportInput& in, const std::string& dir) {
     }
   }
   const auto& ex = res.extra;
-  if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc || !ex.at("after").mc_tasks.empty())) {
+  if (ex.count("after") && (ex.at("after").verbatim || ex.at("after").mc || !ex.at("after").mc_tasks.empty() ||
+                            !ex.at("after").canaries.empty())) {
     md << "\nGeneration and task metrics (forget-document continuations: greedy, " << r.verbatim_prefix
        << "-token prefix, " << r.verbatim_continuation << " tokens):\n\n| metric | before | after |"
        << (ex.count("oracle") ? " oracle |" : "") << "\n|---|---:|---:|" << (ex.count("oracle") ? "---:|" : "") << "\n";
@@ -408,6 +413,16 @@ void write_report(const ReportInput& in, const std::string& dir) {
            << cell("before", "forget_quality", "p_value", true) << " | " << cell("after", "forget_quality", "p_value", true)
            << " |" << (ex.count("oracle") ? " 1 |" : "") << "\n";
     };
+    for (const auto& [name, s] : ex.at("after").canaries) {
+      auto bits = [&](const char* who) {
+        const auto w = ex.find(who);
+        return w != ex.end() && w->second.canaries.count(name) ? f4(w->second.canaries.at(name).mean) : std::string();
+      };
+      md << "| canary exposure, mean bits of at most " << f4(s.log2_space_max) << ": " << name << " ("
+         << s.exposures.size() << " canaries) | " << bits("before") << " | " << bits("after") << " |";
+      if (ex.count("oracle")) md << " " << bits("oracle") << " |";
+      md << "\n";
+    }
     if (j.contains("multiple_choice")) truth_rows("multiple choice", j["multiple_choice"]);
     if (j.contains("multiple_choice_tasks"))
       for (const auto& [name, by_who] : j["multiple_choice_tasks"].items()) truth_rows(name, by_who);

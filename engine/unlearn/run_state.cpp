@@ -48,6 +48,13 @@ json extra_to_json(const ExtraMetrics& x) {
              for (const auto& [name, s] : x.mc_tasks)
                t[name] = {{"items", s.items}, {"acc", s.acc}, {"acc_norm", s.acc_norm}, {"truth_ratios", s.truth_ratios}};
              return t;
+           }()},
+          {"canaries", [&] {
+             json t = json::object();
+             for (const auto& [name, s] : x.canaries)
+               t[name] = {{"mean", s.mean}, {"log2_space_max", s.log2_space_max}, {"exact", s.exact},
+                          {"exposures", s.exposures}};
+             return t;
            }()}};
 }
 
@@ -71,6 +78,12 @@ ExtraMetrics extra_from_json(const json& j) {
       x.mc_tasks[it.key()] = {t.at("items").get<int64_t>(), t.at("acc").get<double>(), t.at("acc_norm").get<double>(),
                               t.contains("truth_ratios") ? t.at("truth_ratios").get<std::vector<double>>()
                                                          : std::vector<double>{}};
+    }
+  if (j.contains("canaries"))  // absent in run state written before eval.canaries existed
+    for (auto it = j.at("canaries").begin(); it != j.at("canaries").end(); ++it) {
+      const json& t = it.value();
+      x.canaries[it.key()] = {t.at("mean").get<double>(), t.at("log2_space_max").get<double>(),
+                              t.at("exact").get<int64_t>(), t.at("exposures").get<std::vector<double>>()};
     }
   return x;
 }

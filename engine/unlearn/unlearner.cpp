@@ -17,6 +17,7 @@
 #include "engine/data/tokenizer_file.h"
 #include "engine/eval/generate.h"
 #include "engine/eval/mia.h"
+#include "engine/eval/exposure.h"
 #include "engine/eval/multiple_choice.h"
 #include "engine/eval/nll.h"
 #include "engine/io/checkpoint.h"
@@ -185,6 +186,11 @@ ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& f
     const McResult mc = multiple_choice_accuracy(m, path, bytes_encode);
     x.mc_tasks[name] = {mc.items, mc.acc, mc.acc_norm, mc.truth_ratios};
   }
+  for (const auto& [name, path] : r.canaries) {
+    // Seeded by the recipe and the set, so before, after and the oracle sample alike.
+    const ExposureSetResult e = canary_set_exposure(m, path, bytes_encode, r.seed * 1000003 + std::hash<std::string>{}(name));
+    x.canaries[name] = {e.mean, e.log2_space_max, e.exact, e.exposures};
+  }
   return x;
 }
 
@@ -264,6 +270,10 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   LETHE_CHECK((r.mc_task.empty() && r.mc_tasks.empty()) || byte_level, r.file,
               ": eval.mc_task(s) need a byte-level model in this version (the forget set uses '",
               streams.at("forget").ds->tokenizer, "')");
+  LETHE_CHECK(r.canaries.empty() || byte_level, r.file,
+              ": eval.canaries need a byte-level model in this version (the forget set uses '",
+              streams.at("forget").ds->tokenizer, "')");
+  for (const auto& [name, path] : r.canaries) load_canaries(path);
   // The task files are read now, not after the run: a missing or malformed one must not
   // cost the steps before the final evaluation.
   if (!r.mc_task.empty()) load_mc_task(r.mc_task);

@@ -39,6 +39,12 @@ struct ExtraMetrics {
     std::vector<double> truth_ratios;
   };
   std::map<std::string, McScore> mc_tasks;  // eval.mc_tasks, by name
+  struct CanaryScore {
+    double mean = 0, log2_space_max = 0;  // bits
+    int64_t exact = 0;                    // canaries ranked exactly (the rest from samples)
+    std::vector<double> exposures;        // per canary, in file order
+  };
+  std::map<std::string, CanaryScore> canaries;  // eval.canaries, by name
 };
 
 // The final membership-inference suite of one model: every attack's score per document.
