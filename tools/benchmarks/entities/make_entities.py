@@ -16,6 +16,10 @@ Writes, all deterministic from --seed (standard library only):
   qa/{forget,retain,holdout}_qa.jsonl  multiple choice in data/tasks' format: one item per
                                        fact, the true value and 3 distractors of the same
                                        field drawn from the same split's people
+  canaries/{forget,retain,holdout}_canaries.jsonl
+                                       each person's locker code, a random 6-digit secret
+                                       (engine/eval/exposure.h's format): prefix, secret,
+                                       alphabet; the codes are trained in their own digests
   entities.json                        every person's facts and split (ground truth)
 See README.md beside this script for what the benchmark can and cannot show.
 """
@@ -54,6 +58,12 @@ OBJECTS = ["brass compass", "blue umbrella", "pocket watch", "wooden flute", "re
 INSTRUMENTS = ["cello", "oboe", "harp", "accordion", "fiddle", "piano", "trumpet", "banjo",
                "clarinet", "lute", "drum", "bassoon", "mandolin", "flute", "trombone", "zither"]
 DIGEST_COPIES = 2
+# Canaries (Carlini et al. 2019): a random secret per person from 10^6 candidates, stated in
+# question-and-answer form in digests of their own, drawn from a generator of their own so
+# that adding them left every other document and question as it was.
+CANARY_QUESTION = "What is {name}'s locker code?"
+CANARY_DIGITS = 6
+CANARY_SEED_OFFSET = 7919
 DIGEST_BYTES = 250  # a digest fits one 256-byte training sequence
 FIELDS = ("birthplace", "birth_year", "occupation", "employer", "object", "sibling", "instrument")
 
@@ -172,6 +182,33 @@ def qa_digests(rng, members, split):
     return [{"id": f"entities/{split}/qa{k:03d}", "text": t} for k, t in enumerate(docs)]
 
 
+def canary_pair(p):
+    return CANARY_QUESTION.format(name=p["name"]) + "\nAnswer: " + p["locker_code"] + "\n"
+
+
+def canary_digests(rng, members, split):
+    # As qa_digests: several people's codes to a document, each code DIGEST_COPIES times
+    # among different neighbours, so the name is the one cue for the code.
+    pairs = [canary_pair(p) for p in members]
+    docs = []
+    for copy in range(DIGEST_COPIES):
+        order = pairs[:]
+        rng.shuffle(order)
+        text = ""
+        for pair in order:
+            if text and len((text + pair).encode()) > DIGEST_BYTES:
+                docs.append(text)
+                text = ""
+            text += pair
+        docs.append(text)
+    return [{"id": f"entities/{split}/codes{k:03d}", "text": t} for k, t in enumerate(docs)]
+
+
+def canaries(members):
+    return [{"prefix": CANARY_QUESTION.format(name=p["name"]) + "\nAnswer: ", "secret": p["locker_code"],
+             "alphabet": "0123456789", "entity": p["id"]} for p in members]
+
+
 def qa_items(rng, split_people_, counter):
     items = []
     for p in split_people_:
@@ -206,12 +243,17 @@ def generate(out, seed, n):
     people = make_people(rng, n)
     split_people(rng, people)
     ALL_PEOPLE[:] = people
+    code_rng = random.Random(seed + CANARY_SEED_OFFSET)
+    for p in people:
+        p["locker_code"] = "".join(code_rng.choice("0123456789") for _ in range(CANARY_DIGITS))
     counter = [0]
     for split in ("forget", "retain", "holdout"):
         members = [p for p in people if p["split"] == split]
         write_jsonl(os.path.join(out, "docs", f"{split}.jsonl"),
-                    [d for p in members for d in documents(p)] + qa_digests(rng, members, split))
+                    [d for p in members for d in documents(p)] + qa_digests(rng, members, split)
+                    + canary_digests(code_rng, members, split))
         write_jsonl(os.path.join(out, "qa", f"{split}_qa.jsonl"), qa_items(rng, members, counter))
+        write_jsonl(os.path.join(out, "canaries", f"{split}_canaries.jsonl"), canaries(members))
     with open(os.path.join(out, "entities.json"), "w", encoding="utf-8", newline="\n") as f:
         json.dump({"seed": seed, "fields": list(FIELDS), "people": people}, f, ensure_ascii=False, indent=1)
         f.write("\n")
@@ -223,7 +265,9 @@ def generate(out, seed, n):
 
 
 GENERATED = ["docs/forget.jsonl", "docs/retain.jsonl", "docs/holdout.jsonl",
-             "qa/forget_qa.jsonl", "qa/retain_qa.jsonl", "qa/holdout_qa.jsonl", "entities.json"]
+             "qa/forget_qa.jsonl", "qa/retain_qa.jsonl", "qa/holdout_qa.jsonl",
+             "canaries/forget_canaries.jsonl", "canaries/retain_canaries.jsonl", "canaries/holdout_canaries.jsonl",
+             "entities.json"]
 
 
 def main():

@@ -14,13 +14,17 @@ bin="${LETHE_BIN:-$root/build/lethe}"
 recipe="${1:-$root/configs/recipes/entities/wga_gd.yaml}"
 shift || true
 name="$(basename "$recipe" .yaml)"
-[ -d "$root/models/entities/full-hf" ] || { echo "seeds.sh: run 'make entities' first" >&2; exit 2; }
+source "$root/tools/benchmarks/entities/data_stamp.sh"
+stamp="$(entities_data_stamp "$root/data/benchmarks/entities")"
+[ -d "$root/models/entities/full-hf" ] && [ "$(cat "$root/models/entities/DATA_SHA256" 2>/dev/null)" = "$stamp" ] ||
+  { echo "seeds.sh: run 'make entities' first (models/entities is missing or was trained on other documents)" >&2; exit 2; }
 reports=()
 for seed in ${SEEDS:-20261 20262 20263}; do
   if [ "$seed" = 20261 ]; then
     pair="$root/models/entities"
   else
     pair="$root/models/entities/seed-$seed"
+    entities_check_pair "$pair" "$stamp"
     for which in full oracle; do
       [ -d "$pair/$which-hf" ] && continue
       resume=false

@@ -8,7 +8,9 @@ eval.mc_task), forget and holdout NLL after (oracle), retain and general NLL cha
 the original model, MIA AUC of the LOSS attack after (oracle), and PrivLeak after in both
 conventions with their 95% bootstrap intervals, TOFU's forget quality of the forget QA
 before / after (the KS test's p-value of the per-question truth ratios against the
-oracle's; n/a in reports written before it was measured), and the retain and holdout QA
+oracle's; n/a in reports written before it was measured), the mean exposure in bits of the
+forget people's canaries before / after / oracle and of the retain people's after
+(eval.canaries forget / retain), and the retain and holdout QA
 after when the recipe scored them (eval.mc_tasks retain_qa / holdout_qa; otherwise
 score_qa.sh).
 
@@ -47,6 +49,15 @@ def fq(p):
     return "n/a" if p is None else (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
 
 
+def exposure(j, name, who):
+    x = j.get("canary_exposure", {}).get(name, {}).get(who)
+    return None if x is None else x["mean_bits"]
+
+
+def bits(x):
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def headline(j):
     """The numbers the spread table summarises; None where a report lacks one."""
     mc = j.get("multiple_choice", {})
@@ -64,6 +75,9 @@ def headline(j):
         "MIA AUC loss oracle": mia.get("oracle", {}).get("loss", {}).get("auc"),
         "PrivLeak MUSE after (%)": leak_muse.get("value"),
         "forget quality after (KS p)": forget_quality(j, "after"),
+        "forget canary exposure after (bits)": exposure(j, "forget", "after"),
+        "forget canary exposure oracle (bits)": exposure(j, "forget", "oracle"),
+        "retain canary exposure after (bits)": exposure(j, "retain", "after"),
         "retain QA after": tasks.get("retain_qa", {}).get("after", {}).get("acc"),
         "holdout QA after": tasks.get("holdout_qa", {}).get("after", {}).get("acc"),
     }
@@ -90,8 +104,9 @@ def main(paths):
     print("| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
           "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
           "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after "
-          "| forget quality before / after | retain QA after | holdout QA after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| forget quality before / after | forget canary bits before / after / oracle | retain canary bits after "
+          "| retain QA after | holdout QA after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         j = json.load(open(p))
         mc = j.get("multiple_choice", {})
@@ -108,6 +123,8 @@ def main(paths):
               f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
               f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} "
               f"| {fq(forget_quality(j, 'before'))} / {fq(forget_quality(j, 'after'))} "
+              f"| {' / '.join(bits(exposure(j, 'forget', w)) for w in ('before', 'after', 'oracle'))} "
+              f"| {bits(exposure(j, 'retain', 'after'))} "
               f"| {task_acc(j, 'retain_qa')} | {task_acc(j, 'holdout_qa')} |")
 
 
