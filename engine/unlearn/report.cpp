@@ -52,7 +52,8 @@ json truth_json(const std::vector<double>& mine, const std::vector<double>* orac
   if (mine.empty()) return j;
   auto num = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
   const TruthRatioSummary t = summarize_truth_ratios(mine);
-  j["truth_ratio"] = {{"true_better", num(t.true_better)}, {"closer_to_1", num(t.closer_to_1)}};
+  // Per item too (in the task file's order), for breakdowns by the items' own keys.
+  j["truth_ratio"] = {{"true_better", num(t.true_better)}, {"closer_to_1", num(t.closer_to_1)}, {"per_item", mine}};
   if (oracle && oracle->size() == mine.size()) {
     const KsResult ks = ks_two_sample(mine, *oracle);
     j["forget_quality"] = {{"ks_statistic", ks.statistic}, {"p_value", ks.p_value}, {"exact", ks.exact}};

@@ -18,6 +18,11 @@ With --spread (runs of one recipe over several seeds of the model/oracle pair, s
 a second table follows: the mean, sample standard deviation and range over the runs of
 each headline number, so a difference between recipes can be set against the spread
 between seeds.
+
+With --by-field QA.jsonl (the recipe's eval.mc_task file, e.g.
+data/benchmarks/entities/qa/forget_qa.jsonl), a table per run follows: for each fact
+field, the share of questions whose truth ratio is below 1 (the model prefers the true
+answer to its distractors) before, after and for the oracle: which facts survive.
 """
 import json
 import sys
@@ -83,6 +88,27 @@ def headline(j):
     }
 
 
+def by_field(j, qa_path):
+    fields = [json.loads(line).get("field", "?") for line in open(qa_path) if line.strip()]
+    mc = j.get("multiple_choice", {})
+    per = {w: mc.get(w, {}).get("truth_ratio", {}).get("per_item") for w in ("before", "after", "oracle")}
+    if per["after"] is None or len(per["after"]) != len(fields):
+        print(f"\n{j['recipe_file']}: no per-question truth ratios for {qa_path}")
+        return
+    print()
+    print(f"Share of questions with truth ratio < 1 (prefers the true answer), by field: {j['recipe_file']}")
+    print()
+    print("| field | questions | before | after | oracle |")
+    print("|---|---:|---:|---:|---:|")
+    for f in dict.fromkeys(fields):
+        idx = [i for i, x in enumerate(fields) if x == f]
+        cells = []
+        for w in ("before", "after", "oracle"):
+            r = per[w]
+            cells.append("n/a" if r is None else f"{sum(r[i] < 1 for i in idx) / len(idx):.2f}")
+        print(f"| {f} | {len(idx)} | " + " | ".join(cells) + " |")
+
+
 def spread(reports):
     rows = [headline(j) for j in reports]
     print()
@@ -132,9 +158,17 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     with_spread = "--spread" in args
     args = [a for a in args if a != "--spread"]
+    field_qa = None
+    if "--by-field" in args:
+        k = args.index("--by-field")
+        field_qa = args[k + 1]
+        del args[k:k + 2]
     if not args:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     main(args)
     if with_spread:
         spread([json.load(open(p)) for p in args])
+    if field_qa:
+        for p in args:
+            by_field(json.load(open(p)), field_qa)
