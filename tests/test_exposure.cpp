@@ -77,12 +77,14 @@ TEST(Exposure, ExactRankMatchesScoringEveryCandidate) {
     // they differ by about 1e-6, so a candidate closer than 1e-4 could fall either way.
     if (b.closest < 1e-4) continue;
     ++checked;
-    const ExposureResult e = canary_exposure(m, c, bytes_encode, 7);
-    SCOPED_TRACE(secret);
-    EXPECT_TRUE(e.exact);
-    EXPECT_EQ(e.rank, b.rank);
-    EXPECT_NEAR(e.log2_space, 4 * std::log2(3.0), 1e-12);
-    EXPECT_NEAR(e.exposure, e.log2_space - std::log2(b.rank), 1e-12);
+    for (const bool rows : {false, true}) {  // through the key/value cache, and row by row
+      const ExposureResult e = canary_exposure(m, c, bytes_encode, 7, kExposureMaxRows, kExposureSamples, rows);
+      SCOPED_TRACE(testing::Message() << secret << (rows ? " rows" : " cache"));
+      EXPECT_TRUE(e.exact);
+      EXPECT_EQ(e.rank, b.rank);
+      EXPECT_NEAR(e.log2_space, 4 * std::log2(3.0), 1e-12);
+      EXPECT_NEAR(e.exposure, e.log2_space - std::log2(b.rank), 1e-12);
+    }
   }
   EXPECT_GE(checked, 4);
 }
@@ -95,11 +97,13 @@ TEST(Exposure, SampledRankEstimatesTheExactOne) {
   // A budget of one row forces sampling: rank - 1 = 255 (k + 1/2) / 2001 with k ~ Binomial(2000, p),
   // p = (rank_exact - 1) / 255. Its sd is at most 255 sqrt(2000 / 4) / 2001 = 2.85 ranks; 5 sd
   // and the 1/2's bias bound the difference.
-  const ExposureResult est = canary_exposure(m, c, bytes_encode, 7, 1, 2000);
-  EXPECT_FALSE(est.exact);
   const double p = (exact.rank - 1) / 255.0;
   const double sd = 255.0 * std::sqrt(2000.0 * p * (1 - p)) / 2001.0;
-  EXPECT_NEAR(est.rank, exact.rank, 5 * sd + 0.2) << "exact " << exact.rank;
+  for (const bool rows : {false, true}) {
+    const ExposureResult est = canary_exposure(m, c, bytes_encode, 7, 1, 2000, rows);
+    EXPECT_FALSE(est.exact);
+    EXPECT_NEAR(est.rank, exact.rank, 5 * sd + 0.2) << "exact " << exact.rank << (rows ? " rows" : " cache");
+  }
 }
 
 TEST(Exposure, AModelThatCannotTellCandidatesApartRanksTheSecretInTheMiddle) {

@@ -46,10 +46,14 @@ struct ExposureResult {
 // good to about 0.1 bit where the exposure is under log2(samples) bits, which is where
 // enumeration gives up. Byte-level models only: every alphabet character must encode to
 // one token.
+// Candidates are scored through the key/value cache (the prefix prefilled once, forked per
+// candidate) on one process per tensor-parallel group; under tensor parallelism, whose
+// logits rows are split, by one forward per candidate row instead (`rows` forces that path).
 inline constexpr int64_t kExposureMaxRows = 20000;
 inline constexpr int64_t kExposureSamples = 2000;
 ExposureResult canary_exposure(LlamaModel& model, const Canary& canary, const TextEncoder& encode, uint64_t seed,
-                               int64_t max_rows = kExposureMaxRows, int64_t samples = kExposureSamples);
+                               int64_t max_rows = kExposureMaxRows, int64_t samples = kExposureSamples,
+                               bool rows = false);
 
 struct ExposureSetResult {
   std::vector<double> exposures;  // per canary, in file order

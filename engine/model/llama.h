@@ -165,6 +165,11 @@ class LlamaModel {
   // costs one position's work instead of a forward over the whole context.
   void decode_prefill(const Tensor& tokens, Tensor& logits);
   void decode_step(const Tensor& next, Tensor& logits);
+  // Replaces the cache by `copies` copies of its sequence 0, so one prefix prefilled once
+  // continues in many ways (canary exposure scores every candidate after one prefix);
+  // decode_step then takes [copies] tokens. Each copy holds max_seq_len positions.
+  void decode_fork(int64_t copies);
+  int64_t decode_cache_bytes_per_sequence() const;
   int64_t decode_length() const { return decode_len_; }  // positions in the cache
 
   const Tensor& logprobs() const { return logprobs_; }  // [B*T], 0 where masked

@@ -67,6 +67,23 @@ void LlamaModel::decode_step(const Tensor& next, Tensor& logits) {
   ++decode_len_;
 }
 
+void LlamaModel::decode_fork(int64_t copies) {
+  LETHE_CHECK(decode_len_ > 0, "LlamaModel::decode_fork called before decode_prefill");
+  LETHE_CHECK(copies >= 1, "LlamaModel::decode_fork: copies must be >= 1, got ", copies);
+  const int64_t S = cfg_.max_seq_len, KV = tpl_.kv_heads, D = cfg_.hd(), row = KV * D, n = decode_len_ * row;
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    for (Tensor* c : {&cache_k_[size_t(l)], &cache_v_[size_t(l)]}) {
+      Tensor fresh = Tensor::empty({copies, S, KV, D}, wdt_, device_);
+      for (int64_t b = 0; b < copies; ++b) fresh.view(b * S * row, {n}).copy_from(c->view(0, {n}));
+      *c = std::move(fresh);
+    }
+  decode_B_ = copies;
+}
+
+int64_t LlamaModel::decode_cache_bytes_per_sequence() const {
+  return 2 * cfg_.n_layers * cfg_.max_seq_len * tpl_.kv_heads * cfg_.hd() * int64_t(dtype_size(wdt_));
+}
+
 void LlamaModel::decode_position(Tensor& x, Tensor& logits) {
   const int64_t B = decode_B_, C = cfg_.dim, S = cfg_.max_seq_len, t = decode_len_;
   const int64_t row = tpl_.kv_heads * cfg_.hd();
