@@ -83,7 +83,8 @@ golden:
 smollm2: build
 	bash tools/models/fetch_smollm2.sh
 
-# Pretrains tiny-lm and its retrain oracle on the embedded corpora (~15 min on 2 cores).
+# Pretrains tiny-lm and its retrain oracle on the embedded corpora, then the cross-domain
+# task's no-code oracle (~30 min on 2 cores).
 models: build
 	bash tools/models/train_tiny_lm.sh
 
