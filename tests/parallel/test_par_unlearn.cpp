@@ -94,7 +94,9 @@ json summary(const UnlearnResult& res, const std::string& out) {
           {"evals", evals},
           {"mia_auc", res.mia_auc_after},
           {"rouge_l_f1", after.rouge_l_f1},
-          {"mc_acc", after.mc_acc}};
+          {"mc_acc", after.mc_acc},
+          {"mc_truth_ratios", after.mc_truth_ratios},
+          {"canary_bits", after.canaries.count("c") ? json(after.canaries.at("c").exposures) : json::array()}};
 }
 
 void expect_rel(double got, double want, double rel, const std::string& what, double abs_floor = 0) {
@@ -136,6 +138,14 @@ void expect_same_run(const json& got, const json& want, const std::string& label
     EXPECT_NEAR(got["mia_auc"][it.key()].get<double>(), it.value().get<double>(), 1e-9) << label << " " << it.key();
   EXPECT_NEAR(got["rouge_l_f1"].get<double>(), want["rouge_l_f1"].get<double>(), 1e-9) << label;
   EXPECT_NEAR(got["mc_acc"].get<double>(), want["mc_acc"].get<double>(), 1e-9) << label;
+  // A truth ratio is exp of a difference of two per-token mean log-probs, each off by at
+  // most kTermAbsFloor: relative 2 kTermAbsFloor, doubled for exp's curvature and margin.
+  ASSERT_EQ(got["mc_truth_ratios"].size(), want["mc_truth_ratios"].size()) << label;
+  for (size_t i = 0; i < want["mc_truth_ratios"].size(); ++i)
+    expect_rel(got["mc_truth_ratios"][i], want["mc_truth_ratios"][i], 4 * kTermAbsFloor,
+               label + " truth ratio " + std::to_string(i));
+  // Exact ranks among 64 candidates: equal unless a near-tie flips.
+  EXPECT_EQ(got["canary_bits"], want["canary_bits"]) << label;
 }
 
 std::vector<std::string> term_args(const std::string& type) {
@@ -165,6 +175,13 @@ TEST(ParallelUnlearn, Reference) {
       para += line + "\n";
     }
   }
+  // Canaries over a small space (4^3 candidates), so every layout ranks them exactly: the
+  // cache path on one process and tp = 1 grids, the row path under tp.
+  {
+    std::ofstream can(kDir / "canaries.jsonl");
+    for (int i = 0; i < 4; ++i)
+      can << json{{"prefix", forget[size_t(i)].substr(0, 20)}, {"secret", "abd"}, {"alphabet", "abcd"}}.dump() << "\n";
+  }
   save_token_dataset((kDir / "forget.h5").string(), docs(forget));
   save_token_dataset((kDir / "holdout.h5").string(), docs(holdout));
   save_token_dataset((kDir / "retain.h5").string(), docs(retain));
@@ -189,7 +206,8 @@ TEST(ParallelUnlearn, Reference) {
                                          "  r: {type: nll, stream: retain, weight: 1}\n"
                                       << "eval: {every: 2, max_sequences: 0, verbatim_prefix: 8, "
                                          "verbatim_continuation: 8, verbatim_max_docs: 2, mc_task: "
-                                      << LETHE_SOURCE_DIR << "/data/tasks/austen_mc.jsonl}\n";
+                                      << LETHE_SOURCE_DIR << "/data/tasks/austen_mc.jsonl, canaries: {c: "
+                                      << (kDir / "canaries.jsonl").string() << "}}\n";
   for (const auto& type : kTermTypes) {
     std::ofstream f(recipe_path(type));
     f << "method: " << type << "\n" << common << "eval: {every: 0, max_sequences: 0}\nterms:\n";
