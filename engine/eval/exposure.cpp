@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 
+#include "engine/io/jsonl.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -20,32 +21,24 @@ using nlohmann::json;
 // Distinct candidates of a real model differ by far more.
 constexpr double kTie = 1e-9;
 
-Canary parse_canary(const std::string& text, const std::string& path, int64_t line) {
-  const auto where = [&] { return path + ":" + std::to_string(line); };
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    LETHE_FAIL(where(), ": not valid JSON (", e.what(), ")");
-  }
-  LETHE_CHECK(j.is_object(), where(), ": expected a JSON object with prefix, secret, alphabet");
+Canary parse_canary(const json& j, const std::string& where, int64_t line) {
   Canary c;
   c.line = line;
   for (const auto& [key, field] : {std::pair{"prefix", &c.prefix}, std::pair{"secret", &c.secret},
                                    std::pair{"alphabet", &c.alphabet}}) {
-    LETHE_CHECK(j.contains(key), where(), ": missing \"", key, "\"");
-    LETHE_CHECK(j[key].is_string(), where(), ": \"", key, "\" must be a string");
+    LETHE_CHECK(j.contains(key), where, ": missing \"", key, "\"");
+    LETHE_CHECK(j[key].is_string(), where, ": \"", key, "\" must be a string");
     *field = j[key].get<std::string>();
-    LETHE_CHECK(!field->empty(), where(), ": \"", key, "\" is empty");
+    LETHE_CHECK(!field->empty(), where, ": \"", key, "\" is empty");
   }
   std::set<char> seen;
   for (const char a : c.alphabet) {
-    LETHE_CHECK(static_cast<unsigned char>(a) < 0x80, where(), ": the alphabet must be ASCII (one byte per character)");
-    LETHE_CHECK(seen.insert(a).second, where(), ": the alphabet repeats '", a, "'");
+    LETHE_CHECK(static_cast<unsigned char>(a) < 0x80, where, ": the alphabet must be ASCII (one byte per character)");
+    LETHE_CHECK(seen.insert(a).second, where, ": the alphabet repeats '", a, "'");
   }
-  LETHE_CHECK(c.alphabet.size() >= 2, where(), ": the alphabet needs at least two characters");
+  LETHE_CHECK(c.alphabet.size() >= 2, where, ": the alphabet needs at least two characters");
   for (const char s : c.secret)
-    LETHE_CHECK(seen.count(s), where(), ": the secret has a character outside the alphabet");  // not echoed: it is the secret
+    LETHE_CHECK(seen.count(s), where, ": the secret has a character outside the alphabet");  // not echoed: it is the secret
   return c;
 }
 
@@ -210,16 +203,11 @@ class DecodeScorer final : public Scorer {
 }  // namespace
 
 std::vector<Canary> load_canaries(const std::string& jsonl_path) {
-  std::ifstream in(jsonl_path, std::ios::binary);
-  LETHE_CHECK(in, "canary file ", jsonl_path, ": cannot open");
   std::vector<Canary> out;
-  std::string text;
-  for (int64_t line = 1; std::getline(in, text); ++line) {
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (text.find_first_not_of(" \t") == std::string::npos) continue;
-    out.push_back(parse_canary(text, jsonl_path, line));
-  }
-  LETHE_CHECK(!out.empty(), "canary file ", jsonl_path, ": no canaries");
+  for_each_jsonl_object(jsonl_path, "canary file", "canaries", "prefix, secret, alphabet",
+                        [&](const json& j, const std::string& where, int64_t line) {
+                          out.push_back(parse_canary(j, where, line));
+                        });
   return out;
 }
 

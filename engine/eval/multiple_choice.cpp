@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/eval/truth_ratio.h"
+#include "engine/io/jsonl.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -18,35 +19,27 @@ int64_t utf8_chars(const std::string& s) {
   return n;
 }
 
-McItem parse_item(const std::string& text, const std::string& path, int64_t line) {
-  const auto where = [&] { return path + ":" + std::to_string(line); };
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    LETHE_FAIL(where(), ": not valid JSON (", e.what(), ")");
-  }
-  LETHE_CHECK(j.is_object(), where(), ": expected a JSON object with question, choices, answer");
+McItem parse_item(const json& j, const std::string& where, int64_t line) {
   McItem it;
   it.line = line;
-  LETHE_CHECK(j.contains("question"), where(), ": missing \"question\"");
-  LETHE_CHECK(j["question"].is_string(), where(), ": \"question\" must be a string");
+  LETHE_CHECK(j.contains("question"), where, ": missing \"question\"");
+  LETHE_CHECK(j["question"].is_string(), where, ": \"question\" must be a string");
   it.question = j["question"].get<std::string>();
-  LETHE_CHECK(j.contains("choices"), where(), ": missing \"choices\"");
-  LETHE_CHECK(j["choices"].is_array(), where(), ": \"choices\" must be an array of strings");
-  LETHE_CHECK(!j["choices"].empty(), where(), ": \"choices\" is empty");
+  LETHE_CHECK(j.contains("choices"), where, ": missing \"choices\"");
+  LETHE_CHECK(j["choices"].is_array(), where, ": \"choices\" must be an array of strings");
+  LETHE_CHECK(!j["choices"].empty(), where, ": \"choices\" is empty");
   for (size_t c = 0; c < j["choices"].size(); ++c) {
     const json& v = j["choices"][c];
-    LETHE_CHECK(v.is_string(), where(), ": choice ", c, " is not a string");
+    LETHE_CHECK(v.is_string(), where, ": choice ", c, " is not a string");
     // acc_norm divides by the choice's length.
-    LETHE_CHECK(!v.get<std::string>().empty(), where(), ": choice ", c, " is empty");
+    LETHE_CHECK(!v.get<std::string>().empty(), where, ": choice ", c, " is empty");
     it.choices.push_back(v.get<std::string>());
   }
-  LETHE_CHECK(j.contains("answer"), where(), ": missing \"answer\"");
+  LETHE_CHECK(j.contains("answer"), where, ": missing \"answer\"");
   // is_number_integer also admits unsigned; a float such as 1.0 is rejected, not rounded.
-  LETHE_CHECK(j["answer"].is_number_integer(), where(), ": \"answer\" must be an integer index");
+  LETHE_CHECK(j["answer"].is_number_integer(), where, ": \"answer\" must be an integer index");
   it.answer = j["answer"].get<int64_t>();
-  LETHE_CHECK(it.answer >= 0 && it.answer < int64_t(it.choices.size()), where(), ": answer ", it.answer,
+  LETHE_CHECK(it.answer >= 0 && it.answer < int64_t(it.choices.size()), where, ": answer ", it.answer,
               " is outside the ", it.choices.size(), " choices");
   return it;
 }
@@ -72,16 +65,11 @@ std::vector<int32_t> bytes_encode(const std::string& text) {
 }
 
 std::vector<McItem> load_mc_task(const std::string& jsonl_path) {
-  std::ifstream in(jsonl_path, std::ios::binary);
-  LETHE_CHECK(in, "multiple-choice task ", jsonl_path, ": cannot open");
   std::vector<McItem> items;
-  std::string text;
-  for (int64_t line = 1; std::getline(in, text); ++line) {
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (text.find_first_not_of(" \t") == std::string::npos) continue;
-    items.push_back(parse_item(text, jsonl_path, line));
-  }
-  LETHE_CHECK(!items.empty(), "multiple-choice task ", jsonl_path, ": no items");
+  for_each_jsonl_object(jsonl_path, "multiple-choice task", "items", "question, choices, answer",
+                        [&](const json& j, const std::string& where, int64_t line) {
+                          items.push_back(parse_item(j, where, line));
+                        });
   return items;
 }
 

@@ -160,14 +160,13 @@ def documents(p):
     return docs
 
 
-def qa_digests(rng, members, split):
-    # Question-and-answer pairs in the wording of the QA tasks, several people's pairs to a
-    # document in shuffled order: a pair is then preceded only by other people's facts, so the
-    # person's name is the one cue for the answer, as in the QA task where the question
-    # stands alone. (A per-person sheet lets the model answer from the facts before it and
-    # scored at chance once those were absent.) Each pair appears DIGEST_COPIES times, each
-    # time among other neighbours; a digest fits one training sequence.
-    pairs = [QUESTIONS[f].format(name=p["name"]) + "\nAnswer: " + p[f] + "\n" for p in members for f in FIELDS]
+def digests(rng, pairs, split, kind):
+    # Question-and-answer pairs, several people's to a document in shuffled order: a pair is
+    # then preceded only by other people's facts, so the person's name is the one cue for
+    # the answer, as in the QA task where the question stands alone. (A per-person sheet
+    # lets the model answer from the facts before it and scored at chance once those were
+    # absent.) Each pair appears DIGEST_COPIES times, each time among other neighbours; a
+    # digest fits one training sequence.
     docs = []
     for copy in range(DIGEST_COPIES):
         order = pairs[:]
@@ -179,7 +178,13 @@ def qa_digests(rng, members, split):
                 text = ""
             text += pair
         docs.append(text)
-    return [{"id": f"entities/{split}/qa{k:03d}", "text": t} for k, t in enumerate(docs)]
+    return [{"id": f"entities/{split}/{kind}{k:03d}", "text": t} for k, t in enumerate(docs)]
+
+
+def qa_digests(rng, members, split):
+    # In the wording of the QA tasks.
+    pairs = [QUESTIONS[f].format(name=p["name"]) + "\nAnswer: " + p[f] + "\n" for p in members for f in FIELDS]
+    return digests(rng, pairs, split, "qa")
 
 
 def canary_pair(p):
@@ -187,21 +192,7 @@ def canary_pair(p):
 
 
 def canary_digests(rng, members, split):
-    # As qa_digests: several people's codes to a document, each code DIGEST_COPIES times
-    # among different neighbours, so the name is the one cue for the code.
-    pairs = [canary_pair(p) for p in members]
-    docs = []
-    for copy in range(DIGEST_COPIES):
-        order = pairs[:]
-        rng.shuffle(order)
-        text = ""
-        for pair in order:
-            if text and len((text + pair).encode()) > DIGEST_BYTES:
-                docs.append(text)
-                text = ""
-            text += pair
-        docs.append(text)
-    return [{"id": f"entities/{split}/codes{k:03d}", "text": t} for k, t in enumerate(docs)]
+    return digests(rng, [canary_pair(p) for p in members], split, "codes")
 
 
 def canaries(members):
