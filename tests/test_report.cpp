@@ -117,6 +117,48 @@ TEST(Report, LeadsWithTheVerdictAndDrawsTheOracleAsTargets) {
   fs::remove_all(dir);
 }
 
+// The NLL half of the verdict is one-sided (utility kept: at most 2% above the original),
+// since an exact retrain moves retain NLL itself; the symmetric reading and the oracle's own
+// change are reported beside it.
+TEST(Report, VerdictReadsUtilityOneSidedAndShowsBothReadings) {
+  const fs::path dir = fs::temp_directory_path() / ("lethe_report_verdict_" + std::to_string(::getpid()));
+  Recipe r;
+  r.method = "wga_gd";
+  r.file = "wga_gd.yaml";
+  auto verdict = [&](double retain_after) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    UnlearnResult res;
+    res.evals = {point(0, 1.0, 1.1, 0.8), point(10, 1.3, 1.12, 0.6)};
+    res.steps_run = 10;
+    res.stop_reason = "max steps";
+    res.final_evals["before"] = point(0, 1.01, 1.0, 0.8);
+    res.final_evals["after"] = point(10, 1.31, retain_after, 0.6);
+    res.final_evals["oracle"] = point(-1, 1.25, 0.86, 0.5);
+    res.mia["before"] = suite(0.5);
+    res.mia["after"] = suite(0.0);
+    res.mia["oracle"] = suite(0.0);
+    ReportInput in;
+    in.recipe = &r;
+    in.result = &res;
+    write_report(in, dir.string());
+    return std::pair{nlohmann::json::parse(slurp(dir / "report.json"))["verdict"], slurp(dir / "report.md")};
+  };
+  const auto [fell, fell_md] = verdict(0.75);  // 25% below the original, as descent on retain does
+  EXPECT_TRUE(fell["met"].get<bool>()) << fell.dump();
+  EXPECT_FALSE(fell["nll_within_2_percent_both_ways"].get<bool>());
+  EXPECT_NEAR(fell["retain_nll_change_vs_original_percent"].get<double>(), -25.0, 1e-9);
+  EXPECT_NEAR(fell["oracle_retain_nll_change_vs_original_percent"].get<double>(), -14.0, 1e-9);
+  EXPECT_NE(fell_md.find("retain NLL vs the original: -25.0000% (the oracle: -14.0000%)"), std::string::npos) << fell_md;
+  const auto [rose, rose_md] = verdict(1.021);  // 2.1% above: utility lost
+  EXPECT_FALSE(rose["met"].get<bool>()) << rose.dump();
+  EXPECT_NE(rose_md.find("target not met"), std::string::npos) << rose_md;
+  const auto [kept, kept_md] = verdict(1.019);
+  EXPECT_TRUE(kept["met"].get<bool>()) << kept.dump();
+  EXPECT_TRUE(kept["nll_within_2_percent_both_ways"].get<bool>());
+  fs::remove_all(dir);
+}
+
 // The report says which half of the forget and holdout documents its numbers describe and
 // how many each half holds, or, with the split off, that selection read the same documents.
 TEST(Report, NamesTheHalfItReportsOn) {

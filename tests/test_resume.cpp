@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <nlohmann/json.hpp>
 
 #include "engine/cli/commands.h"
 #include "engine/core/bf16.h"
@@ -107,6 +108,44 @@ TEST_F(Resume, DirectoryOfAnotherRunIsRefused) {
   }
   EXPECT_EQ(weights(a + "/step_00000002"), before);  // nothing was overwritten
   EXPECT_THROW(train({"train.resume=true"}), Error);  // resume without a directory
+}
+
+// A data file of the same name with other contents (a regenerated corpus) is another run:
+// its cursor would continue into different documents. A checkpoint that predates the data
+// hashes resumes with a warning.
+TEST_F(Resume, SameFileNameWithOtherContentsIsRefused) {
+  const std::string a = (dir_ / "a").string();
+  train({"checkpoint.dir=" + a, "train.run_steps=2"});
+  const std::string before = weights(a + "/step_00000002");
+  TokenDataset ds = load_token_dataset((dir_ / "train.h5").string(), 256);
+  ds.tokens[5] ^= 1;  // one token changed
+  ds.doc_sha256[0] = sha256(ds.tokens.data(), 1);
+  const fs::path kept = dir_ / "train.h5.orig";
+  fs::rename(dir_ / "train.h5", kept);
+  save_token_dataset((dir_ / "train.h5").string(), ds);
+  try {
+    train({"checkpoint.dir=" + a, "train.resume=true"});
+    FAIL() << "resumed on other data";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the contents of"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("train.h5 differ from the file it trained on"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(weights(a + "/step_00000002"), before);  // nothing was overwritten
+  // The original file resumes.
+  fs::rename(kept, dir_ / "train.h5");
+  EXPECT_EQ(train({"checkpoint.dir=" + a, "train.resume=true"}).losses.size(), 6u);
+  // An older checkpoint, without the hashes: resumed, with a warning.
+  const std::string b = (dir_ / "b").string();
+  train({"checkpoint.dir=" + b, "train.run_steps=2"});
+  const fs::path man = fs::path(b) / "step_00000002" / "manifest.json";
+  nlohmann::json m = nlohmann::json::parse(std::ifstream(man));
+  m["run"].erase("data_sha256");
+  const std::string text = m.dump();
+  std::ofstream(man, std::ios::trunc) << text;
+  std::ofstream(man.parent_path() / "COMPLETE", std::ios::trunc) << to_hex(sha256(text.data(), text.size())) << "\n";
+  EXPECT_EQ(train({"checkpoint.dir=" + b, "train.resume=true"}).losses.size(), 6u);
+  EXPECT_NE(log_.find("records no data hashes"), std::string::npos) << log_;
 }
 
 TEST_F(Resume, NanLossStopsBeforeAnythingIsWritten) {

@@ -189,6 +189,77 @@ TEST_F(Unlearn, GaGdForgetsAndKeepsRetain) {
   EXPECT_GT(steps, 0);
 }
 
+// eval.cache: the original's and the oracle's final evaluations are scored once and read
+// back by later runs against the same pair, with every number unchanged; a setting that
+// changes them misses, and a damaged entry is scored again and rewritten.
+TEST_F(Unlearn, EvalCacheReusesTheFixedModelsAndChangesNoNumber) {
+  const std::string p = recipe("cache", "  f: {type: nll, stream: forget, weight: -1}\n"
+                                        "  r: {type: nll, stream: retain, weight: 1}\n",
+                               1e-3, 3, "oracle: model\n");
+  const std::string cache = (dir_ / "eval_cache").string();
+  auto run = [&](const std::string& out, std::vector<std::string> ov, std::string* log_text = nullptr) {
+    ov.push_back("output.dir=" + (dir_ / out).string());
+    ov.push_back("eval.verbatim_prefix=24");
+    ov.push_back("eval.verbatim_continuation=8");
+    ov.push_back("eval.mc_task=" + kMcTask);
+    std::ostringstream log;
+    UnlearnResult res = run_unlearn(load_recipe(p, ov), log);
+    if (log_text) *log_text = log.str();
+    return res;
+  };
+  std::string log_b, log_c, log_d, log_e;
+  const UnlearnResult a = run("cache_a", {});
+  const UnlearnResult b = run("cache_b", {"eval.cache=" + cache}, &log_b);
+  const UnlearnResult c = run("cache_c", {"eval.cache=" + cache, "optimizer.lr=2e-3"}, &log_c);
+  EXPECT_TRUE(a.cached.empty());
+  EXPECT_TRUE(b.cached.empty()) << log_b;
+  EXPECT_NE(log_b.find("the oracle is scored (no entry)"), std::string::npos) << log_b;
+  EXPECT_EQ(c.cached, (std::vector<std::string>{"original", "oracle"})) << log_c;
+  EXPECT_NE(log_c.find("the oracle's final evaluation from"), std::string::npos) << log_c;
+  // The runs took different steps, so what they unlearned differs; what they say about the
+  // models they did not change is the same number, to the last bit.
+  auto same_fixed = [&](const UnlearnResult& x, const UnlearnResult& y, const char* what) {
+    for (const char* who : {"before", "oracle", "oracle_in_run"})
+      for (const auto& [split, s] : x.final_evals.at(who).splits) {
+        EXPECT_EQ(s.nll, y.final_evals.at(who).splits.at(split).nll) << what << " " << who << " " << split;
+        EXPECT_EQ(s.tokens, y.final_evals.at(who).splits.at(split).tokens) << what << " " << who << " " << split;
+      }
+    for (const char* who : {"before", "oracle"}) {
+      EXPECT_EQ(x.mia.at(who).members.by_attack, y.mia.at(who).members.by_attack) << what << " " << who;
+      EXPECT_EQ(x.mia.at(who).nonmembers.by_attack, y.mia.at(who).nonmembers.by_attack) << what << " " << who;
+      EXPECT_EQ(x.extra.at(who).rouge_l_f1, y.extra.at(who).rouge_l_f1) << what << " " << who;
+      EXPECT_EQ(x.extra.at(who).mc_truth_ratios, y.extra.at(who).mc_truth_ratios) << what << " " << who;
+    }
+    EXPECT_EQ(x.mia_auc_oracle, y.mia_auc_oracle) << what;
+  };
+  same_fixed(a, b, "scored twice");
+  same_fixed(a, c, "read from the cache");
+  EXPECT_NE(c.final_evals.at("after").splits.at("forget").nll, a.final_evals.at("after").splits.at("forget").nll)
+      << "the unlearned model itself is always scored";
+  {
+    std::ifstream in(dir_ / "cache_c" / "report.json");
+    const nlohmann::json j = nlohmann::json::parse(in);
+    EXPECT_EQ(j.at("final_eval").at("from_eval_cache"), nlohmann::json({"original", "oracle"}));
+  }
+  // A setting the scores depend on is another key.
+  const UnlearnResult d = run("cache_d", {"eval.cache=" + cache, "eval.mia_max_tokens=64"}, &log_d);
+  EXPECT_TRUE(d.cached.empty()) << log_d;
+  // A damaged entry is a miss: scored again, the same numbers, and the entry rewritten.
+  int damaged = 0;
+  for (const auto& f : fs::directory_iterator(cache))
+    if (f.path().extension() == ".json") {
+      std::ofstream(f.path(), std::ios::trunc) << "{\"key\": [1, 2";
+      ++damaged;
+    }
+  EXPECT_EQ(damaged, 4) << "two models under two eval settings";
+  const UnlearnResult e = run("cache_e", {"eval.cache=" + cache}, &log_e);
+  EXPECT_TRUE(e.cached.empty()) << log_e;
+  EXPECT_NE(log_e.find("cannot be read"), std::string::npos) << log_e;
+  same_fixed(a, e, "scored after the damage");
+  const UnlearnResult f = run("cache_f", {"eval.cache=" + cache});
+  EXPECT_EQ(f.cached.size(), 2u) << "the rewritten entries serve the next run";
+}
+
 TEST_F(Unlearn, GaAloneAtHighLearningRateCollapsesRetain) {
   std::ostringstream log;
   const auto res = run_unlearn(load_recipe(recipe("ga", "  f: {type: nll, stream: forget, weight: -1}\n", 1e-2, 40), {}),

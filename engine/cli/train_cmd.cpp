@@ -43,6 +43,7 @@ using json = nlohmann::json;
 struct TrainConfig {
   LlamaConfig model;
   std::vector<std::string> data_paths;
+  std::vector<std::string> data_sha256;  // of each data file, hashed once at start (resume checks them)
   std::string data_format = "auto";
   int64_t min_targets = 1;
   bool pack = false;
@@ -176,6 +177,11 @@ json run_fingerprint(const TrainConfig& c) {
                      }()},
                      {"format", c.data_format},
                     {"min_targets", c.min_targets}, {"pack", c.pack}}},
+          {"data_sha256", [&] {
+             json h = json::array();
+             for (const auto& d : c.data_sha256) h.push_back(d);
+             return h;
+           }()},
           {"batch_size", c.batch_size},
           {"seq_len", c.seq_len},
           {"seed", c.seed},
@@ -271,9 +277,27 @@ int64_t restore_or_check(const TrainConfig& c, LlamaModel& model, RunOptimizer& 
               "); set train.resume=true to continue it, or choose another checkpoint.dir");
   LETHE_CHECK(m.value("kind", "") == "train" && m.contains("run"), where, ": not a training checkpoint");
   const json want = run_fingerprint(c);
-  for (auto it = want.begin(); it != want.end(); ++it)
+  for (auto it = want.begin(); it != want.end(); ++it) {
+    if (it.key() == "data_sha256") continue;
     LETHE_CHECK(m["run"].contains(it.key()) && m["run"][it.key()] == it.value(), c.ckpt_dir,
                 ": holds a different run: its '", it.key(), "' settings differ from this config's");
+  }
+  // Same file names with other contents (a re-tokenised or regenerated corpus) would resume
+  // the cursor into different documents. Checkpoints written before the hashes were
+  // recorded resume with a warning.
+  if (!m["run"].contains("data_sha256")) {
+    out << "warning: " << where << " records no data hashes (an older checkpoint): the data files' contents "
+        << "are not checked against the run's" << std::endl;
+  } else {
+    const json& had = m["run"]["data_sha256"];
+    const json& now = want["data_sha256"];
+    LETHE_CHECK(had.size() == now.size(), c.ckpt_dir, ": holds a different run: it trained on ", had.size(),
+                " data files, this config names ", now.size());
+    for (size_t i = 0; i < now.size(); ++i)
+      LETHE_CHECK(had[i] == now[i], c.ckpt_dir, ": holds a different run: the contents of ", c.data_paths[i],
+                  " differ from the file it trained on (sha256 ", had[i].get<std::string>().substr(0, 16), "..., now ",
+                  now[i].get<std::string>().substr(0, 16), "...); choose another checkpoint.dir to train on it");
+  }
   // Any layout loads into any other: each rank reads its blocks of the whole tensors.
   check_resume_precision(m, model.precision(), c.ckpt_dir, "train.precision");
   load_params(ck, "weights", model.params());
@@ -428,7 +452,9 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
 }  // namespace
 
 TrainSummary run_train(const std::string& config_path, const std::vector<std::string>& overrides, std::ostream& out) {
-  const TrainConfig c = load_train_config(config_path, overrides);
+  TrainConfig c = load_train_config(config_path, overrides);
+  if (!c.ckpt_dir.empty())  // only checkpoints record them
+    for (const auto& p : c.data_paths) c.data_sha256.push_back(to_hex(sha256_file(p)));
   // Refuse a model that cannot fit before allocating it: with memory overcommit a huge
   // allocation succeeds and the kernel kills the process when the pages are touched. On a
   // GPU the device holds the run, by the GPU engine's plan.

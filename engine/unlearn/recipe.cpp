@@ -143,6 +143,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     r.verbatim_continuation = e.get<int64_t>("verbatim_continuation", r.verbatim_continuation);
     r.verbatim_max_docs = e.get<int64_t>("verbatim_max_docs", r.verbatim_max_docs);
     if (e.has("mc_task")) r.mc_task = e.path("mc_task");
+    if (e.has("cache")) r.eval_cache = e.path("cache");
     if (e.has("mc_tasks")) {
       LETHE_CHECK(e.is_map("mc_tasks"), e.where("mc_tasks"), ": must be a mapping of task name to JSONL file");
       const ConfigNode t = e.child("mc_tasks");

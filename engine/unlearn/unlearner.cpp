@@ -12,6 +12,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "engine/data/sequence_sampler.h"
 #include "engine/data/tokenizer_file.h"
@@ -31,6 +32,7 @@
 #include "engine/run/step_loop.h"
 #include "engine/core/peak_flops.h"
 #include "engine/io/sha256.h"
+#include "engine/unlearn/eval_cache.h"
 #include "engine/unlearn/progress.h"
 #include "engine/unlearn/report.h"
 #include "engine/unlearn/run_state.h"
@@ -136,6 +138,13 @@ std::vector<std::string> doc_texts(const TokenDataset& ds, const std::vector<Doc
     out.push_back(decode(std::vector<int32_t>(ds.tokens.begin() + b, ds.tokens.begin() + b + n)));
   }
   return out;
+}
+
+// The documents a set holds, in order, as one digest (eval.cache keys).
+std::string docs_digest(const TokenDataset& ds) {
+  Sha256Stream h;
+  for (const auto& d : ds.doc_sha256) h.update(d.data(), d.size());
+  return to_hex(h.final());
 }
 
 // Per-document statistics of forget and holdout documents, as the final MIA scores them.
@@ -327,6 +336,43 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   std::map<std::string, std::string> data_sha;
   for (const auto& [name, s] : streams) data_sha[name] = to_hex(sha256_file(s.path));
   const json fingerprint = run_fingerprint(r, model_sha, data_sha);
+
+  // eval.cache: the original's and the oracle's final evaluations, shared by the runs
+  // against the same pair. The evaluations are collective, so every rank takes the same
+  // branch: a model counts as cached only when every rank found its entry.
+  const std::string exe_sha = r.eval_cache.empty() ? "" : executable_sha256();
+  std::map<std::string, std::string> report_docs, select_docs;
+  for (const auto& [name, ds] : report_sets) report_docs[name] = docs_digest(*ds);
+  for (const auto& [name, ds] : select_sets) select_docs[name] = docs_digest(*ds);
+  std::string tokenizer_id = streams.at("forget").ds->tokenizer;
+  if (!byte_level) {
+    const fs::path tj = fs::path(r.model) / "tokenizer.json";
+    if (fs::exists(tj, ec)) tokenizer_id += " " + to_hex(sha256_file(tj.string()));
+    else if (!tokenizer.empty()) tokenizer_id += " " + to_hex(sha256(tokenizer.data(), tokenizer.size()));
+  }
+  auto cache_key = [&](const std::string& role, const std::string& sha) {
+    return fixed_eval_key(r, role, sha, tokenizer_id, data_sha, report_docs, select_docs, prec, dev.device, exe_sha);
+  };
+  auto cache_lookup = [&](const json& key, const std::string& what) -> std::optional<FixedModelEval> {
+    if (r.eval_cache.empty()) return std::nullopt;
+    std::string why = "the executable cannot be read to key it";
+    std::optional<FixedModelEval> e;
+    if (!exe_sha.empty()) e = load_fixed_eval(r.eval_cache, key, &why);
+    if (grid->world().all_reduce(int64_t(!e), ReduceOp::max) != 0) {
+      if (e) why = "another rank has no entry";
+      out << "eval.cache: the " << what << " is scored (" << why << ")" << std::endl;
+      return std::nullopt;
+    }
+    out << "eval.cache: the " << what << "'s final evaluation from " << fixed_eval_path(r.eval_cache, key) << std::endl;
+    return e;
+  };
+  auto cache_store = [&](const json& key, const FixedModelEval& e, const std::string& what) {
+    if (r.eval_cache.empty() || exe_sha.empty() || !lead) return;
+    std::string why;
+    if (!save_fixed_eval(r.eval_cache, key, e, &why))
+      out << "eval.cache: the " << what << "'s evaluation is not cached: " << why << std::endl;
+  };
+  const json original_key = r.eval_cache.empty() ? json() : cache_key("original", model_sha);
   RunState st;
   const bool resumed = r.resume && load_run_state(r, fingerprint, model, opt, st);
   if (resumed)
@@ -382,13 +428,15 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     bar.println(line);
     metrics.write(json{{"eval", eval_to_json(e)}}.dump());
   };
+  const std::optional<FixedModelEval> original_cached = cache_lookup(original_key, "original model");
   if (resumed) {
     res.evals = st.evals;
     res.extra["before"] = st.before;
   } else {
     res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, 0));
     log_eval(res.evals.back(), "before");
-    res.extra["before"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
+    res.extra["before"] =
+        original_cached ? original_cached->extra : extra_metrics(model, r, *streams.at("forget").ds, decode);
   }
   const double retain0 = res.evals[0].splits.count("retain") ? res.evals[0].splits.at("retain").ppl : 0;
 
@@ -557,14 +605,22 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // every split unless eval.final_max_sequences caps it (in-run evaluations read
   // eval.max_sequences per split), and the MIA suite with every attack, on the report half
   // of forget and holdout.
-  if (!reference) {
-    reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
-    load_weights(*reference, source);
-  }
   const int64_t final_n = r.eval_final_max_sequences;
-  res.final_evals["before"] = evaluate(*reference, report_sets, r.seq_len, final_n, 0);
+  if (original_cached) {
+    res.final_evals["before"] = original_cached->final_eval;
+    res.mia["before"] = original_cached->mia;
+    res.cached.push_back("original");
+  } else {
+    if (!reference) {
+      reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
+      load_weights(*reference, source);
+    }
+    res.final_evals["before"] = evaluate(*reference, report_sets, r.seq_len, final_n, 0);
+    res.mia["before"] = full_mia(*reference, report_sets, r, decode);
+    cache_store(original_key, {res.final_evals.at("before"), std::nullopt, res.mia.at("before"), res.extra.at("before")},
+                "original model");
+  }
   res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, final_n, res.steps_run);
-  res.mia["before"] = full_mia(*reference, report_sets, r, decode);
   res.mia["after"] = full_mia(model, report_sets, r, decode);
   res.mia_auc_after = aucs(res.mia.at("after"));
   EvalPoint oracle_eval;
@@ -575,13 +631,25 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     check_tp(r, o.config(), r.oracle);
     LlamaModel om(o.config(), prec, grid, dev.device);
     oracle_sha = load_weights(om, o);
-    oracle_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
+    const json oracle_key = r.eval_cache.empty() ? json() : cache_key("oracle", oracle_sha);
+    std::optional<FixedModelEval> oc = cache_lookup(oracle_key, "oracle");
+    if (oc) {
+      res.cached.push_back("oracle");
+    } else {
+      oc.emplace();
+      oc->final_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
+      // On the in-run sample too: the target levels drawn on the curves.
+      oc->in_run = evaluate(om, select_sets, r.seq_len, r.eval_max_sequences, -1);
+      oc->mia = full_mia(om, report_sets, r, decode);
+      oc->extra = extra_metrics(om, r, *streams.at("forget").ds, decode);
+      cache_store(oracle_key, *oc, "oracle");
+    }
+    oracle_eval = oc->final_eval;
     res.final_evals["oracle"] = oracle_eval;
-    // On the in-run sample too: the target levels drawn on the curves.
-    res.final_evals["oracle_in_run"] = evaluate(om, select_sets, r.seq_len, r.eval_max_sequences, -1);
-    res.mia["oracle"] = full_mia(om, report_sets, r, decode);
+    res.final_evals["oracle_in_run"] = *oc->in_run;
+    res.mia["oracle"] = oc->mia;
     res.mia_auc_oracle = aucs(res.mia.at("oracle"));
-    res.extra["oracle"] = extra_metrics(om, r, *streams.at("forget").ds, decode);
+    res.extra["oracle"] = oc->extra;
   }
   res.report_json = (fs::path(r.out_dir) / "report.json").string();
   res.report_md = (fs::path(r.out_dir) / "report.md").string();

@@ -72,6 +72,8 @@ struct UnlearnResult {
   // per split; retain and general are whole in both.
   bool selection_split = false;
   std::map<std::string, int64_t> in_run_docs, final_docs;
+  // The models whose final evaluation came from eval.cache: "original", "oracle".
+  std::vector<std::string> cached;
 };
 
 // progress_bar: redraw a status line with a bar after every step (for a terminal).

@@ -280,6 +280,38 @@ TEST(ParallelUnlearn, Layouts) {
   }
 }
 
+// eval.cache under tp=2: the ranks agree on whether a model is cached, so a rank whose
+// cache lacks the entry makes every rank score it (the evaluations are collective: a rank
+// alone would hang the others), and a second run reads back the first run's numbers.
+TEST(ParallelUnlearn, EvalCacheTp2) {
+  auto& w = *test::mpi_world_shared();
+  if (w.size() != 2) GTEST_SKIP() << "runs on two ranks";
+  const fs::path cache = kDir / "eval_cache", empty = kDir / ("eval_cache_empty_" + std::to_string(w.rank()));
+  if (w.rank() == 0) fs::remove_all(cache);
+  fs::remove_all(empty);
+  w.barrier();
+  const std::vector<std::string> common = {"parallel.tp=2", "oracle=" + (kDir / "model").string()};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), common.begin(), common.end());
+    return extra;
+  };
+  const UnlearnResult first = run("ga_gd", "cache_first", with({"eval.cache=" + cache.string()}));
+  EXPECT_TRUE(first.cached.empty());
+  // Rank 1 looks in an empty directory: nobody reads the cache.
+  const UnlearnResult split =
+      run("ga_gd", "cache_split", with({"eval.cache=" + (w.rank() == 0 ? cache : empty).string()}));
+  EXPECT_TRUE(split.cached.empty()) << "rank " << w.rank();
+  const UnlearnResult second = run("ga_gd", "cache_second", with({"eval.cache=" + cache.string()}));
+  EXPECT_EQ(second.cached, (std::vector<std::string>{"original", "oracle"})) << "rank " << w.rank();
+  if (w.rank() != 0) return;
+  for (const UnlearnResult* r : {&split, &second})
+    for (const char* who : {"before", "oracle"}) {
+      EXPECT_EQ(r->final_evals.at(who).splits.at("forget").nll, first.final_evals.at(who).splits.at("forget").nll) << who;
+      EXPECT_EQ(r->mia.at(who).members.by_attack, first.mia.at(who).members.by_attack) << who;
+      EXPECT_EQ(r->extra.at(who).canaries.at("c").exposures, first.extra.at(who).canaries.at("c").exposures) << who;
+    }
+}
+
 // dp=2 and tp=2 on the host-staged device (LETHE_TEST_HOST_STAGED_DEVICE=1) against the
 // CPU emulation of bf16 at the same layout: the device path's gradient reduction, sharded
 // master, terms, evaluation split over dp, verbatim decoding and multiple choice, and under

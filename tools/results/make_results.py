@@ -42,55 +42,88 @@ def rel(after, before):
     return (after - before) / before * 100.0
 
 
+def ci(v, lo, hi, fmt):
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def auc_cell(r, who):
+    m = r.get("mia", {}).get(who, {}).get("loss")
+    if not m:
+        return ""
+    lo, hi = m["auc_ci95"]
+    return f"{m['auc']:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def leak_cell(r, who, key):
+    x = r.get("privleak", {}).get(who, {}).get(key)
+    if not x:
+        return ""
+    lo, hi = x["ci95"]
+    return f"{x['value']:+.1f}% [{lo:+.0f}, {hi:+.0f}]"
+
+
+def nll_vs(r, who, split):
+    """NLL with its change against the original model's (the target's reference)."""
+    x, b = r[who][split]["nll"], r["before"][split]["nll"]
+    return f"{x:.4f}" if who == "before" else f"{x:.4f} ({pct(rel(x, b))})"
+
+
+def verdict_cell(r):
+    v = r.get("verdict")
+    if not v:
+        return ""
+    return "**met**" if v["met"] else "not met"
+
+
 def methods_table(reports, original):
     any_r = next(iter(reports.values()))
-    rows = []
-    head = ("| model | steps (stop) | forget NLL | holdout NLL | retain NLL | general NLL | "
-            "MIA AUC loss | min-k++ 20% | PrivLeak (loss) | ROUGE-L | MC acc |")
-    rows.append(head)
-    rows.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = ["| model | steps (stop) | forget NLL | holdout NLL | retain NLL (vs original) | general NLL (vs original) | "
+            "MIA AUC loss [95%] | PrivLeak MUSE (Min-K 40%) [95%] | PrivLeak rel. AUC (loss) [95%] | ROUGE-L | MC acc | "
+            "verdict |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def extra(r, who):
         v = r.get("verbatim_memorisation", {}).get(who)
         m = r.get("multiple_choice", {}).get(who)
         return (f4(v["rouge_l_f1"]) if v else "", f4(m["acc"]) if m else "")
 
-    b = any_r["before"]
     rl, mc = extra(any_r, "before")
-    mb = original["mia_auc_after"] if original else {}
-    leak = pct(original["privleak_relative_auc_percent"]["loss"]) if original else ""
-    rows.append(f"| original (tiny-lm-full) | 0 | {f4(b['forget']['nll'])} | {f4(b['holdout']['nll'])} | "
-                f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {f4(mb.get('loss'))} | "
-                f"{f4(mb.get('min_k_pp_20'))} | {leak} | {rl} | {mc} |")
-    o = any_r["oracle"]
+    rows.append(f"| original (tiny-lm-full) | 0 | {nll_vs(any_r, 'before', 'forget')} | "
+                f"{nll_vs(any_r, 'before', 'holdout')} | {nll_vs(any_r, 'before', 'retain')} | "
+                f"{nll_vs(any_r, 'before', 'general')} | {auc_cell(any_r, 'before')} | "
+                f"{leak_cell(any_r, 'before', 'muse_min_k_40')} | {leak_cell(any_r, 'before', 'relative_auc_loss')} | "
+                f"{rl} | {mc} | |")
+    o, b = any_r["oracle"], any_r["before"]
     rl, mc = extra(any_r, "oracle")
-    mo = any_r["mia_auc_oracle"]
     rows.append(f"| **retrain oracle** | - | {f4(o['forget']['nll'])} | {f4(o['holdout']['nll'])} | "
-                f"{f4(o['retain']['nll'])} | {f4(o['general']['nll'])} | {f4(mo['loss'])} | {f4(mo.get('min_k_pp_20'))} | 0% | {rl} | {mc} |")
+                f"{f4(o['retain']['nll'])} ({pct(rel(o['retain']['nll'], b['retain']['nll']))}) | "
+                f"{f4(o['general']['nll'])} ({pct(rel(o['general']['nll'], b['general']['nll']))}) | "
+                f"{auc_cell(any_r, 'oracle')} | 0% | 0% | {rl} | {mc} | |")
     for name, r in sorted(reports.items()):
         a = r["after"]
         rl, mc = extra(r, "after")
-        ma = r["mia_auc_after"]
         rows.append(f"| {name} | {r['steps_run']} ({r['stop_reason']}) | {f4(a['forget']['nll'])} | "
-                    f"{f4(a['holdout']['nll'])} | {f4(a['retain']['nll'])} | {f4(a['general']['nll'])} | "
-                    f"{f4(ma['loss'])} | {f4(ma.get('min_k_pp_20'))} | {pct(r['privleak_relative_auc_percent']['loss'])} | {rl} | {mc} |")
+                    f"{f4(a['holdout']['nll'])} | {nll_vs(r, 'after', 'retain')} | {nll_vs(r, 'after', 'general')} | "
+                    f"{auc_cell(r, 'after')} | {leak_cell(r, 'after', 'muse_min_k_40')} | "
+                    f"{leak_cell(r, 'after', 'relative_auc_loss')} | {rl} | {mc} | {verdict_cell(r)} |")
     return "\n".join(rows)
 
 
 def sweep_table(sweep, lrs):
-    rows = ["| method | lr | forget NLL | forget - holdout | retain NLL vs oracle | general NLL vs oracle | "
-            "MIA AUC loss | PrivLeak (loss) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| method | lr | forget NLL | forget - holdout | retain NLL vs original | general NLL vs original | "
+            "MIA AUC loss [95%] | PrivLeak MUSE [95%] | PrivLeak rel. AUC (loss) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in ["ga", "ga_gd", "ga_kl"]:
         for lr in lrs:
             r = sweep.get(f"{name}-lr{lr}")
             if r is None:
                 continue
-            a, o = r["after"], r["oracle"]
+            a, b = r["after"], r["before"]
             rows.append(f"| {name} | {lr} | {f4(a['forget']['nll'])} | "
                         f"{a['forget']['nll'] - a['holdout']['nll']:+.4f} | "
-                        f"{pct(rel(a['retain']['nll'], o['retain']['nll']))} | "
-                        f"{pct(rel(a['general']['nll'], o['general']['nll']))} | {f4(r['mia_auc_after']['loss'])} | "
+                        f"{pct(rel(a['retain']['nll'], b['retain']['nll']))} | "
+                        f"{pct(rel(a['general']['nll'], b['general']['nll']))} | {auc_cell(r, 'after')} | "
+                        f"{leak_cell(r, 'after', 'muse_min_k_40')} | "
                         f"{pct(r['privleak_relative_auc_percent']['loss'])} |")
     return "\n".join(rows)
 
@@ -101,6 +134,8 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--command", default="make results")
     ap.add_argument("--lrs", default="")
+    ap.add_argument("--seconds", type=int, default=0, help="wall time of the whole run, for the header")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time")
     args = ap.parse_args()
     reports, sweep = {}, {}
     for sub, into in (("methods", reports), ("sweep", sweep)):
@@ -128,13 +163,18 @@ def main():
                   f"used the other half (eval.selection_split).")
     else:
         halves = " Stop rules and reported numbers read the same documents (eval.selection_split off or absent)."
+    took = (f"; {args.seconds // 60} min {args.seconds % 60} s for every run below, {args.jobs} at a time"
+            if args.seconds else "")
     body = [BEGIN,
             f"Generated {when} by `{args.command}` at commit {commit or 'unknown'} on {cpu_name()} "
-            f"({os.cpu_count()} cores). Model sha256 `{any_r['model_sha256'][:16]}...`, oracle "
+            f"({os.cpu_count()} cores{took}). Model sha256 `{any_r['model_sha256'][:16]}...`, oracle "
             f"`{any_r.get('oracle_sha256', '')[:16]}...`; forget set: {any_r['data']['forget']['documents']} documents, "
             f"holdout {any_r['data']['holdout']['documents']}. MIA columns: the final suite on each "
-            f"document's first 2048 tokens, members = forget, non-members = holdout; PrivLeak = "
-            f"(AUC - AUC_oracle) / AUC_oracle.{halves}",
+            f"document's first 2048 tokens, members = forget, non-members = holdout, 95% bootstrap intervals over "
+            f"documents; PrivLeak MUSE = ((1 - AUC) - (1 - AUC_oracle)) / (1 - AUC_oracle) on Min-K% 40%, PrivLeak "
+            f"rel. AUC = (AUC - AUC_oracle) / AUC_oracle on the LOSS attack. NLLs in nats per byte over whole "
+            f"splits, changes against the original model. Verdict: |PrivLeak MUSE| <= 5% with retain and general "
+            f"NLL at most 2% above the original's.{halves}",
             "",
             "### Every method, recipe defaults (after = final model; NLL in nats per byte)",
             "",
