@@ -52,7 +52,7 @@ struct Recipe {
   // (engine/unlearn/eval_cache.h), shared by runs against the same pair; empty: off.
   std::string eval_cache;
   bool stop_forget_reaches_holdout = false;  // forget NLL >= holdout NLL (the seed's criterion)
-  double stop_mia_band = 0;                  // |AUC - 0.5| <= band
+  double stop_mia_band = 0;                  // AUC <= 0.5 + band (reached from above)
   double stop_retain_ratio = 0;              // retain perplexity > ratio * initial
   std::string out_dir;
   bool export_hf = false;

@@ -36,6 +36,7 @@
 #include "engine/unlearn/progress.h"
 #include "engine/unlearn/report.h"
 #include "engine/unlearn/run_state.h"
+#include "engine/unlearn/stop_rules.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/cpu/blas_kernel.h"
 
@@ -559,13 +560,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       const EvalPoint& e = res.evals.back();
       log_eval(e, "eval");
       consider_best(e);
-      std::string why;
-      if (r.stop_forget_reaches_holdout && e.splits.at("forget").nll >= e.splits.at("holdout").nll)
-        why = "forget NLL reached holdout NLL";
-      else if (r.stop_mia_band > 0 && std::abs(e.mia_auc - 0.5) <= r.stop_mia_band)
-        why = "MIA AUC within " + fmt("%.3f", r.stop_mia_band) + " of 0.5";
-      else if (r.stop_retain_ratio > 0 && retain0 > 0 && e.splits.at("retain").ppl > r.stop_retain_ratio * retain0)
-        why = "retain perplexity rose past " + fmt("%.2f", r.stop_retain_ratio) + "x";
+      const std::string why = stop_rule_fired(r, e, retain0);
       if (!why.empty()) {
         res.stop_reason = why;
         bar.println("stop: " + why + " at step " + std::to_string(step + 1));
