@@ -95,7 +95,8 @@ entities: build
 	LETHE_BIN=$(BUILD)/lethe bash tools/benchmarks/entities/train_entities.sh
 
 # Every recipe and the GA / GA+GD / GA+KL learning-rate sweep on the embedded benchmark,
-# judged against the retrain oracle; rewrites the tables of docs/results.md (~30 min).
+# judged against the retrain oracle; rewrites the tables of docs/results.md (about 35 min
+# on 2 cores: two runs at a time, sharing the original's and oracle's scoring via eval.cache).
 results: build
 	LETHE_BIN=$(BUILD)/lethe bash tools/results/run_results.sh
 
