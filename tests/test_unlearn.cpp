@@ -241,6 +241,12 @@ TEST_F(Unlearn, EvalCacheReusesTheFixedModelsAndChangesNoNumber) {
     const nlohmann::json j = nlohmann::json::parse(in);
     EXPECT_EQ(j.at("final_eval").at("from_eval_cache"), nlohmann::json({"original", "oracle"}));
   }
+  // Entries hold numbers, never document text.
+  for (const auto& f : fs::directory_iterator(cache)) {
+    std::ifstream in(f.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_EQ(text.find("SECRET-MARKER"), std::string::npos) << f.path();
+  }
   // A setting the scores depend on is another key.
   const UnlearnResult d = run("cache_d", {"eval.cache=" + cache, "eval.mia_max_tokens=64"}, &log_d);
   EXPECT_TRUE(d.cached.empty()) << log_d;
