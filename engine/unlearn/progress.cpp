@@ -1,6 +1,7 @@
 #include "engine/unlearn/progress.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <ostream>
 #include <string>
@@ -42,6 +43,12 @@ void ProgressBar::println(const std::string& line) {
 void ProgressBar::finish() {
   if (drawn_) out_ << "\r\033[K" << std::flush;
   drawn_ = false;
+}
+
+std::string fmt(const char* format, double value) {
+  char b[64];
+  std::snprintf(b, sizeof b, format, value);
+  return b;
 }
 
 }  // namespace lethe

@@ -14,6 +14,9 @@ namespace lethe {
 // job's output goes to a log file. Any other value is an error naming the variable.
 bool progress_bar_wanted(bool stdout_is_terminal);
 
+// One number printf-style (e.g. "%.4f"), for log and status lines.
+std::string fmt(const char* format, double value);
+
 class ProgressBar {
  public:
   ProgressBar(std::ostream& out, int64_t total, bool enabled) : out_(out), total_(total), enabled_(enabled) {}

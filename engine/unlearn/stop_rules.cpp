@@ -1,17 +1,8 @@
 #include "engine/unlearn/stop_rules.h"
 
-#include <cstdio>
+#include "engine/unlearn/progress.h"
 
 namespace lethe {
-namespace {
-
-std::string fmt(const char* f, double a) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, a);
-  return b;
-}
-
-}  // namespace
 
 std::string stop_rule_fired(const Recipe& r, const EvalPoint& e, double retain_ppl0) {
   if (r.stop_forget_reaches_holdout && e.splits.at("forget").nll >= e.splits.at("holdout").nll)

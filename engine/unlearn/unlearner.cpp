@@ -70,12 +70,6 @@ EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t max
   return e;
 }
 
-std::string fmt(const char* f, double a) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, a);
-  return b;
-}
-
 // A lethe checkpoint's vocabulary (from convert gguf-to-lethe) travels to the unlearned
 // checkpoints, so they decode on their own.
 std::string source_tokenizer(const std::string& model) {

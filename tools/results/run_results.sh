@@ -26,11 +26,12 @@ rm -rf "$runs"
 mkdir -p "$runs/methods" "$runs/sweep"
 start=$(date +%s)
 
-# One run: its log beside its directory; a failure is recorded, and reported at the end.
+# One run on N threads: its log beside its directory; a failure is recorded, and reported
+# at the end.  run_one N OUT RECIPE [key=value ...]
 run_one() {
-  local out="$1"
-  shift
-  if OMP_NUM_THREADS="$threads" "$bin" unlearn "$@" output.dir="$runs/$out" > "$runs/$out.log" 2>&1; then
+  local n="$1" out="$2"
+  shift 2
+  if OMP_NUM_THREADS="$n" "$bin" unlearn "$@" output.dir="$runs/$out" > "$runs/$out.log" 2>&1; then
     echo "== $out: $(tail -n 1 "$runs/$out.log")"
   else
     echo "== $out FAILED (exit $?): see $runs/$out.log"
@@ -39,16 +40,13 @@ run_one() {
 }
 launch() {
   while (( $(jobs -rp | wc -l) >= jobs_max )); do wait -n || true; done
-  run_one "$@" &
+  run_one "$threads" "$@" &
 }
 
 # The original model through the same final evaluation (zero steps), for its MIA row; it
 # also scores the original and the oracle into the cache, alone and on every core.
 echo "== original ($cores threads; then $jobs_max runs at a time, $threads threads each)"
-threads_all="$threads"
-threads="$cores"
-run_one original "$root/configs/recipes/ga.yaml" train.steps=0 "${common[@]}"
-threads="$threads_all"
+run_one "$cores" original "$root/configs/recipes/ga.yaml" train.steps=0 "${common[@]}"
 
 for recipe in "$root"/configs/recipes/*.yaml; do
   launch "methods/$(basename "$recipe" .yaml)" "$recipe" "${common[@]}"
