@@ -6,7 +6,7 @@ add_library(lethe_cuda STATIC
   kernels/cuda/embedding.cu kernels/cuda/rmsnorm.cu kernels/cuda/rope.cu kernels/cuda/swiglu.cu
   kernels/cuda/attention.cu kernels/cuda/attention_fwd_mma.cu kernels/cuda/attention_bwd_mma.cu
   kernels/cuda/cross_entropy.cu kernels/cuda/optim.cu kernels/cuda/linear.cu
-  kernels/cuda/numerics.cu kernels/cuda/elementwise.cu kernels/cuda/attention_decode.cu
+  kernels/cuda/numerics.cu kernels/cuda/elementwise.cu kernels/cuda/attention_decode.cu kernels/cuda/sample.cu
   # The memory backend, here rather than in lethe_kernels, because its converting copies
   # launch the cast kernels; lethe_kernels (kernels/device.cpp) registers it and links this.
   kernels/cuda/device.cu)

@@ -71,6 +71,10 @@ class DeviceOps {
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
   virtual void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) = 0;
+  // Sampling over a vocabulary shard (kernels/sample.h).
+  virtual void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
+                                 Tensor& arg) = 0;
+  virtual void topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) = 0;
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) = 0;
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;

@@ -12,6 +12,7 @@
 #include "kernels/optim.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/sample.h"
 #include "kernels/swiglu.h"
 
 namespace lethe {
@@ -189,6 +190,20 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::argmax_shard(in(logits), in(exclude), first, hb, ha);
     out(best, hb);
     out(arg, ha);
+  }
+  void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
+                         Tensor& arg) override {
+    ++count;
+    Tensor ha = in(arg);
+    ops::inverse_cdf_shard(in(logits), in(rowmax), in(target), first, ha);
+    out(arg, ha);
+  }
+  void topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) override {
+    ++count;
+    Tensor hv = in(values), hi = in(ids);
+    ops::topk_shard(in(logits), first, hv, hi);
+    out(values, hv);
+    out(ids, hi);
   }
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {

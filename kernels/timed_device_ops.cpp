@@ -147,6 +147,13 @@ void TimedDeviceOps::argmax_shard(const Tensor& logits, const Tensor& exclude, i
                                   Tensor& arg) {
   timed(OpFamily::loss, [&] { inner_->argmax_shard(logits, exclude, first, best, arg); });
 }
+void TimedDeviceOps::inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target,
+                                       int64_t first, Tensor& arg) {
+  timed(OpFamily::loss, [&] { inner_->inverse_cdf_shard(logits, rowmax, target, first, arg); });
+}
+void TimedDeviceOps::topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) {
+  timed(OpFamily::loss, [&] { inner_->topk_shard(logits, first, values, ids); });
+}
 void TimedDeviceOps::add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) {
   timed(OpFamily::loss, [&] { inner_->add_at_targets_(x, targets, first, value); });
 }

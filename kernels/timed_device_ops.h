@@ -96,6 +96,9 @@ class TimedDeviceOps : public DeviceOps {
   void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
                             Tensor& out) override;
   void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) override;
+  void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
+                         Tensor& arg) override;
+  void topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) override;
   void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override;
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override;

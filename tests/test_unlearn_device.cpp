@@ -74,6 +74,7 @@ class DeviceUnlearn : public ::testing::Test {
         << "  undial: {type: undial, stream: forget, weight: 0.5, gamma: 2.0}\n"
         << "  rl: {type: random_labels, stream: forget, weight: 0.3, label_source: reference, top_k: 20, "
            "top_p: 0.9, seed: 4}\n"
+        << "  rlw: {type: random_labels, stream: forget, weight: 0.2, label_source: reference, seed: 6}\n"
         << "  adv: {type: adversarial, stream: forget, weight: 0.3}\n"
         << "  rmuf: {type: rmu_forget, stream: forget, weight: 0.2, layer: 2, steering: adaptive, beta: 2.0, "
            "seed: 3}\n"

@@ -49,8 +49,8 @@ class LlamaModel {
   // On a device (Device::cuda) the model's tensors live in device memory and every op runs
   // there (kernels/device_ops.h). The device runs the bf16 policy in its own dtypes:
   // weights and activations bf16, statistics (norm rstd, attention lse, log-probs) and token
-  // weights f32, weight gradients f32. Tensor parallelism on a device is not supported yet
-  // (its collectives run on host memory): an error.
+  // weights f32, weight gradients f32. Tensor parallelism runs on a device when tp divides
+  // the key/value heads; replicating them across tp ranks is CPU-only (an error).
   LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_ptr<ProcessGrid> grid = nullptr,
              Device device = Device::cpu);
 

@@ -9,6 +9,7 @@
 #include "engine/core/rng.h"
 #include "engine/model/parallel_terms.h"
 #include "engine/parallel/vocab_parallel.h"
+#include "engine/parallel/vocab_sample.h"
 #include "kernels/cross_entropy.h"
 
 namespace lethe {
@@ -140,6 +141,8 @@ class NllTerm : public Term {
   virtual Tensor targets(const UnlearnBatch& b) { return b.targets; }
 };
 
+}  // namespace
+
 // ---- random labels: every real target replaced by a random id ----------------------------
 // From the reference (the seed study's default): drawn from the frozen original's
 // next-token distribution at the same position (logits row t predicts target t), limited
@@ -147,53 +150,6 @@ class NllTerm : public Term {
 // cumulative probability (renormalised) exceeds top_p, as the seed code's sampler does.
 // Uniform: any id of the vocabulary. Both use u ~ Philox(seed, step) at the element's place
 // in the global batch, so every dp / tp layout draws the same labels.
-
-// Id for u in (0, 1) from one full logits row; idx and e are scratch.
-int32_t sample_row(const double* x, int64_t V, double u, int64_t top_k, double top_p, std::vector<int32_t>& idx,
-                   std::vector<double>& e) {
-  double mx = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
-  const int64_t k = top_k > 0 && top_k < V ? top_k : V;
-  if (k == V && top_p >= 1) {  // the whole distribution, in id order: no sort
-    double z = 0;
-    for (int64_t j = 0; j < V; ++j) z += std::exp(x[j] - mx);
-    double acc = 0;
-    for (int64_t j = 0; j < V; ++j)
-      if ((acc += std::exp(x[j] - mx)) > u * z) return int32_t(j);
-    return int32_t(V - 1);
-  }
-  idx.resize(size_t(V));
-  for (int64_t j = 0; j < V; ++j) idx[size_t(j)] = int32_t(j);
-  // Most likely first; ties by id, so the order (and the draw) is the same everywhere.
-  auto before = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-  int64_t m = V;
-  if (k < V) {
-    std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), before);
-    const double kth = x[idx[size_t(k - 1)]];
-    m = std::partition(idx.begin(), idx.end(), [&](int32_t j) { return x[j] >= kth; }) - idx.begin();
-  }
-  std::sort(idx.begin(), idx.begin() + m, before);
-  e.resize(size_t(m));
-  double z = 0;
-  for (int64_t j = 0; j < m; ++j) z += (e[size_t(j)] = std::exp(x[idx[size_t(j)]] - mx));
-  if (top_p < 1) {
-    double cum = 0, kept = 0;
-    int64_t n = 0;
-    while (n < m) {
-      kept += e[size_t(n)];
-      cum += e[size_t(n++)] / z;
-      if (cum > top_p) break;
-    }
-    m = n;
-    z = kept;
-  }
-  double acc = 0;
-  for (int64_t j = 0; j < m; ++j)
-    if ((acc += e[size_t(j)]) > u * z) return idx[size_t(j)];
-  return idx[size_t(m - 1)];
-}
-
-}  // namespace
 
 Tensor draw_random_labels(const TermSpec& s, LlamaModel& ref, const UnlearnBatch& b) {
   Tensor t = b.targets.clone();
@@ -207,38 +163,21 @@ Tensor draw_random_labels(const TermSpec& s, LlamaModel& ref, const UnlearnBatch
       if (p[i] != ops::kIgnoreIndex) p[i] = int32_t(rng.below(uint64_t(first + i), V));
     return t;
   }
-  Communicator& tp = ref.grid().tp_group();
-  const int64_t Vr = ref.vocab_shard().size, P = tp.size(), V = Vr * P;
+  // The reference's head in chunks; each chunk's draws stay where its logits live (the
+  // device, each tp rank's columns), never the whole [N, V].
+  const SampleFilter filter{s.top_k, s.top_p};
   ref.forward_trunk(b.tokens);
-  // The reference's head in chunks; under tp each rank holds Vr columns, and whole rows are
-  // gathered a few at a time (about 2^20 logits per rank), never the whole [N, V].
-  const int64_t sub = std::max<int64_t>(1, (int64_t(1) << 20) / Vr);
   ref.head_pass(
       [&](int64_t c0, const Tensor& chunk, Tensor*) {
-        const Tensor logits = to_host(chunk);
-        const int64_t C = logits.dim(0);
-        for (int64_t s0 = 0; s0 < C; s0 += sub) {
-          const int64_t R = std::min(sub, C - s0), r0 = c0 + s0;
-          Tensor mine = logits.slice_rows(s0, s0 + R).to(DType::f64), all = mine;
-          if (P > 1) {
-            all = Tensor::empty({P * R * Vr}, DType::f64);
-            tp.all_gather(mine.reshape({R * Vr}), all);
-          }
-          const double* g = all.data<double>();
-#pragma omp parallel
-          {
-            std::vector<double> row(static_cast<size_t>(V)), e;
-            std::vector<int32_t> idx;
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < R; ++r) {
-              const int64_t i = r0 + r;
-              if (p[i] == ops::kIgnoreIndex) continue;
-              for (int64_t q = 0; q < P; ++q)  // rank q's block holds ids [q Vr, (q + 1) Vr)
-                std::copy_n(g + (q * R + r) * Vr, Vr, row.begin() + q * Vr);
-              p[i] = sample_row(row.data(), V, rng.uniform(uint64_t(first + i)), s.top_k, s.top_p, idx, e);
-            }
-          }
-        }
+        const int64_t C = chunk.dim(0);
+        std::vector<double> u(static_cast<size_t>(C), -1.0);
+        for (int64_t r = 0; r < C; ++r)
+          if (p[c0 + r] != ops::kIgnoreIndex) u[size_t(r)] = rng.uniform(uint64_t(first + c0 + r));
+        Tensor ids = Tensor::empty({C}, DType::i32);
+        vocab_parallel_sample(chunk, u, filter, ref.vocab_shard(), ids, ref.grid().tp_group(),
+                              "random_labels (label_source: reference)");
+        for (int64_t r = 0; r < C; ++r)
+          if (p[c0 + r] != ops::kIgnoreIndex) p[c0 + r] = ids.data<int32_t>()[r];
       },
       false);
   return t;

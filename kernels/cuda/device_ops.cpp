@@ -36,6 +36,7 @@
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/runtime.h"
+#include "kernels/cuda/sample.h"
 #include "kernels/cuda/swiglu.h"
 
 namespace lethe {
@@ -490,6 +491,35 @@ class CudaOps final : public DeviceOps {
     }
     cuda::argmax_shard(ptr<bf16>(logits), exclude.defined() ? ptr<int32_t>(exclude) : nullptr, first,
                        ptr<float>(best), ptr<int32_t>(arg), N, V);
+  }
+
+  void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
+                         Tensor& arg) override {
+    const char* op = "inverse_cdf_shard";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    const int64_t N = logits.dim(0), V = logits.dim(1);
+    expect(rowmax, DType::f32, op, "rowmax");
+    expect(target, DType::f64, op, "target");
+    expect(arg, DType::i32, op, "arg");
+    check_shape(rowmax, {N}, op, "rowmax");
+    check_shape(target, {N}, op, "target");
+    check_shape(arg, {N}, op, "arg");
+    cuda::inverse_cdf_shard(ptr<bf16>(logits), ptr<float>(rowmax), ptr<double>(target), first, ptr<int32_t>(arg),
+                            N, V);
+  }
+
+  void topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) override {
+    const char* op = "topk_shard";
+    expect(logits, DType::bf16, op, "logits");
+    expect_ndim(logits, 2, op, "logits", "[N, Vr]");
+    expect(values, DType::f32, op, "values");
+    expect_ndim(values, 2, op, "values", "[N, K]");
+    const int64_t N = logits.dim(0), V = logits.dim(1), K = values.dim(1);
+    check_shape(values, {N, K}, op, "values");
+    expect(ids, DType::i32, op, "ids");
+    check_shape(ids, {N, K}, op, "ids");
+    cuda::topk_shard(ptr<bf16>(logits), first, ptr<float>(values), ptr<int32_t>(ids), N, V, K);
   }
 
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,

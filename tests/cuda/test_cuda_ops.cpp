@@ -27,12 +27,14 @@
 #include "kernels/cuda/optim.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sample.h"
 #include "kernels/cuda/swiglu.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/optim.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/sample.h"
 #include "kernels/swiglu.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -552,6 +554,78 @@ TEST_F(CudaOps, ArgmaxShardMatchesCpuTwinWithTies) {
   for (int64_t i = 0; i < N; ++i) {
     EXPECT_EQ(a[size_t(i)], arg.data<int32_t>()[i]) << "row " << i;
     EXPECT_EQ(b[size_t(i)], best.data<float>()[i]) << "row " << i;
+  }
+}
+
+// The inverse CDF over a shard: the device sums each thread's segment and then the
+// segments, the CPU in column order; both sums of V positive terms are within V 2^-53 of
+// the exact one relative to the total Z, and the device's exp within 1 ulp (2^-52) per
+// term, so the two running sums differ by at most 4 V 2^-53 Z. The drawn column must
+// bracket the target within that: prefix(j - 1) <= t + tol and prefix(j) > t - tol, with
+// the prefixes computed here in column order. Rows past the total take the last column;
+// negative targets give -1.
+TEST_F(CudaOps, InverseCdfShardBracketsTheTarget) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 40, V = 5003, first = 7;  // 5003: ragged segments of 10 columns
+  const auto logits = round_bf16(randn(size_t(N * V), 3.0f));
+  std::vector<float> mx(static_cast<size_t>(N));
+  std::vector<double> target(static_cast<size_t>(N)), total(static_cast<size_t>(N));
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  std::vector<std::vector<double>> prefix(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) {
+    const float* x = logits.data() + i * V;
+    mx[size_t(i)] = *std::max_element(x, x + V);
+    double acc = 0;
+    for (int64_t j = 0; j < V; ++j) prefix[size_t(i)].push_back(acc += std::exp(double(x[j]) - double(mx[size_t(i)])));
+    total[size_t(i)] = acc;
+    target[size_t(i)] = (i == 0 ? 0.0 : i == 1 ? 1.5 : unif(rng_)) * acc;
+  }
+  target[2] = -1.0;
+  DeviceBuffer<bf16> gl(to_bf16(logits));
+  DeviceBuffer<float> gm(mx);
+  DeviceBuffer<double> gt(target);
+  DeviceBuffer<int32_t> garg(static_cast<size_t>(N));
+  cuda::inverse_cdf_shard(gl.get(), gm.get(), gt.get(), first, garg.get(), N, V);
+  const auto a = garg.download();
+  EXPECT_EQ(a[0], first);
+  EXPECT_EQ(a[1], first + V - 1);
+  EXPECT_EQ(a[2], -1);
+  for (int64_t i = 3; i < N; ++i) {
+    const int64_t j = int64_t(a[size_t(i)]) - first;
+    ASSERT_TRUE(j >= 0 && j < V) << "row " << i << ": column " << j;
+    const double t = target[size_t(i)], tol = 4.0 * double(V) * std::ldexp(1.0, -53) * total[size_t(i)];
+    const auto& p = prefix[size_t(i)];
+    EXPECT_GT(p[size_t(j)], t - tol) << "row " << i;
+    if (j > 0) {
+      EXPECT_LE(p[size_t(j - 1)], t + tol) << "row " << i;
+    }
+  }
+}
+
+// The top-K list of each row against the CPU twin: comparisons of bf16 values, so exact,
+// ties (values on a grid of 1/4) by smaller id, a NaN as -inf, padding past the row.
+TEST_F(CudaOps, TopkShardMatchesCpuTwinWithTies) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 11, V = 700, first = 300;
+  auto logits = randn(size_t(N * V), 2.0f);
+  for (auto& x : logits) x = std::round(x * 4) / 4;
+  logits[size_t(1 * V + 9)] = std::nanf("");
+  for (int64_t j = 0; j < V; ++j) logits[size_t(2 * V + j)] = 1.0f;  // all tied
+  DeviceBuffer<bf16> gl(to_bf16(logits));
+  const Tensor L = host({N, V}, round_bf16(logits));
+  for (const int64_t K : {int64_t(1), int64_t(36), V, V + 5}) {
+    SCOPED_TRACE(K);
+    Tensor vals = Tensor::empty({N, K}, DType::f32), ids = Tensor::empty({N, K}, DType::i32);
+    ops::topk_shard(L, first, vals, ids);
+    DeviceBuffer<float> gv(static_cast<size_t>(N * K));
+    DeviceBuffer<int32_t> gi(static_cast<size_t>(N * K));
+    cuda::topk_shard(gl.get(), first, gv.get(), gi.get(), N, V, K);
+    const auto v = gv.download();
+    const auto id = gi.download();
+    for (int64_t e = 0; e < N * K; ++e) {
+      EXPECT_EQ(id[size_t(e)], ids.data<int32_t>()[e]) << "row " << e / K << " rank " << e % K;
+      EXPECT_EQ(v[size_t(e)], vals.data<float>()[e]) << "row " << e / K << " rank " << e % K;
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include "engine/eval/mia.h"
 #include "engine/parallel/vocab_parallel.h"
+#include "engine/parallel/vocab_sample.h"
 #include "kernels/cross_entropy.h"
 #include "par_test_util.h"
 #include "tests/test_util.h"
@@ -129,6 +130,39 @@ TEST_P(VocabParallel, ArgmaxExcludingTargetMatchesAScan) {
     for (int64_t j = 1; j < V; ++j)
       if (L[size_t(i * V + j)] > L[size_t(i * V + best)]) best = j;
     EXPECT_EQ(out.data<int32_t>()[i], best) << "row " << i;
+  }
+}
+
+// Reference-drawn labels: each rank holds its columns, and the draw equals sample_row on the
+// whole row. With top_k the candidate lists make it exact on any layout (the grid of 1/4
+// ties the k-th value often; row 1 ties it 36 ways, past a list of k + 16). The whole
+// distribution adds the shards' sums in rank order instead of column order: a draw moves
+// only if u falls within about V * 2^-52 of a boundary, about 1e-14 per draw here.
+TEST(VocabParallelSample, DrawsWhatTheWholeRowDraws) {
+  auto& w = *test::mpi_world_shared();
+  Tensor logits = test::randn({N, V}, DType::f32, 21, 2.0);
+  float* x = logits.data<float>();
+  for (int64_t i = 0; i < N * V; ++i) x[i] = std::round(x[i] * 4) / 4;
+  for (int64_t j = 0; j < V; ++j) x[1 * V + j] = j % 4 != 0 ? 3.0f : -1.0f;
+  const VocabShard vs = shard(w);
+  const Tensor mine = test::columns(logits, vs.start, vs.size);
+  const Philox rng(17, 0);
+  const SampleFilter filters[] = {{0, 1.0}, {1, 1.0}, {3, 1.0}, {4, 0.7}, {10, 1.0}, {0, 0.6}};
+  for (const SampleFilter& f : filters) {
+    SCOPED_TRACE(::testing::Message() << "top_k " << f.top_k << " top_p " << f.top_p);
+    for (int rep = 0; rep < 20; ++rep) {
+      std::vector<double> u(static_cast<size_t>(N));
+      for (int64_t i = 0; i < N; ++i) u[size_t(i)] = i == 5 ? -1.0 : rng.uniform(uint64_t(rep * N + i));
+      Tensor out = Tensor::empty({N}, DType::i32);
+      vocab_parallel_sample(mine, u, f, vs, out, w, "test");
+      std::vector<int32_t> idx;
+      std::vector<double> e;
+      for (int64_t i = 0; i < N; ++i) {
+        const auto row = test::values(logits.slice_rows(i, i + 1));
+        const int32_t want = i == 5 ? -1 : sample_row(row.data(), V, u[size_t(i)], f, idx, e);
+        EXPECT_EQ(out.data<int32_t>()[i], want) << "row " << i;
+      }
+    }
   }
 }
 
