@@ -9,6 +9,7 @@ struct DeviceInfo {
   std::string name;
   int major = 0, minor = 0;  // compute capability
   size_t memory_bytes = 0;
+  std::string uuid;  // 32 hex digits, unique per physical GPU (one GPU seen by two ranks has one uuid)
 };
 
 bool cuda_compiled();                      // built with the CUDA backend

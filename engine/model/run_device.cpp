@@ -5,6 +5,7 @@
 
 #include "engine/core/debug_mode.h"
 #include "engine/core/error.h"
+#include "engine/parallel/launcher_env.h"
 #include "kernels/device.h"
 #include "kernels/host_staged_device.h"
 
@@ -74,7 +75,9 @@ RunDevice resolve_run_device(DeviceChoice device, std::optional<Precision> preci
     LETHE_CHECK(precision.value_or(Precision::bf16) == Precision::bf16, where,
                 ": cuda runs the bf16 policy (its kernels compute in bf16); precision f32 runs on the CPU");
     const std::string attention = select_attention_from_env(where);
-    select_cuda_device(0);
+    // Under an MPI launcher ProcessGrid::create picks each rank's GPU before anything is
+    // allocated; selecting device 0 here would first give every rank a context there.
+    if (!detect_launch().under_mpi) select_cuda_device(0);
     RunDevice r;
     r.device = Device::cuda;
     r.precision = Precision::bf16;

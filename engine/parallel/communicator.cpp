@@ -33,6 +33,8 @@ int64_t Communicator::all_reduce(int64_t v, ReduceOp op) {
 
 void check_collective_args(const Tensor& in, const Tensor& out, int64_t in_mult, int64_t out_mult, const char* op) {
   LETHE_CHECK(in.defined() && out.defined(), op, ": undefined tensor");
+  LETHE_CHECK(in.device() == out.device(), op, ": input ", in.describe(), " and output ", out.describe(),
+              " are on different devices (one collective moves host or device memory, not both)");
   LETHE_CHECK(in.dtype() == out.dtype(), op, ": input ", in.describe(), " and output ", out.describe(),
               " differ in dtype");
   LETHE_CHECK(in.numel() * in_mult == out.numel() * out_mult, op, ": input ", in.describe(), " and output ",

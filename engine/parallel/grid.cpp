@@ -1,5 +1,9 @@
 #include "engine/parallel/grid.h"
 
+#include <cstring>
+#include <set>
+#include <string>
+
 #include "engine/core/log.h"
 #include "engine/parallel/launcher_env.h"
 #include "engine/parallel/staged_comm.h"
@@ -13,6 +17,24 @@
 #endif
 
 namespace lethe {
+
+namespace {
+#ifdef LETHE_HAVE_MPI
+// Whether every rank of `world` holds a different GPU: each rank's uuid (32 hex digits)
+// all-gathered as bytes.
+bool gpus_distinct(const std::string& uuid, Communicator& world) {
+  constexpr int64_t kBytes = 32;
+  LETHE_CHECK(int64_t(uuid.size()) == kBytes, "GPU uuid '", uuid, "': expected ", kBytes, " hex digits");
+  Tensor mine = Tensor::zeros({kBytes / 4}, DType::i32), all = Tensor::zeros({world.size() * kBytes / 4}, DType::i32);
+  std::memcpy(mine.raw(), uuid.data(), size_t(kBytes));
+  world.all_gather(mine, all);
+  std::set<std::string> seen;
+  for (int r = 0; r < world.size(); ++r)
+    seen.emplace(static_cast<const char*>(all.raw()) + r * kBytes, size_t(kBytes));
+  return int(seen.size()) == world.size();
+}
+#endif
+}  // namespace
 
 void ParallelConfig::validate() const {
   LETHE_CHECK(tp >= 1, "parallel.tp must be >= 1, got ", tp);
@@ -79,12 +101,19 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
     grid->world_ = make_host_staged_communicator(grid->world_);
     return grid;
   }
-  const int gpus = int(cuda_devices().size());
-  LETHE_CHECK(gpus > 0, "device tensors across ranks need a GPU, and this rank sees none");
+  // Each rank's GPU: its node-local rank round-robin over the GPUs it sees. Launchers that
+  // bind one GPU per task (srun --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) show each
+  // rank one device, index 0. NCCL serves the job when no two ranks anywhere hold the same
+  // physical GPU (their uuids, gathered over the world, so every rank decides alike);
+  // otherwise collectives of device tensors are staged through host memory over MPI.
+  const std::vector<DeviceInfo> devs = cuda_devices();
+  LETHE_CHECK(!devs.empty(), "device tensors across ranks need a GPU, and rank ", grid->rank(), " sees none");
+  const int gpu = grid->local_rank_ % int(devs.size());
+  const bool distinct = gpus_distinct(devs[size_t(gpu)].uuid, *grid->world_);
+  // Before anything is allocated: no context on another GPU first.
+  select_cuda_device(gpu);
 #ifdef LETHE_HAVE_NCCL
-  if (node.local_size <= gpus) {
-    // One GPU per rank, chosen before the communicators (or anything else) allocate on one.
-    bind_rank_to_gpu(grid->local_rank_, grid->local_size_);
+  if (distinct) {
     // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
     grid->tp_ = make_nccl_communicator(grid->tp_);
     grid->dp_ = make_nccl_communicator(grid->dp_);
@@ -92,15 +121,12 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
     return grid;
   }
 #endif
-  // More ranks than GPUs on a node (NCCL refuses two ranks on one device), or no NCCL:
-  // ranks share the GPUs round-robin and collectives go through host memory over MPI.
-  select_cuda_device(grid->local_rank_ % gpus);
   grid->tp_ = make_host_staged_communicator(grid->tp_);
   grid->dp_ = make_host_staged_communicator(grid->dp_);
   grid->world_ = make_host_staged_communicator(grid->world_);
   if (grid->rank() == 0)
-    log::info(node.local_size, " ranks share ", gpus, " GPU", gpus > 1 ? "s" : "",
-              " on this node: collectives of device tensors are staged through host memory (MPI)");
+    log::info(distinct ? "this build has no NCCL" : "ranks share GPUs",
+              ": collectives of device tensors are staged through host memory (MPI)");
   return grid;
 #else
   (void)device;

@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <thread>
 
 #include "engine/parallel/failure.h"
@@ -76,8 +78,14 @@ void complete(MPI_Request& r, const char* what) {
 class MpiPending : public PendingCollective {
  public:
   MpiPending(MPI_Request r, const char* what) : req_(r), what_(what) {}
+  // Bounded like wait(): a peer that never joins ends the job instead of hanging it here.
   ~MpiPending() override {
-    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    if (req_ == MPI_REQUEST_NULL) return;
+    try {
+      complete(req_, what_);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lethe: %s\n", e.what());
+    }
   }
   void wait() override { complete(req_, what_); }
 

@@ -4,6 +4,8 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,9 +29,18 @@ ncclDataType_t nccl_type(DType dt) {
   LETHE_FAIL("NCCL: unsupported dtype");
 }
 
+// LETHE_NCCL_TIMEOUT_S: seconds without progress before a collective is aborted (default
+// 600); 0 waits forever, as LETHE_COLLECTIVE_TIMEOUT_S does for MPI.
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
+
 double timeout_seconds() {
   const char* s = std::getenv("LETHE_NCCL_TIMEOUT_S");
-  return s ? std::atof(s) : 600.0;
+  if (!s || !*s) return 600.0;
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  LETHE_CHECK(end && *end == '\0' && std::isfinite(v) && v >= 0, "LETHE_NCCL_TIMEOUT_S='", s,
+              "': expected a number of seconds >= 0 (0: wait forever)");
+  return v == 0 ? std::numeric_limits<double>::infinity() : v;
 }
 
 // Polls without burning a core for long waits, without adding 50 us to short ones.
@@ -47,8 +58,9 @@ class NcclCommunicator : public Communicator {
     LETHE_CHECK(version >= kMinNcclVersion, "NCCL ", version / 10000, ".", version / 100 % 100, " is too old: lethe needs ",
                 kMinNcclVersion / 10000, ".", kMinNcclVersion / 100 % 100,
                 " or newer (non-blocking communicators, so a dead peer cannot hang the job)");
-    // The device was chosen by bind_rank_to_gpu before anything was allocated.
+    // The device was chosen by ProcessGrid::create before anything was allocated.
     cuda_check(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     stream_ = own_stream_;
     ncclUniqueId id;
     if (rank_ == 0) {
@@ -87,6 +99,7 @@ class NcclCommunicator : public Communicator {
       if (clean) ncclCommDestroy(comm_);
       else ncclCommAbort(comm_);
     }
+    if (inputs_ready_) cudaEventDestroy(inputs_ready_);
     if (own_stream_) cudaStreamDestroy(own_stream_);
   }
 
@@ -102,26 +115,28 @@ class NcclCommunicator : public Communicator {
 
   void all_reduce(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce(x, op);
-    run(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), op == ReduceOp::sum ? ncclSum : ncclMax,
-                      comm_, stream_),
+    after_compute();
+    run(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_),
         "ncclAllReduce");
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce_async(x, op);
-    return start(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()),
-                               op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_),
+    after_compute();
+    return start(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_),
                  "ncclAllReduce");
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather");
     if (out.device() == Device::cpu) return host_->all_gather(in, out);
     gpu(in, "all_gather");
+    after_compute();
     run(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_), "ncclAllGather");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
     if (in.device() == Device::cpu) return host_->reduce_scatter(in, out);
     gpu(out, "reduce_scatter");
+    after_compute();
     run(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
         "ncclReduceScatter");
   }
@@ -129,12 +144,14 @@ class NcclCommunicator : public Communicator {
     check_collective_args(in, out, 1, size_, "reduce_scatter_async");
     if (in.device() == Device::cpu) return host_->reduce_scatter_async(in, out);
     gpu(out, "reduce_scatter_async");
-    return start(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_,
-                                   stream_),
-                 "ncclReduceScatter");
+    after_compute();
+    return start(
+        ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
+        "ncclReduceScatter");
   }
   void broadcast(Tensor& x, int root) override {
     if (x.device() == Device::cpu) return host_->broadcast(x, root);
+    after_compute();
     run(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
         "ncclBroadcast");
   }
@@ -189,6 +206,17 @@ class NcclCommunicator : public Communicator {
     }
   };
 
+  // The kernels run on the legacy default stream, which a non-blocking stream does not
+  // wait for: before a collective is enqueued on our stream, that stream waits for
+  // everything the host has launched so far (the kernels and copies producing its
+  // inputs). The host waits for the collective itself (run, Pending::wait) before it
+  // launches anything that reads the result. A caller's stream (set_stream) orders both.
+  void after_compute() {
+    LETHE_CHECK(comm_, "NCCL: the communicator of rank ", rank_, " was aborted after an earlier failure");
+    if (ordered_) return;
+    cuda_check(cudaEventRecord(inputs_ready_, cudaStreamLegacy), "cudaEventRecord");
+    cuda_check(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
+  }
   void gpu(const Tensor& t, const char* op) {
     LETHE_CHECK(t.device() == Device::cuda, op, ": the NCCL backend takes GPU tensors, got ", t.describe());
   }
@@ -249,24 +277,13 @@ class NcclCommunicator : public Communicator {
   std::shared_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
+  cudaEvent_t inputs_ready_ = nullptr;
   bool ordered_ = false;  // stream_ is the caller's (set_stream)
   int rank_, size_;
   double timeout_;
 };
 
 }  // namespace
-
-void bind_rank_to_gpu(int local_rank, int local_size) {
-  int n_dev = 0;
-  cuda_check(cudaGetDeviceCount(&n_dev), "cudaGetDeviceCount");
-  LETHE_CHECK(n_dev > 0, "NCCL: no CUDA device visible to this rank");
-  LETHE_CHECK(local_size <= n_dev, "NCCL: ", local_size, " ranks on this node but ", n_dev,
-              " visible GPU", n_dev > 1 ? "s" : "", ": NCCL needs one GPU per rank (launch at most ", n_dev,
-              " ranks per node, or check CUDA_VISIBLE_DEVICES)");
-  LETHE_CHECK(local_rank >= 0 && local_rank < n_dev, "NCCL: local rank ", local_rank, " has no GPU (", n_dev,
-              " visible)");
-  cuda_check(cudaSetDevice(local_rank), "cudaSetDevice");
-}
 
 std::unique_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> mpi_group) {
   return std::make_unique<NcclCommunicator>(std::move(mpi_group));

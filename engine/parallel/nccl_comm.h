@@ -24,11 +24,8 @@ namespace lethe {
 // The oldest NCCL with non-blocking communicators (ncclConfig_t.blocking = 0).
 constexpr int kMinNcclVersion = 21400;
 
-// Makes this rank use GPU `local_rank` of its node. Call it before anything is allocated
-// on a GPU (ProcessGrid::create does, before the communicators). Errors name the counts:
-// NCCL cannot serve two ranks on one GPU.
-void bind_rank_to_gpu(int local_rank, int local_size);
-
+// Call it after this rank's GPU was selected (ProcessGrid::create does, before anything is
+// allocated on it): NCCL cannot serve two ranks on one GPU, which the grid rules out.
 // mpi_group: the same ranks over MPI. It carries the unique id, and every collective on
 // host (CPU) tensors (scalars such as a loss or a token count) goes to it, so one group
 // object serves both kinds of buffer.

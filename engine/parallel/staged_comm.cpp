@@ -1,5 +1,8 @@
 #include "engine/parallel/staged_comm.h"
 
+#include <cstdio>
+#include <exception>
+
 namespace lethe {
 namespace {
 
@@ -14,8 +17,15 @@ class StagedPending : public PendingCollective {
   // collective still reads (MPI's non-blocking calls keep only pointers).
   StagedPending(std::unique_ptr<PendingCollective> host, Tensor staged, Tensor device, Tensor input = Tensor())
       : host_(std::move(host)), staged_(std::move(staged)), device_(std::move(device)), input_(std::move(input)) {}
+  // A failure here must not escape a destructor (std::terminate would skip the abort that
+  // stops the other ranks): report it; the collective's own timeout has ended the job.
   ~StagedPending() override {
-    if (!done_) finish();
+    if (done_) return;
+    try {
+      finish();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lethe: %s\n", e.what());
+    }
   }
   void wait() override {
     if (!done_) finish();

@@ -9,8 +9,8 @@ namespace {
 constexpr int kThreads = 128, kWarps = kThreads / 32, kTile = kDecodeKeyTile, kMaxD = 256;
 
 __global__ void __launch_bounds__(kThreads)
-    decode_kernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ K,
-                  const __nv_bfloat16* __restrict__ V, int n, float scale_log2, __nv_bfloat16* __restrict__ o, int S,
+    decode_kernel(const __nv_bfloat16* q, const __nv_bfloat16* __restrict__ K,
+                  const __nv_bfloat16* __restrict__ V, int n, float scale_log2, __nv_bfloat16* o, int S,
                   int H, int KV, int D) {
   __shared__ float qs[kMaxD];
   __shared__ float p[kTile];
@@ -84,7 +84,7 @@ void attention_decode(const bf16* q, const bf16* k_cache, const bf16* v_cache, i
   LETHE_CHECK(D >= 1 && D <= kMaxD, "attention_decode: head dimension ", D, " is above the kernel's ", kMaxD);
   LETHE_CHECK(n >= 1 && n <= S && S <= INT32_MAX && KV >= 1 && H % KV == 0, "attention_decode: ", n,
               " keys of a cache of ", S, ", ", H, " query heads over ", KV, " kv heads");
-  if (B == 0) return;
+  if (B == 0 || H == 0) return;  // an empty grid is a launch error
   const float scale_log2 = scale * 1.4426950408889634f;
   decode_kernel<<<unsigned(B * H), kThreads, 0, as_stream(s)>>>(dev(q), dev(k_cache), dev(v_cache), int(n), scale_log2,
                                                                 dev(o), int(S), int(H), int(KV), int(D));

@@ -67,11 +67,14 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return r;
 }
 
-// Online softmax state (max, sum of exp(x - max)); merging two is associative.
+// Online softmax state (max, sum of exp(x - max)); merging two is associative. A NaN
+// anywhere makes the state NaN, as the CPU's sum over the row does (fmaxf alone would
+// drop it: fmaxf(-inf, NaN) is -inf).
 struct MaxSum {
   float m = -INFINITY, s = 0.f;
 };
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  if (isnan(a.m) || isnan(b.m)) return {NAN, NAN};
   const float m = fmaxf(a.m, b.m);
   if (m == -INFINITY) return {m, 0.f};
   return {m, a.s * __expf(a.m - m) + b.s * __expf(b.m - m)};
@@ -102,8 +105,10 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum v, float* scratch) {
 // kVec bf16 values loaded and stored together: 8 is one 16-byte access (the pointer must
 // be 16-byte aligned), 1 a plain one; row kernels pick 8 when every pointer and the row
 // length allow it (aligned16).
+// Aligned like the access it stands for, so the reinterpretation below stays a legal
+// 16-byte access even where the value lives in memory (a -G build, a spill).
 template <int kVec>
-struct Vec {
+struct alignas(kVec == 8 ? 16 : alignof(__nv_bfloat16)) Vec {
   __nv_bfloat16 v[kVec];
 };
 template <int kVec>

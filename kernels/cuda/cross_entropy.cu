@@ -35,7 +35,13 @@ __global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   }
   if (!dlogits) return;
   __nv_bfloat16* g = dlogits + row * V;
-  const float a = valid ? dloss * weights[row] : 0.f;
+  // Ignored and zero-weight rows get exact zeros, as the CPU twin writes them (0 * (p -
+  // onehot) would be NaN where a logit is infinite or NaN, and -0 at the target).
+  if (!valid || weights[row] == 0.f) {
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
+    return;
+  }
+  const float a = dloss * weights[row];
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
     const float p = __expf(to_f(x[j]) - lse);
     g[j] = to_bf(a * (p - (j == t ? 1.f : 0.f)));
@@ -51,9 +57,13 @@ __global__ void ce_bwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   const int32_t t = targets[row];
   const bool valid = t != kIgnoreIndex && t >= 0 && t < vocab;
   const int64_t r = int64_t(t) - first;
-  const float a = valid ? dloss * weights[row] : 0.f, lse = lse_in[row];
-  const __nv_bfloat16* x = logits + row * V;
   __nv_bfloat16* g = dlogits + row * V;
+  if (!valid || weights[row] == 0.f) {  // exact zeros, as the CPU twin (see ce_fwd)
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
+    return;
+  }
+  const float a = dloss * weights[row], lse = lse_in[row];
+  const __nv_bfloat16* x = logits + row * V;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
     g[j] = to_bf(a * (__expf(to_f(x[j]) - lse) - (j == r ? 1.f : 0.f)));
 }
@@ -141,7 +151,9 @@ __global__ void argmax_rows(const __nv_bfloat16* __restrict__ logits, const int3
 // KL(q || p) over a shard given the whole vocabulary's log-sum-exps (the CPU twin's
 // arithmetic: differences, exps and the row sum in double; the gradient formed in double
 // and stored through f32, as the CPU twin's f32 result is stored in bf16).
-__global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_bfloat16* __restrict__ logits,
+// logits carries no __restrict__: dlogits may alias it (each element is read by the thread
+// that then writes it).
+__global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_bfloat16* logits,
                               const double* __restrict__ lse_q, const double* __restrict__ lse_p,
                               const double* __restrict__ row_weight, double grad_scale, double* __restrict__ kl,
                               __nv_bfloat16* dlogits, int64_t V) {
@@ -200,7 +212,7 @@ __global__ void kl_rows(const __nv_bfloat16* logits, const __nv_bfloat16* __rest
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
     const float lp = to_f(x[j]) - lse_p, lq = to_f(r[j]) - lse_q;
     const float q = __expf(lq);
-    acc += q * (lq - lp);  // an underflowed q contributes 0, never 0 * inf
+    if (q > 0) acc += q * (lq - lp);  // an underflowed q (or a -inf logit) adds nothing
     if (dlogits) {
       float gv = a * (__expf(lp) - q);
       if (accumulate) gv += to_f(dlogits[row * V + j]);

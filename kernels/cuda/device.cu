@@ -22,7 +22,10 @@ std::vector<DeviceInfo> cuda_devices_impl() {
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp p{};
     if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
-    out.push_back({p.name, p.major, p.minor, p.totalGlobalMem});
+    static const char* hex = "0123456789abcdef";
+    std::string uuid;
+    for (char c : p.uuid.bytes) uuid += {hex[(unsigned char)c >> 4], hex[(unsigned char)c & 15]};
+    out.push_back({p.name, p.major, p.minor, p.totalGlobalMem, uuid});
   }
   return out;
 }
@@ -36,7 +39,7 @@ namespace {
 
 // Raw CUDA memory for the caching allocator (engine/core/device_memory.h). Copies and
 // zeroing synchronise the host: they stage checkpoints and inputs, outside the step's
-// kernels, which run on their own streams.
+// kernels, which run on the legacy default stream (NCCL orders its own stream after it).
 class CudaBackend : public DeviceBackend {
  public:
   const char* name() const override { return "cuda"; }

@@ -1,6 +1,8 @@
 #include "kernels/cuda/numerics.h"
 
 #include <climits>
+#include <mutex>
+#include <unordered_map>
 
 #include "kernels/cuda/common.cuh"
 
@@ -54,19 +56,27 @@ void launch(const T* x, int64_t n, int64_t* result, Stream s, const char* op) {
   check_launch(op);
 }
 
+// The two result words, one pair per device, allocated at the first scan and kept: a
+// cudaMalloc/cudaFree per scan would synchronise the device and bypass the caching
+// allocator, which may hold nearly all of its memory.
+int64_t* result_words(const char* op) {
+  static std::mutex mu;
+  static std::unordered_map<int, int64_t*> words;
+  int device = 0;
+  LETHE_CUDA_CHECK(cudaGetDevice(&device), op);
+  std::lock_guard<std::mutex> lock(mu);
+  int64_t*& d = words[device];
+  if (!d) d = static_cast<int64_t*>(device_malloc(2 * sizeof(int64_t)));
+  return d;
+}
+
 template <typename T>
 DeviceNonFinite find(const T* x, int64_t n, Stream s, const char* op) {
-  int64_t* d = static_cast<int64_t*>(device_malloc(2 * sizeof(int64_t)));
+  int64_t* d = result_words(op);
   int64_t h[2] = {0, 0};
-  try {
-    launch(x, n, d, s, op);
-    LETHE_CUDA_CHECK(cudaStreamSynchronize(as_stream(s)), op);
-    copy_to_host(h, d, sizeof h);
-  } catch (...) {
-    device_free(d);
-    throw;
-  }
-  device_free(d);
+  launch(x, n, d, s, op);
+  LETHE_CUDA_CHECK(cudaStreamSynchronize(as_stream(s)), op);
+  copy_to_host(h, d, sizeof h);
   return {h[0], h[0] ? h[1] : -1};
 }
 }  // namespace

@@ -12,10 +12,10 @@ constexpr int kThreads = 256;
 // elements in every pass over its row, whatever kVec.
 
 // x, and with kResidual the stream's new value x + delta into `sum` (which may be x: no
-// __restrict__ on the two), then y = rmsnorm of it.
+// __restrict__ on the two), then y = rmsnorm of it (y may be x as well).
 template <bool kResidual, int kVec>
 __global__ void rms_fwd(const __nv_bfloat16* x, const __nv_bfloat16* __restrict__ delta, __nv_bfloat16* sum,
-                        const __nv_bfloat16* __restrict__ w, float eps, __nv_bfloat16* __restrict__ y,
+                        const __nv_bfloat16* __restrict__ w, float eps, __nv_bfloat16* y,
                         float* __restrict__ rstd, int64_t C) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;

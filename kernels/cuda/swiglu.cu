@@ -15,8 +15,8 @@ __device__ __forceinline__ void silu_mul_grad(float x, float up, float d, float&
 }
 
 template <int kVec>
-__global__ void swiglu_fwd(const __nv_bfloat16* __restrict__ g, const __nv_bfloat16* __restrict__ u,
-                           __nv_bfloat16* __restrict__ a, int64_t n) {
+// No __restrict__: a may be g or u (each element is read by the thread that writes it).
+__global__ void swiglu_fwd(const __nv_bfloat16* g, const __nv_bfloat16* u, __nv_bfloat16* a, int64_t n) {
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; i < n;
        i += int64_t(gridDim.x) * blockDim.x * kVec) {
     if constexpr (kVec == 8) {

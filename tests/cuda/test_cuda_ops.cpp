@@ -22,6 +22,7 @@
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/cast.h"
 #include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/optim.h"
@@ -456,6 +457,28 @@ TEST_F(CudaOps, AttentionRejectsUnsupportedHeadDim) {
   EXPECT_THROW(cuda::attention_forward(nullptr, nullptr, nullptr, 1.f, nullptr, nullptr, 1, 8, 3, 2, 64), Error);
 }
 
+// The residual add: the fp32 sum of two bf16 values rounded once to nearest even, bit for
+// bit the host's float_to_bf16 (NaN and infinities included); in place as the layer uses it.
+TEST_F(CudaOps, AddIsTheHostRoundingBitForBit) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t n = 100003;
+  auto a = round_bf16(randn(size_t(n), 4.f)), b = round_bf16(randn(size_t(n), 0.01f));
+  a[0] = INFINITY, b[1] = std::nanf(""), a[2] = 3.0e38f, b[2] = 3.0e38f;  // overflow to inf
+  std::vector<uint16_t> want(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) want[size_t(i)] = float_to_bf16(a[size_t(i)] + b[size_t(i)]).bits;
+  DeviceBuffer<bf16> ga(to_bf16(a)), gb(to_bf16(b)), out(static_cast<size_t>(n));
+  cuda::add(ga.get(), gb.get(), out.get(), n);
+  cuda::add(ga.get(), gb.get(), ga.get(), n);  // out = a, in place
+  const auto o = out.download(), inplace = ga.download();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool nan = std::isnan(a[size_t(i)] + b[size_t(i)]);
+    const auto same = [&](bf16 g) { return nan ? std::isnan(bf16_to_float(g)) : g.bits == want[size_t(i)]; };
+    bad += !same(o[size_t(i)]) + !same(inplace[size_t(i)]);
+  }
+  EXPECT_EQ(bad, 0);
+}
+
 // ---- cross-entropy, KL, moments ----------------------------------------------------
 TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
   SCOPED_TRACE(seed_msg());
@@ -488,6 +511,37 @@ TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
   // Unfused backward from the saved lse.
   cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, 0, V, V);
   EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+}
+
+// Rows the CPU twin special-cases: an ignored row and a zero-weight row get exact zeros in
+// the gradient even when a logit is infinite (0 * (p - onehot) would be NaN there); a NaN
+// logit in the first column (the first value a thread merges) still makes the row's lse
+// and log-prob NaN, as the CPU's sum does, rather than vanishing from the maximum.
+TEST_F(CudaOps, CrossEntropySpecialRowsMatchCpuTwin) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 4, V = 1000;
+  auto logits = round_bf16(randn(size_t(N * V)));
+  logits[size_t(0 * V + 5)] = INFINITY;    // row 0: ignored
+  logits[size_t(1 * V + 9)] = INFINITY;    // row 1: weight 0
+  logits[size_t(2 * V + 0)] = std::nanf("");  // row 2: NaN first
+  const std::vector<int32_t> targets{ops::kIgnoreIndex, 3, 7, 11};
+  const std::vector<float> w{1.f, 0.f, 1.f, 1.f};
+  DeviceBuffer<bf16> gl(to_bf16(logits)), fused(size_t(N * V)), unfused(size_t(N * V));
+  DeviceBuffer<int32_t> gt(targets);
+  DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N));
+  cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), fused.get(), 1.f, N, V);
+  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 1.f, unfused.get(), N, 0, V, V);
+  const auto lp = glp.download(), lse = glse.download();
+  const auto f = to_f32(fused.download()), u = to_f32(unfused.download());
+  EXPECT_EQ(lp[0], 0.f);
+  for (int64_t i : {int64_t(0), int64_t(1)})
+    for (int64_t j = 0; j < V; ++j) {
+      ASSERT_EQ(f[size_t(i * V + j)], 0.f) << "fused row " << i << " column " << j;
+      ASSERT_EQ(u[size_t(i * V + j)], 0.f) << "unfused row " << i << " column " << j;
+    }
+  EXPECT_TRUE(std::isnan(lse[2])) << lse[2];
+  EXPECT_TRUE(std::isnan(lp[2])) << lp[2];
+  EXPECT_TRUE(std::isfinite(lse[3]) && std::isfinite(lp[3]));
 }
 
 // The vocabulary-parallel pieces over a shard [first, first + Vr) against their CPU twins:

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "engine/parallel/grid.h"
 #include "engine/parallel/launcher_env.h"
+#include "kernels/host_staged_device.h"
 
 namespace lethe {
 namespace {
@@ -24,6 +26,23 @@ TEST(LocalComm, CollectivesAreIdentities) {
   EXPECT_EQ(c->all_reduce(3.25, ReduceOp::max), 3.25);
   Tensor wrong = Tensor::zeros({3}, DType::f32);
   EXPECT_THROW(c->all_gather(x, wrong), Error);
+}
+
+// One collective moves host or device memory, never both: a device input with a host
+// output would hand a device pointer to MPI or memcpy.
+TEST(LocalComm, MixedDevicesAreRefusedByName) {
+  ScopedHostStagedDevice device;
+  auto c = make_local_communicator();
+  Tensor on_device = Tensor::zeros({2}, DType::f32, Device::cuda);
+  Tensor on_host = Tensor::zeros({2}, DType::f32);
+  try {
+    c->all_gather(on_device, on_host);
+    FAIL() << "a device input and a host output were gathered";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("all_gather: input"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("different devices"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(c->reduce_scatter(on_host, on_device), Error);
 }
 
 TEST(Launch, PlainProcessIsNotUnderMpi) {
