@@ -221,8 +221,7 @@ void print_text(const PlanInput& in, const Options& o) {
       m.master, u);
   row("optimizer moments (" + std::to_string(in.recipe.optimizer_states) + " x fp32" + sh + ")", m.moments, u);
   if (m.opt_scratch > 0)
-    row(bf16 ? "ZeRO-1 fp32 gradient shard (/dp)" : "ZeRO-1 gradient shard (/dp) + staging copy of the grads",
-        m.opt_scratch, u);
+    row(bf16 ? "ZeRO-1 fp32 gradient shard (/dp)" : "ZeRO-1 gradient shard (/dp)", m.opt_scratch, u);
   row("activations", m.activations(), u);
   row("  residual stream, (layers+1) x B*T x dim (kept when recomputing)", m.act_resid, u);
   row("  per-layer stored (q/k/v/o/gate/up/act /tp; norms not split)", m.act_layers, u);

@@ -38,9 +38,13 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
       while (lo > 0 && hi - starts_[lo] < bucket_elems) --lo;
       const int64_t begin = starts_[lo], len = hi - begin, chunk = (len + dp - 1) / dp;
       if (len > 0) {
-        buckets_.push_back({lo, begin, len, padded, chunk, shard, nullptr});
+        // A bucket whose length divides by dp is reduce-scattered straight from the
+        // gradients and all-gathered in place into the weights; only the others go
+        // through a padded copy in pad_ (none at 7B shapes: every tensor is a multiple of 8).
+        const bool staged = chunk * dp != len;
+        buckets_.push_back({lo, begin, len, staged ? padded : -1, chunk, shard, nullptr});
         owned.push_back({begin + std::min(len, d * chunk), begin + std::min(len, (d + 1) * chunk)});
-        padded += chunk * dp;
+        if (staged) padded += chunk * dp;
         shard += chunk;
       }
       hi = begin;
@@ -107,10 +111,15 @@ void ShardedOptimizer::set_master(size_t i, const Tensor& block) {
 
 void ShardedOptimizer::start_bucket(Bucket& b) {
   const int64_t dp = grid_.dp();
+  Tensor out = gshard_.view(b.shard_begin, {b.chunk});
+  if (b.pad_begin < 0) {
+    b.pending = grid_.dp_group().reduce_scatter_async(grads_.flat().view(b.begin, {b.len}), out);
+    return;
+  }
+  // The padding tail stays zero from the allocation on: only [0, len) is ever written here,
+  // and the all-gather brings back the master's zero padding.
   Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
   padded.view(0, {b.len}).copy_from(grads_.flat().view(b.begin, {b.len}));
-  if (b.chunk * dp > b.len) padded.view(b.len, {b.chunk * dp - b.len}).zero_();
-  Tensor out = gshard_.view(b.shard_begin, {b.chunk});
   b.pending = grid_.dp_group().reduce_scatter_async(padded, out);
 }
 
@@ -175,12 +184,17 @@ double ShardedOptimizer::step(double lr) {
     const auto t_gather = clock::now();
     const int64_t dp = grid_.dp(), d = grid_.dp_rank();
     for (const Bucket& b : buckets_) {
-      Tensor padded = pad_.view(b.pad_begin, {b.chunk * dp});
-      Tensor mine = padded.view(d * b.chunk, {b.chunk});
+      // In place where the bucket divides by dp: this rank's chunk of the weights takes the
+      // updated master (on a device a converting copy into bf16, which rounds as
+      // round_to_bf16_ does), and the gather fills the rest, in the weights' dtype (bf16 on
+      // a device: half the bytes of an fp32 gather).
+      const bool staged = b.pad_begin >= 0;
+      Tensor whole = staged ? pad_.view(b.pad_begin, {b.chunk * dp}) : params_.flat().view(b.begin, {b.len});
+      Tensor mine = whole.view(d * b.chunk, {b.chunk});
       mine.copy_from(master_.view(b.shard_begin, {b.chunk}));
-      if (precision_ == Precision::bf16) round_to_bf16_(mine);
-      grid_.dp_group().all_gather(mine, padded);
-      params_.flat().view(b.begin, {b.len}).copy_from(padded.view(0, {b.len}));
+      if (precision_ == Precision::bf16 && mine.dtype() == DType::f32) round_to_bf16_(mine);
+      grid_.dp_group().all_gather(mine, whole);
+      if (staged) params_.flat().view(b.begin, {b.len}).copy_from(whole.view(0, {b.len}));
     }
     comm_wait_.gather_s = seconds_since(t_gather);
   } else if (precision_ == Precision::bf16) {

@@ -83,7 +83,7 @@ class ShardedOptimizer {
   struct Bucket {
     size_t first_param;             // the bucket holds parameters first_param.. (to the next bucket)
     int64_t begin, len;             // its range of the flat buffer
-    int64_t pad_begin, chunk;       // its padded copy in pad_ (chunk * dp elements)
+    int64_t pad_begin, chunk;       // its padded copy in pad_ (chunk * dp elements); -1: none (len = chunk * dp)
     int64_t shard_begin;            // this rank's chunk in the shard buffers
     std::unique_ptr<PendingCollective> pending;
   };

@@ -140,11 +140,13 @@ MemoryPlan memory_plan(const PlanInput& in) {
   // As engine/optim/sharded_optimizer.cpp: master and moments cover the whole flat buffer
   // (frozen parameters are skipped in the update, not in the allocation). In f32 without
   // sharding the master copy is the weights themselves. Under ZeRO-1 the update reads an
-  // fp32 gradient shard; the CPU engine also copies the flat gradient into a padded staging
-  // buffer for the reduce-scatter, which a GPU engine avoids by allocating grads padded.
+  // fp32 gradient shard; buckets are reduce-scattered from the gradients and gathered into
+  // the weights in place, except a bucket whose length is not a multiple of dp, which goes
+  // through a padded copy of itself (not counted: none at Llama shapes, where every tensor
+  // is a multiple of 8 elements).
   m.master = bf16 || sharded ? P * 4 / shard : 0;
   m.moments = P * 4 * in.recipe.optimizer_states / shard;
-  m.opt_scratch = sharded ? P * 4 / shard + (bf16 ? 0 : P * 4) : 0;
+  m.opt_scratch = sharded ? P * 4 / shard : 0;
 
   // Activations: only what a step writes (buffers allocated but never touched, such as
   // logits in an RMU-only run, are not resident on the CPU and need not exist on a GPU).

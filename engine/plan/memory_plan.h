@@ -53,7 +53,7 @@ struct MemoryPlan {
   ParamCounts params;
   // Bytes per GPU.
   double weights = 0, grads = 0, master = 0, moments = 0;
-  double opt_scratch = 0;   // ZeRO-1: fp32 gradient shard (+ the CPU engine's staging copy)
+  double opt_scratch = 0;   // ZeRO-1: fp32 gradient shard
   double act_resid = 0;     // layer inputs, kept even under recomputation
   double act_layers = 0;    // stored per-layer activations (+ one scratch set when recomputing)
   double act_head = 0;      // final norm, logits and loss buffers

@@ -107,13 +107,12 @@ double loss_and_grads(LlamaModel& m, LlamaModel& ref, const Batch& gb, int mode)
 // opt: "adamw", "sgd" (momentum), or "frozen" (AdamW with every layer-0 tensor frozen,
 // as RMU trains only a few tensors).
 void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute = false,
-                const std::string& opt = "adamw") {
+                const std::string& opt = "adamw", const LlamaConfig& cfg = tiny(), int64_t bucket_elems = 4096) {
   SCOPED_TRACE(::testing::Message() << "tp=" << tp << " dp=" << dp << " zero1=" << zero1 << " mode=" << mode << " "
                                     << dtype_name(dt) << (recompute ? " recompute" : "") << " " << opt);
   const double kTol = tol(dt);
   auto grid = ProcessGrid::from_world(test::mpi_world_shared(), {tp, dp, zero1});
   auto single = ProcessGrid::single();
-  const LlamaConfig cfg = tiny();
   LlamaModel par(cfg, dt, grid), one(cfg, dt, single);
   LlamaModel par_ref(cfg, dt, grid), one_ref(cfg, dt, single);
   par.init_weights(7);
@@ -135,7 +134,7 @@ void run_layout(int tp, int dp, bool zero1, int mode, DType dt, bool recompute =
   Optimizer opt_one(one.params(), oc);
   // Small buckets: the tiny model's gradient travels in many all-reduces, most started
   // during the backward.
-  ShardedOptimizer opt_par(par.params(), par.grads(), oc, *grid, 4096);
+  ShardedOptimizer opt_par(par.params(), par.grads(), oc, *grid, bucket_elems);
   if (opt == "frozen") {
     std::vector<bool> train(par.params().size());
     for (size_t i = 0; i < train.size(); ++i) train[i] = par.params().spec(i).name.find("layers.0.") == std::string::npos;
@@ -278,6 +277,20 @@ TEST(ParallelTerms, KlAdversarialAndMomentsMatchOneProcess) {
       EXPECT_NEAR(sigma.data<double>()[i], sd, 1e-10 * std::abs(sd));
     }
   }
+}
+
+// ZeRO buckets whose length is not a multiple of dp go through a padded copy; the others
+// are reduce-scattered from the gradients and gathered in place. One parameter per bucket
+// and a width of 30 (norm weights of 30 elements, 2 mod 4) make both kinds at dp = 4;
+// at dp = 2 every bucket is in place. Three AdamW steps with clipping against one process.
+TEST(ParallelOptimizer, PaddedAndInPlaceZeroBucketsMatchOneProcess) {
+  LlamaConfig c = tiny();
+  c.dim = 30;
+  c.n_heads = 3;
+  c.n_kv_heads = 1;
+  c.ffn_dim = 82;
+  const int dp = test::mpi_world_shared()->size();
+  run_layout(1, dp, true, 0, DType::f64, false, "adamw", c, 1);
 }
 
 TEST(ParallelOptimizer, SgdAndFrozenTensorsMatchOneProcess) {
