@@ -365,7 +365,7 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   out << blas_kernel_line() << "\n" << dev.line << "\n" << line << std::endl;
   if (!one_process)
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
-        << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "")
+        << grid->backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "")
         << (c.grad_accum > 1 ? ", " + std::to_string(c.grad_accum) + " micro-batches per step" : "") << std::endl;
 
   Tensor tokens = Tensor::empty({c.batch_size, c.seq_len}, DType::i32);

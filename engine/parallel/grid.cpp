@@ -115,9 +115,11 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
 #ifdef LETHE_HAVE_NCCL
   if (distinct) {
     // NCCL groups mirror the MPI ones; MPI stays for the unique-id exchange and aborts.
+    // The world group carries only host scalars and barriers (stop votes, the ZeRO norm,
+    // checkpoint meetings): no NCCL communicator, and none of its device buffers, for it.
     grid->tp_ = make_nccl_communicator(grid->tp_);
     grid->dp_ = make_nccl_communicator(grid->dp_);
-    grid->world_ = make_nccl_communicator(grid->world_);
+    grid->world_ = make_host_staged_communicator(grid->world_);
     return grid;
   }
 #endif
@@ -136,7 +138,7 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
 }
 
 std::string ProcessGrid::describe() const {
-  return "tp=" + std::to_string(tp()) + " x dp=" + std::to_string(dp()) + " (" + world_->backend() + "), rank " +
+  return "tp=" + std::to_string(tp()) + " x dp=" + std::to_string(dp()) + " (" + backend() + "), rank " +
          std::to_string(rank()) + " (local " + std::to_string(local_rank_) + " of " + std::to_string(local_size_) + ")";
 }
 

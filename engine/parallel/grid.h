@@ -48,6 +48,10 @@ class ProcessGrid {
   Communicator& world() const { return *world_; }
   Communicator& tp_group() const { return *tp_; }
   Communicator& dp_group() const { return *dp_; }
+  // The backend moving the model's tensors: the dp group's when dp > 1, else the tp
+  // group's ("nccl", "mpi (host-staged)", "mpi", "local"). The world group only carries
+  // host scalars and barriers.
+  std::string backend() const { return (dp() > 1 ? dp_ : tp_)->backend(); }
   std::string describe() const;  // "tp=2 x dp=2 (mpi), rank 3"
 
  private:

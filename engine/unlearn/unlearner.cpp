@@ -409,7 +409,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   if (peak.flops > 0) out << "MFU against a peak of " << fmt("%.1f", peak.flops / 1e9) << " GFLOP/s (" << peak.source << ")" << std::endl;
   if (grid->parallel())
     out << "parallel: tp=" << grid->tp() << " x dp=" << grid->dp() << " over " << grid->world_size() << " ranks ("
-        << grid->world().backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "") << std::endl;
+        << grid->backend() << ")" << (grid->zero1() ? ", ZeRO-1" : "") << std::endl;
   if (resumed) out << "resumed from " << latest_checkpoint(run_checkpoint_dir(r)) << " at step " << st.step << std::endl;
   if (resumed && lead && st.metrics_lines >= 0 && metrics_kept != st.metrics_lines)
     out << "warning: " << metrics_path.string() << " holds " << metrics_kept << " lines up to step " << st.step
