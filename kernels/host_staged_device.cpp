@@ -38,6 +38,15 @@ Tensor in(const Tensor& t) {
 // Writes the kernel's result back, rounded to the device tensor's dtype.
 void out(Tensor& dev, const Tensor& host) { dev.copy_from(host); }
 
+// The CUDA GEMM's rule (kernels/cuda/device_ops.cpp): an output shares no memory with the
+// product's inputs. Checked here too, so the model's device path is held to it without a GPU.
+void expect_disjoint(const Tensor& o, const char* o_arg, const Tensor& i, const char* i_arg, const char* op) {
+  const char* po = static_cast<const char*>(o.raw());
+  const char* pi = static_cast<const char*>(i.raw());
+  const bool overlap = o.nbytes() > 0 && i.nbytes() > 0 && po < pi + i.nbytes() && pi < po + o.nbytes();
+  LETHE_CHECK(!overlap, op, ": ", o_arg, " shares memory with ", i_arg, "; the CUDA kernel needs separate buffers");
+}
+
 }  // namespace
 
 class ScopedHostStagedDevice::Ops : public DeviceOps {
@@ -84,6 +93,8 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) override {
     ++count;
+    expect_disjoint(y, "y", x, "x", "linear_forward");
+    expect_disjoint(y, "y", w, "w", "linear_forward");
     Tensor hy = in(y);
     ops::linear_forward(in(x), in(w), hy);
     out(y, hy);
@@ -91,6 +102,11 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
                        Tensor* dw) override {
     ++count;
+    if (dx) {
+      expect_disjoint(*dx, "dx", dy, "dy", "linear_backward");
+      expect_disjoint(*dx, "dx", x, "x", "linear_backward");
+      expect_disjoint(*dx, "dx", w, "w", "linear_backward");
+    }
     Tensor hdx = dx ? in(*dx) : Tensor(), hdw = dw ? in(*dw) : Tensor();
     ops::linear_backward(in(dy), in(x), in(w), dx ? &hdx : nullptr, accumulate_dx, dw ? &hdw : nullptr);
     if (dx) out(*dx, hdx);

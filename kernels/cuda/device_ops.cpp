@@ -226,6 +226,9 @@ class CudaOps final : public DeviceOps {
     const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
     check_shape(w, {out, in}, op, "w");
     check_shape(y, {N, out}, op, "y");
+    // cuBLASLt's output may not overlap its inputs.
+    expect_disjoint(y, "y", x, "x", op);
+    expect_disjoint(y, "y", w, "w", op);
     if (N == 0 || out == 0) return;
     // A product over an empty inner dimension is zero; cuBLASLt is not asked for one.
     if (in == 0) return y.zero_();
@@ -251,6 +254,12 @@ class CudaOps final : public DeviceOps {
     check_shape(w, {out, in}, op, "w");
     if (dx) check_shape(*dx, {N, in}, op, "dx");
     if (dw) check_shape(*dw, {out, in}, op, "dw");
+    // dx may not overlap the product's inputs, nor x, which dW reads after dx is written.
+    if (dx) {
+      expect_disjoint(*dx, "dx", dy, "dy", op);
+      expect_disjoint(*dx, "dx", x, "x", op);
+      expect_disjoint(*dx, "dx", w, "w", op);
+    }
     // Empty rows or inputs leave nothing to write (dx is empty) or to add (dw += 0).
     if (N == 0 || in == 0 || (!dx && !dw)) return;
     // dx = dy W sums over `out`: when that is empty cuBLASLt is not asked for the product,

@@ -152,6 +152,14 @@ void gemm_destroy(GemmContext* g) {
 void gemm_bf16(GemmContext* g, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
                int64_t lda, const bf16* B, int64_t ldb, float beta, void* C, bool c_f32, int64_t ldc, Stream s) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = beta C, which cuBLASLt need not (and may refuse to) do
+    LETHE_CHECK(beta == 0.f || beta == 1.f, "gemm_bf16: K = 0 with beta ", beta);
+    const size_t es = c_f32 ? 4 : 2;
+    if (beta == 0.f)
+      LETHE_CUDA_CHECK(cudaMemset2DAsync(C, size_t(ldc) * es, 0, size_t(N) * es, size_t(M), as_stream(s)),
+                       "gemm_bf16 (K = 0)");
+    return;
+  }
   const LtApi& api = lt("gemm_bf16");
   if (!g->handle) LETHE_LT_CHECK(api.Create(&g->handle), "gemm_bf16 (cublasLtCreate)");
   const int align = std::min({alignment_of(A), alignment_of(B), alignment_of(C)});
@@ -175,6 +183,11 @@ void gemm_bf16(GemmContext* g, bool ta, bool tb, int64_t M, int64_t N, int64_t K
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
       api.MatmulPreferenceSetAttribute(pref, attr, &al, sizeof(al));
+    // Split-K partial sums only in fp32 (the compute type), never in the bf16 output or in
+    // place in it: the emulation rounds each product once, from an fp32 sum.
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    api.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
+                                     sizeof(reduction));
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
     const cublasStatus_t st =
@@ -189,6 +202,9 @@ void gemm_bf16(GemmContext* g, bool ta, bool tb, int64_t M, int64_t N, int64_t K
   LETHE_LT_CHECK(api.Matmul(g->handle, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                 g->workspace, g->workspace_bytes, as_stream(s)),
                  "gemm_bf16");
+  // cuBLASLt reports success for a kernel that faults later; debug mode waits here so the
+  // fault is named after the product, not after the next kernel.
+  check_launch("gemm_bf16");
 }
 
 void linear_forward(GemmContext* g, const bf16* x, const bf16* w, bf16* y, int64_t N, int64_t in, int64_t out,

@@ -197,7 +197,10 @@ TEST_F(CudaOps, RmsNormForwardMatchesCpu) {
 
 TEST_F(CudaOps, ResidualRmsNormAddsThenNormalises) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 45, C = 512;
+  // 16-byte accesses (512), one element at a time (1001).
+  for (const int64_t C : {int64_t(512), int64_t(1001)}) {
+  SCOPED_TRACE(C);
+  const int64_t N = 45;
   const auto res = round_bf16(randn(size_t(N * C))), delta = round_bf16(randn(size_t(N * C))),
              w = round_bf16(randn(size_t(C), 0.2f, 1.f));
   DeviceBuffer<bf16> dres(to_bf16(res)), dd(to_bf16(delta)), dw(to_bf16(w)), y(size_t(N * C)),
@@ -216,12 +219,30 @@ TEST_F(CudaOps, ResidualRmsNormAddsThenNormalises) {
   ops::rmsnorm_forward(host({N, C}, sum_b), host({C}, w), 1e-6, yr, rr);
   EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol));
   EXPECT_TRUE(close("rstd", rstd.download(), vec(rr), kF32Tol));
+  }
+}
+
+// A row length that allows 16-byte accesses (C = 64) with x starting one element into
+// its buffer: the kernel must fall back to one element at a time, not fault.
+TEST_F(CudaOps, RmsNormForwardOnAnUnalignedViewMatchesCpu) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 9, C = 64;
+  const auto x = round_bf16(randn(size_t(N * C + 1), 2.f)), w = round_bf16(randn(size_t(C), 0.2f, 1.f));
+  DeviceBuffer<bf16> dx(to_bf16(x)), dw(to_bf16(w)), y(size_t(N * C));
+  DeviceBuffer<float> rstd(static_cast<size_t>(N));
+  cuda::rmsnorm_forward(dx.get() + 1, dw.get(), 1e-5f, y.get(), rstd.get(), N, C);
+  Tensor yr = Tensor::empty({N, C}, DType::f32), rr = Tensor::empty({N}, DType::f32);
+  ops::rmsnorm_forward(host({N, C}, std::vector<float>(x.begin() + 1, x.end())), host({C}, w), 1e-5, yr, rr);
+  EXPECT_TRUE(close("y", y.download(), vec(yr), kBf16Tol));
+  EXPECT_TRUE(close("rstd", rstd.download(), vec(rr), kF32Tol));
 }
 
 TEST_F(CudaOps, RmsNormBackwardMatchesCpu) {
   SCOPED_TRACE(seed_msg());
-  for (const auto& [acc, C] : {std::pair<bool, int64_t>{false, 768}, {true, 768}, {false, 770}, {true, 770}}) {
-    const int64_t N = 1000;
+  // 16384: the dw partials need more than 48 KB of shared memory (the opt-in path).
+  for (const auto& [acc, C] :
+       {std::pair<bool, int64_t>{false, 768}, {true, 768}, {false, 770}, {true, 770}, {true, 16384}}) {
+    const int64_t N = C > 4096 ? 40 : 1000;
     const auto x = round_bf16(randn(size_t(N * C))), w = round_bf16(randn(size_t(C), 0.2f, 1.f)),
                dy = round_bf16(randn(size_t(N * C))), dx0 = round_bf16(randn(size_t(N * C))),
                dw0 = randn(static_cast<size_t>(C));
@@ -828,8 +849,10 @@ TEST_F(CudaOps, LogitMomentsMatchDefinition) {
 // ---- optimizer ---------------------------------------------------------------------
 TEST_F(CudaOps, MultiTensorAdamWMatchesCpuOverSteps) {
   SCOPED_TRACE(seed_msg());
-  const std::vector<int64_t> sizes{1, 1000, 4096, 70001, 333};
-  const std::vector<float> decays{0.1f, 0.1f, 0.f, 0.1f, 0.f};
+  // Five shapes, then 50 small tensors: more than one launch's batch of 48 (kBatch).
+  std::vector<int64_t> sizes{1, 1000, 4096, 70001, 333};
+  std::vector<float> decays{0.1f, 0.1f, 0.f, 0.1f, 0.f};
+  for (int i = 0; i < 50; ++i) sizes.push_back(17 + 3 * i), decays.push_back(i % 2 ? 0.1f : 0.f);
   struct T {
     std::vector<float> p, m, v;
     Tensor P, M, V;
