@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "engine/core/error.h"
 #include "kernels/attention.h"
@@ -127,6 +128,8 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                          Precision precision) override {
     ++count;
+    for (const auto& [t, arg] : {std::pair<const Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}})
+      expect_disjoint(o, "o", *t, arg, "attention_forward");
     Tensor ho = in(o), hl = in(lse);
     ops::attention_forward(in(q), in(k), in(v), scale, ho, hl, precision);
     out(o, ho);
@@ -136,6 +139,13 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
                           const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
                           Precision precision) override {
     ++count;
+    const std::pair<const Tensor*, const char*> ins[] = {{&dout, "dout"}, {&q, "q"}, {&k, "k"}, {&v, "v"}, {&o, "o"}};
+    const std::pair<const Tensor*, const char*> outs[] = {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
+    for (const auto& [g, garg] : outs) {
+      for (const auto& [t, arg] : ins) expect_disjoint(*g, garg, *t, arg, "attention_backward");
+      for (const auto& [t, arg] : outs)
+        if (t != g) expect_disjoint(*g, garg, *t, arg, "attention_backward");
+    }
     Tensor hq = in(dq), hk = in(dk), hv = in(dv);
     ops::attention_backward(in(dout), in(q), in(k), in(v), in(o), in(lse), scale, hq, hk, hv, precision);
     out(dq, hq);

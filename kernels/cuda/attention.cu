@@ -370,7 +370,9 @@ void set_smem_limits() {
   done = true;
 }
 
-void check_dims(int64_t T, int64_t H, int64_t KV, int64_t D, const char* op) {
+void check_dims(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t D, const char* op) {
+  // Heads and sequences index grid.y and grid.z (at most 65535 each).
+  LETHE_CHECK(B <= 65535 && H <= 65535, op, ": batch ", B, " and ", H, " heads: at most 65535 each per launch");
   LETHE_CHECK(attention_supports_head_dim(D), op, ": head_dim ", D, " has no CUDA kernel (16, 32, 64, 128)");
   LETHE_CHECK(KV > 0 && H % KV == 0, op, ": ", H, " query heads are not a multiple of ", KV, " kv heads");
   LETHE_CHECK(T > 0 && T < (int64_t(1) << 31), op, ": sequence length ", T, " out of range");
@@ -401,7 +403,7 @@ bool attention_supports_head_dim(int64_t D) { return D == 16 || D == 32 || D == 
 void attention_forward(const bf16* q, const bf16* k, const bf16* v, float scale, bf16* o, float* lse, int64_t B,
                        int64_t T, int64_t H, int64_t KV, int64_t D, Stream s) {
   if (B == 0) return;
-  check_dims(T, H, KV, D, "attention_forward");
+  check_dims(B, T, H, KV, D, "attention_forward");
   if (g_forward_kernel == AttentionForwardKernel::mma) {
     detail::attention_forward_mma(q, k, v, scale, o, lse, B, T, H, KV, D, s);
     return;
@@ -425,7 +427,7 @@ void attention_backward(const bf16* dout, const bf16* q, const bf16* k, const bf
                         const float* lse, float scale, bf16* dq, bf16* dk, bf16* dv, void* workspace, int64_t B,
                         int64_t T, int64_t H, int64_t KV, int64_t D, Stream s) {
   if (B == 0) return;
-  check_dims(T, H, KV, D, "attention_backward");
+  check_dims(B, T, H, KV, D, "attention_backward");
   const size_t dq_bytes = size_t(B * T * H * D) * sizeof(float);
   float* dq_acc = static_cast<float*>(workspace);
   float* delta = reinterpret_cast<float*>(static_cast<char*>(workspace) + (dq_bytes + 255) / 256 * 256);

@@ -307,6 +307,9 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(k, op, "k");
     expect_aligned16(v, op, "v");
     expect_aligned16(o, op, "o");  // the mma kernel stores o 16 bytes at a time
+    // The kernels declare their buffers __restrict__.
+    for (const auto& [t, arg] : {std::pair<const Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}})
+      expect_disjoint(o, "o", *t, arg, op);
     cuda::attention_forward(ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), float(scale), ptr<bf16>(o), ptr<float>(lse),
                             d.B, d.T, d.H, d.KV, d.D);
   }
@@ -342,6 +345,13 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(dq, op, "dq");
     expect_aligned16(dk, op, "dk");
     expect_aligned16(dv, op, "dv");
+    const std::pair<const Tensor*, const char*> ins[] = {{&dout, "dout"}, {&q, "q"}, {&k, "k"}, {&v, "v"}, {&o, "o"}};
+    const std::pair<const Tensor*, const char*> outs[] = {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
+    for (const auto& [g, garg] : outs) {
+      for (const auto& [t, arg] : ins) expect_disjoint(*g, garg, *t, arg, op);
+      for (const auto& [t, arg] : outs)
+        if (t != g) expect_disjoint(*g, garg, *t, arg, op);
+    }
     void* ws = attention_workspace(cuda::attention_backward_workspace_bytes(d.B, d.T, d.H, d.D));
     cuda::attention_backward(ptr<bf16>(dout), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o),
                              ptr<float>(lse), float(scale), ptr<bf16>(dq), ptr<bf16>(dk), ptr<bf16>(dv), ws, d.B, d.T,
