@@ -273,8 +273,12 @@ else
 fi
 log "cuBLASLt: ${LT_DIR:-not found}"
 # For lethe's binaries only (python3 and nvidia-smi keep the machine's own libraries).
+# One seed for every GPU test of this check (LETHE_TEST_SEED, or drawn here), recorded in the
+# summary: a test rerun alone below sees the inputs it failed on.
+SEED="${LETHE_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}"
+stage "test seed" "LETHE_TEST_SEED=$SEED"
 LETHE_ENV=(env "LD_LIBRARY_PATH=$LIB${LT_DIR:+:$LT_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-           "OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}")
+           "OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}" "LETHE_TEST_SEED=$SEED")
 
 # ---- tests: every test binary of the bundle --------------------------------------------
 # Cheap ones first; the 7B-width block last. The tests get at most 240 s together.

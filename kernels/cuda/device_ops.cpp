@@ -17,7 +17,7 @@
 //     in f32.
 //   - ops whose kernels mark their buffers __restrict__ refuse overlapping outputs that
 //     the CPU loops would tolerate (named in each error).
-//   - attention and attention_decode compute in bf16 only; sgd_update has no kernel.
+//   - attention and attention_decode compute in bf16 only.
 #include "kernels/cuda/device_ops.h"
 
 #include <cstdint>
@@ -609,8 +609,19 @@ class CudaOps final : public DeviceOps {
     cuda::adamw_multi(&t, 1, cuda::AdamWHyper{a.lr, a.beta1, a.beta2, a.eps, a.step}, nullptr);
   }
 
-  void sgd_update(Tensor&, const Tensor&, Tensor&, const ops::SGDArgs&) override {
-    LETHE_FAIL("sgd_update has no CUDA kernel yet; use AdamW for a model on the GPU, or train on the CPU");
+  void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) override {
+    const char* op = "sgd_update";
+    expect(p, DType::f32, op, "p");
+    expect(g, DType::f32, op, "g");
+    check_shape(g, p.shape(), op, "g");
+    const bool mom = a.momentum != 0;
+    if (mom) {
+      expect(buf, DType::f32, op, "buf");
+      check_shape(buf, p.shape(), op, "buf");
+    }
+    // The CPU twin rounds lr, mu and wd to f32 first, as here.
+    cuda::sgd_update(ptr<float>(p), ptr<float>(g), mom ? ptr<float>(buf) : nullptr, p.numel(), float(a.lr),
+                     float(a.momentum), float(a.weight_decay), a.first_step);
   }
 
   double sum_squares(const Tensor& x) override {

@@ -55,6 +55,16 @@ __global__ void clip_kernel(const double* sumsq, float max_norm, float* coef, fl
   if (norm) *norm = float(nrm);
   *coef = max_norm > 0 ? float(fmin(1.0, double(max_norm) / (nrm + 1e-6))) : 1.f;
 }
+// The CPU twin's f32 arithmetic, each operation rounded on its own (no fused multiply-add,
+// which nvcc would otherwise form), so the update is bit for bit the CPU's.
+__global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf, int64_t n,
+                           float lr, float mu, float wd, bool first) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float d = __fadd_rn(g[i], __fmul_rn(wd, p[i]));
+    if (buf) d = buf[i] = first ? d : __fadd_rn(__fmul_rn(mu, buf[i]), d);
+    p[i] = __fsub_rn(p[i], __fmul_rn(lr, d));
+  }
+}
 __global__ void scale_kernel(float* x, int64_t n, float a) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] *= a;
@@ -97,6 +107,13 @@ void sum_squares_multi(const float* const* tensors, const int64_t* sizes, int co
 void clip_coefficient(const double* sumsq, float max_norm, float* coef, float* norm, Stream s) {
   clip_kernel<<<1, 1, 0, as_stream(s)>>>(sumsq, max_norm, coef, norm);
   check_launch("clip_coefficient");
+}
+
+void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float weight_decay,
+                bool first_step, Stream s) {
+  if (n <= 0) return;
+  sgd_kernel<<<grid_for(n, 256), 256, 0, as_stream(s)>>>(p, g, buf, n, lr, momentum, weight_decay, first_step);
+  check_launch("sgd_update");
 }
 
 void scale(float* x, int64_t n, float a, Stream s) {

@@ -1,5 +1,5 @@
-// Optimizer kernels: multi-tensor AdamW on fp32 master weights with fp32 moments, and the
-// global gradient norm for clipping. Both keep their scalars on the device, so a step
+// Optimizer kernels: multi-tensor AdamW and SGD on fp32 master weights with fp32 state, and
+// the global gradient norm for clipping. Both keep their scalars on the device, so a step
 // (norm -> clip coefficient -> update) never waits for the host.
 #pragma once
 #include "kernels/cuda/runtime.h"
@@ -38,6 +38,12 @@ void sum_squares_multi(const float* const* tensors, const int64_t* sizes, int co
 // torch.nn.utils.clip_grad_norm_: norm = sqrt(sumsq); coef = min(1, max_norm / (norm + 1e-6)).
 // max_norm <= 0 disables clipping (coef = 1). norm may be null.
 void clip_coefficient(const double* sumsq, float max_norm, float* coef, float* norm, Stream s = nullptr);
+
+// torch.optim.SGD on fp32 master weights, ops::sgd_update bit for bit: d = g + wd p;
+// with momentum (buf non-null) buf = d on the first step, else mu buf + d, and d = buf;
+// p -= lr d.
+void sgd_update(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, float weight_decay,
+                bool first_step, Stream s = nullptr);
 
 // x *= a (fp32).
 void scale(float* x, int64_t n, float a, Stream s = nullptr);

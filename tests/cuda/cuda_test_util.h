@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -18,9 +19,13 @@ namespace lethe::cudatest {
 // Fixture base: skips with the runtime's reason where no device is visible.
 class GpuTest : public ::testing::Test {
  protected:
+  // A fresh seed per test, printed with every failure (seed_msg); LETHE_TEST_SEED fixes it,
+  // so a failure can be rerun on the same inputs (tools/gpu_check.sh sets one per check and
+  // reruns failing tests with it).
   void SetUp() override {
     if (!cuda::available()) GTEST_SKIP() << cuda::unavailable_reason();
-    seed_ = std::random_device{}();
+    const char* fixed = std::getenv("LETHE_TEST_SEED");
+    seed_ = fixed && *fixed ? uint32_t(std::strtoul(fixed, nullptr, 10)) : std::random_device{}();
     rng_.seed(seed_);
   }
   std::vector<float> randn(size_t n, float stddev = 1.f, float mean = 0.f) {
@@ -102,6 +107,8 @@ template <typename G, typename R>
     const double g = double(gpu[i]), r = double(ref[i]);
     if (!std::isfinite(g))
       return ::testing::AssertionFailure() << what << "[" << i << "] is " << g << " (reference " << r << ")";
+    if (!std::isfinite(r))  // a broken reference must not pass by comparing as NaN does
+      return ::testing::AssertionFailure() << what << ": reference [" << i << "] is " << r;
     const double e = std::abs(g - r);
     if (e > num) {
       num = e;
@@ -139,11 +146,14 @@ inline ::testing::AssertionResult close_rows(const char* what, const std::vector
     for (size_t i = row * row_len; i < (row + 1) * row_len; ++i) {
       if (!std::isfinite(gpu[i]))
         return ::testing::AssertionFailure() << what << "[" << i << "] is " << gpu[i] << " (reference " << ref[i] << ")";
+      if (!std::isfinite(ref[i])) return ::testing::AssertionFailure() << what << ": reference [" << i << "] is " << ref[i];
       num = std::max(num, std::abs(double(gpu[i]) - double(ref[i])));
       den = std::max(den, double(std::abs(ref[i])));
     }
-    if (den > 0 && num / den > worst) {
-      worst = num / den;
+    // An all-zero reference: any difference at all is a failure.
+    const double e = den > 0 ? num / den : (num > 0 ? INFINITY : 0.0);
+    if (e > worst) {
+      worst = e;
       worst_row = row;
     }
   }

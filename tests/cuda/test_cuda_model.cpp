@@ -7,11 +7,18 @@
 // Tolerance, judged per row (each row of logits or of a gradient against its own norm, so
 // a wrong tile of small values is not hidden by a large row elsewhere): both sides store
 // every tensor in bf16 at the same k points; between them they differ only by f32
-// rounding (summation order, exp, rsqrt), which at a storing point changes the stored
-// value by at most one bf16 rounding, u = 2^-8 relative. With unit gain between storing
-// points (normalised rows, as argued in tests/test_bf16_policy.cpp) a row of the logits
-// differs by at most k_fwd u and a weight gradient by (k_fwd + k_bwd) u: 34 u and 73 u for
-// two layers. A dropped tile, a transposed operand or an unwritten chunk is an O(1) error.
+// rounding (summation order, exp, rsqrt). At a storing point that moves an element by one
+// bf16 step (2u, u = 2^-8 relative) where its f32 values straddle a rounding boundary and
+// by nothing elsewhere, so a row's relative L2 difference grows by at most 2u per storing
+// point, and by far less in practice: only the straddling elements of the row move. With
+// unit gain between storing points (normalised rows, as argued in
+// tests/test_bf16_policy.cpp) the test bounds a row of the logits by k_fwd u and a weight
+// gradient by (k_fwd + k_bwd) u, 34 u and 73 u for two layers: half the worst case, and
+// five to eight times the worst row measured with a CPU stand-in for the device that
+// perturbs every op's output at the f32 level (0.12-0.19 of the bound over 13 seeds). A
+// dropped tile, a transposed operand or an unwritten chunk is an O(1) error; an error
+// confined to the last six keys' dK/dV is diluted below the bound in the weight
+// gradients, and test_cuda_ops' per-row attention checks are what catch it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -87,19 +94,32 @@ TEST_F(CudaModel, ForwardAndBackwardMatchTheEmulationPerRow) {
   // Logits and loss, from the whole logits.
   cpu.set_keep_logits(true);
   gpu.set_keep_logits(true);
-  const double l_cpu = cpu.forward(tok, tgt), l_gpu = gpu.forward(tok, tgt);
+  cpu.forward(tok, tgt);
+  const double l_gpu = gpu.forward(tok, tgt);
   const RowError le = row_error(gpu.logits(), cpu.logits());
   EXPECT_LE(le.worst, kFwdRoundings * kU) << "logits row " << le.row << ", " << seed_msg();
-  // |d logp_i| <= 2 max_j |d z_ij| <= 2 |d z_i|_2 <= 2 k u |z_i|_2, averaged over the rows.
-  const Tensor z = cpu.logits().to(DType::f64);
-  const double* zp = z.data<double>();
-  double loss_tol = 0;
+  // The loss is the cross-entropy of the GPU's own logits: recomputed here in double, it
+  // differs from the kernel's fp32 arithmetic (a sum of V = 256 exps, each within about 40
+  // ulp by __expf at |x| <= 30, then a log) by at most about (256 + 40) 2^-24 = 1.8e-5 per
+  // row, and so in the mean: 5e-5 is that bound with margin (the logits' own bf16
+  // difference from the CPU's is checked above, row by row).
+  const Tensor zg = gpu.logits().to(Device::cpu).to(DType::f64);
+  const double* zp = zg.data<double>();
+  double loss_host = 0;
+  int64_t valid = 0;
   for (int64_t i = 0; i < N; ++i) {
-    double n2 = 0;
-    for (int64_t j = 0; j < c.vocab_size; ++j) n2 += zp[i * c.vocab_size + j] * zp[i * c.vocab_size + j];
-    loss_tol += 2 * kFwdRoundings * kU * std::sqrt(n2) / double(N - 1);
+    const int32_t t = tgt.data<int32_t>()[i];
+    if (t < 0) continue;
+    const double* z = zp + i * c.vocab_size;
+    double m = z[0], sum = 0;
+    for (int64_t j = 1; j < c.vocab_size; ++j) m = std::max(m, z[j]);
+    for (int64_t j = 0; j < c.vocab_size; ++j) sum += std::exp(z[j] - m);
+    loss_host += m + std::log(sum) - z[t];
+    ++valid;
   }
-  EXPECT_LE(std::abs(l_gpu - l_cpu), loss_tol) << seed_msg();
+  loss_host /= double(valid);
+  const double loss_tol = 5e-5;
+  EXPECT_NEAR(l_gpu, loss_host, loss_tol) << seed_msg();
 
   // Gradients through the chunked head (7 chunks of 300 rows) and a recomputed layer.
   for (LlamaModel* m : {&cpu, &gpu}) {
@@ -109,7 +129,9 @@ TEST_F(CudaModel, ForwardAndBackwardMatchTheEmulationPerRow) {
     m->grads().zero();
   }
   cpu.forward(tok, tgt);
-  gpu.forward(tok, tgt);
+  // The same loss from 7 chunks: the per-row arithmetic is unchanged, only the order of
+  // the double sum over rows differs.
+  EXPECT_NEAR(gpu.forward(tok, tgt), l_gpu, 1e-9 * std::abs(l_gpu)) << "chunked loss, " << seed_msg();
   cpu.backward();
   gpu.backward();
   double worst = 0;
@@ -120,9 +142,9 @@ TEST_F(CudaModel, ForwardAndBackwardMatchTheEmulationPerRow) {
         << cpu.grads().spec(i).name << " row " << ge.row << ", " << seed_msg();
     if (!(ge.worst <= worst)) worst = ge.worst, worst_name = cpu.grads().spec(i).name;
   }
-  std::printf("CUDA vs emulation (worst row, relative L2): logits %.3g (bound %.3g), loss |d| %.3g (bound %.3g), "
+  std::printf("CUDA vs emulation (worst row, relative L2): logits %.3g (bound %.3g), loss vs its logits |d| %.3g (bound %.3g), "
               "gradients %.3g in %s (bound %.3g)\n",
-              le.worst, kFwdRoundings * kU, std::abs(l_gpu - l_cpu), loss_tol, worst, worst_name.c_str(),
+              le.worst, kFwdRoundings * kU, std::abs(l_gpu - loss_host), loss_tol, worst, worst_name.c_str(),
               (kFwdRoundings + kBwdRoundings) * kU);
 }
 

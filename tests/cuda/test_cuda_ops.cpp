@@ -905,6 +905,29 @@ TEST_F(CudaOps, MultiTensorAdamWMatchesCpuOverSteps) {
   }
 }
 
+// SGD with momentum and weight decay, first step (the buffer takes the gradient) and two
+// more: each operation rounded in f32 as the CPU twin rounds it, so bit for bit.
+TEST_F(CudaOps, SgdMatchesCpuTwinBitForBit) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t n = 70001;
+  Tensor P = host({n}, randn(size_t(n))), B = Tensor::zeros({n}, DType::f32), P0 = host({n}, randn(size_t(n)));
+  DeviceBuffer<float> dp(vec(P)), dbuf(static_cast<size_t>(n)), dp0(vec(P0)), dg(static_cast<size_t>(n));
+  Tensor none;
+  for (int step = 1; step <= 3; ++step) {
+    const auto g = randn(size_t(n));
+    dg.upload(g);
+    const ops::SGDArgs a{3e-2, 0.9, 0.01, step == 1}, plain{3e-2, 0.0, 0.01, step == 1};
+    ops::sgd_update(P, host({n}, g), B, a);
+    ops::sgd_update(P0, host({n}, g), none, plain);
+    cuda::sgd_update(dp.get(), dg.get(), dbuf.get(), n, 3e-2f, 0.9f, 0.01f, step == 1);
+    cuda::sgd_update(dp0.get(), dg.get(), nullptr, n, 3e-2f, 0.f, 0.01f, step == 1);
+    const auto p = dp.download(), b = dbuf.download(), p0 = dp0.download();
+    EXPECT_EQ(0, std::memcmp(p.data(), P.data<float>(), size_t(n) * 4)) << "p, step " << step;
+    EXPECT_EQ(0, std::memcmp(b.data(), B.data<float>(), size_t(n) * 4)) << "momentum, step " << step;
+    EXPECT_EQ(0, std::memcmp(p0.data(), P0.data<float>(), size_t(n) * 4)) << "p without momentum, step " << step;
+  }
+}
+
 TEST_F(CudaOps, GlobalGradNormIsDeterministicAndMatchesCpu) {
   SCOPED_TRACE(seed_msg());
   const std::vector<int64_t> sizes{7, 123457, 1 << 20, 4096};
