@@ -79,7 +79,7 @@ xz -6 -T"${JOBS:-2}" -f "$BUNDLE_DIR"/*.so*
 
 # Provenance, so a result can be matched to its source.
 {
-  echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff HEAD --quiet 2>/dev/null || echo ' (with local changes)')"
   echo "built $(date -u +%Y-%m-%dT%H:%MZ) with $(nvcc --version | tail -1)"
   echo "archs sm_80 sm_90a"
   echo "binaries ${names[*]}"

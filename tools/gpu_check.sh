@@ -2,12 +2,13 @@
 # The GPU check in one command: the device, every GPU test binary, the benchmarks (attention
 # alone against torch's SDPA flash backend, the engine's forget+retain step against
 # transformers, where the step's time goes by op family), and a summary; at most 540 s in
-# all on one H100/H200, everything it finds left in OUTDIR as two files.
+# all on one H100/H200, everything it finds left in OUTDIR as three files.
 #
 # 1. On the build machine (CUDA 13 toolkit, no GPU needed), from the repository root:
 #        bash tools/gpu_bundle.sh
 #    It builds the binaries and gathers them, with the shared libraries they need, into
-#    gpu_bundle/ (about 9 MiB, xz-compressed; at most 40).
+#    gpu_bundle/ (about 14 MiB, xz-compressed; at most 40). Rebuild it right before a run:
+#    its BUILD_INFO names the commit, and a bundle older than the tree tests old kernels.
 # 2. Send the source tree to the GPU machine WITH gpu_bundle/. gpu_bundle/ is gitignored,
 #    so a copy of the tracked files (git archive, a clone, a copy of the working tree that
 #    skips ignored paths) does not contain it: name gpu_bundle/ explicitly among the paths
@@ -15,7 +16,9 @@
 # 3. On the GPU machine, from the repository root:
 #        bash tools/gpu_check.sh OUTDIR
 #
-# OUTDIR (required; created if missing) receives exactly two files:
+# OUTDIR (required; created if missing) receives three files:
+#   stages.txt         one verdict line per stage, written as each stage ends (what a
+#                      check killed from outside leaves)
 #   summary.txt        the device, the peak assumed, per-binary test counts and failures,
 #                      the benchmark tables, what was skipped and why, the time used
 #   gpu_check.tar.gz   every log and JSON file (and summary.txt again)
@@ -63,7 +66,12 @@ STAGES="$RES/stages.txt"  # one line per stage: what ran, its status, its time
 
 say() { printf '\n== %s\n' "$*" | tee -a "$RES/console.log"; }
 log() { printf '%s\n' "$*" | tee -a "$RES/console.log"; }
-stage() { printf '%-34s %s\n' "$1" "$2" >>"$STAGES"; }
+# Each verdict also goes to the console and to OUTDIR at once: a check killed from outside
+# before finish() still leaves what it had decided.
+stage() {
+  printf '%-34s %s\n' "$1" "$2" | tee -a "$STAGES"
+  cp "$STAGES" "$OUT/stages.txt" 2>/dev/null || true
+}
 FAILED=0
 fail() { FAILED=1; }
 
@@ -379,6 +387,9 @@ fi
 # Attention first: both of its stages are short and bounded, where the transformers step
 # takes whatever is left. The python peers run with the machine's own libraries.
 
+# The machine has no network: a stray hub lookup must fail at once, not wait out the stage.
+PY_OFFLINE=(HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+            PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)
 # Whether python3 imports the modules named and torch sees a GPU; if not, why in PEER_WHY.
 peer_ready() {
   local log=$1 s
@@ -387,7 +398,7 @@ peer_ready() {
   if ! command -v python3 >/dev/null 2>&1; then PEER_WHY="SKIPPED: python3 not found"; return 1; fi
   s=$(cap 60)
   if (( s < 15 )); then PEER_WHY="NOT RUN: time budget spent"; return 1; fi
-  if ! run "$s" "$log" python3 -c "import $*
+  if ! run "$s" "$log" env "${PY_OFFLINE[@]}" python3 -c "import $*
 import torch
 assert torch.cuda.is_available(), 'torch.cuda.is_available() is False (torch ' + torch.__version__ + ')'"; then
     PEER_WHY="SKIPPED: import failed: $(grep -v '^\s*$' "$log" | tail -1 | head -c 300)"
@@ -421,7 +432,7 @@ peer() {
   if (( s < 30 )); then stage "$name" "NOT RUN: time budget spent"; return; fi
   say "$name (limit ${s} s)"
   t0=$SECONDS
-  run "$s" "$log" env PYTHONUNBUFFERED=1 "$@"
+  run "$s" "$log" env PYTHONUNBUFFERED=1 "${PY_OFFLINE[@]}" "$@"
   rc=$?
   case "$rc" in
     0) st="ok" ;;

@@ -90,7 +90,9 @@ def step(res):
         mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else f"{'n/a':>6}"
         print(f"{r['case']:20} {r['layers']:6d} {r['tokens_per_s']:12.0f} {r['model_tflops']:8.1f} {mfu:>6} "
               f"{num(r.get('peak_gib'), '.1f', 8)} {tts} {ratio}")
-    print("(ratio: lethe tokens/s over transformers' (LlamaForCausalLM, SDPA, fused AdamW) on the same cases)")
+    print("(ratio: lethe tokens/s over transformers' (LlamaForCausalLM, SDPA, fused AdamW, "
+          f"{(torch or {}).get('precision', 'precision not recorded')}) on the same cases; MFU counts 6 x the "
+          "matrix parameters plus causal attention, 6 L T d per token: half of the 12 L T d some report)")
     shares(lethe.get("results", []))
 
 
