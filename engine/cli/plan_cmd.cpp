@@ -271,8 +271,8 @@ void print_text(const PlanInput& in, const Options& o) {
                   in.zero1 ? "reduce-scatter" : "all-reduce", ms(t.dp_reduce), ms(t.dp_hidden),
                   ms(t.dp_reduce - t.dp_hidden));
       if (in.zero1)
-        std::printf("  dp weight all-gather after the update (not overlapped)   %9.1f ms  %4.1f%% of the step\n",
-                    ms(t.dp_gather), pct(t.dp_gather));
+        std::printf("  dp weight all-gather       %6.1f ms, hidden behind the next forward %6.1f ms: exposed %6.1f ms\n",
+                    ms(t.dp_gather), ms(t.dp_gather_hidden), ms(t.dp_gather - t.dp_gather_hidden));
     }
     std::printf("  step %.1f ms: compute %.1f%%, exposed communication %.1f%%\n", ms(t.step()), pct(t.compute),
                 pct(t.exposed()));
@@ -329,7 +329,7 @@ json to_json(const PlanInput& in, const Options& o) {
     const StepTime t = step_time(in, o.links);
     j["step_time"] = {{"tflops", o.links.tflops},   {"tp_gbs", o.links.tp_gbs},       {"dp_gbs", o.links.dp_gbs},
                       {"latency_us", o.links.latency_us}, {"compute_s", t.compute}, {"tp_s", t.tp},
-                      {"dp_reduce_s", t.dp_reduce}, {"dp_hidden_s", t.dp_hidden}, {"dp_gather_s", t.dp_gather},
+                      {"dp_reduce_s", t.dp_reduce}, {"dp_hidden_s", t.dp_hidden}, {"dp_gather_s", t.dp_gather}, {"dp_gather_hidden_s", t.dp_gather_hidden},
                       {"exposed_s", t.exposed()},   {"step_s", t.step()}};
   }
   j["gpus"] = json::array();

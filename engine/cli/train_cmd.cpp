@@ -440,7 +440,7 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
   out << line << std::endl;
   if (opt.par && grid->dp() > 1 && timed_seconds > 0) {
     // What the overlap did not hide, measured: the reduction still running when the
-    // backward ended, and ZeRO-1's all-gather after the update.
+    // backward ended, and what of ZeRO-1's weight all-gathers the step waited for.
     std::snprintf(line, sizeof line,
                   "dp communication waited for: gradient reduction %.1f%% of step time, weight all-gather %.1f%%",
                   100 * reduce_wait / timed_seconds, 100 * gather_wait / timed_seconds);

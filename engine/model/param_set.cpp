@@ -17,13 +17,32 @@ ParamSet::ParamSet(const std::vector<ParamSpec>& specs, DType dtype, Device devi
 Tensor& ParamSet::get(const std::string& name) {
   auto it = index_.find(name);
   LETHE_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  wait(it->second);
   return views_[it->second];
 }
 
 const Tensor& ParamSet::get(const std::string& name) const {
   auto it = index_.find(name);
   LETHE_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  wait(it->second);
   return views_[it->second];
+}
+
+void ParamSet::set_fence(std::function<bool(size_t)> wait) {
+  std::lock_guard<std::mutex> lock(fence_->mu);
+  fence_->wait = std::move(wait);
+  fence_->active.store(bool(fence_->wait), std::memory_order_release);
+}
+
+// One thread at a time runs the owner's wait (an OpenMP region may touch parameters from
+// several); the fence is dropped once it reports everything in.
+void ParamSet::wait_slow(size_t i) const {
+  std::lock_guard<std::mutex> lock(fence_->mu);
+  if (!fence_->active.load(std::memory_order_relaxed)) return;
+  if (fence_->wait(i)) {
+    fence_->active.store(false, std::memory_order_release);
+    fence_->wait = nullptr;
+  }
 }
 
 }  // namespace lethe

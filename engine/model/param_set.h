@@ -2,6 +2,10 @@
 // moments share the layout, so clipping, optimizer steps and (later) all-reduce and
 // ZeRO sharding work on one contiguous range.
 #pragma once
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -36,22 +40,58 @@ class ParamSet {
   size_t size() const { return specs_.size(); }
   const ParamSpec& spec(size_t i) const { return specs_[i]; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
-  Tensor& operator[](size_t i) { return views_[i]; }
-  const Tensor& operator[](size_t i) const { return views_[i]; }
+  Tensor& operator[](size_t i) {
+    wait(i);
+    return views_[i];
+  }
+  const Tensor& operator[](size_t i) const {
+    wait(i);
+    return views_[i];
+  }
   // Throws naming the parameter when absent.
   Tensor& get(const std::string& name);
   const Tensor& get(const std::string& name) const;
   bool contains(const std::string& name) const { return index_.count(name) > 0; }
-  Tensor& flat() { return flat_; }
-  const Tensor& flat() const { return flat_; }
+  Tensor& flat() {
+    wait(kAll);
+    return flat_;
+  }
+  const Tensor& flat() const {
+    wait(kAll);
+    return flat_;
+  }
   int64_t numel() const { return flat_.defined() ? flat_.numel() : 0; }
-  void zero() { if (flat_.defined()) flat_.zero_(); }
+  void zero() {
+    wait(kAll);
+    if (flat_.defined()) flat_.zero_();
+  }
+
+  // Values still arriving (ZeRO-1's weight all-gather, overlapped with the next forward):
+  // every accessor above first calls `wait` with the parameter's index (kAll for the flat
+  // buffer), so nothing reads a tensor before its values are in, and the forward, which
+  // takes the parameters in order, overlaps the rest. `wait` returns true once everything
+  // has arrived, which removes the fence. Copies of the set share it.
+  static constexpr size_t kAll = size_t(-1);
+  void set_fence(std::function<bool(size_t)> wait);
+  // The tensors without waiting: for the fence's owner, which writes them.
+  Tensor& unfenced_flat() { return flat_; }
 
  private:
+  struct Fence {
+    std::mutex mu;
+    std::function<bool(size_t)> wait;
+    std::atomic<bool> active{false};
+  };
+  void wait(size_t i) const {
+    if (fence_ && fence_->active.load(std::memory_order_acquire)) wait_slow(i);
+  }
+  void wait_slow(size_t i) const;
+
   std::vector<ParamSpec> specs_;
   std::vector<Tensor> views_;
   std::unordered_map<std::string, size_t> index_;
   Tensor flat_;
+  std::shared_ptr<Fence> fence_ = std::make_shared<Fence>();
 };
 
 }  // namespace lethe

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <exception>
 
 #include "kernels/optim.h"
 
@@ -42,7 +44,7 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
         // gradients and all-gathered in place into the weights; only the others go
         // through a padded copy in pad_ (none at 7B shapes: every tensor is a multiple of 8).
         const bool staged = chunk * dp != len;
-        buckets_.push_back({lo, begin, len, staged ? padded : -1, chunk, shard, nullptr});
+        buckets_.push_back({lo, begin, len, staged ? padded : -1, chunk, shard, nullptr, nullptr});
         owned.push_back({begin + std::min(len, d * chunk), begin + std::min(len, (d + 1) * chunk)});
         if (staged) padded += chunk * dp;
         shard += chunk;
@@ -78,6 +80,32 @@ ShardedOptimizer::ShardedOptimizer(ParamSet& params, ParamSet& grads, const Opti
     m_ = Tensor::zeros({n}, dt, dev);
   }
   params_changed();
+}
+
+ShardedOptimizer::~ShardedOptimizer() {
+  try {
+    finish_gather();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lethe: %s\n", e.what());
+  }
+}
+
+bool ShardedOptimizer::wait_gathers(size_t i) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (Bucket& b : buckets_)
+    if (b.gather && (i == ParamSet::kAll || b.first_param <= i)) {
+      b.gather->wait();
+      b.gather.reset();
+      --gathers_left_;
+    }
+  gather_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return gathers_left_ == 0;
+}
+
+void ShardedOptimizer::finish_gather() {
+  if (gathers_left_ == 0) return;
+  wait_gathers(ParamSet::kAll);
+  params_.set_fence(nullptr);
 }
 
 void ShardedOptimizer::set_trainable(std::vector<bool> trainable) {
@@ -149,6 +177,10 @@ double ShardedOptimizer::step(double lr) {
   LETHE_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  finish_gather();  // the last step's weights are all in (the forward has read them)
+  // What this step's forward waited for of the last step's gathers (timed by the fence).
+  const double gather_waited = gather_wait_s_;
+  gather_wait_s_ = 0;
   const auto t_reduce = clock::now();
   if (zero1_) {
     grad_ready(0);  // buckets the backward did not start
@@ -180,10 +212,12 @@ double ShardedOptimizer::step(double lr) {
     }
   }
   if (zero1_) {
-    // Each bucket's updated chunks back to every dp rank, then into the weights.
+    // Each bucket's updated chunks back to every dp rank, then into the weights; lowest
+    // parameters first, as the next forward reads them.
     const auto t_gather = clock::now();
     const int64_t dp = grid_.dp(), d = grid_.dp_rank();
-    for (const Bucket& b : buckets_) {
+    for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+      Bucket& b = *it;
       // In place where the bucket divides by dp: this rank's chunk of the weights takes the
       // updated master (on a device a converting copy into bf16, which rounds as
       // round_to_bf16_ does), and the gather fills the rest, in the weights' dtype (bf16 on
@@ -193,10 +227,16 @@ double ShardedOptimizer::step(double lr) {
       Tensor mine = whole.view(d * b.chunk, {b.chunk});
       mine.copy_from(master_.view(b.shard_begin, {b.chunk}));
       if (precision_ == Precision::bf16 && mine.dtype() == DType::f32) round_to_bf16_(mine);
-      grid_.dp_group().all_gather(mine, whole);
-      if (staged) params_.flat().view(b.begin, {b.len}).copy_from(whole.view(0, {b.len}));
+      if (staged) {  // the padded copy goes back into the weights at once
+        grid_.dp_group().all_gather(mine, whole);
+        params_.flat().view(b.begin, {b.len}).copy_from(whole.view(0, {b.len}));
+      } else {
+        b.gather = grid_.dp_group().all_gather_async(mine, whole);
+        ++gathers_left_;
+      }
     }
-    comm_wait_.gather_s = seconds_since(t_gather);
+    if (gathers_left_ > 0) params_.set_fence([this](size_t i) { return wait_gathers(i); });
+    comm_wait_.gather_s = gather_waited + seconds_since(t_gather);
   } else if (precision_ == Precision::bf16) {
     for (const Piece& p : pieces_) {
       if (frozen(p.param)) continue;

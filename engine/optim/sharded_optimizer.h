@@ -7,6 +7,9 @@
 // dp; a bucket is reduce-scattered as soon as the backward has finished it, each rank
 // keeps master weights and moments for its chunk of every bucket only, updates those,
 // and the weights are all-gathered back bucket by bucket. AdamW state memory drops by dp.
+// The all-gathers are started, lowest parameters first, and left running: the weights'
+// ParamSet carries a fence that waits for a parameter's bucket when anything reads it,
+// so the next forward, which reads the parameters in order, overlaps the rest.
 //
 // Precision::bf16: the master weights are fp32 (a separate copy even without ZeRO) and the
 // weights written back are the master rounded to bf16; under ZeRO each rank rounds its
@@ -33,6 +36,12 @@ class ShardedOptimizer {
   // runs take parallel.bucket_elements.
   ShardedOptimizer(ParamSet& params, ParamSet& grads, const OptimConfig& cfg, ProcessGrid& grid,
                    int64_t bucket_elems = 1 << 20, Precision precision = Precision::f32);
+  // Waits for the weight all-gathers still running and takes the fence off the weights.
+  ~ShardedOptimizer();
+  ShardedOptimizer(const ShardedOptimizer&) = delete;
+  ShardedOptimizer& operator=(const ShardedOptimizer&) = delete;
+  // Every weight all-gather of the last step finished (the fence does it on demand).
+  void finish_gather();
 
   // The model's backward reports that parameters from `first` on are final (only for the
   // last micro-batch of a step); buckets wholly among them start their all-reduce.
@@ -72,7 +81,9 @@ class ShardedOptimizer {
   bool has_m() const { return m_.defined(); }
   // Wall time of the last step's dp communication that the step had to wait for: the
   // gradient reduction still unfinished when the backward ended (what the overlap did not
-  // hide), and ZeRO-1's weight all-gather after the update (not overlapped).
+  // hide), and of ZeRO-1's weight all-gathers what the step waited for: starting them,
+  // the few buckets gathered through a padded copy, and what this step's forward waited
+  // for of the previous step's gathers (the rest overlapped it).
   struct CommWait {
     double reduce_s = 0, gather_s = 0;
   };
@@ -85,8 +96,12 @@ class ShardedOptimizer {
     int64_t begin, len;             // its range of the flat buffer
     int64_t pad_begin, chunk;       // its padded copy in pad_ (chunk * dp elements); -1: none (len = chunk * dp)
     int64_t shard_begin;            // this rank's chunk in the shard buffers
-    std::unique_ptr<PendingCollective> pending;
+    std::unique_ptr<PendingCollective> pending;  // its gradient reduce-scatter
+    std::unique_ptr<PendingCollective> gather;   // its weight all-gather (in place)
   };
+  // The fence on the weights: waits for the gathers of the buckets holding parameters up
+  // to i (all for ParamSet::kAll); true once none is left.
+  bool wait_gathers(size_t i);
   double global_norm();
   bool frozen(size_t i) const;
   void start_bucket(Bucket& b);
@@ -103,6 +118,8 @@ class ShardedOptimizer {
   std::vector<int64_t> starts_;   // first flat element of each parameter
   std::vector<Bucket> buckets_;   // ZeRO buckets, from the end of the buffer
   size_t next_bucket_ = 0;        // first bucket not yet started this step
+  size_t gathers_left_ = 0;       // weight all-gathers started and not yet waited for
+  double gather_wait_s_ = 0;      // time the fence has waited for them since the last step
   Tensor master_, gshard_, pad_, m_, v_;
   std::unique_ptr<GradReducer> reducer_;
   CommWait comm_wait_;

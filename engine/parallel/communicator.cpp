@@ -13,6 +13,11 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(Tensor& x, Red
   return std::make_unique<DonePending>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::all_gather_async(const Tensor& in, Tensor& out) {
+  all_gather(in, out);
+  return std::make_unique<DonePending>();
+}
+
 std::unique_ptr<PendingCollective> Communicator::reduce_scatter_async(const Tensor& in, Tensor& out) {
   reduce_scatter(in, out);
   return std::make_unique<DonePending>();

@@ -35,6 +35,9 @@ class Communicator {
   // out[size * n] = every rank's in[n], in rank order. `in` may be out's own rank-th
   // chunk (in place).
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
+  // Started all_gather (ZeRO's weight buckets, overlapped with the next forward); as
+  // all_reduce_async, backends without asynchronous collectives finish it at once.
+  virtual std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out);
   // out[n] = sum over ranks of chunk `rank` of their in[size * n].
   virtual void reduce_scatter(const Tensor& in, Tensor& out) = 0;
   // Started reduce-scatter (ZeRO's gradient buckets during the backward); as

@@ -127,14 +127,11 @@ class MpiCommunicator : public Communicator {
     return std::make_unique<MpiPending>(r, "all_reduce_async");
   }
   void all_gather(const Tensor& in, Tensor& out) override {
-    check_collective_args(in, out, size_, 1, "all_gather");
-    check_cpu(out, "all_gather", "out");
-    const int n = mpi_count(in.numel(), "all_gather");
-    const MPI_Datatype t = mpi_type(in.dtype(), false, "all_gather");
-    const bool in_place = in.raw() == static_cast<char*>(out.raw()) + size_t(rank_) * in.nbytes();
-    MPI_Request r;
-    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : in.raw(), n, t, out.raw(), n, t, comm_, &r), "MPI_Iallgather");
+    MPI_Request r = start_all_gather(in, out, "all_gather");
     complete(r, "all_gather");
+  }
+  std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override {
+    return std::make_unique<MpiPending>(start_all_gather(in, out, "all_gather_async"), "all_gather_async");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
@@ -169,6 +166,17 @@ class MpiCommunicator : public Communicator {
   }
 
  private:
+  // MPI_Iallgather of every rank's `in` into `out`, in place when `in` is out's own chunk.
+  MPI_Request start_all_gather(const Tensor& in, Tensor& out, const char* op) {
+    check_collective_args(in, out, size_, 1, op);
+    check_cpu(out, op, "out");
+    const int n = mpi_count(in.numel(), op);
+    const MPI_Datatype t = mpi_type(in.dtype(), false, op);
+    const bool in_place = in.raw() == static_cast<char*>(out.raw()) + size_t(rank_) * in.nbytes();
+    MPI_Request r;
+    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : in.raw(), n, t, out.raw(), n, t, comm_, &r), "MPI_Iallgather");
+    return r;
+  }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;

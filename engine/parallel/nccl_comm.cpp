@@ -132,6 +132,14 @@ class NcclCommunicator : public Communicator {
     after_compute();
     run(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_), "ncclAllGather");
   }
+  std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, size_, 1, "all_gather_async");
+    if (out.device() == Device::cpu) return host_->all_gather_async(in, out);
+    gpu(in, "all_gather_async");
+    after_compute();
+    return start(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_),
+                 "ncclAllGather");
+  }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter");
     if (in.device() == Device::cpu) return host_->reduce_scatter(in, out);

@@ -70,6 +70,14 @@ class HostStagedCommunicator : public Communicator {
     host_->all_gather(hin, hout);
     out.copy_from(hout);
   }
+  std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override {
+    check_collective_args(in, out, size(), 1, "all_gather_async");
+    if (!on_device(in) && !on_device(out)) return host_->all_gather_async(in, out);
+    const Tensor hin = in.to(Device::cpu);  // staged first: `in` may be a view of out's chunk
+    Tensor hout = Tensor::empty(out.shape(), out.dtype());
+    auto p = host_->all_gather_async(hin, hout);
+    return std::make_unique<StagedPending>(std::move(p), hout, out, hin);
+  }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size(), "reduce_scatter");
     if (!on_device(in) && !on_device(out)) return host_->reduce_scatter(in, out);

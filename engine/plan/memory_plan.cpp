@@ -275,6 +275,9 @@ StepTime step_time(const PlanInput& in, const Links& links) {
   // Buckets start as the last micro-batch's backward finishes them (two thirds of its
   // compute): at most that much of the reduction hides.
   t.dp_hidden = std::min(t.dp_reduce, micro_compute * 2.0 / 3.0);
+  // The weight all-gathers run on while the next step's first forward reads the weights
+  // in order (a third of a micro-batch's compute): at most that much of them hides.
+  t.dp_gather_hidden = std::min(t.dp_gather, micro_compute / 3.0);
   return t;
 }
 

@@ -96,8 +96,9 @@ struct StepTime {
   double tp = 0;           // tp all-reduces: each layer waits for its own (not overlapped)
   double dp_reduce = 0;    // the gradient reduce-scatter (ZeRO-1) or all-reduce
   double dp_hidden = 0;    // of which overlapped with the last micro-batch's backward
-  double dp_gather = 0;    // ZeRO-1's weight all-gather after the update (not overlapped)
-  double exposed() const { return tp + (dp_reduce - dp_hidden) + dp_gather; }
+  double dp_gather = 0;    // ZeRO-1's weight all-gather after the update
+  double dp_gather_hidden = 0;  // of which overlapped with the next step's first forward
+  double exposed() const { return tp + (dp_reduce - dp_hidden) + (dp_gather - dp_gather_hidden); }
   double step() const { return compute + exposed(); }
 };
 StepTime step_time(const PlanInput& in, const Links& links);

@@ -2,6 +2,8 @@
 // with a frozen reference, recompute suggestions, and clear errors for bad inputs.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 #include "engine/plan/device_fit.h"
 #include "engine/plan/host_fit.h"
 #include "engine/plan/plan_inputs.h"
@@ -140,9 +142,13 @@ TEST_F(Plan, StepTimeAddsTheExposedCommunicationToTheCompute) {
   EXPECT_DOUBLE_EQ(t["dp_gather_s"].get<double>(), ag_bytes / 50e9 + 10e-6);
   // A slow network: the reduction outlasts the backward, which hides two thirds of a step.
   EXPECT_DOUBLE_EQ(t["dp_hidden_s"].get<double>(), t["compute_s"].get<double>() * 2 / 3);
+  // The weight all-gather hides behind the next forward (a third of the step: one
+  // micro-batch here) up to its length.
+  EXPECT_DOUBLE_EQ(t["dp_gather_hidden_s"].get<double>(),
+                   std::min(t["dp_gather_s"].get<double>(), t["compute_s"].get<double>() / 3));
   EXPECT_DOUBLE_EQ(t["step_s"].get<double>(), t["compute_s"].get<double>() + t["tp_s"].get<double>() +
                                                   t["dp_reduce_s"].get<double>() - t["dp_hidden_s"].get<double>() +
-                                                  t["dp_gather_s"].get<double>());
+                                                  t["dp_gather_s"].get<double>() - t["dp_gather_hidden_s"].get<double>());
   // A fast one: the reduction hides entirely.
   const json f = model({"--dp-gbs", "4000"})["step_time"];
   EXPECT_DOUBLE_EQ(f["dp_hidden_s"].get<double>(), f["dp_reduce_s"].get<double>());
