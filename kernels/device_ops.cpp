@@ -19,6 +19,28 @@ std::unique_ptr<DeviceOps> swap_device_ops_for_testing(std::unique_ptr<DeviceOps
   return ops;
 }
 
+namespace {
+bool overlap(const Tensor& a, const Tensor& b) {
+  const char* pa = static_cast<const char*>(a.raw());
+  const char* pb = static_cast<const char*>(b.raw());
+  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+}  // namespace
+
+void check_disjoint(const char* op, std::initializer_list<OpArg> outputs, std::initializer_list<OpArg> inputs) {
+  for (const auto& [oname, o] : outputs) {
+    if (!o || !o->defined()) continue;
+    auto against = [&](const OpArg& other) {
+      const auto& [iname, i] = other;
+      if (i && i != o && i->defined())
+        LETHE_CHECK(!overlap(*o, *i), op, ": ", oname, " shares memory with ", iname,
+                    "; the device kernel needs separate buffers");
+    };
+    for (const OpArg& i : inputs) against(i);
+    for (const OpArg& other : outputs) against(other);
+  }
+}
+
 DeviceOps* route(const char* op, std::initializer_list<OpArg> args) {
   const OpArg* first = nullptr;
   for (const OpArg& a : args) {

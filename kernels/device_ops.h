@@ -97,4 +97,10 @@ std::unique_ptr<DeviceOps> swap_device_ops_for_testing(std::unique_ptr<DeviceOps
 using OpArg = std::pair<const char*, const Tensor*>;
 DeviceOps* route(const char* op, std::initializer_list<OpArg> args);
 
+// The device kernels' rule for outputs: each named output shares no memory with any named
+// input, nor with another output (cuBLASLt's products, the attention kernels' __restrict__
+// buffers). Both device implementations check it, so the host-staged device holds the
+// model's device path to it without a GPU. An error names the op and both tensors.
+void check_disjoint(const char* op, std::initializer_list<OpArg> outputs, std::initializer_list<OpArg> inputs);
+
 }  // namespace lethe

@@ -143,8 +143,9 @@ void from_candidates(const Tensor& logits, const std::vector<double>& u, const S
     order.clear();
     for (int64_t q = 0; q < P; ++q)
       for (int64_t c = 0; c < C; ++c) order.push_back((q * N + i) * C + c);
-    auto before = [&](int64_t a, int64_t b) { return gv[a] > gv[b] || (gv[a] == gv[b] && gi[a] < gi[b]); };
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+    // The lists hold P (k + 16) entries: one sort serves the k-th value and the draw.
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return gv[a] > gv[b] || (gv[a] == gv[b] && gi[a] < gi[b]); });
     const double first = gv[order[0]], kth = gv[order[size_t(k - 1)]];
     check_finite_row(std::isfinite(first) && std::isfinite(kth), what, i);
     // A shard listed everything at or above the k-th value unless its list is full (it has
@@ -156,7 +157,6 @@ void from_candidates(const Tensor& logits, const std::vector<double>& u, const S
       whole.push_back(i);
       continue;
     }
-    std::sort(order.begin(), order.end(), before);
     v.clear(), id.clear();
     for (int64_t a : order) {
       if (gv[a] < kth) break;

@@ -87,8 +87,7 @@ bool overlap(const Tensor& a, const Tensor& b) {
 // For kernels that declare their buffers __restrict__: an output sharing memory with an
 // input is undefined behaviour there, though the CPU loop would accept it.
 void expect_disjoint(const Tensor& out, const char* out_arg, const Tensor& in, const char* in_arg, const char* op) {
-  LETHE_CHECK(!overlap(out, in), op, ": ", out_arg, " shares memory with ", in_arg,
-              "; the CUDA kernel needs separate buffers");
+  check_disjoint(op, {{out_arg, &out}}, {{in_arg, &in}});
 }
 
 // For element-wise kernels that allow in place: the same buffer, or separate ones. A
@@ -227,8 +226,7 @@ class CudaOps final : public DeviceOps {
     check_shape(w, {out, in}, op, "w");
     check_shape(y, {N, out}, op, "y");
     // cuBLASLt's output may not overlap its inputs.
-    expect_disjoint(y, "y", x, "x", op);
-    expect_disjoint(y, "y", w, "w", op);
+    check_disjoint(op, {{"y", &y}}, {{"x", &x}, {"w", &w}});
     if (N == 0 || out == 0) return;
     // A product over an empty inner dimension is zero; cuBLASLt is not asked for one.
     if (in == 0) return y.zero_();
@@ -255,11 +253,7 @@ class CudaOps final : public DeviceOps {
     if (dx) check_shape(*dx, {N, in}, op, "dx");
     if (dw) check_shape(*dw, {out, in}, op, "dw");
     // dx may not overlap the product's inputs, nor x, which dW reads after dx is written.
-    if (dx) {
-      expect_disjoint(*dx, "dx", dy, "dy", op);
-      expect_disjoint(*dx, "dx", x, "x", op);
-      expect_disjoint(*dx, "dx", w, "w", op);
-    }
+    check_disjoint(op, {{"dx", dx}}, {{"dy", &dy}, {"x", &x}, {"w", &w}});
     // Empty rows or inputs leave nothing to write (dx is empty) or to add (dw += 0).
     if (N == 0 || in == 0 || (!dx && !dw)) return;
     // dx = dy W sums over `out`: when that is empty cuBLASLt is not asked for the product,
@@ -308,8 +302,7 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(v, op, "v");
     expect_aligned16(o, op, "o");  // the mma kernel stores o 16 bytes at a time
     // The kernels declare their buffers __restrict__.
-    for (const auto& [t, arg] : {std::pair<const Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}})
-      expect_disjoint(o, "o", *t, arg, op);
+    check_disjoint(op, {{"o", &o}}, {{"q", &q}, {"k", &k}, {"v", &v}});
     cuda::attention_forward(ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), float(scale), ptr<bf16>(o), ptr<float>(lse),
                             d.B, d.T, d.H, d.KV, d.D);
   }
@@ -345,13 +338,8 @@ class CudaOps final : public DeviceOps {
     expect_aligned16(dq, op, "dq");
     expect_aligned16(dk, op, "dk");
     expect_aligned16(dv, op, "dv");
-    const std::pair<const Tensor*, const char*> ins[] = {{&dout, "dout"}, {&q, "q"}, {&k, "k"}, {&v, "v"}, {&o, "o"}};
-    const std::pair<const Tensor*, const char*> outs[] = {{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
-    for (const auto& [g, garg] : outs) {
-      for (const auto& [t, arg] : ins) expect_disjoint(*g, garg, *t, arg, op);
-      for (const auto& [t, arg] : outs)
-        if (t != g) expect_disjoint(*g, garg, *t, arg, op);
-    }
+    check_disjoint(op, {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}},
+                   {{"dout", &dout}, {"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}});
     void* ws = attention_workspace(cuda::attention_backward_workspace_bytes(d.B, d.T, d.H, d.D));
     cuda::attention_backward(ptr<bf16>(dout), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), ptr<bf16>(o),
                              ptr<float>(lse), float(scale), ptr<bf16>(dq), ptr<bf16>(dk), ptr<bf16>(dv), ws, d.B, d.T,
