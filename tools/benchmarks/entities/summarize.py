@@ -110,31 +110,30 @@ def by_field(j, qa_path):
 
 
 def spread(reports):
+    """The spread table over runs of one recipe, as markdown."""
     rows = [headline(j) for j in reports]
-    print()
-    print(f"Over {len(rows)} runs (mean, sample standard deviation, min .. max):")
-    print()
-    print("| number | mean | sd | range |")
-    print("|---|---:|---:|---|")
+    out = [f"Over {len(rows)} runs (mean, sample standard deviation, min .. max):", "",
+           "| number | mean | sd | range |", "|---|---:|---:|---|"]
     for key in rows[0]:
         xs = [r[key] for r in rows if r[key] is not None]
         if not xs:
-            print(f"| {key} | n/a | n/a | n/a |")
+            out.append(f"| {key} | n/a | n/a | n/a |")
             continue
         m = sum(xs) / len(xs)
         sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else float("nan")
-        print(f"| {key} | {m:.3f} | {sd:.3f} | {min(xs):.3f} .. {max(xs):.3f} |")
+        out.append(f"| {key} | {m:.3f} | {sd:.3f} | {min(xs):.3f} .. {max(xs):.3f} |")
+    return "\n".join(out)
 
 
-def main(paths):
-    print("| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
-          "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
-          "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after "
-          "| forget quality before / after | forget canary bits before / after / oracle | retain canary bits after "
-          "| retain QA after | holdout QA after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for p in paths:
-        j = json.load(open(p))
+def rows(reports, labels=None):
+    """One markdown row per run; labels name the runs (default: each report's recipe file)."""
+    out = ["| run | steps (stop) | forget QA before / after / oracle | forget NLL after (oracle) "
+           "| holdout NLL after (oracle) | retain NLL vs original | general NLL vs original "
+           "| MIA AUC loss after (oracle) | PrivLeak MUSE after | PrivLeak rel. AUC after "
+           "| forget quality before / after | forget canary bits before / after / oracle | retain canary bits after "
+           "| retain QA after | holdout QA after |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, j in enumerate(reports):
         mc = j.get("multiple_choice", {})
         qa = " / ".join(f"{mc[w]['acc']:.3f}" if w in mc else "n/a" for w in ("before", "after", "oracle"))
         b, a, o = j["before"], j["after"], j.get("oracle", {})
@@ -143,15 +142,17 @@ def main(paths):
         auc_a = j.get("mia", {}).get("after", {}).get("loss", {}).get("auc")
         auc_o = j.get("mia", {}).get("oracle", {}).get("loss", {}).get("auc")
         auc = f"{auc_a:.3f} ({auc_o:.3f})" if auc_a is not None and auc_o is not None else "n/a"
-        print(f"| {j['recipe_file']} | {j['steps_run']} ({j['stop_reason']}) | {qa} "
-              f"| {nll(a, 'forget')} ({nll(o, 'forget')}) | {nll(a, 'holdout')} ({nll(o, 'holdout')}) "
-              f"| {pct(v.get('retain_nll_change_vs_original_percent'))} "
-              f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
-              f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} "
-              f"| {fq(forget_quality(j, 'before'))} / {fq(forget_quality(j, 'after'))} "
-              f"| {' / '.join(bits(exposure(j, 'forget', w)) for w in ('before', 'after', 'oracle'))} "
-              f"| {bits(exposure(j, 'retain', 'after'))} "
-              f"| {task_acc(j, 'retain_qa')} | {task_acc(j, 'holdout_qa')} |")
+        label = labels[k] if labels else j["recipe_file"]
+        out.append(f"| {label} | {j['steps_run']} ({j['stop_reason']}) | {qa} "
+                   f"| {nll(a, 'forget')} ({nll(o, 'forget')}) | {nll(a, 'holdout')} ({nll(o, 'holdout')}) "
+                   f"| {pct(v.get('retain_nll_change_vs_original_percent'))} "
+                   f"| {pct(v.get('general_nll_change_vs_original_percent'))} | {auc} "
+                   f"| {leak(j, 'after', 'muse_min_k_40')} | {leak(j, 'after', 'relative_auc_loss')} "
+                   f"| {fq(forget_quality(j, 'before'))} / {fq(forget_quality(j, 'after'))} "
+                   f"| {' / '.join(bits(exposure(j, 'forget', w)) for w in ('before', 'after', 'oracle'))} "
+                   f"| {bits(exposure(j, 'retain', 'after'))} "
+                   f"| {task_acc(j, 'retain_qa')} | {task_acc(j, 'holdout_qa')} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
@@ -166,9 +167,11 @@ if __name__ == "__main__":
     if not args:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    main(args)
+    reports = [json.load(open(p)) for p in args]
+    print(rows(reports))
     if with_spread:
-        spread([json.load(open(p)) for p in args])
+        print()
+        print(spread(reports))
     if field_qa:
         for p in args:
             by_field(json.load(open(p)), field_qa)
