@@ -5,7 +5,7 @@ add_library(lethe_parallel STATIC
   engine/parallel/communicator.cpp engine/parallel/local_comm.cpp engine/parallel/launcher_env.cpp
   engine/parallel/grid.cpp engine/parallel/failure.cpp engine/parallel/regions.cpp
   engine/parallel/vocab_parallel.cpp engine/parallel/grad_reducer.cpp engine/parallel/stop_request.cpp
-  engine/parallel/staged_comm.cpp engine/parallel/vocab_sample.cpp)
+  engine/parallel/staged_comm.cpp engine/parallel/vocab_sample.cpp engine/parallel/watchdog.cpp)
 target_link_libraries(lethe_parallel PUBLIC lethe_kernels)
 if(LETHE_HAVE_MPI)
   target_sources(lethe_parallel PRIVATE engine/parallel/mpi_comm.cpp)

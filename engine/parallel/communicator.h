@@ -46,8 +46,6 @@ class Communicator {
   // x from `root` to every rank.
   virtual void broadcast(Tensor& x, int root) = 0;
   virtual void barrier() = 0;
-  // The CUDA stream (cudaStream_t) collectives run on; CPU backends ignore it.
-  virtual void set_stream(void* stream) {}
   // Raises lethe::Error if an asynchronous error is pending (NCCL); others never fail late.
   virtual void check_async_error() {}
 

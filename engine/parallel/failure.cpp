@@ -25,16 +25,27 @@ bool in_multi_rank_job() {
 #endif
 }
 
+namespace {
+// One write per message so ranks' lines do not interleave mid-line.
+void print_rank_error(int rank, const std::string& message) {
+  const std::string line = "rank " + std::to_string(rank) + ": error: " + message + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+  std::fflush(stdout);
+}
+}  // namespace
+
+void abort_rank(const std::string& message, int code) {
+  print_rank_error(detect_launch().rank, message);  // the launcher's rank: no MPI call here
+  std::_Exit(code);
+}
+
 void abort_job(const std::string& message, int code) {
   int rank = detect_launch().rank;
 #ifdef LETHE_HAVE_MPI
   if (mpi_is_initialized()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
 #endif
-  // One write per message so ranks' lines do not interleave mid-line.
-  const std::string line = "rank " + std::to_string(rank) + ": error: " + message + "\n";
-  std::fwrite(line.data(), 1, line.size(), stderr);
-  std::fflush(stderr);
-  std::fflush(stdout);
+  print_rank_error(rank, message);
 #ifdef LETHE_HAVE_MPI
   if (in_multi_rank_job()) mpi_abort_world(code);
 #endif

@@ -3,13 +3,18 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <cmath>
 #include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+
+#include "engine/parallel/failure.h"
+#include "engine/parallel/watchdog.h"
 
 namespace lethe {
 namespace {
@@ -59,9 +64,8 @@ class NcclCommunicator : public Communicator {
                 kMinNcclVersion / 10000, ".", kMinNcclVersion / 100 % 100,
                 " or newer (non-blocking communicators, so a dead peer cannot hang the job)");
     // The device was chosen by ProcessGrid::create before anything was allocated.
-    cuda_check(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     cuda_check(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-    stream_ = own_stream_;
     ncclUniqueId id;
     if (rank_ == 0) {
       const ncclResult_t r = ncclGetUniqueId(&id);
@@ -78,10 +82,16 @@ class NcclCommunicator : public Communicator {
     const ncclResult_t r = ncclCommInitRankConfig(&comm_, size_, id, rank_, &cfg);
     if (r != ncclInProgress) check(r, "ncclCommInitRankConfig");
     wait_enqueued("ncclCommInitRankConfig");
+    int device = 0;
+    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    watchdog_ = std::make_unique<Watchdog>(
+        timeout_, [this](const std::string& m) { watchdog_failure(m); }, [this] { return health(); },
+        [device] { cudaSetDevice(device); }, /*in_order=*/true);
   }
 
   ~NcclCommunicator() override {
-    if (comm_) {
+    watchdog_.reset();  // joins its thread: nothing polls the communicator once it is gone
+    if (comm_ && !aborted_) {
       // A non-blocking communicator is finalized (its pending work flushed) before it is
       // destroyed; one that cannot finish in time is aborted instead.
       const ncclResult_t f = ncclCommFinalize(comm_);
@@ -100,18 +110,12 @@ class NcclCommunicator : public Communicator {
       else ncclCommAbort(comm_);
     }
     if (inputs_ready_) cudaEventDestroy(inputs_ready_);
-    if (own_stream_) cudaStreamDestroy(own_stream_);
+    if (stream_) cudaStreamDestroy(stream_);
   }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
-  void set_stream(void* s) override {
-    LETHE_CHECK(s != nullptr, "NCCL: set_stream needs a stream (the legacy default stream does not order with "
-                "non-blocking streams)");
-    stream_ = static_cast<cudaStream_t>(s);
-    ordered_ = true;
-  }
 
   void all_reduce(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce(x, op);
@@ -170,9 +174,7 @@ class NcclCommunicator : public Communicator {
     host_->barrier();
   }
   void check_async_error() override {
-    if (!comm_) return;
-    ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(comm_, &async);
+    const ncclResult_t async = async_state();
     if (async != ncclSuccess && async != ncclInProgress) fail("NCCL", async);
   }
 
@@ -191,19 +193,21 @@ class NcclCommunicator : public Communicator {
     Event& operator=(const Event&) = delete;
   };
 
+  // Started collective: wait() makes the compute stream wait for it (no host wait); the
+  // watchdog holds the same event until it completes.
   struct Pending : PendingCollective {
     NcclCommunicator* c;
-    std::unique_ptr<Event> done;  // null when the caller's stream orders the result
-    const char* what;
+    std::shared_ptr<Event> done;
     bool finished = false;
-    Pending(NcclCommunicator* c_, std::unique_ptr<Event> d, const char* w) : c(c_), done(std::move(d)), what(w) {}
+    Pending(NcclCommunicator* c_, std::shared_ptr<Event> d) : c(c_), done(std::move(d)) {}
     void wait() override {
       if (finished) return;
       finished = true;
-      if (done) c->wait_event(done->e, what);
-      else c->check_async_error();
+      c->compute_waits(done->e);
+      c->check_async_error();
     }
-    // The library may still write the buffers: never release them before it is done.
+    // What the compute stream launches after this object is gone must not touch the
+    // buffers before the library is done with them.
     ~Pending() override {
       if (finished) return;
       try {
@@ -214,24 +218,67 @@ class NcclCommunicator : public Communicator {
     }
   };
 
-  // The kernels run on the legacy default stream, which a non-blocking stream does not
-  // wait for: before a collective is enqueued on our stream, that stream waits for
-  // everything the host has launched so far (the kernels and copies producing its
-  // inputs). The host waits for the collective itself (run, Pending::wait) before it
-  // launches anything that reads the result. A caller's stream (set_stream) orders both.
+  // The kernels and copies run on the legacy default stream, which a non-blocking stream
+  // does not wait for, and the reverse: a collective's stream first waits for everything
+  // launched so far (the kernels producing its inputs), and the legacy stream waits for
+  // the collective before anything launched after it (blocking call) or after wait()
+  // (asynchronous call). The host waits for neither; the watchdog sees each collective to
+  // its end and ends the process if one fails or hangs.
   void after_compute() {
-    LETHE_CHECK(comm_, "NCCL: the communicator of rank ", rank_, " was aborted after an earlier failure");
-    if (ordered_) return;
+    LETHE_CHECK(!aborted_, "NCCL: the communicator of rank ", rank_, " was aborted after an earlier failure");
     cuda_check(cudaEventRecord(inputs_ready_, cudaStreamLegacy), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
+  }
+  void compute_waits(cudaEvent_t e) {
+    cuda_check(cudaStreamWaitEvent(cudaStreamLegacy, e, 0), "cudaStreamWaitEvent");
+  }
+  // An event after the collective just enqueued, watched until it completes.
+  std::shared_ptr<Event> watched(const char* what) {
+    auto done = std::make_shared<Event>(stream_);
+    watchdog_->watch(what, [done] {
+      const cudaError_t q = cudaEventQuery(done->e);
+      if (q == cudaSuccess) return Watchdog::Check{Watchdog::State::done, {}};
+      if (q == cudaErrorNotReady) return Watchdog::Check{Watchdog::State::pending, {}};
+      return Watchdog::Check{Watchdog::State::failed, cudaGetErrorString(q)};
+    });
+    return done;
+  }
+  // The watchdog's health check and failure, on its thread. The abort mutex keeps it from
+  // polling a communicator the main thread is aborting, and the reverse.
+  std::string health() {
+    std::lock_guard<std::mutex> lock(abort_mu_);
+    if (aborted_) return {};  // the main thread failed first and raises the error itself
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async == ncclSuccess || async == ncclInProgress) return {};
+    return std::string(ncclGetErrorString(async)) + " (" + ncclGetLastError(comm_) + ")";
+  }
+  // The main thread's view of the asynchronous state; once aborted (by either thread) the
+  // communicator may no longer be queried, and whoever aborted it reports why.
+  ncclResult_t async_state() {
+    std::lock_guard<std::mutex> lock(abort_mu_);
+    if (aborted_) return ncclInvalidUsage;
+    ncclResult_t async = ncclInProgress;
+    ncclCommGetAsyncError(comm_, &async);
+    return async;
+  }
+  [[noreturn]] void watchdog_failure(const std::string& message) {
+    abort_comm();
+    abort_rank("NCCL: " + message + " on rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+               "; the communicator was aborted");
+  }
+  void abort_comm() {
+    std::lock_guard<std::mutex> lock(abort_mu_);
+    if (aborted_.exchange(true)) return;
+    ncclCommAbort(comm_);
   }
   void gpu(const Tensor& t, const char* op) {
     LETHE_CHECK(t.device() == Device::cuda, op, ": the NCCL backend takes GPU tensors, got ", t.describe());
   }
   [[noreturn]] void fail(const char* what, ncclResult_t r) {
+    LETHE_CHECK(!aborted_, what, " on rank ", rank_, ": the communicator was aborted after an earlier failure");
     const std::string msg = std::string(ncclGetErrorString(r)) + " (" + ncclGetLastError(comm_) + ")";
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
+    abort_comm();
     LETHE_FAIL(what, " failed on rank ", rank_, " of ", size_, ": ", msg);
   }
   void check(ncclResult_t r, const char* what) {
@@ -242,8 +289,7 @@ class NcclCommunicator : public Communicator {
   void wait_enqueued(const char* what) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int spins = 0;; backoff(spins)) {
-      ncclResult_t async = ncclInProgress;
-      ncclCommGetAsyncError(comm_, &async);
+      const ncclResult_t async = async_state();
       if (async == ncclSuccess) return;
       if (async != ncclInProgress) fail(what, async);
       timed_out(t0, what);
@@ -262,33 +308,31 @@ class NcclCommunicator : public Communicator {
   void timed_out(std::chrono::steady_clock::time_point t0, const char* what) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s < timeout_) return;
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
+    abort_comm();
     LETHE_FAIL(what, " made no progress for ", timeout_, " s on rank ", rank_, " (a peer died or hangs); aborted");
   }
-  // Blocking semantics: on the caller's stream, enqueued is enough (stream order does the
-  // rest, no host synchronisation); on our own stream, the host waits for completion.
+  // Blocking semantics without a host wait: once NCCL has enqueued the collective, the
+  // compute stream waits for it, so every later kernel and copy sees the result.
   void run(ncclResult_t r, const char* what) {
     check(r, what);
     wait_enqueued(what);
-    if (!ordered_) {
-      Event done(stream_);
-      wait_event(done.e, what);
-    }
+    compute_waits(watched(what)->e);
   }
   std::unique_ptr<PendingCollective> start(ncclResult_t r, const char* what) {
     check(r, what);
     wait_enqueued(what);
-    return std::make_unique<Pending>(this, ordered_ ? nullptr : std::make_unique<Event>(stream_), what);
+    return std::make_unique<Pending>(this, watched(what));
   }
 
   std::shared_ptr<Communicator> host_;
-  ncclComm_t comm_ = nullptr;
-  cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;  // set once; aborted_ says whether it may still be used
+  cudaStream_t stream_ = nullptr;
   cudaEvent_t inputs_ready_ = nullptr;
-  bool ordered_ = false;  // stream_ is the caller's (set_stream)
+  std::mutex abort_mu_;
+  std::atomic<bool> aborted_{false};
   int rank_, size_;
   double timeout_;
+  std::unique_ptr<Watchdog> watchdog_;  // last: destroyed first
 };
 
 }  // namespace

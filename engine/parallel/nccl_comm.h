@@ -2,18 +2,22 @@
 // LETHE_HAVE_NCCL. One NCCL communicator per group; its unique id travels over the
 // matching MPI group, which stays for aborts and for collectives on host tensors.
 //
-// Ordering: device collectives run on the stream given by set_stream (the compute stream,
-// so they are ordered with the kernels around them and the host never waits), or, until
-// one is set, on the communicator's own non-blocking stream, where a blocking call waits
-// for its completion and an asynchronous one records an event that wait() waits for.
-// Nothing runs on the legacy default stream, which non-blocking streams do not
-// synchronise with.
+// Ordering: device collectives run on the communicator's own non-blocking stream. Each one
+// first waits for everything launched on the compute stream (the legacy default stream,
+// where the kernels and copies run), and the compute stream waits for the collective
+// through an event: at once for a blocking call, at wait() for an asynchronous one, which
+// may overlap the compute launched in between. The host never waits for a collective
+// (barrier() aside), so a step has no host synchronisation per collective.
 //
 // Failures: the communicator is non-blocking (NCCL >= 2.14): every call is polled until
-// NCCL has enqueued it, and every wait polls ncclCommGetAsyncError; an error, or no
-// progress within LETHE_NCCL_TIMEOUT_S seconds (default 600), aborts the communicator
-// (ncclCommAbort) and raises lethe::Error naming the collective, which the job-level
-// handler turns into an abort of every rank.
+// NCCL has enqueued it; an error there, or no progress within LETHE_NCCL_TIMEOUT_S seconds
+// (default 600; 0 waits forever), aborts the communicator (ncclCommAbort) and raises
+// lethe::Error naming the collective, which the job-level handler turns into an abort of
+// every rank. Once enqueued, a collective is watched to its end by a watchdog thread
+// (watchdog.h): one that fails, or is still running after the timeout, or an asynchronous
+// NCCL error, aborts the communicator and ends the process with a message naming it
+// (abort_rank), so a dead or hung peer ends the job instead of blocking the next host
+// synchronisation forever.
 #pragma once
 #include <memory>
 
