@@ -88,6 +88,26 @@ TEST(Watchdog, InOrderSweepsStopAtTheFirstPendingOperation) {
   EXPECT_TRUE(f.get().empty());
 }
 
+// In order, an operation's clock starts when the one before it completes: time spent
+// queued behind a slow but healthy collective is not time without progress.
+TEST(Watchdog, InOrderClocksStartWhenTheOperationBeforeCompletes) {
+  Failures f;
+  auto slow = std::make_shared<std::atomic<int>>(0), next = std::make_shared<std::atomic<int>>(0);
+  // Each runs 300 ms of a 500 ms timeout (200 ms of slack for a loaded machine); the second
+  // completes 600 ms after it was watched, which a clock started at watch() would fail.
+  Watchdog w(0.5, [&](const std::string& m) { f.add(m); }, {}, {}, /*in_order=*/true,
+             std::chrono::milliseconds(1));
+  w.watch("slow", flag_poll(slow));
+  w.watch("next", flag_poll(next));
+  std::this_thread::sleep_for(300ms);
+  *slow = 1;
+  ASSERT_TRUE(eventually([&] { return w.pending() == 1; }));
+  std::this_thread::sleep_for(300ms);
+  *next = 1;
+  EXPECT_TRUE(eventually([&] { return w.pending() == 0; }));
+  EXPECT_TRUE(f.get().empty()) << f.get()[0];
+}
+
 TEST(Watchdog, AnOperationPendingPastTheTimeoutFailsOnceByName) {
   Failures f;
   // 50 ms: the hung operation must be reported, and no earlier than its timeout.

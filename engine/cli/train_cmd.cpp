@@ -438,7 +438,10 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
                 summary.losses.front(), summary.losses.back(), summary.tokens_per_s, summary.mfu_flops / 1e9,
                 flops_per_token);
   out << line << std::endl;
-  if (opt.par && grid->dp() > 1 && timed_seconds > 0) {
+  if (opt.par && grid->dp() > 1 && timed_seconds > 0 && grid->dp_group().backend() == "nccl") {
+    // NCCL's waits are the compute stream's, not the host's: host clocks would read ~0.
+    out << "dp communication waited for: not measured on NCCL (the compute stream waits, not the host)" << std::endl;
+  } else if (opt.par && grid->dp() > 1 && timed_seconds > 0) {
     // What the overlap did not hide, measured: the reduction still running when the
     // backward ended, and what of ZeRO-1's weight all-gathers the step waited for.
     std::snprintf(line, sizeof line,

@@ -120,28 +120,30 @@ class NcclCommunicator : public Communicator {
   void all_reduce(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce(x, op);
     after_compute();
-    run(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_),
+    run([&] { return ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_); },
         "ncclAllReduce");
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
     if (x.device() == Device::cpu) return host_->all_reduce_async(x, op);
     after_compute();
-    return start(ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_),
-                 "ncclAllReduce");
+    return start(
+        [&] { return ncclAllReduce(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), nccl_op(op), comm_, stream_); },
+        "ncclAllReduce");
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather");
     if (out.device() == Device::cpu) return host_->all_gather(in, out);
     gpu(in, "all_gather");
     after_compute();
-    run(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_), "ncclAllGather");
+    run([&] { return ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_); },
+        "ncclAllGather");
   }
   std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size_, 1, "all_gather_async");
     if (out.device() == Device::cpu) return host_->all_gather_async(in, out);
     gpu(in, "all_gather_async");
     after_compute();
-    return start(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_),
+    return start([&] { return ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in.dtype()), comm_, stream_); },
                  "ncclAllGather");
   }
   void reduce_scatter(const Tensor& in, Tensor& out) override {
@@ -149,22 +151,23 @@ class NcclCommunicator : public Communicator {
     if (in.device() == Device::cpu) return host_->reduce_scatter(in, out);
     gpu(out, "reduce_scatter");
     after_compute();
-    run(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
-        "ncclReduceScatter");
+    run([&] {
+      return ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_);
+    }, "ncclReduceScatter");
   }
   std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size_, "reduce_scatter_async");
     if (in.device() == Device::cpu) return host_->reduce_scatter_async(in, out);
     gpu(out, "reduce_scatter_async");
     after_compute();
-    return start(
-        ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_),
-        "ncclReduceScatter");
+    return start([&] {
+      return ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in.dtype()), ncclSum, comm_, stream_);
+    }, "ncclReduceScatter");
   }
   void broadcast(Tensor& x, int root) override {
     if (x.device() == Device::cpu) return host_->broadcast(x, root);
     after_compute();
-    run(ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_),
+    run([&] { return ncclBroadcast(x.raw(), x.raw(), size_t(x.numel()), nccl_type(x.dtype()), root, comm_, stream_); },
         "ncclBroadcast");
   }
   void barrier() override {
@@ -236,10 +239,11 @@ class NcclCommunicator : public Communicator {
   std::shared_ptr<Event> watched(const char* what) {
     auto done = std::make_shared<Event>(stream_);
     watchdog_->watch(what, [done] {
+      // Another error is a sticky one from any launch (a compute kernel's fault, say): the
+      // main thread's next synchronisation raises it, naming the kernel in debug mode, so
+      // the watchdog stops watching rather than blame the collective.
       const cudaError_t q = cudaEventQuery(done->e);
-      if (q == cudaSuccess) return Watchdog::Check{Watchdog::State::done, {}};
-      if (q == cudaErrorNotReady) return Watchdog::Check{Watchdog::State::pending, {}};
-      return Watchdog::Check{Watchdog::State::failed, cudaGetErrorString(q)};
+      return Watchdog::Check{q == cudaErrorNotReady ? Watchdog::State::pending : Watchdog::State::done, {}};
     });
     return done;
   }
@@ -262,10 +266,16 @@ class NcclCommunicator : public Communicator {
     ncclCommGetAsyncError(comm_, &async);
     return async;
   }
-  [[noreturn]] void watchdog_failure(const std::string& message) {
-    abort_comm();
+  // Ends the process at once, message first: ncclCommAbort could itself hang, and the
+  // process ending releases the communicator anyway. Nothing happens when the main thread
+  // failed first (it reports its own error and aborts the job); the watchdog then stops.
+  void watchdog_failure(const std::string& message) {
+    {
+      std::lock_guard<std::mutex> lock(abort_mu_);
+      if (aborted_.exchange(true)) return;
+    }
     abort_rank("NCCL: " + message + " on rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
-               "; the communicator was aborted");
+               "; this rank exits");
   }
   void abort_comm() {
     std::lock_guard<std::mutex> lock(abort_mu_);
@@ -276,9 +286,14 @@ class NcclCommunicator : public Communicator {
     LETHE_CHECK(t.device() == Device::cuda, op, ": the NCCL backend takes GPU tensors, got ", t.describe());
   }
   [[noreturn]] void fail(const char* what, ncclResult_t r) {
-    LETHE_CHECK(!aborted_, what, " on rank ", rank_, ": the communicator was aborted after an earlier failure");
-    const std::string msg = std::string(ncclGetErrorString(r)) + " (" + ncclGetLastError(comm_) + ")";
-    abort_comm();
+    std::string msg;
+    {
+      std::lock_guard<std::mutex> lock(abort_mu_);
+      LETHE_CHECK(!aborted_, what, " on rank ", rank_, ": the communicator was aborted after an earlier failure");
+      msg = std::string(ncclGetErrorString(r)) + " (" + ncclGetLastError(comm_) + ")";
+      aborted_ = true;
+      ncclCommAbort(comm_);
+    }
     LETHE_FAIL(what, " failed on rank ", rank_, " of ", size_, ": ", msg);
   }
   void check(ncclResult_t r, const char* what) {
@@ -313,15 +328,28 @@ class NcclCommunicator : public Communicator {
   }
   // Blocking semantics without a host wait: once NCCL has enqueued the collective, the
   // compute stream waits for it, so every later kernel and copy sees the result.
-  void run(ncclResult_t r, const char* what) {
-    check(r, what);
-    wait_enqueued(what);
+  template <class Call>
+  void run(Call call, const char* what) {
+    enqueue(call, what);
     compute_waits(watched(what)->e);
   }
-  std::unique_ptr<PendingCollective> start(ncclResult_t r, const char* what) {
+  template <class Call>
+  std::unique_ptr<PendingCollective> start(Call call, const char* what) {
+    enqueue(call, what);
+    return std::make_unique<Pending>(this, watched(what));
+  }
+  // One thread at a time operates a communicator (NCCL's rule), and an aborted one is never
+  // used again: the call runs under the lock the watchdog's health check takes.
+  template <class Call>
+  void enqueue(Call call, const char* what) {
+    ncclResult_t r;
+    {
+      std::lock_guard<std::mutex> lock(abort_mu_);
+      LETHE_CHECK(!aborted_, what, " on rank ", rank_, ": the communicator was aborted after an earlier failure");
+      r = call();
+    }
     check(r, what);
     wait_enqueued(what);
-    return std::make_unique<Pending>(this, watched(what));
   }
 
   std::shared_ptr<Communicator> host_;

@@ -14,10 +14,10 @@
 // (default 600; 0 waits forever), aborts the communicator (ncclCommAbort) and raises
 // lethe::Error naming the collective, which the job-level handler turns into an abort of
 // every rank. Once enqueued, a collective is watched to its end by a watchdog thread
-// (watchdog.h): one that fails, or is still running after the timeout, or an asynchronous
-// NCCL error, aborts the communicator and ends the process with a message naming it
-// (abort_rank), so a dead or hung peer ends the job instead of blocking the next host
-// synchronisation forever.
+// (watchdog.h): one still running the timeout after it could start, or an asynchronous NCCL
+// error, ends the process with a message naming it (abort_rank), so a dead or hung peer
+// ends the job instead of blocking the next host synchronisation forever. NCCL calls and
+// the watchdog's polls take one lock: one thread at a time operates a communicator.
 #pragma once
 #include <memory>
 

@@ -1,5 +1,6 @@
 #include "engine/parallel/watchdog.h"
 
+#include <algorithm>
 #include <sstream>
 
 namespace lethe {
@@ -87,6 +88,9 @@ void Watchdog::run() {
       if (c.state == State::pending && in_order_) break;  // the later ones are behind it
       lock.lock();
       it = c.state == State::done ? entries_.erase(it) : std::next(it);
+      // In order, the next one's clock starts once this one is done: the time it spent
+      // queued behind a slow but healthy operation is not time without progress.
+      if (c.state == State::done && in_order_ && it != entries_.end()) it->since = std::max(it->since, now);
       lock.unlock();
     }
     if (!failure.empty()) {

@@ -3,9 +3,10 @@
 // host synchronisation per collective). Nothing on the host then notices a collective that
 // never completes (a peer died or hangs): the next host synchronisation would block
 // forever. The watchdog polls each operation until it completes; the first that fails, or
-// is still pending `timeout` after it was watched, or a failed health check, calls
-// on_failure once, from the watchdog's thread, with a message naming it. The NCCL backend's
-// handler aborts the communicator and ends the process (abort_rank), so the job ends.
+// is still pending `timeout` after it could start (after it was watched, and in order mode
+// after the one before it completed), or a failed health check, calls on_failure once,
+// from the watchdog's thread, with a message naming it. The NCCL backend's handler ends
+// the process (abort_rank), so the job ends.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -35,7 +36,7 @@ class Watchdog {
   // pending instead of polling every later one (thousands, in a ZeRO step).
   Watchdog(double timeout_s, std::function<void(const std::string&)> on_failure,
            std::function<std::string()> health = {}, std::function<void()> thread_init = {}, bool in_order = false,
-           std::chrono::microseconds period = std::chrono::microseconds(200));
+           std::chrono::microseconds period = std::chrono::milliseconds(10));
   ~Watchdog();  // stops the thread; operations still pending are no longer watched
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
@@ -50,7 +51,7 @@ class Watchdog {
   struct Entry {
     std::string what;
     Poll poll;
-    std::chrono::steady_clock::time_point since;
+    std::chrono::steady_clock::time_point since;  // when it could start running
   };
   void run();
   void fail(const std::string& message);
