@@ -76,6 +76,13 @@ def nll_vs(r, who, split):
     return f"{x:.4f}" if who == "before" else f"{x:.4f} ({pct(rel(x, b))})"
 
 
+def nll_cells(r, who):
+    """Forget, holdout, retain and general NLL of a model; retain and general with their
+    change against the original (none for the original itself)."""
+    return f"{f4(r[who]['forget']['nll'])} | {f4(r[who]['holdout']['nll'])} | " \
+           f"{nll_vs(r, who, 'retain')} | {nll_vs(r, who, 'general')}"
+
+
 def verdict_cell(r):
     v = r.get("verdict")
     if not v:
@@ -101,12 +108,9 @@ def methods_table(reports):
                 f"{nll_vs(any_r, 'before', 'general')} | {auc_cell(any_r, 'before')} | "
                 f"{leak_cell(any_r, 'before', 'muse_min_k_40')} | {leak_cell(any_r, 'before', 'relative_auc_loss')} | "
                 f"{rl} | {mc} | |")
-    o, b = any_r["oracle"], any_r["before"]
     rl, mc = extra(any_r, "oracle")
-    rows.append(f"| **retrain oracle** | - | {f4(o['forget']['nll'])} | {f4(o['holdout']['nll'])} | "
-                f"{f4(o['retain']['nll'])} ({pct(rel(o['retain']['nll'], b['retain']['nll']))}) | "
-                f"{f4(o['general']['nll'])} ({pct(rel(o['general']['nll'], b['general']['nll']))}) | "
-                f"{auc_cell(any_r, 'oracle')} | 0% | 0% | {rl} | {mc} | |")
+    rows.append(f"| **retrain oracle** | - | {nll_cells(any_r, 'oracle')} | {auc_cell(any_r, 'oracle')} | 0% | 0% | "
+                f"{rl} | {mc} | |")
     for name, r in sorted(reports.items()):
         a = r["after"]
         rl, mc = extra(r, "after")
@@ -149,14 +153,10 @@ def cross_domain_table(reports):
         v = r.get("verbatim_memorisation", {}).get(who)
         return f"{v['rouge_l_f1']:.3f}" if v else ""
 
-    b, o = any_r["before"], any_r["oracle"]
-    rows.append(f"| original (tiny-lm-full) | - | {f4(b['forget']['nll'])} | {f4(b['holdout']['nll'])} | "
-                f"{f4(b['retain']['nll'])} | {f4(b['general']['nll'])} | {auc_cell(any_r, 'before')} | "
+    rows.append(f"| original (tiny-lm-full) | - | {nll_cells(any_r, 'before')} | {auc_cell(any_r, 'before')} | "
                 f"{leak_cell(any_r, 'before', 'muse_min_k_40')} | {rouge(any_r, 'before')} | |")
-    rows.append(f"| **oracle (never saw code)** | - | {f4(o['forget']['nll'])} | {f4(o['holdout']['nll'])} | "
-                f"{f4(o['retain']['nll'])} ({pct(rel(o['retain']['nll'], b['retain']['nll']))}) | "
-                f"{f4(o['general']['nll'])} ({pct(rel(o['general']['nll'], b['general']['nll']))}) | "
-                f"{auc_cell(any_r, 'oracle')} | 0% | {rouge(any_r, 'oracle')} | |")
+    rows.append(f"| **oracle (never saw code)** | - | {nll_cells(any_r, 'oracle')} | {auc_cell(any_r, 'oracle')} | 0% | "
+                f"{rouge(any_r, 'oracle')} | |")
     for name, r in sorted(reports.items()):
         a = r["after"]
         rows.append(f"| {name}.yaml | {r['steps_run']} ({r['stop_reason']}) | {f4(a['forget']['nll'])} | "
