@@ -11,11 +11,14 @@
 #include <cstring>
 #include <string>
 
+#include "engine/core/device_memory.h"
 #include "engine/data/token_dataset.h"
 #include "engine/eval/nll.h"
 #include "engine/model/llama.h"
 #include "engine/model/run_device.h"
 #include "engine/optim/optimizer.h"
+#include "engine/optim/run_optimizer.h"
+#include "engine/parallel/grid.h"
 #include "kernels/elementwise.h"
 #include "kernels/device.h"
 #include "kernels/host_staged_device.h"
@@ -223,6 +226,49 @@ TEST_P(DeviceModel, EvaluationMatches) {
 
 INSTANTIATE_TEST_SUITE_P(TiedAndGqa, DeviceModel, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "tied" : "gqa"; });
+
+// What a device holds, counted by the caching allocator in the bytes each tensor asked
+// for: a model only run forward (a frozen reference, an oracle being scored) holds its
+// bf16 weights and no gradients; the gradients (fp32) come with the first use, the
+// optimizer's fp32 master and two moments with the optimizer; and once training is over
+// both go again (lethe unlearn's final evaluation), leaving the model's numbers unchanged.
+TEST(DeviceModelMemory, OnlyTrainingHoldsGradientsAndOptimizerState) {
+  ScopedHostStagedDevice device;
+  const LlamaConfig c = config(false);
+  const Batch b = batch(c);
+  CachingAllocator& a = device_allocator();
+  const size_t P = size_t(c.n_params());
+  auto held = [&] { return a.stats().requested; };
+  const size_t empty = held();
+  LlamaModel m(c, Precision::bf16, nullptr, Device::cuda);
+  m.init_weights(21);
+  EXPECT_EQ(held() - empty, 2 * P) << "a new model holds its bf16 weights only";
+  const double loss0 = m.forward(b.tok, b.tgt);
+  const size_t forward_only = held();
+  m.grads();
+  EXPECT_EQ(held() - forward_only, 4 * P) << "the fp32 gradients, on first use";
+  OptimConfig oc;
+  oc.type = "adamw";
+  RunOptimizer opt(m.params(), m.grads(), oc, *ProcessGrid::single(), Precision::bf16);
+  EXPECT_EQ(held() - forward_only, (4 + 4 + 8) * P) << "the gradients, the fp32 master and two fp32 moments";
+  m.grads().zero();
+  m.forward(b.tok, b.tgt);
+  m.backward();
+  opt.step(1e-2);
+  const double loss1 = m.forward(b.tok, b.tgt);
+  EXPECT_NE(loss1, loss0);
+  const size_t trained = held();
+  opt.release();
+  EXPECT_FALSE(opt.held());
+  EXPECT_EQ(opt.steps_taken(), 1);
+  EXPECT_EQ(trained - held(), 12 * P) << "the master and the moments are released";
+  const size_t before_release = held();
+  m.release_training_state();
+  EXPECT_GE(before_release - held(), 4 * P) << "the gradients and the backward's scratch are released";
+  const size_t released = held();
+  EXPECT_EQ(m.forward(b.tok, b.tgt), loss1) << "the released model computes what it did";
+  EXPECT_EQ(held(), released) << "a forward allocates no gradients again";
+}
 
 TEST(DeviceModelErrors, HostReadsOfDeviceTensorsAreRefused) {
   ScopedHostStagedDevice device;

@@ -341,6 +341,22 @@ double parallel_loss_and_grads(const TrainConfig& c, LlamaModel& model, RunOptim
   return loss;
 }
 
+// What `lethe plan` is told about this run on a device (bf16 mixed precision).
+plan::PlanInput device_plan_input(const TrainConfig& c) {
+  plan::PlanInput in;
+  in.model = c.model;
+  in.tp = c.parallel.tp;
+  in.dp = c.parallel.dp;
+  in.zero1 = c.parallel.zero1;
+  in.micro_batch = std::max<int64_t>(1, c.batch_size / (int64_t(c.parallel.dp) * c.grad_accum));
+  in.seq_len = c.seq_len;
+  in.precision = Precision::bf16;
+  in.recompute = c.recompute_layers;
+  in.recipe.grad_accum = c.grad_accum;
+  in.recipe.optimizer_states = c.optim.type == "adamw" ? 2 : c.optim.momentum != 0 ? 1 : 0;
+  return in;
+}
+
 TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shared_ptr<ProcessGrid> grid,
                            std::ostream& out) {
   Batches data(c);
@@ -438,6 +454,9 @@ TrainSummary train_on_grid(const TrainConfig& c, const RunDevice& dev, std::shar
                 summary.losses.front(), summary.losses.back(), summary.tokens_per_s, summary.mfu_flops / 1e9,
                 flops_per_token);
   out << line << std::endl;
+  if (dev.device != Device::cpu) out << plan::device_memory_line("training", device_allocator().stats(),
+                                                                plan::memory_plan(device_plan_input(c)).total())
+                                     << std::endl;
   if (opt.par && grid->dp() > 1 && timed_seconds > 0 && grid->dp_group().backend() == "nccl") {
     // NCCL's waits are the compute stream's, not the host's: host clocks would read ~0.
     out << "dp communication waited for: not measured on NCCL (the compute stream waits, not the host)" << std::endl;
@@ -462,18 +481,7 @@ TrainSummary run_train(const std::string& config_path, const std::vector<std::st
   // allocation succeeds and the kernel kills the process when the pages are touched. On a
   // GPU the device holds the run, by the GPU engine's plan.
   if (const std::vector<DeviceInfo> gpus = cuda_devices(); c.device == DeviceChoice::cuda && !gpus.empty()) {
-    plan::PlanInput in;
-    in.model = c.model;
-    in.tp = c.parallel.tp;
-    in.dp = c.parallel.dp;
-    in.zero1 = c.parallel.zero1;
-    in.micro_batch = std::max<int64_t>(1, c.batch_size / (int64_t(c.parallel.dp) * c.grad_accum));
-    in.seq_len = c.seq_len;
-    in.precision = Precision::bf16;
-    in.recompute = c.recompute_layers;
-    in.recipe.grad_accum = c.grad_accum;
-    in.recipe.optimizer_states = c.optim.type == "adamw" ? 2 : c.optim.momentum != 0 ? 1 : 0;
-    plan::check_device_fit(in, config_path, gpus[0].name, double(gpus[0].memory_bytes));
+    plan::check_device_fit(device_plan_input(c), config_path, gpus[0].name, double(gpus[0].memory_bytes));
   } else {
     const double n = double(c.model.n_params());
     const double need = 16.0 * n / c.parallel.tp;  // f32 weights, grads, two AdamW moments

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "engine/cli/commands.h"
 #include "engine/io/model_loader.h"
@@ -19,14 +20,14 @@
 namespace lethe::cli {
 namespace {
 
-// A run that cannot fit this node's memory is refused before anything is allocated, with
-// the plan's numbers. A model or grid the plan cannot read is left to the run's own errors.
-void check_fits(const Recipe& r) {
+// What `lethe plan` is told about this run; nullopt when the plan cannot read the model or
+// the recipe (the run's own errors then speak).
+std::optional<plan::PlanInput> plan_input(const Recipe& r) {
   plan::PlanInput in;
   try {
     in.model = ModelSource::peek_config(r.model);
   } catch (const Error&) {
-    return;
+    return std::nullopt;
   }
   in.tp = r.parallel.tp;
   in.dp = r.parallel.dp;
@@ -38,17 +39,38 @@ void check_fits(const Recipe& r) {
     in.recipe = plan::recipe_needs(r, in.model);
     in.recompute = r.recompute_for(in.model.n_layers);
   } catch (const Error&) {
-    return;
+    return std::nullopt;
   }
+  return in;
+}
+
+// A run that cannot fit this node's memory is refused before anything is allocated, with
+// the plan's numbers.
+void check_fits(const Recipe& r) {
+  std::optional<plan::PlanInput> in = plan_input(r);
+  if (!in) return;
   // On a GPU the device holds the run (the host only stages one tensor at a time), in bf16.
   if (r.device == DeviceChoice::cuda) {
     const std::vector<DeviceInfo> gpus = cuda_devices();
     if (gpus.empty()) return;  // the run names what is missing
-    in.precision = Precision::bf16;
-    plan::check_device_fit(in, r.file, gpus[0].name, double(gpus[0].memory_bytes));
+    in->precision = Precision::bf16;
+    plan::check_device_fit(*in, r.file, gpus[0].name, double(gpus[0].memory_bytes));
     return;
   }
-  plan::check_host_fit(in, r.file);
+  plan::check_host_fit(*in, r.file);
+}
+
+// On a device: the training's peak next to the plan, and the final evaluation's.
+void report_device_memory(const Recipe& r, const UnlearnResult& res) {
+  if (!res.lead || (res.device_training.peak_reserved == 0 && res.device_final.peak_reserved == 0)) return;
+  std::optional<plan::PlanInput> in = plan_input(r);
+  if (in) in->precision = Precision::bf16;
+  if (res.device_training.peak_reserved > 0)
+    std::cout << plan::device_memory_line("training", res.device_training,
+                                          in ? plan::memory_plan(*in).total() : 0)
+              << std::endl;
+  if (res.device_final.peak_reserved > 0)
+    std::cout << plan::device_memory_line("final evaluation", res.device_final, 0) << std::endl;
 }
 
 }  // namespace
@@ -80,6 +102,7 @@ int unlearn_main(const std::vector<std::string>& args) {
     const Recipe r = load_recipe(args[0], overrides);
     check_fits(r);
     const UnlearnResult res = run_unlearn(r, std::cout, bar);
+    report_device_memory(r, res);
     return res.stopped_by ? kExitStopped : 0;
   });
 }

@@ -65,9 +65,11 @@ void* CachingAllocator::allocate(size_t bytes) {
   } else {
     p = backend_malloc(size);
   }
-  live_[p] = got;
+  live_[p] = {got, bytes};
   stats_.in_use += got;
+  stats_.requested += bytes;
   stats_.peak_in_use = std::max(stats_.peak_in_use, stats_.in_use);
+  stats_.peak_requested = std::max(stats_.peak_requested, stats_.requested);
   stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.in_use + stats_.cached);
   return p;
 }
@@ -77,7 +79,8 @@ void CachingAllocator::release(void* p) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = live_.find(p);
   LETHE_CHECK(it != live_.end(), backend_.name(), ": release of a block this allocator did not hand out");
-  const size_t size = it->second;
+  const size_t size = it->second.size;
+  stats_.requested -= it->second.requested;
   live_.erase(it);
   stats_.in_use -= size;
   stats_.cached += size;
@@ -92,6 +95,13 @@ void CachingAllocator::empty_cache() {
   }
   free_.clear();
   stats_.cached = 0;
+}
+
+void CachingAllocator::reset_peaks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.peak_in_use = stats_.in_use;
+  stats_.peak_reserved = stats_.in_use + stats_.cached;
+  stats_.peak_requested = stats_.requested;
 }
 
 CachingAllocator::Stats CachingAllocator::stats() const {

@@ -60,8 +60,12 @@ class CachingAllocator {
     int64_t backend_mallocs = 0, backend_frees = 0;
     size_t in_use = 0, cached = 0;          // bytes of blocks handed out / kept for reuse
     size_t peak_in_use = 0, peak_reserved = 0;  // reserved = in use + cached
+    // The bytes the tensors asked for, before rounding: what `lethe plan` counts.
+    size_t requested = 0, peak_requested = 0;
   };
   Stats stats() const;
+  // Restarts the peaks from what is in use now, to measure one phase of a run.
+  void reset_peaks();
   DeviceBackend& backend() { return backend_; }
 
  private:
@@ -69,7 +73,10 @@ class CachingAllocator {
   DeviceBackend& backend_;
   mutable std::mutex mu_;
   std::multimap<size_t, void*> free_;           // cached blocks by size
-  std::unordered_map<void*, size_t> live_;      // handed-out blocks and their sizes
+  struct Live {
+    size_t size = 0, requested = 0;
+  };
+  std::unordered_map<void*, Live> live_;        // handed-out blocks
   Stats stats_;
 };
 

@@ -46,7 +46,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, DType dtype, std::shared_ptr<Proc
   if (dtype == DType::f64) {
     dtype_ = wdt_ = sdt_ = DType::f64;
     params_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
-    grads_ = ParamSet(llama_param_specs(cfg_, tpl_), dtype);
+    gdt_ = dtype;
   }
 }
 
@@ -65,7 +65,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Precision precision, std::shared_
               " key/value heads, and replicating them across tp ranks runs on the CPU only; use a tp that divides ",
               cfg_.n_kv_heads);
   params_ = ParamSet(llama_param_specs(cfg_, tpl_), wdt_, device);
-  grads_ = ParamSet(llama_param_specs(cfg_, tpl_), sdt_, device);
+  gdt_ = sdt_;
   inv_freq_ = ops::rope_inv_freq(cfg_.hd(), cfg_.rope_theta, cfg_.rope_scaling);
 }
 
@@ -433,11 +433,12 @@ void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
   const int64_t N = B_ * T_, R = loss_chunk_rows();
   ensure_rows(chunk_, R);
   held_ = {-1, -1};  // chunk_ now holds this pass's rows, not the loss path's
+  Tensor* d_out_w = nullptr;
   if (grad) {
     ensure_backward_buffers();
     ensure_rows(dchunk_, R);
+    d_out_w = cfg_.tie_embeddings ? &grads()[0] : &grads().get("lm_head.weight");
   }
-  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
   Tensor head_dx = tp_sum_buffer(dxn_);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t r1 = std::min(N, r0 + R);
@@ -453,10 +454,10 @@ void LlamaModel::head_pass(const HeadFn& fn, bool grad) {
                          "it came from the unlearning term that the model was given"});
     store(dl, {"backward", -1, "gradient of the loss with respect to the logits"});
     Tensor dx = head_dx.slice_rows(r0, r1);
-    ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, &d_out_w);
+    ops::linear_backward(dl, xf_.slice_rows(r0, r1), out_weight(), &dx, false, d_out_w);
   }
   if (!grad) return;
-  numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
+  numerics_.check(*d_out_w, {"backward", -1, "gradient of lm_head.weight"});
   backward_from_head(head_dx);
 }
 
@@ -525,7 +526,7 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
 
 void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   const LayerW w = layer(params_, l);
-  LayerW g = layer(grads_, l);
+  LayerW g = layer(grads(), l);
   const int64_t N = B_ * T_, C = cfg_.dim;
   const Tensor x = resid_.view(l * N * C, {N, C});
   const Shape q2{N, q_dim()}, kv2{N, tpl_.kv_heads * cfg_.hd()};
@@ -620,6 +621,17 @@ void LlamaModel::ensure_backward_buffers() {
   }
 }
 
+ParamSet& LlamaModel::grads() {
+  if (grads_.size() == 0) grads_ = ParamSet(llama_param_specs(cfg_, tpl_), gdt_, device_);
+  return grads_;
+}
+
+void LlamaModel::release_training_state() {
+  grads_ = ParamSet();
+  for (Tensor* t : {&dres_, &dtmp_, &dxn_, &dq_, &dk_, &dv_, &dg_, &du_, &da_, &dlogits_, &dchunk_, &dkv_full_, &dw_kv_})
+    *t = Tensor();
+}
+
 void LlamaModel::backward_layers(int64_t top) {
   for (int64_t l = top; l >= 0; --l) {
     Acts& a = acts_for(l);
@@ -627,9 +639,9 @@ void LlamaModel::backward_layers(int64_t top) {
     layer_backward(l, a, dres_);
     if (grad_ready_) grad_ready_(1 + size_t(l) * 9);
   }
-  if (tp_on()) vocab_parallel_embedding_backward(tokens_, dres_, vocab_shard(), grads_[0]);
-  else ops::embedding_backward(tokens_, dres_, grads_[0]);
-  numerics_.check(grads_[0], {"backward", -1, "gradient of embed_tokens.weight"});
+  if (tp_on()) vocab_parallel_embedding_backward(tokens_, dres_, vocab_shard(), grads()[0]);
+  else ops::embedding_backward(tokens_, dres_, grads()[0]);
+  numerics_.check(grads()[0], {"backward", -1, "gradient of embed_tokens.weight"});
   if (grad_ready_) grad_ready_(0);
 }
 
@@ -657,7 +669,7 @@ void LlamaModel::backward(double dloss, const Tensor* weights) {
   const int64_t R = loss_chunk_rows();
   if (ensure_rows(chunk_, R)) held_ = {-1, -1};
   ensure_rows(dchunk_, R);
-  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads()[0] : grads().get("lm_head.weight");
   Tensor head_dx = tp_sum_buffer(dxn_);
   const std::pair<int64_t, int64_t> kept = held_;
   const bool reuse = kept.first >= 0 && kept.first % R == 0 && kept.second == std::min(N, kept.first + R);
@@ -699,7 +711,7 @@ void LlamaModel::backward_logits(const Tensor& dlogits) {
     store(dlogits_, {"backward", -1, "gradient of the loss with respect to the logits"});
     dl = &dlogits_;
   }
-  Tensor& d_out_w = cfg_.tie_embeddings ? grads_[0] : grads_.get("lm_head.weight");
+  Tensor& d_out_w = cfg_.tie_embeddings ? grads()[0] : grads().get("lm_head.weight");
   Tensor head_dx = tp_sum_buffer(dxn_);
   ops::linear_backward(*dl, xf_, out_weight(), &head_dx, false, &d_out_w);
   numerics_.check(d_out_w, {"backward", -1, "gradient of lm_head.weight"});
@@ -711,9 +723,9 @@ void LlamaModel::backward_from_head(Tensor& head_dx) {
   finish_tp_sum(head_dx, dxn_, false);
   store(dxn_, {"backward", -1, "gradient of the model.norm output"});
   ops::rmsnorm_backward(dxn_, resid_.view(cfg_.n_layers * N * C, {N, C}), params_.get("model.norm.weight"), rstdf_,
-                        dres_, false, grads_.get("model.norm.weight"));
-  numerics_.check(grads_.get("model.norm.weight"), {"backward", -1, "gradient of model.norm.weight"});
-  agree_replicated_grads({&grads_.get("model.norm.weight")});
+                        dres_, false, grads().get("model.norm.weight"));
+  numerics_.check(grads().get("model.norm.weight"), {"backward", -1, "gradient of model.norm.weight"});
+  agree_replicated_grads({&grads().get("model.norm.weight")});
   store(dres_, {"backward", -1, "gradient of the final residual stream"});
   backward_layers(cfg_.n_layers - 1);
 }

@@ -64,7 +64,14 @@ class LlamaModel {
   Precision precision() const { return precision_; }
   ParamSet& params() { return params_; }
   const ParamSet& params() const { return params_; }
-  ParamSet& grads() { return grads_; }
+  // Weight gradients, allocated on first use (the optimizer taking them, or the first
+  // backward): a model that is only run forward (a frozen reference, an oracle or the
+  // original being scored) holds none, which at 7B is 25 GiB of fp32 on a device.
+  ParamSet& grads();
+  // Frees the gradients and the backward's scratch (a model only evaluated from here on;
+  // a later backward allocates them again, zeroed). The optimizer, which holds the
+  // gradients, must be released first.
+  void release_training_state();
   ProcessGrid& grid() const { return *grid_; }
   const TpLayout& tp_layout() const { return tpl_; }
   // This rank's columns of the logits: [vocab_start, vocab_start + Vr) of vocab_size.
@@ -255,7 +262,8 @@ class LlamaModel {
   TpLayout tpl_;
   std::function<void(size_t)> grad_ready_;
   NumericsGuard numerics_;
-  ParamSet params_, grads_;
+  ParamSet params_, grads_;  // grads_: empty until grads() allocates it
+  DType gdt_ = DType::f32;   // the gradients' dtype
   int64_t recompute_layers_ = 0;
   std::vector<double> inv_freq_;
 

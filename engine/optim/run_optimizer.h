@@ -29,7 +29,18 @@ struct RunOptimizer {
 
   // Clips and updates with learning rate lr; returns the pre-clip global gradient norm.
   double step(double lr) { return one ? one->step(*grads_, lr) : par->step(lr); }
-  int64_t steps_taken() const { return one ? one->steps_taken() : par->steps_taken(); }
+  int64_t steps_taken() const { return one ? one->steps_taken() : par ? par->steps_taken() : released_steps_; }
+  // Frees the optimizer's state (fp32 master weights, moments, ZeRO buffers; waits for the
+  // last weight all-gathers) once training is over: `lethe unlearn`'s final evaluation
+  // needs the room for the original's and the oracle's weights. Only steps_taken() and
+  // held() may be called after it.
+  void release() {
+    if (!held()) return;
+    released_steps_ = steps_taken();
+    one.reset();
+    par.reset();
+  }
+  bool held() const { return one || par; }
   void set_steps_taken(int64_t s) { one ? one->set_steps_taken(s) : par->set_steps_taken(s); }
   Precision precision() const { return one ? one->precision() : par->precision(); }
   void set_trainable(std::vector<bool> mask) {
@@ -49,6 +60,7 @@ struct RunOptimizer {
 
  private:
   ParamSet* grads_ = nullptr;
+  int64_t released_steps_ = 0;
 };
 
 }  // namespace lethe

@@ -54,12 +54,22 @@ const char* stop_signal_name(int sig) {
   }
 }
 
-void maybe_raise_test_signal(long step, int world_rank) {
-  const char* at = std::getenv("LETHE_TEST_SIGNAL_AT_STEP");
-  if (!at || std::atol(at) != step) return;
+namespace {
+void raise_on_test_rank(int world_rank) {
   const char* rank = std::getenv("LETHE_TEST_SIGNAL_RANK");
   if (rank && std::atoi(rank) != world_rank) return;
   std::raise(SIGTERM);
+}
+}  // namespace
+
+void maybe_raise_test_signal(long step, int world_rank) {
+  const char* at = std::getenv("LETHE_TEST_SIGNAL_AT_STEP");
+  if (at && std::atol(at) == step) raise_on_test_rank(world_rank);
+}
+
+void maybe_raise_test_signal_before(const char* point, int world_rank) {
+  const char* at = std::getenv("LETHE_TEST_SIGNAL_BEFORE");
+  if (at && std::string(at) == point) raise_on_test_rank(world_rank);
 }
 
 }  // namespace lethe

@@ -33,5 +33,8 @@ const char* stop_signal_name(int sig);
 // only world rank that signals) makes the process send itself SIGTERM during step k, as
 // a scheduler would, so tests stop a run at a known step.
 void maybe_raise_test_signal(long step, int world_rank);
+// Likewise LETHE_TEST_SIGNAL_BEFORE=<point>: SIGTERM as `lethe unlearn`'s final evaluation
+// reaches the named point ("final", "original", "unlearned", "oracle").
+void maybe_raise_test_signal_before(const char* point, int world_rank);
 
 }  // namespace lethe

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "engine/core/device_memory.h"
 #include "engine/core/error.h"
 
 namespace lethe::plan {
@@ -10,6 +11,13 @@ namespace {
 std::string gib(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1ull << 30));
+  return buf;
+}
+// GiB, or MiB below one GiB (a small run's peak and plan differ in the third digit).
+std::string bytes_str(double b) {
+  if (b >= double(1ull << 30)) return gib(b);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(1ull << 20));
   return buf;
 }
 }  // namespace
@@ -44,6 +52,18 @@ void check_device_fit(const PlanInput& in, const std::string& what, const std::s
              " offers ", gib(usable), " (", gib(device_bytes), " less ", int(kDeviceHeadroom * 100),
              "% for workspaces and the CUDA context); nothing was started. ", fix.str(),
              " (`lethe plan` prints the breakdown)");
+}
+
+std::string device_memory_line(const std::string& phase, const CachingAllocator::Stats& st, double planned_bytes) {
+  std::string plan;
+  if (planned_bytes > 0) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.3f", double(st.peak_requested) / planned_bytes);
+    plan = " (plan " + bytes_str(planned_bytes) + ", measured/plan " + ratio + ")";
+  }
+  return "device memory, " + phase + ": peak " + bytes_str(double(st.peak_requested)) + " in lethe's tensors" + plan +
+         "; allocator blocks: peak " + bytes_str(double(st.peak_in_use)) + " in use, " +
+         bytes_str(double(st.peak_reserved)) + " reserved";
 }
 
 }  // namespace lethe::plan

@@ -18,22 +18,20 @@ using json = nlohmann::json;
 
 namespace {
 
-// nlohmann writes NaN and infinities as null, which reads back as an error: such an entry
-// is not written at all.
-bool all_finite(const json& j) {
-  if (j.is_number_float()) return std::isfinite(j.get<double>());
-  if (j.is_structured())
-    for (const auto& v : j)
-      if (!all_finite(v)) return false;
-  return true;
-}
-
 std::string file_sha(const std::string& path) { return to_hex(sha256_file(path)); }
 
 json mia_to_json(const MiaScores& s) { return s.by_attack; }
 MiaScores mia_from_json(const json& j) { return {j.get<std::map<std::string, std::vector<double>>>()}; }
 
 }  // namespace
+
+bool json_all_finite(const json& j) {
+  if (j.is_number_float()) return std::isfinite(j.get<double>());
+  if (j.is_structured())
+    for (const auto& v : j)
+      if (!json_all_finite(v)) return false;
+  return true;
+}
 
 json fixed_eval_key(const Recipe& r, const std::string& role, const std::string& model_sha256,
                     const std::string& tokenizer, const std::map<std::string, std::string>& data_sha256,
@@ -122,7 +120,7 @@ std::optional<FixedModelEval> load_fixed_eval(const std::string& dir, const json
 
 bool save_fixed_eval(const std::string& dir, const json& key, const FixedModelEval& e, std::string* why) {
   const json result = fixed_eval_to_json(e);
-  if (!all_finite(result)) {
+  if (!json_all_finite(result)) {
     if (why) *why = "it holds a non-finite number";
     return false;
   }

@@ -51,6 +51,9 @@ std::optional<FixedModelEval> load_fixed_eval(const std::string& dir, const nloh
 bool save_fixed_eval(const std::string& dir, const nlohmann::json& key, const FixedModelEval& e, std::string* why);
 
 nlohmann::json fixed_eval_to_json(const FixedModelEval& e);
+// False when j holds a NaN or an infinity: nlohmann writes them as null, which reads back
+// as an error, so such a document is not stored at all.
+bool json_all_finite(const nlohmann::json& j);
 FixedModelEval fixed_eval_from_json(const nlohmann::json& j);
 
 // SHA-256 of the running executable (/proc/self/exe); empty when it cannot be read.

@@ -123,13 +123,17 @@ std::string run_checkpoint_dir(const Recipe& r) { return (fs::path(r.out_dir) / 
 
 void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const RunState& s, const json& fingerprint) {
   ProcessGrid& g = m.grid();
-  save_checkpoint_all_ranks(run_checkpoint_dir(r), checkpoint_name(s.step), m, &opt, true, [&](CheckpointWriter& w) {
+  // Once training is over (a stop during the final evaluation) the optimizer state is
+  // released and not needed: such a checkpoint holds the weights only.
+  save_checkpoint_all_ranks(run_checkpoint_dir(r), checkpoint_name(s.step), m, opt.held() ? &opt : nullptr, true,
+                            [&](CheckpointWriter& w) {
     json& man = w.manifest();
     man["kind"] = "unlearn";
     man["step"] = s.step;
     man["model"] = llama_config_to_json(m.config());
     man["run"] = fingerprint;
     man["optimizer"] = {{"type", r.optim.type}, {"steps_taken", opt.steps_taken()}};
+    if (!opt.held()) man["optimizer"]["state_saved"] = false;
     json cursors = json::object();
     for (const auto& [name, c] : s.cursors) cursors[name] = {{"epoch", c.epoch}, {"index", c.index}};
     json evals = json::array();
@@ -140,6 +144,8 @@ void save_run_state(const Recipe& r, LlamaModel& m, RunOptimizer& opt, const Run
                     {"best_gap", std::isfinite(s.best_gap) ? json(s.best_gap) : json(nullptr)},
                     {"best_dir", s.best_dir},
                     {"metrics_lines", s.metrics_lines}};
+    if (!s.finished.empty()) man["state"]["finished"] = s.finished;
+    if (!s.final_evals.empty()) w.add_file("final_evals.json", s.final_evals.dump());
     man["parallel"] = {{"tp", g.tp()}, {"dp", g.dp()}, {"zero1", g.zero1()}};
     man["dtype"] = dtype_name(m.dtype());
     man["precision"] = precision_name(m.precision());
@@ -164,8 +170,13 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Run
   try {
     // Any layout loads into any other: each rank reads its blocks of the whole tensors.
     load_params(ck, "weights", m.params());
-    load_optimizer_state(ck, opt, m.params(), latest);
-    opt.set_steps_taken(man.at("optimizer").at("steps_taken").get<int64_t>());
+    const bool optimizer_saved = man.at("optimizer").value("state_saved", true);
+    LETHE_CHECK(optimizer_saved || man.at("state").contains("finished"), where,
+                ": holds no optimizer state, which only a run whose training is over may lack");
+    if (optimizer_saved) {
+      load_optimizer_state(ck, opt, m.params(), latest);
+      opt.set_steps_taken(man.at("optimizer").at("steps_taken").get<int64_t>());
+    }
     const json& st = man.at("state");
     s.step = man.at("step").get<int64_t>();
     s.cursors.clear();
@@ -177,6 +188,9 @@ bool load_run_state(const Recipe& r, const json& fingerprint, LlamaModel& m, Run
     s.best_gap = st.at("best_gap").is_null() ? INFINITY : st.at("best_gap").get<double>();
     s.best_dir = st.at("best_dir").get<std::string>();
     s.metrics_lines = st.value("metrics_lines", int64_t(-1));
+    s.finished = st.value("finished", std::string());
+    s.final_evals = ck.has_file("final_evals.json") ? json::parse(ck.read_file("final_evals.json")) : json::object();
+    LETHE_CHECK(s.final_evals.is_object(), latest, "/final_evals.json: expected an object");
   } catch (const json::exception& e) {
     LETHE_FAIL(where, ": malformed run state: ", e.what());
   }

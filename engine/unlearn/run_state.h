@@ -31,6 +31,14 @@ struct RunState {
   // Lines of metrics.jsonl written before this checkpoint (rank 0's count; -1: not
   // recorded, a checkpoint of an older version).
   int64_t metrics_lines = -1;
+  // Set when training is over and a stop signal came during the final evaluation: why
+  // training ended ("max steps", a stop rule), so that a resume skips straight to the
+  // evaluation; empty while steps remain.
+  std::string finished;
+  // The final evaluation's completed parts at that moment, by model ("original",
+  // "unlearned", "oracle"): {"key": what decided the numbers, "eval": the FixedModelEval}.
+  // Stored beside the manifest as final_evals.json.
+  nlohmann::json final_evals = nlohmann::json::object();
 };
 
 // metrics.jsonl as rank 0 writes it. Every line goes to the file at once (unbuffered: a

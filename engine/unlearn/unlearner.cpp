@@ -208,6 +208,8 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   const Precision prec = dev.precision;
   const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel, dev.device);
   const bool lead = grid->rank() == 0;
+  UnlearnResult res;
+  res.lead = lead;
   std::ostream null_out(nullptr);
   std::ostream& out = lead ? out_all : null_out;
   std::error_code ec;
@@ -388,7 +390,6 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     if (resumed) metrics_kept = truncate_metrics(metrics_path.string(), st.step);
     metrics.open(metrics_path.string(), resumed);
   }
-  UnlearnResult res;
   res.selection_split = r.eval_selection_split;
   for (const auto& [name, ds] : select_sets) res.in_run_docs[name] = ds->n_docs();
   for (const auto& [name, ds] : report_sets) res.final_docs[name] = ds->n_docs();
@@ -564,30 +565,96 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     return false;
   };
   hooks.checkpoint = checkpoint;
-  StepLoopConfig lc;
-  lc.first = first;
-  lc.stop_at = stop_at;
-  lc.total = r.steps;
-  lc.checkpoint_every = r.checkpoint_every;
-  const StepLoopResult loop = run_step_loop(model, opt, r.schedule, lc, hooks);
-  res.steps_run = loop.steps_run;
-  res.stopped_by = loop.stopped_by;
-  const bool stopped = loop.ended_by_hook;
-  bar.finish();
-  metrics.sync();
-  if (!stopped && res.steps_run < r.steps) {
-    res.stop_reason = res.stopped_by ? std::string("stopped by ") + stop_signal_name(res.stopped_by) : "paused";
-    out << res.stop_reason << " at step " << res.steps_run << " of " << r.steps
-        << "; run again with train.resume=true to continue" << std::endl;
-    return res;
+  // A run stopped during its final evaluation resumes there: its checkpoint is of the
+  // last step and says how training ended, so no step runs again.
+  const bool trained_before = resumed && !st.finished.empty();
+  if (trained_before) {
+    res.steps_run = st.step;
+    res.stop_reason = st.finished;
+    out << "training ended before the stop (" << st.finished << " at step " << st.step << " of " << r.steps
+        << "); the final evaluation continues" << std::endl;
+  } else {
+    StepLoopConfig lc;
+    lc.first = first;
+    lc.stop_at = stop_at;
+    lc.total = r.steps;
+    lc.checkpoint_every = r.checkpoint_every;
+    const StepLoopResult loop = run_step_loop(model, opt, r.schedule, lc, hooks);
+    res.steps_run = loop.steps_run;
+    res.stopped_by = loop.stopped_by;
+    bar.finish();
+    metrics.sync();
+    if (!loop.ended_by_hook && res.steps_run < r.steps) {
+      res.stop_reason = res.stopped_by ? std::string("stopped by ") + stop_signal_name(res.stopped_by) : "paused";
+      out << res.stop_reason << " at step " << res.steps_run << " of " << r.steps
+          << "; run again with train.resume=true to continue" << std::endl;
+      return res;
+    }
+    if (res.evals.back().step != res.steps_run) {
+      res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, res.steps_run));
+      log_eval(res.evals.back(), "eval");
+    }
+    metrics.sync();
   }
-  if (res.evals.back().step != res.steps_run) {
-    res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, res.steps_run));
-    log_eval(res.evals.back(), "eval");
-  }
-  metrics.sync();
+
+  // Training is over: the optimizer state and the gradients go (for Llama-2-7B in bf16, 100
+  // of the 117 GiB a GA+GD step holds on one GPU), making room for the original's and the
+  // oracle's weights in the final evaluation.
+  const bool on_device = dev.device != Device::cpu;
+  if (on_device && !trained_before) res.device_training = device_allocator().stats();
+  opt.release();
+  model.release_training_state();
+  if (on_device) device_allocator().reset_peaks();
+
+  // The final evaluation runs in parts (the final checkpoint, then each model's scoring),
+  // and a stop signal is honoured between them: a scheduler's time limit must not find the
+  // job deaf for the whole evaluation. The stop writes a run checkpoint of the last step
+  // marked as trained, holding the parts already scored, and a resume does only the rest.
+  json& done = st.final_evals;
+  if (!trained_before) done = json::object();
+  auto stop_before = [&](const char* part) {
+    maybe_raise_test_signal_before(part, grid->rank());
+    const int sig = agreed_stop_signal(*grid);
+    if (sig == 0) return false;
+    st.finished = res.stop_reason;
+    checkpoint(res.steps_run);
+    res.stopped_by = sig;
+    out << "stopped by " << stop_signal_name(sig) << " during the final evaluation, before the " << part
+        << " part; training had ended (" << res.stop_reason << " at step " << res.steps_run << " of " << r.steps
+        << "): run again with train.resume=true to finish the evaluation without repeating a step" << std::endl;
+    return true;
+  };
+  // What decides a part's numbers (as eval.cache keys them, and the step): a part scored
+  // before the stop is reused only under the same settings.
+  auto part_key = [&](const std::string& role, const std::string& sha) {
+    json k = cache_key(role, sha);
+    k["step"] = res.steps_run;
+    return k;
+  };
+  auto reuse = [&](const std::string& role, const json& key) -> std::optional<FixedModelEval> {
+    if (!done.contains(role)) return std::nullopt;
+    if (done[role].value("key", json()) != key) {
+      out << "the " << role << " model's final evaluation from before the stop had other settings: scored again"
+          << std::endl;
+      done.erase(role);
+      return std::nullopt;
+    }
+    try {
+      FixedModelEval e = fixed_eval_from_json(done[role].at("eval"));
+      out << "the " << role << " model's final evaluation: from before the stop" << std::endl;
+      return e;
+    } catch (const json::exception&) {
+      done.erase(role);
+      return std::nullopt;
+    }
+  };
+  auto keep = [&](const std::string& role, const json& key, const FixedModelEval& e) {
+    const json j = fixed_eval_to_json(e);
+    if (json_all_finite(j)) done[role] = {{"key", key}, {"eval", j}};  // else scored again after a stop
+  };
+
+  if (stop_before("final")) return res;
   save_model(r.out_dir, "final", model, r, res.steps_run, eval_to_json(res.evals.back()), tokenizer);
-  res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
   res.final_dir = (fs::path(r.out_dir) / "final").string();
 
   // Final evaluation of the original, unlearned and oracle models: NLL over the whole of
@@ -595,36 +662,57 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   // eval.max_sequences per split), and the MIA suite with every attack, on the report half
   // of forget and holdout.
   const int64_t final_n = r.eval_final_max_sequences;
+  if (stop_before("original")) return res;
+  const json original_part = part_key("original", model_sha);
   if (original_cached) {
     res.final_evals["before"] = original_cached->final_eval;
     res.mia["before"] = original_cached->mia;
     res.cached.push_back("original");
+  } else if (std::optional<FixedModelEval> e = reuse("original", original_part)) {
+    res.final_evals["before"] = e->final_eval;
+    res.mia["before"] = e->mia;
   } else {
     if (!reference) {
       reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
       load_weights(*reference, source);
     }
-    res.final_evals["before"] = evaluate(*reference, report_sets, r.seq_len, final_n, 0);
-    res.mia["before"] = full_mia(*reference, report_sets, r, decode);
-    cache_store(original_key, {res.final_evals.at("before"), std::nullopt, res.mia.at("before"), res.extra.at("before")},
-                "original model");
+    const FixedModelEval o{evaluate(*reference, report_sets, r.seq_len, final_n, 0), std::nullopt,
+                           full_mia(*reference, report_sets, r, decode), res.extra.at("before")};
+    res.final_evals["before"] = o.final_eval;
+    res.mia["before"] = o.mia;
+    cache_store(original_key, o, "original model");
+    keep("original", original_part, o);
   }
-  res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, final_n, res.steps_run);
-  res.mia["after"] = full_mia(model, report_sets, r, decode);
+  reference.reset();  // the terms that read it are done; the oracle takes its place
+  if (stop_before("unlearned")) return res;
+  const json unlearned_part = part_key("unlearned", "");
+  if (std::optional<FixedModelEval> e = reuse("unlearned", unlearned_part)) {
+    res.extra["after"] = e->extra;
+    res.final_evals["after"] = e->final_eval;
+    res.mia["after"] = e->mia;
+  } else {
+    res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
+    res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, final_n, res.steps_run);
+    res.mia["after"] = full_mia(model, report_sets, r, decode);
+    keep("unlearned", unlearned_part,
+         {res.final_evals.at("after"), std::nullopt, res.mia.at("after"), res.extra.at("after")});
+  }
   res.mia_auc_after = aucs(res.mia.at("after"));
   EvalPoint oracle_eval;
   std::string oracle_sha;
   if (!r.oracle.empty()) {
+    if (stop_before("oracle")) return res;
     const ModelSource o = ModelSource::open(r.oracle);
     LETHE_CHECK(o.config().vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
     check_tp(r, o.config(), r.oracle);
     LlamaModel om(o.config(), prec, grid, dev.device);
     oracle_sha = load_weights(om, o);
     const json oracle_key = r.eval_cache.empty() ? json() : cache_key("oracle", oracle_sha);
+    const json oracle_part = part_key("oracle", oracle_sha);
     std::optional<FixedModelEval> oc = cache_lookup(oracle_key, "oracle");
-    if (oc) {
-      res.cached.push_back("oracle");
-    } else {
+    if (oc) res.cached.push_back("oracle");
+    else oc = reuse("oracle", oracle_part);
+    if (!oc || !oc->in_run) {
       oc.emplace();
       oc->final_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
       // On the in-run sample too: the target levels drawn on the curves.
@@ -632,6 +720,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       oc->mia = full_mia(om, report_sets, r, decode);
       oc->extra = extra_metrics(om, r, *streams.at("forget").ds, decode);
       cache_store(oracle_key, *oc, "oracle");
+      keep("oracle", oracle_part, *oc);
     }
     oracle_eval = oc->final_eval;
     res.final_evals["oracle"] = oracle_eval;
@@ -640,6 +729,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     res.mia_auc_oracle = aucs(res.mia.at("oracle"));
     res.extra["oracle"] = oc->extra;
   }
+  if (on_device) res.device_final = device_allocator().stats();
   res.report_json = (fs::path(r.out_dir) / "report.json").string();
   res.report_md = (fs::path(r.out_dir) / "report.md").string();
   if (!lead) return res;

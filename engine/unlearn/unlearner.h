@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/device_memory.h"
 #include "engine/eval/mia.h"
 #include "engine/unlearn/recipe.h"
 
@@ -74,6 +75,11 @@ struct UnlearnResult {
   std::map<std::string, int64_t> in_run_docs, final_docs;
   // The models whose final evaluation came from eval.cache: "original", "oracle".
   std::vector<std::string> cached;
+  // On a device, this process's memory over the training steps (what `lethe plan` counts)
+  // and over the final evaluation, which runs after the optimizer state and the gradients
+  // are released; all zero on the CPU, and training's when no step ran here.
+  CachingAllocator::Stats device_training, device_final;
+  bool lead = true;  // this process is rank 0, the one that prints and writes
 };
 
 // progress_bar: redraw a status line with a bar after every step (for a terminal).

@@ -75,11 +75,11 @@ class TempDirTest : public ::testing::Test {
   }
   // LETHE_TEST_BIN runs the tests against another lethe (an installed one, or one built
   // outside the source tree: tools/check_install.sh).
-  Outcome lethe(const std::vector<std::string>& args) {
+  Outcome lethe(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
     const char* other = std::getenv("LETHE_TEST_BIN");
     std::vector<std::string> a{other && *other ? other : LETHE_BIN};
     a.insert(a.end(), args.begin(), args.end());
-    return run_argv(a, dir_);
+    return run_argv(a, dir_, env);
   }
   fs::path dir_;
 };

@@ -67,4 +67,37 @@ TEST_F(PlanMemory, F32PlanMatchesMeasuredPeakRss) {
   }
 }
 
+
+// The bf16 plan against the device path's allocations: `lethe train` on the host-staged
+// device (the device path's buffers in host memory, every one through the caching
+// allocator) reports its peak of the bytes its tensors asked for, which is what the plan
+// counts, buffer by buffer: weights bf16, gradients, master and moments fp32, and the
+// activations of kept, recomputed and scratch layers. What the plan leaves out is O(B*T)
+// bytes (token ids, per-row statistics, about 20 KiB here) against 205-305 MiB, so the two
+// must agree within 0.5%; a missed [B*T, ffn_dim] bf16 buffer (2.7 MiB, 0.9%) fails it.
+TEST_F(PlanMemory, Bf16PlanMatchesTheDevicePathsAllocations) {
+  struct Case {
+    const char* train_key;
+    const char* plan_key;
+  };
+  for (const Case c : {Case{"false", "none"}, Case{"true", "all"}, Case{"2", "2"}}) {
+    const Outcome r = lethe({"train", (dir_ / "train_big.yaml").string(), "train.device=cuda", "train.steps=1",
+                             std::string("train.recompute=") + c.train_key},
+                            {"LETHE_TEST_HOST_STAGED_DEVICE=1"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const size_t at = r.out.find("device memory, training: peak ");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    double mib = 0;
+    ASSERT_EQ(std::sscanf(r.out.c_str() + at, "device memory, training: peak %lf MiB", &mib), 1) << r.out;
+    const Outcome p = lethe({"plan", (dir_ / "big.yaml").string(), "--precision", "bf16", "--batch", "4", "--seq",
+                             "256", "--recompute", c.plan_key, "--json"});
+    ASSERT_EQ(p.code, 0) << p.err;
+    const nlohmann::json j = nlohmann::json::parse(p.out);
+    const double plan = j["bytes"]["total"].get<double>() / double(1 << 20);
+    EXPECT_NEAR(mib / plan, 1.0, 0.005) << "recompute " << c.train_key << ": planned " << plan
+                                        << " MiB, the device path asked for " << mib << " MiB";
+    std::printf("bf16, recompute %-5s planned %8.2f MiB, device path %8.1f MiB\n", c.train_key, plan, mib);
+  }
+}
+
 }  // namespace

@@ -10,9 +10,13 @@
 #          checkpoint is the step it stopped after, the resume is bit-identical to an
 #          uninterrupted run. Without checkpoint.dir the signal keeps its default action.
 # unlearn: the hook at step 3 of 6: exit 75, a run checkpoint at step 3, no final model and
-#          no report; the resume's unlearned weights equal the uninterrupted run's.
-# mpirun:  (with MPIEXEC) tp=2, only rank 1 signalled: both ranks stop after the same step,
-#          and the resume matches the uninterrupted tp=2 run.
+#          no report; the resume's unlearned weights equal the uninterrupted run's. Then
+#          LETHE_TEST_SIGNAL_BEFORE (the final evaluation, after training, and after a stop
+#          rule ended it early): exit 75, and the resume repeats no step and gives the
+#          uninterrupted run's report byte for byte.
+# mpirun:  (with MPIEXEC) tp=2, only rank 1 signalled: both ranks stop after the same step
+#          (train) or at the same part of the final evaluation (unlearn), and the resume
+#          matches the uninterrupted tp=2 run.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:-$root/build/lethe}"
@@ -82,6 +86,39 @@ check "unlearn: no final model and no report yet" test ! -e "$work/u/final" -a !
 check "unlearn: the resume's unlearned weights equal the uninterrupted run's" \
   test "$(unlearned "$work/u")" = "$(unlearned "$work/u_ref")"
 
+# A stop during the final evaluation (after training): honoured between its parts; the run
+# checkpoint of the last step says training is over and holds the parts already scored, so
+# the resume repeats no step and no part, and its report equals the uninterrupted run's.
+same_report() { cmp -s "$1/report.json" "$2/report.json"; }
+LETHE_TEST_SIGNAL_BEFORE=unlearned "$bin" unlearn "$work/recipe.yaml" output.dir="$work/f" "${small[@]}" \
+  >"$work/f.out" 2>&1
+rc=$?
+check "unlearn: SIGTERM during the final evaluation exits 75 (got $rc)" test "$rc" -eq 75
+check "unlearn: it says where it stopped" \
+  grep -q "stopped by SIGTERM during the final evaluation, before the unlearned part" "$work/f.out"
+check "unlearn: a run checkpoint of the last step (6)" test "$(newest_step "$work/f/checkpoints")" = 6
+check "unlearn: the final model is saved, the report not yet" test -e "$work/f/final" -a ! -e "$work/f/report.json"
+"$bin" unlearn "$work/recipe.yaml" output.dir="$work/f" "${small[@]}" train.resume=true >"$work/f2.out" 2>&1
+check "unlearn: the resume after a stop in the final evaluation succeeds" test "$?" -eq 0
+check "unlearn: the resume runs no step" bash -c "! grep -q '^step ' '$work/f2.out'"
+check "unlearn: the resume reuses the original's scores from before the stop" \
+  grep -q "the original model's final evaluation: from before the stop" "$work/f2.out"
+check "unlearn: the resumed report equals the uninterrupted run's" same_report "$work/f" "$work/u_ref"
+
+# A stop rule ended training (step 2 of 6), then the signal: the resume must not train on.
+rule=(stop.mia_auc_band=0.49 eval.every=2)
+"$bin" unlearn "$work/recipe.yaml" output.dir="$work/r_ref" "${small[@]}" "${rule[@]}" >/dev/null 2>&1 \
+  || { echo "unlearn stop-rule reference failed"; exit 1; }
+LETHE_TEST_SIGNAL_BEFORE=final "$bin" unlearn "$work/recipe.yaml" output.dir="$work/r" "${small[@]}" "${rule[@]}" \
+  >"$work/r.out" 2>&1
+rc=$?
+check "unlearn: SIGTERM after a stop rule exits 75 (got $rc)" test "$rc" -eq 75
+check "unlearn: stopped before the final model" test ! -e "$work/r/final" -a ! -e "$work/r/report.json"
+"$bin" unlearn "$work/recipe.yaml" output.dir="$work/r" "${small[@]}" "${rule[@]}" train.resume=true \
+  >"$work/r2.out" 2>&1
+check "unlearn: the resume keeps the stop rule's end" grep -q "training ended before the stop (MIA AUC" "$work/r2.out"
+check "unlearn: after a stop rule the resumed report equals the uninterrupted run's" same_report "$work/r" "$work/r_ref"
+
 # ---- under mpirun: one rank signalled, every rank stops after the same step -------------
 if [ -n "$mpiexec" ]; then
   mpi=("$mpiexec" -np 2 --oversubscribe)
@@ -97,6 +134,24 @@ if [ -n "$mpiexec" ]; then
   "${mpi[@]}" "$bin" train "$work/train.yaml" parallel.tp=2 checkpoint.dir="$work/mrun" train.resume=true >/dev/null 2>&1
   check "mpirun tp=2: the resume ends bit-identical to the uninterrupted tp=2 run" \
     test "$(digest "$work/mrun")" = "$(digest "$work/mref")"
+
+  # unlearn tp=2, rank 1 signalled before the oracle's part: both ranks stop there.
+  "${mpi[@]}" "$bin" unlearn "$work/recipe.yaml" output.dir="$work/mu_ref" parallel.tp=2 "${small[@]}" \
+    >/dev/null 2>&1 || { echo "unlearn tp=2 reference failed"; exit 1; }
+  LETHE_TEST_SIGNAL_BEFORE=oracle LETHE_TEST_SIGNAL_RANK=1 \
+    "${mpi[@]}" -x LETHE_TEST_SIGNAL_BEFORE -x LETHE_TEST_SIGNAL_RANK "$bin" unlearn "$work/recipe.yaml" \
+    output.dir="$work/mu" parallel.tp=2 "${small[@]}" >"$work/mu.out" 2>&1
+  rc=$?
+  check "mpirun tp=2 unlearn: rank 1 signalled in the final evaluation, the job exits non-zero (got $rc)" \
+    test "$rc" -ne 0
+  check "mpirun tp=2 unlearn: stopped before the oracle's part (rank 0 reports it)" \
+    grep -q "during the final evaluation, before the oracle part" "$work/mu.out"
+  "${mpi[@]}" "$bin" unlearn "$work/recipe.yaml" output.dir="$work/mu" parallel.tp=2 "${small[@]}" \
+    train.resume=true >"$work/mu2.out" 2>&1
+  check "mpirun tp=2 unlearn: the resume reuses the unlearned model's scores" \
+    grep -q "the unlearned model's final evaluation: from before the stop" "$work/mu2.out"
+  check "mpirun tp=2 unlearn: the resumed report equals the uninterrupted tp=2 run's" \
+    same_report "$work/mu" "$work/mu_ref"
 fi
 
 if [ "$fail" -ne 0 ]; then
