@@ -52,6 +52,7 @@ int eval_main(const std::vector<std::string>& args) {
     dev_opt.precision = parse_precision(c.manifest().value("precision", "f32"), c.dir() + "/manifest.json: precision");
   const RunDevice dev = resolve_run_device(dev_opt.device, dev_opt.precision, "eval: device");
   LlamaModel model(cfg, dev.precision, nullptr, dev.device);
+  model.set_forward_only(true);  // scored only: one layer's activations at a time
   load_params(c, "weights", model.params());
   const TokenDataset ds = load_token_dataset(args[1], cfg.vocab_size);
   const NllResult r = evaluate_nll(model, ds, seq_len, batch, max_seqs);

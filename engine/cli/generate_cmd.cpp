@@ -55,6 +55,7 @@ int generate_main(const std::vector<std::string>& args) {
     decode = [d](const std::vector<int32_t>& ids) { return d->decode(ids); };
   }
   LlamaModel model(source.config(), dev.precision, nullptr, dev.device);
+  model.set_forward_only(true);  // decoding only
   load_weights(model, source);
   const std::vector<int32_t> head(ds.tokens.begin() + begin, ds.tokens.begin() + begin + prefix);
   const std::vector<int32_t> out = greedy_continue(model, head, tokens);

@@ -161,10 +161,13 @@ LlamaModel::Acts LlamaModel::make_acts(int64_t B, int64_t T) const {
 }
 
 void LlamaModel::allocate(int64_t B, int64_t T) {
-  const int64_t n_acts = cfg_.n_layers - recompute_layers_ + (recompute_layers_ > 0 ? 1 : 0);
-  if (B == B_ && T == T_ && int64_t(acts_.size()) == n_acts) return;
+  // A forward-only model keeps one layer's activations, as when every layer is recomputed.
+  const int64_t rc = forward_only_ ? cfg_.n_layers : recompute_layers_;
+  const int64_t n_acts = cfg_.n_layers - rc + (rc > 0 ? 1 : 0);
+  if (B == B_ && T == T_ && rc == stored_rc_ && int64_t(acts_.size()) == n_acts) return;
   B_ = B;
   T_ = T;
+  stored_rc_ = rc;
   const int64_t N = B * T, C = cfg_.dim;
   const DType dt = wdt_, st = sdt_;
   const Device dev = device_;
@@ -635,7 +638,7 @@ void LlamaModel::release_training_state() {
 void LlamaModel::backward_layers(int64_t top) {
   for (int64_t l = top; l >= 0; --l) {
     Acts& a = acts_for(l);
-    if (l < recompute_layers_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
+    if (l < stored_rc_) layer_forward(l, a);  // rewrites resid_[l+1] with identical values
     layer_backward(l, a, dres_);
     if (grad_ready_) grad_ready_(1 + size_t(l) * 9);
   }

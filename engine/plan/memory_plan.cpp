@@ -25,13 +25,6 @@ int64_t rank_numel(const ParamSpec& s, const LlamaConfig& c, int64_t tp) {
   return s.shape.size() == 1 || (is_kv(s.name) && kv_replicated(c, tp)) ? n : n / tp;
 }
 
-bool layer_of(const std::string& name, int64_t& layer) {
-  const std::string p = "model.layers.";
-  if (name.rfind(p, 0) != 0) return false;
-  layer = std::stoll(name.substr(p.size()));
-  return true;
-}
-
 int64_t seq_len(const PlanInput& in) { return in.seq_len > 0 ? in.seq_len : in.model.max_seq_len; }
 
 // Layers the trained model runs: all, or up to the RMU layer.
@@ -150,7 +143,9 @@ MemoryPlan memory_plan(const PlanInput& in) {
 
   // Activations: only what a step writes (buffers allocated but never touched, such as
   // logits in an RMU-only run, are not resident on the CPU and need not exist on a GPU).
-  const int64_t L = run_layers(in);
+  // A device allocates every layer's buffers for the batch (LlamaModel::allocate), even
+  // where an RMU-only recipe runs the first layers; on the CPU only what is written counts.
+  const int64_t L = bf16 ? c.n_layers : run_layers(in);
   const int64_t r = std::min(in.recompute, L);
   const int64_t sets = L - r + (r > 0 ? 1 : 0);
   m.act_resid = double(L + 1) * N * C * z.a;
@@ -166,6 +161,8 @@ MemoryPlan memory_plan(const PlanInput& in) {
   if (has_logits(in)) {
     // xf_ [N, C], rstdf_, logits [R, V/tp], logprobs, lse, per-token loss weights (f64 on CPU).
     m.act_head += N * C * z.a + N * z.s + R * V * z.a + 2 * N * z.s + N * (bf16 ? 4 : 8);
+  } else if (bf16) {
+    m.act_head += N * C * z.a + 3 * N * z.s;  // xf_, rstdf_, logprobs_, lse_: allocated with the batch
   }
   // dres_, dxn_ [N, C]; dtmp_, dq_ [N, q/tp]; dk_, dv_; dg_, du_, da_ [N, F/tp]; d(logits) [R, V/tp].
   m.act_backward = (2 * N * C + 2 * N * Q + 2 * N * K + 3 * N * F + (has_logits(in) ? R * V : 0)) * z.a;
@@ -175,31 +172,22 @@ MemoryPlan memory_plan(const PlanInput& in) {
 
   const RecipeNeeds& rc = in.recipe;
   if (rc.ref_last_layer >= 0) {
-    // The frozen original. On the GPU: bf16, only the layers it runs; its forward keeps one
-    // layer's working set. The CPU engine holds a whole f32 LlamaModel (with a zeroed
-    // gradient set) and its forward stores every layer, like a trained model's.
+    // The frozen original as the engine holds it: the whole model (loaded whole, whatever
+    // layers the terms read), forward-only and without gradients
+    // (LlamaModel::set_forward_only): its forward keeps the residual stream and one layer's
+    // working set. On a device every buffer of its batch is allocated; on the CPU only what
+    // its forward writes is resident (the layers it runs, the head when it reads logits).
     double ref_p = 0;
-    for (const ParamSpec& s : llama_param_specs(c)) {
-      int64_t l = -1;
-      const bool in_layer = layer_of(s.name, l);
-      const bool head = !in_layer && s.name != "model.embed_tokens.weight";
-      const bool needed = in_layer ? l <= rc.ref_last_layer : (!head || rc.ref_logits);
-      if (bf16 && !needed) continue;
-      ref_p += double(rank_numel(s, c, in.tp));
-    }
-    // Its head: the final norm output, and one chunk of logits rows at a time.
-    const double head = rc.ref_logits ? N * C * z.a + N * z.s + R * V * z.a : 0;
-    if (bf16) {
-      m.ref_weights = ref_p * 2;
-      m.ref_acts = layer_set(in) + 2 * N * C * z.a + head;
-    } else {
-      m.ref_weights = ref_p * 4 * 2;  // weights + the unused, zeroed gradient set
-      m.ref_acts = double(rc.ref_last_layer + 2) * N * C * z.a + double(rc.ref_last_layer + 1) * layer_set(in) +
-                   N * C * z.a + rope + head;
-      // rmu_retain copies the reference's hidden state to f64 and builds d(hidden) in f32
-      // (the logits terms read the reference a chunk at a time, counted in its head).
-      if (!rc.ref_logits) m.ref_acts += N * C * (8 + 4);
-    }
+    for (const ParamSpec& s : llama_param_specs(c)) ref_p += double(rank_numel(s, c, in.tp));
+    m.ref_weights = ref_p * z.a;
+    const double ran = bf16 ? double(c.n_layers) : double(rc.ref_last_layer + 1);  // layers its resid_ holds
+    const bool head_bufs = bf16 || rc.ref_logits;  // xf_, rstdf_, logprobs_, lse_
+    m.ref_acts = (ran + 1) * N * C * z.a + layer_set(in) + N * C * z.a + rope +
+                 (head_bufs ? N * C * z.a + 3 * N * z.s : 0) + (rc.ref_logits ? R * V * z.a : 0);
+    if (rep_kv) m.ref_acts += N * d.Kproj * z.a;
+    // rmu_retain copies the reference's hidden state to f64 and builds d(hidden) in f32 on
+    // the host (the logits terms read the reference a chunk at a time, counted above).
+    if (!bf16 && !rc.ref_logits) m.ref_acts += N * C * (8 + 4);
   }
   return m;
 }

@@ -56,6 +56,7 @@ struct Stream {
 using EvalSets = std::map<std::string, const TokenDataset*>;
 
 EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t max_seq, int64_t step) {
+  const ForwardOnlyScope scoring(m);  // no backward follows: keep one layer's activations
   EvalPoint e;
   e.step = step;
   // The same pass yields each sequence's mean NLL: the LOSS membership score (higher =
@@ -158,6 +159,7 @@ MiaDocStats mia_doc_stats(LlamaModel& m, const TokenDataset& forget, const Token
 // which saw the forget set, so it would detect "was unlearned", not "was trained on" (the
 // oracle scored AUC 0.003 on it).
 MiaSuite full_mia(LlamaModel& m, const EvalSets& sets, const Recipe& r, const Decode& decode) {
+  const ForwardOnlyScope scoring(m);  // no backward follows: keep one layer's activations
   const bool truncated = r.mia_max_tokens > 0;
   const TokenDataset &forget = *sets.at("forget"), &holdout = *sets.at("holdout");
   const MiaDocStats s = mia_doc_stats(m, forget, holdout, r);
@@ -168,6 +170,7 @@ MiaSuite full_mia(LlamaModel& m, const EvalSets& sets, const Recipe& r, const De
 std::map<std::string, double> aucs(const MiaSuite& s) { return mia_report(s.members, s.nonmembers).auc; }
 
 ExtraMetrics extra_metrics(LlamaModel& m, const Recipe& r, const TokenDataset& forget, const Decode& decode) {
+  const ForwardOnlyScope scoring(m);  // no backward follows: keep one layer's activations
   ExtraMetrics x;
   if (r.verbatim_prefix > 0) {
     const VerbatimResult v = verbatim_memorisation(m, forget, r.verbatim_prefix, r.verbatim_continuation,
@@ -310,6 +313,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   for (const auto& t : r.terms) need_ref |= term_reads_reference(t);
   if (need_ref) {
     reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
+    reference->set_forward_only(true);  // frozen: never a backward
     load_weights(*reference, source);
   }
   std::vector<std::unique_ptr<Term>> terms;
@@ -604,6 +608,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   if (on_device && !trained_before) res.device_training = device_allocator().stats();
   opt.release();
   model.release_training_state();
+  model.set_forward_only(true);
   if (on_device) device_allocator().reset_peaks();
 
   // The final evaluation runs in parts (the final checkpoint, then each model's scoring),
@@ -674,6 +679,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   } else {
     if (!reference) {
       reference = std::make_unique<LlamaModel>(cfg, prec, grid, dev.device);
+      reference->set_forward_only(true);
       load_weights(*reference, source);
     }
     const FixedModelEval o{evaluate(*reference, report_sets, r.seq_len, final_n, 0), std::nullopt,
@@ -706,6 +712,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     LETHE_CHECK(o.config().vocab_size == cfg.vocab_size, r.oracle, ": oracle vocabulary differs from the model's");
     check_tp(r, o.config(), r.oracle);
     LlamaModel om(o.config(), prec, grid, dev.device);
+    om.set_forward_only(true);
     oracle_sha = load_weights(om, o);
     const json oracle_key = r.eval_cache.empty() ? json() : cache_key("oracle", oracle_sha);
     const json oracle_part = part_key("oracle", oracle_sha);

@@ -64,7 +64,9 @@ struct EngineResult {
   std::string error;  // empty when the step ran
   bool out_of_memory = false;
   double ms = 0, tok_s = 0, loss = 0, grad_norm = 0;
-  double peak_gib = 0;  // the caching allocator's peak reservation so far in the process
+  // This case's peaks (the allocator's peaks restart with it): the caching allocator's
+  // reservation, and the bytes the tensors asked for next to what `lethe plan` counts.
+  double peak_gib = 0, tensor_peak_gib = 0, plan_gib = 0;
   // One more step with every op timed (kernels/timed_device_ops.h): synchronised around
   // each op, so slower than the steps above; its shares, not its speed, are the result.
   OpFamilyTimes ops;
@@ -76,6 +78,15 @@ struct EngineResult {
 inline EngineResult engine_step(const Model& m, int64_t L, int64_t B, int64_t T, int iters,
                                 const std::function<void()>& sync) {
   EngineResult r;
+  {
+    plan::PlanInput in;
+    in.model = engine_config(m, L, T);
+    in.micro_batch = B;
+    in.seq_len = T;
+    in.precision = Precision::bf16;
+    r.plan_gib = plan::memory_plan(in).total() / double(size_t(1) << 30);
+  }
+  device_allocator().reset_peaks();
   try {
     LlamaModel model(engine_config(m, L, T), Precision::bf16, nullptr, Device::cuda);
     model.init_weights(1);
@@ -120,7 +131,9 @@ inline EngineResult engine_step(const Model& m, int64_t L, int64_t B, int64_t T,
       r.profiled_seconds = step();
       r.ops = timing.times();
     }
-    r.peak_gib = double(device_allocator().stats().peak_reserved) / double(size_t(1) << 30);
+    const CachingAllocator::Stats st = device_allocator().stats();
+    r.peak_gib = double(st.peak_reserved) / double(size_t(1) << 30);
+    r.tensor_peak_gib = double(st.peak_requested) / double(size_t(1) << 30);
   } catch (const Error& e) {
     r.error = e.what();
     r.out_of_memory = r.error.find("out of memory") != std::string::npos;

@@ -78,7 +78,7 @@ def step(res):
           f"{lethe.get('attention_kernels', 'n/a')}")
     peer = {r["case"]: r for r in (torch or {}).get("results", [])}
     print(f"{'case':20} {'layers':>6} {'lethe tok/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} "
-          f"{'torch tok/s':>12} {'ratio':>6}")
+          f"{'plan x':>6} {'torch tok/s':>12} {'ratio':>6}")
     for r in lethe.get("results", []):
         o = peer.get(r["case"], {})
         tt = o.get("tokens_per_s")
@@ -88,8 +88,12 @@ def step(res):
             continue
         ratio = f"{r['tokens_per_s'] / tt:6.2f}" if tt else f"{'n/a':>6}"
         mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") else f"{'n/a':>6}"
+        plan = (f"{r['tensor_peak_gib'] / r['plan_gib']:6.3f}" if r.get("plan_gib") and r.get("tensor_peak_gib")
+                else f"{'n/a':>6}")
         print(f"{r['case']:20} {r['layers']:6d} {r['tokens_per_s']:12.0f} {r['model_tflops']:8.1f} {mfu:>6} "
-              f"{num(r.get('peak_gib'), '.1f', 8)} {tts} {ratio}")
+              f"{num(r.get('peak_gib'), '.1f', 8)} {plan} {tts} {ratio}")
+    print("(peak GiB: the caching allocator's reservation; plan x: the tensors' own peak over `lethe plan`'s "
+          "total for the case, which should be within 10%)")
     print("(ratio: lethe tokens/s over transformers' (LlamaForCausalLM, SDPA, fused AdamW, "
           f"{(torch or {}).get('precision', 'precision not recorded')}) on the same cases; MFU counts 6 x the "
           "matrix parameters plus causal attention, 6 L T d per token: half of the 12 L T d some report)")

@@ -118,9 +118,9 @@ int run(int argc, char** argv) {
         const double tflops = e.tok_s * flops_per_token / 1e12;
         const double mfu = gpu.peak_flops > 0 ? tflops * 1e12 / gpu.peak_flops : 0;
         std::printf("%-20s layers %2lld  %lldx%lld  %8.2f ms/step  %9.0f tok/s  %6.1f TFLOP/s  MFU %5.1f%%  "
-                    "loss %.4f  |g| %.3g  peak %.1f GiB\n",
+                    "loss %.4f  |g| %.3g  peak %.1f GiB (tensors %.2f GiB, plan %.2f GiB)\n",
                     name.c_str(), (long long)L, (long long)batch, (long long)T, e.ms, e.tok_s, tflops, 100 * mfu,
-                    e.loss, e.grad_norm, e.peak_gib);
+                    e.loss, e.grad_norm, e.peak_gib, e.tensor_peak_gib, e.plan_gib);
         r.update({{"ms_per_step", e.ms},
                   {"tokens_per_s", e.tok_s},
                   {"model_tflops", tflops},
@@ -128,6 +128,8 @@ int run(int argc, char** argv) {
                   {"loss", e.loss},
                   {"grad_norm", e.grad_norm},
                   {"peak_gib", e.peak_gib},
+                  {"tensor_peak_gib", e.tensor_peak_gib},
+                  {"plan_gib", e.plan_gib},
                   {"op_shares", report_shares(name, e)}});
         if (!std::isfinite(e.loss) || !std::isfinite(e.grad_norm)) {
           std::fprintf(stderr, "%s: %s: non-finite loss or gradient norm\n", kTool, name.c_str());
