@@ -141,10 +141,10 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.moments = P * 4 * in.recipe.optimizer_states / shard;
   m.opt_scratch = sharded ? P * 4 / shard : 0;
 
-  // Activations: only what a step writes (buffers allocated but never touched, such as
-  // logits in an RMU-only run, are not resident on the CPU and need not exist on a GPU).
-  // A device allocates every layer's buffers for the batch (LlamaModel::allocate), even
-  // where an RMU-only recipe runs the first layers; on the CPU only what is written counts.
+  // Activations. A device allocates every layer's buffers for the batch
+  // (LlamaModel::allocate), even where an RMU-only recipe runs the first layers; on the CPU
+  // only what a step writes is resident (untouched pages, such as an RMU-only run's later
+  // layers and logits, are never mapped).
   const int64_t L = bf16 ? c.n_layers : run_layers(in);
   const int64_t r = std::min(in.recompute, L);
   const int64_t sets = L - r + (r > 0 ? 1 : 0);
@@ -177,9 +177,7 @@ MemoryPlan memory_plan(const PlanInput& in) {
     // (LlamaModel::set_forward_only): its forward keeps the residual stream and one layer's
     // working set. On a device every buffer of its batch is allocated; on the CPU only what
     // its forward writes is resident (the layers it runs, the head when it reads logits).
-    double ref_p = 0;
-    for (const ParamSpec& s : llama_param_specs(c)) ref_p += double(rank_numel(s, c, in.tp));
-    m.ref_weights = ref_p * z.a;
+    m.ref_weights = P * z.a;  // the same parameters per rank as the trained model
     const double ran = bf16 ? double(c.n_layers) : double(rc.ref_last_layer + 1);  // layers its resid_ holds
     const bool head_bufs = bf16 || rc.ref_logits;  // xf_, rstdf_, logprobs_, lse_
     m.ref_acts = (ran + 1) * N * C * z.a + layer_set(in) + N * C * z.a + rope +
