@@ -13,6 +13,12 @@ constexpr int32_t kIgnoreIndex = -100;  // transformers' ignore_index: no loss, 
 // lse[N] (saved for the backward). Returns the weighted loss, accumulated in double.
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
                              Tensor& lse);
+// The same, adding the weighted loss to loss[0] (f64 [1], on the logits' device) instead
+// of returning it: a device keeps the sum there, so a loss computed chunk by chunk costs
+// the host one read at the end, not one wait per chunk. On the CPU, loss[0] += the value
+// the form above returns.
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                           Tensor& lse, Tensor& loss);
 
 // dlogits[N, V] = dloss * w_i * (softmax_i - onehot(target_i)) (overwritten; 0 on ignored rows).
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
@@ -34,6 +40,21 @@ void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_
 // moments'), and the sum in double.
 void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
                                 bool difference_in_double = false);
+// Finishes the group's row statistics where they live (the tp cross-entropy's last step,
+// kept on the device so that no chunk waits for the host): from rowmax m[N] (dtype T: f32
+// or f64), sumexp s[N] (f64) and target_logit z[N] (T), all summed or maxed over the
+// group, lse[N] = T(m + log s), stored in lse's dtype (f32 or f64). With targets (i32 [N])
+// also logprobs[N] = z - lse in T (0 where ignored), stored in logprobs' dtype, and loss[0]
+// (f64 [1]) += -sum_i w_i logprobs_i over the rows not ignored, the rows summed in order in
+// double before the one addition (weights [N], f32 or f64). Without targets, target_logit,
+// weights, logprobs and loss are undefined.
+void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
+                                Tensor& loss);
+// total[0] (f64 [1]) += sum_i weights_i * values_i, values and weights f64 [N], the rows
+// summed in order in double before the one addition: the KL's weighted total, on the
+// device that holds the rows.
+void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total);
 // The Min-K%++ moments of log p under p = softmax(row) over a shard, from the whole row's
 // maximum m (rowmax, as cross_entropy_shard_max gives it) and s = sum exp(x - m) in double
 // (sumexp with difference_in_double): with lse = m + log s and l_j = x_j - lse, out[N]

@@ -54,8 +54,13 @@ class DeviceOps {
                                 double scale, Tensor& o, Precision precision) = 0;
   virtual void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) = 0;
   virtual void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) = 0;
-  virtual double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
-                                       Tensor& logprobs, Tensor& lse) = 0;
+  // Adds the loss to loss[0] (f64 [1]): no host wait (kernels/cross_entropy.h).
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                     Tensor& logprobs, Tensor& lse, Tensor& loss) = 0;
+  virtual void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                          const Tensor& targets, const Tensor& weights, Tensor& lse,
+                                          Tensor& logprobs, Tensor& loss) = 0;
+  virtual void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) = 0;
   // Over a vocabulary shard (kernels/cross_entropy.h); first = 0, vocab = V is the whole.
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                       const Tensor& lse, int64_t first, int64_t vocab, double dloss,

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <utility>
 
+#include "engine/core/bf16.h"
 #include "engine/core/error.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -20,13 +21,34 @@ namespace lethe {
 
 namespace {
 
+// Copies between host and device memory outside the stand-in's own staging (see
+// host_transfers()), and how deep in that staging this thread is.
+int64_t transfers = 0;
+thread_local int staging_depth = 0;
+
 class HostMemory : public DeviceBackend {
  public:
   const char* name() const override { return "host-staged device"; }
   void* malloc(size_t bytes) override { return std::malloc(bytes); }
   void free(void* p) override { std::free(p); }
-  void copy(void* dst, bool, const void* src, bool, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t bytes) override {
+    if (dst_on_device != src_on_device && staging_depth == 0) ++transfers;
+    std::memmove(dst, src, bytes);
+  }
   void zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
+  // The pairs the CUDA backend converts on the device, so that the same conversions stay
+  // off the host here too (host_transfers() counts what a GPU would make the host wait for).
+  bool convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) override {
+    if (src_dtype == DType::f32 && dst_dtype == DType::bf16) {
+      for (int64_t i = 0; i < n; ++i) static_cast<bf16*>(dst)[i] = float_to_bf16(static_cast<const float*>(src)[i]);
+      return true;
+    }
+    if (src_dtype == DType::bf16 && dst_dtype == DType::f32) {
+      for (int64_t i = 0; i < n; ++i) static_cast<float*>(dst)[i] = bf16_to_float(static_cast<const bf16*>(src)[i]);
+      return true;
+    }
+    return false;
+  }
 };
 
 // A host copy of a device tensor for the CPU kernel: bf16 widened to f32 (exact), as the
@@ -46,21 +68,27 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   const char* name() const override { return "host-staged device"; }
   int64_t count = 0;
 
+  // One op: counted, and its copies are staging.
+  struct Staging {
+    explicit Staging(int64_t& n) { ++n; }
+    HostStagedStaging scope;
+  };
+
   void embedding_forward(const Tensor& ids, const Tensor& table, int64_t first, int64_t vocab, Tensor& o) override {
-    ++count;
+    const Staging staging(count);
     Tensor h = in(o);
     ops::embedding_forward_shard(in(ids), in(table), first, vocab, h);
     out(o, h);
   }
   void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t first, int64_t vocab,
                           Tensor& dtable) override {
-    ++count;
+    const Staging staging(count);
     Tensor h = in(dtable);
     ops::embedding_backward_shard(in(ids), in(dout), first, vocab, h);
     out(dtable, h);
   }
   void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) override {
-    ++count;
+    const Staging staging(count);
     Tensor hy = in(y), hr = in(rstd);
     ops::rmsnorm_forward(in(x), in(w), eps, hy, hr);
     out(y, hy);
@@ -68,7 +96,7 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
                                 Tensor& y, Tensor& rstd, Precision precision) override {
-    ++count;
+    const Staging staging(count);
     Tensor hsum = in(sum), hy = in(y), hr = in(rstd);
     ops::residual_rmsnorm_forward(in(x), in(delta), hsum, in(w), eps, hy, hr, precision);
     out(sum, hsum);
@@ -77,14 +105,14 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                         bool accumulate_dx, Tensor& dw) override {
-    ++count;
+    const Staging staging(count);
     Tensor hdx = in(dx), hdw = in(dw);
     ops::rmsnorm_backward(in(dy), in(x), in(w), in(rstd), hdx, accumulate_dx, hdw);
     out(dx, hdx);
     out(dw, hdw);
   }
   void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) override {
-    ++count;
+    const Staging staging(count);
     check_disjoint("linear_forward", {{"y", &y}}, {{"x", &x}, {"w", &w}});
     Tensor hy = in(y);
     ops::linear_forward(in(x), in(w), hy);
@@ -92,7 +120,7 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
                        Tensor* dw) override {
-    ++count;
+    const Staging staging(count);
     check_disjoint("linear_backward", {{"dx", dx}}, {{"dy", &dy}, {"x", &x}, {"w", &w}});
     Tensor hdx = dx ? in(*dx) : Tensor(), hdw = dw ? in(*dw) : Tensor();
     ops::linear_backward(in(dy), in(x), in(w), dx ? &hdx : nullptr, accumulate_dx, dw ? &hdw : nullptr);
@@ -100,20 +128,20 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     if (dw) out(*dw, hdw);
   }
   void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) override {
-    ++count;
+    const Staging staging(count);
     Tensor hy = in(y);
     ops::rope_forward(in(x), in(cos), in(sin), hy);
     out(y, hy);
   }
   void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) override {
-    ++count;
+    const Staging staging(count);
     Tensor hdx = in(dx);
     ops::rope_backward(in(dy), in(cos), in(sin), hdx);
     out(dx, hdx);
   }
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                          Precision precision) override {
-    ++count;
+    const Staging staging(count);
     check_disjoint("attention_forward", {{"o", &o}}, {{"q", &q}, {"k", &k}, {"v", &v}});
     Tensor ho = in(o), hl = in(lse);
     ops::attention_forward(in(q), in(k), in(v), scale, ho, hl, precision);
@@ -123,7 +151,7 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                           const Tensor& lse, double scale, Tensor& dq, Tensor& dk, Tensor& dv,
                           Precision precision) override {
-    ++count;
+    const Staging staging(count);
     check_disjoint("attention_backward", {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}},
                    {{"dout", &dout}, {"q", &q}, {"k", &k}, {"v", &v}, {"o", &o}});
     Tensor hq = in(dq), hk = in(dk), hv = in(dv);
@@ -134,43 +162,59 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
                         Tensor& o, Precision precision) override {
-    ++count;
+    const Staging staging(count);
     Tensor ho = in(o);
     ops::attention_decode(in(q), in(k_cache), in(v_cache), n, scale, ho, precision);
     out(o, ho);
   }
   void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {
-    ++count;
+    const Staging staging(count);
     Tensor ha = in(a);
     ops::swiglu_forward(in(g), in(u), ha);
     out(a, ha);
   }
   void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override {
-    ++count;
+    const Staging staging(count);
     Tensor hg = in(dg), hu = in(du);
     ops::swiglu_backward(in(da), in(g), in(u), hg, hu);
     out(dg, hg);
     out(du, hu);
   }
-  double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
-                               Tensor& lse) override {
-    ++count;
-    Tensor hp = in(logprobs), hl = in(lse);
-    const double loss = ops::cross_entropy_forward(in(logits), in(targets), in(weights), hp, hl);
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                             Tensor& lse, Tensor& loss) override {
+    const Staging staging(count);
+    Tensor hp = in(logprobs), hl = in(lse), hs = in(loss);
+    ops::cross_entropy_forward(in(logits), in(targets), in(weights), hp, hl, hs);
     out(logprobs, hp);
     out(lse, hl);
-    return loss;
+    out(loss, hs);
+  }
+  void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                  const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
+                                  Tensor& loss) override {
+    const Staging staging(count);
+    Tensor hl = in(lse), hp = in(logprobs), hs = in(loss);
+    ops::cross_entropy_shard_finish(in(rowmax), in(sumexp), in(target_logit), in(targets), in(weights), hl, hp, hs);
+    out(lse, hl);
+    if (logprobs.defined()) out(logprobs, hp);
+    if (loss.defined()) out(loss, hs);
+  }
+  void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) override {
+    const Staging staging(count);
+    Tensor ht = in(total);
+    ops::weighted_row_sum(in(values), in(weights), ht);
+    out(total, ht);
   }
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                               int64_t first, int64_t vocab, double dloss, Tensor& dlogits) override {
-    ++count;
+    const Staging staging(count);
     Tensor hd = in(dlogits);
     ops::cross_entropy_backward_shard(in(logits), in(targets), in(weights), in(lse), first, vocab, dloss, hd);
     out(dlogits, hd);
   }
   void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,
                                Tensor& rowmax, Tensor& target_logit) override {
-    ++count;
+    const Staging staging(count);
     Tensor hm = in(rowmax), ht = in(target_logit);
     ops::cross_entropy_shard_max(in(logits), in(targets), first, vocab, hm, ht);
     out(rowmax, hm);
@@ -178,20 +222,20 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void cross_entropy_shard_sumexp(const Tensor& logits, const Tensor& rowmax, Tensor& sumexp,
                                   bool difference_in_double) override {
-    ++count;
+    const Staging staging(count);
     Tensor hs = in(sumexp);
     ops::cross_entropy_shard_sumexp(in(logits), in(rowmax), hs, difference_in_double);
     out(sumexp, hs);
   }
   void softmax_moment_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const Tensor& center,
                             Tensor& o) override {
-    ++count;
+    const Staging staging(count);
     Tensor ho = in(o);
     ops::softmax_moment_shard(in(logits), in(rowmax), in(sumexp), in(center), ho);
     out(o, ho);
   }
   void argmax_shard(const Tensor& logits, const Tensor& exclude, int64_t first, Tensor& best, Tensor& arg) override {
-    ++count;
+    const Staging staging(count);
     Tensor hb = in(best), ha = in(arg);
     ops::argmax_shard(in(logits), in(exclude), first, hb, ha);
     out(best, hb);
@@ -199,13 +243,13 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
                          Tensor& arg) override {
-    ++count;
+    const Staging staging(count);
     Tensor ha = in(arg);
     ops::inverse_cdf_shard(in(logits), in(rowmax), in(target), first, ha);
     out(arg, ha);
   }
   void topk_shard(const Tensor& logits, int64_t first, Tensor& values, Tensor& ids) override {
-    ++count;
+    const Staging staging(count);
     Tensor hv = in(values), hi = in(ids);
     ops::topk_shard(in(logits), first, hv, hi);
     out(values, hv);
@@ -213,7 +257,7 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   }
   void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                 const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) override {
-    ++count;
+    const Staging staging(count);
     Tensor hk = in(kl), hd = dlogits ? in(*dlogits) : Tensor();
     ops::kl_shard(in(ref_logits), in(logits), in(lse_q), in(lse_p), in(row_weight), grad_scale, hk,
                   dlogits ? &hd : nullptr);
@@ -221,19 +265,19 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     if (dlogits) out(*dlogits, hd);
   }
   void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override {
-    ++count;
+    const Staging staging(count);
     Tensor hx = in(x);
     ops::add_at_targets_(hx, in(targets), first, value);
     out(x, hx);
   }
   void add(const Tensor& a, const Tensor& b, Tensor& o) override {
-    ++count;
+    const Staging staging(count);
     Tensor ho = in(o);
     ops::add(in(a), in(b), ho);
     out(o, ho);
   }
   void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override {
-    ++count;
+    const Staging staging(count);
     Tensor hp = in(p), hm = in(m), hv = in(v);
     ops::adamw_update(hp, in(g), hm, hv, a);
     out(p, hp);
@@ -241,24 +285,26 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     out(v, hv);
   }
   void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) override {
-    ++count;
+    const Staging staging(count);
     Tensor hp = in(p), hb = in(buf);
     ops::sgd_update(hp, in(g), hb, a);
     out(p, hp);
     if (buf.defined()) out(buf, hb);
   }
   double sum_squares(const Tensor& x) override {
-    ++count;
+    const Staging staging(count);
+    ++transfers;  // a GPU returns the number to a waiting host
     return ops::sum_squares(in(x));
   }
   void scale_(Tensor& x, double s) override {
-    ++count;
+    const Staging staging(count);
     Tensor h = in(x);
     ops::scale_(h, s);
     out(x, h);
   }
   ops::NonFiniteScan find_nonfinite(const Tensor& x) override {
-    ++count;
+    const Staging staging(count);
+    ++transfers;
     return ops::find_nonfinite(in(x));
   }
 };
@@ -284,5 +330,10 @@ ScopedHostStagedDevice::~ScopedHostStagedDevice() {
 }
 
 int64_t ScopedHostStagedDevice::ops_run() const { return ops_->count; }
+
+int64_t ScopedHostStagedDevice::host_transfers() const { return transfers; }
+
+HostStagedStaging::HostStagedStaging() { ++staging_depth; }
+HostStagedStaging::~HostStagedStaging() { --staging_depth; }
 
 }  // namespace lethe

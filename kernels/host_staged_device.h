@@ -22,6 +22,16 @@ namespace lethe {
 // collectives through host memory without looking for a GPU).
 bool host_staged_device_installed();
 
+// Marks the copies made on this thread in its lifetime as the stand-in's own staging (not
+// counted in host_transfers()).
+class HostStagedStaging {
+ public:
+  HostStagedStaging();
+  ~HostStagedStaging();
+  HostStagedStaging(const HostStagedStaging&) = delete;
+  HostStagedStaging& operator=(const HostStagedStaging&) = delete;
+};
+
 class ScopedHostStagedDevice {
  public:
   ScopedHostStagedDevice();
@@ -30,6 +40,13 @@ class ScopedHostStagedDevice {
   ScopedHostStagedDevice& operator=(const ScopedHostStagedDevice&) = delete;
   // Ops the device ran since installation (each `ops::` call routed to it counts once).
   int64_t ops_run() const;
+  // Copies between host and device memory that the engine made, plus the ops that return
+  // a number to the host (sum_squares, find_nonfinite): each is a point where a CUDA host
+  // waits for the device (a device-to-host copy, or a copy from pageable host memory, which
+  // drains the stream first). Not counted: the ops' own staging, and the staged
+  // collectives', which stand in for NCCL's (those do not stop the host). A running
+  // count over the process: tests take differences.
+  int64_t host_transfers() const;
 
  private:
   class Ops;

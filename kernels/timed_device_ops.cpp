@@ -120,9 +120,19 @@ void TimedDeviceOps::swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a)
 void TimedDeviceOps::swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
   timed(OpFamily::elementwise, [&] { inner_->swiglu_backward(da, g, u, dg, du); });
 }
-double TimedDeviceOps::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
-                                             Tensor& logprobs, Tensor& lse) {
-  return timed(OpFamily::loss, [&] { return inner_->cross_entropy_forward(logits, targets, weights, logprobs, lse); });
+void TimedDeviceOps::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                           Tensor& logprobs, Tensor& lse, Tensor& loss) {
+  timed(OpFamily::loss, [&] { inner_->cross_entropy_forward(logits, targets, weights, logprobs, lse, loss); });
+}
+void TimedDeviceOps::cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp,
+                                                const Tensor& target_logit, const Tensor& targets,
+                                                const Tensor& weights, Tensor& lse, Tensor& logprobs, Tensor& loss) {
+  timed(OpFamily::loss, [&] {
+    inner_->cross_entropy_shard_finish(rowmax, sumexp, target_logit, targets, weights, lse, logprobs, loss);
+  });
+}
+void TimedDeviceOps::weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) {
+  timed(OpFamily::loss, [&] { inner_->weighted_row_sum(values, weights, total); });
 }
 void TimedDeviceOps::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                             const Tensor& lse, int64_t first, int64_t vocab, double dloss,

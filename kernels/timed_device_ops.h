@@ -85,8 +85,12 @@ class TimedDeviceOps : public DeviceOps {
                         Tensor& o, Precision precision) override;
   void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override;
   void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override;
-  double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
-                               Tensor& lse) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                             Tensor& lse, Tensor& loss) override;
+  void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                  const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
+                                  Tensor& loss) override;
+  void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                               int64_t first, int64_t vocab, double dloss, Tensor& dlogits) override;
   void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,

@@ -8,6 +8,7 @@
 // emulation by tests/cuda/test_cuda_model.cpp, with tolerances: different kernels.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -15,6 +16,7 @@
 #include "engine/data/token_dataset.h"
 #include "engine/eval/nll.h"
 #include "engine/model/llama.h"
+#include "engine/model/parallel_terms.h"
 #include "engine/model/run_device.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/run_optimizer.h"
@@ -128,6 +130,49 @@ TEST_P(DeviceModel, MatchesTheEmulatedBf16ModelBitForBit) {
   cpu.backward(-1.0, &w2);
   dev.backward(-1.0, &w2);
   expect_same_grads(dev, cpu, "new weights");
+}
+
+// A device computes the loss chunk by chunk without the host waiting for it: the host's
+// waits (ScopedHostStagedDevice::host_transfers: the copies between host and device memory
+// and the numbers read back, each a point where a CUDA host waits for the device) in a
+// forward and backward, and in the KL's head pass, are as many with 16 chunks as with one.
+// Each chunk used to read its loss back (the cross-entropy) or its [N] row statistics
+// (the KL's log-sum-exps, computed on the host and copied back).
+TEST_P(DeviceModel, LossChunksDoNotWaitForTheHost) {
+  const LlamaConfig c = config(GetParam());
+  const Batch b = batch(c);
+  LlamaModel dev(c, Precision::bf16, nullptr, Device::cuda), ref(c, Precision::bf16, nullptr, Device::cuda);
+  dev.init_weights(13);
+  ref.init_weights(14);
+  ref.set_forward_only(true);
+  struct Waits {
+    int64_t step = 0, kl = 0;
+    double loss = 0, kl_value = 0;
+  };
+  auto run = [&](int64_t rows) {
+    dev.set_loss_chunk_rows(rows);
+    ref.set_loss_chunk_rows(rows);
+    Waits w;
+    const int64_t t0 = device_.host_transfers();
+    w.loss = dev.forward(b.tok, b.tgt, &b.w);
+    dev.backward();
+    const int64_t t1 = device_.host_transfers();
+    w.kl_value = kl_to_reference(dev, ref, b.tok, b.tgt, 0.5, true);
+    w.step = t1 - t0;
+    w.kl = device_.host_transfers() - t1;
+    return w;
+  };
+  run(N);  // the first pass also uploads what is kept (RoPE tables): not per step
+  const Waits one = run(N), many = run(9);
+  EXPECT_EQ(many.step, one.step) << "forward and backward in 16 chunks against one";
+  EXPECT_EQ(many.kl, one.kl) << "the KL's head pass in 16 chunks against one";
+  // The forward uploads the batch (tokens, targets, weights) and reads the loss: 4. The
+  // KL uploads its row weights, runs both trunks (tokens twice) and reads the sum: 4.
+  EXPECT_EQ(one.step, 4);
+  EXPECT_EQ(one.kl, 4);
+  // Chunking changes only where the double sums are split: equal to rounding in double.
+  EXPECT_NEAR(many.loss, one.loss, 1e-12 * std::abs(one.loss));
+  EXPECT_NEAR(many.kl_value, one.kl_value, 1e-12 * std::abs(one.kl_value));
 }
 
 TEST_P(DeviceModel, KeptLogitsAndTheirBackwardMatch) {

@@ -73,7 +73,7 @@ TEST_F(EvalCache, KeyFollowsWhatDecidesTheScoresAndNothingElse) {
   Recipe training = r_;  // training settings: the fixed models' numbers do not depend on them
   training.steps = 999;
   training.schedule.lr = 0.5;
-  training.batch_size = 3;
+  training.batch_size = 64;  // the evaluation's batch stays 8
   training.seed = 77;  // no canaries: the seed decides nothing the cache holds
   training.out_dir = "elsewhere";
   training.stop_retain_ratio = 1.5;
@@ -96,6 +96,9 @@ TEST_F(EvalCache, KeyFollowsWhatDecidesTheScoresAndNothingElse) {
   with([](Recipe& r) { r.eval_max_sequences = 10; }, "max_sequences (the oracle's in-run evaluation)");
   with([](Recipe& r) { r.eval_selection_split = false; }, "selection_split");
   with([](Recipe& r) { r.verbatim_prefix = r.verbatim_continuation = 8; }, "verbatim");
+  // Under 8 rows per rank a step's rows are the evaluation's batch (eval_batch).
+  with([](Recipe& r) { r.batch_size = 3; }, "the evaluation's batch");
+  with([](Recipe& r) { r.parallel.dp = 2; }, "the evaluation's batch (4 rows per dp rank)");
   // The task file's contents, not its name.
   std::ofstream(dir_ / "task.jsonl", std::ios::app) << "{\"q\": 2}\n";
   differs(key(r_), "task contents");

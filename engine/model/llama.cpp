@@ -508,10 +508,11 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
   have_loss_ = true;
   // One chunk of N rows when the logits are kept; otherwise R rows at a time. Each chunk's
   // loss is summed in double, in chunk order: the loss is independent of the thread count.
+  // The sum stays where the logits are; a device's is read once, after the last chunk.
   const int64_t R = keep_logits_ ? N : loss_chunk_rows();
   if (keep_logits_ && !logits_.defined()) logits_ = Tensor::empty({N, tpl_.vocab}, wdt_, device_);
   if (!keep_logits_ && ensure_rows(chunk_, R)) held_ = {-1, -1};
-  double loss = 0;
+  Tensor loss_sum = Tensor::zeros({1}, DType::f64, device_);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t r1 = std::min(N, r0 + R);
     Tensor lg = keep_logits_ ? logits_ : chunk_.slice_rows(0, r1 - r0);
@@ -519,11 +520,12 @@ double LlamaModel::forward(const Tensor& tokens, const Tensor& targets, const Te
     if (!keep_logits_) held_ = {r0, r1};
     const Tensor tg = targets_.slice_rows(r0, r1), w = weights_.slice_rows(r0, r1);
     Tensor lp = logprobs_.slice_rows(r0, r1), lse = lse_.slice_rows(r0, r1);
-    loss += tp_on() ? vocab_parallel_cross_entropy_forward(lg, tg, w, vocab_shard(), lp, lse, grid_->tp_group())
-                    : ops::cross_entropy_forward(lg, tg, w, lp, lse);
+    if (tp_on()) vocab_parallel_cross_entropy_forward(lg, tg, w, vocab_shard(), lp, lse, loss_sum, grid_->tp_group());
+    else ops::cross_entropy_forward(lg, tg, w, lp, lse, loss_sum);
     if (visit) visit(r0, lg);
   }
   logits_kept_ = keep_logits_;
+  const double loss = to_host(loss_sum).data<double>()[0];
   return grid_->dp_group().all_reduce(loss, ReduceOp::sum);
 }
 

@@ -46,16 +46,17 @@ double kl_to_reference(LlamaModel& m, LlamaModel& ref, const Tensor& tokens, con
   // step) p - q is exactly 0. Through f64 the KL gradient would be rounding noise there,
   // and AdamW (which divides by sqrt(v)) turns noise-sized gradients into lr-sized steps.
   ReferenceRows q(ref);
-  double kl = 0;
+  // On a device the chunk, the reference's rows, the gradient and the running sum stay
+  // there: the host reads the sum once, after the last chunk.
+  const Tensor w = rw.to(m.device());
+  Tensor kl = Tensor::zeros({1}, DType::f64, m.device());
   m.head_pass(
       [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
-        // On a device the chunk, the reference's rows and the gradient stay there
-        // (ops::kl_shard); only [R] statistics visit the host.
         const int64_t r1 = r0 + chunk.dim(0);
-        kl += vocab_parallel_kl(q.rows_like(r0, r1, chunk), chunk, rw.slice_rows(r0, r1), dchunk, g.tp_group(), scale);
+        vocab_parallel_kl(q.rows_like(r0, r1, chunk), chunk, w.slice_rows(r0, r1), dchunk, g.tp_group(), scale, kl);
       },
       grad && scale != 0);
-  return g.dp_group().all_reduce(kl, ReduceOp::sum);
+  return g.dp_group().all_reduce(to_host(kl).data<double>()[0], ReduceOp::sum);
 }
 
 Tensor adversarial_targets(LlamaModel& ref, const Tensor& tokens, const Tensor& targets) {

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <exception>
 
+#include "kernels/host_staged_device.h"
+
 namespace lethe {
 namespace {
 
@@ -33,6 +35,7 @@ class StagedPending : public PendingCollective {
 
  private:
   void finish() {
+    const HostStagedStaging staging;  // stands in for NCCL: the host does not wait for it
     done_ = true;
     host_->wait();
     device_.copy_from(staged_);
@@ -51,12 +54,14 @@ class HostStagedCommunicator : public Communicator {
 
   void all_reduce(Tensor& x, ReduceOp op) override {
     if (!on_device(x)) return host_->all_reduce(x, op);
+    const HostStagedStaging staging;
     Tensor h = x.to(Device::cpu);
     host_->all_reduce(h, op);
     x.copy_from(h);
   }
   std::unique_ptr<PendingCollective> all_reduce_async(Tensor& x, ReduceOp op) override {
     if (!on_device(x)) return host_->all_reduce_async(x, op);
+    const HostStagedStaging staging;
     Tensor h = x.to(Device::cpu);
     auto p = host_->all_reduce_async(h, op);
     return std::make_unique<StagedPending>(std::move(p), h, x);
@@ -64,6 +69,7 @@ class HostStagedCommunicator : public Communicator {
   void all_gather(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size(), 1, "all_gather");
     if (!on_device(in) && !on_device(out)) return host_->all_gather(in, out);
+    const HostStagedStaging staging;
     // `in` may be a view of out's own chunk: stage it first, then gather into a host copy.
     const Tensor hin = in.to(Device::cpu);
     Tensor hout = Tensor::empty(out.shape(), out.dtype());
@@ -73,6 +79,7 @@ class HostStagedCommunicator : public Communicator {
   std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, size(), 1, "all_gather_async");
     if (!on_device(in) && !on_device(out)) return host_->all_gather_async(in, out);
+    const HostStagedStaging staging;
     const Tensor hin = in.to(Device::cpu);  // staged first: `in` may be a view of out's chunk
     Tensor hout = Tensor::empty(out.shape(), out.dtype());
     auto p = host_->all_gather_async(hin, hout);
@@ -81,6 +88,7 @@ class HostStagedCommunicator : public Communicator {
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size(), "reduce_scatter");
     if (!on_device(in) && !on_device(out)) return host_->reduce_scatter(in, out);
+    const HostStagedStaging staging;
     const Tensor hin = in.to(Device::cpu);
     Tensor hout = Tensor::empty(out.shape(), out.dtype());
     host_->reduce_scatter(hin, hout);
@@ -89,6 +97,7 @@ class HostStagedCommunicator : public Communicator {
   std::unique_ptr<PendingCollective> reduce_scatter_async(const Tensor& in, Tensor& out) override {
     check_collective_args(in, out, 1, size(), "reduce_scatter_async");
     if (!on_device(in) && !on_device(out)) return host_->reduce_scatter_async(in, out);
+    const HostStagedStaging staging;
     const Tensor hin = in.to(Device::cpu);
     Tensor hout = Tensor::empty(out.shape(), out.dtype());
     auto p = host_->reduce_scatter_async(hin, hout);
@@ -96,6 +105,7 @@ class HostStagedCommunicator : public Communicator {
   }
   void broadcast(Tensor& x, int root) override {
     if (!on_device(x)) return host_->broadcast(x, root);
+    const HostStagedStaging staging;
     Tensor h = x.to(Device::cpu);
     host_->broadcast(h, root);
     x.copy_from(h);

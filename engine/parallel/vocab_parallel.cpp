@@ -10,13 +10,6 @@
 namespace lethe {
 namespace {
 
-template <typename F>
-void dispatch(const Tensor& t, const char* op, F&& f) {
-  if (t.dtype() == DType::f32) f(float{});
-  else if (t.dtype() == DType::f64) f(double{});
-  else LETHE_FAIL(op, ": expected f32 or f64, got ", t.describe());
-}
-
 void check_logits(const Tensor& logits, const VocabShard* vs, const char* op) {
   LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   if (vs)
@@ -32,11 +25,6 @@ void check_targets(const Tensor& targets, int64_t N, int64_t V, const char* op) 
   for (int64_t i = 0; i < N; ++i)
     LETHE_CHECK(t[i] == ops::kIgnoreIndex || (t[i] >= 0 && t[i] < V), op, ": target ", t[i], " at position ", i,
                 " is outside the vocabulary [0, ", V, ")");
-}
-
-std::vector<double> as_double(const Tensor& w) {
-  const Tensor d = w.dtype() == DType::f64 ? w : w.to(DType::f64);
-  return std::vector<double>(d.data<double>(), d.data<double>() + d.numel());
 }
 
 }  // namespace
@@ -70,19 +58,22 @@ Tensor on_host(const Tensor& t) { return t.device() == Device::cpu ? t : t.to(De
 
 // The row statistics of the cross-entropy over the whole vocabulary, from each rank's
 // shard (ops::cross_entropy_shard_*) and three [N]-sized all-reduces: the maximum (in the
-// statistic dtype T: the logits' on the CPU, f32 for bf16 logits, so that a one-rank
-// group reproduces ops::cross_entropy_forward bit for bit), the sum of exp(x - max) in
-// double, and the target's logit (from the rank holding it; others add exact zeros).
-// lse = T(max + log(sum)); the target's log-probability is (its logit - lse) in T, 0 where
-// ignored. The logits may live on a device: only the [N] statistics come to the host.
-struct RowStats {
-  std::vector<double> lse, logp;
-};
-
-template <typename T>
-RowStats row_stats(const Tensor& logits, const Tensor* targets, const VocabShard& vs, Communicator& tp) {
+// statistic dtype: the logits' on the CPU, f32 for bf16 logits, so that a one-rank group
+// reproduces ops::cross_entropy_forward bit for bit), the sum of exp(x - max) in double,
+// and the target's logit (from the rank holding it; others add exact zeros). Then
+// ops::cross_entropy_shard_finish forms lse and, with targets, the log-probabilities and
+// the loss, where the logits live: on a device nothing comes to the host, so a chunk
+// never waits for it.
+void finish_rows(const Tensor& logits, const Tensor* targets, const Tensor* weights, const VocabShard& vs,
+                 Communicator& tp, Tensor& lse, Tensor* logprobs, Tensor* loss, const char* op) {
+  LETHE_CHECK(logits.ndim() == 2 && logits.dim(1) == vs.size && vs.start >= 0 && vs.start + vs.size <= vs.vocab, op,
+              ": logits ", logits.describe(), " do not match the shard [", vs.start, ", ", vs.start + vs.size, ") of ",
+              vs.vocab);
+  LETHE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::f64 || logits.dtype() == DType::bf16, op,
+              ": expected f32, f64 or bf16 logits, got ", logits.describe());
   const int64_t N = logits.dim(0);
-  const DType st = dtype_of<T>::value;
+  if (targets && targets->device() == Device::cpu) check_targets(*targets, N, vs.vocab, op);
+  const DType st = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const Device dev = logits.device();
   Tensor mx = Tensor::empty({N}, st, dev), se = Tensor::empty({N}, DType::f64, dev);
   Tensor z = targets ? Tensor::empty({N}, st, dev) : Tensor();
@@ -91,41 +82,19 @@ RowStats row_stats(const Tensor& logits, const Tensor* targets, const VocabShard
   ops::cross_entropy_shard_sumexp(logits, mx, se);
   tp.all_reduce(se, ReduceOp::sum);
   if (targets) tp.all_reduce(z, ReduceOp::sum);
-  const Tensor hm = on_host(mx), hs = on_host(se);
-  const T* m = hm.data<T>();
-  const double* s = hs.data<double>();
-  RowStats r;
-  r.lse.resize(size_t(N));
-  for (int64_t i = 0; i < N; ++i) r.lse[size_t(i)] = double(T(double(m[i]) + std::log(s[i])));
-  if (targets) {
-    const Tensor hz = on_host(z), ht = on_host(*targets);
-    const T* zt = hz.data<T>();
-    const int32_t* tg = ht.data<int32_t>();
-    r.logp.resize(size_t(N));
-    for (int64_t i = 0; i < N; ++i)
-      r.logp[size_t(i)] = tg[i] == ops::kIgnoreIndex ? 0.0 : double(zt[i] - T(r.lse[size_t(i)]));
-  }
-  return r;
+  Tensor none_lp, none_loss;
+  ops::cross_entropy_shard_finish(mx, se, z, targets ? *targets : Tensor(), weights ? *weights : Tensor(), lse,
+                                  logprobs ? *logprobs : none_lp, loss ? *loss : none_loss);
 }
 
-RowStats row_stats_any(const Tensor& logits, const Tensor* targets, const VocabShard& vs, Communicator& tp,
-                       const char* op) {
-  LETHE_CHECK(logits.ndim() == 2 && logits.dim(1) == vs.size && vs.start >= 0 && vs.start + vs.size <= vs.vocab, op,
-              ": logits ", logits.describe(), " do not match the shard [", vs.start, ", ", vs.start + vs.size, ") of ",
-              vs.vocab);
-  if (targets && targets->device() == Device::cpu) check_targets(*targets, logits.dim(0), vs.vocab, op);
-  if (logits.dtype() == DType::f64) return row_stats<double>(logits, targets, vs, tp);
-  LETHE_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::bf16, op,
-              ": expected f32, f64 or bf16 logits, got ", logits.describe());
-  return row_stats<float>(logits, targets, vs, tp);
+// On the logits' device as f64 (a device's rows stay there: pass them there to spare a
+// copy per call).
+Tensor f64_on(const Tensor& t, Device dev) {
+  const Tensor d = t.dtype() == DType::f64 ? t : t.to(DType::f64);
+  return d.device() == dev ? d : d.to(dev);
 }
 
-// Writes host values into `t` (host or device, f32 or f64).
-void put_rows(const std::vector<double>& v, Tensor& t) {
-  Tensor h = Tensor::from<double>({int64_t(v.size())}, v);
-  if (t.dtype() != DType::f64) h = h.to(t.dtype());
-  t.copy_from(h);
-}
+double read_scalar(const Tensor& t) { return on_host(t).data<double>()[0]; }
 
 }  // namespace
 
@@ -135,11 +104,12 @@ void vocab_parallel_logsumexp(const Tensor& logits, Tensor& lse, Communicator& t
   check_shape(lse, {logits.dim(0)}, op, "lse");
   // Only the maximum and the sum are wanted: any shard placement gives the same lse.
   const VocabShard whole{0, logits.dim(1), logits.dim(1)};
-  put_rows(row_stats_any(logits, nullptr, whole, tp, op).lse, lse);
+  finish_rows(logits, nullptr, nullptr, whole, tp, lse, nullptr, nullptr, op);
 }
 
-double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
-                                            const VocabShard& vs, Tensor& logprobs, Tensor& lse, Communicator& tp) {
+void vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                          const VocabShard& vs, Tensor& logprobs, Tensor& lse, Tensor& loss,
+                                          Communicator& tp) {
   const char* op = "vocab_parallel_cross_entropy_forward";
   LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   const int64_t N = logits.dim(0);
@@ -148,16 +118,14 @@ double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& 
   check_shape(weights, {N}, op, "weights");
   check_shape(logprobs, {N}, op, "logprobs");
   check_shape(lse, {N}, op, "lse");
-  const RowStats r = row_stats_any(logits, &targets, vs, tp, op);
-  put_rows(r.lse, lse);
-  put_rows(r.logp, logprobs);
-  const std::vector<double> w = as_double(on_host(weights));
-  const Tensor ht = on_host(targets);
-  const int32_t* tg = ht.data<int32_t>();
-  double loss = 0;
-  for (int64_t i = 0; i < N; ++i)  // serial: independent of the thread count
-    if (tg[i] != ops::kIgnoreIndex) loss -= w[size_t(i)] * r.logp[size_t(i)];
-  return loss;
+  finish_rows(logits, &targets, &weights, vs, tp, lse, &logprobs, &loss, op);
+}
+
+double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                            const VocabShard& vs, Tensor& logprobs, Tensor& lse, Communicator& tp) {
+  Tensor loss = Tensor::zeros({1}, DType::f64, logits.device());
+  vocab_parallel_cross_entropy_forward(logits, targets, weights, vs, logprobs, lse, loss, tp);
+  return read_scalar(loss);
 }
 
 void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
@@ -167,8 +135,8 @@ void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& t
   ops::cross_entropy_backward_shard(logits, targets, weights, lse, vs.start, vs.vocab, dloss, dlogits);
 }
 
-double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
-                         Communicator& tp, double grad_scale) {
+void vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
+                       Communicator& tp, double grad_scale, Tensor& total) {
   const char* op = "vocab_parallel_kl";
   LETHE_CHECK(logits.ndim() == 2, op, ": expected logits[N, Vr], got ", logits.describe());
   const int64_t N = logits.dim(0), Vr = logits.dim(1);
@@ -178,18 +146,22 @@ double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const T
   // Only the maximum and the sum are wanted from the statistics: any shard placement
   // gives the same log-sum-exps.
   const VocabShard whole{0, Vr, Vr};
-  const std::vector<double> lq = row_stats_any(ref_logits, nullptr, whole, tp, op).lse;
-  const std::vector<double> lp = row_stats_any(logits, nullptr, whole, tp, op).lse;
   const Device dev = logits.device();
-  auto rows = [&](const std::vector<double>& v) { return Tensor::from<double>({N}, v).to(dev); };
-  const Tensor w = row_weight.dtype() == DType::f64 ? row_weight.to(dev) : row_weight.to(DType::f64).to(dev);
+  Tensor lq = Tensor::empty({N}, DType::f64, dev), lp = Tensor::empty({N}, DType::f64, dev);
+  finish_rows(ref_logits, nullptr, nullptr, whole, tp, lq, nullptr, nullptr, op);
+  finish_rows(logits, nullptr, nullptr, whole, tp, lp, nullptr, nullptr, op);
+  const Tensor w = f64_on(row_weight, dev);
   Tensor kl = Tensor::empty({N}, DType::f64, dev);
-  ops::kl_shard(ref_logits, logits, rows(lq), rows(lp), w, grad_scale, kl, dlogits);
+  ops::kl_shard(ref_logits, logits, lq, lp, w, grad_scale, kl, dlogits);
   tp.all_reduce(kl, ReduceOp::sum);
-  const Tensor hk = on_host(kl), hw = on_host(w);
-  double total = 0;
-  for (int64_t i = 0; i < N; ++i) total += hw.data<double>()[i] * hk.data<double>()[i];
-  return total;
+  ops::weighted_row_sum(kl, w, total);
+}
+
+double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
+                         Communicator& tp, double grad_scale) {
+  Tensor total = Tensor::zeros({1}, DType::f64, logits.device());
+  vocab_parallel_kl(ref_logits, logits, row_weight, dlogits, tp, grad_scale, total);
+  return read_scalar(total);
 }
 
 void vocab_parallel_logprob_moments(const Tensor& logits, Tensor& mu, Tensor& sigma, Communicator& tp) {

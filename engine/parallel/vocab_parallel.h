@@ -7,9 +7,10 @@
 // The same functions run with a one-rank group (vocab_start 0, Vr = V) and then equal the
 // single-process kernels. Logits are f32 or f64; sums accumulate in double. The embedding,
 // the cross-entropy and KL also take device tensors (bf16 activations and logits): their
-// per-shard work runs as ops (kernels/embedding.h, kernels/cross_entropy.h) on the
-// device, and only [N]-sized statistics visit the host. The moments and the argmax
-// read host tensors (the terms give them host copies of a chunk).
+// per-shard work, the [N]-sized all-reduces and the statistics' last step run on the
+// device (kernels/embedding.h, kernels/cross_entropy.h), and the forms that add their
+// loss into a device scalar leave the host nothing to wait for, so a loss computed chunk by
+// chunk is read once at the end. The moments and the argmax bring [N] results to the host.
 #pragma once
 #include <cstdint>
 
@@ -39,6 +40,11 @@ void vocab_parallel_logsumexp(const Tensor& logits, Tensor& lse, Communicator& t
 // on every rank of the group. Fills logprobs[N] and lse[N] (for the backward).
 double vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                             const VocabShard& vs, Tensor& logprobs, Tensor& lse, Communicator& tp);
+// The same, adding the loss to loss[0] (f64 [1] on the logits' device) instead of
+// returning it: no host wait on a device.
+void vocab_parallel_cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
+                                          const VocabShard& vs, Tensor& logprobs, Tensor& lse, Tensor& loss,
+                                          Communicator& tp);
 // dlogits[N, Vr] = dloss * w_i * (softmax - onehot(target)), this rank's columns. No
 // communication: lse already holds the whole-vocabulary normaliser.
 void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
@@ -47,11 +53,16 @@ void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& t
 // KL(q || p) per row, q = softmax(ref_logits), p = softmax(logits), both sharded alike.
 // Returns sum_i row_weight_i * KL_i (rows with weight 0 skipped); when dlogits is given it
 // receives grad_scale times d/dlogits of that sum: grad_scale * row_weight_i * (p - q) on
-// this rank's columns (0 on skipped rows), rounded once. row_weight[N] is f64 on the host.
+// this rank's columns (0 on skipped rows), rounded once. row_weight[N] is f64 (f32 is
+// widened), best on the logits' device (else it is copied there on each call).
 // The logits (and dlogits) may be on a device: the per-shard work runs as ops
-// (ops::cross_entropy_shard_*, ops::kl_shard) and only [N] statistics visit the host.
+// (ops::cross_entropy_shard_*, ops::kl_shard, ops::weighted_row_sum).
 double vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
                          Communicator& tp, double grad_scale = 1.0);
+// The same, adding the weighted sum to total[0] (f64 [1] on the logits' device): no host
+// wait on a device.
+void vocab_parallel_kl(const Tensor& ref_logits, const Tensor& logits, const Tensor& row_weight, Tensor* dlogits,
+                       Communicator& tp, double grad_scale, Tensor& total);
 
 // Min-K%++ moments of log p(z) under z ~ p = softmax(logits): mu[N] = sum_z p log p,
 // sigma[N] = sqrt(sum_z p (log p - mu)^2) (two passes, as eval/mia does). f64 outputs.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -33,6 +34,10 @@ bool json_all_finite(const json& j) {
   return true;
 }
 
+int64_t eval_batch(const Recipe& r) {
+  return std::clamp<int64_t>(r.batch_size / std::max(r.parallel.dp, 1), 1, 8);
+}
+
 json fixed_eval_key(const Recipe& r, const std::string& role, const std::string& model_sha256,
                     const std::string& tokenizer, const std::map<std::string, std::string>& data_sha256,
                     const std::map<std::string, std::string>& report_docs,
@@ -42,7 +47,10 @@ json fixed_eval_key(const Recipe& r, const std::string& role, const std::string&
   if (!r.mc_task.empty()) tasks[""] = file_sha(r.mc_task);
   for (const auto& [name, path] : r.mc_tasks) tasks[name] = file_sha(path);
   for (const auto& [name, path] : r.canaries) canaries[name] = file_sha(path);
+  // The batch decides which rows share a product (another GEMM algorithm on a GPU), so
+  // the scores can differ in their last bits between batch sizes.
   json eval = {{"seq_len", r.seq_len},
+               {"batch", eval_batch(r)},
                {"final_max_sequences", r.eval_final_max_sequences},
                {"selection_split", r.eval_selection_split},
                {"mia_max_docs", r.mia_max_docs},

@@ -31,6 +31,14 @@ struct FixedModelEval {
   ExtraMetrics extra;
 };
 
+// Sequences per forward of the NLL evaluations (in-run and final): 8, or fewer when a
+// training step reads fewer rows per rank (batch_size / dp). An in-run evaluation runs
+// while the training state is held, and its forward allocates activations for its batch
+// (every layer's buffers on a device): reading more rows than a step would raise the
+// run's peak above what `lethe plan` counts (at Llama-2-7B and 4096 tokens, 8 sequences
+// take about 12 GiB where a step of one sequence recomputing every layer takes 0.6).
+int64_t eval_batch(const Recipe& r);
+
 // What decides a fixed model's final evaluation, as a JSON document. role: "original" or
 // "oracle" (the oracle's entry also holds its in-run evaluation). report_docs and
 // select_docs: per split, the SHA-256 of the documents each evaluation reads, in order.

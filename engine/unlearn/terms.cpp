@@ -441,17 +441,18 @@ class UndialTerm : public Term {
     const Tensor tg = b.targets.reshape({N}).to(m.device());
     const bool round_bf16 = m.precision() == Precision::bf16 && m.device() == Device::cpu;
     ReferenceRows q(ref);
-    double kl = 0;
+    const Tensor w = rw.to(m.device());
+    Tensor kl = Tensor::zeros({1}, DType::f64, m.device());  // read once, after the last chunk
     m.head_pass(
         [&](int64_t r0, const Tensor& chunk, Tensor* dchunk) {
           const int64_t r1 = r0 + chunk.dim(0);
           Tensor target = q.rows_like(r0, r1, chunk);
           ops::add_at_targets_(target, tg.slice_rows(r0, r1), vs.start, -spec_.gamma);
           if (round_bf16 && target.dtype() == DType::f32) round_to_bf16_(target);
-          kl += vocab_parallel_kl(target, chunk, rw.slice_rows(r0, r1), dchunk, m.grid().tp_group(), scale);
+          vocab_parallel_kl(target, chunk, w.slice_rows(r0, r1), dchunk, m.grid().tp_group(), scale, kl);
         },
         grad && scale != 0);
-    return sum_over_dp(m, kl);
+    return sum_over_dp(m, to_host(kl).data<double>()[0]);
   }
   FrozenReference ref_;
 };

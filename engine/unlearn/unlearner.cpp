@@ -55,7 +55,7 @@ struct Stream {
 // The documents an evaluation reads, per split.
 using EvalSets = std::map<std::string, const TokenDataset*>;
 
-EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t max_seq, int64_t step) {
+EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t batch, int64_t max_seq, int64_t step) {
   const ForwardOnlyScope scoring(m);  // no backward follows: keep one layer's activations
   EvalPoint e;
   e.step = step;
@@ -63,7 +63,7 @@ EvalPoint evaluate(LlamaModel& m, const EvalSets& splits, int64_t T, int64_t max
   // member is its negative).
   std::map<std::string, std::vector<double>> scores;
   for (const auto& [name, ds] : splits) {
-    const NllResult r = evaluate_nll(m, *ds, T, 8, max_seq);
+    const NllResult r = evaluate_nll(m, *ds, T, batch, max_seq);
     e.splits[name] = {r.mean_nll(), r.perplexity(), r.accuracy(), r.tokens};
     for (double x : r.sequence_nll) scores[name].push_back(-x);
   }
@@ -210,6 +210,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
   const RunDevice dev = resolve_run_device(r.device, r.precision, r.device_key);
   const Precision prec = dev.precision;
   const std::shared_ptr<ProcessGrid> grid = ProcessGrid::create(r.parallel, dev.device);
+  const int64_t eval_rows = eval_batch(r);
   const bool lead = grid->rank() == 0;
   UnlearnResult res;
   res.lead = lead;
@@ -433,7 +434,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     res.evals = st.evals;
     res.extra["before"] = st.before;
   } else {
-    res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, 0));
+    res.evals.push_back(evaluate(model, select_sets, r.seq_len, eval_rows, r.eval_max_sequences, 0));
     log_eval(res.evals.back(), "before");
     res.extra["before"] =
         original_cached ? original_cached->extra : extra_metrics(model, r, *streams.at("forget").ds, decode);
@@ -555,7 +556,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     bar.update(step + 1, "step " + std::to_string(step + 1) + "/" + std::to_string(r.steps) + " | loss " +
                              fmt("%.4f", s.loss) + " | ETA " + fmt("%.0fs", eta));
     if ((r.eval_every > 0 && (step + 1) % r.eval_every == 0) || step + 1 == r.steps) {
-      res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, step + 1));
+      res.evals.push_back(evaluate(model, select_sets, r.seq_len, eval_rows, r.eval_max_sequences, step + 1));
       const EvalPoint& e = res.evals.back();
       log_eval(e, "eval");
       consider_best(e);
@@ -595,7 +596,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       return res;
     }
     if (res.evals.back().step != res.steps_run) {
-      res.evals.push_back(evaluate(model, select_sets, r.seq_len, r.eval_max_sequences, res.steps_run));
+      res.evals.push_back(evaluate(model, select_sets, r.seq_len, eval_rows, r.eval_max_sequences, res.steps_run));
       log_eval(res.evals.back(), "eval");
     }
     metrics.sync();
@@ -682,7 +683,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
       reference->set_forward_only(true);
       load_weights(*reference, source);
     }
-    const FixedModelEval o{evaluate(*reference, report_sets, r.seq_len, final_n, 0), std::nullopt,
+    const FixedModelEval o{evaluate(*reference, report_sets, r.seq_len, eval_rows, final_n, 0), std::nullopt,
                            full_mia(*reference, report_sets, r, decode), res.extra.at("before")};
     res.final_evals["before"] = o.final_eval;
     res.mia["before"] = o.mia;
@@ -698,7 +699,7 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     res.mia["after"] = e->mia;
   } else {
     res.extra["after"] = extra_metrics(model, r, *streams.at("forget").ds, decode);
-    res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, final_n, res.steps_run);
+    res.final_evals["after"] = evaluate(model, report_sets, r.seq_len, eval_rows, final_n, res.steps_run);
     res.mia["after"] = full_mia(model, report_sets, r, decode);
     keep("unlearned", unlearned_part,
          {res.final_evals.at("after"), std::nullopt, res.mia.at("after"), res.extra.at("after")});
@@ -721,9 +722,9 @@ UnlearnResult run_unlearn(const Recipe& r, std::ostream& out_all, bool progress_
     else oc = reuse("oracle", oracle_part);
     if (!oc || !oc->in_run) {
       oc.emplace();
-      oc->final_eval = evaluate(om, report_sets, r.seq_len, final_n, -1);
+      oc->final_eval = evaluate(om, report_sets, r.seq_len, eval_rows, final_n, -1);
       // On the in-run sample too: the target levels drawn on the curves.
-      oc->in_run = evaluate(om, select_sets, r.seq_len, r.eval_max_sequences, -1);
+      oc->in_run = evaluate(om, select_sets, r.seq_len, eval_rows, r.eval_max_sequences, -1);
       oc->mia = full_mia(om, report_sets, r, decode);
       oc->extra = extra_metrics(om, r, *streams.at("forget").ds, decode);
       cache_store(oracle_key, *oc, "oracle");

@@ -40,6 +40,21 @@ std::vector<double> as_double(const Tensor& w) {
   else std::copy(w.data<float>(), w.data<float>() + w.numel(), out.begin());
   return out;
 }
+void check_f32_or_f64(const Tensor& t, const char* op, const char* name) {
+  LETHE_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, op, ": ", name, " must be f32 or f64, got ",
+              t.describe());
+}
+// An accumulator: f64 [1] on the CPU.
+void check_loss_scalar(const Tensor& loss, const char* op) {
+  check_cpu(loss, op, "loss");
+  check_shape(loss, {1}, op, "loss");
+  check_dtype(loss, DType::f64, op, "loss");
+}
+template <typename T>
+void put(Tensor& t, int64_t i, T v) {
+  if (t.dtype() == DType::f64) t.data<double>()[i] = double(v);
+  else t.data<float>()[i] = float(v);
+}
 // logits[N, Vr], rowmax[N] in the logits' dtype, sumexp[N] f64; returns N.
 int64_t check_row_stats(const Tensor& logits, const Tensor& rowmax, const Tensor& sumexp, const char* op) {
   check_cpu(logits, op, "logits");
@@ -55,9 +70,12 @@ int64_t check_row_stats(const Tensor& logits, const Tensor& rowmax, const Tensor
 
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
                              Tensor& lse) {
-  if (DeviceOps* d = route("cross_entropy_forward", {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
-                                                    {"logprobs", &logprobs}, {"lse", &lse}}))
-    return d->cross_entropy_forward(logits, targets, weights, logprobs, lse);
+  if (route("cross_entropy_forward", {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
+                                      {"logprobs", &logprobs}, {"lse", &lse}})) {
+    Tensor loss = Tensor::zeros({1}, DType::f64, logits.device());
+    cross_entropy_forward(logits, targets, weights, logprobs, lse, loss);
+    return loss.to(Device::cpu).data<double>()[0];
+  }
   check_args(logits, targets, weights, "cross_entropy_forward");
   const int64_t N = logits.dim(0), V = logits.dim(1);
   check_shape(logprobs, {N}, "cross_entropy_forward", "logprobs");
@@ -84,6 +102,83 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const 
       if (tg[i] != kIgnoreIndex) loss -= double(w[i]) * double(LP[i]);
   });
   return loss;
+}
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                           Tensor& lse, Tensor& loss) {
+  const char* op = "cross_entropy_forward";
+  if (DeviceOps* d = route(op, {{"logits", &logits}, {"targets", &targets}, {"weights", &weights},
+                                {"logprobs", &logprobs}, {"lse", &lse}, {"loss", &loss}}))
+    return d->cross_entropy_forward(logits, targets, weights, logprobs, lse, loss);
+  check_loss_scalar(loss, op);
+  loss.data<double>()[0] += cross_entropy_forward(logits, targets, weights, logprobs, lse);
+}
+
+void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
+                                Tensor& loss) {
+  const char* op = "cross_entropy_shard_finish";
+  if (DeviceOps* d = route(op, {{"rowmax", &rowmax}, {"sumexp", &sumexp}, {"target_logit", &target_logit},
+                                {"targets", &targets}, {"weights", &weights}, {"lse", &lse}, {"logprobs", &logprobs},
+                                {"loss", &loss}}))
+    return d->cross_entropy_shard_finish(rowmax, sumexp, target_logit, targets, weights, lse, logprobs, loss);
+  check_cpu(rowmax, op, "rowmax");
+  LETHE_CHECK(rowmax.ndim() == 1, op, ": expected rowmax[N], got ", rowmax.describe());
+  const int64_t N = rowmax.dim(0);
+  check_shape(sumexp, {N}, op, "sumexp");
+  check_dtype(sumexp, DType::f64, op, "sumexp");
+  check_shape(lse, {N}, op, "lse");
+  check_f32_or_f64(lse, op, "lse");
+  const bool with_targets = targets.defined();
+  if (with_targets) {
+    check_shape(target_logit, {N}, op, "target_logit");
+    check_dtype(target_logit, rowmax.dtype(), op, "target_logit");
+    check_shape(targets, {N}, op, "targets");
+    check_dtype(targets, DType::i32, op, "targets");
+    check_shape(weights, {N}, op, "weights");
+    check_f32_or_f64(weights, op, "weights");
+    check_shape(logprobs, {N}, op, "logprobs");
+    check_f32_or_f64(logprobs, op, "logprobs");
+    check_loss_scalar(loss, op);
+  } else {
+    LETHE_CHECK(!target_logit.defined() && !weights.defined() && !logprobs.defined() && !loss.defined(), op,
+                ": target_logit, weights, logprobs and loss come with targets");
+  }
+  cpu::dispatch_float(rowmax.dtype(), op, [&](auto tag_) {
+    using scalar_t = decltype(tag_);
+    const scalar_t* m = rowmax.data<scalar_t>();
+    const double* s = sumexp.data<double>();
+    for (int64_t i = 0; i < N; ++i) put(lse, i, scalar_t(double(m[i]) + std::log(s[i])));
+    if (!with_targets) return;
+    const scalar_t* z = target_logit.data<scalar_t>();
+    const int32_t* tg = targets.data<int32_t>();
+    const std::vector<double> w = as_double(weights);
+    double sum = 0;  // serial: independent of the thread count
+    for (int64_t i = 0; i < N; ++i) {
+      const scalar_t l = scalar_t(double(m[i]) + std::log(s[i]));
+      const scalar_t lp = tg[i] == kIgnoreIndex ? scalar_t(0) : scalar_t(z[i] - l);
+      put(logprobs, i, lp);
+      if (tg[i] != kIgnoreIndex) sum -= w[size_t(i)] * double(lp);
+    }
+    loss.data<double>()[0] += sum;
+  });
+}
+
+void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) {
+  const char* op = "weighted_row_sum";
+  if (DeviceOps* d = route(op, {{"values", &values}, {"weights", &weights}, {"total", &total}}))
+    return d->weighted_row_sum(values, weights, total);
+  check_cpu(values, op, "values");
+  LETHE_CHECK(values.ndim() == 1, op, ": expected values[N], got ", values.describe());
+  const int64_t N = values.dim(0);
+  check_dtype(values, DType::f64, op, "values");
+  check_shape(weights, {N}, op, "weights");
+  check_dtype(weights, DType::f64, op, "weights");
+  check_loss_scalar(total, op);
+  const double *v = values.data<double>(), *w = weights.data<double>();
+  double sum = 0;
+  for (int64_t i = 0; i < N; ++i) sum += w[i] * v[i];
+  total.data<double>()[0] += sum;
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,

@@ -189,13 +189,34 @@ __global__ void add_at_targets_rows(__nv_bfloat16* __restrict__ x, const int32_t
 }
 
 __global__ void nll_sum(const float* __restrict__ logprobs, const int32_t* __restrict__ targets,
-                        const float* __restrict__ weights, double* loss, int64_t N) {
+                        const float* __restrict__ weights, double* loss, int64_t N, bool accumulate) {
   __shared__ double scratch[32];
   double s = 0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
     if (targets[i] != kIgnoreIndex) s -= double(weights[i]) * double(logprobs[i]);
   s = block_sum(s, scratch);
-  if (threadIdx.x == 0) *loss = s;
+  if (threadIdx.x == 0) *loss = accumulate ? *loss + s : s;
+}
+
+// The host loop it replaces computed lse in double from the f32 maximum and rounded once.
+template <typename L>
+__global__ void finish_rows(const float* __restrict__ rowmax, const double* __restrict__ sumexp,
+                            const float* __restrict__ target_logit, const int32_t* __restrict__ targets,
+                            L* __restrict__ lse, float* __restrict__ logprobs, int64_t N) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N; i += int64_t(gridDim.x) * blockDim.x) {
+    const float l = float(double(rowmax[i]) + log(sumexp[i]));
+    lse[i] = L(l);
+    if (targets) logprobs[i] = targets[i] == kIgnoreIndex ? 0.f : target_logit[i] - l;
+  }
+}
+
+__global__ void weighted_sum_add(const double* __restrict__ values, const double* __restrict__ weights,
+                                 double* total, int64_t N) {
+  __shared__ double scratch[32];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += weights[i] * values[i];
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) *total += s;
 }
 
 __global__ void kl_rows(const __nv_bfloat16* logits, const __nv_bfloat16* __restrict__ ref,
@@ -303,9 +324,29 @@ void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, c
 }
 
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
-                  Stream s) {
-  nll_sum<<<1, 1024, 0, as_stream(s)>>>(logprobs, targets, weights, loss, N);
+                  bool accumulate, Stream s) {
+  nll_sum<<<1, 1024, 0, as_stream(s)>>>(logprobs, targets, weights, loss, N, accumulate);
   check_launch("weighted_nll");
+}
+
+void cross_entropy_shard_finish(const float* rowmax, const double* sumexp, const float* target_logit,
+                                const int32_t* targets, const float* weights, float* lse_f32, double* lse_f64,
+                                float* logprobs, double* loss, int64_t N, Stream s) {
+  if (N <= 0) return;
+  if (lse_f64)
+    finish_rows<<<grid_for(N, 256), 256, 0, as_stream(s)>>>(rowmax, sumexp, target_logit, targets, lse_f64,
+                                                             logprobs, N);
+  else
+    finish_rows<<<grid_for(N, 256), 256, 0, as_stream(s)>>>(rowmax, sumexp, target_logit, targets, lse_f32,
+                                                             logprobs, N);
+  check_launch("cross_entropy_shard_finish");
+  if (targets) weighted_nll(logprobs, targets, weights, loss, N, true, s);
+}
+
+void weighted_row_sum(const double* values, const double* weights, double* total, int64_t N, Stream s) {
+  if (N <= 0) return;
+  weighted_sum_add<<<1, 1024, 0, as_stream(s)>>>(values, weights, total, N);
+  check_launch("weighted_row_sum");
 }
 
 void add_at_targets(bf16* x, const int32_t* targets, int64_t first, float value, int64_t N, int64_t V, Stream s) {

@@ -37,8 +37,6 @@ void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double*
 void softmax_moment_shard(const bf16* logits, const float* rowmax, const double* sumexp, const double* center,
                           double* out, int64_t N, int64_t V, Stream s = nullptr);
 
-// *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
-// fixed order: the same value every run.
 // kernels/cross_entropy.h's argmax_shard (exclude may be null).
 void argmax_shard(const bf16* logits, const int32_t* exclude, int64_t first, float* best, int32_t* arg, int64_t N,
                   int64_t V, Stream s = nullptr);
@@ -54,8 +52,19 @@ void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, c
 void add_at_targets(bf16* x, const int32_t* targets, int64_t first, float value, int64_t N, int64_t V,
                     Stream s = nullptr);
 
+// *loss (device, double) = -sum_i w_i * logprobs_i over non-ignored rows, summed in a
+// fixed order (the same value every run); with accumulate, added to *loss instead.
 void weighted_nll(const float* logprobs, const int32_t* targets, const float* weights, double* loss, int64_t N,
-                  Stream s = nullptr);
+                  bool accumulate, Stream s = nullptr);
+
+// kernels/cross_entropy.h's cross_entropy_shard_finish: lse into lse_f32 or lse_f64 (one
+// of them null); with targets (else null, as target_logit, weights, logprobs and loss),
+// logprobs and *loss += -sum_i w_i logprobs_i (weighted_nll's order).
+void cross_entropy_shard_finish(const float* rowmax, const double* sumexp, const float* target_logit,
+                                const int32_t* targets, const float* weights, float* lse_f32, double* lse_f64,
+                                float* logprobs, double* loss, int64_t N, Stream s = nullptr);
+// *total += sum_i weights_i * values_i (double, a fixed order).
+void weighted_row_sum(const double* values, const double* weights, double* total, int64_t N, Stream s = nullptr);
 
 // kl[N] fp32 = KL(softmax(ref_i) || softmax(logits_i)). When dlogits is non-null it gets
 // row_scale_i * (softmax(logits_i) - softmax(ref_i)) (written, or added when accumulate;

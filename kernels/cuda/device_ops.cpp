@@ -4,8 +4,8 @@
 //
 // Every launch goes to the legacy default stream, as the backend's copies do, so ops,
 // host <-> device copies and the caching allocator's reuse of a freed block are ordered
-// without events; only the two ops that return a number (cross_entropy_forward,
-// sum_squares) wait for the device, to copy it back.
+// without events; only the ops that return a number (sum_squares, find_nonfinite) wait
+// for the device, to copy it back (losses are added up in device scalars instead).
 //
 // Where a kernel differs from the CPU op's contract (kernels/*.h):
 //   - ids and targets are on the device, so they are not range-checked as the CPU ops do
@@ -71,6 +71,12 @@ void expect_bf16_or_f32(const Tensor& t, const char* op, const char* arg) {
 // Checked before dim(i) is read, so a wrong rank is named with the layout it should have.
 void expect_ndim(const Tensor& t, int ndim, const char* op, const char* arg, const char* layout) {
   LETHE_CHECK(t.ndim() == ndim, op, ": expected ", arg, layout, ", got ", t.describe());
+}
+
+// A device accumulator: f64 [1].
+void expect_loss_scalar(const Tensor& t, const char* op, const char* arg) {
+  expect(t, DType::f64, op, arg);
+  check_shape(t, {1}, op, arg);
 }
 
 template <typename T>
@@ -393,23 +399,67 @@ class CudaOps final : public DeviceOps {
     cuda::swiglu_backward(ptr<bf16>(da), ptr<bf16>(g), ptr<bf16>(u), ptr<bf16>(dg), ptr<bf16>(du), g.numel());
   }
 
-  double cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
-                               Tensor& lse) override {
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
+                             Tensor& lse, Tensor& loss) override {
     const char* op = "cross_entropy_forward";
     const auto [N, V] = cross_entropy_dims(logits, targets, weights, op);
     expect(logprobs, DType::f32, op, "logprobs");
     expect(lse, DType::f32, op, "lse");
     check_shape(logprobs, {N}, op, "logprobs");
     check_shape(lse, {N}, op, "lse");
-    if (N == 0) return 0.0;
+    expect_loss_scalar(loss, op, "loss");
+    if (N == 0) return;
     // No fused gradient (dlogits null): the backward runs later from the saved lse.
     cuda::cross_entropy_forward(ptr<bf16>(logits), ptr<int32_t>(targets), ptr<float>(weights), ptr<float>(logprobs),
                                 ptr<float>(lse), nullptr, 0.f, N, V);
     // -sum w_i logp_i over rows whose target is not -100, in double and a fixed order (the
-    // kernel's logprobs are already 0 on those rows, as the CPU's).
-    double* loss = reduce_scratch() + cuda::kNormPartials;
-    cuda::weighted_nll(ptr<float>(logprobs), ptr<int32_t>(targets), ptr<float>(weights), loss, N);
-    return fetch(loss);
+    // kernel's logprobs are already 0 on those rows, as the CPU's), added on the device.
+    cuda::weighted_nll(ptr<float>(logprobs), ptr<int32_t>(targets), ptr<float>(weights), ptr<double>(loss), N, true);
+  }
+
+  void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,
+                                  const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
+                                  Tensor& loss) override {
+    const char* op = "cross_entropy_shard_finish";
+    expect(rowmax, DType::f32, op, "rowmax");
+    expect_ndim(rowmax, 1, op, "rowmax", "[N]");
+    const int64_t N = rowmax.dim(0);
+    expect(sumexp, DType::f64, op, "sumexp");
+    check_shape(sumexp, {N}, op, "sumexp");
+    LETHE_CHECK(lse.dtype() == DType::f32 || lse.dtype() == DType::f64, op, ": lse must be f32 or f64, got ",
+                lse.describe());
+    check_shape(lse, {N}, op, "lse");
+    const bool with_targets = targets.defined();
+    if (with_targets) {
+      expect(target_logit, DType::f32, op, "target_logit");
+      expect(targets, DType::i32, op, "targets");
+      expect(weights, DType::f32, op, "weights");
+      expect(logprobs, DType::f32, op, "logprobs");
+      for (const auto& [t, name] : {std::pair{&target_logit, "target_logit"}, {&targets, "targets"},
+                                    {&weights, "weights"}, {&logprobs, "logprobs"}})
+        check_shape(*t, {N}, op, name);
+      expect_loss_scalar(loss, op, "loss");
+    } else {
+      LETHE_CHECK(!target_logit.defined() && !weights.defined() && !logprobs.defined() && !loss.defined(), op,
+                  ": target_logit, weights, logprobs and loss come with targets");
+    }
+    const bool f64 = lse.dtype() == DType::f64;
+    cuda::cross_entropy_shard_finish(
+        ptr<float>(rowmax), ptr<double>(sumexp), with_targets ? ptr<float>(target_logit) : nullptr,
+        with_targets ? ptr<int32_t>(targets) : nullptr, with_targets ? ptr<float>(weights) : nullptr,
+        f64 ? nullptr : ptr<float>(lse), f64 ? ptr<double>(lse) : nullptr,
+        with_targets ? ptr<float>(logprobs) : nullptr, with_targets ? ptr<double>(loss) : nullptr, N);
+  }
+
+  void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) override {
+    const char* op = "weighted_row_sum";
+    expect(values, DType::f64, op, "values");
+    expect_ndim(values, 1, op, "values", "[N]");
+    const int64_t N = values.dim(0);
+    expect(weights, DType::f64, op, "weights");
+    check_shape(weights, {N}, op, "weights");
+    expect_loss_scalar(total, op, "total");
+    cuda::weighted_row_sum(ptr<double>(values), ptr<double>(weights), ptr<double>(total), N);
   }
 
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
@@ -719,8 +769,8 @@ class CudaOps final : public DeviceOps {
     return attn_workspace_.raw();
   }
 
-  // kNormPartials doubles of sum_squares partials, then one result slot (also the loss of
-  // cross_entropy_forward). The host waits for each result, so one buffer serves both.
+  // kNormPartials doubles of sum_squares partials, then its result slot. The host waits for
+  // each result, so one buffer serves every call.
   double* reduce_scratch() {
     if (!reduce_.defined()) reduce_ = Tensor::empty({cuda::kNormPartials + 1}, DType::f64, Device::cuda);
     return ptr<double>(reduce_);

@@ -526,7 +526,7 @@ TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
   DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N)), glp2(static_cast<size_t>(N)), glse2(static_cast<size_t>(N));
   DeviceBuffer<double> gloss(1);
   cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), gdl.get(), dloss, N, V);
-  cuda::weighted_nll(glp.get(), gt.get(), gw.get(), gloss.get(), N);
+  cuda::weighted_nll(glp.get(), gt.get(), gw.get(), gloss.get(), N, false);
   EXPECT_TRUE(close("logprobs", glp.download(), vec(lp), kF32Tol));
   EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol));
   EXPECT_TRUE(close("dlogits (fused)", gdl.download(), vec(dl), kBf16Tol));
@@ -605,6 +605,54 @@ TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   for (int64_t i = 0; i < N; ++i)
     EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
   EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
+}
+
+// The statistics' last step on the device (what the tensor-parallel loss runs after its
+// all-reduces) and the KL's weighted total, from the same inputs as their CPU twins. Both
+// add to what the accumulator holds. lse = f32(m + log s) may differ from the CPU's by the
+// last bit where the device's log and glibc's round a double differently (1 f32 ulp, 6e-8
+// relative); the log-probabilities z - lse inherit that ulp of lse (|lse| <= 3 + log V
+// here), and the loss sums them in another order: kF32Tol bounds both.
+TEST_F(CudaOps, CrossEntropyShardFinishAndWeightedRowSumMatchCpuTwins) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 1100, V = 5000;  // more rows than one block's threads
+  std::vector<float> m = randn(size_t(N), 3.f), z = randn(size_t(N), 3.f), w = randn(size_t(N), 0.1f);
+  std::vector<double> se(static_cast<size_t>(N)), kl(se), rw(se);
+  const auto u = randn(size_t(N), 1.f), v = randn(size_t(N), 1.f);
+  for (int64_t i = 0; i < N; ++i) {
+    se[size_t(i)] = 1.0 + double(V) * std::abs(u[size_t(i)]);
+    kl[size_t(i)] = std::abs(v[size_t(i)]);
+    rw[size_t(i)] = i % 7 == 0 ? 0.0 : 1.0 / double(N);
+  }
+  auto targets = randint(size_t(N), int32_t(V));
+  targets[3] = targets[600] = ops::kIgnoreIndex;
+  const Tensor M = host({N}, m), Z = host({N}, z), W = host({N}, w), TG = Tensor::from<int32_t>({N}, targets);
+  const Tensor SE = Tensor::from<double>({N}, se), KL = Tensor::from<double>({N}, kl), RW = Tensor::from<double>({N}, rw);
+  Tensor lse = Tensor::empty({N}, DType::f32), lp = lse.clone(), loss = Tensor::from<double>({1}, {0.25});
+  Tensor lse64 = Tensor::empty({N}, DType::f64), total = Tensor::from<double>({1}, {-0.5}), none;
+  ops::cross_entropy_shard_finish(M, SE, Z, TG, W, lse, lp, loss);
+  ops::cross_entropy_shard_finish(M, SE, none, none, none, lse64, none, none);
+  ops::weighted_row_sum(KL, RW, total);
+
+  DeviceBuffer<float> gm(m), gz(z), gw(w), glse(static_cast<size_t>(N)), glp(static_cast<size_t>(N));
+  DeviceBuffer<double> gse(se), gkl(kl), grw(rw), glse64(static_cast<size_t>(N)), gloss(std::vector<double>{0.25}),
+      gtotal(std::vector<double>{-0.5});
+  DeviceBuffer<int32_t> gt(targets);
+  cuda::cross_entropy_shard_finish(gm.get(), gse.get(), gz.get(), gt.get(), gw.get(), glse.get(), nullptr, glp.get(),
+                                   gloss.get(), N);
+  cuda::cross_entropy_shard_finish(gm.get(), gse.get(), nullptr, nullptr, nullptr, nullptr, glse64.get(), nullptr,
+                                   nullptr, N);
+  cuda::weighted_row_sum(gkl.get(), grw.get(), gtotal.get(), N);
+  const std::vector<float> l32 = glse.download();
+  const std::vector<double> l64 = glse64.download();
+  EXPECT_TRUE(close("lse", l32, vec(lse), kF32Tol));
+  EXPECT_TRUE(close("logprobs", glp.download(), vec(lp), kF32Tol));
+  for (int64_t i = 0; i < N; ++i)  // the f32 value widened: the same as the f32 lse
+    EXPECT_EQ(l64[size_t(i)], double(l32[size_t(i)])) << "row " << i;
+  const double want = loss.data<double>()[0];
+  EXPECT_NEAR(gloss.download()[0], want, kF32Tol * std::max(1.0, std::abs(want)));
+  // Only the order of a double sum differs: 1e-12 of the sum of |terms| (about 1).
+  EXPECT_NEAR(gtotal.download()[0], total.data<double>()[0], 1e-12);
 }
 
 // The first maximum of each row over a shard, skipping one id, against the CPU twin: a

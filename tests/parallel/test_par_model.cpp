@@ -20,6 +20,7 @@
 #include "engine/parallel/vocab_parallel.h"
 #include "engine/unlearn/terms.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/host_staged_device.h"
 #include "par_test_util.h"
 #include "tests/test_util.h"
 
@@ -356,6 +357,56 @@ TEST(ParallelModelRecompute, RecomputedLayersMatchOneProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ParallelModel, ::testing::Values(DType::f64, DType::f32),
                          [](const auto& i) { return std::string(dtype_name(i.param)); });
+
+// The vocabulary-parallel loss on a device: each chunk's row statistics are all-reduced
+// and finished on the device and the loss summed there, so the host's waits
+// (ScopedHostStagedDevice::host_transfers; the staged collectives stand in for NCCL's and
+// are not counted) are as many with 13 chunks as with one, for the cross-entropy and for
+// the KL. The losses equal the emulated (CPU, bf16) model's on the same layout bit for bit.
+TEST(ParallelDevice, VocabParallelLossChunksDoNotWaitForTheHost) {
+  const int world = test::mpi_world_shared()->size();
+  if (world % 2) GTEST_SKIP() << "needs tp=2";
+  const ParallelConfig layout{2, world / 2, false};
+  const LlamaConfig cfg = tiny();
+  auto cpu_grid = ProcessGrid::from_world(test::mpi_world_shared(), layout);
+  LlamaModel cpu(cfg, Precision::bf16, cpu_grid), cpu_ref(cfg, Precision::bf16, cpu_grid);
+  ScopedHostStagedDevice device;
+  auto grid = ProcessGrid::create(layout, Device::cuda);
+  LlamaModel dev(cfg, Precision::bf16, grid, Device::cuda), ref(cfg, Precision::bf16, grid, Device::cuda);
+  for (LlamaModel* m : {&cpu, &dev}) m->init_weights(7);
+  for (LlamaModel* m : {&cpu_ref, &ref}) m->init_weights(8), m->set_forward_only(true);
+  const Batch gb = make_batch(0);
+  const int64_t Bl = B / grid->dp(), r0 = Bl * grid->dp_rank(), Nl = Bl * T;
+  const Tensor tok = rows(gb.tokens, r0, Bl), tgt = rows(gb.targets, r0, Bl), w = rows(gb.weights, r0, Bl);
+  struct Waits {
+    int64_t step = 0, kl = 0;
+    double loss = 0, kl_value = 0;
+  };
+  auto run = [&](LlamaModel& m, LlamaModel& r, int64_t chunk_rows) {
+    m.set_loss_chunk_rows(chunk_rows);
+    r.set_loss_chunk_rows(chunk_rows);
+    Waits x;
+    const int64_t t0 = device.host_transfers();
+    x.loss = m.forward(tok, tgt, &w);
+    m.backward();
+    const int64_t t1 = device.host_transfers();
+    x.kl_value = kl_to_reference(m, r, tok, tgt, 0.5, true);
+    x.step = t1 - t0;
+    x.kl = device.host_transfers() - t1;
+    return x;
+  };
+  run(dev, ref, Nl);  // the first pass also uploads what is kept (RoPE tables)
+  const Waits one = run(dev, ref, Nl), many = run(dev, ref, 5);
+  EXPECT_EQ(many.step, one.step) << "forward and backward in " << (Nl + 4) / 5 << " chunks against one";
+  EXPECT_EQ(many.kl, one.kl) << "the KL's head pass in " << (Nl + 4) / 5 << " chunks against one";
+  // As one process: the batch's three uploads and the loss read; the KL's row weights,
+  // two trunks' tokens and its sum.
+  EXPECT_EQ(one.step, 4);
+  EXPECT_EQ(one.kl, 4);
+  const Waits emulated = run(cpu, cpu_ref, 5);
+  EXPECT_EQ(many.loss, emulated.loss);
+  EXPECT_EQ(many.kl_value, emulated.kl_value);
+}
 
 TEST(ParallelModelConfig, LayoutErrorsNameTheDimension) {
   auto w = test::mpi_world_shared();
