@@ -5,7 +5,7 @@ add_library(lethe_cuda STATIC
   kernels/cuda/runtime.cu kernels/cuda/arena.cu kernels/cuda/cast.cu
   kernels/cuda/embedding.cu kernels/cuda/rmsnorm.cu kernels/cuda/rope.cu kernels/cuda/swiglu.cu
   kernels/cuda/attention.cu kernels/cuda/attention_fwd_mma.cu kernels/cuda/attention_bwd_mma.cu
-  kernels/cuda/cross_entropy.cu kernels/cuda/optim.cu kernels/cuda/linear.cu
+  kernels/cuda/cross_entropy.cu kernels/cuda/hidden_loss.cu kernels/cuda/optim.cu kernels/cuda/linear.cu
   kernels/cuda/numerics.cu kernels/cuda/elementwise.cu kernels/cuda/attention_decode.cu kernels/cuda/sample.cu
   # The memory backend, here rather than in lethe_kernels, because its converting copies
   # launch the cast kernels; lethe_kernels (kernels/device.cpp) registers it and links this.

@@ -76,6 +76,9 @@ class DeviceOps {
   virtual void kl_shard(const Tensor& ref_logits, const Tensor& logits, const Tensor& lse_q, const Tensor& lse_p,
                         const Tensor& row_weight, double grad_scale, Tensor& kl, Tensor* dlogits) = 0;
   virtual void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) = 0;
+  // kernels/hidden_loss.h.
+  virtual void hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, const Tensor& targets,
+                          double grad_scale, double denom, Tensor& dh, Tensor& loss) = 0;
   // Sampling over a vocabulary shard (kernels/sample.h).
   virtual void inverse_cdf_shard(const Tensor& logits, const Tensor& rowmax, const Tensor& target, int64_t first,
                                  Tensor& arg) = 0;

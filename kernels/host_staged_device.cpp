@@ -10,6 +10,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/hidden_loss.h"
 #include "kernels/linear.h"
 #include "kernels/optim.h"
 #include "kernels/rmsnorm.h"
@@ -269,6 +270,15 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     Tensor hx = in(x);
     ops::add_at_targets_(hx, in(targets), first, value);
     out(x, hx);
+  }
+  void hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, const Tensor& targets, double grad_scale,
+                  double denom, Tensor& dh, Tensor& loss) override {
+    const Staging staging(count);
+    // The CPU kernel computes in h's widened dtype (f32): its dh is f32, as a device's.
+    Tensor hd = in(dh), hl = in(loss);
+    ops::hidden_mse(in(h), in(target), in(steer), in(targets), grad_scale, denom, hd, hl);
+    out(dh, hd);
+    out(loss, hl);
   }
   void add(const Tensor& a, const Tensor& b, Tensor& o) override {
     const Staging staging(count);

@@ -131,6 +131,10 @@ void TimedDeviceOps::cross_entropy_shard_finish(const Tensor& rowmax, const Tens
     inner_->cross_entropy_shard_finish(rowmax, sumexp, target_logit, targets, weights, lse, logprobs, loss);
   });
 }
+void TimedDeviceOps::hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, const Tensor& targets,
+                                double grad_scale, double denom, Tensor& dh, Tensor& loss) {
+  timed(OpFamily::loss, [&] { inner_->hidden_mse(h, target, steer, targets, grad_scale, denom, dh, loss); });
+}
 void TimedDeviceOps::weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) {
   timed(OpFamily::loss, [&] { inner_->weighted_row_sum(values, weights, total); });
 }

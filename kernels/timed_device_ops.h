@@ -91,6 +91,8 @@ class TimedDeviceOps : public DeviceOps {
                                   const Tensor& targets, const Tensor& weights, Tensor& lse, Tensor& logprobs,
                                   Tensor& loss) override;
   void weighted_row_sum(const Tensor& values, const Tensor& weights, Tensor& total) override;
+  void hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, const Tensor& targets, double grad_scale,
+                  double denom, Tensor& dh, Tensor& loss) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& weights, const Tensor& lse,
                               int64_t first, int64_t vocab, double dloss, Tensor& dlogits) override;
   void cross_entropy_shard_max(const Tensor& logits, const Tensor& targets, int64_t first, int64_t vocab,

@@ -84,6 +84,37 @@ TEST_F(ModelSourceTest, LoadHoldsOneTensorAtATimeAndDigestsAsAWholeRead) {
   EXPECT_NE(load_weights(m2, ModelSource::open((dir_ / "hf2").string())), sha);
 }
 
+// A frozen reference read at an inner layer (RMU's retain term) holds the first layers
+// only: the hidden state there is the whole model's, bit for bit (the same weights and
+// the same ops up to that layer), from 3 of the 8 layers' weights.
+TEST_F(ModelSourceTest, FirstLayersGiveTheWholeModelsHiddenStates) {
+  const ModelSource src = ModelSource::open((dir_ / "hf").string());
+  LlamaModel whole(src.config());
+  load_weights(whole, src);
+  LlamaConfig first = src.config();
+  first.n_layers = 3;
+  LlamaModel part(first);
+  load_first_layers(part, src);
+  EXPECT_LT(part.params().size(), whole.params().size());
+  const Tensor tok = test::randint({2, 16}, 256, 4);
+  const Tensor want = whole.forward_hidden(tok, 2).clone(), got = part.forward_hidden(tok, 2).clone();
+  EXPECT_EQ(test::scaled_err(got, want), 0.0);
+  // Anything but the layer count must be the source's.
+  LlamaConfig wider = first;
+  wider.ffn_dim = 128;
+  LlamaModel other(wider);
+  try {
+    load_first_layers(other, src);
+    ADD_FAILURE() << "a model of another shape was loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("must have its config otherwise"), std::string::npos) << e.what();
+  }
+  LlamaConfig deeper = src.config();
+  deeper.n_layers = 9;
+  LlamaModel more(deeper);
+  EXPECT_THROW(load_first_layers(more, src), Error);
+}
+
 // Under the bf16 policy the optimizer's fp32 master starts from the stored f32 weights, not
 // their bf16 rounding, whether the model rounds them at the load (on a device, served here
 // by the host-staged device) or at its first forward (the CPU emulation): both runs then

@@ -122,6 +122,19 @@ std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer
   return to_hex(h.final());
 }
 
+void load_first_layers(LlamaModel& model, const ModelSource& src) {
+  LlamaConfig want = src.config();
+  want.n_layers = model.config().n_layers;
+  LETHE_CHECK(model.config().n_layers >= 1 && model.config().n_layers <= src.config().n_layers &&
+                  llama_config_to_json(model.config()) == llama_config_to_json(want),
+              src.path(), ": a model of its first ", model.config().n_layers, " layers must have its config otherwise");
+  ParamSet& params = model.params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& s = params.spec(i);
+    copy_block(params[i], s, src.read(s.name), src.path());
+  }
+}
+
 std::string weights_sha256(const ParamSet& params) {
   Sha256Stream h;
   // A model on a device hashes its host copy (bf16 widened to f32): the digest of the

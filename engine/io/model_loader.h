@@ -51,6 +51,11 @@ class ModelSource {
 // the copy ZeRO-1 keeps is refreshed from the loaded model.
 std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer* master = nullptr);
 
+// A model made of src's first layers only (src's config with fewer n_layers; the
+// embedding, final norm and head as stored): its weights, by name. For a frozen reference
+// read at an inner layer (RMU's retain term), which then need not hold the layers after it.
+void load_first_layers(LlamaModel& model, const ModelSource& src);
+
 // Digest of a model's current parameters: SHA-256 over (name, shape, dtype, bytes) of every
 // weight, in order.
 std::string weights_sha256(const ParamSet& params);

@@ -172,21 +172,26 @@ MemoryPlan memory_plan(const PlanInput& in) {
 
   const RecipeNeeds& rc = in.recipe;
   if (rc.ref_last_layer >= 0) {
-    // The frozen original as the engine holds it: the whole model (loaded whole, whatever
-    // layers the terms read), forward-only and without gradients
-    // (LlamaModel::set_forward_only): its forward keeps the residual stream and one layer's
-    // working set. On a device every buffer of its batch is allocated; on the CPU only what
-    // its forward writes is resident (the layers it runs, the head when it reads logits).
-    m.ref_weights = P * z.a;  // the same parameters per rank as the trained model
-    const double ran = bf16 ? double(c.n_layers) : double(rc.ref_last_layer + 1);  // layers its resid_ holds
+    // The frozen original as the engine holds it: the whole model when a term reads its
+    // logits, else its first ref_last_layer + 1 layers (with the embedding, final norm and
+    // head, as stored); forward-only and without gradients (LlamaModel::set_forward_only):
+    // its forward keeps the residual stream and one layer's working set. On a device every
+    // buffer of its batch is allocated; on the CPU only what its forward writes is resident
+    // (the layers it runs, the head when it reads logits).
+    LlamaConfig held = c;
+    if (!rc.ref_logits) held.n_layers = rc.ref_last_layer + 1;
+    double ref_params = 0;
+    for (const ParamSpec& s : llama_param_specs(held)) ref_params += double(rank_numel(s, c, in.tp));
+    m.ref_weights = ref_params * z.a;
+    const double ran = bf16 ? double(held.n_layers) : double(rc.ref_last_layer + 1);  // layers its resid_ holds
     const bool head_bufs = bf16 || rc.ref_logits;  // xf_, rstdf_, logprobs_, lse_
     m.ref_acts = (ran + 1) * N * C * z.a + layer_set(in) + N * C * z.a + rope +
                  (head_bufs ? N * C * z.a + 3 * N * z.s : 0) + (rc.ref_logits ? R * V * z.a : 0);
     if (rep_kv) m.ref_acts += N * d.Kproj * z.a;
-    // rmu_retain copies the reference's hidden state to f64 and builds d(hidden) in f32 on
-    // the host (the logits terms read the reference a chunk at a time, counted above).
-    if (!bf16 && !rc.ref_logits) m.ref_acts += N * C * (8 + 4);
   }
+  // RMU's terms build d(hidden) [N, C] in f32 where the model is (ops::hidden_mse), one
+  // term at a time; the reference's hidden state is read in place.
+  if (rc.hidden_last_layer >= 0) m.act_head += N * C * 4;
   return m;
 }
 

@@ -11,6 +11,7 @@
 #include "engine/parallel/vocab_parallel.h"
 #include "engine/parallel/vocab_sample.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/hidden_loss.h"
 
 namespace lethe {
 namespace {
@@ -504,36 +505,37 @@ class RmuTerm : public Term {
   double accumulate(LlamaModel& m, const UnlearnBatch& b, double scale) override { return run(m, b, scale, true); }
 
  private:
-  // Mean squared error over real positions and channels, as torch's mse_loss in RMU.
+  // Mean squared error over real positions and channels, as torch's mse_loss in RMU
+  // (ops::hidden_mse: where the hidden states live, so a device's stay there). The
+  // gradient goes back through backward_hidden (bf16: rounded there, as the emulation
+  // rounds).
   double run(LlamaModel& m, const UnlearnBatch& b, double scale, bool grad) {
     LETHE_CHECK(spec_.type == "rmu_retain" || !std::isnan(coef_), "term ", spec_.name(),
                 ": adaptive steering needs prepare() on the forget stream before the first step");
-    Tensor target;
-    if (spec_.type == "rmu_retain") target = to_host(ref_->forward_hidden(b.tokens, spec_.layer)).to(DType::f64);
-    // A model on a device: its hidden rows' host copy; the gradient goes back through
-    // backward_hidden, which copies it over (bf16: rounded there, as the emulation rounds).
-    const Tensor h = to_host(m.forward_hidden(b.tokens, spec_.layer));
+    const Device dev = m.device();
+    Tensor target, steer;
+    if (spec_.type == "rmu_retain") {
+      target = ref_->forward_hidden(b.tokens, spec_.layer);  // the reference's buffer, until its next forward
+    } else {
+      if (!steer_.defined() || steer_.device() != dev) {
+        Tensor s = Tensor::empty({int64_t(u_.size())}, DType::f64);
+        for (size_t c = 0; c < u_.size(); ++c) s.data<double>()[c] = coef_ * u_[c];
+        steer_ = s.to(dev);
+      }
+      steer = steer_;
+    }
+    const Tensor& h = m.forward_hidden(b.tokens, spec_.layer);
     const int64_t N = h.dim(0), C = h.dim(1), n = count_valid_global(m, b.targets);
     if (n == 0) return 0;
-    Tensor dh = Tensor::zeros({N, C}, h.dtype());
-    const int32_t* t = b.targets.data<int32_t>();
-    double loss = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      if (t[i] == ops::kIgnoreIndex) continue;
-      for (int64_t c = 0; c < C; ++c) {
-        const double hv = h.dtype() == DType::f32 ? h.data<float>()[i * C + c] : h.data<double>()[i * C + c];
-        const double tv = target.defined() ? target.data<double>()[i * C + c] : coef_ * u_[size_t(c)];
-        const double d = hv - tv;
-        loss += d * d;
-        const double g = scale * 2 * d / double(n * C);
-        if (dh.dtype() == DType::f32) dh.data<float>()[i * C + c] = float(g);
-        else dh.data<double>()[i * C + c] = g;
-      }
-    }
+    // A device's gradient is f32 (backward_hidden rounds it once); the CPU's is h's dtype.
+    Tensor dh = Tensor::empty({N, C}, dev == Device::cpu ? h.dtype() : DType::f32, dev);
+    Tensor loss = Tensor::zeros({1}, DType::f64, dev);
+    ops::hidden_mse(h, target, steer, b.targets.reshape({N}).to(dev), scale, double(n * C), dh, loss);
     if (grad && scale != 0) m.backward_hidden(dh);
-    return sum_over_dp(m, loss) / double(n * C);
+    return sum_over_dp(m, to_host(loss).data<double>()[0]) / double(n * C);
   }
   LlamaModel* ref_;
+  Tensor steer_;  // coef * u, on the model's device once known
   std::vector<double> u_;
   double coef_ = std::numeric_limits<double>::quiet_NaN();  // c: steer, or set by prepare()
 };

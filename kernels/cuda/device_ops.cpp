@@ -20,6 +20,7 @@
 //   - attention and attention_decode compute in bf16 only.
 #include "kernels/cuda/device_ops.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -29,6 +30,7 @@
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/hidden_loss.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/numerics.h"
@@ -603,6 +605,31 @@ class CudaOps final : public DeviceOps {
     cuda::kl_shard(ptr<bf16>(ref_logits), ptr<bf16>(logits), ptr<double>(lse_q), ptr<double>(lse_p),
                    ptr<double>(row_weight), grad_scale, ptr<double>(kl), dlogits ? ptr<bf16>(*dlogits) : nullptr, N,
                    V);
+  }
+
+  void hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, const Tensor& targets, double grad_scale,
+                  double denom, Tensor& dh, Tensor& loss) override {
+    const char* op = "hidden_mse";
+    expect(h, DType::bf16, op, "h");
+    expect_ndim(h, 2, op, "h", "[N, C]");
+    const int64_t N = h.dim(0), C = h.dim(1);
+    LETHE_CHECK(target.defined() != steer.defined(), op, ": give target or steer, not both");
+    if (target.defined()) {
+      expect(target, DType::bf16, op, "target");
+      check_shape(target, {N, C}, op, "target");
+    } else {
+      expect(steer, DType::f64, op, "steer");
+      check_shape(steer, {C}, op, "steer");
+    }
+    expect(targets, DType::i32, op, "targets");
+    check_shape(targets, {N}, op, "targets");
+    expect(dh, DType::f32, op, "dh");
+    check_shape(dh, {N, C}, op, "dh");
+    expect_loss_scalar(loss, op, "loss");
+    Tensor row_sq = Tensor::empty({std::max<int64_t>(N, 1)}, DType::f64, Device::cuda);
+    cuda::hidden_mse(ptr<bf16>(h), target.defined() ? ptr<bf16>(target) : nullptr,
+                     steer.defined() ? ptr<double>(steer) : nullptr, ptr<int32_t>(targets), grad_scale, denom,
+                     ptr<float>(dh), ptr<double>(row_sq), ptr<double>(loss), N, C);
   }
 
   void add_at_targets_(Tensor& x, const Tensor& targets, int64_t first, double value) override {

@@ -24,6 +24,7 @@
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/hidden_loss.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/optim.h"
 #include "kernels/cuda/rmsnorm.h"
@@ -31,6 +32,7 @@
 #include "kernels/cuda/sample.h"
 #include "kernels/cuda/swiglu.h"
 #include "kernels/embedding.h"
+#include "kernels/hidden_loss.h"
 #include "kernels/linear.h"
 #include "kernels/optim.h"
 #include "kernels/rmsnorm.h"
@@ -653,6 +655,39 @@ TEST_F(CudaOps, CrossEntropyShardFinishAndWeightedRowSumMatchCpuTwins) {
   EXPECT_NEAR(gloss.download()[0], want, kF32Tol * std::max(1.0, std::abs(want)));
   // Only the order of a double sum differs: 1e-12 of the sum of |terms| (about 1).
   EXPECT_NEAR(gtotal.download()[0], total.data<double>()[0], 1e-12);
+}
+
+// RMU's hidden-state MSE against its CPU twin on the same bf16 values, toward a target and
+// toward a steering vector. The differences and dh's values are formed in double from
+// bf16 inputs on both sides and rounded once to f32: equal to 1 f32 ulp (6e-8 relative,
+// kF32Tol bounds it). The loss sums the same double squares in another order: 1e-12.
+TEST_F(CudaOps, HiddenMseMatchesCpuTwin) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t N = 37, C = 300;
+  const auto h = round_bf16(randn(size_t(N * C), 2.f)), x = round_bf16(randn(size_t(N * C), 2.f));
+  const auto u = randn(size_t(C), 3.f);
+  std::vector<double> steer(u.begin(), u.end());
+  auto targets = randint(size_t(N), 100);
+  targets[0] = targets[20] = ops::kIgnoreIndex;
+  const Tensor H = host({N, C}, h), X = host({N, C}, x), TG = Tensor::from<int32_t>({N}, targets);
+  const Tensor S = Tensor::from<double>({C}, steer), none;
+  const double scale = 0.7, denom = double((N - 2) * C);
+  DeviceBuffer<bf16> gh(to_bf16(h)), gx(to_bf16(x));
+  DeviceBuffer<double> gs(steer), rows(static_cast<size_t>(N));
+  DeviceBuffer<int32_t> gt(targets);
+  for (const bool toward_target : {true, false}) {
+    SCOPED_TRACE(toward_target ? "toward a target" : "toward a steering vector");
+    Tensor dh = Tensor::empty({N, C}, DType::f32), loss = Tensor::from<double>({1}, {0.5});
+    ops::hidden_mse(H, toward_target ? X : none, toward_target ? none : S, TG, scale, denom, dh, loss);
+    DeviceBuffer<float> gdh(size_t(N * C));
+    DeviceBuffer<double> gloss(std::vector<double>{0.5});
+    cuda::hidden_mse(gh.get(), toward_target ? gx.get() : nullptr, toward_target ? nullptr : gs.get(), gt.get(), scale,
+                     denom, gdh.get(), rows.get(), gloss.get(), N, C);
+    EXPECT_TRUE(close("dh", gdh.download(), vec(dh), kF32Tol));
+    const auto g = gdh.download();
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(g[size_t(20 * C + c)], 0.f) << "an ignored row's gradient";
+    EXPECT_NEAR(gloss.download()[0], loss.data<double>()[0], 1e-12 * loss.data<double>()[0]);
+  }
 }
 
 // The first maximum of each row over a shard, skipping one id, against the CPU twin: a
