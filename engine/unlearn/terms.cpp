@@ -497,6 +497,7 @@ class RmuTerm : public Term {
     }
     LETHE_CHECK(n > 0, "term ", spec_.name(), ": the stream has no real positions to measure the activation norm on");
     coef_ = spec_.beta * sum / double(n);
+    steer_ = Tensor();  // coef * u is formed again at the next step
     if (original.grid().rank() == 0)
       log::info("term ", spec_.name(), ": adaptive steering coefficient ", coef_, " = beta ", spec_.beta,
                 " x mean activation norm ", sum / double(n), " at layer ", spec_.layer);
