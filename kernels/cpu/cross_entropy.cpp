@@ -148,19 +148,19 @@ void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, cons
     using scalar_t = decltype(tag_);
     const scalar_t* m = rowmax.data<scalar_t>();
     const double* s = sumexp.data<double>();
-    for (int64_t i = 0; i < N; ++i) put(lse, i, scalar_t(double(m[i]) + std::log(s[i])));
-    if (!with_targets) return;
-    const scalar_t* z = target_logit.data<scalar_t>();
-    const int32_t* tg = targets.data<int32_t>();
-    const std::vector<double> w = as_double(weights);
+    const scalar_t* z = with_targets ? target_logit.data<scalar_t>() : nullptr;
+    const int32_t* tg = with_targets ? targets.data<int32_t>() : nullptr;
+    const std::vector<double> w = with_targets ? as_double(weights) : std::vector<double>();
     double sum = 0;  // serial: independent of the thread count
     for (int64_t i = 0; i < N; ++i) {
       const scalar_t l = scalar_t(double(m[i]) + std::log(s[i]));
+      put(lse, i, l);
+      if (!with_targets) continue;
       const scalar_t lp = tg[i] == kIgnoreIndex ? scalar_t(0) : scalar_t(z[i] - l);
       put(logprobs, i, lp);
       if (tg[i] != kIgnoreIndex) sum -= w[size_t(i)] * double(lp);
     }
-    loss.data<double>()[0] += sum;
+    if (with_targets) loss.data<double>()[0] += sum;
   });
 }
 

@@ -1,5 +1,7 @@
 #include "kernels/hidden_loss.h"
 
+#include <algorithm>
+
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/device_ops.h"
@@ -37,11 +39,11 @@ void hidden_mse(const Tensor& h, const Tensor& target, const Tensor& steer, cons
     scalar_t* G = dh.data<scalar_t>();
     double sum = 0;  // serial, row-major: the loss does not depend on the thread count
     for (int64_t i = 0; i < N; ++i) {
+      if (t[i] == kIgnoreIndex) {
+        std::fill(G + i * C, G + (i + 1) * C, scalar_t(0));
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) {
-        if (t[i] == kIgnoreIndex) {
-          G[i * C + c] = 0;
-          continue;
-        }
         const double d = double(H[i * C + c]) - (X ? double(X[i * C + c]) : S[c]);
         sum += d * d;
         G[i * C + c] = scalar_t(grad_scale * 2 * d / denom);
