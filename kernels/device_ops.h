@@ -45,6 +45,11 @@ class DeviceOps {
                                Tensor* dw) = 0;
   virtual void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) = 0;
   virtual void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) = 0;
+  // The fused q/k/v projection's output split (and rotated), and its transpose (kernels/rope.h).
+  virtual void qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k,
+                              Tensor& v) = 0;
+  virtual void qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                                       const Tensor& sin, Tensor& dqkv) = 0;
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o,
                                  Tensor& lse, Precision precision) = 0;
   virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -52,8 +57,9 @@ class DeviceOps {
                                   Tensor& dv, Precision precision) = 0;
   virtual void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n,
                                 double scale, Tensor& o, Precision precision) = 0;
-  virtual void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) = 0;
-  virtual void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) = 0;
+  // gu [N, 2F]: the fused gate/up projection's output (kernels/swiglu.h).
+  virtual void swiglu_forward(const Tensor& gu, Tensor& a) = 0;
+  virtual void swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu) = 0;
   // Adds the loss to loss[0] (f64 [1]): no host wait (kernels/cross_entropy.h).
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                      Tensor& logprobs, Tensor& lse, Tensor& loss) = 0;

@@ -140,6 +140,24 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::rope_backward(in(dy), in(cos), in(sin), hdx);
     out(dx, hdx);
   }
+  void qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k,
+                      Tensor& v) override {
+    const Staging staging(count);
+    check_disjoint("qkv_split_rope", {{"q", &q}, {"k", &k}, {"v", &v}}, {{"qkv", &qkv}});
+    Tensor hq = in(q), hk = in(k), hv = in(v);
+    ops::qkv_split_rope(in(qkv), in(cos), in(sin), hq, hk, hv);
+    out(q, hq);
+    out(k, hk);
+    out(v, hv);
+  }
+  void qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                               const Tensor& sin, Tensor& dqkv) override {
+    const Staging staging(count);
+    check_disjoint("qkv_merge_rope_backward", {{"dqkv", &dqkv}}, {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
+    Tensor hd = in(dqkv);
+    ops::qkv_merge_rope_backward(in(dq), in(dk), in(dv), in(cos), in(sin), hd);
+    out(dqkv, hd);
+  }
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                          Precision precision) override {
     const Staging staging(count);
@@ -168,18 +186,19 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     ops::attention_decode(in(q), in(k_cache), in(v_cache), n, scale, ho, precision);
     out(o, ho);
   }
-  void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {
+  void swiglu_forward(const Tensor& gu, Tensor& a) override {
     const Staging staging(count);
+    check_disjoint("swiglu_forward", {{"a", &a}}, {{"gu", &gu}});
     Tensor ha = in(a);
-    ops::swiglu_forward(in(g), in(u), ha);
+    ops::swiglu_forward(in(gu), ha);
     out(a, ha);
   }
-  void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override {
+  void swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu) override {
     const Staging staging(count);
-    Tensor hg = in(dg), hu = in(du);
-    ops::swiglu_backward(in(da), in(g), in(u), hg, hu);
-    out(dg, hg);
-    out(du, hu);
+    check_disjoint("swiglu_backward", {{"dgu", &dgu}}, {{"da", &da}, {"gu", &gu}});
+    Tensor hd = in(dgu);
+    ops::swiglu_backward(in(da), in(gu), hd);
+    out(dgu, hd);
   }
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
                              Tensor& lse, Tensor& loss) override {

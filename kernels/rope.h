@@ -30,4 +30,14 @@ void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor&
 // Transpose of the rotation: dx from dy (may alias).
 void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx);
 
+// The fused q/k/v projection (one GEMM against [W_q; W_k; W_v]) writes qkv [B*T, (H + 2 KV) D]:
+// each token's H query heads, then its KV key heads, then its KV value heads. This splits it
+// into the attention's q [B, T, H, D] and k [B, T, KV, D], rotated as rope_forward rotates
+// them, and v [B, T, KV, D], copied. No output may overlap qkv.
+void qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k, Tensor& v);
+// Its transpose: dqkv (overwritten, laid out as qkv) from the attention's dq and dk,
+// rotated back as rope_backward does, and dv: the fused projection's dy.
+void qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                             const Tensor& sin, Tensor& dqkv);
+
 }  // namespace lethe::ops

@@ -1,12 +1,14 @@
-// SwiGLU gate of the Llama MLP: a = silu(g) * u. The three projections are linear ops.
+// SwiGLU gate of the Llama MLP: a = silu(g) * u. The gate and up projections run as one
+// GEMM against [W_gate; W_up], so g and u arrive side by side in each row of its output.
 #pragma once
 #include "engine/core/tensor.h"
 
 namespace lethe::ops {
 
-// g, u [N, F] -> a [N, F].
-void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a);
-// da -> dg, du (overwritten).
-void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+// gu [N, 2F] (each row: F gate values, then F up values) -> a [N, F].
+void swiglu_forward(const Tensor& gu, Tensor& a);
+// da [N, F] -> dgu [N, 2F] (overwritten, laid out as gu), the input of the fused
+// projection's one dx and one dW product. dgu may not overlap gu or da.
+void swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu);
 
 }  // namespace lethe::ops

@@ -100,6 +100,14 @@ void TimedDeviceOps::rope_forward(const Tensor& x, const Tensor& cos, const Tens
 void TimedDeviceOps::rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) {
   timed(OpFamily::rope, [&] { inner_->rope_backward(dy, cos, sin, dx); });
 }
+void TimedDeviceOps::qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k,
+                                    Tensor& v) {
+  timed(OpFamily::rope, [&] { inner_->qkv_split_rope(qkv, cos, sin, q, k, v); });
+}
+void TimedDeviceOps::qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                             const Tensor& cos, const Tensor& sin, Tensor& dqkv) {
+  timed(OpFamily::rope, [&] { inner_->qkv_merge_rope_backward(dq, dk, dv, cos, sin, dqkv); });
+}
 void TimedDeviceOps::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o,
                                        Tensor& lse, Precision precision) {
   timed(OpFamily::attention, [&] { inner_->attention_forward(q, k, v, scale, o, lse, precision); });
@@ -114,11 +122,11 @@ void TimedDeviceOps::attention_decode(const Tensor& q, const Tensor& k_cache, co
                                       double scale, Tensor& o, Precision precision) {
   timed(OpFamily::attention, [&] { inner_->attention_decode(q, k_cache, v_cache, n, scale, o, precision); });
 }
-void TimedDeviceOps::swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) {
-  timed(OpFamily::elementwise, [&] { inner_->swiglu_forward(g, u, a); });
+void TimedDeviceOps::swiglu_forward(const Tensor& gu, Tensor& a) {
+  timed(OpFamily::elementwise, [&] { inner_->swiglu_forward(gu, a); });
 }
-void TimedDeviceOps::swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
-  timed(OpFamily::elementwise, [&] { inner_->swiglu_backward(da, g, u, dg, du); });
+void TimedDeviceOps::swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu) {
+  timed(OpFamily::elementwise, [&] { inner_->swiglu_backward(da, gu, dgu); });
 }
 void TimedDeviceOps::cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights,
                                            Tensor& logprobs, Tensor& lse, Tensor& loss) {

@@ -76,6 +76,10 @@ class TimedDeviceOps : public DeviceOps {
                        Tensor* dw) override;
   void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) override;
   void rope_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, Tensor& dx) override;
+  void qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k,
+                      Tensor& v) override;
+  void qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                               const Tensor& sin, Tensor& dqkv) override;
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                          Precision precision) override;
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
@@ -83,8 +87,8 @@ class TimedDeviceOps : public DeviceOps {
                           Precision precision) override;
   void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t n, double scale,
                         Tensor& o, Precision precision) override;
-  void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override;
-  void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override;
+  void swiglu_forward(const Tensor& gu, Tensor& a) override;
+  void swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu) override;
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
                              Tensor& lse, Tensor& loss) override;
   void cross_entropy_shard_finish(const Tensor& rowmax, const Tensor& sumexp, const Tensor& target_logit,

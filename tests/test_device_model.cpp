@@ -111,10 +111,10 @@ TEST_P(DeviceModel, MatchesTheEmulatedBf16ModelBitForBit) {
   const int64_t ops_before = device_.ops_run();
   const double l_cpu = cpu.forward(b.tok, b.tgt), l_dev = dev.forward(b.tok, b.tgt);
   EXPECT_EQ(l_dev, l_cpu);
-  // layers x (norm, 7 projections, 2 RoPE, attention, add + norm, SwiGLU, add) + embedding
-  // + final norm + 16 chunks x (head, cross-entropy): every op of the forward ran on the
-  // device.
-  EXPECT_GE(device_.ops_run() - ops_before, c.n_layers * 14 + 2 + 16 * 2);
+  // layers x (norm, 4 projections (q/k/v fused, gate/up fused), q/k/v split with RoPE,
+  // attention, add + norm, SwiGLU, add) + embedding + final norm + 16 chunks x (head,
+  // cross-entropy): every op of the forward ran on the device.
+  EXPECT_GE(device_.ops_run() - ops_before, c.n_layers * 10 + 2 + 16 * 2);
   EXPECT_EQ(dev.logprobs().device(), Device::cuda);
   expect_same(dev.logprobs(), cpu.logprobs(), "log-probs");
   cpu.backward(0.7);

@@ -126,12 +126,14 @@ TEST(Numerics, NamesTheNonFiniteParameterBeforeTheForward) {
 
 TEST(Numerics, NamesTheOpThatOverflowed) {
   Fixture f(true);
-  // Finite weights whose product overflows f32: layer 1's up projection is the first
-  // tensor to hold an Inf (its gate projection, computed just before, stays finite).
+  // Finite weights whose product overflows f32: layer 1's fused gate/up projection is the
+  // first tensor to hold an Inf, in its up half (columns 24..47; the gate half stays finite).
   Tensor& w = f.weight("model.layers.1.mlp.up_proj.weight");
   for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = 3e38f;
   const std::string msg = error_of([&] { f.m.forward(f.tok, f.tgt); });
-  EXPECT_NE(msg.find("layer 1 forward, mlp.up_proj output [16,24]: first "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("layer 1 forward, mlp.gate_proj and mlp.up_proj output [16,48]: first "), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(" at [0, 24]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("everything it was computed from is finite, so this op produced it"), std::string::npos) << msg;
 }
 

@@ -263,6 +263,76 @@ TEST(RoPE, BackwardMatchesFiniteDifferences) {
   EXPECT_LE(scaled_err(dx, elementwise_fd(x, loss)), kFdTol);
 }
 
+// The fused q/k/v projection's output [B*T, (H + 2 KV) D] (each token: H q heads, KV k
+// heads, KV v heads). The split is rope_forward on q and k and a copy of v, bit for bit;
+// the merge is its transpose: <split(x), y> = <x, merge(y)>.
+TEST(RoPE, QkvSplitIsRopeOnQAndKAndACopyOfV) {
+  const int64_t B = 2, T = 5, H = 4, KV = 2, D = 8, W = (H + 2 * KV) * D;
+  Tensor qkv = randn({B * T, W}, DType::f32, 40), c, s;
+  ops::rope_tables(ops::rope_inv_freq(D, 10000.0, {}), T + 3, DType::f32, c, s);  // a longer table, as decoding has
+  Tensor q = Tensor::zeros({B, T, H, D}, DType::f32), k = Tensor::zeros({B, T, KV, D}, DType::f32), v = k.clone();
+  ops::qkv_split_rope(qkv, c, s, q, k, v);
+  Tensor q0 = Tensor::zeros(q.shape(), DType::f32), k0 = Tensor::zeros(k.shape(), DType::f32), v0 = k0.clone();
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t i = 0; i < W; ++i) {
+      const float x = qkv.data<float>()[r * W + i];
+      if (i < H * D) q0.data<float>()[r * H * D + i] = x;
+      else if (i < (H + KV) * D) k0.data<float>()[r * KV * D + i - H * D] = x;
+      else v0.data<float>()[r * KV * D + i - (H + KV) * D] = x;
+    }
+  ops::rope_forward(q0, c, s, q0);
+  ops::rope_forward(k0, c, s, k0);
+  EXPECT_EQ(values(q), values(q0));
+  EXPECT_EQ(values(k), values(k0));
+  EXPECT_EQ(values(v), values(v0));
+}
+
+TEST(RoPE, QkvMergeIsTheSplitsTranspose) {
+  const int64_t B = 2, T = 6, H = 3, KV = 1, D = 16, W = (H + 2 * KV) * D;
+  Tensor x = randn({B * T, W}, DType::f64, 41), c, s;
+  ops::rope_tables(ops::rope_inv_freq(D, 10000.0, {}), T, DType::f64, c, s);
+  Tensor dq = randn({B, T, H, D}, DType::f64, 42), dk = randn({B, T, KV, D}, DType::f64, 43),
+         dv = randn({B, T, KV, D}, DType::f64, 44);
+  Tensor q = Tensor::zeros(dq.shape(), DType::f64), k = Tensor::zeros(dk.shape(), DType::f64), v = k.clone();
+  Tensor dx = Tensor::zeros(x.shape(), DType::f64);
+  ops::qkv_split_rope(x, c, s, q, k, v);
+  ops::qkv_merge_rope_backward(dq, dk, dv, c, s, dx);
+  const double lhs = dot(q, dq) + dot(k, dk) + dot(v, dv), rhs = dot(x, dx);
+  // Each side sums n = B T W products (and each rotated value adds two roundings): a
+  // recursive f64 sum errs by at most (n + 2) 2^-53 sum |terms| per side; sum |terms| is
+  // bounded by |x| |dx| and |(q, k, v)| |(dq, dk, dv)| (Cauchy-Schwarz).
+  const double n = double(B * T * W), u = std::ldexp(1.0, -53);
+  const double mags = std::sqrt(dot(x, x) * dot(dx, dx)) +
+                      std::sqrt((dot(q, q) + dot(k, k) + dot(v, v)) * (dot(dq, dq) + dot(dk, dk) + dot(dv, dv)));
+  EXPECT_NEAR(lhs, rhs, (n + 2) * u * mags);
+  // And its parts are rope_backward's: dq's block of a row is rope_backward(dq)'s row.
+  Tensor dq0 = Tensor::zeros(dq.shape(), DType::f64);
+  ops::rope_backward(dq, c, s, dq0);
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t i = 0; i < H * D; ++i) ASSERT_EQ(dx.data<double>()[r * W + i], dq0.data<double>()[r * H * D + i]);
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t i = 0; i < KV * D; ++i)
+      ASSERT_EQ(dx.data<double>()[r * W + (H + KV) * D + i], dv.data<double>()[r * KV * D + i]);
+}
+
+TEST(RoPE, QkvShapesOutsideTheFusedLayoutAreRefusedByName) {
+  Tensor c, s;
+  ops::rope_tables(ops::rope_inv_freq(8, 10000.0, {}), 4, DType::f32, c, s);
+  Tensor q = Tensor::zeros({1, 4, 2, 8}, DType::f32), k = Tensor::zeros({1, 4, 1, 8}, DType::f32), v = k.clone();
+  Tensor wrong = Tensor::zeros({4, 24}, DType::f32);  // (2 + 2 * 1) * 8 = 32 columns expected
+  try {
+    ops::qkv_split_rope(wrong, c, s, q, k, v);
+    FAIL() << "a [4, 24] qkv was accepted for 2 q heads and 1 kv head of 8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("qkv_split_rope"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("qkv"), std::string::npos) << e.what();
+  }
+  Tensor long_t = Tensor::zeros({1, 5, 2, 8}, DType::f32), kk = Tensor::zeros({1, 5, 1, 8}, DType::f32), vv = kk.clone();
+  Tensor fused = Tensor::zeros({5, 32}, DType::f32);
+  EXPECT_THROW(ops::qkv_split_rope(fused, c, s, long_t, kk, vv), Error);  // the table covers 4 positions
+  EXPECT_THROW(ops::qkv_merge_rope_backward(q, k, k, c, s, wrong), Error);
+}
+
 // ---- attention -----------------------------------------------------------------------
 struct AttnCase {
   int64_t B, T, H, KV, D;
@@ -308,23 +378,41 @@ TEST(AttentionErrors, HeadsNotMultipleOfKvHeads) {
 }
 
 // ---- swiglu --------------------------------------------------------------------------
+// gu [N, 2F] is the fused gate/up projection's output: row r holds g[r, :] then u[r, :].
 TEST(SwiGLU, ForwardMatchesReference) {
-  Tensor g = randn({5, 11}, DType::f32, 24, 2.0), u = randn({5, 11}, DType::f32, 25), a = Tensor::zeros({5, 11}, DType::f32);
-  ops::swiglu_forward(g, u, a);
-  Tensor ref = Tensor::zeros({5, 11}, DType::f64);
-  auto G = values(g), U = values(u);
-  for (size_t i = 0; i < G.size(); ++i) ref.data<double>()[i] = G[i] / (1 + std::exp(-G[i])) * U[i];
+  const int64_t N = 5, F = 11;
+  Tensor gu = randn({N, 2 * F}, DType::f32, 24, 2.0), a = Tensor::zeros({N, F}, DType::f32);
+  ops::swiglu_forward(gu, a);
+  Tensor ref = Tensor::zeros({N, F}, DType::f64);
+  auto GU = values(gu);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t i = 0; i < F; ++i) {
+      const double g = GU[size_t(r * 2 * F + i)], u = GU[size_t(r * 2 * F + F + i)];
+      ref.data<double>()[r * F + i] = g / (1 + std::exp(-g)) * u;
+    }
   EXPECT_LE(scaled_err(a, ref), kFwdTol);
 }
 
 TEST(SwiGLU, BackwardMatchesFiniteDifferences) {
-  Tensor g = randn({3, 7}, DType::f64, 26, 2.0), u = randn({3, 7}, DType::f64, 27), r = randn({3, 7}, DType::f64, 28);
-  Tensor a = Tensor::zeros({3, 7}, DType::f64);
-  auto loss = [&] { ops::swiglu_forward(g, u, a); return dot(a, r); };
-  Tensor dg = Tensor::zeros({3, 7}, DType::f64), du = Tensor::zeros({3, 7}, DType::f64);
-  ops::swiglu_backward(r, g, u, dg, du);
-  EXPECT_LE(scaled_err(dg, elementwise_fd(g, loss)), kFdTol);
-  EXPECT_LE(scaled_err(du, elementwise_fd(u, loss)), kFdTol);
+  const int64_t N = 3, F = 7;
+  Tensor gu = randn({N, 2 * F}, DType::f64, 26, 2.0), r = randn({N, F}, DType::f64, 28);
+  Tensor a = Tensor::zeros({N, F}, DType::f64);
+  auto loss = [&] { ops::swiglu_forward(gu, a); return dot(a, r); };
+  Tensor dgu = Tensor::zeros({N, 2 * F}, DType::f64);
+  ops::swiglu_backward(r, gu, dgu);
+  EXPECT_LE(scaled_err(dgu, elementwise_fd(gu, loss)), kFdTol);
+}
+
+TEST(SwiGLU, ShapesOutsideTheFusedLayoutAreRefusedByName) {
+  Tensor gu = Tensor::zeros({3, 10}, DType::f32), a = Tensor::zeros({3, 4}, DType::f32);
+  try {
+    ops::swiglu_forward(gu, a);
+    FAIL() << "a [3, 4] with gu [3, 10] was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gu (gate then up in each row)"), std::string::npos) << e.what();
+  }
+  Tensor da = Tensor::zeros({3, 5}, DType::f32), dgu = Tensor::zeros({3, 5}, DType::f32);
+  EXPECT_THROW(ops::swiglu_backward(da, gu, dgu), Error);
 }
 
 // ---- cross-entropy -------------------------------------------------------------------

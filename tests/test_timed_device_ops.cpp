@@ -84,10 +84,11 @@ TEST_F(TimedDeviceOpsTest, ChangesNoBitAndCountsEveryOpInItsFamily) {
                      OpFamily::embedding, OpFamily::loss})
     EXPECT_GT(t.calls_of(f), 0) << op_family_name(f);
   EXPECT_EQ(t.calls_of(OpFamily::optimizer), 0);
-  // Per layer: 7 projections forward, 7 backward (each computing dx and dW in one call).
-  EXPECT_GE(t.calls_of(OpFamily::gemm), cfg_.n_layers * 14);
+  // Per layer: 4 projections forward (q/k/v and gate/up fused), 4 backward (each computing
+  // dx and dW in one call).
+  EXPECT_GE(t.calls_of(OpFamily::gemm), cfg_.n_layers * 8);
   EXPECT_EQ(t.calls_of(OpFamily::attention), 2 * cfg_.n_layers);
-  EXPECT_EQ(t.calls_of(OpFamily::rope), 4 * cfg_.n_layers);  // q and k, forward and transpose
+  EXPECT_EQ(t.calls_of(OpFamily::rope), 2 * cfg_.n_layers);  // the q/k/v split and its transpose
   EXPECT_EQ(t.calls_of(OpFamily::embedding), 2);
   for (int f = 0; f < kOpFamilies; ++f) {
     EXPECT_GE(t.seconds[size_t(f)], 0);

@@ -225,7 +225,7 @@ void print_text(const PlanInput& in, const Options& o) {
   row("activations", m.activations(), u);
   row("  residual stream, (layers+1) x B*T x dim (kept when recomputing)", m.act_resid, u);
   row("  per-layer stored (q/k/v/o/gate/up/act /tp; norms not split)", m.act_layers, u);
-  row("  head: final norm, logits [chunk rows, V/tp], loss buffers", m.act_head, u);
+  row("  head: final norm, logits [chunk rows, V/tp], loss buffers, q/k/v", m.act_head, u);
   row("  backward scratch (incl. d(logits) [chunk rows, V/tp])", m.act_backward, u);
   if (in.recipe.ref_last_layer >= 0) {
     row(std::string("frozen reference weights (") + (bf16 ? "bf16, layers 0.." : "f32 + grads, all layers; runs 0..") +

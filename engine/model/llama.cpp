@@ -136,7 +136,8 @@ void LlamaModel::set_recompute_layers(int64_t n) {
 LlamaModel::LayerW LlamaModel::layer(ParamSet& set, int64_t l) {
   // Index arithmetic over llama_param_specs' order: 9 tensors per layer after the embedding.
   const size_t b = 1 + size_t(l) * 9;
-  return {set[b], set[b + 1], set[b + 2], set[b + 3], set[b + 4], set[b + 5], set[b + 6], set[b + 7], set[b + 8]};
+  return {set[b],     set[b + 1], set[b + 2], set[b + 3], set[b + 4], set[b + 5], set[b + 6], set[b + 7], set[b + 8],
+          set.span(b + 1, 3, {q_dim() + 2 * kv_proj_dim(), cfg_.dim}), set.span(b + 6, 2, {2 * tpl_.ffn, cfg_.dim})};
 }
 
 LlamaModel::Acts LlamaModel::make_acts(int64_t B, int64_t T) const {
@@ -154,8 +155,7 @@ LlamaModel::Acts LlamaModel::make_acts(int64_t B, int64_t T) const {
   a.x2 = Tensor::empty({N, C}, dt, dev);
   a.xn2 = Tensor::empty({N, C}, dt, dev);
   a.rstd2 = Tensor::empty({N}, st, dev);
-  a.g = Tensor::empty({N, F}, dt, dev);
-  a.u = Tensor::empty({N, F}, dt, dev);
+  a.gu = Tensor::empty({N, 2 * F}, dt, dev);
   a.a = Tensor::empty({N, F}, dt, dev);
   return a;
 }
@@ -191,6 +191,7 @@ void LlamaModel::allocate(int64_t B, int64_t T) {
     sin_ = sin_.to(dev);
   }
   if (tpl_.kv_replicated) kv_full_ = Tensor::empty({N, kv_proj_dim()}, dt, dev);
+  qkv_ = tpl_.kv_replicated ? Tensor() : Tensor::empty({N, q_dim() + 2 * kv_proj_dim()}, dt, dev);
   dres_ = Tensor();  // backward buffers are allocated on first use
 }
 
@@ -248,16 +249,10 @@ void LlamaModel::row_parallel_linear(const Tensor& x, const Tensor& w, Tensor& y
   finish_tp_sum(part, y, true);
 }
 
-Tensor LlamaModel::tp_accumulator(const Tensor& t) {
-  Tensor acc = tp_sum_buffer(t);
-  if (acc.raw() != t.raw()) acc.copy_from(t);  // widening a bf16 value is exact
-  return acc;
-}
-
 void LlamaModel::layer_forward(int64_t l, Acts& a) {
   const int64_t N = B_ * T_, C = cfg_.dim;
   Tensor out = resid_.view((l + 1) * N * C, {N, C});
-  layer_ops(l, a, {resid_.view(l * N * C, {N, C}), out, tmp_, kv_full_, cos_, sin_}, [&](Acts& s) {
+  layer_ops(l, a, {resid_.view(l * N * C, {N, C}), out, tmp_, kv_full_, qkv_, cos_, sin_}, [&](Acts& s) {
     ops::attention_forward(s.q, s.k, s.v, 1.0 / std::sqrt(double(cfg_.hd())), s.o, s.lse, precision_);
   });
 }
@@ -275,23 +270,27 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
 
   ops::rmsnorm_forward(io.x, w.attn_norm, cfg_.norm_eps, a.xn1, a.rstd1);
   put(a.xn1, "input_layernorm output");
-  Tensor q = a.q.reshape(q2), k = a.k.reshape(kv2), v = a.v.reshape(kv2);
-  ops::linear_forward(a.xn1, w.wq, q);
-  put(q, "self_attn.q_proj output");
   if (tpl_.kv_replicated) {
+    Tensor q = a.q.reshape(q2);
+    ops::linear_forward(a.xn1, w.wq, q);
+    put(q, "self_attn.q_proj output");
     ops::linear_forward(a.xn1, w.wk, kv_full);
     expand_kv(kv_full, a.k);
     ops::linear_forward(a.xn1, w.wv, kv_full);
     expand_kv(kv_full, a.v);
+    put(a.k, "self_attn.k_proj output");
+    put(a.v, "self_attn.v_proj output");
+    ops::rope_forward(a.q, io.cos, io.sin, a.q);
+    ops::rope_forward(a.k, io.cos, io.sin, a.k);
   } else {
-    ops::linear_forward(a.xn1, w.wk, k);
-    ops::linear_forward(a.xn1, w.wv, v);
+    // One GEMM for q, k and v; the split writes q and k rotated and v as it is (v's values
+    // are the fused output's, already stored).
+    Tensor qkv = io.qkv;
+    ops::linear_forward(a.xn1, w.wqkv, qkv);
+    put(qkv, "self_attn.q_proj, k_proj and v_proj output");
+    ops::qkv_split_rope(qkv, io.cos, io.sin, a.q, a.k, a.v);
   }
-  put(a.k, "self_attn.k_proj output");
-  put(a.v, "self_attn.v_proj output");
-  ops::rope_forward(a.q, io.cos, io.sin, a.q);
   put(a.q, "q after RoPE");
-  ops::rope_forward(a.k, io.cos, io.sin, a.k);
   put(a.k, "k after RoPE");
   attend(a);
   put(a.o, "attention output");
@@ -304,11 +303,9 @@ void LlamaModel::layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::fun
       ops::residual_rmsnorm_forward(io.x, tmp, a.x2, w.mlp_norm, cfg_.norm_eps, a.xn2, a.rstd2, precision_);
   stored(a.x2, {"forward", l, "residual stream after attention"}, changed);
   put(a.xn2, "post_attention_layernorm output");
-  ops::linear_forward(a.xn2, w.wg, a.g);
-  put(a.g, "mlp.gate_proj output");
-  ops::linear_forward(a.xn2, w.wu, a.u);
-  put(a.u, "mlp.up_proj output");
-  ops::swiglu_forward(a.g, a.u, a.a);
+  ops::linear_forward(a.xn2, w.wgu, a.gu);
+  put(a.gu, "mlp.gate_proj and mlp.up_proj output");
+  ops::swiglu_forward(a.gu, a.a);
   put(a.a, "SwiGLU output");
   row_parallel_linear(a.a, w.wd, tmp);
   put(tmp, "mlp.down_proj output");
@@ -544,14 +541,12 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   ops::linear_backward(dres, a.a, w.wd, &da_, false, &g.wd);
   check(g.wd, "gradient of mlp.down_proj.weight");
   put(da_, "gradient of the SwiGLU output");
-  ops::swiglu_backward(da_, a.g, a.u, dg_, du_);
-  put(dg_, "gradient of the mlp.gate_proj output");
-  put(du_, "gradient of the mlp.up_proj output");
-  ops::linear_backward(dg_, a.xn2, w.wg, &dxn_, false, &g.wg);
+  ops::swiglu_backward(da_, a.gu, dgu_);
+  put(dgu_, "gradient of the mlp.gate_proj and mlp.up_proj output");
+  // One product over both projections: bf16 rounds the sum of both once.
+  Tensor dxn_sum = tp_sum_buffer(dxn_);
+  ops::linear_backward(dgu_, a.xn2, w.wgu, &dxn_sum, false, &g.wgu);
   check(g.wg, "gradient of mlp.gate_proj.weight");
-  put(dxn_, "gradient of the post_attention_layernorm output through mlp.gate_proj");
-  Tensor dxn_sum = tp_accumulator(dxn_);
-  ops::linear_backward(du_, a.xn2, w.wu, &dxn_sum, true, &g.wu);  // bf16: fl(bf16 + f32 product), rounded
   check(g.wu, "gradient of mlp.up_proj.weight");
   finish_tp_sum(dxn_sum, dxn_, false);
   put(dxn_, "gradient of the post_attention_layernorm output");
@@ -569,16 +564,25 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
   put(dq_, "gradient of the attention's q");
   put(dk_, "gradient of the attention's k");
   put(dv_, "gradient of the attention's v");
-  ops::rope_backward(dq_, cos_, sin_, dq_);
-  put(dq_, "gradient of q before RoPE");
-  ops::rope_backward(dk_, cos_, sin_, dk_);
-  put(dk_, "gradient of k before RoPE");
   Tensor dxn1 = dxn_;
-  ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
-  check(g.wq, "gradient of self_attn.q_proj.weight");
-  put(dxn1, "gradient of the input_layernorm output through q_proj");
-  if (tpl_.kv_replicated) {
-    // Each rank's dW covers its query heads only: sum this pass's share over tp.
+  if (!tpl_.kv_replicated) {
+    // One dx and one dW product over q, k and v: bf16 rounds the sum of all three once.
+    ops::qkv_merge_rope_backward(dq_, dk_, dv_, cos_, sin_, qkv_);
+    put(qkv_, "gradient of the q_proj, k_proj and v_proj output");
+    Tensor dxn1_sum = tp_sum_buffer(dxn1);
+    ops::linear_backward(qkv_, a.xn1, w.wqkv, &dxn1_sum, false, &g.wqkv);
+    finish_tp_sum(dxn1_sum, dxn1, false);
+    check(g.wq, "gradient of self_attn.q_proj.weight");
+  } else {
+    ops::rope_backward(dq_, cos_, sin_, dq_);
+    put(dq_, "gradient of q before RoPE");
+    ops::rope_backward(dk_, cos_, sin_, dk_);
+    put(dk_, "gradient of k before RoPE");
+    ops::linear_backward(dq_.reshape(q2), a.xn1, w.wq, &dxn1, false, &g.wq);
+    check(g.wq, "gradient of self_attn.q_proj.weight");
+    put(dxn1, "gradient of the input_layernorm output through q_proj");
+    // Replicated k/v (CPU only): each rank's dW covers its query heads only, so this pass's
+    // share is summed over tp.
     for (auto [dexp, wt, gw] : {std::tuple{&dk_, &w.wk, &g.wk}, std::tuple{&dv_, &w.wv, &g.wv}}) {
       collapse_kv(dexp->reshape(kv2), dkv_full_);
       put(dkv_full_, "gradient of the k/v projection output (repeated heads summed)");
@@ -588,16 +592,10 @@ void LlamaModel::layer_backward(int64_t l, Acts& a, Tensor& dres) {
       ops::add_(*gw, dw_kv_);
       if (dexp == &dk_) put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
     }
-  } else {
-    ops::linear_backward(dk_.reshape(kv2), a.xn1, w.wk, &dxn1, true, &g.wk);
-    put(dxn1, "gradient of the input_layernorm output through q_proj and k_proj");
-    Tensor dxn1_sum = tp_accumulator(dxn1);
-    ops::linear_backward(dv_.reshape(kv2), a.xn1, w.wv, &dxn1_sum, true, &g.wv);
-    finish_tp_sum(dxn1_sum, dxn1, false);
+    copy_to_tp_region_backward(*grid_, dxn1);  // (CPU only: see the constructor)
   }
   check(g.wk, "gradient of self_attn.k_proj.weight");
   check(g.wv, "gradient of self_attn.v_proj.weight");
-  if (tpl_.kv_replicated) copy_to_tp_region_backward(*grid_, dxn1);  // (CPU only: see the constructor)
   put(dxn1, "gradient of the input_layernorm output");
   ops::rmsnorm_backward(dxn1, x, w.attn_norm, a.rstd1, dres, true, g.attn_norm);
   check(g.attn_norm, "gradient of input_layernorm.weight");
@@ -616,8 +614,7 @@ void LlamaModel::ensure_backward_buffers() {
   dq_ = Tensor::empty({B_, T_, H, D}, dt, dev);
   dk_ = Tensor::empty({B_, T_, KV, D}, dt, dev);
   dv_ = Tensor::empty({B_, T_, KV, D}, dt, dev);
-  dg_ = Tensor::empty({N, F}, dt, dev);
-  du_ = Tensor::empty({N, F}, dt, dev);
+  dgu_ = Tensor::empty({N, 2 * F}, dt, dev);
   da_ = Tensor::empty({N, F}, dt, dev);
   dlogits_ = Tensor();  // whole-logits gradient: allocated on use (backward_logits under bf16)
   if (tpl_.kv_replicated) {
@@ -633,7 +630,7 @@ ParamSet& LlamaModel::grads() {
 
 void LlamaModel::release_training_state() {
   grads_ = ParamSet();
-  for (Tensor* t : {&dres_, &dtmp_, &dxn_, &dq_, &dk_, &dv_, &dg_, &du_, &da_, &dlogits_, &dchunk_, &dkv_full_, &dw_kv_})
+  for (Tensor* t : {&dres_, &dtmp_, &dxn_, &dq_, &dk_, &dv_, &dgu_, &da_, &dlogits_, &dchunk_, &dkv_full_, &dw_kv_})
     *t = Tensor();
 }
 

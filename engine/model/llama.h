@@ -190,11 +190,15 @@ class LlamaModel {
   int64_t tokens_in_last_batch() const { return B_ * T_; }
 
  private:
+  // Fused projections: q/k/v_proj, and gate/up_proj, lie next to each other in the flat
+  // buffer, so wqkv = [W_q; W_k; W_v] ([q + 2 kv, C]) and wgu = [W_gate; W_up] ([2F, C]) are
+  // views of them: each group runs as one GEMM, and its backward as one dx and one dW
+  // product, while every weight keeps its own name and checkpoint entry.
   struct LayerW {
-    Tensor attn_norm, wq, wk, wv, wo, mlp_norm, wg, wu, wd;
+    Tensor attn_norm, wq, wk, wv, wo, mlp_norm, wg, wu, wd, wqkv, wgu;
   };
   struct Acts {
-    Tensor xn1, rstd1, q, k, v, o, lse, x2, xn2, rstd2, g, u, a;
+    Tensor xn1, rstd1, q, k, v, o, lse, x2, xn2, rstd2, gu, a;  // gu [N, 2F]: gate, then up
   };
   // Local widths: this rank's share under tensor parallelism, the config's otherwise.
   int64_t q_dim() const { return tpl_.heads * cfg_.hd(); }
@@ -212,8 +216,10 @@ class LlamaModel {
   // Where a layer reads and writes besides its activations: its input and output rows of
   // the residual stream, scratch for the projections' outputs, and the RoPE tables of the
   // positions it runs.
+  // qkv: the fused q/k/v projection's output [N, q + 2 kv] (not with replicated k/v, which
+  // projects k and v apart), split into the layer's q, k, v at once.
   struct LayerIO {
-    Tensor x, out, tmp, kv_full, cos, sin;
+    Tensor x, out, tmp, kv_full, qkv, cos, sin;
   };
   void layer_ops(int64_t l, Acts& a, const LayerIO& io, const std::function<void(Acts&)>& attend);
   void layer_backward(int64_t l, Acts& a, Tensor& dres);
@@ -238,11 +244,10 @@ class LlamaModel {
   // emulation forms each in its f32 tensors, and on a device the partials go to an f32
   // buffer (red_), are all-reduced in f32 and rounded into the bf16 destination (the
   // policy's fp32 reductions). tp_sum_buffer(t): where a sum shaped like t is formed (t
-  // itself on the CPU or without tp); tp_accumulator(t): the same, holding t's value, for a
-  // product added to t; finish_tp_sum: the all-reduce (forward: a row-parallel output,
-  // backward: a column-parallel input's gradient), then the copy into dst when distinct.
+  // itself on the CPU or without tp); finish_tp_sum: the all-reduce (forward: a
+  // row-parallel output, backward: a column-parallel input's gradient), then the copy into
+  // dst when distinct.
   Tensor tp_sum_buffer(const Tensor& like);
-  Tensor tp_accumulator(const Tensor& t);
   void finish_tp_sum(Tensor& buf, Tensor& dst, bool forward);
   // On a device under tp: the replicated norm weights' gradients made identical across
   // the tp group (rank 0's), before the data-parallel reduction reads them.
@@ -295,13 +300,16 @@ class LlamaModel {
   std::vector<Tensor> cache_k_, cache_v_;
   Tensor dec_cos_, dec_sin_;
   Acts dec_acts_;                     // one position per sequence
-  Tensor dec_x_, dec_out_, dec_tmp_, dec_kv_full_;
+  Tensor dec_x_, dec_out_, dec_tmp_, dec_kv_full_, dec_qkv_;
   int64_t decode_len_ = 0, decode_B_ = 0;
   void decode_position(Tensor& x, Tensor& logits);  // x [B, C]: the new position's embedding
   bool logits_kept_ = false;  // logits_ holds the last forward's logits
   // Backward scratch.
-  Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dg_, du_, da_, dlogits_;
+  Tensor dres_, dtmp_, dxn_, dq_, dk_, dv_, dgu_, da_, dlogits_;
   Tensor kv_full_, dkv_full_, dw_kv_;  // replicated k/v only
+  // [N, q + 2 kv]: the fused q/k/v projection's output in the forward, and its dy in the
+  // backward (each consumed within its layer's pass); not with replicated k/v.
+  Tensor qkv_;
   Tensor red_;                         // f32 scratch of the tp sums on a device
   bool have_forward_ = false;  // a full forward (logits) is stored
   bool have_loss_ = false;     // ...with targets and weights, for backward()

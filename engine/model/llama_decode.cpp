@@ -93,13 +93,14 @@ void LlamaModel::decode_position(Tensor& x, Tensor& logits) {
     dec_out_ = Tensor::empty({B, C}, wdt_, device_);
     dec_tmp_ = Tensor::empty({B, C}, wdt_, device_);
     dec_kv_full_ = tpl_.kv_replicated ? Tensor::empty({B, kv_proj_dim()}, wdt_, device_) : Tensor();
+    dec_qkv_ = tpl_.kv_replicated ? Tensor() : Tensor::empty({B, q_dim() + 2 * kv_proj_dim()}, wdt_, device_);
   }
   dec_x_.copy_from(x);
   const Tensor cos = dec_cos_.slice_rows(t, t + 1), sin = dec_sin_.slice_rows(t, t + 1);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     // The layer's ops over one position; its attention appends k and v to the cache and
     // reads every cached position.
-    layer_ops(l, dec_acts_, {dec_x_, dec_out_, dec_tmp_, dec_kv_full_, cos, sin}, [&](Acts& a) {
+    layer_ops(l, dec_acts_, {dec_x_, dec_out_, dec_tmp_, dec_kv_full_, dec_qkv_, cos, sin}, [&](Acts& a) {
       for (int64_t b = 0; b < B; ++b) {
         cache_k_[size_t(l)].view((b * S + t) * row, {row}).copy_from(a.k.view(b * row, {row}));
         cache_v_[size_t(l)].view((b * S + t) * row, {row}).copy_from(a.v.view(b * row, {row}));

@@ -10,6 +10,7 @@ ParamSet::ParamSet(const std::vector<ParamSpec>& specs, DType dtype, Device devi
   for (size_t i = 0; i < specs_.size(); ++i) {
     LETHE_CHECK(index_.emplace(specs_[i].name, i).second, "duplicate parameter name ", specs_[i].name);
     views_.push_back(flat_.view(off, specs_[i].shape));
+    offsets_.push_back(off);
     off += shape_numel(specs_[i].shape);
   }
 }
@@ -26,6 +27,19 @@ const Tensor& ParamSet::get(const std::string& name) const {
   LETHE_CHECK(it != index_.end(), "no parameter named '", name, "'");
   wait(it->second);
   return views_[it->second];
+}
+
+Tensor ParamSet::span(size_t first, size_t count, const Shape& shape) const {
+  LETHE_CHECK(count > 0 && first + count <= specs_.size(), "ParamSet::span: parameters [", first, ", ",
+              first + count, ") of ", specs_.size());
+  int64_t n = 0;
+  for (size_t i = first; i < first + count; ++i) {
+    wait(i);
+    n += shape_numel(specs_[i].shape);
+  }
+  LETHE_CHECK(n == shape_numel(shape), "ParamSet::span: ", specs_[first].name, " and the ", count - 1,
+              " after it hold ", n, " elements, not ", shape_numel(shape));
+  return flat_.view(offsets_[first], shape);
 }
 
 void ParamSet::set_fence(std::function<bool(size_t)> wait) {

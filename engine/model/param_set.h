@@ -61,6 +61,10 @@ class ParamSet {
     return flat_;
   }
   int64_t numel() const { return flat_.defined() ? flat_.numel() : 0; }
+  // Parameters first .. first + count - 1 as one tensor of `shape` (their elements, which
+  // lie next to each other in the flat buffer): a fused projection's weight or gradient,
+  // e.g. gate_proj and up_proj as one [2F, C] matrix. Waits for each of them.
+  Tensor span(size_t first, size_t count, const Shape& shape) const;
   void zero() {
     wait(kAll);
     if (flat_.defined()) flat_.zero_();
@@ -89,6 +93,7 @@ class ParamSet {
 
   std::vector<ParamSpec> specs_;
   std::vector<Tensor> views_;
+  std::vector<int64_t> offsets_;  // of each parameter in flat_
   std::unordered_map<std::string, size_t> index_;
   Tensor flat_;
   std::shared_ptr<Fence> fence_ = std::make_shared<Fence>();

@@ -154,6 +154,9 @@ MemoryPlan memory_plan(const PlanInput& in) {
   m.act_head = N * C * z.a + rope;  // tmp_ (attention / MLP output before the residual add)
   const bool rep_kv = kv_replicated(c, in.tp);
   if (rep_kv) m.act_head += N * d.Kproj * z.a;  // kv_full_: k or v before the heads are repeated
+  // qkv_: the fused q/k/v projection's output in the forward, its dy in the backward.
+  const double qkv = rep_kv ? 0 : N * (Q + 2 * K) * z.a;
+  m.act_head += qkv;
   // Under bf16 with tp, each tp sum (row-parallel outputs, column-parallel input
   // gradients) is formed and all-reduced in an fp32 [N, C] buffer, then rounded once.
   if (bf16 && in.tp > 1) m.act_head += N * C * 4;
@@ -188,6 +191,7 @@ MemoryPlan memory_plan(const PlanInput& in) {
     m.ref_acts = (ran + 1) * N * C * z.a + layer_set(in) + N * C * z.a + rope +
                  (head_bufs ? N * C * z.a + 3 * N * z.s : 0) + (rc.ref_logits ? R * V * z.a : 0);
     if (rep_kv) m.ref_acts += N * d.Kproj * z.a;
+    m.ref_acts += qkv;
   }
   // RMU's terms build d(hidden) [N, C] in f32 where the model is (ops::hidden_mse), one
   // term at a time; the reference's hidden state is read in place.

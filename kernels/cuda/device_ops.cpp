@@ -21,6 +21,7 @@
 #include "kernels/cuda/device_ops.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <utility>
 
@@ -291,6 +292,24 @@ class CudaOps final : public DeviceOps {
     rotate(dy, "dy", cos, sin, dx, "dx", false, "rope_backward");
   }
 
+  void qkv_split_rope(const Tensor& qkv, const Tensor& cos, const Tensor& sin, Tensor& q, Tensor& k,
+                      Tensor& v) override {
+    const char* op = "qkv_split_rope";
+    const auto [B, T, H, KV, D] = qkv_layout(qkv, "qkv", cos, sin, q, "q", k, "k", v, "v", op);
+    check_disjoint(op, {{"q", &q}, {"k", &k}, {"v", &v}}, {{"qkv", &qkv}});
+    cuda::qkv_split_rope(ptr<bf16>(qkv), ptr<float>(cos), ptr<float>(sin), ptr<bf16>(q), ptr<bf16>(k), ptr<bf16>(v), B,
+                         T, H, KV, D);
+  }
+
+  void qkv_merge_rope_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                               const Tensor& sin, Tensor& dqkv) override {
+    const char* op = "qkv_merge_rope_backward";
+    const auto [B, T, H, KV, D] = qkv_layout(dqkv, "dqkv", cos, sin, dq, "dq", dk, "dk", dv, "dv", op);
+    check_disjoint(op, {{"dqkv", &dqkv}}, {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}});
+    cuda::qkv_merge_rope_backward(ptr<bf16>(dq), ptr<bf16>(dk), ptr<bf16>(dv), ptr<float>(cos), ptr<float>(sin),
+                                  ptr<bf16>(dqkv), B, T, H, KV, D);
+  }
+
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& o, Tensor& lse,
                          Precision precision) override {
     const char* op = "attention_forward";
@@ -369,36 +388,26 @@ class CudaOps final : public DeviceOps {
                            H, KV, D);
   }
 
-  void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& a) override {
+  void swiglu_forward(const Tensor& gu, Tensor& a) override {
     const char* op = "swiglu_forward";
-    expect(g, DType::bf16, op, "g");
-    expect(u, DType::bf16, op, "u");
+    expect(gu, DType::bf16, op, "gu");
     expect(a, DType::bf16, op, "a");
-    check_shape(u, g.shape(), op, "u");
-    check_shape(a, g.shape(), op, "a");
-    expect_same_or_disjoint(a, "a", g, "g", op);
-    expect_same_or_disjoint(a, "a", u, "u", op);
-    cuda::swiglu_forward(ptr<bf16>(g), ptr<bf16>(u), ptr<bf16>(a), g.numel());
+    expect_ndim(a, 2, op, "a", "[N, F]");
+    check_shape(gu, {a.dim(0), 2 * a.dim(1)}, op, "gu (gate then up in each row)");
+    check_disjoint(op, {{"a", &a}}, {{"gu", &gu}});
+    cuda::swiglu_forward(ptr<bf16>(gu), ptr<bf16>(a), a.dim(0), a.dim(1));
   }
 
-  void swiglu_backward(const Tensor& da, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) override {
+  void swiglu_backward(const Tensor& da, const Tensor& gu, Tensor& dgu) override {
     const char* op = "swiglu_backward";
     expect(da, DType::bf16, op, "da");
-    expect(g, DType::bf16, op, "g");
-    expect(u, DType::bf16, op, "u");
-    expect(dg, DType::bf16, op, "dg");
-    expect(du, DType::bf16, op, "du");
-    check_shape(da, g.shape(), op, "da");
-    check_shape(u, g.shape(), op, "u");
-    check_shape(dg, g.shape(), op, "dg");
-    check_shape(du, g.shape(), op, "du");
-    // kernels/cuda/swiglu.h: dg and du may not alias g or u.
-    expect_disjoint(dg, "dg", g, "g", op);
-    expect_disjoint(dg, "dg", u, "u", op);
-    expect_disjoint(du, "du", g, "g", op);
-    expect_disjoint(du, "du", u, "u", op);
-    expect_disjoint(dg, "dg", du, "du", op);
-    cuda::swiglu_backward(ptr<bf16>(da), ptr<bf16>(g), ptr<bf16>(u), ptr<bf16>(dg), ptr<bf16>(du), g.numel());
+    expect(gu, DType::bf16, op, "gu");
+    expect(dgu, DType::bf16, op, "dgu");
+    expect_ndim(da, 2, op, "da", "[N, F]");
+    check_shape(gu, {da.dim(0), 2 * da.dim(1)}, op, "gu (gate then up in each row)");
+    check_shape(dgu, gu.shape(), op, "dgu");
+    check_disjoint(op, {{"dgu", &dgu}}, {{"da", &da}, {"gu", &gu}});
+    cuda::swiglu_backward(ptr<bf16>(da), ptr<bf16>(gu), ptr<bf16>(dgu), da.dim(0), da.dim(1));
   }
 
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, const Tensor& weights, Tensor& logprobs,
@@ -758,6 +767,27 @@ class CudaOps final : public DeviceOps {
 
   // x[B, T, H, D] -> y; cos, sin [>= T, D/2], row t for position t (the kernel reads
   // rows of exactly D/2).
+  // The fused q/k/v layout's checks: q [B, T, H, D], k and v [B, T, KV, D], fused [B*T, (H + 2 KV) D].
+  static std::array<int64_t, 5> qkv_layout(const Tensor& fused, const char* fused_arg, const Tensor& cos,
+                                           const Tensor& sin, const Tensor& q, const char* q_arg, const Tensor& k,
+                                           const char* k_arg, const Tensor& v, const char* v_arg, const char* op) {
+    for (auto [t, name] : {std::pair{&fused, fused_arg}, {&q, q_arg}, {&k, k_arg}, {&v, v_arg}})
+      expect(*t, DType::bf16, op, name);
+    expect(cos, DType::f32, op, "cos");
+    expect(sin, DType::f32, op, "sin");
+    expect_ndim(q, 4, op, q_arg, "[B, T, H, D]");
+    expect_ndim(k, 4, op, k_arg, "[B, T, KV, D]");
+    const int64_t B = q.dim(0), T = q.dim(1), H = q.dim(2), KV = k.dim(2), D = q.dim(3);
+    LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even and positive, got ", D);
+    check_shape(k, {B, T, KV, D}, op, k_arg);
+    check_shape(v, {B, T, KV, D}, op, v_arg);
+    check_shape(fused, {B * T, (H + 2 * KV) * D}, op, fused_arg);
+    LETHE_CHECK(cos.ndim() == 2 && cos.dim(0) >= T && cos.dim(1) == D / 2, op, ": cos table ", cos.describe(),
+                " does not cover T=", T, ", D=", D);
+    check_shape(sin, cos.shape(), op, "sin");
+    return {B, T, H, KV, D};
+  }
+
   static void rotate(const Tensor& x, const char* x_arg, const Tensor& cos, const Tensor& sin, Tensor& y,
                      const char* y_arg, bool forward, const char* op) {
     expect(x, DType::bf16, op, x_arg);

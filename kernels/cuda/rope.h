@@ -13,4 +13,12 @@ void rope_forward(const bf16* x, const float* cos, const float* sin, bf16* y, in
 void rope_backward(const bf16* dy, const float* cos, const float* sin, bf16* dx, int64_t B, int64_t T, int64_t H,
                    int64_t D, Stream s = nullptr);
 
+// The fused q/k/v projection's output qkv [B*T, (H + 2 KV) D] split into q [B, T, H, D] and
+// k [B, T, KV, D] (rotated) and v [B, T, KV, D] (copied); none may overlap qkv.
+void qkv_split_rope(const bf16* qkv, const float* cos, const float* sin, bf16* q, bf16* k, bf16* v, int64_t B,
+                    int64_t T, int64_t H, int64_t KV, int64_t D, Stream s = nullptr);
+// Its transpose: dqkv (overwritten) from dq and dk (rotated back) and dv; no overlap.
+void qkv_merge_rope_backward(const bf16* dq, const bf16* dk, const bf16* dv, const float* cos, const float* sin,
+                             bf16* dqkv, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t D, Stream s = nullptr);
+
 }  // namespace lethe::cuda

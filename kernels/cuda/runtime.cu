@@ -70,6 +70,11 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 void copy_device(void* dst, const void* src, size_t bytes, Stream s) {
   LETHE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, as_stream(s)), "copy_device");
 }
+void copy_device_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows, Stream s) {
+  if (width == 0 || rows == 0) return;
+  LETHE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, as_stream(s)),
+                   "copy_device_2d");
+}
 void fill_bytes(void* dst, int byte, size_t bytes, Stream s) {
   LETHE_CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, as_stream(s)), "fill_bytes");
 }

@@ -32,6 +32,9 @@ void device_free(void* p);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_device(void* dst, const void* src, size_t bytes, Stream s = nullptr);
+// `rows` rows of `width` bytes, rows dpitch / spitch bytes apart (cudaMemcpy2DAsync).
+void copy_device_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows,
+                    Stream s = nullptr);
 void fill_bytes(void* dst, int byte, size_t bytes, Stream s = nullptr);
 void synchronize();
 

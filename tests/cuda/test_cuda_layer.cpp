@@ -57,80 +57,75 @@ TEST_F(CudaLayer, SevenBWidthBlockForwardAndBackwardMatchCpu) {
              wg = round_bf16(randn(size_t(F * C), 0.02f)), wu = round_bf16(randn(size_t(F * C), 0.02f)),
              wd = round_bf16(randn(size_t(C * F), 0.02f)), n1 = round_bf16(randn(size_t(C), 0.1f, 1.f)),
              n2 = round_bf16(randn(size_t(C), 0.1f, 1.f));
+  // The model's fused weights: [W_q; W_k; W_v] ([HD + 2 KD, C]) and [W_gate; W_up] ([2F, C]).
+  std::vector<float> wqkv = wq, wgu = wg;
+  wqkv.insert(wqkv.end(), wk.begin(), wk.end());
+  wqkv.insert(wqkv.end(), wv.begin(), wv.end());
+  wgu.insert(wgu.end(), wu.begin(), wu.end());
+  const int64_t QKV = HD + 2 * KD;
   Tensor cos, sin;
   ops::rope_tables(ops::rope_inv_freq(D, 5e6, {}), T, DType::f32, cos, sin);
 
   // ---- CPU reference, fp32 --------------------------------------------------------------
   auto H32 = [](const Shape& s, const std::vector<float>& v) { return Tensor::from<float>(s, v); };
   auto E = [](const Shape& s) { return Tensor::zeros(s, DType::f32); };
-  const Tensor X = H32({N, C}, x), WQ = H32({HD, C}, wq), WK = H32({KD, C}, wk), WV = H32({KD, C}, wv),
-               WO = H32({C, HD}, wo), WG = H32({F, C}, wg), WU = H32({F, C}, wu), WD = H32({C, F}, wd),
+  const Tensor X = H32({N, C}, x), WQKV = H32({QKV, C}, wqkv),
+               WO = H32({C, HD}, wo), WGU = H32({2 * F, C}, wgu), WD = H32({C, F}, wd),
                N1 = H32({C}, n1), N2 = H32({C}, n2);
-  Tensor h1 = E({N, C}), r1 = E({N}), q = E({N, HD}), k = E({N, KD}), v = E({N, KD});
+  Tensor h1 = E({N, C}), r1 = E({N}), qkv = E({N, QKV});
+  Tensor q4 = E({B, T, H, D}), k4 = E({B, T, KV, D}), v4 = E({B, T, KV, D});
   ops::rmsnorm_forward(X, N1, eps, h1, r1);
-  ops::linear_forward(h1, WQ, q);
-  ops::linear_forward(h1, WK, k);
-  ops::linear_forward(h1, WV, v);
-  Tensor q4 = q.reshape({B, T, H, D}), k4 = k.reshape({B, T, KV, D}), v4 = v.reshape({B, T, KV, D});
-  ops::rope_forward(q4, cos, sin, q4);
-  ops::rope_forward(k4, cos, sin, k4);
+  ops::linear_forward(h1, WQKV, qkv);
+  ops::qkv_split_rope(qkv, cos, sin, q4, k4, v4);
   Tensor o4 = E({B, T, H, D}), lse = E({B, H, T}), a = E({N, C});
   ops::attention_forward(q4, k4, v4, scale, o4, lse);
   const Tensor o = o4.reshape({N, HD});
   ops::linear_forward(o, WO, a);
   Tensor mid = X.clone();
   for (int64_t i = 0; i < N * C; ++i) mid.data<float>()[i] += a.data<float>()[i];
-  Tensor h2 = E({N, C}), r2 = E({N}), g = E({N, F}), u = E({N, F}), act = E({N, F}), m = E({N, C});
+  Tensor h2 = E({N, C}), r2 = E({N}), gu = E({N, 2 * F}), act = E({N, F}), m = E({N, C});
   ops::rmsnorm_forward(mid, N2, eps, h2, r2);
-  ops::linear_forward(h2, WG, g);
-  ops::linear_forward(h2, WU, u);
-  ops::swiglu_forward(g, u, act);
+  ops::linear_forward(h2, WGU, gu);
+  ops::swiglu_forward(gu, act);
   ops::linear_forward(act, WD, m);
   Tensor y = mid.clone();
   for (int64_t i = 0; i < N * C; ++i) y.data<float>()[i] += m.data<float>()[i];
   // backward
   const Tensor DY = H32({N, C}, dy);
-  Tensor dact = E({N, F}), dg = E({N, F}), du = E({N, F}), dh = E({N, C}), dr = DY.clone();
-  Tensor gWQ = E({HD, C}), gWK = E({KD, C}), gWV = E({KD, C}), gWO = E({C, HD}), gWG = E({F, C}), gWU = E({F, C}),
+  Tensor dact = E({N, F}), dgu = E({N, 2 * F}), dh = E({N, C}), dr = DY.clone();
+  Tensor gWQKV = E({QKV, C}), gWO = E({C, HD}), gWGU = E({2 * F, C}),
          gWD = E({C, F}), gN1 = E({C}), gN2 = E({C});
   ops::linear_backward(dr, act, WD, &dact, false, &gWD);
-  ops::swiglu_backward(dact, g, u, dg, du);
-  ops::linear_backward(dg, h2, WG, &dh, false, &gWG);
-  ops::linear_backward(du, h2, WU, &dh, true, &gWU);
+  ops::swiglu_backward(dact, gu, dgu);
+  ops::linear_backward(dgu, h2, WGU, &dh, false, &gWGU);
   ops::rmsnorm_backward(dh, mid, N2, r2, dr, true, gN2);
   Tensor dO = E({N, HD});
   ops::linear_backward(dr, o, WO, &dO, false, &gWO);
   Tensor dq4 = E({B, T, H, D}), dk4 = E({B, T, KV, D}), dv4 = E({B, T, KV, D});
   ops::attention_backward(dO.reshape({B, T, H, D}), q4, k4, v4, o4, lse, scale, dq4, dk4, dv4);
-  ops::rope_backward(dq4, cos, sin, dq4);
-  ops::rope_backward(dk4, cos, sin, dk4);
-  ops::linear_backward(dq4.reshape({N, HD}), h1, WQ, &dh, false, &gWQ);
-  ops::linear_backward(dk4.reshape({N, KD}), h1, WK, &dh, true, &gWK);
-  ops::linear_backward(dv4.reshape({N, KD}), h1, WV, &dh, true, &gWV);
+  Tensor dqkv = E({N, QKV});
+  ops::qkv_merge_rope_backward(dq4, dk4, dv4, cos, sin, dqkv);
+  ops::linear_backward(dqkv, h1, WQKV, &dh, false, &gWQKV);
   ops::rmsnorm_backward(dh, X, N1, r1, dr, true, gN1);
 
   // ---- GPU: bf16 activations, fp32 weight gradients ------------------------------------
   cuda::GemmContext* ctx = cuda::gemm_create();
-  DeviceBuffer<bf16> dX(to_bf16(x)), dWQ(to_bf16(wq)), dWK(to_bf16(wk)), dWV(to_bf16(wv)), dWO(to_bf16(wo)),
-      dWG(to_bf16(wg)), dWU(to_bf16(wu)), dWD(to_bf16(wd)), dN1(to_bf16(n1)), dN2(to_bf16(n2));
+  DeviceBuffer<bf16> dX(to_bf16(x)), dWQKV(to_bf16(wqkv)), dWO(to_bf16(wo)),
+      dWGU(to_bf16(wgu)), dWD(to_bf16(wd)), dN1(to_bf16(n1)), dN2(to_bf16(n2));
   DeviceBuffer<float> dcos(vec(cos)), dsin(vec(sin));
-  DeviceBuffer<bf16> gh1(size_t(N * C)), gq(size_t(N * HD)), gk(size_t(N * KD)), gv(size_t(N * KD)),
-      go(size_t(N * HD)), gtmp(size_t(N * C)), gmid(size_t(N * C)), gh2(size_t(N * C)), gg(size_t(N * F)),
-      gu(size_t(N * F)), gact(size_t(N * F)), gy(size_t(N * C)), gnorm_unused(size_t(N * C));
+  DeviceBuffer<bf16> gh1(size_t(N * C)), gqkv(size_t(N * QKV)), gq(size_t(N * HD)), gk(size_t(N * KD)), gv(size_t(N * KD)),
+      go(size_t(N * HD)), gtmp(size_t(N * C)), gmid(size_t(N * C)), gh2(size_t(N * C)), ggu(size_t(N * 2 * F)),
+      gact(size_t(N * F)), gy(size_t(N * C)), gnorm_unused(size_t(N * C));
   DeviceBuffer<float> gr1(static_cast<size_t>(N)), gr2(static_cast<size_t>(N)), gr3(static_cast<size_t>(N)),
       glse(size_t(B * H * T));
   cuda::rmsnorm_forward(dX.get(), dN1.get(), eps, gh1.get(), gr1.get(), N, C);
-  cuda::linear_forward(ctx, gh1.get(), dWQ.get(), gq.get(), N, C, HD);
-  cuda::linear_forward(ctx, gh1.get(), dWK.get(), gk.get(), N, C, KD);
-  cuda::linear_forward(ctx, gh1.get(), dWV.get(), gv.get(), N, C, KD);
-  cuda::rope_forward(gq.get(), dcos.get(), dsin.get(), gq.get(), B, T, H, D);
-  cuda::rope_forward(gk.get(), dcos.get(), dsin.get(), gk.get(), B, T, KV, D);
+  cuda::linear_forward(ctx, gh1.get(), dWQKV.get(), gqkv.get(), N, C, QKV);
+  cuda::qkv_split_rope(gqkv.get(), dcos.get(), dsin.get(), gq.get(), gk.get(), gv.get(), B, T, H, KV, D);
   cuda::attention_forward(gq.get(), gk.get(), gv.get(), scale, go.get(), glse.get(), B, T, H, KV, D);
   cuda::linear_forward(ctx, go.get(), dWO.get(), gtmp.get(), N, HD, C);
   cuda::residual_rmsnorm_forward(dX.get(), gtmp.get(), gmid.get(), dN2.get(), eps, gh2.get(), gr2.get(), N, C);
-  cuda::linear_forward(ctx, gh2.get(), dWG.get(), gg.get(), N, C, F);
-  cuda::linear_forward(ctx, gh2.get(), dWU.get(), gu.get(), N, C, F);
-  cuda::swiglu_forward(gg.get(), gu.get(), gact.get(), N * F);
+  cuda::linear_forward(ctx, gh2.get(), dWGU.get(), ggu.get(), N, C, 2 * F);
+  cuda::swiglu_forward(ggu.get(), gact.get(), N, F);
   cuda::linear_forward(ctx, gact.get(), dWD.get(), gtmp.get(), N, F, C);
   // The fused add-and-norm does the final residual add in place; its normalised output is
   // unused.
@@ -139,36 +134,37 @@ TEST_F(CudaLayer, SevenBWidthBlockForwardAndBackwardMatchCpu) {
   expect_close("y", gy.download(), vec(y));
   expect_close("lse", glse.download(), vec(lse));
 
-  DeviceBuffer<bf16> gdr(to_bf16(dy)), gdact(size_t(N * F)), gdg(size_t(N * F)), gdu(size_t(N * F)),
+  DeviceBuffer<bf16> gdr(to_bf16(dy)), gdact(size_t(N * F)), gdgu(size_t(N * 2 * F)),
       gdh(size_t(N * C)), gdO(size_t(N * HD)), gdq(size_t(N * HD)), gdk(size_t(N * KD)), gdv(size_t(N * KD));
-  DeviceBuffer<float> zWQ(std::vector<float>(wq.size(), 0.f)), zWK(std::vector<float>(wk.size(), 0.f)),
-      zWV(std::vector<float>(wv.size(), 0.f)), zWO(std::vector<float>(wo.size(), 0.f)),
-      zWG(std::vector<float>(wg.size(), 0.f)), zWU(std::vector<float>(wu.size(), 0.f)),
+  DeviceBuffer<float> zWQKV(std::vector<float>(wqkv.size(), 0.f)), zWO(std::vector<float>(wo.size(), 0.f)),
+      zWGU(std::vector<float>(wgu.size(), 0.f)),
       zWD(std::vector<float>(wd.size(), 0.f)), zN1(std::vector<float>(n1.size(), 0.f)),
       zN2(std::vector<float>(n2.size(), 0.f));
   DeviceBuffer<char> ws(cuda::attention_backward_workspace_bytes(B, T, H, D));
   cuda::linear_backward(ctx, gdr.get(), gact.get(), dWD.get(), gdact.get(), false, zWD.get(), N, F, C);
-  cuda::swiglu_backward(gdact.get(), gg.get(), gu.get(), gdg.get(), gdu.get(), N * F);
-  cuda::linear_backward(ctx, gdg.get(), gh2.get(), dWG.get(), gdh.get(), false, zWG.get(), N, C, F);
-  cuda::linear_backward(ctx, gdu.get(), gh2.get(), dWU.get(), gdh.get(), true, zWU.get(), N, C, F);
+  cuda::swiglu_backward(gdact.get(), ggu.get(), gdgu.get(), N, F);
+  cuda::linear_backward(ctx, gdgu.get(), gh2.get(), dWGU.get(), gdh.get(), false, zWGU.get(), N, C, 2 * F);
   cuda::rmsnorm_backward(gdh.get(), gmid.get(), dN2.get(), gr2.get(), gdr.get(), true, zN2.get(), N, C);
   cuda::linear_backward(ctx, gdr.get(), go.get(), dWO.get(), gdO.get(), false, zWO.get(), N, HD, C);
   cuda::attention_backward(gdO.get(), gq.get(), gk.get(), gv.get(), go.get(), glse.get(), scale, gdq.get(), gdk.get(),
                            gdv.get(), ws.get(), B, T, H, KV, D);
-  cuda::rope_backward(gdq.get(), dcos.get(), dsin.get(), gdq.get(), B, T, H, D);
-  cuda::rope_backward(gdk.get(), dcos.get(), dsin.get(), gdk.get(), B, T, KV, D);
-  cuda::linear_backward(ctx, gdq.get(), gh1.get(), dWQ.get(), gdh.get(), false, zWQ.get(), N, C, HD);
-  cuda::linear_backward(ctx, gdk.get(), gh1.get(), dWK.get(), gdh.get(), true, zWK.get(), N, C, KD);
-  cuda::linear_backward(ctx, gdv.get(), gh1.get(), dWV.get(), gdh.get(), true, zWV.get(), N, C, KD);
+  cuda::qkv_merge_rope_backward(gdq.get(), gdk.get(), gdv.get(), dcos.get(), dsin.get(), gqkv.get(), B, T, H, KV, D);
+  cuda::linear_backward(ctx, gqkv.get(), gh1.get(), dWQKV.get(), gdh.get(), false, zWQKV.get(), N, C, QKV);
   cuda::rmsnorm_backward(gdh.get(), dX.get(), dN1.get(), gr1.get(), gdr.get(), true, zN1.get(), N, C);
 
   expect_close("dx", gdr.download(), vec(dr));
-  expect_close("dWq", zWQ.download(), vec(gWQ));
-  expect_close("dWk", zWK.download(), vec(gWK));
-  expect_close("dWv", zWV.download(), vec(gWV));
+  // Each weight's rows of the fused gradient, judged at its own scale.
+  const std::vector<float> dwqkv = zWQKV.download(), rwqkv = vec(gWQKV);
+  auto rows = [C](const std::vector<float>& v, int64_t r0, int64_t r1) {
+    return std::vector<float>(v.begin() + std::ptrdiff_t(r0 * C), v.begin() + std::ptrdiff_t(r1 * C));
+  };
+  expect_close("dWq", rows(dwqkv, 0, HD), rows(rwqkv, 0, HD));
+  expect_close("dWk", rows(dwqkv, HD, HD + KD), rows(rwqkv, HD, HD + KD));
+  expect_close("dWv", rows(dwqkv, HD + KD, QKV), rows(rwqkv, HD + KD, QKV));
   expect_close("dWo", zWO.download(), vec(gWO));
-  expect_close("dWgate", zWG.download(), vec(gWG));
-  expect_close("dWup", zWU.download(), vec(gWU));
+  const std::vector<float> dwgu = zWGU.download(), rwgu = vec(gWGU);
+  expect_close("dWgate", rows(dwgu, 0, F), rows(rwgu, 0, F));
+  expect_close("dWup", rows(dwgu, F, 2 * F), rows(rwgu, F, 2 * F));
   expect_close("dWdown", zWD.download(), vec(gWD));
   expect_close("dnorm1", zN1.download(), vec(gN1));
   expect_close("dnorm2", zN2.download(), vec(gN2));

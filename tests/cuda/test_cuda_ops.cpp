@@ -294,23 +294,58 @@ TEST_F(CudaOps, RopeForwardAndBackwardMatchCpuWithEveryScaling) {
   }
 }
 
+// The fused q/k/v projection's output split (q, k rotated; v copied) and its transpose,
+// against the CPU twin: q and k as the rope test, v bit for bit (a copy). GQA (H 6, KV 2)
+// and multi-head (H = KV) at D 64 and 128, where the token stride is not the heads' width.
+TEST_F(CudaOps, QkvSplitAndMergeMatchCpu) {
+  SCOPED_TRACE(seed_msg());
+  const int64_t B = 2, T = 19;
+  struct Heads {
+    int64_t H, KV, D;
+  };
+  for (const Heads h : {Heads{6, 2, 64}, Heads{4, 4, 128}}) {
+    const int64_t H = h.H, KV = h.KV, D = h.D, W = (H + 2 * KV) * D, N = B * T;
+    Tensor cos, sin;
+    ops::rope_tables(ops::rope_inv_freq(D, 10000, {}), T + 3, DType::f32, cos, sin);
+    const auto x = round_bf16(randn(size_t(N * W)));
+    const auto dq = round_bf16(randn(size_t(N * H * D))), dk = round_bf16(randn(size_t(N * KV * D))),
+               dv = round_bf16(randn(size_t(N * KV * D)));
+    DeviceBuffer<float> dcos(vec(cos)), dsin(vec(sin));
+    DeviceBuffer<bf16> gx(to_bf16(x)), gq(size_t(N * H * D)), gk(size_t(N * KV * D)), gv(size_t(N * KV * D));
+    cuda::qkv_split_rope(gx.get(), dcos.get(), dsin.get(), gq.get(), gk.get(), gv.get(), B, T, H, KV, D);
+    Tensor q = Tensor::empty({B, T, H, D}, DType::f32), k = Tensor::empty({B, T, KV, D}, DType::f32), v = k.clone();
+    ops::qkv_split_rope(host({N, W}, x), cos, sin, q, k, v);
+    EXPECT_TRUE(close("q", gq.download(), vec(q), kBf16Tol)) << "H=" << H;
+    EXPECT_TRUE(close("k", gk.download(), vec(k), kBf16Tol)) << "H=" << H;
+    EXPECT_TRUE(close("v", gv.download(), vec(v), 0.0)) << "H=" << H;
+    DeviceBuffer<bf16> gdq(to_bf16(dq)), gdk(to_bf16(dk)), gdv(to_bf16(dv)), gd(size_t(N * W));
+    cuda::qkv_merge_rope_backward(gdq.get(), gdk.get(), gdv.get(), dcos.get(), dsin.get(), gd.get(), B, T, H, KV, D);
+    Tensor d = Tensor::empty({N, W}, DType::f32);
+    ops::qkv_merge_rope_backward(host({B, T, H, D}, dq), host({B, T, KV, D}, dk), host({B, T, KV, D}, dv), cos, sin,
+                                 d);
+    EXPECT_TRUE(close("dqkv", gd.download(), vec(d), kBf16Tol)) << "H=" << H;
+  }
+}
+
 // ---- swiglu ------------------------------------------------------------------------
 TEST_F(CudaOps, SwigluForwardAndBackwardMatchCpu) {
   SCOPED_TRACE(seed_msg());
   // 16-byte loads (F = 352) and one element at a time (F = 351).
   for (const int64_t F : {352, 351}) {
+  // gu [N, 2F]: each row's gate values (scale 3, where silu bends), then its up values.
   const int64_t N = 77;
-  const auto g = round_bf16(randn(size_t(N * F), 3.f)), u = round_bf16(randn(size_t(N * F))),
-             da = round_bf16(randn(size_t(N * F)));
-  DeviceBuffer<bf16> dg(to_bf16(g)), du(to_bf16(u)), dda(to_bf16(da)), a(g.size()), gg(g.size()), gu(g.size());
-  cuda::swiglu_forward(dg.get(), du.get(), a.get(), N * F);
-  cuda::swiglu_backward(dda.get(), dg.get(), du.get(), gg.get(), gu.get(), N * F);
-  Tensor ar = Tensor::empty({N, F}, DType::f32), dgr = ar.clone(), dur = ar.clone();
-  ops::swiglu_forward(host({N, F}, g), host({N, F}, u), ar);
-  ops::swiglu_backward(host({N, F}, da), host({N, F}, g), host({N, F}, u), dgr, dur);
+  std::vector<float> gu = round_bf16(randn(size_t(N * 2 * F)));
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t i = 0; i < F; ++i) gu[size_t(r * 2 * F + i)] = bf16_to_float(float_to_bf16(3.f * gu[size_t(r * 2 * F + i)]));
+  const auto da = round_bf16(randn(size_t(N * F)));
+  DeviceBuffer<bf16> dgu_in(to_bf16(gu)), dda(to_bf16(da)), a(da.size()), dgu(gu.size());
+  cuda::swiglu_forward(dgu_in.get(), a.get(), N, F);
+  cuda::swiglu_backward(dda.get(), dgu_in.get(), dgu.get(), N, F);
+  Tensor ar = Tensor::empty({N, F}, DType::f32), dgur = Tensor::empty({N, 2 * F}, DType::f32);
+  ops::swiglu_forward(host({N, 2 * F}, gu), ar);
+  ops::swiglu_backward(host({N, F}, da), host({N, 2 * F}, gu), dgur);
   EXPECT_TRUE(close("a", a.download(), vec(ar), kBf16Tol)) << "F=" << F;
-  EXPECT_TRUE(close("dg", gg.download(), vec(dgr), kBf16Tol)) << "F=" << F;
-  EXPECT_TRUE(close("du", gu.download(), vec(dur), kBf16Tol)) << "F=" << F;
+  EXPECT_TRUE(close("dgu", dgu.download(), vec(dgur), kBf16Tol)) << "F=" << F;
   }
 }
 

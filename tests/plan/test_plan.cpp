@@ -48,8 +48,8 @@ TEST_F(Plan, Llama2On8GpusFits80GbWithBreakdown) {
                           "activations", "residual stream", "per-layer stored", "logits [chunk rows, V/tp]", "total",
                           "tp all-reduce", "dp reduce-scatter", "dp all-gather"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
-  EXPECT_EQ(verdict(r.out, "80 GB (H100 / A100 80GB):").rfind("fits, 41.95 of 71.68 GiB usable", 0), 0u) << r.out;
-  EXPECT_EQ(verdict(r.out, "141 GB (H200):").rfind("fits, 41.95 of 126.36 GiB usable", 0), 0u) << r.out;
+  EXPECT_EQ(verdict(r.out, "80 GB (H100 / A100 80GB):").rfind("fits, 42.00 of 71.68 GiB usable", 0), 0u) << r.out;
+  EXPECT_EQ(verdict(r.out, "141 GB (H200):").rfind("fits, 42.00 of 126.36 GiB usable", 0), 0u) << r.out;
 }
 
 TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
@@ -72,12 +72,14 @@ TEST_F(Plan, Llama2StatesAreExactAndActivationsMatchTheLayerCount) {
   // The loss path's logits: R = 2^25 / (32000 / 2) = 2097 rows of V/tp in the head, and
   // their gradient in the backward scratch, not N = 4096.
   const double R = 2097, N = 4096, V = 16000;
-  // tmp_, the RoPE tables, the fp32 [N, C] buffer of the tp sums, then xf_, rstdf_, the
-  // logits chunk, logprobs, lse and the token weights.
-  EXPECT_DOUBLE_EQ(b["act_head"].get<double>(), N * 4096 * 2 + 2 * 4096.0 * 64 * 4 + N * 4096 * 4 + N * 4096 * 2 +
-                                                    N * 4 + R * V * 2 + 2 * N * 4 + N * 4);
-  // 6.28 weights + 12.55 grads + 3.14 master + 6.28 moments + 3.14 shard + 10.57 activations.
-  EXPECT_NEAR(b["total"].get<double>() / kGiB, 41.95, 0.01);
+  // tmp_, the RoPE tables, the fused q/k/v projection's [N, (q + 2 kv) / tp] output (and
+  // dy), the fp32 [N, C] buffer of the tp sums, then xf_, rstdf_, the logits chunk,
+  // logprobs, lse and the token weights.
+  EXPECT_DOUBLE_EQ(b["act_head"].get<double>(), N * 4096 * 2 + 2 * 4096.0 * 64 * 4 + N * (3 * 4096 / 2) * 2 +
+                                                    N * 4096 * 4 + N * 4096 * 2 + N * 4 + R * V * 2 + 2 * N * 4 +
+                                                    N * 4);
+  // 6.28 weights + 12.55 grads + 3.14 master + 6.28 moments + 3.14 shard + 10.62 activations.
+  EXPECT_NEAR(b["total"].get<double>() / kGiB, 42.00, 0.01);
   EXPECT_LT(j["activations_full_recompute"].get<double>(), 0.2 * j["activations_no_recompute"].get<double>());
 }
 
@@ -179,11 +181,12 @@ TEST_F(Plan, RecipesWithAFrozenReference) {
   EXPECT_DOUBLE_EQ(kl_long["bytes"]["act_backward"].get<double>(), ga["bytes"]["act_backward"].get<double>());
   EXPECT_DOUBLE_EQ(kl_long["bytes"]["act_head"].get<double>(), ga["bytes"]["act_head"].get<double>());
   // The reference is forward-only: its residual stream (33 x [N, C]), tmp_ and the final
-  // norm's output ([N, C] each), the rope tables, rstd, log-probs and lse ([N] fp32 each),
-  // one chunk of logits, and exactly one layer's working set.
+  // norm's output ([N, C] each), the rope tables, the fused q/k/v output ([N, 3 C / tp]),
+  // rstd, log-probs and lse ([N] fp32 each), one chunk of logits, and exactly one layer's
+  // working set.
   const double N = 4096, C = 4096, R = 2097, V = 16000, rope = 2 * 4096 * 64 * 4;
-  const double layer_set =
-      kl_long["bytes"]["ref_acts"].get<double>() - 35 * N * C * 2 - rope - 3 * N * 4 - R * V * 2;
+  const double layer_set = kl_long["bytes"]["ref_acts"].get<double>() - 35 * N * C * 2 - rope - N * (3 * C / 2) * 2 -
+                           3 * N * 4 - R * V * 2;
   EXPECT_NEAR(layer_set / (kl_long["bytes"]["act_layers"].get<double>() / 32), 1.0, 1e-12);
 
   // RMU at layer 2: the reference holds layers 0..2 only, with the embedding, final norm

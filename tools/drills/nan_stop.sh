@@ -84,7 +84,7 @@ LETHE_DEBUG=1 "$bin" unlearn "$work/recipe.yaml" output.dir="$work/debug" train.
 rc=$?
 check "debug unlearn: exits 1 (got $rc)" test "$rc" -eq 1
 check "debug unlearn: names the step, term, layer, pass and tensor" \
-  grep -Eq "non-finite value at step 2, term [^:]+: layer 0 forward, self_attn.q_proj output \[[0-9]+,[0-9]+\]: first" \
+  grep -Eq "non-finite value at step 2, term [^:]+: layer 0 forward, self_attn.q_proj, k_proj and v_proj output \[[0-9]+,[0-9]+\]: first" \
   "$work/debug.err"
 check "debug unlearn: no final model" test ! -e "$work/debug/final"
 LETHE_DEBUG=1 "$bin" train "$work/train.yaml" optimizer.lr=1e30 checkpoint.dir="$work/debug_train" checkpoint.every=1 \
@@ -92,7 +92,7 @@ LETHE_DEBUG=1 "$bin" train "$work/train.yaml" optimizer.lr=1e30 checkpoint.dir="
 rc=$?
 check "debug train: exits 1 (got $rc)" test "$rc" -eq 1
 check "debug train: names the step, layer, pass and tensor" \
-  grep -Eq "non-finite value at step 2: layer 0 forward, self_attn.q_proj output" "$work/debug_train.err"
+  grep -Eq "non-finite value at step 2: layer 0 forward, self_attn.q_proj, k_proj and v_proj output" "$work/debug_train.err"
 
 if [ "$fail" -ne 0 ]; then
   echo "nan_stop: FAILED"
