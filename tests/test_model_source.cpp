@@ -5,8 +5,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/io/checkpoint.h"
 #include "engine/io/hf_model.h"
+#include "engine/io/model_checkpoint.h"
 #include "engine/io/model_loader.h"
+#include "engine/io/safetensors.h"
 #include "engine/optim/run_optimizer.h"
 #include "engine/parallel/grid.h"
 #include "kernels/host_staged_device.h"
@@ -180,6 +183,60 @@ TEST_F(ModelSourceTest, ATruncatedFileIsAnErrorNamingTheTensor) {
     EXPECT_NE(std::string(e.what()).find(victim), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("read error"), std::string::npos) << e.what();
   }
+}
+
+// A tensor-parallel rank reads its block of a weight without the rest: a row range in one
+// read, a column range row by row; the block equals the whole tensor's box bit for bit, and
+// only its bytes are read.
+TEST_F(ModelSourceTest, BlocksAreTheWholeTensorsBoxAndReadOnlyTheirBytes) {
+  const std::string hf = (dir_ / "hf").string();
+  const ModelSource src = ModelSource::open(hf);
+  const std::string name = "model.layers.3.mlp.gate_proj.weight";  // [256, 64] bf16
+  const Tensor whole = src.read(name);
+  ASSERT_EQ(whole.shape(), (Shape{256, 64}));
+  struct Box {
+    std::vector<int64_t> offset;
+    Shape shape;
+  };
+  for (const Box& b : {Box{{64, 0}, {64, 64}}, Box{{0, 16}, {256, 16}}, Box{{100, 5}, {7, 3}}, Box{{255, 63}, {1, 1}}}) {
+    const uint64_t before = SafetensorsFile::bytes_read();
+    const Tensor t = src.read_block(name, b.offset, b.shape);
+    EXPECT_EQ(SafetensorsFile::bytes_read() - before, uint64_t(shape_numel(b.shape)) * 2) << shape_str(b.shape);
+    ASSERT_EQ(t.shape(), b.shape);
+    ASSERT_EQ(t.dtype(), DType::bf16);
+    for (int64_t r = 0; r < b.shape[0]; ++r)
+      for (int64_t c = 0; c < b.shape[1]; ++c)
+        ASSERT_EQ(t.data<bf16>()[r * b.shape[1] + c].bits,
+                  whole.data<bf16>()[(b.offset[0] + r) * 64 + b.offset[1] + c].bits)
+            << shape_str(b.shape) << " at " << r << ", " << c;
+  }
+  // 1-D: a norm's range.
+  const Tensor norm = src.read("model.norm.weight"), part = src.read_block("model.norm.weight", {10}, {20});
+  for (int64_t i = 0; i < 20; ++i) EXPECT_EQ(part.data<bf16>()[i].bits, norm.data<bf16>()[10 + i].bits);
+  // Outside the tensor: refused, naming the file's tensor.
+  try {
+    src.read_block(name, {200, 0}, {64, 64});
+    FAIL() << "a block past the last row was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("outside"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(src.read_block(name, {0}, {64}), Error);  // a box of the wrong rank
+
+  // A lethe checkpoint's weights read in blocks the same way (its hyperslabs).
+  LlamaModel m(src.config());
+  load_weights(m, src);
+  std::string ck;
+  {
+    CheckpointWriter w(dir_.string(), "ck", 0, false);
+    add_params(w, "weights", m.params());
+    w.manifest()["model"] = llama_config_to_json(m.config());
+    ck = w.commit();
+  }
+  const ModelSource cks = ModelSource::open(ck);
+  const Tensor cw = cks.read(name), cb = cks.read_block(name, {0, 16}, {256, 16});
+  for (int64_t r = 0; r < 256; ++r)
+    for (int64_t c = 0; c < 16; ++c) ASSERT_EQ(cb.data<float>()[r * 16 + c], cw.data<float>()[r * 64 + 16 + c]);
 }
 
 }  // namespace

@@ -195,6 +195,12 @@ Tensor HfModelFiles::read(const std::string& name) const {
   return open_.at(it->second).tensor(name);
 }
 
+Tensor HfModelFiles::read_block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const {
+  const auto it = file_of_.find(name);
+  LETHE_CHECK(it != file_of_.end(), dir_, ": no weight '", name, "' in this model");
+  return open_.at(it->second).block(name, offset, shape);
+}
+
 HfModel read_hf_model(const std::string& dir) {
   const HfModelFiles f = HfModelFiles::open(dir);
   HfModel m;

@@ -42,6 +42,8 @@ class HfModelFiles {
   const LlamaConfig& llama() const { return llama_; }
   const std::vector<std::string>& files() const { return files_; }  // safetensors files, in first-use order
   Tensor read(const std::string& name) const;
+  // The box [offset, offset + shape) of a weight, reading only its bytes (SafetensorsFile::block).
+  Tensor read_block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const;
 
  private:
   std::string dir_;

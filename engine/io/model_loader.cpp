@@ -98,28 +98,54 @@ Tensor ModelSource::read(const std::string& name) const {
   return checkpoint_->read("weights", name, checkpoint_->stored_dtype("weights", name));
 }
 
+Tensor ModelSource::read_block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const {
+  if (hf_) return hf_->read_block(name, offset, shape);
+  return checkpoint_->read_slice("weights", name, offset, shape, checkpoint_->stored_dtype("weights", name));
+}
+
 std::string load_weights(LlamaModel& model, const ModelSource& src, RunOptimizer* master) {
   ParamSet& params = model.params();
   const std::vector<ParamSpec> whole = llama_param_specs(src.config());
   LETHE_CHECK(whole.size() == params.size(), src.path(), ": holds ", whole.size(), " weights, the model has ",
               params.size(), " parameters");
+  // One rank hashes: the others read only what they keep, so a node of 8 ranks at tp=8
+  // reads the model about twice, not 8 times, and one rank spends the hashing time.
+  Communicator& world = model.grid().world();
+  const bool hashes = world.rank() == 0;
   Sha256Stream h;
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& s = params.spec(i);
     LETHE_CHECK(whole[i].name == s.name, src.path(), ": weight ", i, " is '", whole[i].name, "', the model's is '",
                 s.name, "'");
-    const Tensor t = src.read(s.name);
-    digest_add(h, s.name, t);
-    copy_block(params[i], s, t, src.path());
+    const bool block_read = !hashes && s.sharded();
+    Tensor t;
+    if (block_read) {
+      LETHE_CHECK(whole[i].shape == s.full_shape(), src.path(), ": weight '", s.name, "' has shape ",
+                  shape_str(whole[i].shape), ", the model expects ", shape_str(s.full_shape()));
+      t = src.read_block(s.name, s.offsets(), s.shape);
+    } else {
+      t = src.read(s.name);
+      if (hashes) digest_add(h, s.name, t);
+    }
+    // A block read is this rank's block already: copied whole.
+    const ParamSpec as_read = block_read ? ParamSpec{s.name, s.shape} : s;
+    copy_block(params[i], as_read, t, src.path());
     if (master && master->precision() == Precision::bf16) {
       Tensor block = Tensor::empty(s.shape, DType::f32);
-      copy_block(block, s, t, src.path());
+      copy_block(block, as_read, t, src.path());
       master->set_master(i, block);
     }
   }
   // Any other copy of the weights the optimizer keeps (ZeRO's f32 shard) follows the model.
   if (master && master->precision() != Precision::bf16) master->params_changed();
-  return to_hex(h.final());
+  std::string digest = hashes ? to_hex(h.final()) : std::string(64, '0');
+  if (world.size() > 1) {
+    Tensor bytes = Tensor::empty({int64_t(digest.size())}, DType::i32);
+    for (size_t k = 0; k < digest.size(); ++k) bytes.data<int32_t>()[k] = digest[k];
+    world.broadcast(bytes, 0);
+    for (size_t k = 0; k < digest.size(); ++k) digest[k] = char(bytes.data<int32_t>()[k]);
+  }
+  return digest;
 }
 
 void load_first_layers(LlamaModel& model, const ModelSource& src) {
@@ -131,7 +157,8 @@ void load_first_layers(LlamaModel& model, const ModelSource& src) {
   ParamSet& params = model.params();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& s = params.spec(i);
-    copy_block(params[i], s, src.read(s.name), src.path());
+    if (s.sharded()) copy_block(params[i], ParamSpec{s.name, s.shape}, src.read_block(s.name, s.offsets(), s.shape), src.path());
+    else copy_block(params[i], s, src.read(s.name), src.path());
   }
 }
 

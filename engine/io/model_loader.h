@@ -33,6 +33,9 @@ class ModelSource {
   const LlamaConfig& config() const { return config_; }
   // Weight `name` (a llama_param_specs name) whole, in its stored dtype.
   Tensor read(const std::string& name) const;
+  // Its box [offset, offset + shape), reading only what the box needs where the format
+  // allows (a safetensors byte range per row; a checkpoint's hyperslabs).
+  Tensor read_block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const;
 
  private:
   std::string path_;
@@ -43,7 +46,10 @@ class ModelSource {
 
 // Reads every weight of `src` into `model` (its tensor-parallel block on a grid), one at a
 // time, converting to the model's dtype. The model's config must be src's (shapes are
-// checked). Returns the digest of the weights as stored (weights_sha256's definition).
+// checked). Returns the digest of the weights as stored (weights_sha256's definition). On a
+// grid of several ranks it is collective: world rank 0 reads every weight whole and hashes
+// it, the others read only their blocks (1/tp of each split weight), and every rank returns
+// rank 0's digest.
 // With `master` (the optimizer over this model, created before the load) the optimizer's own
 // copy of the weights follows: under bf16 each weight sets its fp32 master to the stored
 // value (the model holds its bf16 rounding, on a device from the load on, in the CPU

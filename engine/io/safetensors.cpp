@@ -3,11 +3,13 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 
 namespace lethe {
 namespace fs = std::filesystem;
@@ -15,6 +17,17 @@ using json = nlohmann::json;
 
 namespace {
 constexpr uint64_t kMaxHeader = 100ull << 20;  // the format's own limit is 100 MB
+std::atomic<uint64_t> g_bytes_read{0};
+
+// The dtypes read as stored (I64 narrows on a whole read; the others are refused).
+std::optional<DType> stored_dtype(const std::string& d) {
+  if (d == "F32") return DType::f32;
+  if (d == "F64") return DType::f64;
+  if (d == "BF16") return DType::bf16;
+  if (d == "F16") return DType::f16;
+  if (d == "I32") return DType::i32;
+  return std::nullopt;
+}
 
 size_t st_dtype_size(const std::string& d) {
   if (d == "F64" || d == "I64" || d == "U64") return 8;
@@ -137,6 +150,7 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
     in.seekg(std::streamoff(data_offset_ + e.begin));
     in.read(static_cast<char*>(dst), std::streamsize(bytes));
     LETHE_CHECK(in.good() || bytes == 0, path_, ": tensor '", name, "': read error (was the file truncated?)");
+    g_bytes_read += bytes;
   };
   auto copy = [&](DType dt) {
     Tensor t = Tensor::empty(e.shape, dt);
@@ -163,6 +177,45 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   }
   LETHE_FAIL(path_, ": tensor '", name, "': dtype ", e.dtype, " is not supported here");
 }
+
+Tensor SafetensorsFile::block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const {
+  const SafetensorsEntry& e = entry(name);
+  const std::optional<DType> stored = stored_dtype(e.dtype);
+  LETHE_CHECK(stored.has_value(), path_, ": tensor '", name, "': dtype ", e.dtype, " cannot be read in blocks");
+  const DType dt = *stored;
+  const size_t nd = e.shape.size();
+  LETHE_CHECK((nd == 1 || nd == 2) && offset.size() == nd && shape.size() == nd, path_, ": tensor '", name,
+              "' of shape ", shape_str(e.shape), ": a block needs a 1-D or 2-D box of its rank, got offset of ",
+              offset.size(), " and shape ", shape_str(shape));
+  for (size_t d = 0; d < nd; ++d)
+    LETHE_CHECK(offset[d] >= 0 && shape[d] >= 0 && offset[d] + shape[d] <= e.shape[d], path_, ": tensor '", name,
+                "' of shape ", shape_str(e.shape), ": block at dimension ", d, " [", offset[d], ", ",
+                offset[d] + shape[d], ") is outside it");
+  Tensor t = Tensor::empty(shape, dt);
+  const uint64_t es = dtype_size(dt);
+  // As rows: a 1-D tensor is one row.
+  const int64_t rows = nd == 2 ? shape[0] : 1, row0 = nd == 2 ? offset[0] : 0;
+  const int64_t width = e.shape[nd - 1], col0 = offset[nd - 1], cols = shape[nd - 1];
+  if (rows == 0 || cols == 0) return t;
+  std::ifstream in(path_, std::ios::binary);
+  LETHE_CHECK(in.good(), path_, ": cannot open for reading");
+  auto read = [&](uint64_t at, char* dst, uint64_t bytes) {
+    in.seekg(std::streamoff(data_offset_ + e.begin + at));
+    in.read(dst, std::streamsize(bytes));
+    LETHE_CHECK(in.good(), path_, ": tensor '", name, "': read error (was the file truncated?)");
+    g_bytes_read += bytes;
+  };
+  char* dst = static_cast<char*>(t.raw());
+  if (cols == width) {
+    read(uint64_t(row0 * width) * es, dst, uint64_t(rows * width) * es);
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      read(uint64_t((row0 + r) * width + col0) * es, dst + uint64_t(r * cols) * es, uint64_t(cols) * es);
+  }
+  return t;
+}
+
+uint64_t SafetensorsFile::bytes_read() { return g_bytes_read.load(); }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {

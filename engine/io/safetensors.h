@@ -33,6 +33,14 @@ class SafetensorsFile {
   // Reads one tensor from the file. F32/F64/BF16/F16/I32 keep their dtype; I64 narrows to
   // i32 when every value fits.
   Tensor tensor(const std::string& name) const;
+  // The box [offset, offset + shape) of a 1-D or 2-D F32/F64/BF16/F16/I32 tensor, reading
+  // only its bytes: one range for whole rows, one per row for a column range (a tensor-
+  // parallel rank's block of a weight). Errors name the file and the tensor.
+  Tensor block(const std::string& name, const std::vector<int64_t>& offset, const Shape& shape) const;
+
+  // Bytes of tensor data this process has read from safetensors files, for tests of what a
+  // load reads.
+  static uint64_t bytes_read();
 
  private:
   std::string path_;

@@ -12,6 +12,7 @@
 #include "engine/eval/mia.h"
 #include "engine/io/hf_model.h"
 #include "engine/io/model_loader.h"
+#include "engine/io/safetensors.h"
 #include "engine/model/llama.h"
 #include "engine/model/parallel_terms.h"
 #include "engine/optim/optimizer.h"
@@ -347,6 +348,57 @@ TEST(ParallelOptimizer, Bf16MasterPiecesHoldTheStoredWeightsOnEveryLayout) {
                          .data<float>()[i] != opt.par->master().view(p.shard_begin, {p.count}).data<float>()[i];
       EXPECT_GT(rounded, checked / 2) << at;
     }
+  w->barrier();
+  if (w->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// A load on a grid: world rank 0 reads every weight whole and hashes it; every other rank
+// reads only the blocks it keeps (each tp rank's rows or columns of a split weight, the
+// replicated ones whole), and every rank gets rank 0's digest, the one-process digest.
+TEST(ParallelLoad, RanksOtherThanZeroReadOnlyTheirBlocksAndShareTheDigest) {
+  auto w = test::mpi_world_shared();
+  const std::string dir = (std::filesystem::temp_directory_path() / "lethe_par_load_hf").string();
+  if (w->rank() == 0) {
+    LlamaModel src(tiny());
+    float* x = src.params().flat().data<float>();
+    for (int64_t i = 0; i < src.params().flat().numel(); ++i) x[i] = 0.05f * std::sin(0.29f * float(i) + 0.3f);
+    std::vector<std::pair<std::string, Tensor>> t;
+    for (size_t i = 0; i < src.params().size(); ++i)
+      t.emplace_back(src.params().spec(i).name, src.params()[i].to(DType::bf16));
+    std::filesystem::remove_all(dir);
+    write_hf_model(dir, hf_config_from_llama(tiny(), "bfloat16"), t, int64_t(1) << 30);
+  }
+  w->barrier();
+  const ModelSource source = ModelSource::open(dir);
+  const LoadedModel whole = load_model(dir);  // every process: the reference, read whole
+  uint64_t whole_bytes = 0;
+  for (const auto& [n, t] : whole.weights) whole_bytes += t.nbytes();
+  for (auto [tp, dp] : test::layouts()) {
+    auto grid = ProcessGrid::from_world(w, {tp, dp, true});
+    LlamaModel m(tiny(), DType::f32, grid);
+    const uint64_t before = SafetensorsFile::bytes_read();
+    const std::string sha = load_weights(m, source);
+    const uint64_t read = SafetensorsFile::bytes_read() - before;
+    const std::string at = "tp" + std::to_string(tp) + " dp" + std::to_string(dp) + " rank " + std::to_string(w->rank());
+    EXPECT_EQ(sha, whole.sha256) << at;
+    uint64_t kept = 0;
+    for (size_t i = 0; i < m.params().size(); ++i) {
+      const ParamSpec& s = m.params().spec(i);
+      kept += uint64_t(shape_numel(s.shape)) * 2;  // bf16 as stored
+      const Tensor& all = whole.weights[i].second;
+      const Tensor& p = m.params()[i];
+      for (int64_t k = 0; k < p.numel(); ++k) {
+        int64_t r = k, c = 0;
+        if (p.ndim() == 2) r = k / p.dim(1), c = k % p.dim(1);
+        if (s.shard_dim == 0) r += s.shard_offset;
+        if (s.shard_dim == 1) c += s.shard_offset;
+        const int64_t src_k = all.ndim() == 2 ? r * all.dim(1) + c : r;
+        ASSERT_EQ(p.data<float>()[k], bf16_to_float(all.data<bf16>()[src_k])) << at << " " << s.name << " [" << k << "]";
+      }
+    }
+    EXPECT_EQ(read, w->rank() == 0 ? whole_bytes : kept) << at;
+    if (tp > 1 && w->rank() != 0) EXPECT_LT(read, whole_bytes) << at;
+  }
   w->barrier();
   if (w->rank() == 0) std::filesystem::remove_all(dir);
 }
