@@ -302,24 +302,30 @@ TEST(ParallelOptimizer, SgdAndFrozenTensorsMatchOneProcess) {
   }
 }
 
+// World rank 0 writes a transformers directory of tiny() whose entries are all distinct
+// (init_weights' norms are all 1), so a block read from the wrong offset shows; then every
+// rank waits for it.
+void write_distinct_hf(Communicator& w, const std::string& dir, DType dtype) {
+  if (w.rank() == 0) {
+    LlamaModel src(tiny());
+    float* x = src.params().flat().data<float>();
+    for (int64_t i = 0; i < src.params().flat().numel(); ++i) x[i] = 0.05f * std::sin(0.37f * float(i) + 0.1f);
+    std::vector<std::pair<std::string, Tensor>> t;
+    for (size_t i = 0; i < src.params().size(); ++i) t.emplace_back(src.params().spec(i).name, src.params()[i].to(dtype));
+    std::filesystem::remove_all(dir);
+    write_hf_model(dir, hf_config_from_llama(tiny(), dtype == DType::bf16 ? "bfloat16" : "float32"), t,
+                   int64_t(1) << 30);
+  }
+  w.barrier();
+}
+
 // Under bf16 on a grid, a load sets each rank's share of the fp32 master (its ZeRO pieces,
 // or its whole tp slice without ZeRO) to the stored f32 weights, not their bf16 rounding:
 // every piece equals the same block loaded into an f32 model on the same grid.
 TEST(ParallelOptimizer, Bf16MasterPiecesHoldTheStoredWeightsOnEveryLayout) {
   auto w = test::mpi_world_shared();
   const std::string dir = (std::filesystem::temp_directory_path() / "lethe_par_master_hf").string();
-  if (w->rank() == 0) {
-    LlamaModel src(tiny());
-    // Every entry distinct (init_weights' norms are all 1): a piece read from the wrong
-    // offset of its parameter shows.
-    float* x = src.params().flat().data<float>();
-    for (int64_t i = 0; i < src.params().flat().numel(); ++i) x[i] = 0.05f * std::sin(0.37f * float(i) + 0.1f);
-    std::vector<std::pair<std::string, Tensor>> t;
-    for (size_t i = 0; i < src.params().size(); ++i) t.emplace_back(src.params().spec(i).name, src.params()[i]);
-    std::filesystem::remove_all(dir);
-    write_hf_model(dir, hf_config_from_llama(tiny(), "float32"), t, int64_t(1) << 30);
-  }
-  w->barrier();
+  write_distinct_hf(*w, dir, DType::f32);
   const ModelSource source = ModelSource::open(dir);
   for (auto [tp, dp] : test::layouts())
     for (const bool zero1 : {true, false}) {
@@ -358,17 +364,7 @@ TEST(ParallelOptimizer, Bf16MasterPiecesHoldTheStoredWeightsOnEveryLayout) {
 TEST(ParallelLoad, RanksOtherThanZeroReadOnlyTheirBlocksAndShareTheDigest) {
   auto w = test::mpi_world_shared();
   const std::string dir = (std::filesystem::temp_directory_path() / "lethe_par_load_hf").string();
-  if (w->rank() == 0) {
-    LlamaModel src(tiny());
-    float* x = src.params().flat().data<float>();
-    for (int64_t i = 0; i < src.params().flat().numel(); ++i) x[i] = 0.05f * std::sin(0.29f * float(i) + 0.3f);
-    std::vector<std::pair<std::string, Tensor>> t;
-    for (size_t i = 0; i < src.params().size(); ++i)
-      t.emplace_back(src.params().spec(i).name, src.params()[i].to(DType::bf16));
-    std::filesystem::remove_all(dir);
-    write_hf_model(dir, hf_config_from_llama(tiny(), "bfloat16"), t, int64_t(1) << 30);
-  }
-  w->barrier();
+  write_distinct_hf(*w, dir, DType::bf16);
   const ModelSource source = ModelSource::open(dir);
   const LoadedModel whole = load_model(dir);  // every process: the reference, read whole
   uint64_t whole_bytes = 0;
