@@ -157,8 +157,10 @@ void load_first_layers(LlamaModel& model, const ModelSource& src) {
   ParamSet& params = model.params();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& s = params.spec(i);
-    if (s.sharded()) copy_block(params[i], ParamSpec{s.name, s.shape}, src.read_block(s.name, s.offsets(), s.shape), src.path());
-    else copy_block(params[i], s, src.read(s.name), src.path());
+    if (s.sharded())  // this rank's block, read as such and copied whole
+      copy_block(params[i], ParamSpec{s.name, s.shape}, src.read_block(s.name, s.offsets(), s.shape), src.path());
+    else
+      copy_block(params[i], s, src.read(s.name), src.path());
   }
 }
 

@@ -114,7 +114,8 @@ QkvDims qkv_dims(const Tensor& qkv, const Tensor& q, const Tensor& k, const Tens
   return d;
 }
 
-// v's rows copied between the fused row (stride W, at column `off`) and [B*T, KV*D].
+// rows x width elements copied between buffers whose rows lie ss (src) and ds (dst) apart:
+// v between the fused layout (stride W) and [B*T, KV*D].
 template <typename scalar_t>
 void copy_rows(const scalar_t* src, int64_t ss, scalar_t* dst, int64_t ds, int64_t rows, int64_t width) {
 #pragma omp parallel for schedule(static)

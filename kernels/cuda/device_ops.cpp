@@ -765,42 +765,41 @@ class CudaOps final : public DeviceOps {
     return {N, V};
   }
 
-  // x[B, T, H, D] -> y; cos, sin [>= T, D/2], row t for position t (the kernel reads
-  // rows of exactly D/2).
+  // cos, sin [>= T, D/2] fp32, row t for position t (the kernels read rows of exactly D/2).
+  static void expect_rope_tables(const Tensor& cos, const Tensor& sin, int64_t T, int64_t D, const char* op) {
+    expect(cos, DType::f32, op, "cos");
+    expect(sin, DType::f32, op, "sin");
+    LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even and positive, got ", D);
+    LETHE_CHECK(cos.ndim() == 2 && cos.dim(0) >= T && cos.dim(1) == D / 2, op, ": cos table ", cos.describe(),
+                " does not cover T=", T, ", D=", D);
+    check_shape(sin, cos.shape(), op, "sin");
+  }
+
   // The fused q/k/v layout's checks: q [B, T, H, D], k and v [B, T, KV, D], fused [B*T, (H + 2 KV) D].
   static std::array<int64_t, 5> qkv_layout(const Tensor& fused, const char* fused_arg, const Tensor& cos,
                                            const Tensor& sin, const Tensor& q, const char* q_arg, const Tensor& k,
                                            const char* k_arg, const Tensor& v, const char* v_arg, const char* op) {
     for (auto [t, name] : {std::pair{&fused, fused_arg}, {&q, q_arg}, {&k, k_arg}, {&v, v_arg}})
       expect(*t, DType::bf16, op, name);
-    expect(cos, DType::f32, op, "cos");
-    expect(sin, DType::f32, op, "sin");
     expect_ndim(q, 4, op, q_arg, "[B, T, H, D]");
     expect_ndim(k, 4, op, k_arg, "[B, T, KV, D]");
     const int64_t B = q.dim(0), T = q.dim(1), H = q.dim(2), KV = k.dim(2), D = q.dim(3);
-    LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even and positive, got ", D);
+    expect_rope_tables(cos, sin, T, D, op);
     check_shape(k, {B, T, KV, D}, op, k_arg);
     check_shape(v, {B, T, KV, D}, op, v_arg);
     check_shape(fused, {B * T, (H + 2 * KV) * D}, op, fused_arg);
-    LETHE_CHECK(cos.ndim() == 2 && cos.dim(0) >= T && cos.dim(1) == D / 2, op, ": cos table ", cos.describe(),
-                " does not cover T=", T, ", D=", D);
-    check_shape(sin, cos.shape(), op, "sin");
     return {B, T, H, KV, D};
   }
 
+  // x[B, T, H, D] -> y (may alias x).
   static void rotate(const Tensor& x, const char* x_arg, const Tensor& cos, const Tensor& sin, Tensor& y,
                      const char* y_arg, bool forward, const char* op) {
     expect(x, DType::bf16, op, x_arg);
-    expect(cos, DType::f32, op, "cos");
-    expect(sin, DType::f32, op, "sin");
     expect(y, DType::bf16, op, y_arg);
     expect_ndim(x, 4, op, x_arg, "[B, T, H, D]");
     const int64_t B = x.dim(0), T = x.dim(1), H = x.dim(2), D = x.dim(3);
-    LETHE_CHECK(D > 0 && D % 2 == 0, op, ": head_dim must be even and positive, got ", D);
+    expect_rope_tables(cos, sin, T, D, op);
     check_shape(y, x.shape(), op, y_arg);
-    LETHE_CHECK(cos.ndim() == 2 && cos.dim(0) >= T && cos.dim(1) == D / 2, op, ": cos table ", cos.describe(),
-                " does not cover T=", T, ", D=", D);
-    check_shape(sin, cos.shape(), op, "sin");
     expect_same_or_disjoint(y, y_arg, x, x_arg, op);
     if (forward)
       cuda::rope_forward(ptr<bf16>(x), ptr<float>(cos), ptr<float>(sin), ptr<bf16>(y), B, T, H, D);
