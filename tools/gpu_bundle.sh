@@ -11,7 +11,7 @@
 # listed in <build>/gpu_tests.txt) and the benchmarks lethe_bench_gpu and
 # lethe_bench_attention, stripped, plus the shared libraries they load except the C
 # runtime, the CUDA driver and cuBLAS: OpenBLAS, libgfortran, libgomp, libstdc++, the CUDA
-# runtime. None needs HDF5, yaml-cpp or MPI.
+# runtime. None needs HDF5, yaml-cpp or MPI, and only test_cuda_nccl needs NCCL (below).
 # Everything travels xz-compressed (a fifth of the size; OpenBLAS alone is ~36 MB with
 # kernels for every x86 generation); gpu_check.sh unpacks it into a temporary directory
 # (by hand: xz -dk gpu_bundle/*.xz, then run with LD_LIBRARY_PATH=gpu_bundle).
@@ -33,13 +33,16 @@ command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu_bun
 export PATH="$PATH:/usr/local/cuda/bin"
 
 # Without MPI and NCCL: test_cuda_model links the model, and the bundle must not carry
-# libmpi's plugins or NCCL (hundreds of MB). One process, one GPU, needs neither.
+# libmpi's plugins or NCCL (hundreds of MB). One process, one GPU, needs neither, except
+# test_cuda_nccl (LETHE_NCCL_SMOKE): the one-rank NCCL test compiles the communicator
+# itself and loads libnccl.so.2 from the GPU machine (PyTorch's nvidia-nccl wheel or a
+# toolkit; gpu_check.sh finds it), so libnccl is not bundled either.
 gen=()
 if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
   command -v ninja >/dev/null && gen=(-G Ninja)
 fi
 cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=OFF \
-  -DLETHE_NCCL=OFF >/dev/null
+  -DLETHE_NCCL=OFF -DLETHE_NCCL_SMOKE=ON >/dev/null
 BENCHES=(lethe_bench_gpu lethe_bench_attention)
 nice cmake --build "$BUILD_DIR" --target lethe_gpu_tests "${BENCHES[@]}" --parallel "${JOBS:-2}"
 
@@ -64,8 +67,9 @@ for bin in "${BINS[@]}"; do
 done
 
 # Shared libraries, except the C runtime every Linux has and the CUDA driver/cuBLAS that
-# must come from the GPU machine itself (they have to match its driver).
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libcuda\.so|libcublasLt\.so|libcublas\.so)'
+# must come from the GPU machine itself (they have to match its driver), and NCCL (about
+# 300 MB, from the GPU machine too).
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libcuda\.so|libcublasLt\.so|libcublas\.so|libnccl\.so)'
 for t in "${names[@]}"; do
   ldd "$BUNDLE_DIR/$t" | awk '/=> \// {print $1, $3}' | while read -r name path; do
     [[ "$name" =~ $skip ]] && continue

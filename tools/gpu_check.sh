@@ -184,6 +184,34 @@ run() {
   return "$rc"
 }
 
+# ---- libraries the bundle leaves to this machine: cuBLASLt and NCCL ----------------------
+# find_lib SONAME: the directory holding SONAME (or a longer version of it): a CUDA toolkit,
+# the loader's cache, or PyTorch's CUDA wheels (site-packages/nvidia/...).
+find_lib() {
+  local so=$1 d p py
+  for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+    ls "$d/$so"* >/dev/null 2>&1 && { echo "$d"; return; }
+  done
+  p="$(ldconfig -p 2>/dev/null | awk -v so="$so" 'index($1, so) == 1 {print $NF; exit}')"
+  [ -n "$p" ] && [ -e "$p" ] && { dirname "$p"; return; }
+  for py in python3 python; do
+    command -v $py >/dev/null || continue
+    p="$(timeout 30 $py - "$so" <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
+for r in roots:
+    hits = glob.glob(os.path.join(r, "nvidia", "**", sys.argv[1] + "*"), recursive=True)
+    if hits:
+        print(os.path.dirname(hits[0])); break
+PY
+)"
+    [ -n "$p" ] && { echo "$p"; return; }
+  done
+}
+LT_DIR="$(find_lib libcublasLt.so.13)"
+NCCL_DIR="$(find_lib libnccl.so.2)"
+log "cuBLASLt: ${LT_DIR:-not found}; NCCL: ${NCCL_DIR:-not found}"
+
 # ---- the bundle (checked first, so a machine without a GPU still verifies it) ------------
 say "bundle"
 bundle_ok=1
@@ -206,9 +234,15 @@ else
     fi || { bundle_ok=0; log "gpu_check: cannot unpack $z (needs xz or python3)"; }
     case "$(basename "$f")" in test_*|lethe_*) chmod +x "$f" ;; esac
   done
+  # test_cuda_nccl loads libnccl.so.2 from this machine: without one it cannot start, which
+  # says nothing about the bundle, so it is left out with the reason.
+  if [ -z "$NCCL_DIR" ] && [[ " ${TESTS[*]} " == *" test_cuda_nccl "* ]]; then
+    mapfile -t TESTS < <(printf '%s\n' "${TESTS[@]}" | grep -vx test_cuda_nccl)
+    stage "test test_cuda_nccl" "NOT RUN: no libnccl.so.2 on this machine (a CUDA toolkit's or the nvidia-nccl wheel's)"
+  fi
   # Every binary must start and list its tests here: a missing library shows now.
   for t in "${TESTS[@]}"; do
-    if ! LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/$t" --gtest_list_tests >"$RES/list_$t.txt" 2>&1; then
+    if ! LD_LIBRARY_PATH="$LIB${NCCL_DIR:+:$NCCL_DIR}" timeout 30 "$LIB/$t" --gtest_list_tests >"$RES/list_$t.txt" 2>&1; then
       bundle_ok=0
       log "gpu_check: $t does not start: $(grep -m1 -iE 'error|not found' "$RES/list_$t.txt")"
     fi
@@ -250,54 +284,31 @@ DEVICE="$(head -1 "$RES/devices.txt")"
 stage "device" "$DEVICE"
 [ "$bundle_ok" -eq 1 ] || finish 3
 
-# ---- libraries: cuBLASLt from wherever this machine has it --------------------------------
-find_cublaslt() {
-  local d p py
-  for d in ${CUDA_HOME:+$CUDA_HOME/lib64} /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
-    ls "$d"/libcublasLt.so.13* >/dev/null 2>&1 && { echo "$d"; return; }
-  done
-  p="$(ldconfig -p 2>/dev/null | awk '/libcublasLt\.so\.13/ {print $NF; exit}')"
-  [ -n "$p" ] && [ -e "$p" ] && { dirname "$p"; return; }
-  # PyTorch's CUDA wheels ship cuBLASLt under site-packages/nvidia/.
-  for py in python3 python; do
-    command -v $py >/dev/null || continue
-    p="$(timeout 30 $py - <<'PY' 2>/dev/null
-import glob, os, site, sys
-roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
-for r in roots:
-    hits = glob.glob(os.path.join(r, "nvidia", "**", "libcublasLt.so.13*"), recursive=True)
-    if hits:
-        print(os.path.dirname(hits[0])); break
-PY
-)"
-    [ -n "$p" ] && { echo "$p"; return; }
-  done
-}
-LT_DIR="$(find_cublaslt)"
 if [ -n "$LT_DIR" ]; then
   stage "cuBLASLt" "$LT_DIR"
 else
   stage "cuBLASLt" "NOT FOUND (libcublasLt.so.13): the GEMM tests fail, the step benchmark is skipped"
 fi
-log "cuBLASLt: ${LT_DIR:-not found}"
+[ -n "$NCCL_DIR" ] && stage "NCCL" "$NCCL_DIR"
+
 # For lethe's binaries only (python3 and nvidia-smi keep the machine's own libraries).
 # One seed for every GPU test of this check (LETHE_TEST_SEED, or drawn here), recorded in the
 # summary: a test rerun alone below sees the inputs it failed on.
 SEED="${LETHE_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}"
 stage "test seed" "LETHE_TEST_SEED=$SEED"
-LETHE_ENV=(env "LD_LIBRARY_PATH=$LIB${LT_DIR:+:$LT_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+LETHE_ENV=(env "LD_LIBRARY_PATH=$LIB${LT_DIR:+:$LT_DIR}${NCCL_DIR:+:$NCCL_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
            "OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}" "LETHE_TEST_SEED=$SEED")
 
 # ---- tests: every test binary of the bundle --------------------------------------------
 # Cheap ones first; the 7B-width block last. The tests get at most 240 s together.
-order=(test_cuda_device test_cuda_numerics test_cuda_ops test_cuda_model test_cuda_layer)
+order=(test_cuda_device test_cuda_numerics test_cuda_nccl test_cuda_ops test_cuda_model test_cuda_layer)
 mapfile -t RUN < <({ for t in "${order[@]}"; do printf '%s\n' "$t"; done; printf '%s\n' "${TESTS[@]}"; } \
   | awk -v have=" ${TESTS[*]} " 'index(have, " " $0 " ") && !seen[$0]++')
 tests_deadline=$(( SECONDS + 240 ))
 declare -A RC RAN  # the check's verdict, and the binary's own exit status
 for t in "${RUN[@]}"; do
   want=150
-  case "$t" in test_cuda_device) want=30 ;; test_cuda_numerics) want=60 ;; esac
+  case "$t" in test_cuda_device) want=30 ;; test_cuda_numerics|test_cuda_nccl) want=60 ;; esac
   s=$(cap "$want" "$tests_deadline")
   if (( s < 10 )); then stage "test $t" "NOT RUN: time budget spent"; fail; continue; fi
   say "$t (limit ${s} s)"

@@ -16,6 +16,71 @@ __device__ MaxSum row_stats(const T* x, int64_t V, float* scratch) {
   return block_merge(st, scratch);
 }
 
+// The bf16 row kernels take kVec adjacent elements per access: 8 is one 16-byte load or
+// store, which needs every row to start on a 16-byte boundary (V % 8 == 0 and aligned
+// buffers: vocabularies and their tp shards almost always are); 1 serves every other row.
+// The host picks (vec_rows). Column indices are 64-bit: with 32-bit ones nvcc splits the
+// 16-byte stores.
+inline bool vec_rows(int64_t V, std::initializer_list<const void*> ps) { return V % 8 == 0 && aligned16(ps); }
+
+// Calls f(j, x[j]) for this thread's elements of the row, kVec at a time.
+template <int kVec, typename F>
+__device__ __forceinline__ void each(const __nv_bfloat16* x, int64_t V, F f) {
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) {
+    const Vec<kVec> v = ld<kVec>(x + i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) f(i + k, to_f(v.v[k]));
+  }
+}
+// g[j] = f(j, x[j]) for this thread's elements. g may be x itself: each element is read
+// and then written by the same thread.
+template <int kVec, typename F>
+__device__ __forceinline__ void map(const __nv_bfloat16* x, __nv_bfloat16* g, int64_t V, F f) {
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) {
+    const Vec<kVec> v = ld<kVec>(x + i);
+    Vec<kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o.v[k] = to_bf(f(i + k, to_f(v.v[k])));
+    st<kVec>(g + i, o);
+  }
+}
+template <int kVec>
+__device__ __forceinline__ void zero_row(__nv_bfloat16* g, int64_t V) {
+  Vec<kVec> z;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) z.v[k] = to_bf(0.f);
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) st<kVec>(g + i, z);
+}
+
+// The softmax state of kVec values at once: one exp per value and one merge per access,
+// where merging value by value takes two exps per value. Same special cases as merge: a
+// NaN makes the state NaN, all -inf gives (-inf, 0), +inf gives a NaN sum.
+template <int kVec>
+__device__ __forceinline__ MaxSum stats_of(const Vec<kVec>& v) {
+  float f[kVec], m = -INFINITY;
+  bool nan = false;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    f[k] = to_f(v.v[k]);
+    m = fmaxf(m, f[k]);
+    nan |= isnan(f[k]);
+  }
+  if (nan) return {NAN, NAN};
+  if (m == -INFINITY) return {m, 0.f};
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) s += __expf(f[k] - m);
+  return {m, s};
+}
+template <int kVec>
+__device__ MaxSum row_stats_bf16(const __nv_bfloat16* x, int64_t V, float* scratch) {
+  MaxSum st;
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec)
+    st = merge(st, stats_of<kVec>(ld<kVec>(x + i)));
+  return block_merge(st, scratch);
+}
+
+template <int kVec>
 __global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ targets,
                        const float* __restrict__ weights, float* __restrict__ logprobs, float* __restrict__ lse_out,
                        __nv_bfloat16* dlogits, float dloss, int64_t V) {
@@ -27,7 +92,7 @@ __global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   // Read before any thread can overwrite the row (dlogits may alias logits); the
   // barriers inside block_merge order it.
   const float xt = valid ? to_f(x[t]) : 0.f;
-  const MaxSum st = row_stats(x, V, scratch);
+  const MaxSum st = row_stats_bf16<kVec>(x, V, scratch);
   const float lse = st.m + __logf(st.s);
   if (threadIdx.x == 0) {
     lse_out[row] = lse;
@@ -37,19 +102,14 @@ __global__ void ce_fwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   __nv_bfloat16* g = dlogits + row * V;
   // Ignored and zero-weight rows get exact zeros, as the CPU twin writes them (0 * (p -
   // onehot) would be NaN where a logit is infinite or NaN, and -0 at the target).
-  if (!valid || weights[row] == 0.f) {
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
-    return;
-  }
+  if (!valid || weights[row] == 0.f) return zero_row<kVec>(g, V);
   const float a = dloss * weights[row];
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float p = __expf(to_f(x[j]) - lse);
-    g[j] = to_bf(a * (p - (j == t ? 1.f : 0.f)));
-  }
+  map<kVec>(x, g, V, [&](int64_t j, float xj) { return a * (__expf(xj - lse) - (j == t ? 1.f : 0.f)); });
 }
 
 // Over a shard of ids [first, first + V) of `vocab`: the onehot only where the shard holds
 // the target (first = 0, V = vocab: the whole vocabulary).
+template <int kVec>
 __global__ void ce_bwd(const __nv_bfloat16* logits, const int32_t* __restrict__ targets,
                        const float* __restrict__ weights, const float* __restrict__ lse_in, float dloss,
                        __nv_bfloat16* dlogits, int64_t first, int64_t V, int64_t vocab) {
@@ -58,25 +118,21 @@ __global__ void ce_bwd(const __nv_bfloat16* logits, const int32_t* __restrict__ 
   const bool valid = t != kIgnoreIndex && t >= 0 && t < vocab;
   const int64_t r = int64_t(t) - first;
   __nv_bfloat16* g = dlogits + row * V;
-  if (!valid || weights[row] == 0.f) {  // exact zeros, as the CPU twin (see ce_fwd)
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
-    return;
-  }
+  if (!valid || weights[row] == 0.f) return zero_row<kVec>(g, V);  // exact zeros, as the CPU twin (see ce_fwd)
   const float a = dloss * weights[row], lse = lse_in[row];
-  const __nv_bfloat16* x = logits + row * V;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
-    g[j] = to_bf(a * (__expf(to_f(x[j]) - lse) - (j == r ? 1.f : 0.f)));
+  map<kVec>(logits + row * V, g, V, [&](int64_t j, float xj) { return a * (__expf(xj - lse) - (j == r ? 1.f : 0.f)); });
 }
 
 // The vocabulary-parallel statistics of one row: its maximum and the target's logit where
 // this shard holds it (0 elsewhere, so the group's sum is the logit).
+template <int kVec>
 __global__ void shard_max_rows(const __nv_bfloat16* __restrict__ logits, const int32_t* __restrict__ targets,
                                float* __restrict__ rowmax, float* __restrict__ target_logit, int64_t first, int64_t V) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* x = logits + row * V;
   float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, to_f(x[j]));
+  each<kVec>(x, V, [&](int64_t, float xj) { m = fmaxf(m, xj); });
   m = block_max(m, scratch);
   if (threadIdx.x != 0) return;
   rowmax[row] = m;
@@ -88,6 +144,7 @@ __global__ void shard_max_rows(const __nv_bfloat16* __restrict__ logits, const i
 
 // sum_j exp(x_j - max) in double, the difference in f32 or in double (the CPU twin's
 // arithmetic either way).
+template <int kVec>
 __global__ void shard_sumexp_rows(const __nv_bfloat16* __restrict__ logits, const float* __restrict__ rowmax,
                                   double* __restrict__ sumexp, bool difference_in_double, int64_t V) {
   __shared__ double scratch[32];
@@ -95,8 +152,7 @@ __global__ void shard_sumexp_rows(const __nv_bfloat16* __restrict__ logits, cons
   const __nv_bfloat16* x = logits + row * V;
   const float m = rowmax[row];
   double s = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
-    s += exp(difference_in_double ? double(to_f(x[j])) - double(m) : double(to_f(x[j]) - m));
+  each<kVec>(x, V, [&](int64_t, float xj) { s += exp(difference_in_double ? double(xj) - double(m) : double(xj - m)); });
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) sumexp[row] = s;
 }
@@ -153,6 +209,7 @@ __global__ void argmax_rows(const __nv_bfloat16* __restrict__ logits, const int3
 // and stored through f32, as the CPU twin's f32 result is stored in bf16).
 // logits carries no __restrict__: dlogits may alias it (each element is read by the thread
 // that then writes it).
+template <int kVec>
 __global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_bfloat16* logits,
                               const double* __restrict__ lse_q, const double* __restrict__ lse_p,
                               const double* __restrict__ row_weight, double grad_scale, double* __restrict__ kl,
@@ -162,19 +219,24 @@ __global__ void kl_shard_rows(const __nv_bfloat16* __restrict__ ref, const __nv_
   const double w = row_weight[row];
   __nv_bfloat16* g = dlogits ? dlogits + row * V : nullptr;
   if (w == 0.0) {
-    if (g)
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) g[j] = to_bf(0.f);
+    if (g) zero_row<kVec>(g, V);
     if (threadIdx.x == 0) kl[row] = 0.0;
     return;
   }
   const __nv_bfloat16 *x = logits + row * V, *r = ref + row * V;
   const double lsq = lse_q[row], lsp = lse_p[row], a = grad_scale * w;
   double acc = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const double lq = double(to_f(r[j])) - lsq, lp = double(to_f(x[j])) - lsp;
-    const double q = exp(lq), p = exp(lp);
-    if (q > 0) acc += q * (lq - lp);
-    if (g) g[j] = to_bf(float(a * (p - q)));
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) {
+    const Vec<kVec> xv = ld<kVec>(x + i), rv = ld<kVec>(r + i);
+    Vec<kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const double lq = double(to_f(rv.v[k])) - lsq, lp = double(to_f(xv.v[k])) - lsp;
+      const double q = exp(lq);
+      if (q > 0) acc += q * (lq - lp);
+      if (g) o.v[k] = to_bf(float(a * (exp(lp) - q)));
+    }
+    if (g) st<kVec>(g + i, o);
   }
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) kl[row] = acc;
@@ -219,26 +281,34 @@ __global__ void weighted_sum_add(const double* __restrict__ values, const double
   if (threadIdx.x == 0) *total += s;
 }
 
+template <int kVec>
 __global__ void kl_rows(const __nv_bfloat16* logits, const __nv_bfloat16* __restrict__ ref,
                         const float* __restrict__ row_scale, float* __restrict__ kl, __nv_bfloat16* dlogits,
                         bool accumulate, int64_t V) {
   __shared__ float scratch[64];
   const int64_t row = blockIdx.x;
   const __nv_bfloat16 *x = logits + row * V, *r = ref + row * V;
-  const MaxSum sp = row_stats(x, V, scratch);
-  const MaxSum sq = row_stats(r, V, scratch);
+  const MaxSum sp = row_stats_bf16<kVec>(x, V, scratch);
+  const MaxSum sq = row_stats_bf16<kVec>(r, V, scratch);
   const float lse_p = sp.m + __logf(sp.s), lse_q = sq.m + __logf(sq.s);
   const float a = dlogits ? row_scale[row] : 0.f;
+  __nv_bfloat16* g = dlogits ? dlogits + row * V : nullptr;
   float acc = 0.f;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float lp = to_f(x[j]) - lse_p, lq = to_f(r[j]) - lse_q;
-    const float q = __expf(lq);
-    if (q > 0) acc += q * (lq - lp);  // an underflowed q (or a -inf logit) adds nothing
-    if (dlogits) {
-      float gv = a * (__expf(lp) - q);
-      if (accumulate) gv += to_f(dlogits[row * V + j]);
-      dlogits[row * V + j] = to_bf(gv);
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) {
+    const Vec<kVec> xv = ld<kVec>(x + i), rv = ld<kVec>(r + i);
+    Vec<kVec> o;
+    if (g && accumulate) o = ld<kVec>(g + i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float lp = to_f(xv.v[k]) - lse_p, lq = to_f(rv.v[k]) - lse_q;
+      const float q = __expf(lq);
+      if (q > 0) acc += q * (lq - lp);  // an underflowed q (or a -inf logit) adds nothing
+      if (g) {
+        const float gv = a * (__expf(lp) - q);
+        o.v[k] = to_bf(accumulate ? gv + to_f(o.v[k]) : gv);
+      }
     }
+    if (g) st<kVec>(g + i, o);
   }
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) kl[row] = acc;
@@ -273,8 +343,9 @@ __global__ void moments_rows(const T* __restrict__ logits, float* __restrict__ m
 void cross_entropy_forward(const bf16* logits, const int32_t* targets, const float* weights, float* logprobs,
                            float* lse, bf16* dlogits, float dloss, int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
-  ce_fwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, logprobs, lse,
-                                                     dlogits ? dev(dlogits) : nullptr, dloss, V);
+  auto k = vec_rows(V, {logits, dlogits}) ? ce_fwd<8> : ce_fwd<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, logprobs, lse,
+                                                dlogits ? dev(dlogits) : nullptr, dloss, V);
   check_launch("cross_entropy_forward");
 }
 
@@ -282,22 +353,25 @@ void cross_entropy_backward(const bf16* logits, const int32_t* targets, const fl
                             float dloss, bf16* dlogits, int64_t N, int64_t first, int64_t V, int64_t vocab,
                             Stream s) {
   if (N <= 0) return;
-  ce_bwd<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, lse, dloss, dev(dlogits), first,
-                                                     V, vocab);
+  auto k = vec_rows(V, {logits, dlogits}) ? ce_bwd<8> : ce_bwd<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, weights, lse, dloss, dev(dlogits), first, V,
+                                                vocab);
   check_launch("cross_entropy_backward");
 }
 
 void cross_entropy_shard_max(const bf16* logits, const int32_t* targets, float* rowmax, float* target_logit,
                              int64_t N, int64_t first, int64_t V, Stream s) {
   if (N <= 0) return;
-  shard_max_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, rowmax, target_logit, first, V);
+  auto k = vec_rows(V, {logits}) ? shard_max_rows<8> : shard_max_rows<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), targets, rowmax, target_logit, first, V);
   check_launch("cross_entropy_shard_max");
 }
 
 void cross_entropy_shard_sumexp(const bf16* logits, const float* rowmax, double* sumexp, bool difference_in_double,
                                 int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
-  shard_sumexp_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, difference_in_double, V);
+  auto k = vec_rows(V, {logits}) ? shard_sumexp_rows<8> : shard_sumexp_rows<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), rowmax, sumexp, difference_in_double, V);
   check_launch("cross_entropy_shard_sumexp");
 }
 
@@ -318,8 +392,9 @@ void argmax_shard(const bf16* logits, const int32_t* exclude, int64_t first, flo
 void kl_shard(const bf16* ref_logits, const bf16* logits, const double* lse_q, const double* lse_p,
               const double* row_weight, double grad_scale, double* kl, bf16* dlogits, int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
-  kl_shard_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(ref_logits), dev(logits), lse_q, lse_p, row_weight,
-                                                            grad_scale, kl, dlogits ? dev(dlogits) : nullptr, V);
+  auto k = vec_rows(V, {ref_logits, logits, dlogits}) ? kl_shard_rows<8> : kl_shard_rows<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(ref_logits), dev(logits), lse_q, lse_p, row_weight, grad_scale, kl,
+                                                dlogits ? dev(dlogits) : nullptr, V);
   check_launch("kl_shard");
 }
 
@@ -359,8 +434,9 @@ void kl_to_reference(const bf16* logits, const bf16* ref_logits, const float* ro
                      bool accumulate, int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
   LETHE_CHECK(!(accumulate && dlogits == logits), "kl_to_reference: accumulating dlogits cannot alias logits");
-  kl_rows<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), dev(ref_logits), row_scale, kl,
-                                                      dlogits ? dev(dlogits) : nullptr, accumulate, V);
+  auto k = vec_rows(V, {logits, ref_logits, dlogits}) ? kl_rows<8> : kl_rows<1>;
+  k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), dev(ref_logits), row_scale, kl,
+                                                dlogits ? dev(dlogits) : nullptr, accumulate, V);
   check_launch("kl_to_reference");
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "engine/core/debug_mode.h"
 #include "kernels/attention.h"
@@ -546,35 +547,40 @@ TEST_F(CudaOps, AddIsTheHostRoundingBitForBit) {
 // ---- cross-entropy, KL, moments ----------------------------------------------------
 TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 19, V = 5003;
-  const auto logits = round_bf16(randn(size_t(N * V), 3.f));
-  auto targets = randint(size_t(N), int32_t(V));
-  targets[3] = targets[11] = ops::kIgnoreIndex;
-  std::vector<float> w(static_cast<size_t>(N));
-  for (int64_t i = 0; i < N; ++i) w[size_t(i)] = (i % 3 == 0 ? -1.f : 1.f) / float(N);  // ascent on some rows
-  const float dloss = 0.75f;
-  const Tensor L = host({N, V}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
-  Tensor lp = Tensor::empty({N}, DType::f32), lse = lp.clone(), dl = Tensor::empty({N, V}, DType::f32);
-  const double loss = ops::cross_entropy_forward(L, TG, W, lp, lse);
-  ops::cross_entropy_backward(L, TG, W, lse, dloss, dl);
+  // A multiple of 8 takes the 16-byte kernels, 5003 the element-wise ones.
+  for (const int64_t V : {int64_t(5003), int64_t(5000)}) {
+    SCOPED_TRACE("V = " + std::to_string(V));
+    const int64_t N = 19;
+    const auto logits = round_bf16(randn(size_t(N * V), 3.f));
+    auto targets = randint(size_t(N), int32_t(V));
+    targets[3] = targets[11] = ops::kIgnoreIndex;
+    std::vector<float> w(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) w[size_t(i)] = (i % 3 == 0 ? -1.f : 1.f) / float(N);  // ascent on some rows
+    const float dloss = 0.75f;
+    const Tensor L = host({N, V}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
+    Tensor lp = Tensor::empty({N}, DType::f32), lse = lp.clone(), dl = Tensor::empty({N, V}, DType::f32);
+    const double loss = ops::cross_entropy_forward(L, TG, W, lp, lse);
+    ops::cross_entropy_backward(L, TG, W, lse, dloss, dl);
 
-  DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * V)), inplace(to_bf16(logits)), unfused(size_t(N * V));
-  DeviceBuffer<int32_t> gt(targets);
-  DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N)), glp2(static_cast<size_t>(N)), glse2(static_cast<size_t>(N));
-  DeviceBuffer<double> gloss(1);
-  cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), gdl.get(), dloss, N, V);
-  cuda::weighted_nll(glp.get(), gt.get(), gw.get(), gloss.get(), N, false);
-  EXPECT_TRUE(close("logprobs", glp.download(), vec(lp), kF32Tol));
-  EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol));
-  EXPECT_TRUE(close("dlogits (fused)", gdl.download(), vec(dl), kBf16Tol));
-  EXPECT_NEAR(gloss.download()[0], loss, kF32Tol * std::max(1.0, std::abs(loss)));
-  // In place over the logits, as the step uses it: the logits buffer becomes the gradient.
-  cuda::cross_entropy_forward(inplace.get(), gt.get(), gw.get(), glp2.get(), glse2.get(), inplace.get(), dloss, N, V);
-  EXPECT_TRUE(close("dlogits (in place)", inplace.download(), vec(dl), kBf16Tol));
-  EXPECT_TRUE(close("logprobs (in place)", glp2.download(), vec(lp), kF32Tol));
-  // Unfused backward from the saved lse.
-  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, 0, V, V);
-  EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+    DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * V)), inplace(to_bf16(logits)), unfused(size_t(N * V));
+    DeviceBuffer<int32_t> gt(targets);
+    DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N));
+    DeviceBuffer<float> glp2(static_cast<size_t>(N)), glse2(static_cast<size_t>(N));
+    DeviceBuffer<double> gloss(1);
+    cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), gdl.get(), dloss, N, V);
+    cuda::weighted_nll(glp.get(), gt.get(), gw.get(), gloss.get(), N, false);
+    EXPECT_TRUE(close("logprobs", glp.download(), vec(lp), kF32Tol));
+    EXPECT_TRUE(close("lse", glse.download(), vec(lse), kF32Tol));
+    EXPECT_TRUE(close("dlogits (fused)", gdl.download(), vec(dl), kBf16Tol));
+    EXPECT_NEAR(gloss.download()[0], loss, kF32Tol * std::max(1.0, std::abs(loss)));
+    // In place over the logits, as the step uses it: the logits buffer becomes the gradient.
+    cuda::cross_entropy_forward(inplace.get(), gt.get(), gw.get(), glp2.get(), glse2.get(), inplace.get(), dloss, N, V);
+    EXPECT_TRUE(close("dlogits (in place)", inplace.download(), vec(dl), kBf16Tol));
+    EXPECT_TRUE(close("logprobs (in place)", glp2.download(), vec(lp), kF32Tol));
+    // Unfused backward from the saved lse.
+    cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, 0, V, V);
+    EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+  }
 }
 
 // Rows the CPU twin special-cases: an ignored row and a zero-weight row get exact zeros in
@@ -583,29 +589,33 @@ TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
 // and log-prob NaN, as the CPU's sum does, rather than vanishing from the maximum.
 TEST_F(CudaOps, CrossEntropySpecialRowsMatchCpuTwin) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 4, V = 1000;
-  auto logits = round_bf16(randn(size_t(N * V)));
-  logits[size_t(0 * V + 5)] = INFINITY;    // row 0: ignored
-  logits[size_t(1 * V + 9)] = INFINITY;    // row 1: weight 0
-  logits[size_t(2 * V + 0)] = std::nanf("");  // row 2: NaN first
-  const std::vector<int32_t> targets{ops::kIgnoreIndex, 3, 7, 11};
-  const std::vector<float> w{1.f, 0.f, 1.f, 1.f};
-  DeviceBuffer<bf16> gl(to_bf16(logits)), fused(size_t(N * V)), unfused(size_t(N * V));
-  DeviceBuffer<int32_t> gt(targets);
-  DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N));
-  cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), fused.get(), 1.f, N, V);
-  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 1.f, unfused.get(), N, 0, V, V);
-  const auto lp = glp.download(), lse = glse.download();
-  const auto f = to_f32(fused.download()), u = to_f32(unfused.download());
-  EXPECT_EQ(lp[0], 0.f);
-  for (int64_t i : {int64_t(0), int64_t(1)})
-    for (int64_t j = 0; j < V; ++j) {
-      ASSERT_EQ(f[size_t(i * V + j)], 0.f) << "fused row " << i << " column " << j;
-      ASSERT_EQ(u[size_t(i * V + j)], 0.f) << "unfused row " << i << " column " << j;
-    }
-  EXPECT_TRUE(std::isnan(lse[2])) << lse[2];
-  EXPECT_TRUE(std::isnan(lp[2])) << lp[2];
-  EXPECT_TRUE(std::isfinite(lse[3]) && std::isfinite(lp[3]));
+  // A multiple of 8 takes the 16-byte kernels, 1001 the element-wise ones.
+  for (const int64_t V : {int64_t(1000), int64_t(1001)}) {
+    SCOPED_TRACE("V = " + std::to_string(V));
+    const int64_t N = 4;
+    auto logits = round_bf16(randn(size_t(N * V)));
+    logits[size_t(0 * V + 5)] = INFINITY;    // row 0: ignored
+    logits[size_t(1 * V + 9)] = INFINITY;    // row 1: weight 0
+    logits[size_t(2 * V + 0)] = std::nanf("");  // row 2: NaN first
+    const std::vector<int32_t> targets{ops::kIgnoreIndex, 3, 7, 11};
+    const std::vector<float> w{1.f, 0.f, 1.f, 1.f};
+    DeviceBuffer<bf16> gl(to_bf16(logits)), fused(size_t(N * V)), unfused(size_t(N * V));
+    DeviceBuffer<int32_t> gt(targets);
+    DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N));
+    cuda::cross_entropy_forward(gl.get(), gt.get(), gw.get(), glp.get(), glse.get(), fused.get(), 1.f, N, V);
+    cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 1.f, unfused.get(), N, 0, V, V);
+    const auto lp = glp.download(), lse = glse.download();
+    const auto f = to_f32(fused.download()), u = to_f32(unfused.download());
+    EXPECT_EQ(lp[0], 0.f);
+    for (int64_t i : {int64_t(0), int64_t(1)})
+      for (int64_t j = 0; j < V; ++j) {
+        ASSERT_EQ(f[size_t(i * V + j)], 0.f) << "fused row " << i << " column " << j;
+        ASSERT_EQ(u[size_t(i * V + j)], 0.f) << "unfused row " << i << " column " << j;
+      }
+    EXPECT_TRUE(std::isnan(lse[2])) << lse[2];
+    EXPECT_TRUE(std::isnan(lp[2])) << lp[2];
+    EXPECT_TRUE(std::isfinite(lse[3]) && std::isfinite(lp[3]));
+  }
 }
 
 // The vocabulary-parallel pieces over a shard [first, first + Vr) against their CPU twins:
@@ -614,34 +624,38 @@ TEST_F(CudaOps, CrossEntropySpecialRowsMatchCpuTwin) {
 // device's exp (relative 1e-12 covers both); the backward as the whole-vocabulary one.
 TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 37, V = 300, first = 100, Vr = 120;
-  const auto logits = round_bf16(randn(size_t(N * Vr), 3.0f));
-  auto targets = randint(size_t(N), int32_t(V));
-  targets[3] = ops::kIgnoreIndex;
-  targets[5] = int32_t(first);  // the shard's first and last ids
-  targets[6] = int32_t(first + Vr - 1);
-  std::vector<float> w(size_t(N), 0.5f);
-  const Tensor L = host({N, Vr}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
-  Tensor mx = Tensor::empty({N}, DType::f32), z = mx.clone(), se = Tensor::empty({N}, DType::f64);
-  ops::cross_entropy_shard_max(L, TG, first, V, mx, z);
-  ops::cross_entropy_shard_sumexp(L, mx, se);
-  Tensor lse = Tensor::empty({N}, DType::f32), dl = Tensor::empty({N, Vr}, DType::f32);
-  for (int64_t i = 0; i < N; ++i) lse.data<float>()[i] = mx.data<float>()[i] + 1.5f;  // any whole-vocabulary lse
-  ops::cross_entropy_backward_shard(L, TG, W, lse, first, V, 0.75, dl);
+  // A shard width that is a multiple of 8 takes the 16-byte kernels, 123 the element-wise ones.
+  for (const int64_t Vr : {int64_t(120), int64_t(123)}) {
+    SCOPED_TRACE("Vr = " + std::to_string(Vr));
+    const int64_t N = 37, V = 300, first = 100;
+    const auto logits = round_bf16(randn(size_t(N * Vr), 3.0f));
+    auto targets = randint(size_t(N), int32_t(V));
+    targets[3] = ops::kIgnoreIndex;
+    targets[5] = int32_t(first);  // the shard's first and last ids
+    targets[6] = int32_t(first + Vr - 1);
+    std::vector<float> w(size_t(N), 0.5f);
+    const Tensor L = host({N, Vr}, logits), TG = Tensor::from<int32_t>({N}, targets), W = host({N}, w);
+    Tensor mx = Tensor::empty({N}, DType::f32), z = mx.clone(), se = Tensor::empty({N}, DType::f64);
+    ops::cross_entropy_shard_max(L, TG, first, V, mx, z);
+    ops::cross_entropy_shard_sumexp(L, mx, se);
+    Tensor lse = Tensor::empty({N}, DType::f32), dl = Tensor::empty({N, Vr}, DType::f32);
+    for (int64_t i = 0; i < N; ++i) lse.data<float>()[i] = mx.data<float>()[i] + 1.5f;  // any whole-vocabulary lse
+    ops::cross_entropy_backward_shard(L, TG, W, lse, first, V, 0.75, dl);
 
-  DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * Vr));
-  DeviceBuffer<int32_t> gt(targets);
-  DeviceBuffer<float> gw(w), gmx(static_cast<size_t>(N)), gz(static_cast<size_t>(N)), glse(vec(lse));
-  DeviceBuffer<double> gse(static_cast<size_t>(N));
-  cuda::cross_entropy_shard_max(gl.get(), gt.get(), gmx.get(), gz.get(), N, first, Vr);
-  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), false, N, Vr);
-  cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 0.75f, gdl.get(), N, first, Vr, V);
-  EXPECT_TRUE(close("rowmax", gmx.download(), vec(mx), 0.0));
-  EXPECT_TRUE(close("target_logit", gz.download(), vec(z), 0.0));
-  const auto s = gse.download();
-  for (int64_t i = 0; i < N; ++i)
-    EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
-  EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
+    DeviceBuffer<bf16> gl(to_bf16(logits)), gdl(size_t(N * Vr));
+    DeviceBuffer<int32_t> gt(targets);
+    DeviceBuffer<float> gw(w), gmx(static_cast<size_t>(N)), gz(static_cast<size_t>(N)), glse(vec(lse));
+    DeviceBuffer<double> gse(static_cast<size_t>(N));
+    cuda::cross_entropy_shard_max(gl.get(), gt.get(), gmx.get(), gz.get(), N, first, Vr);
+    cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), false, N, Vr);
+    cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), 0.75f, gdl.get(), N, first, Vr, V);
+    EXPECT_TRUE(close("rowmax", gmx.download(), vec(mx), 0.0));
+    EXPECT_TRUE(close("target_logit", gz.download(), vec(z), 0.0));
+    const auto s = gse.download();
+    for (int64_t i = 0; i < N; ++i)
+      EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
+    EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
+  }
 }
 
 // The statistics' last step on the device (what the tensor-parallel loss runs after its
@@ -834,25 +848,29 @@ TEST_F(CudaOps, TopkShardMatchesCpuTwinWithTies) {
 // double value stored through f32 into bf16, within the bf16 tolerance the other ops use.
 TEST_F(CudaOps, KlShardMatchesCpuTwin) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 23, V = 200;
-  const auto ref = round_bf16(randn(size_t(N * V), 2.0f)), logits = round_bf16(randn(size_t(N * V), 2.0f));
-  std::vector<double> lq(static_cast<size_t>(N)), lp(static_cast<size_t>(N)), w(static_cast<size_t>(N), 0.25);
-  w[4] = 0.0;  // a skipped row
-  for (int64_t i = 0; i < N; ++i) {
-    lq[size_t(i)] = 4.0 + 0.01 * double(i);  // any log-sum-exps: the op takes them as given
-    lp[size_t(i)] = 4.5 - 0.01 * double(i);
+  // A multiple of 8 takes the 16-byte kernels, 203 the element-wise ones.
+  for (const int64_t V : {int64_t(200), int64_t(203)}) {
+    SCOPED_TRACE("V = " + std::to_string(V));
+    const int64_t N = 23;
+    const auto ref = round_bf16(randn(size_t(N * V), 2.0f)), logits = round_bf16(randn(size_t(N * V), 2.0f));
+    std::vector<double> lq(static_cast<size_t>(N)), lp(static_cast<size_t>(N)), w(static_cast<size_t>(N), 0.25);
+    w[4] = 0.0;  // a skipped row
+    for (int64_t i = 0; i < N; ++i) {
+      lq[size_t(i)] = 4.0 + 0.01 * double(i);  // any log-sum-exps: the op takes them as given
+      lp[size_t(i)] = 4.5 - 0.01 * double(i);
+    }
+    const Tensor R = host({N, V}, ref), X = host({N, V}, logits);
+    Tensor kl = Tensor::empty({N}, DType::f64), dl = Tensor::empty({N, V}, DType::f32);
+    ops::kl_shard(R, X, Tensor::from<double>({N}, lq), Tensor::from<double>({N}, lp), Tensor::from<double>({N}, w), 0.5,
+                  kl, &dl);
+    DeviceBuffer<bf16> gr(to_bf16(ref)), gx(to_bf16(logits)), gdl(static_cast<size_t>(N * V));
+    DeviceBuffer<double> glq(lq), glp(lp), gw(w), gkl(static_cast<size_t>(N));
+    cuda::kl_shard(gr.get(), gx.get(), glq.get(), glp.get(), gw.get(), 0.5, gkl.get(), gdl.get(), N, V);
+    const auto k = gkl.download();
+    for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(k[size_t(i)], kl.data<double>()[i], 1e-10) << "row " << i;
+    EXPECT_EQ(k[4], 0.0);
+    EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
   }
-  const Tensor R = host({N, V}, ref), X = host({N, V}, logits);
-  Tensor kl = Tensor::empty({N}, DType::f64), dl = Tensor::empty({N, V}, DType::f32);
-  ops::kl_shard(R, X, Tensor::from<double>({N}, lq), Tensor::from<double>({N}, lp), Tensor::from<double>({N}, w), 0.5,
-                kl, &dl);
-  DeviceBuffer<bf16> gr(to_bf16(ref)), gx(to_bf16(logits)), gdl(static_cast<size_t>(N * V));
-  DeviceBuffer<double> glq(lq), glp(lp), gw(w), gkl(static_cast<size_t>(N));
-  cuda::kl_shard(gr.get(), gx.get(), glq.get(), glp.get(), gw.get(), 0.5, gkl.get(), gdl.get(), N, V);
-  const auto k = gkl.download();
-  for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(k[size_t(i)], kl.data<double>()[i], 1e-10) << "row " << i;
-  EXPECT_EQ(k[4], 0.0);
-  EXPECT_TRUE(close("dlogits", gdl.download(), vec(dl), kBf16Tol));
 }
 
 // UNDIAL's lowering on a bf16 shard: bf16(x + value) at each target in the shard, exactly
@@ -914,35 +932,39 @@ void ref_softmax_log(const float* x, int64_t V, std::vector<double>& lp) {
 
 TEST_F(CudaOps, KlToReferenceAndItsGradientMatchDefinition) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 13, V = 3001;
-  const auto x = round_bf16(randn(size_t(N * V), 2.f)), r = round_bf16(randn(size_t(N * V), 2.f)),
-             g0 = round_bf16(randn(size_t(N * V), 1e-3f));
-  std::vector<float> row_scale(static_cast<size_t>(N));
-  for (int64_t i = 0; i < N; ++i) row_scale[size_t(i)] = i == 5 ? 0.f : 0.3f / float(N);
-  std::vector<double> kl_ref(static_cast<size_t>(N)), g_ref(size_t(N * V)), g_acc(size_t(N * V));
-  for (int64_t i = 0; i < N; ++i) {
-    std::vector<double> lp, lq;
-    ref_softmax_log(x.data() + i * V, V, lp);
-    ref_softmax_log(r.data() + i * V, V, lq);
-    double kl = 0;
-    for (int64_t j = 0; j < V; ++j) {
-      const double q = std::exp(lq[size_t(j)]), p = std::exp(lp[size_t(j)]);
-      kl += q * (lq[size_t(j)] - lp[size_t(j)]);
-      g_ref[size_t(i * V + j)] = row_scale[size_t(i)] * (p - q);
-      g_acc[size_t(i * V + j)] = g_ref[size_t(i * V + j)] + g0[size_t(i * V + j)];
+  // A multiple of 8 takes the 16-byte kernels, 3001 the element-wise ones.
+  for (const int64_t V : {int64_t(3001), int64_t(3000)}) {
+    SCOPED_TRACE("V = " + std::to_string(V));
+    const int64_t N = 13;
+    const auto x = round_bf16(randn(size_t(N * V), 2.f)), r = round_bf16(randn(size_t(N * V), 2.f)),
+               g0 = round_bf16(randn(size_t(N * V), 1e-3f));
+    std::vector<float> row_scale(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) row_scale[size_t(i)] = i == 5 ? 0.f : 0.3f / float(N);
+    std::vector<double> kl_ref(static_cast<size_t>(N)), g_ref(size_t(N * V)), g_acc(size_t(N * V));
+    for (int64_t i = 0; i < N; ++i) {
+      std::vector<double> lp, lq;
+      ref_softmax_log(x.data() + i * V, V, lp);
+      ref_softmax_log(r.data() + i * V, V, lq);
+      double kl = 0;
+      for (int64_t j = 0; j < V; ++j) {
+        const double q = std::exp(lq[size_t(j)]), p = std::exp(lp[size_t(j)]);
+        kl += q * (lq[size_t(j)] - lp[size_t(j)]);
+        g_ref[size_t(i * V + j)] = row_scale[size_t(i)] * (p - q);
+        g_acc[size_t(i * V + j)] = g_ref[size_t(i * V + j)] + g0[size_t(i * V + j)];
+      }
+      kl_ref[size_t(i)] = kl;
     }
-    kl_ref[size_t(i)] = kl;
+    DeviceBuffer<bf16> gx(to_bf16(x)), gr(to_bf16(r)), gd(size_t(N * V)), gacc(to_bf16(g0));
+    DeviceBuffer<float> gs(row_scale), gkl(static_cast<size_t>(N)), gkl2(static_cast<size_t>(N));
+    cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl.get(), gd.get(), false, N, V);
+    EXPECT_TRUE(close("kl", gkl.download(), kl_ref, kSumTol));
+    EXPECT_TRUE(close("dlogits", gd.download(), g_ref, kBf16Tol));
+    cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl2.get(), gacc.get(), true, N, V);
+    EXPECT_TRUE(close("dlogits accumulated", gacc.download(), g_acc, kBf16Tol));
+    // KL of a distribution with itself is zero.
+    cuda::kl_to_reference(gx.get(), gx.get(), nullptr, gkl2.get(), nullptr, false, N, V);
+    for (float k : gkl2.download()) EXPECT_NEAR(k, 0.f, 1e-5f);
   }
-  DeviceBuffer<bf16> gx(to_bf16(x)), gr(to_bf16(r)), gd(size_t(N * V)), gacc(to_bf16(g0));
-  DeviceBuffer<float> gs(row_scale), gkl(static_cast<size_t>(N)), gkl2(static_cast<size_t>(N));
-  cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl.get(), gd.get(), false, N, V);
-  EXPECT_TRUE(close("kl", gkl.download(), kl_ref, kSumTol));
-  EXPECT_TRUE(close("dlogits", gd.download(), g_ref, kBf16Tol));
-  cuda::kl_to_reference(gx.get(), gr.get(), gs.get(), gkl2.get(), gacc.get(), true, N, V);
-  EXPECT_TRUE(close("dlogits accumulated", gacc.download(), g_acc, kBf16Tol));
-  // KL of a distribution with itself is zero.
-  cuda::kl_to_reference(gx.get(), gx.get(), nullptr, gkl2.get(), nullptr, false, N, V);
-  for (float k : gkl2.download()) EXPECT_NEAR(k, 0.f, 1e-5f);
 }
 
 TEST_F(CudaOps, LogitMomentsMatchDefinition) {
