@@ -75,8 +75,10 @@ __device__ __forceinline__ MaxSum stats_of(const Vec<kVec>& v) {
 template <int kVec>
 __device__ MaxSum row_stats_bf16(const __nv_bfloat16* x, int64_t V, float* scratch) {
   MaxSum st;
-  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec)
-    st = merge(st, stats_of<kVec>(ld<kVec>(x + i)));
+  for (int64_t i = threadIdx.x * int64_t(kVec); i < V; i += int64_t(blockDim.x) * kVec) {
+    if constexpr (kVec == 1) st = merge(st, MaxSum{to_f(x[i]), 1.f});  // stats_of would add an exp
+    else st = merge(st, stats_of<kVec>(ld<kVec>(x + i)));
+  }
   return block_merge(st, scratch);
 }
 
@@ -434,6 +436,7 @@ void kl_to_reference(const bf16* logits, const bf16* ref_logits, const float* ro
                      bool accumulate, int64_t N, int64_t V, Stream s) {
   if (N <= 0) return;
   LETHE_CHECK(!(accumulate && dlogits == logits), "kl_to_reference: accumulating dlogits cannot alias logits");
+  LETHE_CHECK(!dlogits || dlogits != ref_logits, "kl_to_reference: dlogits cannot alias the reference's logits");
   auto k = vec_rows(V, {logits, ref_logits, dlogits}) ? kl_rows<8> : kl_rows<1>;
   k<<<unsigned(N), kThreads, 0, as_stream(s)>>>(dev(logits), dev(ref_logits), row_scale, kl,
                                                 dlogits ? dev(dlogits) : nullptr, accumulate, V);

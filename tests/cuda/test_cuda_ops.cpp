@@ -580,6 +580,17 @@ TEST_F(CudaOps, CrossEntropyLogprobsWeightsAndFusedGradientMatchCpu) {
     // Unfused backward from the saved lse.
     cuda::cross_entropy_backward(gl.get(), gt.get(), gw.get(), glse.get(), dloss, unfused.get(), N, 0, V, V);
     EXPECT_TRUE(close("dlogits (unfused)", unfused.download(), vec(dl), kBf16Tol));
+    // The same rows starting 2 bytes past a 16-byte boundary: the element-wise kernels serve
+    // them even where V is a multiple of 8.
+    std::vector<float> padded(logits);
+    padded.insert(padded.begin(), 0.f);
+    DeviceBuffer<bf16> shifted(to_bf16(padded)), dshifted(size_t(N * V + 1));
+    cuda::cross_entropy_forward(shifted.get() + 1, gt.get(), gw.get(), glp2.get(), glse2.get(), dshifted.get() + 1,
+                                dloss, N, V);
+    auto ds = dshifted.download();
+    ds.erase(ds.begin());
+    EXPECT_TRUE(close("dlogits (unaligned rows)", ds, vec(dl), kBf16Tol));
+    EXPECT_TRUE(close("logprobs (unaligned rows)", glp2.download(), vec(lp), kF32Tol));
   }
 }
 
@@ -592,13 +603,16 @@ TEST_F(CudaOps, CrossEntropySpecialRowsMatchCpuTwin) {
   // A multiple of 8 takes the 16-byte kernels, 1001 the element-wise ones.
   for (const int64_t V : {int64_t(1000), int64_t(1001)}) {
     SCOPED_TRACE("V = " + std::to_string(V));
-    const int64_t N = 4;
+    const int64_t N = 6;
     auto logits = round_bf16(randn(size_t(N * V)));
     logits[size_t(0 * V + 5)] = INFINITY;    // row 0: ignored
     logits[size_t(1 * V + 9)] = INFINITY;    // row 1: weight 0
     logits[size_t(2 * V + 0)] = std::nanf("");  // row 2: NaN first
-    const std::vector<int32_t> targets{ops::kIgnoreIndex, 3, 7, 11};
-    const std::vector<float> w{1.f, 0.f, 1.f, 1.f};
+    logits[size_t(4 * V + 17)] = INFINITY;   // row 4: +inf: exp(inf - inf) makes the CPU's sum NaN
+    logits[size_t(5 * V + 1)] = -INFINITY;   // row 5: -inf logits are probability 0
+    logits[size_t(5 * V + V - 1)] = -INFINITY;
+    const std::vector<int32_t> targets{ops::kIgnoreIndex, 3, 7, 11, 3, 3};
+    const std::vector<float> w{1.f, 0.f, 1.f, 1.f, 1.f, 1.f};
     DeviceBuffer<bf16> gl(to_bf16(logits)), fused(size_t(N * V)), unfused(size_t(N * V));
     DeviceBuffer<int32_t> gt(targets);
     DeviceBuffer<float> gw(w), glp(static_cast<size_t>(N)), glse(static_cast<size_t>(N));
@@ -615,19 +629,28 @@ TEST_F(CudaOps, CrossEntropySpecialRowsMatchCpuTwin) {
     EXPECT_TRUE(std::isnan(lse[2])) << lse[2];
     EXPECT_TRUE(std::isnan(lp[2])) << lp[2];
     EXPECT_TRUE(std::isfinite(lse[3]) && std::isfinite(lp[3]));
+    EXPECT_TRUE(std::isnan(lse[4])) << lse[4];
+    EXPECT_TRUE(std::isfinite(lse[5]) && std::isfinite(lp[5])) << lse[5] << " " << lp[5];
+    for (int64_t j : {int64_t(1), V - 1}) {
+      EXPECT_EQ(f[size_t(5 * V + j)], 0.f) << "fused row 5 column " << j;
+      EXPECT_EQ(u[size_t(5 * V + j)], 0.f) << "unfused row 5 column " << j;
+    }
   }
 }
 
 // The vocabulary-parallel pieces over a shard [first, first + Vr) against their CPU twins:
 // the maximum and the target's logit are exact (a max and a copy of bf16 values), the sum
 // of exp in double differs from the CPU's only in the order of the additions and the
-// device's exp (relative 1e-12 covers both); the backward as the whole-vocabulary one.
+// device's exp (positive terms: the order costs at most n eps = 4104 x 1.1e-16 = 4.6e-13
+// relative, the exp 1 ulp, so relative 1e-12 covers both); the backward as the
+// whole-vocabulary one.
 TEST_F(CudaOps, CrossEntropyShardPiecesMatchCpuTwins) {
   SCOPED_TRACE(seed_msg());
-  // A shard width that is a multiple of 8 takes the 16-byte kernels, 123 the element-wise ones.
-  for (const int64_t Vr : {int64_t(120), int64_t(123)}) {
+  // A shard width that is a multiple of 8 takes the 16-byte kernels, 123 the element-wise
+  // ones; 4104 > 512 threads x 8 makes each thread take several 16-byte accesses.
+  for (const int64_t Vr : {int64_t(120), int64_t(123), int64_t(4104)}) {
     SCOPED_TRACE("Vr = " + std::to_string(Vr));
-    const int64_t N = 37, V = 300, first = 100;
+    const int64_t N = 37, V = 4400, first = 100;
     const auto logits = round_bf16(randn(size_t(N * Vr), 3.0f));
     auto targets = randint(size_t(N), int32_t(V));
     targets[3] = ops::kIgnoreIndex;
@@ -895,29 +918,33 @@ TEST_F(CudaOps, AddAtTargetsMatchesCpuTwinRounded) {
 // of |terms| (bounded by the moment's own scale: |l| < 40 here).
 TEST_F(CudaOps, SoftmaxMomentsMatchCpuTwins) {
   SCOPED_TRACE(seed_msg());
-  const int64_t N = 19, V = 500;
-  const auto logits = round_bf16(randn(size_t(N * V), 4.0f));
-  const Tensor L = host({N, V}, logits);
-  Tensor mx = Tensor::empty({N}, DType::f32), se = Tensor::empty({N}, DType::f64);
-  Tensor mu = Tensor::empty({N}, DType::f64), var = mu.clone(), none;
-  ops::cross_entropy_shard_max(L, none, 0, V, mx, none);
-  ops::cross_entropy_shard_sumexp(L, mx, se, true);
-  ops::softmax_moment_shard(L, mx, se, none, mu);
-  ops::softmax_moment_shard(L, mx, se, mu, var);
-  DeviceBuffer<bf16> gl(to_bf16(logits));
-  DeviceBuffer<float> gmx(vec(mx));
-  DeviceBuffer<double> gse(static_cast<size_t>(N)), gmu(static_cast<size_t>(N)), gvar(static_cast<size_t>(N));
-  DeviceBuffer<double> cpu_se(std::vector<double>(se.data<double>(), se.data<double>() + N));
-  DeviceBuffer<double> cpu_mu(std::vector<double>(mu.data<double>(), mu.data<double>() + N));
-  cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), true, N, V);
-  // The moments from the CPU's sum and mean, so each kernel is judged on its own.
-  cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), nullptr, gmu.get(), N, V);
-  cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), cpu_mu.get(), gvar.get(), N, V);
-  const auto s = gse.download(), m = gmu.download(), v = gvar.download();
-  for (int64_t i = 0; i < N; ++i) {
-    EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
-    EXPECT_NEAR(m[size_t(i)], mu.data<double>()[i], 40e-12) << "row " << i;
-    EXPECT_NEAR(v[size_t(i)], var.data<double>()[i], 1600e-12) << "row " << i;
+  // 500 takes the element-wise kernels, 496 (a multiple of 8) the 16-byte ones.
+  for (const int64_t V : {int64_t(500), int64_t(496)}) {
+    SCOPED_TRACE("V = " + std::to_string(V));
+    const int64_t N = 19;
+    const auto logits = round_bf16(randn(size_t(N * V), 4.0f));
+    const Tensor L = host({N, V}, logits);
+    Tensor mx = Tensor::empty({N}, DType::f32), se = Tensor::empty({N}, DType::f64);
+    Tensor mu = Tensor::empty({N}, DType::f64), var = mu.clone(), none;
+    ops::cross_entropy_shard_max(L, none, 0, V, mx, none);
+    ops::cross_entropy_shard_sumexp(L, mx, se, true);
+    ops::softmax_moment_shard(L, mx, se, none, mu);
+    ops::softmax_moment_shard(L, mx, se, mu, var);
+    DeviceBuffer<bf16> gl(to_bf16(logits));
+    DeviceBuffer<float> gmx(vec(mx));
+    DeviceBuffer<double> gse(static_cast<size_t>(N)), gmu(static_cast<size_t>(N)), gvar(static_cast<size_t>(N));
+    DeviceBuffer<double> cpu_se(std::vector<double>(se.data<double>(), se.data<double>() + N));
+    DeviceBuffer<double> cpu_mu(std::vector<double>(mu.data<double>(), mu.data<double>() + N));
+    cuda::cross_entropy_shard_sumexp(gl.get(), gmx.get(), gse.get(), true, N, V);
+    // The moments from the CPU's sum and mean, so each kernel is judged on its own.
+    cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), nullptr, gmu.get(), N, V);
+    cuda::softmax_moment_shard(gl.get(), gmx.get(), cpu_se.get(), cpu_mu.get(), gvar.get(), N, V);
+    const auto s = gse.download(), m = gmu.download(), v = gvar.download();
+    for (int64_t i = 0; i < N; ++i) {
+      EXPECT_NEAR(s[size_t(i)], se.data<double>()[i], 1e-12 * se.data<double>()[i]) << "row " << i;
+      EXPECT_NEAR(m[size_t(i)], mu.data<double>()[i], 40e-12) << "row " << i;
+      EXPECT_NEAR(v[size_t(i)], var.data<double>()[i], 1600e-12) << "row " << i;
+    }
   }
 }
 
@@ -932,8 +959,9 @@ void ref_softmax_log(const float* x, int64_t V, std::vector<double>& lp) {
 
 TEST_F(CudaOps, KlToReferenceAndItsGradientMatchDefinition) {
   SCOPED_TRACE(seed_msg());
-  // A multiple of 8 takes the 16-byte kernels, 3001 the element-wise ones.
-  for (const int64_t V : {int64_t(3001), int64_t(3000)}) {
+  // A multiple of 8 takes the 16-byte kernels (4104 > 512 threads x 8: several accesses per
+  // thread), 4105 the element-wise ones.
+  for (const int64_t V : {int64_t(4105), int64_t(4104)}) {
     SCOPED_TRACE("V = " + std::to_string(V));
     const int64_t N = 13;
     const auto x = round_bf16(randn(size_t(N * V), 2.f)), r = round_bf16(randn(size_t(N * V), 2.f)),
