@@ -8,10 +8,12 @@
 #   BUILD_DIR=build-x BUNDLE_DIR=b JOBS=4 bash tools/gpu_bundle.sh
 #
 # What goes in: every binary of tests/cuda (the CMake target lethe_gpu_tests; the paths are
-# listed in <build>/gpu_tests.txt) and the benchmarks lethe_bench_gpu and
-# lethe_bench_attention, stripped, plus the shared libraries they load except the C
-# runtime, the CUDA driver and cuBLAS: OpenBLAS, libgfortran, libgomp, libstdc++, the CUDA
-# runtime. None needs HDF5, yaml-cpp or MPI, and only test_cuda_nccl needs NCCL (below).
+# listed in <build>/gpu_tests.txt), the benchmarks lethe_bench_gpu and
+# lethe_bench_attention, and the `lethe` command itself (one process, no MPI: gpu_check.sh
+# runs `lethe unlearn` on the GPU and on the CPU's bf16 emulation), stripped, plus the
+# shared libraries they load except the C runtime, the CUDA driver and cuBLAS: OpenBLAS,
+# libgfortran, libgomp, libstdc++, the CUDA runtime, and for `lethe` HDF5, yaml-cpp and
+# OpenSSL with what they load. Only test_cuda_nccl needs NCCL (below).
 # Everything travels xz-compressed (a fifth of the size; OpenBLAS alone is ~36 MB with
 # kernels for every x86 generation); gpu_check.sh unpacks it into a temporary directory
 # (by hand: xz -dk gpu_bundle/*.xz, then run with LD_LIBRARY_PATH=gpu_bundle).
@@ -43,7 +45,7 @@ if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
 fi
 cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=OFF \
   -DLETHE_NCCL=OFF -DLETHE_NCCL_SMOKE=ON >/dev/null
-BENCHES=(lethe_bench_gpu lethe_bench_attention)
+BENCHES=(lethe_bench_gpu lethe_bench_attention lethe)
 nice cmake --build "$BUILD_DIR" --target lethe_gpu_tests "${BENCHES[@]}" --parallel "${JOBS:-2}"
 
 # The test binaries by their paths from CMake (gpu_tests.txt), the benchmarks by name.

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check in one command: the device, every GPU test binary, the benchmarks (attention
-# alone against torch's SDPA flash backend, the engine's forget+retain step against
-# transformers, where the step's time goes by op family), and a summary; at most 540 s in
-# all on one H100/H200, everything it finds left in OUTDIR as three files.
+# The GPU check in one command: the device, every GPU test binary, `lethe unlearn` (GA+GD
+# on the embedded benchmark) on the GPU beside the CPU's bf16 emulation, the benchmarks
+# (attention alone against torch's SDPA flash backend, the engine's forget+retain step
+# against transformers, where the step's time goes by op family), and a summary; at most
+# 540 s in all on one H100/H200, everything it finds left in OUTDIR as three files.
 #
 # 1. On the build machine (CUDA 13 toolkit, no GPU needed), from the repository root:
 #        bash tools/gpu_bundle.sh
 #    It builds the binaries and gathers them, with the shared libraries they need, into
-#    gpu_bundle/ (about 14 MiB, xz-compressed; at most 40). Rebuild it right before a run:
+#    gpu_bundle/ (about 26 MiB, xz-compressed; at most 40). Rebuild it right before a run:
 #    its BUILD_INFO names the commit, and a bundle older than the tree tests old kernels.
 # 2. Send the source tree to the GPU machine WITH gpu_bundle/. gpu_bundle/ is gitignored,
 #    so a copy of the tracked files (git archive, a clone, a copy of the working tree that
@@ -124,6 +125,10 @@ for path in sorted(glob.glob(os.path.join(res, "isolated_*.txt"))):
 PY
       timeout 10 python3 "$ROOT/tools/bench/gpu_bench_summary.py" "$RES" 2>&1 \
         || echo "(benchmark tables failed: see the JSON files in the archive)"
+      if [ -s "$RES/unlearn_compare.txt" ]; then
+        echo; echo "lethe unlearn (GA+GD, 20 steps), cuda against the CPU's bf16 emulation (every step in the archive):"
+        awk 'NR == 1 || /^(before|after) training:/ {p = 1} /^step / {p = 0} p || /^largest/' "$RES/unlearn_compare.txt"
+      fi
     else
       echo; echo "(python3 not found: no per-test or benchmark tables; see the logs in the archive)"
     fi
@@ -232,7 +237,7 @@ else
     if command -v xz >/dev/null; then xz -dc "$z" >"$f"
     else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$z" "$f"
     fi || { bundle_ok=0; log "gpu_check: cannot unpack $z (needs xz or python3)"; }
-    case "$(basename "$f")" in test_*|lethe_*) chmod +x "$f" ;; esac
+    case "$(basename "$f")" in test_*|lethe_*|lethe) chmod +x "$f" ;; esac
   done
   # test_cuda_nccl loads libnccl.so.2 from this machine: without one it cannot start, which
   # says nothing about the bundle, so it is left out with the reason.
@@ -247,6 +252,10 @@ else
       log "gpu_check: $t does not start: $(grep -m1 -iE 'error|not found' "$RES/list_$t.txt")"
     fi
   done
+  if [ -x "$LIB/lethe" ] && ! LD_LIBRARY_PATH="$LIB" timeout 30 "$LIB/lethe" --version >"$WORK/start.txt" 2>&1; then
+    bundle_ok=0
+    log "gpu_check: lethe does not start: $(head -1 "$WORK/start.txt")"
+  fi
   BENCHES=()
   for b in lethe_bench_gpu lethe_bench_attention; do  # an unknown flag: usage, once its libraries load
     [ -x "$LIB/$b" ] || continue
@@ -258,7 +267,7 @@ else
     fi
   done
   if [ "$bundle_ok" -eq 1 ]; then
-    stage "bundle" "ok: ${TESTS[*]} ${BENCHES[*]}"
+    stage "bundle" "ok: ${TESTS[*]} ${BENCHES[*]}$([ -x "$LIB/lethe" ] && echo " lethe")"
   else
     stage "bundle" "BROKEN: see console.log"
   fi
@@ -394,6 +403,59 @@ EOF
   fi
 fi
 
+# Tests that ran long (a hang cut by its limit, reruns) leave the full benchmarks too little
+# time to finish both sides of a comparison: switch to the quick cases.
+if [ ${#quick[@]} -eq 0 ] && (( SECONDS > 200 )); then
+  quick=(--quick)
+  stage "benchmarks" "quick cases: the tests used ${SECONDS} s of ${TOTAL} s"
+fi
+
+# ---- the command: lethe unlearn on the GPU and on the CPU's bf16 emulation ----------------
+# The product's own path (loading, every step's terms and AdamW, the evaluations, the MIA
+# suite, verbatim memorisation, checkpoints, the report) on the device, next to the same
+# run emulated on the CPU. A short fixed run (no stop rules) so both take the same steps;
+# tools/bench/unlearn_compare.py sets their numbers side by side. The difference is
+# measured, not judged (training amplifies rounding-order differences); the stage fails
+# when a run fails or leaves a non-finite number.
+UNLEARN=("$ROOT/configs/recipes/ga_gd.yaml" train.steps=20 eval.every=10 stop.forget_reaches_holdout=false
+         stop.retain_ppl_ratio=0 eval.mia_max_docs=12 eval.final_max_sequences=256 train.precision=bf16)
+if [ ! -x "$LIB/lethe" ]; then
+  stage "unlearn cuda vs emulation" "SKIPPED: no lethe in the bundle (rebuild it with tools/gpu_bundle.sh)"
+elif [ -z "$LT_DIR" ]; then
+  stage "unlearn cuda vs emulation" "SKIPPED: no libcublasLt.so.13 on this machine"
+else
+  s=$(cap 90)
+  if (( s < 40 )); then
+    stage "unlearn cuda vs emulation" "NOT RUN: time budget spent"
+  else
+    say "lethe unlearn on cuda, then on the CPU's bf16 emulation (limit ${s} s)"
+    t0=$SECONDS
+    run $(( s * 2 / 3 )) "$RES/unlearn_cuda.log" "${LETHE_ENV[@]}" LETHE_UNVERIFIED_CUDA=1 "$LIB/lethe" unlearn \
+      "${UNLEARN[@]}" train.device=cuda output.dir="$WORK/unlearn_cuda"
+    rc_dev=$?
+    run $(( s - (SECONDS - t0) > 10 ? s - (SECONDS - t0) : 10 )) "$RES/unlearn_emulation.log" "${LETHE_ENV[@]}" \
+      "$LIB/lethe" unlearn "${UNLEARN[@]}" train.device=cpu output.dir="$WORK/unlearn_emulation"
+    rc_emu=$?
+    for r in cuda emulation; do
+      cp "$WORK/unlearn_$r/report.md" "$RES/unlearn_${r}_report.md" 2>/dev/null
+      cp "$WORK/unlearn_$r/metrics.jsonl" "$RES/unlearn_${r}_metrics.jsonl" 2>/dev/null
+    done
+    if [ "$rc_dev" -ne 0 ]; then
+      st="FAILED on cuda: exit $rc_dev: $(grep -m1 -iE 'error' "$RES/unlearn_cuda.log" | head -c 200)"; fail
+    elif [ "$rc_emu" -ne 0 ]; then
+      st="FAILED on the emulation: exit $rc_emu: $(grep -m1 -iE 'error' "$RES/unlearn_emulation.log" | head -c 200)"; fail
+    elif ! command -v python3 >/dev/null 2>&1; then
+      st="ok (both ran; python3 not found, so no comparison)"
+    elif timeout 30 python3 "$ROOT/tools/bench/unlearn_compare.py" "$WORK/unlearn_emulation" "$WORK/unlearn_cuda" \
+         --json "$RES/unlearn_compare.json" >"$RES/unlearn_compare.txt" 2>&1; then
+      st="ok: $(tail -1 "$RES/unlearn_compare.txt")"
+    else
+      st="FAILED: $(grep -m1 'unlearn_compare' "$RES/unlearn_compare.txt" | head -c 200)"; fail
+    fi
+    stage "unlearn cuda vs emulation" "$st ($(( SECONDS - t0 )) s)"
+  fi
+fi
+
 # ---- benchmarks -------------------------------------------------------------------------
 # Attention first: both of its stages are short and bounded, where the transformers step
 # takes whatever is left. The python peers run with the machine's own libraries.
@@ -453,12 +515,6 @@ peer() {
   stage "$name" "$st ($(( SECONDS - t0 )) s)"
 }
 
-# Tests that ran long (a hang cut by its limit, reruns) leave the full benchmarks too little
-# time to finish both sides of a comparison: switch to the quick cases.
-if [ ${#quick[@]} -eq 0 ] && (( SECONDS > 200 )); then
-  quick=(--quick)
-  stage "benchmarks" "quick cases: the tests used ${SECONDS} s of ${TOTAL} s"
-fi
 # Attention alone needs no cuBLASLt (no matrix product outside its kernels).
 if [ ! -x "$LIB/lethe_bench_attention" ]; then
   stage "benchmark attention lethe" "SKIPPED: no lethe_bench_attention in the bundle"
