@@ -93,6 +93,7 @@ class DeviceOps {
   virtual void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) = 0;
   virtual void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) = 0;
   virtual double sum_squares(const Tensor& x) = 0;
+  virtual std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) = 0;
   virtual void scale_(Tensor& x, double s) = 0;
   virtual ops::NonFiniteScan find_nonfinite(const Tensor& x) = 0;
 };

@@ -98,6 +98,9 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
                                 Tensor& y, Tensor& rstd, Precision precision) override {
     const Staging staging(count);
+    // The CUDA kernel's rules (kernels/cuda/device_ops.cpp); sum may also be x itself.
+    check_disjoint("residual_rmsnorm_forward", {{"y", &y}}, {{"sum", &sum}, {"x", &x}, {"delta", &delta}, {"w", &w}});
+    check_disjoint("residual_rmsnorm_forward", {{"sum", &sum}}, {{"delta", &delta}, {"w", &w}});
     Tensor hsum = in(sum), hy = in(y), hr = in(rstd);
     ops::residual_rmsnorm_forward(in(x), in(delta), hsum, in(w), eps, hy, hr, precision);
     out(sum, hsum);
@@ -107,6 +110,7 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
   void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                         bool accumulate_dx, Tensor& dw) override {
     const Staging staging(count);
+    check_disjoint("rmsnorm_backward", {{"dx", &dx}}, {{"dy", &dy}, {"x", &x}, {"w", &w}});
     Tensor hdx = in(dx), hdw = in(dw);
     ops::rmsnorm_backward(in(dy), in(x), in(w), in(rstd), hdx, accumulate_dx, hdw);
     out(dx, hdx);
@@ -324,6 +328,14 @@ class ScopedHostStagedDevice::Ops : public DeviceOps {
     const Staging staging(count);
     ++transfers;  // a GPU returns the number to a waiting host
     return ops::sum_squares(in(x));
+  }
+  std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) override {
+    const Staging staging(count);
+    ++transfers;  // a GPU returns every number at once to a waiting host
+    std::vector<double> out;
+    out.reserve(xs.size());
+    for (const Tensor& x : xs) out.push_back(ops::sum_squares(in(x)));
+    return out;
   }
   void scale_(Tensor& x, double s) override {
     const Staging staging(count);

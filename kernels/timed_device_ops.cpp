@@ -197,6 +197,9 @@ void TimedDeviceOps::sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const o
 double TimedDeviceOps::sum_squares(const Tensor& x) {
   return timed(OpFamily::optimizer, [&] { return inner_->sum_squares(x); });
 }
+std::vector<double> TimedDeviceOps::sum_squares_each(const std::vector<Tensor>& xs) {
+  return timed(OpFamily::optimizer, [&] { return inner_->sum_squares_each(xs); });
+}
 void TimedDeviceOps::scale_(Tensor& x, double s) {
   timed(OpFamily::optimizer, [&] { inner_->scale_(x, s); });
 }

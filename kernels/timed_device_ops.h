@@ -116,6 +116,7 @@ class TimedDeviceOps : public DeviceOps {
   void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWArgs& a) override;
   void sgd_update(Tensor& p, const Tensor& g, Tensor& buf, const ops::SGDArgs& a) override;
   double sum_squares(const Tensor& x) override;
+  std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) override;
   void scale_(Tensor& x, double s) override;
   ops::NonFiniteScan find_nonfinite(const Tensor& x) override;
 

@@ -233,7 +233,12 @@ TEST_P(DeviceModel, AdamWStepsMatch) {
     EXPECT_EQ(dev.forward(b.tok, b.tgt), cpu.forward(b.tok, b.tgt)) << "step " << step;
     cpu.backward();
     dev.backward();
+    // The gradient norm's per-tensor sums come back together: the step waits for the host
+    // once, however many parameter tensors there are (it waited once per tensor before).
+    const int64_t t0 = device_.host_transfers();
     EXPECT_EQ(odev.step(dev.grads(), 3e-2), ocpu.step(cpu.grads(), 3e-2)) << "gradient norm, step " << step;
+    EXPECT_EQ(device_.host_transfers() - t0, 1) << "host waits in the optimizer step, " << dev.grads().size()
+                                                 << " parameter tensors, step " << step;
   }
   expect_same(odev.master().flat(), ocpu.master().flat(), "master weights");
   expect_same(odev.v().flat(), ocpu.v().flat(), "second moments");
@@ -436,6 +441,16 @@ TEST(DeviceOptimizerOps, AdamWAndNormsMatchTheCpu) {
   expect_same(dm, m, "AdamW first moment");
   expect_same(dv, v, "AdamW second moment");
   EXPECT_EQ(ops::sum_squares(dg), ops::sum_squares(g));
+  const int64_t t0 = device.host_transfers();
+  const std::vector<double> each = ops::sum_squares_each({dg, dm, dv});
+  EXPECT_EQ(device.host_transfers() - t0, 1) << "one wait for three sums";
+  EXPECT_EQ(each, (std::vector<double>{ops::sum_squares(g), ops::sum_squares(m), ops::sum_squares(v)}));
+  try {
+    ops::sum_squares_each({dg, g});
+    ADD_FAILURE() << "tensors on two devices were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sum_squares_each: tensor 1 is on cpu"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -506,6 +506,19 @@ TEST(Reductions, SumSquaresAndScale) {
   EXPECT_NEAR(ops::sum_squares(x), ref / 4, 1e-9 * ref);
 }
 
+// The gradient norm's batched form: each tensor's sum exactly as sum_squares gives it (the
+// norm's value must not depend on which form the optimizer uses), an empty tensor 0, and
+// tensors on different devices refused by name.
+TEST(Reductions, SumSquaresEachIsSumSquaresOfEach) {
+  const std::vector<Tensor> xs{randn({100003}, DType::f32, 33), Tensor::zeros({0}, DType::f32),
+                               randn({7, 5}, DType::f32, 34)};
+  const std::vector<double> each = ops::sum_squares_each(xs);
+  ASSERT_EQ(each.size(), 3u);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_EQ(each[i], ops::sum_squares(xs[i])) << "tensor " << i;
+  EXPECT_EQ(each[1], 0.0);
+  EXPECT_TRUE(ops::sum_squares_each({}).empty());
+}
+
 // UNDIAL's lowering on a shard [first, first + Vr): only rows whose target falls in it
 // change, by exactly fl(x + fl(value)) in the tensor's own arithmetic.
 TEST(CrossEntropyShard, AddAtTargetsTouchesOnlyThisShardsTargets) {

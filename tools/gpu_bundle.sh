@@ -9,8 +9,10 @@
 #
 # What goes in: every binary of tests/cuda (the CMake target lethe_gpu_tests; the paths are
 # listed in <build>/gpu_tests.txt), the benchmarks lethe_bench_gpu and
-# lethe_bench_attention, and the `lethe` command itself (one process, no MPI: gpu_check.sh
-# runs `lethe unlearn` on the GPU and on the CPU's bf16 emulation), stripped, plus the
+# lethe_bench_attention, the `lethe` command itself (one process, no MPI: gpu_check.sh
+# runs `lethe unlearn` on the GPU and on the CPU's bf16 emulation), and where Open MPI is
+# installed `lethe_mpi` with a relocatable copy of Open MPI (ompi.tar.xz: two ranks on the
+# GPU at tp=2 and dp=2), stripped, plus the
 # shared libraries they load except the C runtime, the CUDA driver and cuBLAS: OpenBLAS,
 # libgfortran, libgomp, libstdc++, the CUDA runtime, and for `lethe` HDF5, yaml-cpp and
 # OpenSSL with what they load. Only test_cuda_nccl needs NCCL (below).
@@ -34,11 +36,12 @@ start=$SECONDS
 command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu_bundle: nvcc not found: the bundle needs the CUDA toolkit (no GPU needed)" >&2; exit 1; }
 export PATH="$PATH:/usr/local/cuda/bin"
 
-# Without MPI and NCCL: test_cuda_model links the model, and the bundle must not carry
-# libmpi's plugins or NCCL (hundreds of MB). One process, one GPU, needs neither, except
-# test_cuda_nccl (LETHE_NCCL_SMOKE): the one-rank NCCL test compiles the communicator
-# itself and loads libnccl.so.2 from the GPU machine (PyTorch's nvidia-nccl wheel or a
-# toolkit; gpu_check.sh finds it), so libnccl is not bundled either.
+# Without MPI and NCCL: test_cuda_model links the model, and no test binary should need
+# libmpi or NCCL to start. One process, one GPU, needs neither, except test_cuda_nccl
+# (LETHE_NCCL_SMOKE): the one-rank NCCL test compiles the communicator itself and loads
+# libnccl.so.2 (about 300 MB) from the GPU machine (PyTorch's nvidia-nccl wheel or a
+# toolkit; gpu_check.sh finds it), so libnccl is not bundled. The two-rank runs get their
+# own MPI build of lethe (below).
 gen=()
 if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
   command -v ninja >/dev/null && gen=(-G Ninja)
@@ -68,16 +71,79 @@ for bin in "${BINS[@]}"; do
   names+=("$t")
 done
 
+# ---- two ranks on one GPU: lethe with MPI, and Open MPI itself ----------------------------
+# gpu_check.sh runs `lethe unlearn` at tp=2 and at dp=2 with two ranks sharing the GPU
+# (the host-staged communicator: NCCL refuses two ranks on one device). The GPU machine
+# need not have MPI: Open MPI's launcher, libraries, plugins and help files travel in
+# ompi.tar.xz with their layout under the installation prefix kept, PMIx's beside them,
+# and gpu_check.sh relocates them (OPAL_PREFIX, PMIx's component path). lethe_mpi is a
+# second build (MPI on, NCCL off), so that no other binary needs libmpi to start.
+ELFS=()  # more files whose shared libraries are bundled
+OMPI_SONAMES=" "
+if command -v ompi_info >/dev/null && command -v orterun >/dev/null; then
+  MPI_BUILD="${BUILD_DIR}-mpi"
+  gen=()
+  if [ ! -f "$MPI_BUILD/build.ninja" ] && [ ! -f "$MPI_BUILD/Makefile" ]; then
+    command -v ninja >/dev/null && gen=(-G Ninja)
+  fi
+  cmake -S "$ROOT" -B "$MPI_BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=ON \
+    -DLETHE_NCCL=OFF -DLETHE_TESTS=OFF -DLETHE_BENCH=OFF >/dev/null
+  nice cmake --build "$MPI_BUILD" --target lethe --parallel "${JOBS:-2}"
+  grep -q "LETHE_HAVE_MPI" "$MPI_BUILD/CMakeFiles/lethe_parallel.dir/flags.make" 2>/dev/null \
+    || grep -q "LETHE_HAVE_MPI" "$MPI_BUILD/build.ninja" \
+    || { echo "gpu_bundle: $MPI_BUILD was configured without MPI" >&2; exit 1; }
+  cp "$MPI_BUILD/lethe" "$BUNDLE_DIR/lethe_mpi"
+  strip --strip-unneeded "$BUNDLE_DIR/lethe_mpi"
+  names+=(lethe_mpi)
+
+  ompi_path() { ompi_info --parsable --path "$1" | awk -F: -v k="$1" '$2 == k {print $3; exit}'; }
+  prefix="$(ompi_path prefix)"
+  libdir="$(ompi_path libdir)"
+  pkgdatadir="$(ompi_path pkgdatadir)"
+  for d in "$libdir" "$pkgdatadir"; do
+    case "$d" in "$prefix"/*) ;; *) echo "gpu_bundle: Open MPI's $d is not under its prefix $prefix" >&2; exit 1 ;; esac
+  done
+  orterun="$(readlink -f "$(command -v orterun)")"
+  # PMIx comes in through Open MPI's pmix plugin (ext3x on Debian).
+  pmix_so="$(find "$libdir/" -name 'mca_pmix_*.so' -exec ldd {} + 2>/dev/null | awk '$1 ~ /^libpmix\.so/ {print $3; exit}')"
+  [ -n "$pmix_so" ] || { echo "gpu_bundle: Open MPI's pmix plugins under $libdir load no libpmix" >&2; exit 1; }
+  pmix_lib="$(dirname "$(readlink -f "$pmix_so")")"
+  [ -d "$pmix_lib/pmix" ] || { echo "gpu_bundle: no PMIx plugins beside $pmix_lib" >&2; exit 1; }
+  stage="$(mktemp -d)"
+  o="$stage/ompi"
+  mkdir -p "$o/bin" "$o/${libdir#"$prefix"/}" "$o/${pkgdatadir#"$prefix"/}" "$o/pmix"
+  cp -L "$orterun" "$o/bin/orterun"
+  cp -L "$(dirname "$orterun")/orted" "$o/bin/orted"
+  ln -s orterun "$o/bin/mpirun"
+  cp -a "$libdir/." "$o/${libdir#"$prefix"/}/"
+  cp -a "$pkgdatadir/." "$o/${pkgdatadir#"$prefix"/}/"
+  cp -a "$(dirname "$pmix_lib")/." "$o/pmix/"
+  # The plugins stay under libdir; the libraries themselves (Debian keeps only links to them
+  # there) are bundled flat with the others below, as the binaries load them.
+  rm -rf "$o/${libdir#"$prefix"/}/pkgconfig"
+  find "$o" -xtype l -delete
+  # What gpu_check.sh needs to know of the layout, relative to the unpacked ompi/.
+  printf 'libdir=%s\npmix_lib=pmix/%s\n' "${libdir#"$prefix"/}" "${pmix_lib#"$(dirname "$pmix_lib")"/}" >"$o/LAYOUT"
+  mapfile -t ELFS < <(find "$o" -type f \( -name '*.so*' -o -path '*/bin/*' \))
+  # What the tree itself holds is not bundled flat again (PMIx's library and plugins).
+  while IFS= read -r f; do OMPI_SONAMES+="$(basename "$f") "; done < <(find "$o" -name '*.so*')
+  tar -C "$stage" -cf - ompi | xz -6 -T"${JOBS:-2}" >"$BUNDLE_DIR/ompi.tar.xz"
+else
+  echo "gpu_bundle: no Open MPI here (ompi_info, orterun): the bundle gets no multi-rank run" >&2
+fi
+
 # Shared libraries, except the C runtime every Linux has and the CUDA driver/cuBLAS that
-# must come from the GPU machine itself (they have to match its driver), and NCCL (about
-# 300 MB, from the GPU machine too).
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libcuda\.so|libcublasLt\.so|libcublas\.so|libnccl\.so)'
-for t in "${names[@]}"; do
-  ldd "$BUNDLE_DIR/$t" | awk '/=> \// {print $1, $3}' | while read -r name path; do
+# must come from the GPU machine itself (they have to match its driver), NCCL (about
+# 300 MB, from the GPU machine too), and Open MPI's own (in ompi.tar.xz).
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libresolv\.so|libutil\.so|libanl\.so|libcuda\.so|libcublasLt\.so|libcublas\.so|libnccl\.so)'
+for f in "${names[@]/#/$BUNDLE_DIR/}" "${ELFS[@]}"; do
+  ldd "$f" 2>/dev/null | awk '/=> \// {print $1, $3}' | while read -r name path; do
     [[ "$name" =~ $skip ]] && continue
+    [[ "$OMPI_SONAMES" == *" $name "* ]] && continue
     [ -e "$BUNDLE_DIR/$name" ] || cp -L "$path" "$BUNDLE_DIR/$name"
   done
 done
+[ -n "${stage:-}" ] && rm -rf "$stage"
 chmod u+w "$BUNDLE_DIR"/*.so* 2>/dev/null || true
 strip --strip-unneeded "$BUNDLE_DIR"/*.so* 2>/dev/null || true
 for t in "${names[@]}"; do xz -6 -T"${JOBS:-2}" -f "$BUNDLE_DIR/$t"; done

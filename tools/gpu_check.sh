@@ -129,6 +129,10 @@ PY
         echo; echo "lethe unlearn (GA+GD, 20 steps), cuda against the CPU's bf16 emulation (every step in the archive):"
         awk 'NR == 1 || /^(before|after) training:/ {p = 1} /^step / {p = 0} p || /^largest/' "$RES/unlearn_compare.txt"
       fi
+      for l in tp dp; do
+        [ -s "$RES/unlearn_${l}2_compare.txt" ] || continue
+        echo "lethe unlearn at ${l}=2 (two ranks on the GPU) against one process: $(tail -1 "$RES/unlearn_${l}2_compare.txt")"
+      done
     else
       echo; echo "(python3 not found: no per-test or benchmark tables; see the logs in the archive)"
     fi
@@ -220,6 +224,7 @@ log "cuBLASLt: ${LT_DIR:-not found}; NCCL: ${NCCL_DIR:-not found}"
 # ---- the bundle (checked first, so a machine without a GPU still verifies it) ------------
 say "bundle"
 bundle_ok=1
+MPI_WHY="no bundle"
 mapfile -t TESTS < <(cd "$BUNDLE" 2>/dev/null && for z in test_*.xz; do [ -e "$z" ] && echo "${z%.xz}"; done)
 if [ ! -d "$BUNDLE" ] || [ "${#TESTS[@]}" -eq 0 ]; then
   bundle_ok=0
@@ -239,6 +244,13 @@ else
     fi || { bundle_ok=0; log "gpu_check: cannot unpack $z (needs xz or python3)"; }
     case "$(basename "$f")" in test_*|lethe_*|lethe) chmod +x "$f" ;; esac
   done
+  # Open MPI for the two-rank runs (lethe_mpi), its layout kept under ompi/.
+  if [ -f "$LIB/ompi.tar" ]; then
+    if command -v tar >/dev/null; then tar -C "$LIB" -xf "$LIB/ompi.tar"
+    else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$LIB/ompi.tar" "$LIB"
+    fi || log "gpu_check: cannot unpack ompi.tar (needs tar or python3): no two-rank runs"
+    rm -f "$LIB/ompi.tar"
+  fi
   # test_cuda_nccl loads libnccl.so.2 from this machine: without one it cannot start, which
   # says nothing about the bundle, so it is left out with the reason.
   if [ -z "$NCCL_DIR" ] && [[ " ${TESTS[*]} " == *" test_cuda_nccl "* ]]; then
@@ -266,6 +278,31 @@ else
       log "gpu_check: $b does not start: $(head -1 "$WORK/start.txt")"
     fi
   done
+  # Two ranks of lethe_mpi under the bundled Open MPI (no GPU needed): a failure here costs
+  # only the two-rank stage, not the bundle.
+  MPI_WHY="no lethe_mpi and Open MPI in the bundle (built where Open MPI is installed)"
+  if [ -x "$LIB/lethe_mpi" ] && [ -f "$LIB/ompi/LAYOUT" ]; then
+    OMPI="$LIB/ompi"
+    ompi_libdir="$(sed -n 's/^libdir=//p' "$OMPI/LAYOUT")"
+    pmix_lib="$(sed -n 's/^pmix_lib=//p' "$OMPI/LAYOUT")"
+    # Relocated: OPAL_PREFIX for Open MPI, the component path for PMIx; the settings of
+    # Debian's openmpi-mca-params.conf (no InfiniBand, UCX or libfabric transports), and no
+    # configuration or hostfile of this machine's own MPI (a different version's).
+    MPI_ENV=(env "OPAL_PREFIX=$OMPI" "PMIX_MCA_mca_base_component_path=$OMPI/$pmix_lib/pmix"
+             "OMPI_MCA_mca_base_param_files=/dev/null" "PMIX_MCA_mca_base_param_files=/dev/null"
+             "OMPI_MCA_orte_default_hostfile=/dev/null" "OMPI_MCA_btl_base_warn_component_unused=0"
+             "OMPI_MCA_mtl=^ofi" "OMPI_MCA_btl=^uct,openib,ofi" "OMPI_MCA_pml=^ucx" "OMPI_MCA_osc=^ucx,pt2pt"
+             "OMPI_ALLOW_RUN_AS_ROOT=1" "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1" "LETHE_PROGRESS=0"
+             "LD_LIBRARY_PATH=$LIB:$OMPI/$ompi_libdir:$OMPI/$pmix_lib${LT_DIR:+:$LT_DIR}")
+    if "${MPI_ENV[@]}" timeout 60 "$OMPI/bin/mpirun" -np 2 --oversubscribe "$LIB/lethe_mpi" --version \
+         >"$RES/mpi_start.log" 2>&1 && [ "$(grep -c '^lethe ' "$RES/mpi_start.log")" -eq 2 ]; then
+      MPI_WHY=""
+      stage "mpi" "ok: two ranks of lethe_mpi under the bundled Open MPI"
+    else
+      MPI_WHY="the bundled Open MPI did not start two ranks: $(grep -m1 -iE 'error|not found|cannot' "$RES/mpi_start.log" | head -c 200)"
+      stage "mpi" "FAILED: $MPI_WHY"
+    fi
+  fi
   if [ "$bundle_ok" -eq 1 ]; then
     stage "bundle" "ok: ${TESTS[*]} ${BENCHES[*]}$([ -x "$LIB/lethe" ] && echo " lethe")"
   else
@@ -455,6 +492,42 @@ else
     stage "unlearn cuda vs emulation" "$st ($(( SECONDS - t0 )) s)"
   fi
 fi
+
+# ---- two ranks on the one GPU: tensor and data parallelism ------------------------------
+# The same run at tp=2 and at dp=2, two ranks sharing the GPU: their collectives go through
+# the host-staged communicator (NCCL refuses two ranks on one device), every op on the GPU.
+# Each is set beside the one-process GPU run above, which it should match up to rounding
+# order (measured, not judged, as above).
+for layout in tp dp; do
+  name="unlearn ${layout}=2 on one GPU"
+  if [ -n "$MPI_WHY" ]; then stage "$name" "SKIPPED: $MPI_WHY"; continue; fi
+  if [ ! -s "$WORK/unlearn_cuda/report.json" ]; then
+    stage "$name" "SKIPPED: no one-process GPU run to compare with"; continue
+  fi
+  s=$(cap 60)
+  if (( s < 30 )); then stage "$name" "NOT RUN: time budget spent"; continue; fi
+  say "$name: mpirun -np 2 lethe_mpi unlearn parallel.${layout}=2 (limit ${s} s)"
+  t0=$SECONDS
+  out="$WORK/unlearn_${layout}2"
+  run "$s" "$RES/unlearn_${layout}2.log" "${MPI_ENV[@]}" LETHE_UNVERIFIED_CUDA=1 "LETHE_TEST_SEED=$SEED" \
+    "OMP_NUM_THREADS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))" \
+    "$OMPI/bin/mpirun" -np 2 --oversubscribe "$LIB/lethe_mpi" unlearn "${UNLEARN[@]}" train.device=cuda \
+    "parallel.${layout}=2" output.dir="$out"
+  rc=$?
+  cp "$out/metrics.jsonl" "$RES/unlearn_${layout}2_metrics.jsonl" 2>/dev/null
+  if [ "$rc" -ne 0 ]; then
+    st="FAILED: exit $rc: $(grep -m1 -iE 'error' "$RES/unlearn_${layout}2.log" | head -c 200)"; fail
+  elif ! command -v python3 >/dev/null 2>&1; then
+    st="ok (ran; python3 not found, so no comparison)"
+  elif timeout 30 python3 "$ROOT/tools/bench/unlearn_compare.py" "$WORK/unlearn_cuda" "$out" \
+       --names "1 process,${layout}=2" --json "$RES/unlearn_${layout}2_compare.json" \
+       >"$RES/unlearn_${layout}2_compare.txt" 2>&1; then
+    st="ok: $(tail -1 "$RES/unlearn_${layout}2_compare.txt")"
+  else
+    st="FAILED: $(grep -m1 'unlearn_compare' "$RES/unlearn_${layout}2_compare.txt" | head -c 200)"; fail
+  fi
+  stage "$name" "$st ($(( SECONDS - t0 )) s)"
+done
 
 # ---- benchmarks -------------------------------------------------------------------------
 # Attention first: both of its stages are short and bounded, where the transformers step

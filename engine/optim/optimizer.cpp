@@ -17,9 +17,13 @@ void OptimConfig::validate() const {
 }
 
 double clip_grad_norm(ParamSet& grads, double max_norm) {
-  // Sum per tensor, then over tensors in order, as torch does; deterministic.
+  // Sum per tensor, then over tensors in order, as torch does; deterministic. On a device
+  // the host waits once for all of them.
+  std::vector<Tensor> each;
+  each.reserve(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) each.push_back(grads[i]);
   double ss = 0;
-  for (size_t i = 0; i < grads.size(); ++i) ss += ops::sum_squares(grads[i]);
+  for (double s : ops::sum_squares_each(each)) ss += s;
   const double norm = std::sqrt(ss);
   LETHE_CHECK(std::isfinite(norm), "gradient norm is ", norm, "; refusing to update the weights");
   if (max_norm > 0) {
@@ -93,7 +97,7 @@ double Optimizer::step(ParamSet& grads, double lr) {
       Tensor none;
       ops::sgd_update(w[i], grads[i], cfg_.momentum != 0 ? m_[i] : none, {lr, cfg_.momentum, wd, step_ == 1});
     }
-    if (precision_ == Precision::bf16) {  // the GPU kernel writes the bf16 copy in the same pass
+    if (precision_ == Precision::bf16) {  // on a device, a cast kernel writes the bf16 copy
       params_[i].copy_from(w[i]);
       if (params_[i].device() == Device::cpu) round_to_bf16_(params_[i]);
     }

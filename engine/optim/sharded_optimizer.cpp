@@ -163,11 +163,13 @@ bool ShardedOptimizer::frozen(size_t i) const { return !trainable_.empty() && !t
 double ShardedOptimizer::global_norm() {
   // A parameter every tp rank holds whole (norm weights; replicated k/v) has the same
   // gradient on each: count it on tp rank 0 only. Frozen parameters do not count.
-  double ss = 0;
+  std::vector<Tensor> counted;
   for (const Piece& p : pieces_) {
     if ((!params_.spec(p.param).sharded() && grid_.tp_rank() != 0) || frozen(p.param)) continue;
-    ss += ops::sum_squares(gshard_.view(p.shard_begin, {p.count}));
+    counted.push_back(gshard_.view(p.shard_begin, {p.count}));
   }
+  double ss = 0;  // in piece order, one host wait on a device
+  for (double s : ops::sum_squares_each(counted)) ss += s;
   // ZeRO shards are disjoint over dp; without ZeRO every dp rank holds the same sum.
   ss = (zero1_ ? grid_.world() : grid_.tp_group()).all_reduce(ss, ReduceOp::sum);
   return std::sqrt(ss);

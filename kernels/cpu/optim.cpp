@@ -79,6 +79,19 @@ double sum_squares(const Tensor& x) {
   return total;
 }
 
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  if (xs.empty()) return {};
+  for (size_t i = 1; i < xs.size(); ++i)
+    LETHE_CHECK(xs[i].device() == xs[0].device(), "sum_squares_each: tensor ", i, " is on ",
+                device_name(xs[i].device()), " but tensor 0 is on ", device_name(xs[0].device()),
+                "; the tensors must share a device");
+  if (DeviceOps* d = route("sum_squares_each", {{"xs[0]", &xs[0]}})) return d->sum_squares_each(xs);
+  std::vector<double> out;
+  out.reserve(xs.size());
+  for (const Tensor& x : xs) out.push_back(sum_squares(x));
+  return out;
+}
+
 void scale_(Tensor& x, double s) {
   if (DeviceOps* d = route("scale_", {{"x", &x}})) return d->scale_(x, s);
   check_cpu(x, "scale_", "x");

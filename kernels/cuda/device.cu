@@ -37,9 +37,11 @@ void select_cuda_device_impl(int index) {
 
 namespace {
 
-// Raw CUDA memory for the caching allocator (engine/core/device_memory.h). Copies and
-// zeroing synchronise the host: they stage checkpoints and inputs, outside the step's
-// kernels, which run on the legacy default stream (NCCL orders its own stream after it).
+// Raw CUDA memory for the caching allocator (engine/core/device_memory.h). Copies between
+// host and device synchronise the host: they stage checkpoints and inputs. Zeroing does
+// not: the step zeroes its gradients and each forward its loss accumulator, and the memset
+// is queued on the legacy default stream like the kernels (which it stays ordered with;
+// NCCL orders its own stream after that one).
 class CudaBackend : public DeviceBackend {
  public:
   const char* name() const override { return "cuda"; }
@@ -60,11 +62,10 @@ class CudaBackend : public DeviceBackend {
     LETHE_CHECK(e == cudaSuccess, "cuda: copy of ", bytes, " bytes failed: ", cudaGetErrorString(e));
   }
   void zero(void* p, size_t bytes) override {
-    cudaError_t e = cudaMemset(p, 0, bytes);
-    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    const cudaError_t e = cudaMemsetAsync(p, 0, bytes, cudaStreamLegacy);
     LETHE_CHECK(e == cudaSuccess, "cuda: zeroing ", bytes, " bytes failed: ", cudaGetErrorString(e));
   }
-  // Unlike copy and zero this does not wait: it casts master weights into the bf16 copy
+  // Like zero this does not wait: it casts master weights into the bf16 copy
   // inside a step, and the kernel is queued on the default stream, before any kernel that
   // reads dst and any copy of it to the host.
   bool convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) override {

@@ -174,9 +174,10 @@ class CudaOps final : public DeviceOps {
   }
 
   void residual_rmsnorm_forward(const Tensor& x, const Tensor& delta, Tensor& sum, const Tensor& w, double eps,
-                                Tensor& y, Tensor& rstd, Precision) override {
+                                Tensor& y, Tensor& rstd, Precision precision) override {
     // The bf16 storage is the policy here: the kernel stores the sum in bf16 and normalises it.
     const char* op = "residual_rmsnorm_forward";
+    expect_bf16_precision(precision, op);
     expect(x, DType::bf16, op, "x");
     expect(delta, DType::bf16, op, "delta");
     expect(sum, DType::bf16, op, "sum");
@@ -195,6 +196,7 @@ class CudaOps final : public DeviceOps {
     expect_disjoint(sum, "sum", delta, "delta", op);
     expect_disjoint(y, "y", sum, "sum", op);
     expect_disjoint(y, "y", x, "x", op);
+    expect_disjoint(y, "y", delta, "delta", op);
     expect_disjoint(y, "y", w, "w", op);
     cuda::residual_rmsnorm_forward(ptr<bf16>(x), ptr<bf16>(delta), ptr<bf16>(sum), ptr<bf16>(w), float(eps),
                                    ptr<bf16>(y), ptr<float>(rstd), N, C);
@@ -218,6 +220,7 @@ class CudaOps final : public DeviceOps {
     check_shape(dw, {C}, op, "dw");
     expect_disjoint(dx, "dx", dy, "dy", op);
     expect_disjoint(dx, "dx", x, "x", op);
+    expect_disjoint(dx, "dx", w, "w", op);
     // dx overwritten or accumulated, dw += (atomics): both as the CPU contract.
     cuda::rmsnorm_backward(ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), ptr<float>(rstd), ptr<bf16>(dx), accumulate_dx,
                            ptr<float>(dw), N, C);
@@ -584,6 +587,7 @@ class CudaOps final : public DeviceOps {
     expect(values, DType::f32, op, "values");
     expect_ndim(values, 2, op, "values", "[N, K]");
     const int64_t N = logits.dim(0), V = logits.dim(1), K = values.dim(1);
+    LETHE_CHECK(K >= 1, op, ": values ", values.describe(), " must hold at least one column");
     check_shape(values, {N, K}, op, "values");
     expect(ids, DType::i32, op, "ids");
     check_shape(ids, {N, K}, op, "ids");
@@ -708,6 +712,24 @@ class CudaOps final : public DeviceOps {
     double* partials = reduce_scratch();
     cuda::sum_squares_multi(tensors, sizes, 1, partials, partials + cuda::kNormPartials);
     return fetch(partials + cuda::kNormPartials);
+  }
+
+  std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) override {
+    const char* op = "sum_squares_each";
+    std::vector<double> out(xs.size(), 0.0);
+    if (xs.empty()) return out;
+    // Each tensor's sum in its own slot, every launch in stream order (the partials are
+    // reused), then one copy back: the host waits once.
+    Tensor sums = Tensor::empty({int64_t(xs.size())}, DType::f64, Device::cuda);
+    double* partials = reduce_scratch();
+    for (size_t i = 0; i < xs.size(); ++i) {
+      expect(xs[i], DType::f32, op, ("xs[" + std::to_string(i) + "]").c_str());
+      const float* tensors[1] = {ptr<float>(xs[i])};
+      const int64_t sizes[1] = {xs[i].numel()};
+      cuda::sum_squares_multi(tensors, sizes, sizes[0] > 0 ? 1 : 0, partials, ptr<double>(sums) + i);
+    }
+    cuda::copy_to_host(out.data(), ptr<double>(sums), out.size() * sizeof(double));
+    return out;
   }
 
   void scale_(Tensor& x, double s) override {

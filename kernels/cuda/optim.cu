@@ -9,7 +9,11 @@ namespace {
 // Tensors per launch: the table rides in the kernel's parameter space (4 KB limit on
 // older toolkits), about 60 bytes an entry.
 constexpr int kBatch = 48;
+// Blocks per tensor: at least 96, and enough for a launch of few tensors (the engine passes
+// one at a time) to fill the GPU: about 1024 blocks of 256 threads in all, 8 per SM of an
+// H100, so that the loads in flight can saturate its memory (the update is memory-bound).
 constexpr int kBlocksPerTensor = 96;
+constexpr int kBlocksPerLaunch = 1024;
 
 struct AdamWBatch {
   AdamWTensor t[kBatch];
@@ -50,10 +54,13 @@ __global__ void sum_partials(const double* __restrict__ partials, int n, double*
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) *out = s;
 }
+// A non-finite norm gives a NaN coefficient, as torch's clamp keeps it (fmin would return
+// 1 and let the update through unclipped).
 __global__ void clip_kernel(const double* sumsq, float max_norm, float* coef, float* norm) {
   const double nrm = sqrt(*sumsq);
   if (norm) *norm = float(nrm);
-  *coef = max_norm > 0 ? float(fmin(1.0, double(max_norm) / (nrm + 1e-6))) : 1.f;
+  if (max_norm <= 0) *coef = 1.f;
+  else *coef = isfinite(nrm) ? float(fmin(1.0, double(max_norm) / (nrm + 1e-6))) : NAN;
 }
 // The CPU twin's f32 arithmetic, each operation rounded on its own (no fused multiply-add,
 // which nvcc would otherwise form), so the update is bit for bit the CPU's.
@@ -83,7 +90,8 @@ void adamw_multi(const AdamWTensor* tensors, int count, const AdamWHyper& h, con
       b.t[i] = tensors[i0 + i];
       largest = std::max(largest, b.t[i].n);
     }
-    const dim3 grid(std::min<unsigned>(kBlocksPerTensor, grid_for(largest, 256)), unsigned(n));
+    const unsigned per = unsigned(std::max(kBlocksPerTensor, (kBlocksPerLaunch + n - 1) / n));
+    const dim3 grid(std::min<unsigned>(per, grid_for(largest, 256)), unsigned(n));
     adamw_kernel<<<grid, 256, 0, as_stream(s)>>>(b, float(h.lr), float(h.beta1), float(h.beta2), float(h.eps),
                                                  float(h.lr / bc1), float(bc2s), grad_scale);
     check_launch("adamw_multi");

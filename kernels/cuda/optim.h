@@ -36,7 +36,8 @@ void sum_squares_multi(const float* const* tensors, const int64_t* sizes, int co
                        Stream s = nullptr);
 
 // torch.nn.utils.clip_grad_norm_: norm = sqrt(sumsq); coef = min(1, max_norm / (norm + 1e-6)).
-// max_norm <= 0 disables clipping (coef = 1). norm may be null.
+// max_norm <= 0 disables clipping (coef = 1); a non-finite norm gives coef = NaN (torch
+// keeps it). norm may be null.
 void clip_coefficient(const double* sumsq, float max_norm, float* coef, float* norm, Stream s = nullptr);
 
 // torch.optim.SGD on fp32 master weights, ops::sgd_update bit for bit: d = g + wd p;

@@ -1121,6 +1121,12 @@ TEST_F(CudaOps, GlobalGradNormIsDeterministicAndMatchesCpu) {
   EXPECT_NEAR(norm.download()[0], std::sqrt(ref), 1e-6 * std::sqrt(ref));
   EXPECT_NEAR(coef.download()[0], max_norm / (std::sqrt(ref) + 1e-6), 1e-6);
   EXPECT_EQ(coef_off.download()[0], 1.f);
+  // A non-finite norm gives a NaN coefficient (torch's clamp keeps it), not 1.
+  for (double bad : {double(INFINITY), double(NAN)}) {
+    DeviceBuffer<double> sb(std::vector<double>{bad});
+    cuda::clip_coefficient(sb.get(), max_norm, coef.get(), nullptr);
+    EXPECT_TRUE(std::isnan(coef.download()[0])) << "sum of squares " << bad;
+  }
   for (auto* p : bufs) delete p;
 }
 

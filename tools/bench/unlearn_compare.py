@@ -9,7 +9,10 @@ another order, and training amplifies the difference step by step, so no toleran
 derived for the trained model (the per-op and whole-model bounds are the GPU tests'). The
 exit status is 1 only when a run left no report or a number that should be finite is not.
 
-    unlearn_compare.py EMULATION_DIR CUDA_DIR [--json OUT]
+    unlearn_compare.py EMULATION_DIR CUDA_DIR [--json OUT] [--names A,B]
+
+--names labels the two columns (default "emulation,cuda"): gpu_check.sh also sets a
+two-rank run on the GPU beside the one-process one.
 """
 import json
 import math
@@ -54,6 +57,10 @@ def main(argv):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     json_out = argv[argv.index("--json") + 1] if "--json" in argv else None
+    names = (argv[argv.index("--names") + 1] if "--names" in argv else "emulation,cuda").split(",")
+    if len(names) != 2:
+        print("unlearn_compare: --names takes two labels: A,B", file=sys.stderr)
+        return 2
     try:
         (emu, emu_steps), (dev, dev_steps) = load(argv[1]), load(argv[2])
     except (OSError, ValueError) as e:
@@ -69,13 +76,13 @@ def main(argv):
 
     bad = []
     summary = []
-    print(f"{'':28} {'emulation':>14} {'cuda':>14} {'rel. diff':>10}")
+    print(f"{'':28} {names[0]:>14} {names[1]:>14} {'rel. diff':>10}")
     for name, a, b in groups:
         worst = 0.0
         print(f"{name}:")
         for (key, x), (_, y) in zip(a, b):
             if not (math.isfinite(x) and math.isfinite(y)):
-                bad.append(f"{name} {key}: emulation {x}, cuda {y}")
+                bad.append(f"{name} {key}: {names[0]} {x}, {names[1]} {y}")
                 print(f"  {key:26} {x:14.6g} {y:14.6g} {'NOT FINITE':>10}")
                 continue
             d = rel(x, y)
