@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command: the device, every GPU test binary, `lethe unlearn` (GA+GD
-# on the embedded benchmark) on the GPU beside the CPU's bf16 emulation, the benchmarks
+# on the embedded benchmark) on the GPU beside the CPU's bf16 emulation and at tp=2 and
+# dp=2 with two ranks sharing the GPU (Open MPI travels in the bundle), the benchmarks
 # (attention alone against torch's SDPA flash backend, the engine's forget+retain step
 # against transformers, where the step's time goes by op family), and a summary; at most
 # 540 s in all on one H100/H200, everything it finds left in OUTDIR as three files.

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <string>
 #include <utility>
 
 #include "engine/core/error.h"
@@ -111,6 +112,17 @@ void expect_same_or_disjoint(const Tensor& out, const char* out_arg, const Tenso
 void expect_aligned16(const Tensor& t, const char* op, const char* arg) {
   LETHE_CHECK(reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0, op, ": ", arg,
               " must start on a 16-byte boundary for the CUDA kernel (a view at an odd offset?)");
+}
+
+// The matrix products report errors as gemm_bf16's (the launcher every product shares):
+// say which op, product and shapes they came from (described only on failure).
+template <class Run, class What>
+void products_of(const char* op, Run&& run, What&& what) {
+  try {
+    run();
+  } catch (const Error& e) {
+    LETHE_FAIL(op, " (", what(), "): ", e.what());
+  }
 }
 
 void expect_bf16_precision(Precision precision, const char* op) {
@@ -242,11 +254,16 @@ class CudaOps final : public DeviceOps {
     if (N == 0 || out == 0) return;
     // A product over an empty inner dimension is zero; cuBLASLt is not asked for one.
     if (in == 0) return y.zero_();
-    if (y.dtype() == DType::f32)
-      cuda::gemm_bf16(gemm(), false, true, N, out, in, 1.f, ptr<bf16>(x), in, ptr<bf16>(w), in, 0.f, ptr<float>(y),
-                      true, out);
-    else
-      cuda::linear_forward(gemm(), ptr<bf16>(x), ptr<bf16>(w), ptr<bf16>(y), N, in, out);
+    products_of(
+        op,
+        [&] {
+          if (y.dtype() == DType::f32)
+            cuda::gemm_bf16(gemm(), false, true, N, out, in, 1.f, ptr<bf16>(x), in, ptr<bf16>(w), in, 0.f,
+                            ptr<float>(y), true, out);
+          else
+            cuda::linear_forward(gemm(), ptr<bf16>(x), ptr<bf16>(w), ptr<bf16>(y), N, in, out);
+        },
+        [&] { return "y = x w^T, x " + x.describe() + ", w " + w.describe(); });
   }
 
   void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, bool accumulate_dx,
@@ -276,15 +293,34 @@ class CudaOps final : public DeviceOps {
     }
     // The launcher matches the contract: dx written (beta 0) or added to (beta 1), dw
     // (fp32) += dy^T x.
+    auto shapes = [&] { return "dy " + dy.describe() + ", x " + x.describe() + ", w " + w.describe(); };
     if (dx && dx->dtype() == DType::f32) {
-      cuda::gemm_bf16(gemm(), false, false, N, in, out, 1.f, ptr<bf16>(dy), out, ptr<bf16>(w), in,
-                      accumulate_dx ? 1.f : 0.f, ptr<float>(*dx), true, in);
-      cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), nullptr, false,
-                            dw ? ptr<float>(*dw) : nullptr, N, in, out);
+      products_of(
+          op,
+          [&] {
+            cuda::gemm_bf16(gemm(), false, false, N, in, out, 1.f, ptr<bf16>(dy), out, ptr<bf16>(w), in,
+                            accumulate_dx ? 1.f : 0.f, ptr<float>(*dx), true, in);
+          },
+          [&] { return "dx = dy w into f32, " + shapes(); });
+      products_of(
+          op,
+          [&] {
+            cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), nullptr, false,
+                                  dw ? ptr<float>(*dw) : nullptr, N, in, out);
+          },
+          [&] { return "dw += dy^T x, " + shapes(); });
       return;
     }
-    cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), dx ? ptr<bf16>(*dx) : nullptr,
-                          accumulate_dx, dw ? ptr<float>(*dw) : nullptr, N, in, out);
+    products_of(
+        op,
+        [&] {
+          cuda::linear_backward(gemm(), ptr<bf16>(dy), ptr<bf16>(x), ptr<bf16>(w), dx ? ptr<bf16>(*dx) : nullptr,
+                                accumulate_dx, dw ? ptr<float>(*dw) : nullptr, N, in, out);
+        },
+        [&] {
+          return std::string(dx ? "dx = dy w" : "") + (dx && dw ? " and " : "") + (dw ? "dw += dy^T x" : "") + ", " +
+                 shapes();
+        });
   }
 
   void rope_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& y) override {
