@@ -719,7 +719,7 @@ class CudaOps final : public DeviceOps {
     if (n == 0) return;
     // The caller keeps the bf16 copy (param null) and clips beforehand (grad_scale null).
     const cuda::AdamWTensor t{ptr<float>(p), ptr<float>(g), ptr<float>(m), ptr<float>(v), nullptr, n,
-                              float(a.weight_decay)};
+                              a.weight_decay};
     cuda::adamw_multi(&t, 1, cuda::AdamWHyper{a.lr, a.beta1, a.beta2, a.eps, a.step}, nullptr);
   }
 

@@ -7,7 +7,7 @@
 namespace lethe::cuda {
 namespace {
 // Tensors per launch: the table rides in the kernel's parameter space (4 KB limit on
-// older toolkits), about 60 bytes an entry.
+// older toolkits), 56 bytes an entry.
 constexpr int kBatch = 48;
 // Blocks per tensor: at least 96, and enough for a launch of few tensors (the engine passes
 // one at a time) to fill the GPU: about 1024 blocks of 256 threads in all, 8 per SM of an
@@ -19,17 +19,22 @@ struct AdamWBatch {
   AdamWTensor t[kBatch];
 };
 
-__global__ void adamw_kernel(AdamWBatch batch, float lr, float b1, float b2, float eps, float step_size, float bc2s,
+// The CPU twin's arithmetic (kernels/cpu/optim.cpp) operation by operation: each f32
+// multiply, add, divide and square root rounded on its own and in its order (nvcc would
+// otherwise fuse multiply-adds), decay = f32(1 - lr wd) from doubles. The update is then
+// ops::adamw_update bit for bit.
+__global__ void adamw_kernel(AdamWBatch batch, double lr, float b1, float b2, float eps, float step_size, float bc2s,
                              const float* grad_scale) {
   const AdamWTensor& t = batch.t[blockIdx.y];
   const float gs = grad_scale ? *grad_scale : 1.f;
-  const float decay = 1.f - lr * t.weight_decay;
+  const float decay = float(__dsub_rn(1.0, __dmul_rn(lr, t.weight_decay)));  // no fused multiply-add
+  const float omb1 = __fsub_rn(1.f, b1), omb2 = __fsub_rn(1.f, b2);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < t.n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = t.grad[i] * gs;
-    float p = t.master[i] * decay;
-    const float m = b1 * t.m[i] + (1.f - b1) * g;
-    const float v = b2 * t.v[i] + (1.f - b2) * g * g;
-    p -= step_size * m / (sqrtf(v) / bc2s + eps);
+    const float g = grad_scale ? __fmul_rn(t.grad[i], gs) : t.grad[i];
+    float p = __fmul_rn(t.master[i], decay);
+    const float m = __fadd_rn(__fmul_rn(b1, t.m[i]), __fmul_rn(omb1, g));
+    const float v = __fadd_rn(__fmul_rn(b2, t.v[i]), __fmul_rn(__fmul_rn(omb2, g), g));
+    p = __fsub_rn(p, __fdiv_rn(__fmul_rn(step_size, m), __fadd_rn(__fdiv_rn(__fsqrt_rn(v), bc2s), eps)));
     t.m[i] = m;
     t.v[i] = v;
     t.master[i] = p;
@@ -92,7 +97,7 @@ void adamw_multi(const AdamWTensor* tensors, int count, const AdamWHyper& h, con
     }
     const unsigned per = unsigned(std::max(kBlocksPerTensor, (kBlocksPerLaunch + n - 1) / n));
     const dim3 grid(std::min<unsigned>(per, grid_for(largest, 256)), unsigned(n));
-    adamw_kernel<<<grid, 256, 0, as_stream(s)>>>(b, float(h.lr), float(h.beta1), float(h.beta2), float(h.eps),
+    adamw_kernel<<<grid, 256, 0, as_stream(s)>>>(b, h.lr, float(h.beta1), float(h.beta2), float(h.eps),
                                                  float(h.lr / bc1), float(bc2s), grad_scale);
     check_launch("adamw_multi");
   }

@@ -13,7 +13,7 @@ struct AdamWTensor {
   float* v;             // second moment
   bf16* param;          // bf16 copy the forward reads; null to skip
   int64_t n;
-  float weight_decay;   // per tensor: norms and embeddings often take none
+  double weight_decay;  // per tensor: norms and embeddings often take none
 };
 
 struct AdamWHyper {
@@ -21,10 +21,12 @@ struct AdamWHyper {
   int64_t step;  // 1-based, for bias correction
 };
 
-// torch.optim.AdamW semantics, identical to ops::adamw_update: p *= 1 - lr*wd, then
-// p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps). grad_scale (device, nullable) multiplies
-// every gradient first: the clip coefficient from clip_coefficient(). `tensors` is a host
-// array; launches go in batches.
+// torch.optim.AdamW semantics, ops::adamw_update bit for bit: p *= 1 - lr*wd, then
+// p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), every f32 operation rounded on its own in the
+// CPU twin's order, with its scalars rounded to f32 from the same doubles. grad_scale
+// (device, nullable) multiplies every gradient first: the clip coefficient from
+// clip_coefficient() (as ops::scale_ would beforehand). `tensors` is a host array;
+// launches go in batches.
 void adamw_multi(const AdamWTensor* tensors, int count, const AdamWHyper& h, const float* grad_scale,
                  Stream s = nullptr);
 
