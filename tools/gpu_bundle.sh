@@ -77,7 +77,9 @@ done
 # need not have MPI: Open MPI's launcher, libraries, plugins and help files travel in
 # ompi.tar.xz with their layout under the installation prefix kept, PMIx's beside them,
 # and gpu_check.sh relocates them (OPAL_PREFIX, PMIx's component path). lethe_mpi is a
-# second build (MPI on, NCCL off), so that no other binary needs libmpi to start.
+# second build (MPI on, and NCCL where the toolkit has it: ranks on distinct GPUs of a
+# multi-GPU machine then run NCCL, from the GPU machine's libnccl as test_cuda_nccl does),
+# so that no other binary needs libmpi to start.
 ELFS=()  # more files whose shared libraries are bundled
 OMPI_SONAMES=" "
 if command -v ompi_info >/dev/null && command -v orterun >/dev/null; then
@@ -87,7 +89,7 @@ if command -v ompi_info >/dev/null && command -v orterun >/dev/null; then
     command -v ninja >/dev/null && gen=(-G Ninja)
   fi
   cmake -S "$ROOT" -B "$MPI_BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLETHE_CUDA=ON -DLETHE_MPI=ON \
-    -DLETHE_NCCL=OFF -DLETHE_TESTS=OFF -DLETHE_BENCH=OFF >/dev/null
+    -DLETHE_NCCL=ON -DLETHE_TESTS=OFF -DLETHE_BENCH=OFF >/dev/null
   nice cmake --build "$MPI_BUILD" --target lethe --parallel "${JOBS:-2}"
   grep -q "LETHE_HAVE_MPI" "$MPI_BUILD/CMakeFiles/lethe_parallel.dir/flags.make" 2>/dev/null \
     || grep -q "LETHE_HAVE_MPI" "$MPI_BUILD/build.ninja" \

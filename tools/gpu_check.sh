@@ -294,13 +294,15 @@ else
              "OMPI_MCA_orte_default_hostfile=/dev/null" "OMPI_MCA_btl_base_warn_component_unused=0"
              "OMPI_MCA_mtl=^ofi" "OMPI_MCA_btl=^uct,openib,ofi" "OMPI_MCA_pml=^ucx" "OMPI_MCA_osc=^ucx,pt2pt"
              "OMPI_ALLOW_RUN_AS_ROOT=1" "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1" "LETHE_PROGRESS=0"
-             "LD_LIBRARY_PATH=$LIB:$OMPI/$ompi_libdir:$OMPI/$pmix_lib${LT_DIR:+:$LT_DIR}")
+             "LD_LIBRARY_PATH=$LIB:$OMPI/$ompi_libdir:$OMPI/$pmix_lib${LT_DIR:+:$LT_DIR}${NCCL_DIR:+:$NCCL_DIR}")
     if "${MPI_ENV[@]}" timeout 60 "$OMPI/bin/mpirun" -np 2 --oversubscribe "$LIB/lethe_mpi" --version \
          >"$RES/mpi_start.log" 2>&1 && [ "$(grep -c '^lethe ' "$RES/mpi_start.log")" -eq 2 ]; then
       MPI_WHY=""
       stage "mpi" "ok: two ranks of lethe_mpi under the bundled Open MPI"
     else
       MPI_WHY="the bundled Open MPI did not start two ranks: $(grep -m1 -iE 'error|not found|cannot' "$RES/mpi_start.log" | head -c 200)"
+      [ -z "$NCCL_DIR" ] && grep -q "libnccl" "$RES/mpi_start.log" \
+        && MPI_WHY="lethe_mpi links NCCL, and this machine has no libnccl.so.2 (a CUDA toolkit's or the nvidia-nccl wheel's)"
       stage "mpi" "FAILED: $MPI_WHY"
     fi
   fi
@@ -494,13 +496,14 @@ else
   fi
 fi
 
-# ---- two ranks on the one GPU: tensor and data parallelism ------------------------------
-# The same run at tp=2 and at dp=2, two ranks sharing the GPU: their collectives go through
-# the host-staged communicator (NCCL refuses two ranks on one device), every op on the GPU.
+# ---- two ranks: tensor and data parallelism ---------------------------------------------
+# The same run at tp=2 and at dp=2 with two ranks. On one GPU they share it and their
+# collectives go through the host-staged communicator (NCCL refuses two ranks on one
+# device); where the machine has two GPUs each rank takes one and NCCL serves them.
 # Each is set beside the one-process GPU run above, which it should match up to rounding
 # order (measured, not judged, as above).
 for layout in tp dp; do
-  name="unlearn ${layout}=2 on one GPU"
+  name="unlearn ${layout}=2, two ranks"
   if [ -n "$MPI_WHY" ]; then stage "$name" "SKIPPED: $MPI_WHY"; continue; fi
   if [ ! -s "$WORK/unlearn_cuda/report.json" ]; then
     stage "$name" "SKIPPED: no one-process GPU run to compare with"; continue
@@ -527,7 +530,10 @@ for layout in tp dp; do
   else
     st="FAILED: $(grep -m1 'unlearn_compare' "$RES/unlearn_${layout}2_compare.txt" | head -c 200)"; fail
   fi
-  stage "$name" "$st ($(( SECONDS - t0 )) s)"
+  # Which communicator served the ranks' device tensors (grid.cpp says on rank 0).
+  comm="host-staged"
+  grep -q "run on NCCL" "$RES/unlearn_${layout}2.log" && comm="NCCL"
+  stage "$name" "$st; collectives: $comm ($(( SECONDS - t0 )) s)"
 done
 
 # ---- benchmarks -------------------------------------------------------------------------

@@ -120,6 +120,7 @@ std::shared_ptr<ProcessGrid> ProcessGrid::create(const ParallelConfig& cfg, Devi
     grid->tp_ = make_nccl_communicator(grid->tp_);
     grid->dp_ = make_nccl_communicator(grid->dp_);
     grid->world_ = make_host_staged_communicator(grid->world_);
+    if (grid->rank() == 0) log::info("collectives of device tensors run on NCCL (one GPU per rank)");
     return grid;
   }
 #endif

@@ -348,6 +348,20 @@ TEST_F(CudaOps, SwigluForwardAndBackwardMatchCpu) {
   EXPECT_TRUE(close("a", a.download(), vec(ar), kBf16Tol)) << "F=" << F;
   EXPECT_TRUE(close("dgu", dgu.download(), vec(dgur), kBf16Tol)) << "F=" << F;
   }
+  // F = 352 with every buffer 2 bytes past a 16-byte boundary: the element-wise kernels
+  // serve it although F is a multiple of 8.
+  const int64_t N = 9, F = 352;
+  const auto gu = round_bf16(randn(size_t(N * 2 * F) + 1)), da = round_bf16(randn(size_t(N * F) + 1));
+  DeviceBuffer<bf16> g(to_bf16(gu)), d(to_bf16(da)), a(size_t(N * F) + 1), dg(size_t(N * 2 * F) + 1);
+  cuda::swiglu_forward(g.get() + 1, a.get() + 1, N, F);
+  cuda::swiglu_backward(d.get() + 1, g.get() + 1, dg.get() + 1, N, F);
+  Tensor ar = Tensor::empty({N, F}, DType::f32), dgur = Tensor::empty({N, 2 * F}, DType::f32);
+  const std::vector<float> gu1(gu.begin() + 1, gu.end()), da1(da.begin() + 1, da.end());
+  ops::swiglu_forward(host({N, 2 * F}, gu1), ar);
+  ops::swiglu_backward(host({N, F}, da1), host({N, 2 * F}, gu1), dgur);
+  auto drop_first = [](std::vector<bf16> v) { return std::vector<bf16>(v.begin() + 1, v.end()); };
+  EXPECT_TRUE(close("a (unaligned)", drop_first(a.download()), vec(ar), kBf16Tol));
+  EXPECT_TRUE(close("dgu (unaligned)", drop_first(dg.download()), vec(dgur), kBf16Tol));
 }
 
 // ---- linear (cuBLASLt) -------------------------------------------------------------
