@@ -4,7 +4,7 @@
 //
 // Every launch goes to the legacy default stream, as the backend's copies do, so ops,
 // host <-> device copies and the caching allocator's reuse of a freed block are ordered
-// without events; only the ops that return a number (sum_squares, find_nonfinite) wait
+// without events; only the ops that return a number (sum_squares and sum_squares_each, find_nonfinite) wait
 // for the device, to copy it back (losses are added up in device scalars instead).
 //
 // Where a kernel differs from the CPU op's contract (kernels/*.h):
@@ -739,15 +739,8 @@ class CudaOps final : public DeviceOps {
   }
 
   double sum_squares(const Tensor& x) override {
-    const char* op = "sum_squares";
-    expect(x, DType::f32, op, "x");
-    const int64_t n = x.numel();
-    if (n == 0) return 0.0;
-    const float* tensors[1] = {ptr<float>(x)};
-    const int64_t sizes[1] = {n};
-    double* partials = reduce_scratch();
-    cuda::sum_squares_multi(tensors, sizes, 1, partials, partials + cuda::kNormPartials);
-    return fetch(partials + cuda::kNormPartials);
+    expect(x, DType::f32, "sum_squares", "x");
+    return sum_squares_each({x})[0];
   }
 
   std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) override {
@@ -883,18 +876,11 @@ class CudaOps final : public DeviceOps {
     return attn_workspace_.raw();
   }
 
-  // kNormPartials doubles of sum_squares partials, then its result slot. The host waits for
-  // each result, so one buffer serves every call.
+  // kNormPartials doubles of sum_squares partials: every sum's launches run in stream
+  // order, so one buffer serves every call.
   double* reduce_scratch() {
-    if (!reduce_.defined()) reduce_ = Tensor::empty({cuda::kNormPartials + 1}, DType::f64, Device::cuda);
+    if (!reduce_.defined()) reduce_ = Tensor::empty({cuda::kNormPartials}, DType::f64, Device::cuda);
     return ptr<double>(reduce_);
-  }
-
-  // A blocking copy on the default stream: it waits for the kernels that wrote `d`.
-  static double fetch(const double* d) {
-    double h = 0;
-    cuda::copy_to_host(&h, d, sizeof(h));
-    return h;
   }
 
   cuda::GemmContext* gemm_ = nullptr;
